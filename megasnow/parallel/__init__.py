@@ -1,0 +1,1 @@
+"""Tensor, sequence, pipeline and data parallelism on torch.distributed (NCCL on GPU, gloo on CPU)."""

@@ -1,0 +1,56 @@
+"""The shared dataclass-config helpers: YAML + overrides, key/type errors, help text."""
+import dataclasses
+
+import pytest
+
+from megasnow.config import ConfigError, apply_overrides, describe_config, dump_config, from_dict, load_config
+
+
+@dataclasses.dataclass
+class Inner:
+    lr: float = 1e-3
+    steps: int = 10
+    name: str = "x"
+    paths: list[str] = dataclasses.field(default_factory=list)
+    flag: bool = False
+    maybe: int | None = None
+
+
+@dataclasses.dataclass
+class Outer:
+    optim: Inner = dataclasses.field(default_factory=Inner)
+    seed: int = 1
+
+
+def test_yaml_then_overrides(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("optim:\n  lr: 5.3e-4\n  paths: [a, b]\nseed: 3\n")
+    cfg = load_config(Outer, p, ["optim.steps=7", "optim.flag=true", "optim.maybe=4"])
+    assert cfg.optim.lr == pytest.approx(5.3e-4)
+    assert cfg.optim.paths == ["a", "b"]
+    assert (cfg.optim.steps, cfg.optim.flag, cfg.optim.maybe, cfg.seed) == (7, True, 4, 3)
+    again = load_config(Outer, None, [])
+    assert again == Outer()
+    assert "lr: 0.00053" in dump_config(cfg)
+
+
+def test_unknown_key_names_it():
+    with pytest.raises(ConfigError, match=r"optim\.'?lrr"):
+        from_dict(Outer, {"optim": {"lrr": 1}})
+
+
+def test_wrong_type_names_key():
+    with pytest.raises(ConfigError, match=r"optim\.steps: expected an integer"):
+        from_dict(Outer, {"optim": {"steps": "many"}})
+
+
+def test_override_syntax():
+    with pytest.raises(ConfigError, match="key.sub=value"):
+        apply_overrides({}, ["nonsense"])
+    assert apply_overrides({"a": {"b": 1}}, ["a.c=2"]) == {"a": {"b": 1, "c": 2}}
+
+
+def test_describe_lists_every_key():
+    text = "\n".join(describe_config(Outer))
+    for key in ("optim.lr", "optim.steps", "optim.paths", "seed"):
+        assert key in text
