@@ -1,0 +1,272 @@
+"""Score documents with a trained annotator: three-window rule, length-sorted batches, sharded + resumable.
+
+One output file per input shard (`<shard>.scores.jsonl`, one line per document, in input order),
+written atomically; finished shards are skipped on rerun, a failing shard is retried.
+"""
+import glob
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from megasnow.quality.annotator import AnnotatorError, load_annotator, read_annotator_config
+from megasnow.quality.documents import check_document_text
+from megasnow.quality.tasks import run_shard_tasks
+from megasnow.quality.windows import score_token_lists
+from megasnow.utils.atomic import atomic_write, atomic_write_text
+from megasnow.utils.records import PARQUET_SUFFIXES, JSONL_SUFFIXES, SkipLog, expand_inputs, iter_records
+
+log = logging.getLogger(__name__)
+
+SCORES_SUFFIX = ".scores.jsonl"
+STATS_SUFFIX = ".stats.json"
+
+
+def length_sorted_batches(lengths, batch_tokens, max_batch):
+    """Index batches, longest first, each with at most `batch_tokens` padded tokens and `max_batch` rows.
+
+    Sorting by length means each batch pads to nearly its own length instead of the global longest.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    batches, current, longest = [], [], 0
+    for i in order:
+        longest_if_added = max(longest, lengths[i])
+        if current and (longest_if_added * (len(current) + 1) > batch_tokens or len(current) >= max_batch):
+            batches.append(current)
+            current, longest_if_added = [], lengths[i]
+        current.append(i)
+        longest = longest_if_added
+    if current:
+        batches.append(current)
+    return batches
+
+
+class BatchedScorer:
+    """Scores texts with an annotator: all windows of a chunk of files, length-sorted into batches."""
+
+    def __init__(self, annotator, batch_tokens=16384, max_batch=512):
+        self.annotator = annotator.eval()
+        self.batch_tokens = max(batch_tokens, annotator.config.max_length)
+        self.max_batch = max_batch
+        self.device = annotator.device
+
+    @torch.inference_mode()
+    def score_windows(self, windows):
+        """Probabilities (sigmoid of the head's logit) for content-token windows, in input order."""
+        specials = self.annotator.num_special_tokens
+        lengths = [len(w) + specials for w in windows]
+        out = np.empty(len(windows), dtype=np.float32)
+        use_bf16 = self.device.type == "cuda"
+        for batch in length_sorted_batches(lengths, self.batch_tokens, self.max_batch):
+            ids, mask = self.annotator.collate([windows[i] for i in batch])
+            ids, mask = ids.to(self.device, non_blocking=True), mask.to(self.device, non_blocking=True)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                logits = self.annotator(ids, mask)
+            out[batch] = torch.sigmoid(logits.float()).cpu().numpy()
+        return out
+
+    def score_texts(self, texts):
+        """One score per text (mean of its top/middle/bottom window probabilities; see windows.py)."""
+        token_lists = self.annotator.encode_texts(texts, truncate=False)
+        return score_token_lists(token_lists, self.annotator.window_tokens, self.score_windows), token_lists
+
+
+_ANNOTATOR_CACHE = {}
+
+
+def cached_annotator(path, device):
+    """Load each annotator once per worker process (shard tasks reuse it)."""
+    key = (os.path.abspath(path), str(device))
+    if key not in _ANNOTATOR_CACHE:
+        _ANNOTATOR_CACHE[key] = load_annotator(path, device=device)
+    return _ANNOTATOR_CACHE[key]
+
+
+@dataclass
+class ScoreTask:
+    """One input shard to score into one output file (picklable, for local processes or Ray)."""
+
+    input_path: str
+    output_path: str
+    annotator_path: str
+    device: str = "cpu"
+    batch_tokens: int = 16384
+    chunk_docs: int = 1024  # documents tokenized + length-sorted together
+    text_field: str = "text"
+    id_field: str = "id"
+    lang_field: str = "lang"
+    keep_fields: list = field(default_factory=list)
+    retries: int = 2
+    threads: int = 0  # torch intra-op threads in this worker; 0 = leave as is
+    progress: bool = True
+
+
+def stats_path_for(output_path):
+    return output_path[: -len(SCORES_SUFFIX)] + STATS_SUFFIX if output_path.endswith(SCORES_SUFFIX) else output_path + STATS_SUFFIX
+
+
+def remove_stale_temporaries(output_path):
+    """Delete temp files a killed run left beside `output_path` (they never carry a final name)."""
+    folder, name = os.path.split(output_path)
+    for pattern in (f".{name}.*.tmp", f".{os.path.basename(stats_path_for(output_path))}.*.tmp"):
+        for stale in glob.glob(os.path.join(glob.escape(folder), pattern)):
+            os.unlink(stale)
+
+
+def score_shard(task: ScoreTask):
+    """Score one shard; retried up to task.retries times; returns the shard's stats dict."""
+    last_error = None
+    for attempt in range(task.retries + 1):
+        try:
+            return _score_shard_once(task)
+        except AnnotatorError:
+            raise  # a bad annotator folder will not fix itself on retry
+        except Exception as e:  # noqa: BLE001 - any failure: clean up, retry, then report the shard
+            last_error = e
+            log.warning("scoring %s failed (attempt %d/%d): %s", task.input_path, attempt + 1, task.retries + 1, e)
+            remove_stale_temporaries(task.output_path)
+    raise RuntimeError(f"scoring {task.input_path} failed after {task.retries + 1} attempts: {last_error}") from last_error
+
+
+def _score_shard_once(task: ScoreTask):
+    from tqdm import tqdm
+
+    if task.threads:
+        torch.set_num_threads(task.threads)
+    remove_stale_temporaries(task.output_path)
+    start = time.perf_counter()
+    annotator = cached_annotator(task.annotator_path, task.device)
+    scorer = BatchedScorer(annotator, batch_tokens=task.batch_tokens)
+    skips = SkipLog()
+    shard_name = os.path.basename(task.input_path)
+    counts = {"documents": 0, "scored": 0}
+    hist = np.zeros(20, dtype=np.int64)
+    bar = tqdm(desc=f"score {shard_name}", unit="files", disable=not task.progress, leave=False)
+
+    def flush(chunk, out):
+        texts = [c["text"] for c in chunk if c["text"] is not None]
+        scores, token_lists = scorer.score_texts(texts) if texts else ([], [])
+        it = iter(zip(scores, token_lists))
+        for c in chunk:
+            row = {"id": c["id"], "score": None, "lang": c["lang"], "pos": c["pos"]}
+            if c["text"] is None:
+                row["skipped"] = c["reason"]
+            else:
+                score, ids = next(it)
+                row["score"] = round(float(score), 7)
+                row["encoder_tokens"] = len(ids)
+                counts["scored"] += 1
+                hist[min(int(score * 20), 19)] += 1
+            row.update(c["keep"])
+            out.write(json.dumps(row, ensure_ascii=False) + "\n")
+        bar.update(len(chunk))
+
+    with atomic_write(task.output_path, "w", encoding="utf-8") as out:
+        chunk = []
+        for pos, rec in iter_records(task.input_path, skips=skips):
+            counts["documents"] += 1
+            text, reason = check_document_text(rec.get(task.text_field))
+            if reason:
+                skips.add(reason, f"{task.input_path}:{pos}")
+            doc_id = rec.get(task.id_field)
+            chunk.append({
+                "id": doc_id if doc_id is not None else f"{shard_name}:{pos}",
+                "lang": rec.get(task.lang_field),
+                "pos": pos,
+                "text": text,
+                "reason": reason,
+                "keep": {k: rec.get(k) for k in task.keep_fields},
+            })
+            if len(chunk) >= task.chunk_docs:
+                flush(chunk, out)
+                chunk = []
+        if chunk:
+            flush(chunk, out)
+        bar.close()
+        seconds = time.perf_counter() - start
+        stats = {
+            "input": task.input_path,
+            "output": task.output_path,
+            "documents": counts["documents"],
+            "scored": counts["scored"],
+            "skipped": dict(skips.counts),
+            "skipped_examples": skips.examples,
+            "score_histogram_20_bins": hist.tolist(),
+            "seconds": round(seconds, 3),
+            "files_per_s": round(counts["documents"] / seconds, 2) if seconds > 0 else None,
+        }
+        # Stats first, scores file last: the scores file under its final name marks the shard done.
+        atomic_write_text(stats_path_for(task.output_path), json.dumps(stats, indent=2))
+    return stats
+
+
+def output_path_for(input_path, common_root, output_dir):
+    """`<output_dir>/<input path relative to the inputs' common folder, suffix stripped>.scores.jsonl`."""
+    rel = os.path.relpath(os.path.abspath(input_path), common_root)
+    for suffix in sorted(JSONL_SUFFIXES + PARQUET_SUFFIXES, key=len, reverse=True):
+        if rel.endswith(suffix):
+            rel = rel[: -len(suffix)]
+            break
+    return os.path.join(output_dir, rel + SCORES_SUFFIX)
+
+
+def plan_score_tasks(inputs, output_dir, annotator_path, **task_kwargs):
+    """(all tasks, tasks still to run): a shard whose scores file exists is done."""
+    files = [os.path.abspath(f) for f in expand_inputs(inputs)]
+    root = os.path.commonpath([os.path.dirname(f) for f in files])
+    tasks = [ScoreTask(f, output_path_for(f, root, os.path.abspath(output_dir)), annotator_path, **task_kwargs) for f in files]
+    outputs = [t.output_path for t in tasks]
+    if len(set(outputs)) != len(outputs):
+        raise ValueError("two input shards map to the same output name; give shards distinct names")
+    todo = [t for t in tasks if not (os.path.exists(t.output_path) and os.path.exists(stats_path_for(t.output_path)))]
+    return tasks, todo
+
+
+def score_corpus(inputs, output_dir, annotator_path, executor="local", workers=1, ray_address=None, **task_kwargs):
+    """Score every shard under `inputs`; returns the summary (also written to score_summary.json)."""
+    read_annotator_config(annotator_path)  # fail fast, before any worker starts, on a bad folder
+    if executor == "local" and workers > 1 and not task_kwargs.get("threads"):
+        task_kwargs["threads"] = max(1, (os.cpu_count() or 1) // workers)
+    if workers > 1 or executor == "ray":
+        task_kwargs.setdefault("progress", False)  # many bars would interleave; the executor shows progress
+    tasks, todo = plan_score_tasks(inputs, output_dir, annotator_path, **task_kwargs)
+    start = time.perf_counter()
+    fresh = run_shard_tasks(score_shard, todo, executor=executor, workers=workers, desc="score shards", ray_address=ray_address)
+    seconds = time.perf_counter() - start
+    done = {t.output_path: s for t, s in zip(todo, fresh)}
+    per_shard = []
+    for t in tasks:
+        if t.output_path in done:
+            per_shard.append(done[t.output_path])
+        else:
+            with open(stats_path_for(t.output_path), encoding="utf-8") as f:
+                per_shard.append(json.load(f))
+    skipped = {}
+    for s in per_shard:
+        for reason, n in s["skipped"].items():
+            skipped[reason] = skipped.get(reason, 0) + n
+    fresh_docs = sum(s["documents"] for s in fresh)
+    summary = {
+        "shards": len(tasks),
+        "shards_scored_now": len(todo),
+        "shards_skipped_done": len(tasks) - len(todo),
+        "documents": sum(s["documents"] for s in per_shard),
+        "scored": sum(s["scored"] for s in per_shard),
+        "skipped": skipped,
+        "seconds_this_run": round(seconds, 3),
+        "files_per_s_this_run": round(fresh_docs / seconds, 2) if todo and seconds > 0 else None,
+        "annotator": os.path.abspath(annotator_path),
+        "task": {k: v for k, v in asdict(tasks[0]).items() if k not in ("input_path", "output_path")} if tasks else {},
+    }
+    atomic_write_text(os.path.join(output_dir, "score_summary.json"), json.dumps(summary, indent=2))
+    return summary
+
+
+def read_scores(path):
+    """Rows of one scores file."""
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]

@@ -1,0 +1,167 @@
+"""Annotator training data: positives from JSONL/Parquet sources, random phase-1 negatives, held-out split.
+
+Positives are high-quality code files (a text field) or instruction data (problem/solution fields,
+formatted as one code document); negatives are drawn uniformly at random (reservoir sampling) from
+phase-1 documents, as many as there are positives.
+"""
+import hashlib
+import json
+import random
+import re
+from dataclasses import dataclass, field
+
+from megasnow.quality.documents import check_document_text
+from megasnow.utils.atomic import atomic_write
+from megasnow.utils.records import RecordError, SkipLog, expand_inputs, iter_records
+
+_FENCE = re.compile(r"```[^\n`]*\n(.*?)```", re.DOTALL)
+
+
+@dataclass
+class PositiveSource:
+    """One positive source: `kind` "code" reads `text_field`; "instruction" joins problem + solution."""
+
+    paths: list = field(default_factory=list)
+    kind: str = "code"
+    text_field: str = "text"
+    problem_field: str = "problem"
+    solution_field: str = "solution"
+    comment_prefix: str = "# "  # how the problem statement is written above the solution
+    limit: int | None = None  # at most this many examples from this source (first ones, in file order)
+
+
+@dataclass
+class Example:
+    text: str
+    label: int  # 1 = high quality, 0 = random phase-1 document
+    source: str = ""
+
+
+def extract_code(solution):
+    """The code of a solution: its fenced ``` blocks joined, or the whole text when it has none."""
+    blocks = _FENCE.findall(solution)
+    return "\n\n".join(b.strip("\n") for b in blocks) if blocks else solution
+
+
+def format_instruction(problem, solution, comment_prefix="# "):
+    """A problem/solution pair as one code document: the problem as a leading comment, then the code."""
+    bare = comment_prefix.rstrip()
+    header = "\n".join(comment_prefix + line if line.strip() else bare for line in problem.strip().splitlines())
+    return f"{header}\n\n{extract_code(solution).strip()}\n"
+
+
+def _record_text(source, rec, where):
+    if source.kind == "code":
+        if source.text_field not in rec:
+            raise RecordError(f"{where}: no {source.text_field!r} field (keys: {sorted(rec)[:10]})")
+        return rec[source.text_field]
+    if source.kind == "instruction":
+        for key in (source.problem_field, source.solution_field):
+            if key not in rec:
+                raise RecordError(f"{where}: no {key!r} field for instruction data (keys: {sorted(rec)[:10]})")
+        problem, solution = rec[source.problem_field], rec[source.solution_field]
+        if not isinstance(problem, str) or not isinstance(solution, str):
+            return None
+        return format_instruction(problem, solution, source.comment_prefix)
+    raise ValueError(f"positive source kind must be 'code' or 'instruction', got {source.kind!r}")
+
+
+def load_positives(sources, skips=None):
+    """Positive Examples from every source, skipping (and counting) empty/binary/undecodable texts."""
+    skips = skips if skips is not None else SkipLog()
+    examples = []
+    for source in sources:
+        taken = 0
+        for path in expand_inputs(source.paths):
+            for pos, rec in iter_records(path, skips=skips):
+                if source.limit is not None and taken >= source.limit:
+                    break
+                text, reason = check_document_text(_record_text(source, rec, f"{path}:{pos}"))
+                if reason:
+                    skips.add(f"positive {reason}", f"{path}:{pos}")
+                    continue
+                examples.append(Example(text, 1, f"{path}:{pos}"))
+                taken += 1
+    return examples
+
+
+def sample_negatives(inputs, count, seed, text_field="text", skips=None):
+    """`count` documents drawn uniformly at random from the phase-1 shards (reservoir sampling, seeded)."""
+    skips = skips if skips is not None else SkipLog()
+    rng = random.Random(seed)
+    reservoir, seen = [], 0
+    for path in expand_inputs(inputs):
+        for pos, rec in iter_records(path, skips=skips):
+            text, reason = check_document_text(rec.get(text_field))
+            if reason:
+                skips.add(f"negative {reason}", f"{path}:{pos}")
+                continue
+            seen += 1
+            if len(reservoir) < count:
+                reservoir.append(Example(text, 0, f"{path}:{pos}"))
+            else:
+                j = rng.randrange(seen)
+                if j < count:
+                    reservoir[j] = Example(text, 0, f"{path}:{pos}")
+    return reservoir
+
+
+def dedupe(examples):
+    """Drop exact duplicate texts (keeps the first), so no text sits in both train and held-out."""
+    seen, out = set(), []
+    for ex in examples:
+        h = hashlib.sha1(ex.text.encode("utf-8")).digest()
+        if h not in seen:
+            seen.add(h)
+            out.append(ex)
+    return out
+
+
+def balanced_split(positives, negatives, heldout_fraction=0.1, seed=0):
+    """(train, heldout): equal positives and negatives (the larger side downsampled), stratified, shuffled."""
+    if not positives or not negatives:
+        raise ValueError(f"need both classes: {len(positives)} positives, {len(negatives)} negatives")
+    if not 0.0 < heldout_fraction < 1.0:
+        raise ValueError(f"heldout_fraction must be in (0, 1), got {heldout_fraction}")
+    rng = random.Random(seed)
+    n = min(len(positives), len(negatives))
+    pos, neg = rng.sample(positives, n), rng.sample(negatives, n)
+    k = max(1, round(n * heldout_fraction))
+    if k >= n:
+        raise ValueError(f"only {n} examples per class: too few for a held-out split of {heldout_fraction}")
+    train, heldout = pos[k:] + neg[k:], pos[:k] + neg[:k]
+    rng.shuffle(train)
+    rng.shuffle(heldout)
+    return train, heldout
+
+
+def build_training_set(sources, negative_inputs, heldout_fraction=0.1, seed=0, negative_text_field="text"):
+    """(train, heldout, stats) from positive sources and phase-1 negatives, balanced and deduplicated."""
+    skips = SkipLog()
+    positives = dedupe(load_positives(sources, skips))
+    negatives = dedupe(sample_negatives(negative_inputs, len(positives), seed, negative_text_field, skips))
+    train, heldout = balanced_split(positives, negatives, heldout_fraction, seed)
+    stats = {
+        "positives_available": len(positives),
+        "negatives_sampled": len(negatives),
+        "train": len(train),
+        "heldout": len(heldout),
+        "skipped": dict(skips.counts),
+    }
+    return train, heldout, stats
+
+
+def write_examples(path, examples):
+    with atomic_write(path, "w", encoding="utf-8") as f:
+        for ex in examples:
+            f.write(json.dumps({"text": ex.text, "label": ex.label, "source": ex.source}, ensure_ascii=False) + "\n")
+
+
+def read_examples(path):
+    """Examples from a JSONL/Parquet file with "text" and "label" (0/1) fields."""
+    out = []
+    for pos, rec in iter_records(path, strict=True):
+        if rec.get("label") not in (0, 1) or not isinstance(rec.get("text"), str):
+            raise RecordError(f"{path}:{pos}: expected a string 'text' and a 0/1 'label'")
+        out.append(Example(rec["text"], int(rec["label"]), rec.get("source", f"{path}:{pos}")))
+    return out
