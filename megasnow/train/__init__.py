@@ -1,0 +1,1 @@
+"""Training: the config, the loop, LR schedules, checkpoints and metrics (`python -m megasnow.train CONFIG.yaml`)."""

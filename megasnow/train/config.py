@@ -1,0 +1,276 @@
+"""The training run's config: one dataclass per section (model, data, parallel, optim, schedule, train,
+checkpoint, log) plus the list of curriculum phases; YAML sets it, `key.sub=value` overrides it."""
+import dataclasses
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Literal
+
+from megasnow.config import ConfigError, describe_config, load_config
+
+
+def _help(text, default=None, factory=None):
+    if factory is not None:
+        return field(default_factory=factory, metadata={"help": text})
+    return field(default=default, metadata={"help": text})
+
+
+@dataclass
+class ModelSection:
+    """A preset from megasnow.model.config.PRESETS, with any field overridden (None = keep the preset's)."""
+    preset: str = _help("preset name: snowcoder-1.3b, llama-1b-gqa, llama-1b-untied, tiny, tiny-gqa, tiny-untied",
+                        "tiny")
+    vocab_size: int | None = _help("None: the tokenizer's vocabulary size (data.tokenizer), else the preset's")
+    hidden_size: int | None = None
+    ffn_hidden_size: int | None = None
+    num_layers: int | None = None
+    num_heads: int | None = None
+    num_kv_heads: int | None = None
+    max_seq_len: int | None = _help("None: the preset's, raised to data.seq_len if shorter")
+    rope_base: float | None = None
+    norm_eps: float | None = None
+    tie_embeddings: bool | None = None
+    init_std: float | None = None
+    kernels: str | None = _help("auto | triton | reference")
+    document_mask: bool | None = None
+    activation_checkpointing: str | None = _help("none | full | selective")
+    make_vocab_size_divisible_by: int | None = None
+
+
+@dataclass
+class BlendItem:
+    """One dataset of a phase's blend: an indexed-dataset prefix (PREFIX.bin/.idx), weight, repetitions."""
+    path: str = ""
+    weight: float = 1.0
+    repeat: int | None = None
+
+
+@dataclass
+class DataSection:
+    tokenizer: str | None = _help("SentencePiece .model or HF tokenizer.json (sets the vocabulary size; "
+                                  "copied into HF exports)")
+    seq_len: int = _help("tokens per training sequence", 2048)
+    seed: int = _help("seed of the document/sample shuffles", 1234)
+    valid_fraction: float = _help("fraction of each dataset's documents held out for evaluation", 0.0)
+    cache_dir: str | None = _help("where dataset index arrays are cached (None: beside the data)")
+    blend: list[BlendItem] = _help("blend of the single phase used when `phases` is empty", factory=list)
+    valid_blend: list[BlendItem] = _help("explicit held-out datasets (used instead of the valid split)",
+                                         factory=list)
+
+
+@dataclass
+class ParallelSection:
+    tensor: int = 1
+    pipeline: int = 1
+    virtual_pipeline: int | None = None
+    sequence_parallel: bool = False
+    use_distributed_optimizer: bool = False
+    overlap_grad_reduce: bool = True
+    bucket_size_mb: float = 25.0
+
+
+@dataclass
+class OptimSection:
+    """AdamW; the learning rate itself comes from the schedule."""
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    clip_grad: float = _help("clip the global gradient norm to this (0 disables)", 1.0)
+
+
+@dataclass
+class ScheduleSection:
+    style: Literal["cosine", "linear", "constant", "wsd"] = _help(
+        "cosine: warmup + cosine to min_lr; linear: warmup + linear to min_lr (phase 2: min_lr 0); "
+        "constant: warmup then max_lr; wsd: warmup, stable, decay over the last wsd_decay_fraction", "cosine")
+    max_lr: float = 5.3e-4
+    min_lr: float = 5.3e-5
+    warmup_steps: int = _help("linear warmup from warmup_init_lr to max_lr over these steps", 600)
+    warmup_init_lr: float = 0.0
+    decay_steps: int | None = _help("steps of decay after warmup (None: the rest of the phase)")
+    wsd_decay_fraction: float = 0.1
+    wsd_decay_style: Literal["linear", "cosine", "sqrt"] = "linear"
+
+
+@dataclass
+class PhaseConfig:
+    """One curriculum phase: its data, its length and its LR schedule; it starts from the previous phase's
+    final weights."""
+    name: str = "phase"
+    blend: list[BlendItem] = field(default_factory=list)
+    tokens: int | None = None  # token budget; steps = ceil(tokens / (global_batch_size * seq_len))
+    steps: int | None = None  # or an explicit number of optimizer steps
+    schedule: ScheduleSection | None = None  # None: the top-level `schedule` section
+    optimizer_state: Literal["reset", "carry"] = "reset"  # AdamW moments at the phase start (phase 1 ignores)
+    valid_blend: list[BlendItem] = field(default_factory=list)
+
+
+@dataclass
+class TrainSection:
+    micro_batch_size: int = 1
+    global_batch_size: int = _help("sequences per optimizer step (accumulated over micro-batches and DP ranks)", 8)
+    steps: int | None = _help("length of the single phase (when `phases` is empty); or use train.tokens")
+    tokens: int | None = _help("token budget of the single phase (when `phases` is empty)")
+    seed: int = _help("model init and RNG seed", 1234)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["auto", "bf16", "fp32"] = _help("compute dtype; auto: bf16 on GPU, fp32 on CPU "
+                                                   "(master weights are always fp32)", "auto")
+    eval_interval: int = _help("evaluate held-out loss every N steps (0: never; also at each phase end)", 0)
+    eval_iters: int = _help("global batches per evaluation", 2)
+    max_consecutive_nan: int = _help("stop after this many NaN/Inf steps in a row (saving the last good state)", 5)
+    debug_nan_steps: list[int] = _help("testing hook: make these global steps' loss and gradients NaN",
+                                       factory=list)
+    threads: int | None = _help("torch CPU threads (None: torch's default)")
+
+
+@dataclass
+class CheckpointSection:
+    dir: str | None = _help("checkpoint folder (None: no checkpoints)")
+    interval: int = _help("save every N steps (0: only at the end / on SIGTERM)", 0)
+    keep_last: int = _help("keep this many newest checkpoints (0 keeps all)", 2)
+    resume: bool = _help("resume from <dir>/latest when it exists", True)
+    init_from: str | None = _help("start a new run from these weights (a checkpoint step folder or run folder)")
+    save_at_end: bool = True
+
+
+@dataclass
+class LogSection:
+    dir: str = _help("metrics.jsonl, TensorBoard events and config.yaml go here", "runs/default")
+    interval: int = _help("console progress line every N steps", 1)
+    tensorboard: bool = True
+    quiet: bool = False
+
+
+@dataclass
+class TrainConfig:
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    parallel: ParallelSection = field(default_factory=ParallelSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    schedule: ScheduleSection = field(default_factory=ScheduleSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
+    log: LogSection = field(default_factory=LogSection)
+    phases: list[PhaseConfig] = _help("curriculum phases, run in order (empty: one phase from data.blend, "
+                                      "train.steps/tokens and schedule)", factory=list)
+
+
+def load_train_config(yaml_path=None, overrides=()):
+    """Parse and check a training config; a relative data path is taken relative to the YAML file's folder
+    when it exists there (so example configs work from any working directory)."""
+    cfg = load_config(TrainConfig, yaml_path, overrides)
+    check_config(cfg)
+    return cfg
+
+
+def help_text():
+    lines = ["usage: python -m megasnow.train CONFIG.yaml [key.sub=value ...]", "",
+             "Config keys (section.key (type) = default):"]
+    lines += describe_config(TrainConfig)
+    lines += ["", "Each entry of `phases` (and of any blend list) has these keys:"]
+    lines += describe_config(PhaseConfig, "phases[i]")
+    lines += describe_config(BlendItem, "blend[j]")
+    return "\n".join(lines)
+
+
+def check_config(cfg):
+    """Refuse settings that cannot work, before anything is built; messages name the key."""
+    t = cfg.train
+    if t.micro_batch_size < 1:
+        raise ConfigError(f"train.micro_batch_size must be >= 1, got {t.micro_batch_size}")
+    if t.global_batch_size < 1:
+        raise ConfigError(f"train.global_batch_size must be >= 1, got {t.global_batch_size}")
+    if t.global_batch_size % t.micro_batch_size:
+        raise ConfigError(f"train.global_batch_size ({t.global_batch_size}) must be a multiple of "
+                          f"train.micro_batch_size ({t.micro_batch_size})")
+    if cfg.data.seq_len < 1:
+        raise ConfigError(f"data.seq_len must be >= 1, got {cfg.data.seq_len}")
+    if not 0.0 <= cfg.data.valid_fraction < 1.0:
+        raise ConfigError(f"data.valid_fraction must be in [0, 1), got {cfg.data.valid_fraction}")
+    if t.max_consecutive_nan < 1:
+        raise ConfigError("train.max_consecutive_nan must be >= 1")
+    for i, phase in enumerate(resolve_phases(cfg)):
+        where = f"phases[{i}]" if cfg.phases else "data.blend"
+        if not phase.blend:
+            raise ConfigError(f"{where}: the phase has no datasets (set its blend: [{{path: PREFIX}}])")
+        for j, b in enumerate(phase.blend):
+            if not b.path:
+                raise ConfigError(f"{where}.blend[{j}].path is empty")
+            if b.weight <= 0 or not math.isfinite(b.weight):
+                raise ConfigError(f"{where}.blend[{j}].weight must be a positive number, got {b.weight}")
+            if b.repeat is not None and b.repeat < 1:
+                raise ConfigError(f"{where}.blend[{j}].repeat must be >= 1, got {b.repeat}")
+        if phase.steps is None and phase.tokens is None:
+            raise ConfigError(f"{'phases[%d]' % i if cfg.phases else 'train'}: give steps or tokens")
+        s = phase.schedule
+        if s.warmup_steps < 0 or s.max_lr < 0 or s.min_lr < 0 or s.min_lr > s.max_lr:
+            raise ConfigError(f"{where}: schedule needs warmup_steps >= 0 and 0 <= min_lr <= max_lr "
+                              f"(got warmup {s.warmup_steps}, max {s.max_lr}, min {s.min_lr})")
+
+
+def resolve_phases(cfg):
+    """The run's phases with every default filled in: the single implicit phase when `phases` is empty,
+    and the top-level schedule where a phase gives none."""
+    if cfg.phases:
+        phases = cfg.phases
+    else:
+        phases = [PhaseConfig(name="main", blend=cfg.data.blend, tokens=cfg.train.tokens, steps=cfg.train.steps,
+                              valid_blend=cfg.data.valid_blend)]
+    out = []
+    for p in phases:
+        p = dataclasses.replace(p, schedule=p.schedule or cfg.schedule,
+                                valid_blend=p.valid_blend or cfg.data.valid_blend)
+        out.append(p)
+    return out
+
+
+def phase_steps(phase, cfg):
+    """Optimizer steps of a phase: explicit steps, or the token budget over tokens per step (rounded up)."""
+    if phase.steps is not None:
+        return phase.steps
+    per_step = cfg.train.global_batch_size * cfg.data.seq_len
+    return max(1, math.ceil(phase.tokens / per_step))
+
+
+def resolve_data_paths(cfg, base_dir):
+    """Make relative blend paths absolute against `base_dir` (the YAML's folder) when they exist there."""
+    def fix(items):
+        for b in items:
+            if b.path and not os.path.isabs(b.path):
+                cand = os.path.join(base_dir, b.path)
+                if not os.path.exists(b.path + ".idx") and os.path.exists(cand + ".idx"):
+                    b.path = cand
+    fix(cfg.data.blend)
+    fix(cfg.data.valid_blend)
+    for p in cfg.phases:
+        fix(p.blend)
+        fix(p.valid_blend)
+    return cfg
+
+
+def build_model_config(cfg, vocab_size=None):
+    """megasnow.model's ModelConfig from the preset plus the overrides of the `model` section."""
+    from megasnow.model.config import ModelConfig, get_preset
+
+    try:
+        base = get_preset(cfg.model.preset)
+    except (KeyError, ValueError) as e:
+        raise ConfigError(f"model.preset: {e}") from None
+    known = {f.name for f in dataclasses.fields(ModelConfig)}
+    changes = {}
+    for f in dataclasses.fields(ModelSection):
+        value = getattr(cfg.model, f.name)
+        if f.name == "preset" or value is None:
+            continue
+        if f.name not in known:
+            raise ConfigError(f"model.{f.name}: this model version has no such field")
+        changes[f.name] = value
+    if "vocab_size" not in changes and vocab_size is not None:
+        changes["vocab_size"] = vocab_size
+    if "max_seq_len" not in changes and base.max_seq_len < cfg.data.seq_len:
+        changes["max_seq_len"] = cfg.data.seq_len
+    model_cfg = dataclasses.replace(base, **changes)
+    if cfg.data.seq_len > model_cfg.max_seq_len:
+        raise ConfigError(f"data.seq_len ({cfg.data.seq_len}) exceeds model.max_seq_len ({model_cfg.max_seq_len})")
+    return model_cfg

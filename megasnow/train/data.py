@@ -1,0 +1,80 @@
+"""The trainer's data side: check a phase's dataset paths up front, build its blended train / held-out datasets,
+and cut them into the micro-batches of one optimizer step, resumable from a consumed-sample count."""
+import os
+
+import numpy as np
+import torch
+
+from megasnow.config import ConfigError
+
+
+class DataConfigError(ConfigError):
+    """A dataset path that is missing or unreadable, named with its config key."""
+
+
+def check_blend_paths(blend, where):
+    """Fail before training if any PREFIX.bin/PREFIX.idx of `blend` is missing, unreadable or corrupt."""
+    from megasnow.data.indexed import IndexedDataset
+
+    for j, item in enumerate(blend):
+        key = f"{where}[{j}].path"
+        for ext in (".bin", ".idx"):
+            p = item.path + ext
+            if not os.path.exists(p):
+                raise DataConfigError(f"{key}: {p} does not exist (expected an indexed dataset prefix, "
+                                      f"as written by tools/preprocess_data.py)")
+            try:
+                with open(p, "rb") as f:
+                    f.read(1)
+            except OSError as e:
+                raise DataConfigError(f"{key}: {p} is not readable ({e.strerror})") from None
+        try:
+            ds = IndexedDataset(item.path)
+        except Exception as e:  # noqa: BLE001 - the reader's message names the inconsistency
+            raise DataConfigError(f"{key}: {e}") from None
+        if len(ds) == 0:
+            raise DataConfigError(f"{key}: {item.path} holds no sequences")
+
+
+def to_blend_entries(items):
+    from megasnow.data.gpt_dataset import BlendEntry
+
+    return [BlendEntry(prefix=b.path, weight=b.weight, repeat=b.repeat) for b in items]
+
+
+def build_phase_datasets(phase, cfg, num_train_samples, num_valid_samples):
+    """(train dataset, held-out dataset or None) for one phase."""
+    from megasnow.data.gpt_dataset import build_gpt_dataset
+
+    d = cfg.data
+    train = build_gpt_dataset(to_blend_entries(phase.blend), num_train_samples, d.seq_len, d.seed,
+                              split="train", valid_fraction=d.valid_fraction, cache_dir=d.cache_dir)
+    valid = None
+    if num_valid_samples > 0:
+        if phase.valid_blend:
+            valid = build_gpt_dataset(to_blend_entries(phase.valid_blend), num_valid_samples, d.seq_len, d.seed,
+                                      split="train", valid_fraction=0.0, cache_dir=d.cache_dir)
+        elif d.valid_fraction > 0:
+            valid = build_gpt_dataset(to_blend_entries(phase.blend), num_valid_samples, d.seq_len, d.seed,
+                                      split="valid", valid_fraction=d.valid_fraction, cache_dir=d.cache_dir)
+    return train, valid
+
+
+class MicroBatches:
+    """Yields, per optimizer step, this data-parallel rank's list of micro-batches {tokens, labels}."""
+
+    def __init__(self, dataset, consumed_samples, micro_batch_size, num_micro_batches, dp_rank, dp_size, device):
+        from megasnow.data.sampler import PretrainingSampler
+
+        self.dataset = dataset
+        self.num_micro_batches = num_micro_batches
+        self.device = device
+        self._it = iter(PretrainingSampler(len(dataset), consumed_samples, micro_batch_size, dp_rank, dp_size))
+
+    def next_step(self):
+        return [self._collate(next(self._it)) for _ in range(self.num_micro_batches)]
+
+    def _collate(self, indices):
+        x = torch.from_numpy(np.stack([np.asarray(self.dataset[int(i)], dtype=np.int64) for i in indices]))
+        x = x.to(self.device, non_blocking=True)
+        return {"tokens": x[:, :-1].contiguous(), "labels": x[:, 1:].contiguous()}

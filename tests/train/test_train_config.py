@@ -1,0 +1,88 @@
+"""Training config: YAML phases + overrides, derived phase lengths, refusals naming the key, --help."""
+import dataclasses
+import subprocess
+import typing
+import sys
+
+import pytest
+
+from megasnow.config import ConfigError
+from megasnow.train.config import (TrainConfig, help_text, load_train_config, phase_steps, resolve_data_paths,
+                                   resolve_phases)
+
+YAML = """
+data: {seq_len: 64, tokenizer: null}
+train: {micro_batch_size: 2, global_batch_size: 8}
+schedule: {style: cosine, max_lr: 1.0e-3, min_lr: 1.0e-4, warmup_steps: 2}
+phases:
+  - name: general
+    blend: [{path: d/a, weight: 3}, {path: d/b, weight: 1}]
+    tokens: 5000
+  - name: quality
+    blend: [{path: d/q, repeat: 4}]
+    steps: 7
+    schedule: {style: linear, max_lr: 1.0e-3, min_lr: 0.0, warmup_steps: 3}
+"""
+
+
+def test_yaml_phases_and_overrides(tmp_path):
+    p = tmp_path / "run.yaml"
+    p.write_text(YAML)
+    cfg = load_train_config(p, ["train.global_batch_size=16", "optim.clip_grad=0.5"])
+    assert cfg.train.global_batch_size == 16 and cfg.optim.clip_grad == 0.5
+    phases = resolve_phases(cfg)
+    assert [ph.name for ph in phases] == ["general", "quality"]
+    assert [(b.path, b.weight, b.repeat) for b in phases[0].blend] == [("d/a", 3.0, None), ("d/b", 1.0, None)]
+    assert phases[1].blend[0].repeat == 4
+    # phase 1 takes the top-level schedule, phase 2 its own
+    assert phases[0].schedule.style == "cosine" and phases[0].schedule.warmup_steps == 2
+    assert phases[1].schedule.style == "linear" and phases[1].schedule.min_lr == 0.0
+    # 5000 tokens / (16 x 64 tokens per step) rounds up to 5 steps
+    assert phase_steps(phases[0], cfg) == 5 and phase_steps(phases[1], cfg) == 7
+    assert phases[1].optimizer_state == "reset"
+
+
+def test_single_phase_from_data_blend():
+    cfg = load_train_config(None, ["data.blend=[{path: x}]", "train.steps=4", "schedule.style=wsd"])
+    (ph,) = resolve_phases(cfg)
+    assert ph.blend[0].path == "x" and ph.steps == 4 and ph.schedule.style == "wsd"
+
+
+def test_relative_paths_resolve_against_yaml_folder(tmp_path):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "a.idx").write_bytes(b"")
+    p = tmp_path / "run.yaml"
+    p.write_text(YAML)
+    cfg = resolve_data_paths(load_train_config(p), str(tmp_path))
+    assert cfg.phases[0].blend[0].path == str(tmp_path / "d" / "a")
+    assert cfg.phases[0].blend[1].path == "d/b"  # not there: left as given
+
+
+@pytest.mark.parametrize("overrides,match", [
+    (["train.global_batch_size=10", "train.micro_batch_size=4"], r"global_batch_size \(10\).*micro_batch_size \(4\)"),
+    (["train.micro_batch_size=0"], r"train\.micro_batch_size"),
+    (["train.steps=null", "train.tokens=null"], r"give steps or tokens"),
+    (["data.blend=[]"], r"no datasets"),
+    (["data.blend=[{path: x, weight: -1}]"], r"data\.blend\.blend\[0\]\.weight|blend\[0\]\.weight"),
+    (["train.stepz=3"], r"stepz"),
+    (["schedule.style=exp"], r"schedule\.style"),
+    (["train.steps=abc"], r"train\.steps"),
+])
+def test_bad_settings_name_the_key(overrides, match):
+    base = ["data.blend=[{path: x}]", "train.steps=4"]
+    with pytest.raises(ConfigError, match=match):
+        load_train_config(None, base + overrides)
+
+
+def test_help_lists_every_key_with_default():
+    out = subprocess.run([sys.executable, "-m", "megasnow.train", "--help"], capture_output=True, text=True,
+                         timeout=120, check=True).stdout
+    assert out == help_text() + "\n"
+    hints = typing.get_type_hints(TrainConfig)
+    for section, tp in hints.items():
+        if dataclasses.is_dataclass(tp):
+            for f in dataclasses.fields(tp):
+                assert f"  {section}.{f.name} (" in out, f"{section}.{f.name} missing from --help"
+    assert "  train.global_batch_size (int) = 8" in out
+    assert "  schedule.max_lr (float) = 0.00053" in out
+    assert "phases[i].optimizer_state" in out and "blend[j].repeat" in out
