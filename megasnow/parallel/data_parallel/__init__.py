@@ -1,0 +1,1 @@
+"""Data parallelism: bucketed, backward-overlapped gradient reduction and the ZeRO-1 distributed optimizer."""

@@ -1,0 +1,161 @@
+"""Turn a model config and a parallel layout into this rank's model chunks.
+
+`ParallelConfig` is the `parallel:` section of a training config, checked at start-up against the model
+and the world size; `build_model` builds one LlamaModel slice per virtual pipeline stage (embedding on
+the first, head and loss on the last), initialises it from the seed exactly like the unsharded model,
+ties the embedding across the first and last stage, and wraps it for data-parallel gradient reduction.
+"""
+from dataclasses import dataclass, field
+
+import torch
+
+from megasnow.parallel import state
+from megasnow.parallel.state import ParallelConfigError
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+@dataclass
+class ParallelConfig:
+    tensor: int = field(default=1, metadata={"help": "tensor-parallel size (adjacent ranks)"})
+    pipeline: int = field(default=1, metadata={"help": "pipeline stages"})
+    virtual_pipeline: int | None = field(default=None, metadata={"help": "model chunks per stage (interleaved 1F1B)"})
+    sequence_parallel: bool = field(default=False, metadata={"help": "split norms/dropout regions along sequence"})
+    use_distributed_optimizer: bool = field(default=False, metadata={"help": "ZeRO-1: shard optimizer over DP"})
+    overlap_grad_reduce: bool = field(default=True, metadata={"help": "launch DP bucket reductions in backward"})
+    bucket_size_mb: float = field(default=25.0, metadata={"help": "fp32 gradient bucket size"})
+    micro_batch_size: int = field(default=1, metadata={"help": "sequences per micro-batch per DP rank"})
+    pipeline_layers: list[int] | None = field(
+        default=None, metadata={"help": "explicit layers per (virtual) stage, model order; default: equal split"})
+    params_dtype: str = field(default="fp32", metadata={"help": "model weights: fp32 | bf16 (fp32 masters)"})
+
+    def __post_init__(self):
+        if self.params_dtype not in DTYPES:
+            raise ParallelConfigError(f"parallel.params_dtype must be one of {list(DTYPES)}, got {self.params_dtype!r}")
+        for key in ("tensor", "pipeline", "micro_batch_size"):
+            if getattr(self, key) < 1:
+                raise ParallelConfigError(f"parallel.{key} must be at least 1, got {getattr(self, key)}")
+        if not self.bucket_size_mb > 0:
+            raise ParallelConfigError(f"parallel.bucket_size_mb must be positive, got {self.bucket_size_mb}")
+
+    @property
+    def num_model_chunks(self):
+        return self.virtual_pipeline or 1
+
+    def data_parallel_size(self, world_size):
+        return state.check_parallel_sizes(world_size, self.tensor, self.pipeline)
+
+    def validate(self, model_cfg, world_size):
+        """Refuse layouts that cannot work, saying what to change. Returns the data-parallel size."""
+        dp = self.data_parallel_size(world_size)
+        v = self.virtual_pipeline
+        if v is not None and v < 1:
+            raise ParallelConfigError(f"parallel.virtual_pipeline must be at least 1 or null, got {v}")
+        if v is not None and v > 1 and self.pipeline < 2:
+            raise ParallelConfigError("parallel.virtual_pipeline > 1 needs parallel.pipeline >= 2; "
+                                      "set virtual_pipeline=null or raise pipeline")
+        stages = self.pipeline * self.num_model_chunks
+        layers = model_cfg.num_layers
+        if self.pipeline_layers is not None:
+            if len(self.pipeline_layers) != stages or any(n < 1 for n in self.pipeline_layers) \
+                    or sum(self.pipeline_layers) != layers:
+                raise ParallelConfigError(
+                    f"parallel.pipeline_layers {self.pipeline_layers} must list {stages} positive layer counts "
+                    f"(pipeline {self.pipeline} x virtual {self.num_model_chunks}) adding up to model.num_layers "
+                    f"({layers})")
+        elif stages > layers:
+            raise ParallelConfigError(
+                f"{stages} pipeline stages (pipeline {self.pipeline} x virtual {self.num_model_chunks}) exceed "
+                f"model.num_layers ({layers}); lower parallel.pipeline / parallel.virtual_pipeline")
+        elif layers % stages:
+            raise ParallelConfigError(
+                f"model.num_layers ({layers}) is not divisible by the {stages} pipeline stages (pipeline "
+                f"{self.pipeline} x virtual {self.num_model_chunks}); change the sizes or give "
+                f"parallel.pipeline_layers (layers per stage) for an uneven split")
+        if self.sequence_parallel and self.tensor < 2:
+            raise ParallelConfigError("parallel.sequence_parallel needs parallel.tensor >= 2; set it to false")
+        model_cfg.validate_parallel(self.tensor, self.sequence_parallel)
+        return dp
+
+    def layer_ids_per_stage(self, num_layers):
+        """Global layer ids of every model part, in model order (part c runs on stage c % pipeline)."""
+        stages = self.pipeline * self.num_model_chunks
+        counts = self.pipeline_layers or [num_layers // stages] * stages
+        out, start = [], 0
+        for n in counts:
+            out.append(list(range(start, start + n)))
+            start += n
+        return out
+
+
+def build_model(model_cfg, parallel_cfg, seed, model_factory=None):
+    """This rank's model chunks (one per virtual stage), initialised from `seed`, wrapped for DP.
+
+    Initialises the process groups if needed. `model_factory(cfg, pre_process, post_process, layer_ids)`
+    defaults to LlamaModel. Every chunk is wrapped in `DistributedDataParallel` (with DP size 1 it only
+    adds the fp32 gradient buffers the optimizers read), whose state_dict has the plain model's names.
+    """
+    from megasnow.parallel.data_parallel.ddp import DistributedDataParallel
+
+    world = state.get_world_size()
+    parallel_cfg.validate(model_cfg, world)
+    _ensure_groups(parallel_cfg)
+    if model_factory is None:
+        from megasnow.model.llama import LlamaModel as model_factory
+    model_cfg = model_cfg.replace(sequence_parallel=parallel_cfg.sequence_parallel)
+    pp, pp_rank = parallel_cfg.pipeline, state.get_pipeline_parallel_rank()
+    parts = parallel_cfg.layer_ids_per_stage(model_cfg.num_layers)
+    dtype = DTYPES[parallel_cfg.params_dtype]
+    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() \
+        and torch.distributed.is_initialized() and torch.distributed.get_backend() == "nccl" else torch.device("cpu")
+    chunks = []
+    for v in range(parallel_cfg.num_model_chunks):
+        part = v * pp + pp_rank
+        pre, post = part == 0, part == len(parts) - 1
+        state.set_virtual_pipeline_parallel_rank(v if parallel_cfg.virtual_pipeline else None)
+        model = model_factory(model_cfg, pre_process=pre, post_process=post, layer_ids=parts[part])
+        model.init_weights(seed)
+        model.to(device=device, dtype=dtype)
+        chunks.append(model)
+    state.set_virtual_pipeline_parallel_rank(None)
+    tie_embeddings_across_stages(chunks, model_cfg)
+    return [DistributedDataParallel(m, parallel_cfg, parallel_cfg.bucket_size_mb, parallel_cfg.overlap_grad_reduce,
+                                    parallel_cfg.use_distributed_optimizer) for m in chunks]
+
+
+def _ensure_groups(cfg):
+    if not state.model_parallel_is_initialized():
+        state.initialize_model_parallel(cfg.tensor, cfg.pipeline, cfg.virtual_pipeline)
+        return
+    have = (state.get_tensor_parallel_world_size(), state.get_pipeline_parallel_world_size(),
+            state.get_virtual_pipeline_parallel_world_size())
+    if have != (cfg.tensor, cfg.pipeline, cfg.virtual_pipeline):
+        raise ParallelConfigError(f"process groups were set up for (tensor, pipeline, virtual) = {have}, "
+                                  f"but the parallel config asks for {(cfg.tensor, cfg.pipeline, cfg.virtual_pipeline)}")
+
+
+@torch.no_grad()
+def tie_embeddings_across_stages(chunks, model_cfg):
+    """With tied embeddings split over stages, mark both copies and make the last stage's equal the first's."""
+    if not model_cfg.tie_embeddings or state.get_pipeline_parallel_world_size() == 1:
+        return
+    first = state.is_pipeline_first_stage(ignore_virtual=True)
+    last = state.is_pipeline_last_stage(ignore_virtual=True)
+    weight = None
+    if first:
+        weight = chunks[0].embed.weight
+    elif last:
+        weight = output_embedding_weight(chunks[-1])
+    if weight is None:
+        return
+    weight.shared_embedding = True
+    weight.shared_embedding_replica = not first  # counted once in the gradient norm
+    torch.distributed.broadcast(weight.data, src=state.get_embedding_ranks()[0], group=state.get_embedding_group())
+
+
+def output_embedding_weight(model):
+    """The weight a last-stage chunk multiplies by to get logits (its copy of the tied embedding)."""
+    head = getattr(model, "lm_head", None)
+    if head is not None and getattr(head, "weight", None) is not None:
+        return head.weight
+    return model.embed.weight

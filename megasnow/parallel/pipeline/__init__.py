@@ -1,0 +1,1 @@
+"""Pipeline parallelism: stage-to-stage point-to-point transfers and forward/backward schedules."""
