@@ -77,3 +77,15 @@ def write_jsonl(path, records):
         for r in records:
             f.write(json.dumps(r) + "\n")
     return path
+
+
+def train_tiny_tokenizer(path, texts, vocab_size=400):
+    """A small byte-level BPE tokenizer.json (the project tokenizer stand-in for token budgets)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"]))
+    tok.save(path)
+    return path
