@@ -1,0 +1,197 @@
+"""The curation pipeline: plan shards, run each stage through an executor, skip finished tasks, write the report.
+
+Stages: prepare (ingest, filter, decontaminate; per shard) -> signatures (per shard) -> exact dedup (global)
+-> LSH band buckets (per band group) -> clusters (global) -> route survivors by (language, repo partition)
+(per shard) -> documents (per language partition). Every task leaves a done marker holding its result, so a
+rerun, or a run that was killed, only does what is missing.
+"""
+import glob
+import json
+import math
+import os
+import time
+
+import numpy as np
+import orjson
+
+from megasnow.config import dump_config, to_dict
+from megasnow.curate.executors import run_tasks, shutdown_ray
+from megasnow.curate.minhash import optimal_param
+from megasnow.curate.sources import plan_shards
+from megasnow.curate.stages import STAGE_FUNCTIONS, prepare_paths
+from megasnow.curate.stats import add_totals, merge_into, new_stats
+from megasnow.utils.atomic import atomic_write, atomic_write_text
+
+BAND_GROUPS = 8  # LSH bucket tasks; fixed so the work split never depends on the number of workers
+
+
+class PipelineError(RuntimeError):
+    """The output folder belongs to a run with a different config or input."""
+
+
+def run_marked(item):
+    """Executor entry point: run one stage task and then write its done marker (the task result as JSON)."""
+    fn_name, task, marker = item
+    result = STAGE_FUNCTIONS[fn_name](task)
+    with atomic_write(marker, "wb") as f:
+        f.write(orjson.dumps(result))
+    return result
+
+
+class Runner:
+    def __init__(self, cfg, output):
+        self.cfg, self.output = cfg, output
+        self.work = os.path.join(output, "work")
+        self.cfg_dict = to_dict(cfg)
+        self.timings = {}
+        self.executed = {}
+
+    def stage(self, name, fn_name, tasks, keys):
+        """Run the tasks of one stage whose done markers are missing; return all results in task order."""
+        t0 = time.time()
+        markers = [os.path.join(self.work, "done", name, f"{k}.json") for k in keys]
+        results = [None] * len(tasks)
+        todo = []
+        for i, m in enumerate(markers):
+            if os.path.exists(m):
+                with open(m, "rb") as f:
+                    results[i] = orjson.loads(f.read())
+            else:
+                todo.append(i)
+        items = [(fn_name, {**tasks[i], "cfg": self.cfg_dict, "work": self.work, "output": self.output},
+                  markers[i]) for i in todo]
+        fresh = run_tasks(run_marked, items, self.cfg.executor, self.cfg.workers,
+                          desc=f"{name} ({len(todo)}/{len(tasks)} to run)", ray_address=self.cfg.ray_address)
+        for i, r in zip(todo, fresh):
+            results[i] = r
+        self.timings[name] = round(time.time() - t0, 3)
+        self.executed[name] = len(todo)
+        return results
+
+
+def _check_or_save_run(output, cfg, inputs):
+    """Refuse to resume into an output folder made with another config or input list; else record ours."""
+    text = dump_config(cfg)
+    run_file = os.path.join(output, "work", "run.json")
+    run = {"config": text, "inputs": [os.path.abspath(p) for p in inputs]}
+    if os.path.exists(run_file):
+        with open(run_file) as f:
+            old = json.load(f)
+        if old != run:
+            raise PipelineError(f"{output} holds a run with a different config or inputs; use a new --output "
+                                f"folder (or delete {os.path.join(output, 'work')})")
+    else:
+        atomic_write_text(run_file, json.dumps(run, indent=1))
+    atomic_write_text(os.path.join(output, "config.yaml"), text)
+
+
+def run_pipeline(inputs, output, cfg):
+    """Curate `inputs` into `output`; returns the stats dict also written to output/stats.json."""
+    t_start = time.time()
+    os.makedirs(output, exist_ok=True)
+    _check_or_save_run(output, cfg, inputs)
+    r = Runner(cfg, output)
+    shards = plan_shards(inputs, cfg.source)
+    names = [s["name"] for s in shards]
+
+    prepared = r.stage("prepare", "prepare_shard", [{"shard": s} for s in shards], names)
+    counts = [p["kept"] for p in prepared]
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(int).tolist()
+    total = offsets[-1]
+
+    nd = cfg.near_dedup
+    bands, rows = (nd.bands, nd.rows) if nd.bands and nd.rows else optimal_param(
+        nd.threshold, nd.num_perm, nd.false_positive_weight, nd.false_negative_weight)
+    common = {"shards": names, "offsets": offsets[:-1]}
+    dedup_report = {}
+    for leftover in ("exact.npz", "near.npz"):  # a mask from a run with the stage enabled must not leak in
+        if not getattr(cfg, "exact_dedup" if leftover == "exact.npz" else "near_dedup").enabled:
+            _remove(os.path.join(r.work, leftover))
+    if cfg.exact_dedup.enabled or nd.enabled:
+        dedup_report["exact"] = r.stage("exact_dedup", "exact_dedup", [dict(common)], ["all"])[0] \
+            if cfg.exact_dedup.enabled else None
+        if not cfg.exact_dedup.enabled:
+            with atomic_write(os.path.join(r.work, "exact.npz"), "wb") as f:
+                np.savez(f, removed=np.zeros(total, dtype=bool))
+    if nd.enabled:
+        r.stage("signatures", "signature_shard", [{"shard": n, "bands": bands, "rows": rows} for n in names], names)
+        step = math.ceil(bands / min(BAND_GROUPS, bands))
+        groups = [(s, min(s + step, bands)) for s in range(0, bands, step)]
+        keys = [f"bands-{a:03d}-{b:03d}" for a, b in groups]
+        r.stage("buckets", "band_edges", [{**common, "start": a, "stop": b, "key": k}
+                                         for (a, b), k in zip(groups, keys)], keys)
+        dedup_report["near"] = r.stage("clusters", "cluster_near", [dict(common)], ["all"])[0]
+        dedup_report["near"].update({"bands": bands, "rows": rows, "threshold": nd.threshold})
+
+    kept_bytes = {}
+    for p in prepared:
+        for lang, b in p["kept_bytes_by_lang"].items():
+            kept_bytes[lang] = kept_bytes.get(lang, 0) + b
+    partitions = {lang: max(1, math.ceil(b / cfg.documents.partition_bytes)) for lang, b in kept_bytes.items()}
+    routed = r.stage("route", "route_shard", [{"shard": n, "offset": o, "partitions": partitions}
+                                              for n, o in zip(names, offsets[:-1])], names)
+    doc_tasks = []
+    for lang in sorted(partitions):
+        for part in range(partitions[lang]):
+            if glob.glob(os.path.join(r.work, "grouped", lang, f"{part:05d}", "*.jsonl")):
+                doc_tasks.append({"lang": lang, "partition": part})
+    documents = r.stage("documents", "build_documents", doc_tasks,
+                        [f"{t['lang']}-{t['partition']:05d}" for t in doc_tasks])
+    shutdown_ray()
+
+    stats = new_stats()
+    for part in prepared + routed + documents:
+        merge_into(stats, {k: v for k, v in part.items() if k in ("stages", "bad_input", "bad_input_examples")})
+    add_totals(stats)
+    _write_reports(r.work, output, names, offsets, cfg)
+    stats["dedup"] = dedup_report
+    stats["shards"] = len(shards)
+    stats["documents_files"] = sorted(os.path.relpath(p, output)
+                                      for p in glob.glob(os.path.join(output, "documents", "*.jsonl")))
+    stats["seconds"] = {**r.timings, "total": round(time.time() - t_start, 3)}
+    stats["tasks_executed"] = r.executed
+    atomic_write_text(os.path.join(output, "stats.json"), json.dumps(stats, indent=1, sort_keys=True))
+    return stats
+
+
+def _remove(path):
+    if os.path.exists(path):
+        os.unlink(path)
+
+
+def _write_reports(work, output, names, offsets, cfg):
+    """duplicates.jsonl (one cluster a line, the kept file first) and decontamination.jsonl (one removal a line)."""
+    clusters = []
+    for kind, fname in (("exact", "exact_clusters.json"), ("near", "near_clusters.json")):
+        path = os.path.join(work, fname)
+        enabled = cfg.exact_dedup.enabled if kind == "exact" else cfg.near_dedup.enabled
+        if enabled and os.path.exists(path):
+            with open(path, "rb") as f:
+                clusters += [(kind, kept, removed) for kept, removed in orjson.loads(f.read())]
+    needed = sorted({i for _, k, rm in clusters for i in [k, *rm]})
+    info = _lookup(work, names, offsets, needed)
+    with atomic_write(os.path.join(output, "duplicates.jsonl"), "wb") as out:
+        for kind, kept, removed in clusters:
+            out.write(orjson.dumps({"kind": kind, "kept": info[kept], "removed": [info[i] for i in removed]}) + b"\n")
+    with atomic_write(os.path.join(output, "decontamination.jsonl"), "wb") as out:
+        for n in names:
+            with open(prepare_paths(work, n)["decon"], "rb") as f:
+                out.write(f.read())
+
+
+def _lookup(work, names, offsets, indices):
+    """{global index: {id, repo, path, stars}} read from the shards' meta files."""
+    info = {}
+    indices = np.asarray(indices, dtype=np.int64)
+    for s, name in enumerate(names):
+        lo, hi = offsets[s], offsets[s + 1]
+        mine = indices[(indices >= lo) & (indices < hi)]
+        if len(mine) == 0:
+            continue
+        meta = np.load(prepare_paths(work, name)["meta"])
+        ids, repos, paths, stars = meta["id"], meta["repo"], meta["path"], meta["stars"]
+        for g in mine.tolist():
+            k = g - lo
+            info[g] = {"id": str(ids[k]), "repo": str(repos[k]), "path": str(paths[k]),
+                       "stars": None if stars[k] < 0 else int(stars[k])}
+    return info
