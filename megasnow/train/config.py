@@ -201,8 +201,9 @@ def check_config(cfg):
                 raise ConfigError(f"{where}.blend[{j}].weight must be a positive number, got {b.weight}")
             if b.repeat is not None and b.repeat < 1:
                 raise ConfigError(f"{where}.blend[{j}].repeat must be >= 1, got {b.repeat}")
-        if phase.steps is None and phase.tokens is None:
-            raise ConfigError(f"{'phases[%d]' % i if cfg.phases else 'train'}: give steps or tokens")
+        if phase.steps is None and phase.tokens is None and not all(b.repeat for b in phase.blend):
+            raise ConfigError(f"{'phases[%d]' % i if cfg.phases else 'train'}: give steps or tokens (or a repeat "
+                              f"count for every dataset of the blend)")
         s = phase.schedule
         if s.warmup_steps < 0 or s.max_lr < 0 or s.min_lr < 0 or s.min_lr > s.max_lr:
             raise ConfigError(f"{where}: schedule needs warmup_steps >= 0 and 0 <= min_lr <= max_lr "
@@ -226,9 +227,12 @@ def resolve_phases(cfg):
 
 
 def phase_steps(phase, cfg):
-    """Optimizer steps of a phase: explicit steps, or the token budget over tokens per step (rounded up)."""
+    """Optimizer steps of a phase: explicit steps, or the token budget over tokens per step (rounded up);
+    None when neither is given (every dataset then has a repeat count, which fixes the length)."""
     if phase.steps is not None:
         return phase.steps
+    if phase.tokens is None:
+        return None
     per_step = cfg.train.global_batch_size * cfg.data.seq_len
     return max(1, math.ceil(phase.tokens / per_step))
 
@@ -270,6 +274,8 @@ def build_model_config(cfg, vocab_size=None):
         changes["vocab_size"] = vocab_size
     if "max_seq_len" not in changes and base.max_seq_len < cfg.data.seq_len:
         changes["max_seq_len"] = cfg.data.seq_len
+    if "sequence_parallel" in known:
+        changes["sequence_parallel"] = cfg.parallel.sequence_parallel
     model_cfg = dataclasses.replace(base, **changes)
     if cfg.data.seq_len > model_cfg.max_seq_len:
         raise ConfigError(f"data.seq_len ({cfg.data.seq_len}) exceeds model.max_seq_len ({model_cfg.max_seq_len})")

@@ -37,14 +37,15 @@ def check_blend_paths(blend, where):
 
 
 def to_blend_entries(items):
-    from megasnow.data.gpt_dataset import BlendEntry
+    from megasnow.data.blended_dataset import BlendEntry
 
     return [BlendEntry(prefix=b.path, weight=b.weight, repeat=b.repeat) for b in items]
 
 
 def build_phase_datasets(phase, cfg, num_train_samples, num_valid_samples):
-    """(train dataset, held-out dataset or None) for one phase."""
-    from megasnow.data.gpt_dataset import build_gpt_dataset
+    """(train dataset, held-out dataset or None) for one phase. `num_train_samples` None: the blend's explicit
+    repeat counts fix the size."""
+    from megasnow.data.blended_dataset import build_gpt_dataset
 
     d = cfg.data
     train = build_gpt_dataset(to_blend_entries(phase.blend), num_train_samples, d.seq_len, d.seed,

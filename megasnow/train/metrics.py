@@ -122,7 +122,7 @@ class MetricsLogger:
         loss = r["loss"]
         parts = [f"step {r['step']:>6d}", f"[{r.get('phase', '')}]", f"loss {loss:.4f}",
                  f"lr {r['lr']:.3e}", f"gnorm {r['grad_norm']:.3f}", f"{r['tokens_per_s']:,.0f} tok/s",
-                 f"{r['tflops_per_device']:.1f} TFLOP/s"]
+                 f"{r['tflops_per_device']:.3g} TFLOP/s"]
         parts.append(f"MFU {100 * r['mfu']:.1f}%" if r["mfu"] is not None else "MFU n/a (no GPU peak)")
         parts += [f"mem {r['memory_mb']:,.0f} MiB", f"ETA {format_eta(r['eta_s'])}"]
         if r.get("skipped"):

@@ -68,7 +68,6 @@ class Trainer:
             where = f"phases[{i}]" if cfg.phases else "data"
             check_blend_paths(p.blend, f"{where}.blend")
             check_blend_paths(p.valid_blend, f"{where}.valid_blend")
-        self.phase_lengths = [phase_steps(p, cfg) for p in self.phases]
 
         self.tokenizer = None
         vocab = None
@@ -80,6 +79,7 @@ class Trainer:
             self.tokenizer = load_tokenizer(cfg.data.tokenizer)
             vocab = self.tokenizer.vocab_size
         self.model_cfg = build_model_config(cfg, vocab)
+        self._build_datasets()
         self.model_chunks = self._build_model()
         self.optimizer = self._build_optimizer()
 
@@ -97,6 +97,26 @@ class Trainer:
             self.metrics.event({"kind": "resume", "step": self.state.step,
                                 "message": f"resumed from {resumed_from} at step {self.state.step}"})
         return self
+
+    def _build_datasets(self):
+        """Every phase's datasets up front, so a bad blend fails before the first step, not at a phase change."""
+        cfg, gbs = self.cfg, self.cfg.train.global_batch_size
+        n_valid = cfg.train.eval_iters * gbs if cfg.train.eval_interval > 0 else 0
+        self.datasets, self.phase_lengths = [], []
+        for i, phase in enumerate(self.phases):
+            steps = phase_steps(phase, cfg)
+            try:
+                train, valid = build_phase_datasets(phase, cfg, None if steps is None else steps * gbs, n_valid)
+            except ValueError as e:
+                raise ConfigError(f"phases[{i}] ({phase.name}): {e}") from None
+            if steps is None or len(train) < steps * gbs:
+                # every dataset has an explicit repeat count: the data, not the budget, fixes the phase length
+                steps = len(train) // gbs
+            if steps == 0:
+                raise ConfigError(f"phases[{i}] ({phase.name}): its data gives {len(train)} samples of "
+                                  f"{cfg.data.seq_len + 1} tokens, less than one global batch of {gbs}")
+            self.datasets.append((train, valid))
+            self.phase_lengths.append(steps)
 
     def _pick_device(self):
         want = self.cfg.train.device
@@ -124,15 +144,15 @@ class Trainer:
 
         known = {f.name for f in dataclasses.fields(ParallelConfig)}
         pc = {k: v for k, v in dataclasses.asdict(self.cfg.parallel).items() if k in known}
-        extra = {"micro_batch_size": self.cfg.train.micro_batch_size, "params_dtype": self.dtype,
-                 "device": self.device}
+        extra = {"micro_batch_size": self.cfg.train.micro_batch_size,
+                 "params_dtype": "bf16" if self.dtype == torch.bfloat16 else "fp32"}
         pc.update({k: v for k, v in extra.items() if k in known})
         self.parallel_cfg = ParallelConfig(**pc)
         chunks = build_model(self.model_cfg, self.parallel_cfg, self.cfg.train.seed)
-        for m in chunks:
-            p = next(m.parameters())
-            if p.device != self.device or p.dtype != self.dtype:
-                m.to(device=self.device, dtype=self.dtype)
+        p = next(chunks[0].parameters())
+        if p.device.type != self.device.type:
+            raise ConfigError(f"the model was built on {p.device} but train.device resolves to {self.device}; "
+                              f"on GPU launch with torchrun (NCCL) or set train.device=cpu")
         return chunks
 
     def _build_optimizer(self):
@@ -186,15 +206,7 @@ class Trainer:
         if st.step_in_phase == 0 and index > 0 and phase.optimizer_state == "reset":
             self.optimizer = self._build_optimizer()
         gbs = cfg.train.global_batch_size
-        n_valid = cfg.train.eval_iters * gbs if cfg.train.eval_interval > 0 else 0
-        train_ds, valid_ds = build_phase_datasets(phase, cfg, total * gbs, n_valid)
-        if len(train_ds) < total * gbs:
-            # every dataset has an explicit repeat count: the data, not the budget, fixes the phase length
-            total = self.phase_lengths[index] = len(train_ds) // gbs
-            if total == 0:
-                raise ConfigError(f"phases[{index}] ({phase.name}): its data gives {len(train_ds)} samples, less "
-                                  f"than one global batch of {gbs}")
-        self.valid_ds = valid_ds
+        train_ds, self.valid_ds = self.datasets[index]
         batches = MicroBatches(train_ds, st.consumed_samples, cfg.train.micro_batch_size, self.num_micro_batches,
                                self.dp_rank, self.dp_size, self.device)
         if st.step_in_phase == 0:
