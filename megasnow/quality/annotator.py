@@ -254,6 +254,7 @@ def load_annotator(folder, device="cpu"):
     if expected != found:
         raise AnnotatorError(f"{head_path}: head tensors {found} do not match the encoder (expected {expected})")
     annotator.head.load_state_dict(head)
+    annotator.folder = os.path.abspath(folder)  # lets reports find metrics.json
     return annotator.to(device).eval()
 
 

@@ -1,0 +1,216 @@
+#!/usr/bin/env python
+"""Phase-2 quality annotation front-end: train an annotator, score corpora, select the high-quality
+set, and report the annotator's alignment with benchmark solutions. See docs/quality.md."""
+import argparse
+import json
+import logging
+import os
+import re
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+EXAMPLES = """examples:
+  annotate.py train --positives hq_code/*.jsonl --instructions oss_instruct.jsonl \\
+      --negatives curated/documents --output annotator/
+  annotate.py score --input curated/documents --annotator annotator/ --output scores/ --workers 2
+  annotate.py select --documents curated/documents --scores scores/ --tokenizer tok.model \\
+      --budget-tokens 12.5B --output phase2/
+  annotate.py eval --annotator annotator/ --corpus curated/documents
+"""
+
+
+def parse_token_count(text):
+    """'12.5B', '300M', '40k' or a plain integer -> int."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kKmMbBtT]?)\s*", str(text))
+    if not m:
+        raise argparse.ArgumentTypeError(f"not a token count: {text!r} (use e.g. 12.5B, 300M, 40000)")
+    scale = {"": 1, "k": 1e3, "m": 1e6, "b": 1e9, "t": 1e12}[m.group(2).lower()]
+    return int(round(float(m.group(1)) * scale))
+
+
+def resolve_device(name):
+    if name != "auto":
+        return name
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def add_executor_args(p):
+    p.add_argument("--executor", choices=["local", "ray"], default="local", help="run shards in local processes or on Ray")
+    p.add_argument("--workers", type=int, default=1, help="parallel shard workers (default 1)")
+    p.add_argument("--ray-address", default=None, help="Ray cluster address (default: start a local Ray)")
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="annotate.py", description=__doc__, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train an annotator (frozen encoder or full fine-tuning)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    t.add_argument("--positives", nargs="*", default=[], help="JSONL/Parquet high-quality code files (text field)")
+    t.add_argument("--instructions", nargs="*", default=[], help="JSONL/Parquet problem/solution data")
+    t.add_argument("--negatives", nargs="+", required=True, help="phase-1 document shards (negatives drawn at random)")
+    t.add_argument("--output", required=True, help="annotator folder to write")
+    t.add_argument("--text-field", default="text", help="text field of --positives records")
+    t.add_argument("--negative-text-field", default="text", help="text field of --negatives records")
+    t.add_argument("--problem-field", default="problem", help="problem field of --instructions records")
+    t.add_argument("--solution-field", default="solution", help="solution field of --instructions records")
+    t.add_argument("--comment-prefix", default="# ", help="prefix for the problem lines above the solution")
+    t.add_argument("--max-positives", type=int, default=None, help="at most this many positives per source")
+    t.add_argument("--mode", choices=["frozen", "full"], default="frozen")
+    t.add_argument("--encoder", default=None, help="HF encoder folder (default: bundled all-MiniLM-L6-v2)")
+    t.add_argument("--pooling", choices=["mean", "cls"], default="mean")
+    t.add_argument("--max-length", type=int, default=512, help="encoder window (tokens, specials included)")
+    t.add_argument("--epochs", type=int, default=None, help="default: 200 frozen / 3 full")
+    t.add_argument("--lr", type=float, default=None, help="default: 5e-3 frozen / 3e-5 full")
+    t.add_argument("--patience", type=int, default=None, help="early-stopping patience in epochs")
+    t.add_argument("--batch-size", type=int, default=None)
+    t.add_argument("--heldout-fraction", type=float, default=0.1)
+    t.add_argument("--save-splits", default=None, help="folder to write train.jsonl / heldout.jsonl")
+    t.add_argument("--device", default="auto")
+    t.add_argument("--seed", type=int, default=0)
+
+    s = sub.add_parser("score", help="score document shards (three-window rule), resumable",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    s.add_argument("--input", nargs="+", required=True, help="JSONL/Parquet shards, folders or globs")
+    s.add_argument("--annotator", required=True, help="trained annotator folder")
+    s.add_argument("--output", required=True, help="folder for <shard>.scores.jsonl files")
+    s.add_argument("--device", default="auto")
+    s.add_argument("--batch-tokens", type=int, default=16384, help="padded tokens per encoder batch")
+    s.add_argument("--chunk-docs", type=int, default=1024, help="documents length-sorted together")
+    s.add_argument("--text-field", default="text")
+    s.add_argument("--id-field", default="id")
+    s.add_argument("--lang-field", default="lang")
+    s.add_argument("--keep-fields", nargs="*", default=[], help="extra fields copied into the scores")
+    s.add_argument("--retries", type=int, default=2, help="retries of a failing shard")
+    add_executor_args(s)
+
+    c = sub.add_parser("select", help="per-language top fraction up to a token budget",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    c.add_argument("--documents", nargs="+", required=True, help="the document shards that were scored")
+    c.add_argument("--scores", required=True, help="scores folder written by `score`")
+    c.add_argument("--tokenizer", required=True, help="project tokenizer (.model or tokenizer.json)")
+    c.add_argument("--budget-tokens", type=parse_token_count, required=True, help="e.g. 12.5B")
+    c.add_argument("--output", required=True, help="folder for selected/ shards and the report")
+    c.add_argument("--text-field", default="text")
+    c.add_argument("--mix-tolerance-pp", type=float, default=1.0, help="flag a language share off by more")
+    add_executor_args(c)
+
+    e = sub.add_parser("eval", help="alignment report: ROC-AUC of benchmark solutions vs random files",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    e.add_argument("--annotator", required=True)
+    e.add_argument("--corpus", nargs="+", required=True, help="corpus shards to draw random files from")
+    e.add_argument("--num-random", type=int, default=1000, help="random corpus files to score")
+    e.add_argument("--benchmark", nargs="*", default=[], help="extra benchmark solution files (JSONL/Parquet)")
+    e.add_argument("--benchmark-fields", default="text", help="comma-separated fields concatenated per record")
+    e.add_argument("--no-humaneval", action="store_true", help="skip HumanEval's canonical solutions")
+    e.add_argument("--heldout", default=None, help="held-out JSONL (text, label) to re-evaluate")
+    e.add_argument("--report", default=None, help="also write the report as JSON here")
+    e.add_argument("--batch-tokens", type=int, default=16384)
+    e.add_argument("--text-field", default="text")
+    e.add_argument("--device", default="auto")
+    e.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def cmd_train(args):
+    from megasnow.quality.train import TrainConfig, train_annotator
+    from megasnow.quality.training_data import PositiveSource, build_training_set, write_examples
+
+    sources = []
+    if args.positives:
+        sources.append(PositiveSource(args.positives, "code", text_field=args.text_field, limit=args.max_positives))
+    if args.instructions:
+        sources.append(PositiveSource(args.instructions, "instruction", problem_field=args.problem_field,
+                                      solution_field=args.solution_field, comment_prefix=args.comment_prefix,
+                                      limit=args.max_positives))
+    if not sources:
+        raise SystemExit("train: give --positives and/or --instructions")
+    train, heldout, stats = build_training_set(sources, args.negatives, args.heldout_fraction, args.seed,
+                                               args.negative_text_field)
+    print(f"training data: {json.dumps(stats)}")
+    if args.save_splits:
+        write_examples(os.path.join(args.save_splits, "train.jsonl"), train)
+        write_examples(os.path.join(args.save_splits, "heldout.jsonl"), heldout)
+    cfg = TrainConfig(mode=args.mode, encoder=args.encoder, pooling=args.pooling, max_length=args.max_length,
+                      epochs=args.epochs, lr=args.lr, patience=args.patience, batch_size=args.batch_size,
+                      device=args.device, seed=args.seed)
+    metrics = train_annotator(train, heldout, args.output, cfg)
+    h = metrics["heldout"]
+    print(f"saved {args.output}: best epoch {metrics['best_epoch']}/{metrics['epochs_run']}, held-out ROC-AUC "
+          f"{h['roc_auc']:.4f} accuracy {h['accuracy']:.4f} precision {h['precision']:.4f} recall {h['recall']:.4f}")
+
+
+def cmd_score(args):
+    from megasnow.quality.score import score_corpus
+
+    summary = score_corpus(
+        args.input, args.output, args.annotator, executor=args.executor, workers=args.workers,
+        ray_address=args.ray_address, device=resolve_device(args.device), batch_tokens=args.batch_tokens,
+        chunk_docs=args.chunk_docs, text_field=args.text_field, id_field=args.id_field, lang_field=args.lang_field,
+        keep_fields=list(args.keep_fields), retries=args.retries,
+    )
+    rate = summary["files_per_s_this_run"]
+    print(f"scored {summary['scored']:,} of {summary['documents']:,} documents in {summary['shards']} shards "
+          f"({summary['shards_skipped_done']} already done); skipped: {summary['skipped'] or 'none'}; "
+          f"{rate if rate is not None else '-'} files/s this run")
+
+
+def cmd_select(args):
+    from megasnow.quality.selection import select_documents
+
+    report = select_documents(args.documents, args.scores, args.output, args.tokenizer, args.budget_tokens,
+                              executor=args.executor, workers=args.workers, ray_address=args.ray_address,
+                              text_field=args.text_field, mix_tolerance_pp=args.mix_tolerance_pp)
+    with open(os.path.join(args.output, "selection_report.md"), encoding="utf-8") as f:
+        print(f.read())
+    if not report["mix_within_tolerance"]:
+        logging.warning("language mix deviates by %.3f pp (> %.1f pp)", report["max_share_deviation_pp"],
+                        args.mix_tolerance_pp)
+
+
+def cmd_eval(args):
+    from megasnow.quality.annotator import load_annotator
+    from megasnow.quality.evaluate import alignment_report, benchmark_solutions, format_report, humaneval_solutions
+    from megasnow.utils.atomic import atomic_write_text
+
+    benchmarks = {}
+    if not args.no_humaneval:
+        benchmarks["humaneval"] = humaneval_solutions()
+    if args.benchmark:
+        fields = tuple(f.strip() for f in args.benchmark_fields.split(",") if f.strip())
+        benchmarks["user"] = benchmark_solutions(args.benchmark, fields)
+    if not benchmarks:
+        raise SystemExit("eval: nothing to evaluate (HumanEval disabled and no --benchmark)")
+    annotator = load_annotator(args.annotator, device=resolve_device(args.device))
+    report = alignment_report(annotator, benchmarks, args.corpus, args.num_random, args.seed, args.batch_tokens,
+                              args.text_field, args.heldout)
+    print(format_report(report))
+    if args.report:
+        atomic_write_text(args.report, json.dumps(report, indent=2))
+
+
+def main(argv=None):
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    from megasnow.quality.annotator import AnnotatorError
+    from megasnow.quality.selection import SelectionError
+    from megasnow.utils.records import RecordError
+
+    try:
+        {"train": cmd_train, "score": cmd_score, "select": cmd_select, "eval": cmd_eval}[args.command](args)
+    except (AnnotatorError, SelectionError, RecordError, FileNotFoundError, ValueError) as e:
+        print(f"annotate.py {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
