@@ -320,6 +320,20 @@ class IndexedDatasetBuilder:
         self.sequence_lengths.extend(lengths)
         self.document_indices.append(len(self.sequence_lengths))
 
+    def add_packed_documents(self, data, doc_lengths):
+        """Append documents already packed as raw bytes of this dtype; document i is one sequence of
+        doc_lengths[i] tokens (an empty document adds no sequence, as Megatron's add_document([], []) does)."""
+        lengths = np.asarray(doc_lengths, dtype=np.int64)
+        if int(lengths.sum()) * self.dtype.itemsize != len(data):
+            raise IndexedDatasetError(
+                f"add_packed_documents: {len(data)} bytes given for {int(lengths.sum())} tokens of {self.dtype}"
+            )
+        self._data.write(data)
+        base = len(self.sequence_lengths)
+        nonempty = lengths[lengths > 0]
+        self.sequence_lengths.extend(nonempty.tolist())
+        self.document_indices.extend((base + np.cumsum(lengths > 0, dtype=np.int64)).tolist())
+
     def add_index(self, path_prefix):
         """Append every document of an existing dataset (same dtype), copying its .bin."""
         other = IndexedDataset(path_prefix)
