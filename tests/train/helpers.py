@@ -77,3 +77,17 @@ def losses(log_dir, kind="train"):
             if rec.get("kind", "train") == kind:
                 out.append(rec)
     return out
+
+
+def train_in_process(config_path, *overrides):
+    """Run the trainer inside this process (saves a Python start-up); returns the final TrainerState."""
+    from megasnow.parallel import state
+    from megasnow.train.config import load_train_config
+    from megasnow.train.trainer import Trainer
+
+    cfg = load_train_config(config_path, overrides)
+    try:
+        trainer = Trainer(cfg).setup()
+        return trainer.run()
+    finally:
+        state.destroy_model_parallel()
