@@ -102,6 +102,9 @@ class ColumnParallelLinear(nn.Module):
             raise ValueError(f"partitions {partitions} must add up to out_features {out_features}")
         for size in partitions:
             _divide(size, world, "ColumnParallelLinear output segment")
+        if gather_output and len(partitions) > 1 and world > 1:
+            raise ValueError("gather_output would interleave the fused segments across ranks; "
+                             "use gather_output=False with partitions")
         self.in_features, self.out_features = in_features, out_features
         self.gather_output, self.sequence_parallel = gather_output, sequence_parallel
         self.output_size_per_partition = out_features // world
