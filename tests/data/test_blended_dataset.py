@@ -1,4 +1,6 @@
 """Blends: largest-deficit proportions, exact repetition counts, contents, determinism and refused inputs."""
+import pickle
+
 import numpy as np
 import pytest
 
@@ -82,6 +84,8 @@ def test_blend_is_deterministic_across_fresh_builds(tmp_path, three):
     assert sum(np.array_equal(a[i], c[i]) for i in range(150)) < 15
     again = build_gpt_dataset(entries, 150, seq_len=8, seed=1, cache_dir=tmp_path / "a")
     assert not again.built_indices and not any(d.built_indices for d in again.datasets)
+    clone = pickle.loads(pickle.dumps(again))  # what DataLoader workers receive
+    assert all(np.array_equal(a[i], clone[i]) for i in range(150))
 
 
 def test_repeat_contributes_exact_passes(tmp_path, three):
