@@ -1,0 +1,382 @@
+"""Microbenchmarks of megasnow's fused kernels against PyTorch eager, torch.compile and Liger-Kernel.
+
+For each op and mode (fwd, bwd, fwdbwd) at the 1.3B model's shapes: median time, GB/s or TFLOP/s,
+percent of the device-to-device copy bandwidth measured in the same run, and peak extra memory.
+Writes a CSV and a PNG. Runs on CPU too (--quick), where the Triton kernels run in the interpreter.
+
+    python tools/bench_kernels.py                       # GPU: tokens 4k..64k, bf16
+    python tools/bench_kernels.py --quick               # CPU smoke run at tiny shapes
+"""
+
+import argparse
+import csv
+import io
+import math
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from megasnow.kernels import apply_rope, attention, cross_entropy, linear_cross_entropy, rms_norm, rope_cos_sin, swiglu
+from megasnow.kernels.attention import attention_reference, flash_attn_available
+from megasnow.kernels.cross_entropy import cross_entropy_reference
+from megasnow.kernels.linear_cross_entropy import linear_cross_entropy_reference
+from megasnow.kernels.rms_norm import rms_norm_reference
+from megasnow.kernels.rope import apply_rope_reference
+from megasnow.kernels.swiglu import swiglu_reference
+from megasnow.utils.atomic import atomic_write, atomic_write_text
+
+OPS = ("rms_norm", "swiglu", "rope", "cross_entropy", "linear_cross_entropy", "attention")
+MODES = ("fwd", "bwd", "fwdbwd")
+PROVIDERS = ("megasnow", "torch_eager", "torch_compile", "liger")
+CSV_COLUMNS = (
+    "op", "mode", "provider", "tokens", "shape", "dtype", "device", "status", "median_ms", "metric", "value",
+    "pct_copy_bw", "peak_extra_mib", "note",
+)
+
+
+@dataclass
+class Shapes:
+    hidden: int = 2048
+    ffn: int = 5632
+    vocab: int = 64000
+    heads: int = 16
+    head_dim: int = 128
+    seq_len: int = 8192
+
+
+@dataclass
+class OpCase:
+    """One op at one size: how to make inputs, each provider's function, and the work per mode."""
+
+    op: str
+    shape: str
+    make_inputs: Callable[[], list]  # leaves; floating ones get requires_grad in bwd/fwdbwd
+    providers: dict  # provider -> fn(*inputs) -> tensor or tuple of tensors
+    metric: str  # "GB/s" (bytes moved) or "TFLOP/s"
+    work: dict  # mode -> bytes or flops
+    skip: dict = field(default_factory=dict)  # provider -> reason
+
+
+# ---------------------------------------------------------------------------------------------
+# Timing and memory
+# ---------------------------------------------------------------------------------------------
+
+
+def median_ms(fn, device, reps: int, grad_to_none=None) -> float:
+    if device.type == "cuda":
+        import triton.testing
+
+        return float(triton.testing.do_bench(fn, grad_to_none=grad_to_none, return_mode="median"))
+    if reps > 1:
+        fn()  # warm-up (skipped for single-shot smoke runs)
+    times = []
+    for _ in range(reps):
+        for t in grad_to_none or ():
+            t.grad = None
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def peak_extra_mib(fn, device):
+    """Peak memory allocated while fn runs, above what was allocated before it (CUDA only)."""
+    if device.type != "cuda":
+        return float("nan")
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - before) / 2**20
+
+
+def copy_bandwidth_gbs(device, reps: int) -> float:
+    """Device-to-device copy bandwidth (read + write bytes / time): the anchor for memory-bound kernels."""
+    nbytes = (1 << 30) if device.type == "cuda" else (64 << 20)
+    src = torch.empty(nbytes // 2, dtype=torch.bfloat16, device=device).normal_()
+    dst = torch.empty_like(src)
+    ms = median_ms(lambda: dst.copy_(src), device, reps)
+    return 2 * nbytes / (ms * 1e-3) / 1e9
+
+
+def _outputs(out):
+    return out if isinstance(out, tuple) else (out,)
+
+
+def _backward(outs, grads):
+    torch.autograd.backward(outs, grads, retain_graph=True)
+
+
+def measure(case: OpCase, provider: str, mode: str, device, reps: int):
+    """(median_ms, peak_extra_mib) of one provider in one mode."""
+    fn = case.providers[provider]
+    inputs = case.make_inputs()
+    if mode == "fwd":
+        inputs = [t.detach() for t in inputs]
+        with torch.no_grad():
+            return median_ms(lambda: fn(*inputs), device, reps), peak_extra_mib(lambda: fn(*inputs), device)
+    leaves = [t.requires_grad_() if t.is_floating_point() and t.dim() > 0 and getattr(t, "_bench_grad", True)
+              else t for t in inputs]
+    grad_leaves = [t for t in leaves if t.requires_grad]
+    if mode == "bwd":
+        outs = [o for o in _outputs(fn(*leaves)) if o.requires_grad]
+        grads = [torch.randn_like(o) if o.dim() else torch.ones_like(o) for o in outs]
+        run = lambda: _backward(outs, grads)  # noqa: E731
+    else:
+        def run():
+            outs = [o for o in _outputs(fn(*leaves)) if o.requires_grad]
+            torch.autograd.backward(outs, [torch.ones_like(o) for o in outs])
+    ms = median_ms(run, device, reps, grad_to_none=grad_leaves)
+    for t in grad_leaves:
+        t.grad = None
+    return ms, peak_extra_mib(run, device)
+
+
+# ---------------------------------------------------------------------------------------------
+# Cases
+# ---------------------------------------------------------------------------------------------
+
+
+def _liger(name):
+    try:
+        import liger_kernel.ops as ops  # noqa: F401
+        from importlib import import_module
+
+        module, cls = name.rsplit(".", 1)
+        return getattr(import_module(f"liger_kernel.ops.{module}"), cls)
+    except Exception:
+        return None
+
+
+def build_cases(tokens: int, s: Shapes, dtype, device, want_compile: bool) -> list:
+    es = torch.finfo(dtype).bits // 8
+    T = tokens
+    cases = []
+
+    def randn(*shape, scale=1.0):
+        return lambda: (torch.randn(*shape, device=device) * scale).to(dtype)
+
+    def with_compile(providers, reference):
+        if want_compile:
+            providers["torch_compile"] = torch.compile(reference)
+        return providers
+
+    # RMSNorm: x [T, H]
+    x_, w_ = randn(T, s.hidden), randn(s.hidden)
+    liger_rms = _liger("rms_norm.LigerRMSNormFunction")
+    prov = with_compile({"megasnow": lambda x, w: rms_norm(x, w, impl="triton"),
+                         "torch_eager": lambda x, w: rms_norm_reference(x, w)}, rms_norm_reference)
+    if liger_rms is not None:
+        prov["liger"] = lambda x, w: liger_rms.apply(x, w, 1e-5, 0.0, "gemma", False)
+    n = T * s.hidden * es
+    cases.append(OpCase("rms_norm", f"x[{T},{s.hidden}]", lambda: [x_(), w_()], prov, "GB/s",
+                        {"fwd": 2 * n, "bwd": 3 * n, "fwdbwd": 5 * n}))
+
+    # SwiGLU: gate, up [T, F]
+    g_ = randn(T, s.ffn)
+    liger_swiglu = _liger("swiglu.LigerSiLUMulFunction")
+    prov = with_compile({"megasnow": lambda g, u: swiglu(g, u, impl="triton"),
+                         "torch_eager": swiglu_reference}, swiglu_reference)
+    if liger_swiglu is not None:
+        prov["liger"] = lambda g, u: liger_swiglu.apply(g, u)
+    n = T * s.ffn * es
+    cases.append(OpCase("swiglu", f"gate,up[{T},{s.ffn}]", lambda: [g_(), g_()], prov, "GB/s",
+                        {"fwd": 3 * n, "bwd": 5 * n, "fwdbwd": 8 * n}))
+
+    # RoPE: q, k [B, S, H, D]
+    S = min(T, s.seq_len)
+    B = max(1, T // S)
+    cos, sin = rope_cos_sin(S, s.head_dim, device=device)
+    qk_ = randn(B, S, s.heads, s.head_dim)
+    liger_rope = _liger("rope.LigerRopeFunction")
+    prov = with_compile({"megasnow": lambda q, k: apply_rope(q, k, cos, sin, impl="triton"),
+                         "torch_eager": lambda q, k: apply_rope_reference(q, k, cos, sin)},
+                        lambda q, k: apply_rope_reference(q, k, cos, sin))
+    if liger_rope is not None:  # Liger's layout is [B, H, S, D]; give it that layout natively
+        prov["liger"] = lambda q, k: liger_rope.apply(q.transpose(1, 2), k.transpose(1, 2), cos, sin,
+                                                      None, 1, s.head_dim)
+    n = 2 * B * S * s.heads * s.head_dim * es
+    cases.append(OpCase("rope", f"q,k[{B},{S},{s.heads},{s.head_dim}]", lambda: [qk_(), qk_()], prov, "GB/s",
+                        {"fwd": 2 * n, "bwd": 2 * n, "fwdbwd": 4 * n}))
+
+    # Cross entropy: logits [T, V]
+    target = torch.randint(0, s.vocab, (T,), device=device)
+    logits_ = randn(T, s.vocab, scale=2.0)
+    liger_ce = _liger("cross_entropy.LigerCrossEntropyFunction")
+    prov = with_compile({"megasnow": lambda lg: cross_entropy(lg, target, impl="triton"),
+                         "torch_eager": lambda lg: cross_entropy_reference(lg, target)},
+                        lambda lg: cross_entropy_reference(lg, target))
+    if liger_ce is not None:
+        prov["liger"] = lambda lg: liger_ce.apply(lg, target, None, -100)[0]
+    n = T * s.vocab * es
+    # bytes: fwd reads the logits once; bwd reads them and writes the gradient
+    cases.append(OpCase("cross_entropy", f"logits[{T},{s.vocab}]", lambda: [logits_()], prov, "GB/s",
+                        {"fwd": n, "bwd": 2 * n, "fwdbwd": 3 * n}))
+
+    # Fused linear + cross entropy: hidden [T, H], weight [V, H]
+    h_, wv_ = randn(T, s.hidden), randn(s.vocab, s.hidden, scale=0.02)
+    liger_flce = _liger("fused_linear_cross_entropy.LigerFusedLinearCrossEntropyFunction")
+    prov = with_compile({"megasnow": lambda h, w: linear_cross_entropy(h, w, target, impl="triton"),
+                         "torch_eager": lambda h, w: linear_cross_entropy_reference(h, w, target)},
+                        lambda h, w: linear_cross_entropy_reference(h, w, target))
+    if liger_flce is not None:
+        prov["liger"] = lambda h, w: liger_flce.apply(h, w, target)[0]
+    f = 2 * T * s.hidden * s.vocab
+    cases.append(OpCase("linear_cross_entropy", f"h[{T},{s.hidden}] w[{s.vocab},{s.hidden}]",
+                        lambda: [h_(), wv_()], prov, "TFLOP/s", {"fwd": f, "bwd": 2 * f, "fwdbwd": 3 * f}))
+
+    # Attention (causal): q, k, v [B, S, H, D]; FLOPs counted for the causal half
+    qkv_ = randn(B, S, s.heads, s.head_dim)
+    prov = {"megasnow": lambda q, k, v: attention(q, k, v, causal=True),
+            "torch_eager": lambda q, k, v: attention_reference(q, k, v, causal=True)}
+    skip = {"liger": "no Liger attention op", "torch_compile": "not benchmarked (megasnow already dispatches "
+            "to flash-attn / SDPA)"}
+    if B * s.heads * S * S * 4 * 3 > (8 << 30):
+        skip["torch_eager"] = "fp32 reference scores would need > 8 GiB"
+    f = 4 * B * s.heads * S * S * s.head_dim / 2
+    cases.append(OpCase("attention", f"q,k,v[{B},{S},{s.heads},{s.head_dim}]",
+                        lambda: [qkv_(), qkv_(), qkv_()], prov, "TFLOP/s",
+                        {"fwd": f, "bwd": 2.5 * f, "fwdbwd": 3.5 * f}, skip))
+    return cases
+
+
+def provider_skip_reason(case: OpCase, provider: str, device, want_compile: bool):
+    if provider in case.skip:
+        return case.skip[provider]
+    if provider == "liger" and device.type != "cuda":
+        return "Liger-Kernel needs CUDA"
+    if provider == "liger" and "liger" not in case.providers:
+        return "Liger-Kernel not installed"
+    if provider == "torch_compile" and not want_compile:
+        return "torch.compile off (CPU default; pass --compile)"
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Output
+# ---------------------------------------------------------------------------------------------
+
+
+def write_csv(rows, path: Path):
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
+
+
+def write_plot(rows, path: Path, copy_gbs: float, device_name: str):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ops = [op for op in OPS if any(r["op"] == op for r in rows)]
+    fig, axes = plt.subplots(1, len(ops), figsize=(4 * len(ops), 3.6), squeeze=False)
+    for ax, op in zip(axes[0], ops):
+        metric = ""
+        for provider in PROVIDERS:
+            pts = sorted((int(r["tokens"]), float(r["value"])) for r in rows
+                         if r["op"] == op and r["provider"] == provider and r["mode"] == "fwdbwd" and r["status"] == "ok")
+            metric = next((r["metric"] for r in rows if r["op"] == op), metric)
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=provider)
+        if metric == "GB/s":
+            ax.axhline(copy_gbs, color="gray", linestyle="--", label="copy BW")
+        ax.set_xscale("log", base=2)
+        ax.set_title(f"{op} fwd+bwd")
+        ax.set_xlabel("tokens")
+        ax.set_ylabel(metric)
+        ax.legend(fontsize=7)
+    fig.suptitle(device_name, fontsize=9)
+    fig.tight_layout()
+    with atomic_write(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=90)
+    plt.close(fig)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tokens", type=str, default=None,
+                   help="comma-separated tokens per micro-batch (default 4096,16384,32768,65536; --quick: 16)")
+    p.add_argument("--quick", action="store_true", help="tiny shapes (hidden 64, ffn 176, vocab 1000) for CPU/CI")
+    p.add_argument("--ops", type=str, default=",".join(OPS))
+    p.add_argument("--modes", type=str, default=",".join(MODES))
+    p.add_argument("--providers", type=str, default=",".join(PROVIDERS))
+    p.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="benchmark torch.compile of the references (default: on for CUDA, off for CPU)")
+    p.add_argument("--reps", type=int, default=3, help="timed repetitions on CPU (CUDA uses do_bench)")
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results/kernels"),
+                   help="output path prefix: writes PREFIX.csv and PREFIX.png")
+    p.add_argument("--no-plot", action="store_true")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    shapes = Shapes(hidden=64, ffn=176, vocab=1000, heads=2, head_dim=32, seq_len=16) if args.quick else Shapes()
+    tokens = [int(t) for t in (args.tokens or ("16" if args.quick else "4096,16384,32768,65536")).split(",")]
+    ops, modes, providers = args.ops.split(","), args.modes.split(","), args.providers.split(",")
+    for name, chosen, allowed in (("op", ops, OPS), ("mode", modes, MODES), ("provider", providers, PROVIDERS)):
+        bad = [c for c in chosen if c not in allowed]
+        if bad:
+            raise SystemExit(f"unknown {name}(s) {bad}; choose from {allowed}")
+    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    want_compile = (device.type == "cuda") if args.compile is None else args.compile
+    if device.type == "cuda":
+        device_name = torch.cuda.get_device_name(device)
+    else:
+        device_name = "cpu (no GPU)"
+        print("NOTE: no GPU present: running on CPU, where megasnow's Triton kernels run in Triton's interpreter; "
+              "their times are NOT kernel speed (this run only proves the benchmark works)", file=sys.stderr)
+
+    copy_gbs = copy_bandwidth_gbs(device, args.reps)
+    print(f"device: {device_name}\ncopy bandwidth: {copy_gbs:.1f} GB/s", file=sys.stderr)
+    rows = []
+    for t in tokens:
+        for case in build_cases(t, shapes, dtype, device, want_compile):
+            if case.op not in ops:
+                continue
+            for mode in modes:
+                for provider in providers:
+                    row = dict(op=case.op, mode=mode, provider=provider, tokens=t, shape=case.shape,
+                               dtype=args.dtype, device=device_name, metric=case.metric, median_ms="", value="",
+                               pct_copy_bw="", peak_extra_mib="", note="")
+                    if provider == "megasnow" and device.type != "cuda" and case.op != "attention":
+                        row["note"] = "Triton interpreter on CPU: not kernel speed"
+                    reason = provider_skip_reason(case, provider, device, want_compile)
+                    if reason:
+                        rows.append({**row, "status": "skipped", "note": reason})
+                        continue
+                    try:
+                        ms, mem = measure(case, provider, mode, device, args.reps)
+                    except Exception as e:  # e.g. torch.compile failing on this platform: record, keep going
+                        rows.append({**row, "status": "error", "note": f"{type(e).__name__}: {e}"[:200]})
+                        print(f"  {case.op} {mode} {provider}: ERROR {e}", file=sys.stderr)
+                        continue
+                    work = case.work[mode]
+                    value = work / (ms * 1e-3) / (1e9 if case.metric == "GB/s" else 1e12)
+                    pct = f"{100 * value / copy_gbs:.1f}" if case.metric == "GB/s" else ""
+                    rows.append({**row, "status": "ok", "median_ms": f"{ms:.4f}", "value": f"{value:.4g}",
+                                 "pct_copy_bw": pct, "peak_extra_mib": "" if math.isnan(mem) else f"{mem:.1f}"})
+                    print(f"  {case.op:22s} {mode:6s} {provider:13s} T={t:<6d} {ms:9.3f} ms  "
+                          f"{value:9.4g} {case.metric} {pct and pct + '% copy'}", file=sys.stderr)
+    out_csv = args.out.with_suffix(".csv")
+    write_csv(rows, out_csv)
+    print(f"wrote {out_csv}", file=sys.stderr)
+    if not args.no_plot:
+        write_plot(rows, args.out.with_suffix(".png"), copy_gbs, device_name)
+        print(f"wrote {args.out.with_suffix('.png')}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
