@@ -3,7 +3,6 @@
 Built once (rank 0 under torch.distributed, else whoever takes the lock file first), written atomically,
 then memory-mapped read-only by every rank and DataLoader worker.
 """
-import contextlib
 import fcntl
 import hashlib
 import json
@@ -123,7 +122,5 @@ class IndexCache:
 
 
 def load_array(path):
-    """Memory-map a cached .npy read-only (empty arrays are read normally: they cannot be mapped)."""
-    with contextlib.suppress(ValueError):
-        return np.load(path, mmap_mode="r", allow_pickle=False)
-    return np.load(path, allow_pickle=False)
+    """Memory-map a cached .npy read-only."""
+    return np.load(path, mmap_mode="r", allow_pickle=False)
