@@ -3,6 +3,7 @@
 `fn(task)` must be a module-level (picklable) function that writes its own outputs atomically; callers skip
 tasks whose outputs already exist, which is what makes a killed run resume.
 """
+import atexit
 import multiprocessing
 import os
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -10,6 +11,7 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from tqdm import tqdm
 
 _RAY_STARTED_HERE = False
+_POOL = None  # (workers, ProcessPoolExecutor) kept across stages: worker start-up costs seconds
 
 
 def run_tasks(fn, tasks, executor="local", workers=1, desc="stage", ray_address=None):
@@ -34,18 +36,48 @@ def _run_local(fn, tasks, workers, desc):
                 bar.update(1)
             return results
         results = [None] * len(tasks)
-        # forkserver: children do not inherit this process's threads (tqdm monitor, C++ pools)
-        ctx = multiprocessing.get_context("forkserver")
-        with ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=ctx) as pool:
-            pending = {pool.submit(fn, t): i for i, t in enumerate(tasks)}
+        pool = _local_pool(workers)
+        pending = {pool.submit(fn, t): i for i, t in enumerate(tasks)}
+        try:
             while pending:
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for fut in done:
                     results[pending.pop(fut)] = fut.result()
                     bar.update(1)
+        except BaseException:
+            for fut in pending:
+                fut.cancel()
+            raise
         return results
     finally:
         bar.close()
+
+
+def _local_pool(workers):
+    global _POOL
+    if _POOL is None or _POOL[0] != workers:
+        shutdown_local_pool()
+        # forkserver: children do not inherit this process's threads (tqdm monitor, C++ pools)
+        ctx = multiprocessing.get_context("forkserver")
+        _POOL = (workers, ProcessPoolExecutor(max_workers=workers, mp_context=ctx))
+    return _POOL[1]
+
+
+def shutdown_local_pool():
+    global _POOL
+    if _POOL is not None:
+        _POOL[1].shutdown(wait=True, cancel_futures=True)
+        _POOL = None
+
+
+def shutdown_executors():
+    """Stop the worker processes this process started (local pool, local Ray)."""
+    shutdown_local_pool()
+    shutdown_ray()
+
+
+def _call(fn, task):
+    return fn(task)
 
 
 def init_ray(workers, ray_address=None):
@@ -73,12 +105,14 @@ def shutdown_ray():
 
         ray.shutdown()
         _RAY_STARTED_HERE = False
+_POOL = None  # (workers, ProcessPoolExecutor) kept across stages: worker start-up costs seconds
 
 
 def _run_ray(fn, tasks, workers, desc, ray_address):
     ray = init_ray(workers, ray_address)
-    remote_fn = ray.remote(num_cpus=1, max_retries=0)(fn)
-    refs = [remote_fn.remote(t) for t in tasks]
+    remote_call = ray.remote(num_cpus=1, max_retries=0)(_call)  # any picklable callable, builtins included
+    fn_ref = ray.put(fn)
+    refs = [remote_call.remote(fn_ref, t) for t in tasks]
     index = {ref: i for i, ref in enumerate(refs)}
     results = [None] * len(tasks)
     pending = list(refs)
@@ -89,3 +123,6 @@ def _run_ray(fn, tasks, workers, desc, ray_address):
                 results[index[ref]] = ray.get(ref)
                 bar.update(1)
     return results
+
+
+atexit.register(shutdown_local_pool)

@@ -15,7 +15,7 @@ import numpy as np
 import orjson
 
 from megasnow.config import dump_config, to_dict
-from megasnow.curate.executors import run_tasks, shutdown_ray
+from megasnow.curate.executors import run_tasks, shutdown_executors
 from megasnow.curate.minhash import optimal_param
 from megasnow.curate.sources import plan_shards
 from megasnow.curate.stages import STAGE_FUNCTIONS, prepare_paths
@@ -137,7 +137,7 @@ def run_pipeline(inputs, output, cfg):
                 doc_tasks.append({"lang": lang, "partition": part})
     documents = r.stage("documents", "build_documents", doc_tasks,
                         [f"{t['lang']}-{t['partition']:05d}" for t in doc_tasks])
-    shutdown_ray()
+    shutdown_executors()
 
     stats = new_stats()
     for part in prepared + routed + documents:
