@@ -9,8 +9,10 @@ from typing import Optional
 
 import numpy as np
 
-from megasnow.data.gpt_dataset import GPTDataset, GPTDatasetError, _helpers, default_cache_dir
+from megasnow.data.gpt_dataset import (GPTDataset, GPTDatasetError, _helpers, default_cache_dir,
+                                       split_documents_and_tokens)
 from megasnow.data.index_cache import IndexCache, load_array
+from megasnow.data.indexed import IndexedDataset
 
 BLEND_INDEX_NAMES = ("dataset_index", "dataset_sample_index")
 
@@ -111,7 +113,8 @@ def build_gpt_dataset(blend, num_samples, seq_len, seed, split="train", valid_fr
 
     - No entry has `repeat`: len == num_samples, entries share the samples by normalized weight.
     - Every entry has `repeat`: entry e contributes exactly repeat_e passes over its split (num_samples is
-      ignored and may be None); len == the sum of those sizes.
+      ignored and may be None); len == the sum of those sizes. Exception: split="valid" with num_samples
+      given draws num_samples held-out samples in the training mix (weights repeat_e x held-out tokens_e).
     - Mixing the two is refused: a weighted share of an unknown total next to fixed sizes has no one meaning.
     A single entry returns its GPTDataset directly.
     """
@@ -126,6 +129,15 @@ def build_gpt_dataset(blend, num_samples, seq_len, seed, split="train", valid_fr
     def cache_for(entry):
         return cache_dir if cache_dir is not None else default_cache_dir(entry.prefix)
 
+    if all(repeated) and split == "valid" and num_samples is not None:
+        # Held-out data of a repeated blend: the training mix (each entry weighted by repeat x its held-out
+        # tokens) over num_samples samples, rather than `repeat` passes over a small held-out set.
+        shares = []
+        for e in entries:
+            _, tokens = split_documents_and_tokens(IndexedDataset(e.prefix), valid_fraction, split)
+            shares.append(e.repeat * tokens)
+        entries = [BlendEntry(e.prefix, weight=float(w)) for e, w in zip(entries, shares)]
+        repeated = [False] * len(entries)
     if all(repeated):
         datasets = [GPTDataset(e.prefix, num_epochs=e.repeat, cache_dir=cache_for(e), **common) for e in entries]
         if len(datasets) == 1:

@@ -40,11 +40,23 @@ def split_documents(num_documents, valid_fraction, split):
     adds documents to the valid set.
     """
     if valid_fraction == 0.0:
-        return np.arange(num_documents, dtype=np.int64)
+        return np.arange(num_documents if split == "train" else 0, dtype=np.int64)
     order = _helpers().permutation(num_documents, SPLIT_SEED)
     num_valid = int(round(valid_fraction * num_documents))
     chosen = order[:num_valid] if split == "valid" else order[num_valid:]
     return np.sort(chosen)
+
+
+def split_documents_and_tokens(indexed, valid_fraction, split):
+    """(sorted document ids of the split, their total tokens) for an open IndexedDataset."""
+    bounds = np.asarray(indexed.document_indices, dtype=np.int64)
+    documents = split_documents(len(bounds) - 1, valid_fraction, split)
+    if len(documents) == 0:
+        raise GPTDatasetError(f"{indexed.path_prefix}: split {split!r} has no documents "
+                              f"({len(bounds) - 1} documents, valid_fraction={valid_fraction})")
+    cumulative = np.concatenate([[0], np.cumsum(indexed.sequence_lengths, dtype=np.int64)])
+    tokens_per_document = cumulative[bounds[1:]] - cumulative[bounds[:-1]]
+    return documents, int(tokens_per_document[documents].sum())
 
 
 def num_epochs_for(num_samples, tokens_per_epoch, seq_len):
@@ -87,13 +99,7 @@ class GPTDataset:
 
         bounds = np.asarray(self.indexed.document_indices, dtype=np.int64)
         lengths = np.asarray(self.indexed.sequence_lengths)
-        self.documents = split_documents(len(bounds) - 1, self.valid_fraction, split)
-        if len(self.documents) == 0:
-            raise GPTDatasetError(f"{self.prefix}: split {split!r} has no documents "
-                                  f"({len(bounds) - 1} documents, valid_fraction={valid_fraction})")
-        cumulative = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)])
-        tokens_per_document = cumulative[bounds[1:]] - cumulative[bounds[:-1]]
-        self.tokens_per_epoch = int(tokens_per_document[self.documents].sum())
+        self.documents, self.tokens_per_epoch = split_documents_and_tokens(self.indexed, self.valid_fraction, split)
         if self.tokens_per_epoch < self.seq_len + 1:
             raise GPTDatasetError(f"{self.prefix}: split {split!r} has {self.tokens_per_epoch} tokens, fewer than "
                                   f"one sample of seq_len + 1 = {self.seq_len + 1}")

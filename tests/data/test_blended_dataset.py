@@ -130,6 +130,20 @@ def test_blend_split_valid(tmp_path, three):
         assert set(t.documents.tolist()).isdisjoint(v.documents.tolist())
 
 
+def test_valid_split_of_a_repeated_blend_keeps_the_training_mix(tmp_path, three):
+    prefixes, _ = three
+    entries = [BlendEntry(prefixes[0], repeat=4), BlendEntry(prefixes[2], repeat=1)]
+    valid = build_gpt_dataset(entries, 40, seq_len=8, seed=0, split="valid", valid_fraction=0.3,
+                              cache_dir=tmp_path / "c")
+    assert len(valid) == 40
+    held_out = [4 * valid.datasets[0].tokens_per_epoch, 1 * valid.datasets[1].tokens_per_epoch]
+    counts = np.bincount(np.asarray(valid.dataset_index), minlength=2)
+    assert np.abs(counts - 40 * np.array(held_out) / sum(held_out)).max() <= 1
+    exact = build_gpt_dataset(entries, None, seq_len=8, seed=0, split="valid", valid_fraction=0.3,
+                              cache_dir=tmp_path / "c")
+    assert [d.num_epochs for d in exact.datasets] == [4, 1]
+
+
 def test_bad_blends_raise_clear_errors(tmp_path, three):
     prefixes, _ = three
     c = tmp_path / "c"
