@@ -7,9 +7,11 @@
 
 import torch
 
-from megasnow.kernels._triton import kernel_for, resolve_impl, tl, triton
+from megasnow.kernels._triton import kernel_for, resolve_impl, row_block_settings, tl, triton
 
-_MAX_BLOCK_V = 4096
+# Largest vocabulary block per loop step: Liger's tuning for H100 (32768 wide, 32 warps; bandwidth-bound),
+# i.e. two steps over a 64k vocabulary.
+_MAX_BLOCK_V = 32768
 
 
 @triton.jit
@@ -60,8 +62,9 @@ def _ce_grad_kernel(
         tl.store(grad_ptr + cols, (g * scale).to(GRAD.dtype.element_ty), mask=mask)
 
 
-def _block_v(n_cols: int) -> int:
-    return min(_MAX_BLOCK_V, triton.next_power_of_2(n_cols))
+def _block_settings(n_cols: int):
+    """(BLOCK_V, num_warps) for streaming a row of n_cols logits."""
+    return row_block_settings(min(_MAX_BLOCK_V, triton.next_power_of_2(n_cols)))
 
 
 def _rows(logits: torch.Tensor) -> torch.Tensor:
@@ -71,6 +74,8 @@ def _rows(logits: torch.Tensor) -> torch.Tensor:
 
 
 def _check_target(logits, target):
+    if logits.dim() != 2:
+        raise ValueError(f"cross entropy expects logits [N, V], got shape {tuple(logits.shape)}")
     if target.dim() != 1 or target.shape[0] != logits.shape[0]:
         raise ValueError(f"cross entropy: target {tuple(target.shape)} must be [N] with N = {logits.shape[0]}")
 
@@ -101,9 +106,10 @@ def ce_partial_stats(logits_shard, target, vocab_start: int, ignore_index: int =
     n_rows, n_cols = logits_shard.shape
     stats = torch.empty((3, n_rows), dtype=torch.float32, device=logits_shard.device)
     if n_rows:
+        block_v, num_warps = _block_settings(n_cols)
         kernel_for(_ce_stats_kernel, logits_shard.device)[(n_rows,)](
             logits_shard, logits_shard.stride(0), target.contiguous(), stats[0], stats[1], stats[2],
-            n_cols, vocab_start, ignore_index, BLOCK_V=_block_v(n_cols), num_warps=8,
+            n_cols, vocab_start, ignore_index, BLOCK_V=block_v, num_warps=num_warps,
         )
     return stats[0], stats[1], stats[2]
 
@@ -136,10 +142,11 @@ def ce_partial_grad(
     if grad.stride(1) != 1:
         raise ValueError("ce_partial_grad: `out` must have a unit stride along the vocabulary")
     if n_rows:
+        block_v, num_warps = _block_settings(n_cols)
         kernel_for(_ce_grad_kernel, logits_shard.device)[(n_rows,)](
             grad, grad.stride(0), logits_shard, logits_shard.stride(0), target.contiguous(),
             lse.float().contiguous(), grad_scale.float().contiguous(),
-            n_cols, vocab_start, ignore_index, BLOCK_V=_block_v(n_cols), num_warps=8,
+            n_cols, vocab_start, ignore_index, BLOCK_V=block_v, num_warps=num_warps,
         )
     return grad
 

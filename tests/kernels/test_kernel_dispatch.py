@@ -47,3 +47,19 @@ def test_interpret_env_set_before_import_runs_interpreted_kernels():
     )
     res = _run(code, TRITON_INTERPRET="1")
     assert res.returncode == 0, res.stderr
+
+
+def test_kernels_imported_without_interpreter_flag_still_run_on_cpu():
+    # module imported with TRITON_INTERPRET=0: kernels are JITFunctions; impl="triton" on CPU wraps them
+    code = (
+        "import importlib, torch\n"
+        "R = importlib.import_module('megasnow.kernels.rms_norm')\n"
+        "assert type(R._rms_norm_forward_kernel).__name__ == 'JITFunction'\n"
+        "x, w = torch.randn(3, 40, requires_grad=True), torch.randn(40, requires_grad=True)\n"
+        "R.rms_norm(x, w, impl='triton').sum().backward()\n"
+        "gx, gw = x.grad, w.grad; x.grad = w.grad = None\n"
+        "R.rms_norm_reference(x, w).sum().backward()\n"
+        "torch.testing.assert_close(gx, x.grad); torch.testing.assert_close(gw, w.grad)\n"
+    )
+    res = _run(code, TRITON_INTERPRET="0")
+    assert res.returncode == 0, res.stderr
