@@ -22,8 +22,11 @@ class GPTDatasetError(ValueError):
 
 
 def _helpers():
-    from megasnow import _dataset_helpers  # C++ (csrc/dataset_helpers.cpp); imported on first use
-
+    try:
+        from megasnow import _dataset_helpers  # C++ (csrc/dataset_helpers.cpp); imported on first use
+    except ImportError as e:
+        raise ImportError("megasnow._dataset_helpers (csrc/dataset_helpers.cpp) is not built: run `pip install -e .` "
+                          "or `python setup.py build_ext --inplace` in the repository") from e
     return _dataset_helpers
 
 
