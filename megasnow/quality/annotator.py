@@ -214,7 +214,7 @@ def read_annotator_config(folder):
     if not os.path.exists(cfg_path):
         raise AnnotatorError(
             f"{folder!r} is not an annotator folder: no {CONFIG_NAME} "
-            f"(train one with `tools/annotate.py train`, or pass a plain encoder with --encoder)"
+            f"(train one with `tools/annotate.py train`)"
         )
     try:
         with open(cfg_path, encoding="utf-8") as f:

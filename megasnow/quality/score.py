@@ -13,9 +13,9 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
+from megasnow.curate.executors import run_tasks
 from megasnow.quality.annotator import AnnotatorError, load_annotator, read_annotator_config
 from megasnow.quality.documents import check_document_text
-from megasnow.quality.tasks import run_shard_tasks
 from megasnow.quality.windows import score_token_lists
 from megasnow.utils.atomic import atomic_write, atomic_write_text
 from megasnow.utils.records import PARQUET_SUFFIXES, JSONL_SUFFIXES, SkipLog, expand_inputs, iter_records
@@ -235,7 +235,7 @@ def score_corpus(inputs, output_dir, annotator_path, executor="local", workers=1
         task_kwargs.setdefault("progress", False)  # many bars would interleave; the executor shows progress
     tasks, todo = plan_score_tasks(inputs, output_dir, annotator_path, **task_kwargs)
     start = time.perf_counter()
-    fresh = run_shard_tasks(score_shard, todo, executor=executor, workers=workers, desc="score shards", ray_address=ray_address)
+    fresh = run_tasks(score_shard, todo, executor=executor, workers=workers, desc="score shards", ray_address=ray_address)
     seconds = time.perf_counter() - start
     done = {t.output_path: s for t, s in zip(todo, fresh)}
     per_shard = []

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from megasnow.curate.executors import run_tasks
 from megasnow.quality.score import plan_score_tasks
-from megasnow.quality.tasks import run_shard_tasks
 from megasnow.utils.atomic import atomic_write, atomic_write_text
 from megasnow.utils.records import iter_records
 
@@ -194,7 +194,7 @@ def select_documents(documents, scores_dir, output_dir, tokenizer_path, budget_t
         rel = os.path.relpath(t.output_path, os.path.abspath(scores_dir))
         count_tasks.append(CountTask(t.input_path, t.output_path, os.path.join(cache_dir, rel + ".npz"),
                                      os.path.abspath(tokenizer_path), text_field))
-    caches = run_shard_tasks(count_shard_tokens, count_tasks, executor, workers, "count tokens", ray_address)
+    caches = run_tasks(count_shard_tokens, count_tasks, executor, workers, "count tokens", ray_address)
 
     shard_of, positions, scores, tokens, langs = [], [], [], [], []
     for shard, cache in enumerate(caches):
@@ -220,7 +220,7 @@ def select_documents(documents, scores_dir, output_dir, tokenizer_path, budget_t
             rel = os.path.relpath(t.output_path, os.path.abspath(scores_dir))[: -len(".scores.jsonl")]
             write_tasks.append(WriteTask(t.input_path, os.path.join(selected_dir, rel + ".jsonl"),
                                          positions[mask].tolist(), scores[mask].tolist()))
-    written = run_shard_tasks(write_selected_shard, write_tasks, executor, workers, "write selected", ray_address)
+    written = run_tasks(write_selected_shard, write_tasks, executor, workers, "write selected", ray_address)
 
     max_dev = max(abs(v["share_deviation_pp"]) for v in per_lang.values())
     report = {

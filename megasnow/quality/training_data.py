@@ -62,6 +62,8 @@ def _record_text(source, rec, where):
         problem, solution = rec[source.problem_field], rec[source.solution_field]
         if not isinstance(problem, str) or not isinstance(solution, str):
             return None
+        if not extract_code(solution).strip():
+            return ""  # counted as an empty positive
         return format_instruction(problem, solution, source.comment_prefix)
     raise ValueError(f"positive source kind must be 'code' or 'instruction', got {source.kind!r}")
 

@@ -1,0 +1,180 @@
+"""Sharded scoring: batched scores equal one-window-at-a-time scores, bad documents are counted,
+a killed run resumes to byte-identical outputs, failing shards are retried and never half-written."""
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from megasnow.quality.annotator import load_annotator
+from megasnow.quality.score import BatchedScorer, read_scores, score_corpus
+from megasnow.quality.windows import file_windows
+from tests.quality.machine_corpus import machine_negatives, stdlib_functions, write_jsonl
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def code_texts(n, seed):
+    """Real files of very different lengths: whole functions, header chunks, and long concatenations."""
+    rng = np.random.default_rng(seed)
+    base = stdlib_functions(60, seed=seed) + machine_negatives(60, seed=seed, chunk_chars=3000)
+    return ["\n\n".join(rng.choice(base, size=int(rng.integers(1, 4)))) for _ in range(n)]
+
+
+@pytest.fixture
+def one_thread():
+    # Bitwise-identical comparisons need the same intra-op thread count in every run.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_batched_scores_equal_window_by_window_scores(tiny_annotator):
+    annotator = load_annotator(tiny_annotator)
+    texts = code_texts(12, seed=0)
+    scores, token_lists = BatchedScorer(annotator, batch_tokens=2048).score_texts(texts)
+    assert any(len(t) > 3 * annotator.window_tokens for t in token_lists)  # long files present
+    assert any(len(t) <= annotator.window_tokens for t in token_lists)  # and short ones
+    with torch.no_grad():
+        for text_ids, score in zip(token_lists, scores):
+            per_window = []
+            for w in file_windows(text_ids, annotator.window_tokens):
+                ids, mask = annotator.collate([w])  # alone: no padding at all
+                per_window.append(torch.sigmoid(annotator(ids, mask)).item())
+            assert len(per_window) == (1 if len(text_ids) <= annotator.window_tokens else 3)
+            assert score == pytest.approx(np.mean(per_window), abs=1e-5)
+
+
+def test_bad_documents_get_no_score_and_are_counted(tiny_annotator, tmp_path):
+    shard = tmp_path / "docs" / "mixed.jsonl"
+    shard.parent.mkdir()
+    good = [{"id": f"g{i}", "text": t, "lang": "python"} for i, t in enumerate(code_texts(3, seed=1))]
+    lines = [json.dumps(good[0]),
+             json.dumps({"id": "empty", "text": "", "lang": "c"}),
+             json.dumps({"id": "blank", "text": " \n \n", "lang": "c"}),
+             json.dumps({"id": "nul", "text": "ELF\x00\x00\x01binary", "lang": "c"}),
+             json.dumps({"id": "notext", "lang": "c"}),
+             json.dumps({"id": "number", "text": 42, "lang": "c"}),
+             json.dumps(good[1])]
+    raw = "\n".join(lines).encode() + b'\n{"id": "latin1", "text": "caf\xe9"}\n{not json\n' + json.dumps(good[2]).encode() + b"\n"
+    shard.write_bytes(raw)
+    summary = score_corpus([str(tmp_path / "docs")], str(tmp_path / "scores"), tiny_annotator, progress=False)
+    # 8 parsed records (3 scored, 5 bad); the 2 unreadable lines are counted as skipped, not as documents
+    assert summary["documents"] == 8 and summary["scored"] == 3
+    skipped = dict(summary["skipped"])
+    bad_json = [k for k in skipped if k.startswith("bad JSON")]
+    assert len(bad_json) == 1 and skipped.pop(bad_json[0]) == 1
+    assert skipped == {"empty": 2, "binary": 1, "missing text": 1, "undecodable": 1, "invalid UTF-8": 1}
+    rows = read_scores(str(tmp_path / "scores" / "mixed.scores.jsonl"))
+    assert [r["id"] for r in rows] == ["g0", "empty", "blank", "nul", "notext", "number", "g1", "g2"]
+    assert [r.get("skipped") for r in rows] == [None, "empty", "empty", "binary", "missing text", "undecodable", None, None]
+    assert all((r["score"] is None) == ("skipped" in r) for r in rows)
+    assert all(0.0 < r["score"] < 1.0 for r in rows if r["score"] is not None)
+
+
+def _make_shards(root, sizes):
+    texts = code_texts(sum(sizes), seed=7)
+    start = 0
+    for k, n in enumerate(sizes):
+        recs = [{"id": f"s{k}-{i}", "text": t, "lang": "python" if i % 3 else "c", "repo": f"r{i % 5}"}
+                for i, t in enumerate(texts[start : start + n])]
+        write_jsonl(os.path.join(root, f"shard{k}.jsonl"), recs)
+        start += n
+
+
+def _score_files(folder):
+    return {os.path.basename(p): open(p, "rb").read() for p in sorted(glob.glob(os.path.join(folder, "*.scores.jsonl")))}
+
+
+def test_killed_scoring_run_resumes_to_identical_scores(tiny_annotator, tmp_path, one_thread):
+    docs = str(tmp_path / "docs")
+    _make_shards(docs, [20, 200, 200, 200])
+    kwargs = dict(chunk_docs=50, threads=1, progress=False, keep_fields=["repo"])
+    reference = score_corpus([docs], str(tmp_path / "reference"), tiny_annotator, **kwargs)
+    assert reference["scored"] == 620
+
+    killed = str(tmp_path / "killed")
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    cmd = [sys.executable, os.path.join(REPO, "tools", "annotate.py"), "score", "--input", docs, "--annotator",
+           tiny_annotator, "--output", killed, "--threads", "1", "--chunk-docs", "50", "--keep-fields", "repo"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    try:
+        while not os.path.exists(os.path.join(killed, "shard0.scores.jsonl")):
+            assert proc.poll() is None, "scoring subprocess exited before finishing its first shard"
+            assert time.time() < deadline, "scoring subprocess made no progress"
+            time.sleep(0.01)
+        os.kill(proc.pid, signal.SIGKILL)  # mid-run: shard1 is being written
+    finally:
+        proc.wait()
+    done_before = _score_files(killed)
+    leftovers = glob.glob(os.path.join(killed, ".*.tmp"))
+    assert 1 <= len(done_before) < 4 and leftovers, (sorted(done_before), leftovers)
+
+    resumed = score_corpus([docs], killed, tiny_annotator, **kwargs)
+    assert resumed["shards_skipped_done"] == len(done_before)
+    assert resumed["shards_scored_now"] == 4 - len(done_before)
+    assert not glob.glob(os.path.join(killed, ".*.tmp"))  # the crashed shard's temp file was cleaned up
+    assert _score_files(killed) == _score_files(str(tmp_path / "reference"))
+    assert resumed["documents"] == reference["documents"] and resumed["scored"] == reference["scored"]
+
+    again = score_corpus([docs], killed, tiny_annotator, **kwargs)  # everything done: nothing rescored
+    assert again["shards_scored_now"] == 0 and again["files_per_s_this_run"] is None
+
+
+def test_failing_shard_is_retried_and_never_half_written(tiny_annotator, tmp_path, monkeypatch, one_thread):
+    import megasnow.quality.score as score_mod
+
+    docs = str(tmp_path / "docs")
+    _make_shards(docs, [30, 30])
+    kwargs = dict(chunk_docs=10, threads=1, progress=False)
+    score_corpus([docs], str(tmp_path / "ref"), tiny_annotator, **kwargs)
+    reference = _score_files(str(tmp_path / "ref"))
+
+    real_score_texts = score_mod.BatchedScorer.score_texts
+    calls = {"n": 0}
+
+    def flaky(self, texts):  # the second chunk of the first attempt dies mid-shard
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError("simulated worker failure")
+        return real_score_texts(self, texts)
+
+    monkeypatch.setattr(score_mod.BatchedScorer, "score_texts", flaky)
+    out = str(tmp_path / "out")
+    summary = score_corpus([docs], out, tiny_annotator, retries=1, **kwargs)
+    assert summary["scored"] == 60 and calls["n"] > 2
+    assert _score_files(out) == reference
+    assert not glob.glob(os.path.join(out, ".*.tmp"))
+
+    def always_fails(self, texts):
+        raise OSError("disk on fire")
+
+    monkeypatch.setattr(score_mod.BatchedScorer, "score_texts", always_fails)
+    with pytest.raises(RuntimeError, match=r"shard0.jsonl failed after 2 attempts: disk on fire"):
+        score_corpus([docs], str(tmp_path / "never"), tiny_annotator, retries=1, **kwargs)
+    assert not os.path.exists(str(tmp_path / "never" / "shard0.scores.jsonl"))
+    assert not glob.glob(str(tmp_path / "never" / ".*.tmp"))
+
+
+def test_parquet_shards_score_like_jsonl(tiny_annotator, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    texts = code_texts(12, seed=3)
+    recs = [{"id": f"d{i}", "text": t, "lang": "python"} for i, t in enumerate(texts)]
+    write_jsonl(str(tmp_path / "j" / "part.jsonl"), recs)
+    (tmp_path / "p").mkdir()
+    pq.write_table(pa.Table.from_pylist(recs), str(tmp_path / "p" / "part.parquet"))
+    score_corpus([str(tmp_path / "j")], str(tmp_path / "sj"), tiny_annotator, progress=False)
+    score_corpus([str(tmp_path / "p")], str(tmp_path / "sp"), tiny_annotator, progress=False)
+    sj = read_scores(str(tmp_path / "sj" / "part.scores.jsonl"))
+    sp = read_scores(str(tmp_path / "sp" / "part.scores.jsonl"))
+    assert [(r["id"], r["score"]) for r in sj] == [(r["id"], r["score"]) for r in sp]
