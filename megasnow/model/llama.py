@@ -4,6 +4,7 @@ Projections are column-/row-parallel layers (plain linears with one TP rank); th
 megasnow.kernels with impl=cfg.kernels. A model can hold a slice of the layer stack for pipeline stages.
 """
 import hashlib
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 import torch.nn as nn
@@ -137,11 +138,9 @@ class LlamaModel(nn.Module):
         sp = self.sequence_parallel
 
         # A last stage with tied embeddings holds its own copy of the embedding (same name, same init); the
-        # pipeline keeps the copies in sync by summing their gradients over the embedding group.
+        # pipeline code marks it `shared_embedding` and sums its gradient with the first stage's.
         needs_embedding = pre_process or (post_process and cfg.tie_embeddings)
         self.embed = VocabParallelEmbedding(cfg.padded_vocab_size, cfg.hidden_size, sp, **kw) if needs_embedding else None
-        if self.embed is not None and cfg.tie_embeddings and post_process:
-            self.embed.weight.shared_embedding = True
         self.layers = nn.ModuleDict({str(i): DecoderLayer(cfg, i, sp, **kw) for i in layer_ids})
         self.norm = RMSNorm(cfg.hidden_size, cfg.norm_eps, cfg.kernels, sp, **kw) if post_process else None
         self.lm_head = None
@@ -157,7 +156,7 @@ class LlamaModel(nn.Module):
     def init_weights(self, seed):
         """Scaled-normal init, identical for every TP size and pipeline split.
 
-        Each parameter's full (unsharded) tensor is drawn on the CPU from its own generator seeded by
+        Each parameter's full (unsharded) tensor is drawn on the CPU from generators seeded by
         (seed, parameter name); this rank keeps its slice. Norms start at 1.
         """
         std, scaled = self.cfg.init_std, self.cfg.init_std / (2.0 * self.cfg.num_layers) ** 0.5
@@ -166,9 +165,8 @@ class LlamaModel(nn.Module):
             if name.endswith("norm.weight"):
                 full = torch.ones(shape)
             else:
-                gen = torch.Generator().manual_seed(parameter_seed(seed, name))
                 sigma = scaled if name.endswith(SCALED_INIT_SUFFIXES) else std
-                full = torch.empty(shape).normal_(0.0, sigma, generator=gen)
+                full = seeded_normal(shape, sigma, seed, name)
             copy_full_into_(param, full)
 
     def head_weight(self):
@@ -276,6 +274,32 @@ class LlamaModel(nn.Module):
         p = self.embed.weight
         return KVCache(batch_size, max_len, self.cfg.num_kv_heads // self.tp_size, self.cfg.head_dim,
                        self.layer_ids, device or p.device, dtype or p.dtype)
+
+
+INIT_BLOCK = 1 << 22  # elements drawn per generator; blocks are filled in parallel threads
+
+
+def seeded_normal(shape, std, seed, name):
+    """A CPU fp32 tensor of Normal(0, std) that depends only on (shape, std, seed, name).
+
+    Block i of the flattened tensor comes from its own generator seeded by (seed, name, i), so big
+    tensors (the 64k x 2048 embedding) fill on all CPU threads yet stay identical on every machine.
+    """
+    out = torch.empty(shape)
+    flat = out.view(-1)
+    starts = range(0, flat.numel(), INIT_BLOCK)
+
+    def fill(start):
+        gen = torch.Generator().manual_seed(parameter_seed(seed, f"{name}#{start // INIT_BLOCK}"))
+        flat[start:start + INIT_BLOCK].normal_(0.0, std, generator=gen)
+
+    if len(starts) > 1:
+        with ThreadPoolExecutor(max_workers=min(len(starts), torch.get_num_threads())) as pool:
+            list(pool.map(fill, starts))
+    else:
+        for start in starts:
+            fill(start)
+    return out
 
 
 def parameter_seed(seed, name):
