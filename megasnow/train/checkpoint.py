@@ -100,8 +100,12 @@ def _rng_tracker():
 
 
 # ---------------------------------------------------------------- save
-def save_checkpoint(ckpt_dir, step, model_chunks, optimizer, trainer_state, config_yaml, keep_last=0):
-    """Write checkpoint `step` collectively (every rank calls this); returns its folder."""
+def save_checkpoint(ckpt_dir, step, model_chunks, optimizer, trainer_state, config_yaml, keep_last=0,
+                    extra_files=None):
+    """Write checkpoint `step` collectively (every rank calls this); returns its folder.
+
+    `trainer_state` goes into meta.json; `extra_files` {name: source path} (the tokenizer) are copied in by rank 0.
+    """
     r = _ranks()
     name = step_dir_name(step)
     final = os.path.join(ckpt_dir, name)
@@ -125,6 +129,8 @@ def save_checkpoint(ckpt_dir, step, model_chunks, optimizer, trainer_state, conf
                     num_chunks=len(model_chunks), format=1)
         atomic_write_text(os.path.join(tmp, META), json.dumps(meta, indent=1, sort_keys=True))
         atomic_write_text(os.path.join(tmp, "config.yaml"), config_yaml)
+        for fname, src in (extra_files or {}).items():
+            shutil.copyfile(src, os.path.join(tmp, fname))
         _fsync_dir(tmp)
         if os.path.exists(final):  # re-saving the same step (e.g. after a resume): swap it out
             old = os.path.join(ckpt_dir, f".old_{name}")

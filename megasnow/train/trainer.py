@@ -342,10 +342,15 @@ class Trainer:
         import dataclasses
 
         trainer = dataclasses.asdict(self.state)
+        extra = {}
+        if self.cfg.data.tokenizer:  # checkpoints carry their tokenizer, so exports and generation need nothing else
+            name = "tokenizer.json" if self.cfg.data.tokenizer.endswith(".json") else "tokenizer.model"
+            extra[name] = self.cfg.data.tokenizer
         return ckpt.save_checkpoint(c.dir, self.state.step, self.model_chunks, self.optimizer,
                                     {"trainer": trainer, "reason": reason,
-                                     "phase_name": self.phases[self.state.phase].name},
-                                    dump_config(self.cfg), c.keep_last)
+                                     "phase_name": self.phases[self.state.phase].name,
+                                     "model_config": dataclasses.asdict(self.model_cfg)},
+                                    dump_config(self.cfg), c.keep_last, extra_files=extra)
 
 
 def run_training(cfg):

@@ -1,0 +1,1 @@
+"""Checkpoint conversion: megasnow <-> HuggingFace LlamaForCausalLM (hf_llama) and tokenizer files (hf_tokenizer)."""

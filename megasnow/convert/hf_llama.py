@@ -1,0 +1,294 @@
+"""Convert between megasnow checkpoints and HuggingFace `LlamaForCausalLM` folders (config.json, model.safetensors,
+tokenizer files). Both use HF's rotate_half RoPE layout, so q/k rows need no permutation; the fused qkv and
+gate/up projections are split (export) or fused (import), tensor-parallel shards merged, vocabulary padding cut."""
+import dataclasses
+import json
+import os
+import shutil
+
+import torch
+
+from megasnow.train import checkpoint as ckpt
+from megasnow.utils.atomic import atomic_write_text
+
+
+class ConversionError(RuntimeError):
+    """A checkpoint or HF folder that cannot be converted; names the file and what is wrong."""
+
+
+# ----------------------------------------------------------------------------- megasnow checkpoint -> full state
+# How each megasnow parameter is split over tensor-parallel ranks: (dim, fused partition names).
+_COLUMN_FUSED = {"attn.qkv_proj.weight": ("q", "k", "v"), "mlp.gate_up_proj.weight": ("gate", "up")}
+_ROW = ("attn.o_proj.weight", "mlp.down_proj.weight")
+_VOCAB = ("embed.weight", "lm_head.weight")
+
+
+def partition_sizes(model_cfg, suffix):
+    d = model_cfg.head_dim
+    if suffix == "attn.qkv_proj.weight":
+        return [model_cfg.num_heads * d, model_cfg.num_kv_heads * d, model_cfg.num_kv_heads * d]
+    return [model_cfg.ffn_hidden_size, model_cfg.ffn_hidden_size]
+
+
+def merge_tensor_parallel(name, shards, model_cfg):
+    """The full tensor from its TP shards (each rank holds its own slice of every fused partition)."""
+    if len(shards) == 1:
+        return shards[0]
+    for suffix in _COLUMN_FUSED:
+        if name.endswith(suffix):
+            tp = len(shards)
+            sizes = [s // tp for s in partition_sizes(model_cfg, suffix)]
+            parts = [s.split(sizes, dim=0) for s in shards]
+            return torch.cat([torch.cat([p[i] for p in parts], dim=0) for i in range(len(sizes))], dim=0)
+    if name.endswith(_ROW):
+        return torch.cat(shards, dim=1)
+    if name in _VOCAB:
+        return torch.cat(shards, dim=0)
+    return shards[0]  # replicated (norms)
+
+
+def model_config_from_meta(meta, step_dir):
+    from megasnow.model.config import ModelConfig
+
+    if "model_config" not in meta:
+        raise ConversionError(f"{step_dir}/meta.json has no model_config (checkpoint from an older megasnow?)")
+    known = {f.name for f in dataclasses.fields(ModelConfig)}
+    values = {k: v for k, v in meta["model_config"].items() if k in known}
+    if "sequence_parallel" in values:
+        values["sequence_parallel"] = False  # a merged, single-process model
+    return ModelConfig(**values)
+
+
+def load_full_state(path):
+    """(ModelConfig, full unsharded state dict, step folder) from a megasnow checkpoint of any TP x PP layout."""
+    step_dir = ckpt.resolve_checkpoint(path)
+    meta = ckpt.read_meta(step_dir)
+    model_cfg = model_config_from_meta(meta, step_dir)
+    lay = meta["layout"]
+    by_name = {}
+    for pp in range(lay["pp_size"]):
+        for tp in range(lay["tp_size"]):
+            file = os.path.join(step_dir, ckpt.model_file(tp, pp))
+            chunks = ckpt._torch_load(file)
+            for chunk in chunks:
+                for name, t in chunk.items():
+                    by_name.setdefault(name, {}).setdefault(pp, {})[tp] = t
+    state = {}
+    for name, per_stage in by_name.items():
+        # A tied embedding lives on the first and the last stage; the copies are equal, take the first.
+        stage = min(per_stage)
+        shards = [per_stage[stage][tp] for tp in sorted(per_stage[stage])]
+        state[name] = merge_tensor_parallel(name, shards, model_cfg)
+    return model_cfg, state, step_dir
+
+
+# ----------------------------------------------------------------------------- name mapping
+def megasnow_to_hf(state, model_cfg):
+    """HF LlamaForCausalLM tensors from a full megasnow state dict (padding rows of the vocabulary cut)."""
+    v = model_cfg.vocab_size
+    q, k, _ = partition_sizes(model_cfg, "attn.qkv_proj.weight")
+    out = {"model.embed_tokens.weight": state["embed.weight"][:v], "model.norm.weight": state["norm.weight"]}
+    if not model_cfg.tie_embeddings:
+        out["lm_head.weight"] = state["lm_head.weight"][:v]
+    for i in range(model_cfg.num_layers):
+        src, dst = f"layers.{i}.", f"model.layers.{i}."
+        qw, kw, vw = state[src + "attn.qkv_proj.weight"].split([q, k, k], dim=0)
+        gate, up = state[src + "mlp.gate_up_proj.weight"].chunk(2, dim=0)
+        out.update({
+            dst + "input_layernorm.weight": state[src + "input_norm.weight"],
+            dst + "self_attn.q_proj.weight": qw,
+            dst + "self_attn.k_proj.weight": kw,
+            dst + "self_attn.v_proj.weight": vw,
+            dst + "self_attn.o_proj.weight": state[src + "attn.o_proj.weight"],
+            dst + "post_attention_layernorm.weight": state[src + "post_attn_norm.weight"],
+            dst + "mlp.gate_proj.weight": gate,
+            dst + "mlp.up_proj.weight": up,
+            dst + "mlp.down_proj.weight": state[src + "mlp.down_proj.weight"],
+        })
+    return {name: t.contiguous() for name, t in out.items()}
+
+
+def hf_to_megasnow(hf, model_cfg, source=""):
+    """A full megasnow state dict from HF tensors; vocabulary padding rows are zero (they never reach a logit)."""
+    def get(name):
+        if name not in hf:
+            raise ConversionError(f"{source}: tensor {name!r} is missing")
+        return hf[name]
+
+    def pad_vocab(t, name):
+        if t.shape[0] != model_cfg.vocab_size:
+            raise ConversionError(f"{source}: {name} has {t.shape[0]} rows, config.json says vocab_size "
+                                  f"{model_cfg.vocab_size}")
+        out = torch.zeros(model_cfg.padded_vocab_size, t.shape[1], dtype=t.dtype)
+        out[:t.shape[0]] = t
+        return out
+
+    state = {"embed.weight": pad_vocab(get("model.embed_tokens.weight"), "model.embed_tokens.weight"),
+             "norm.weight": get("model.norm.weight")}
+    if not model_cfg.tie_embeddings:
+        state["lm_head.weight"] = pad_vocab(get("lm_head.weight"), "lm_head.weight")
+    for i in range(model_cfg.num_layers):
+        src, dst = f"model.layers.{i}.", f"layers.{i}."
+        state.update({
+            dst + "input_norm.weight": get(src + "input_layernorm.weight"),
+            dst + "attn.qkv_proj.weight": torch.cat([get(src + f"self_attn.{p}_proj.weight") for p in "qkv"], dim=0),
+            dst + "attn.o_proj.weight": get(src + "self_attn.o_proj.weight"),
+            dst + "post_attn_norm.weight": get(src + "post_attention_layernorm.weight"),
+            dst + "mlp.gate_up_proj.weight": torch.cat([get(src + "mlp.gate_proj.weight"),
+                                                        get(src + "mlp.up_proj.weight")], dim=0),
+            dst + "mlp.down_proj.weight": get(src + "mlp.down_proj.weight"),
+        })
+    return state
+
+
+def hf_config_dict(model_cfg, dtype="float32", bos_id=None, eos_id=None, pad_id=None):
+    """config.json contents for LlamaForCausalLM (written through transformers' own LlamaConfig)."""
+    from transformers import LlamaConfig
+
+    cfg = LlamaConfig(
+        vocab_size=model_cfg.vocab_size, hidden_size=model_cfg.hidden_size,
+        intermediate_size=model_cfg.ffn_hidden_size, num_hidden_layers=model_cfg.num_layers,
+        num_attention_heads=model_cfg.num_heads, num_key_value_heads=model_cfg.num_kv_heads,
+        head_dim=model_cfg.head_dim, max_position_embeddings=model_cfg.max_seq_len,
+        rms_norm_eps=model_cfg.norm_eps, rope_theta=model_cfg.rope_base, hidden_act="silu",
+        tie_word_embeddings=model_cfg.tie_embeddings, attention_bias=False, mlp_bias=False,
+        bos_token_id=bos_id, eos_token_id=eos_id, pad_token_id=pad_id,
+    )
+    cfg.architectures = ["LlamaForCausalLM"]
+    d = cfg.to_dict()
+    d["torch_dtype"] = d["dtype"] = dtype
+    d.setdefault("rope_theta", model_cfg.rope_base)  # read by older transformers / vLLM versions
+    return d
+
+
+def model_config_from_hf(d, source=""):
+    from megasnow.model.config import ModelConfig
+
+    if d.get("model_type") not in (None, "llama"):
+        raise ConversionError(f"{source}: model_type is {d.get('model_type')!r}, only 'llama' converts")
+    for key in ("attention_bias", "mlp_bias"):
+        if d.get(key):
+            raise ConversionError(f"{source}: {key} is true; megasnow's Llama has no biases")
+    if d.get("hidden_act", "silu") != "silu":
+        raise ConversionError(f"{source}: hidden_act {d['hidden_act']!r}; megasnow uses SwiGLU (silu)")
+    rope = d.get("rope_theta") or (d.get("rope_parameters") or {}).get("rope_theta") or 10000.0
+    scaling = d.get("rope_scaling") or {}
+    rope_type = scaling.get("rope_type") or (d.get("rope_parameters") or {}).get("rope_type") or "default"
+    if rope_type != "default":
+        raise ConversionError(f"{source}: RoPE scaling {rope_type!r} is not supported")
+    heads = d["num_attention_heads"]
+    head_dim = d.get("head_dim") or d["hidden_size"] // heads
+    if head_dim * heads != d["hidden_size"]:
+        raise ConversionError(f"{source}: head_dim x heads != hidden_size; megasnow needs them equal")
+    return ModelConfig(vocab_size=d["vocab_size"], hidden_size=d["hidden_size"],
+                       ffn_hidden_size=d["intermediate_size"], num_layers=d["num_hidden_layers"], num_heads=heads,
+                       num_kv_heads=d.get("num_key_value_heads") or heads,
+                       max_seq_len=d.get("max_position_embeddings", 2048), rope_base=float(rope),
+                       norm_eps=d.get("rms_norm_eps", 1e-6), tie_embeddings=bool(d.get("tie_word_embeddings")))
+
+
+# ----------------------------------------------------------------------------- export / import
+def export_to_hf(checkpoint_path, out_dir, dtype="float32", tokenizer=None):
+    """Write `out_dir` as a LlamaForCausalLM folder from a megasnow checkpoint; returns a summary dict."""
+    from safetensors.torch import save_file
+
+    from megasnow.utils.atomic import temporary_path
+
+    model_cfg, state, step_dir = load_full_state(checkpoint_path)
+    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    hf = {k: t.to(torch_dtype) for k, t in megasnow_to_hf(state, model_cfg).items()}
+    os.makedirs(out_dir, exist_ok=True)
+    tok_path = tokenizer or _checkpoint_tokenizer(step_dir)
+    tok_summary, ids = {}, {}
+    if tok_path:
+        from megasnow.convert.hf_tokenizer import export_tokenizer
+
+        tok_summary, ids = export_tokenizer(tok_path, out_dir)
+    atomic_write_text(os.path.join(out_dir, "config.json"),
+                      json.dumps(hf_config_dict(model_cfg, dtype, ids.get("bos"), ids.get("eos"), ids.get("pad")),
+                                 indent=2, sort_keys=True))
+    atomic_write_text(os.path.join(out_dir, "generation_config.json"),
+                      json.dumps({"bos_token_id": ids.get("bos"), "eos_token_id": ids.get("eos"),
+                                  "pad_token_id": ids.get("pad")}, indent=2))
+    tmp = temporary_path(os.path.join(out_dir, "model.safetensors"))
+    save_file(hf, tmp, metadata={"format": "pt", "source": os.path.abspath(step_dir)})
+    os.replace(tmp, os.path.join(out_dir, "model.safetensors"))
+    return {"source": step_dir, "out": out_dir, "tensors": len(hf),
+            "parameters": sum(t.numel() for t in hf.values()), **tok_summary}
+
+
+def _checkpoint_tokenizer(step_dir):
+    for name in ("tokenizer.model", "tokenizer.json"):
+        p = os.path.join(step_dir, name)
+        if os.path.exists(p):
+            return p
+    return None
+
+
+def read_hf_state(folder):
+    """All tensors of a HF folder (single model.safetensors or a sharded index)."""
+    from safetensors.torch import load_file
+
+    single = os.path.join(folder, "model.safetensors")
+    index = os.path.join(folder, "model.safetensors.index.json")
+    if os.path.exists(single):
+        return load_file(single)
+    if os.path.exists(index):
+        with open(index, encoding="utf-8") as f:
+            files = sorted(set(json.load(f)["weight_map"].values()))
+        state = {}
+        for name in files:
+            state.update(load_file(os.path.join(folder, name)))
+        return state
+    raise ConversionError(f"{folder}: no model.safetensors or model.safetensors.index.json")
+
+
+def import_from_hf(hf_dir, out_dir, tokenizer=None):
+    """Write a megasnow checkpoint (tensor 1 x pipeline 1, step 0) usable as checkpoint.init_from."""
+    cfg_path = os.path.join(hf_dir, "config.json")
+    if not os.path.exists(cfg_path):
+        raise ConversionError(f"{hf_dir}: no config.json")
+    with open(cfg_path, encoding="utf-8") as f:
+        model_cfg = model_config_from_hf(json.load(f), cfg_path)
+    state = hf_to_megasnow(read_hf_state(hf_dir), model_cfg, hf_dir)
+    state = {k: v.float() for k, v in state.items()}
+    extra = {}
+    for name in ("tokenizer.model", "tokenizer.json"):
+        p = tokenizer if tokenizer and os.path.basename(tokenizer) == name else os.path.join(hf_dir, name)
+        if os.path.exists(p):
+            extra[name] = p
+            break
+    step_dir = write_single_rank_checkpoint(out_dir, model_cfg, state, extra, source=os.path.abspath(hf_dir))
+    return {"source": hf_dir, "out": step_dir, "tensors": len(state)}
+
+
+def write_single_rank_checkpoint(out_dir, model_cfg, state, extra_files=None, source=None):
+    """A complete megasnow checkpoint folder holding only weights (no optimizer state) at step 0."""
+    from megasnow.utils.atomic import atomic_write
+
+    name = ckpt.step_dir_name(0)
+    tmp, final = os.path.join(out_dir, f".tmp_{name}"), os.path.join(out_dir, name)
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    with atomic_write(os.path.join(tmp, ckpt.model_file(0, 0))) as f:
+        torch.save([state], f)
+    for fname, src in (extra_files or {}).items():
+        shutil.copyfile(src, os.path.join(tmp, fname))
+    meta = {"step": 0, "reason": "import", "source": source, "format": 1, "num_chunks": 1,
+            "layout": {"world": 1, "tp_size": 1, "pp_size": 1, "dp_size": 1},
+            "model_config": dataclasses.asdict(model_cfg), "trainer": {"step": 0}}
+    atomic_write_text(os.path.join(tmp, ckpt.META), json.dumps(meta, indent=1, sort_keys=True))
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    atomic_write_text(os.path.join(out_dir, ckpt.LATEST), name + "\n")
+    return final
+
+
+def build_megasnow_model(checkpoint_path, device="cpu", dtype=torch.float32):
+    """A single-process LlamaModel with a checkpoint's weights (any layout), plus its step folder."""
+    from megasnow.model.llama import LlamaModel
+
+    model_cfg, state, step_dir = load_full_state(checkpoint_path)
+    model = LlamaModel(model_cfg, init_seed=None)
+    ckpt.load_model_state(model, state, step_dir)
+    return model.to(device=device, dtype=dtype).eval(), step_dir
