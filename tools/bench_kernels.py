@@ -269,6 +269,7 @@ def write_csv(rows, path: Path):
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_text(path, buf.getvalue())
+    path.chmod(0o644)  # the atomic temp file is created 0600
 
 
 def write_plot(rows, path: Path, copy_gbs: float, device_name: str):
@@ -299,6 +300,7 @@ def write_plot(rows, path: Path, copy_gbs: float, device_name: str):
     with atomic_write(path, "wb") as f:
         fig.savefig(f, format="png", dpi=90)
     plt.close(fig)
+    path.chmod(0o644)
 
 
 def parse_args(argv=None):
@@ -358,7 +360,9 @@ def main(argv=None) -> int:
                         continue
                     try:
                         ms, mem = measure(case, provider, mode, device, args.reps)
-                    except Exception as e:  # e.g. torch.compile failing on this platform: record, keep going
+                    except Exception as e:  # e.g. OOM of an eager baseline, torch.compile failing: record, go on
+                        if device.type == "cuda":
+                            torch.cuda.empty_cache()
                         rows.append({**row, "status": "error", "note": f"{type(e).__name__}: {e}"[:200]})
                         print(f"  {case.op} {mode} {provider}: ERROR {e}", file=sys.stderr)
                         continue
