@@ -187,17 +187,18 @@ class LineParser {
         case 't': lit = '\t'; break;
         case 'u': {
           uint32_t cp = hex4();
-          if (cp >= 0xD800 && cp <= 0xDBFF) {
-            if (end_ - p_ >= 6 && p_[0] == '\\' && p_[1] == 'u') {
-              p_ += 2;
-              uint32_t low = hex4();
-              if (low < 0xDC00 || low > 0xDFFF) fail("lone surrogate \\u escape (not encodable as UTF-8)");
-              cp = 0x10000 + ((cp - 0xD800) << 10) + (low - 0xDC00);
-            } else {
-              fail("lone surrogate \\u escape (not encodable as UTF-8)");
-            }
-          } else if (cp >= 0xDC00 && cp <= 0xDFFF) {
-            fail("lone surrogate \\u escape (not encodable as UTF-8)");
+          // A surrogate pair is one code point. A lone surrogate is valid JSON (Python accepts it) but has no
+          // UTF-8 form, so it only fails a value we must decode for the tokenizer.
+          if (cp >= 0xD800 && cp <= 0xDBFF && end_ - p_ >= 6 && p_[0] == '\\' && p_[1] == 'u') {
+            const char* save = p_;
+            p_ += 2;
+            uint32_t low = hex4();
+            if (low >= 0xDC00 && low <= 0xDFFF) cp = 0x10000 + ((cp - 0xD800) << 10) + (low - 0xDC00);
+            else p_ = save;
+          }
+          if (cp >= 0xD800 && cp <= 0xDFFF) {
+            if (out) fail("lone surrogate \\u escape (not encodable as UTF-8)");
+            continue;
           }
           if (out) append_utf8(*out, cp);
           continue;
