@@ -1,9 +1,10 @@
 """The whole model under tensor parallelism (TP=2, gloo, fp32): init equals slicing the TP=1 init, and loss,
 logits, every gradient and greedy generation equal the single-process model, with and without sequence
 parallelism and activation checkpointing."""
+import pytest
 import torch
 
-from megasnow.model import LlamaModel, get_preset
+from megasnow.model import LlamaModel, ModelConfigError, get_preset
 from megasnow.model.generate import generate
 from megasnow.parallel import state
 from megasnow.parallel.spawn import run_processes
@@ -75,6 +76,11 @@ def _worker(rank, world):
             torch.testing.assert_close(model(tokens), logits_ref, **TOL, msg=f"{where}: logits")
         if not sp:
             assert generate(model, [[3, 1, 4, 1, 5], [9, 2]], max_new_tokens=6) == generated_ref
+    # Shapes the TP size cannot split are refused when the model is built, naming what to change.
+    with pytest.raises(ModelConfigError, match="does not divide model.num_kv_heads"):
+        LlamaModel(get_preset("tiny", **SHAPE, num_kv_heads=1))
+    with pytest.raises(ModelConfigError, match="make_vocab_size_divisible_by"):
+        LlamaModel(get_preset("tiny", **{**SHAPE, "vocab_size": 63}, make_vocab_size_divisible_by=1))
     return "ok"
 
 
