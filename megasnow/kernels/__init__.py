@@ -9,7 +9,7 @@ from megasnow.kernels.cross_entropy import ce_partial_grad, ce_partial_stats, cr
 from megasnow.kernels.linear_cross_entropy import linear_cross_entropy
 from megasnow.kernels.rms_norm import rms_norm
 from megasnow.kernels.rope import apply_rope, rope_cos_sin
-from megasnow.kernels.swiglu import swiglu
+from megasnow.kernels.swiglu import swiglu, swiglu_packed
 
 __all__ = [
     "HAS_TRITON",
@@ -23,4 +23,5 @@ __all__ = [
     "rms_norm",
     "rope_cos_sin",
     "swiglu",
+    "swiglu_packed",
 ]
