@@ -8,8 +8,12 @@ import pytest
 import torch
 
 from megasnow.parallel import state
-from megasnow.parallel.spawn import run_processes
-from tests.parallel.test_parallel_equivalence_support import StandInConfig, make_microbatches, stand_in_factory
+from tests.parallel.test_parallel_equivalence_support import (
+    StandInConfig,
+    make_microbatches,
+    stand_in_factory,
+    two_rank_results,
+)
 
 SEED = 11
 
@@ -107,7 +111,7 @@ def _nan_skips_update(rank, world):
     return out
 
 
-def _all_checks(rank, world):
+def two_rank_checks(rank, world):
     return {"overlap": _overlap_and_average(rank, world, True),
             "no_overlap": _overlap_and_average(rank, world, False),
             "no_sync": _no_sync_accumulation(rank, world),
@@ -116,7 +120,7 @@ def _all_checks(rank, world):
 
 @pytest.fixture(scope="module")
 def results():
-    return run_processes(_all_checks, 2, timeout_s=180)
+    return two_rank_results("data_parallel")
 
 
 def test_buckets_are_reduced_while_backward_runs(results):

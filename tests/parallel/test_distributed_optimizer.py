@@ -5,8 +5,12 @@ import pytest
 import torch
 
 from megasnow.parallel import state
-from megasnow.parallel.spawn import run_processes
-from tests.parallel.test_parallel_equivalence_support import StandInConfig, make_microbatches, stand_in_factory
+from tests.parallel.test_parallel_equivalence_support import (
+    StandInConfig,
+    make_microbatches,
+    stand_in_factory,
+    two_rank_results,
+)
 
 SEED = 5
 
@@ -87,13 +91,13 @@ def _bf16(rank, world):
     return out
 
 
-def _all(rank, world):
+def two_rank_checks(rank, world):
     return {"zero": _shards_and_resume(rank, world), "bf16": _bf16(rank, world)}
 
 
 @pytest.fixture(scope="module")
 def results():
-    return run_processes(_all, 2, timeout_s=180)
+    return two_rank_results("distributed_optimizer")
 
 
 def test_each_rank_owns_a_disjoint_half_of_every_bucket(results):

@@ -5,14 +5,18 @@ losses, the global grad norms and every weight shard must match a single-process
 Activation checkpointing (full, selective) is switched on in some layouts and off in the reference.
 """
 from megasnow.parallel.spawn import run_processes
-from tests.parallel.test_parallel_equivalence_support import llama_factory, run_layout, tiny_llama_config
+from tests.parallel.test_parallel_equivalence_support import (
+    llama_factory,
+    run_layout,
+    tiny_llama_config,
+    two_rank_results,
+)
 
 TOL = 1e-5
 
 TWO_RANK_LAYOUTS = [
     ("tensor=2 + sequence parallel, full checkpointing", {"activation_checkpointing": "full"},
      {"tensor": 2, "sequence_parallel": True}),
-    ("tensor=2 without sequence parallel", {}, {"tensor": 2}),
     ("pipeline=2 1F1B", {}, {"pipeline": 2}),
     ("pipeline=2 interleaved, selective checkpointing", {"activation_checkpointing": "selective"},
      {"pipeline": 2, "virtual_pipeline": 2}),
@@ -53,8 +57,12 @@ def _check(results_by_rank, layouts):
         assert losses > 0, f"{name}: no rank reported losses"
 
 
+def two_rank_checks(rank, world):
+    return _train_layouts(rank, world, TWO_RANK_LAYOUTS)
+
+
 def test_two_rank_layouts_match_single_process():
-    _check(run_processes(_train_layouts, 2, (TWO_RANK_LAYOUTS,), timeout_s=240), TWO_RANK_LAYOUTS)
+    _check(two_rank_results("equivalence"), TWO_RANK_LAYOUTS)
 
 
 def test_four_rank_layouts_match_single_process():

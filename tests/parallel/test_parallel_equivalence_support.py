@@ -187,3 +187,36 @@ def run_layout(model_cfg, factory, parallel_kwargs, steps=3, microbatches_per_ra
                 out["weight"], out["where"] = diff, name
     state.destroy_model_parallel()
     return out
+
+
+# Spawned processes start slowly on a shared CPU, so every 2-rank check of the parallel tests runs in one
+# spawn, once per pytest session; each test module reads its part of the results.
+_TWO_RANK_RUN = {}
+
+
+def two_rank_results(part):
+    """Results of `part` ("pipeline", "data_parallel", "distributed_optimizer", "equivalence") per rank."""
+    from megasnow.parallel.spawn import run_processes
+
+    if "results" not in _TWO_RANK_RUN:
+        try:
+            _TWO_RANK_RUN["results"] = run_processes(_two_rank_suite, 2, timeout_s=400)
+        except Exception as e:  # report the same failure to every module instead of re-running
+            _TWO_RANK_RUN["results"] = e
+    if isinstance(_TWO_RANK_RUN["results"], Exception):
+        raise _TWO_RANK_RUN["results"]
+    return [r[part] for r in _TWO_RANK_RUN["results"]]
+
+
+def _two_rank_suite(rank, world):
+    from tests.parallel import (
+        test_data_parallel,
+        test_distributed_optimizer,
+        test_parallel_equivalence,
+        test_pipeline,
+    )
+
+    return {"pipeline": test_pipeline.two_rank_checks(rank, world),
+            "data_parallel": test_data_parallel.two_rank_checks(rank, world),
+            "distributed_optimizer": test_distributed_optimizer.two_rank_checks(rank, world),
+            "equivalence": test_parallel_equivalence.two_rank_checks(rank, world)}

@@ -7,12 +7,12 @@ import pytest
 import torch
 
 from megasnow.parallel import state
-from megasnow.parallel.spawn import run_processes
 from tests.parallel.test_parallel_equivalence_support import (
     StandInConfig,
     make_microbatches,
     run_layout,
     stand_in_factory,
+    two_rank_results,
 )
 
 TOL = 1e-5
@@ -43,7 +43,7 @@ def _p2p_ring(rank, world):
     return float(from_prev[0, 0]), float(from_next[0, 0]), from_prev.requires_grad
 
 
-def _schedules(rank, world):
+def two_rank_checks(rank, world):
     out = {"p2p": _p2p_ring(rank, world)}
     for name, model_overrides, parallel, n in LAYOUTS:
         out[name] = run_layout(StandInConfig(**model_overrides), stand_in_factory, parallel, microbatches_per_rank=n)
@@ -93,7 +93,7 @@ def _interleaved_needs_multiple(rank):
 
 @pytest.fixture(scope="module")
 def results():
-    return run_processes(_schedules, 2, timeout_s=180)
+    return two_rank_results("pipeline")
 
 
 def test_p2p_exchanges_both_directions_with_one_neighbour(results):
