@@ -30,25 +30,39 @@ inline uint64_t mix64(uint64_t x) {  // splitmix64 finalizer: a bijective avalan
 
 inline uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
 
-inline bool is_word_byte(unsigned char c) {
-  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c >= 0x80;
-}
+// Byte class table: 0 for separators, else the byte itself with ASCII letters lowercased.
+struct WordTable {
+  unsigned char map[256];
+  WordTable() {
+    for (int c = 0; c < 256; ++c) {
+      const bool word = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
+                        c >= 0x80;
+      map[c] = word ? static_cast<unsigned char>(c >= 'A' && c <= 'Z' ? c + 32 : c) : 0;
+    }
+  }
+};
+const WordTable kWords;
 
-// Hash of every word in text, in order.
+// Hash of every word in text, in order. Bytes are packed 8 at a time into a word-sized chunk (word bytes are
+// never 0, so a chunk also encodes its length) and chunks are folded by multiply-xor, then avalanched.
 void word_hashes(const char* s, size_t n, std::vector<uint64_t>& out) {
   out.clear();
+  const unsigned char* p = reinterpret_cast<const unsigned char*>(s);
   size_t i = 0;
   while (i < n) {
-    while (i < n && !is_word_byte(static_cast<unsigned char>(s[i]))) ++i;
+    while (i < n && !kWords.map[p[i]]) ++i;
     if (i >= n) break;
-    uint64_t h = 0xcbf29ce484222325ULL;
-    while (i < n && is_word_byte(static_cast<unsigned char>(s[i]))) {
-      unsigned char c = static_cast<unsigned char>(s[i]);
-      if (c >= 'A' && c <= 'Z') c += 32;
-      h = (h ^ c) * 0x100000001b3ULL;
-      ++i;
+    uint64_t h = 0xcbf29ce484222325ULL, chunk = 0;
+    int k = 0;
+    for (unsigned char c; i < n && (c = kWords.map[p[i]]); ++i) {
+      chunk |= static_cast<uint64_t>(c) << (8 * k);
+      if (++k == 8) {
+        h = (h ^ chunk) * 0x9e3779b97f4a7c15ULL;
+        chunk = 0;
+        k = 0;
+      }
     }
-    out.push_back(mix64(h));
+    out.push_back(mix64(h ^ chunk));
   }
 }
 
