@@ -106,8 +106,7 @@ def build_model(model_cfg, parallel_cfg, seed, model_factory=None):
     pp, pp_rank = parallel_cfg.pipeline, state.get_pipeline_parallel_rank()
     parts = parallel_cfg.layer_ids_per_stage(model_cfg.num_layers)
     dtype = DTYPES[parallel_cfg.params_dtype]
-    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() \
-        and torch.distributed.is_initialized() and torch.distributed.get_backend() == "nccl" else torch.device("cpu")
+    device = _model_device()
     chunks = []
     for v in range(parallel_cfg.num_model_chunks):
         part = v * pp + pp_rank
@@ -119,8 +118,21 @@ def build_model(model_cfg, parallel_cfg, seed, model_factory=None):
         chunks.append(model)
     state.set_virtual_pipeline_parallel_rank(None)
     tie_embeddings_across_stages(chunks, model_cfg)
+    if torch.distributed.is_initialized():
+        # Set up the world communicator now: with NCCL, a first batched p2p call would need every rank in it.
+        torch.distributed.barrier()
     return [DistributedDataParallel(m, parallel_cfg, parallel_cfg.bucket_size_mb, parallel_cfg.overlap_grad_reduce,
                                     parallel_cfg.use_distributed_optimizer) for m in chunks]
+
+
+def _model_device():
+    """The current GPU under NCCL or in a single GPU process; the CPU under gloo or without a GPU."""
+    dist = torch.distributed
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    if dist.is_initialized() and dist.get_backend() != "nccl":
+        return torch.device("cpu")
+    return torch.device("cuda", torch.cuda.current_device())
 
 
 def _ensure_groups(cfg):
@@ -146,7 +158,7 @@ def tie_embeddings_across_stages(chunks, model_cfg):
         weight = chunks[0].embed.weight
     elif last:
         weight = output_embedding_weight(chunks[-1])
-    if weight is None:
+    if weight is None:  # a middle stage
         return
     weight.shared_embedding = True
     weight.shared_embedding_replica = not first  # counted once in the gradient norm
@@ -155,6 +167,8 @@ def tie_embeddings_across_stages(chunks, model_cfg):
 
 def output_embedding_weight(model):
     """The weight a last-stage chunk multiplies by to get logits (its copy of the tied embedding)."""
+    if hasattr(model, "head_weight"):
+        return model.head_weight()
     head = getattr(model, "lm_head", None)
     if head is not None and getattr(head, "weight", None) is not None:
         return head.weight
