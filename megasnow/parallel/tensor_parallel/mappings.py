@@ -47,6 +47,10 @@ def _all_gather(x, dim):
     if world == 1:
         return x
     x = x.contiguous()
+    if dist.get_backend(_group()) == "nccl":
+        stacked = torch.empty((world,) + tuple(x.shape), dtype=x.dtype, device=x.device)
+        dist.all_gather_into_tensor(stacked, x, group=_group())
+        return torch.cat(stacked.unbind(0), dim=dim)
     parts = [torch.empty_like(x) for _ in range(world)]
     dist.all_gather(parts, x, group=_group())
     return torch.cat(parts, dim=dim)
@@ -60,9 +64,9 @@ def _reduce_scatter(x, dim):
     if x.shape[dim] % world:
         raise ValueError(f"reduce-scatter: dimension {dim} of size {x.shape[dim]} is not divisible by TP size {world}")
     if dist.get_backend(_group()) == "nccl":
-        chunks = [c.contiguous() for c in x.chunk(world, dim=dim)]
-        out = torch.empty_like(chunks[0])
-        dist.reduce_scatter(out, chunks, group=_group())
+        stacked = torch.stack(x.chunk(world, dim=dim))  # [world, ...]: rank r's chunk is row r
+        out = torch.empty(stacked.shape[1:], dtype=x.dtype, device=x.device)
+        dist.reduce_scatter_tensor(out, stacked, group=_group())
         return out
     return _split(_all_reduce(x), dim)  # gloo has no reduce-scatter
 
