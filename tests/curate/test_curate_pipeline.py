@@ -191,3 +191,30 @@ def test_rerun_skips_everything_and_refuses_other_config(curated):
     assert before == after
     with pytest.raises(PipelineError, match="different config"):
         run_pipeline(curated["inputs"], out, load_config(CurateConfig, overrides=["near_dedup.threshold=0.8"]))
+
+
+def test_documents_feed_tokenizer_training_and_binarization(curated, tmp_path):
+    """The curated JSONL goes straight into tools/train_tokenizer.py and tools/preprocess_data.py."""
+    import subprocess
+    import sys
+
+    from megasnow.data.indexed import IndexedDataset
+    from megasnow.data.tokenizer import load_tokenizer
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    docs_dir = os.path.join(curated["out"], "documents")
+    prefix = str(tmp_path / "tok")
+    run = lambda *a: subprocess.run([sys.executable, *a], cwd=root, check=True, capture_output=True, timeout=300)
+    run("tools/train_tokenizer.py", "--input", docs_dir, "--output-prefix", prefix, "--vocab-size", "1000")
+    run("tools/preprocess_data.py", "--input", docs_dir, "--tokenizer-model", prefix + ".model", "--append-eod",
+        "--output-prefix", str(tmp_path / "data"), "--no-progress")
+    tok = load_tokenizer(prefix + ".model")
+    ds = IndexedDataset(str(tmp_path / "data_text_document"))
+    docs = [d for _, d in documents(curated["out"])]
+    assert len(ds) == len(docs)
+    seqs = [ds[i].tolist() for i in range(len(ds))]
+    assert all(s[0] == tok.token_to_id(REPO_NAME) and s[-1] == tok.eod_id for s in seqs)
+    decoded = {tok.decode(s[:-1]): s for s in seqs}  # exact round trip of every document
+    assert sorted(decoded) == sorted(d["text"] for d in docs)
+    for d in docs:  # the markers are single special tokens: one FILE_SEP id per file
+        assert decoded[d["text"]].count(tok.token_to_id(FILE_SEP)) == len(d["paths"])
