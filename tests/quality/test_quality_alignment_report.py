@@ -20,7 +20,7 @@ def test_eval_reports_humaneval_and_user_benchmark_alignment(trained_annotator, 
     user = [{"prompt": f.split(":", 1)[0] + ":", "solution": f.split(":", 1)[1]} for f in stdlib_functions(120, seed=9)[-20:]]
     bench = write_jsonl(str(tmp_path / "bench.jsonl"), user)
     report_path = str(tmp_path / "alignment.json")
-    rc = main(["eval", "--annotator", folder, "--corpus", training_corpus["documents"], "--num-random", "60",
+    rc = main(["eval", "--annotator", folder, "--corpus", training_corpus["documents"], "--num-random", "40",
                "--benchmark", bench, "--benchmark-fields", "prompt,solution", "--report", report_path, "--seed", "5"])
     assert rc == 0
     printed = capsys.readouterr().out
@@ -29,7 +29,7 @@ def test_eval_reports_humaneval_and_user_benchmark_alignment(trained_annotator, 
     he = report["benchmarks"]["humaneval"]
     assert he["solutions"] == 164 and he["roc_auc"] > 0.8
     assert set(report["benchmarks"]) == {"humaneval", "user", "all"}
-    assert report["random_files"] == 60
+    assert report["random_files"] == 40
     # Held-out metrics come from the annotator's training record and are printed with the AUCs.
     assert report["heldout"]["roc_auc"] == pytest.approx(metrics["heldout"]["roc_auc"])
     assert f"humaneval        ROC-AUC {he['roc_auc']:.4f}" in printed
@@ -38,7 +38,7 @@ def test_eval_reports_humaneval_and_user_benchmark_alignment(trained_annotator, 
     # The user benchmark's AUC, recomputed independently from the same random files and solutions.
     annotator = load_annotator(folder)
     scorer = BatchedScorer(annotator)
-    negatives = [e.text for e in sample_negatives([training_corpus["documents"]], 60, 5)]
+    negatives = [e.text for e in sample_negatives([training_corpus["documents"]], 40, 5)]
     neg = scorer.score_texts(negatives)[0]
     pos = scorer.score_texts([u["prompt"] + u["solution"] for u in user])[0]
     expected = roc_auc(np.r_[np.ones(len(pos)), np.zeros(len(neg))], np.r_[pos, neg])
