@@ -204,6 +204,9 @@ def cross_entropy(
     logits-sized buffer); only safe when nothing else reads those logits afterwards.
     """
     _check_target(logits, target)
+    if inplace_grad and logits.is_leaf and logits.requires_grad:
+        raise ValueError("cross_entropy: inplace_grad=True would overwrite a leaf tensor (a parameter or input); "
+                         "use it only for logits produced by an op")
     if resolve_impl(impl, logits.device) == "reference":
         return cross_entropy_reference(logits, target, ignore_index)
     return CrossEntropyFunction.apply(logits, target, ignore_index, inplace_grad)

@@ -22,7 +22,9 @@ def linear_cross_entropy_reference(hidden, weight, target, ignore_index: int = -
     return cross_entropy_reference(hidden @ weight.t(), target, ignore_index)
 
 
-def fused_linear_cross_entropy_forward(hidden, weight, target, ignore_index, chunk_size, impl, need_grads=(True, True)):
+def fused_linear_cross_entropy_forward(
+    hidden, weight, target, ignore_index, chunk_size, impl, need_grads=(True, True), accum_dtype=None
+):
     """Loss and (grad_hidden, grad_weight) of mean CE (grads None where not needed), chunk by chunk."""
     hidden, weight = hidden.contiguous(), weight.contiguous()
     n_tokens = hidden.shape[0]
@@ -31,8 +33,10 @@ def fused_linear_cross_entropy_forward(hidden, weight, target, ignore_index, chu
     n_valid = valid.sum().clamp(min=1).float()
     row_scale = valid.float() / n_valid
     grad_hidden = torch.empty_like(hidden) if need_grad_hidden else None
-    # accumulated with addmm_ in the weight's dtype (as Liger does); fp32 when the weight is fp32
-    grad_weight = torch.zeros_like(weight) if need_grad_weight else None
+    # accumulated with addmm_ in the weight's dtype by default (as Liger does); accum_dtype=torch.float32
+    # trades a [V, H] fp32 buffer and fp32 GEMMs for exact accumulation across chunks
+    accum_dtype = accum_dtype or weight.dtype
+    grad_weight = torch.zeros(weight.shape, dtype=accum_dtype, device=weight.device) if need_grad_weight else None
     loss_sum = torch.zeros((), dtype=torch.float32, device=hidden.device)
     for start in range(0, n_tokens, chunk_size):
         end = min(start + chunk_size, n_tokens)
@@ -49,16 +53,18 @@ def fused_linear_cross_entropy_forward(hidden, weight, target, ignore_index, chu
         if need_grad_hidden:
             torch.mm(grad_logits_c, weight, out=grad_hidden[start:end])
         if need_grad_weight:
-            grad_weight.addmm_(grad_logits_c.t(), hidden_c)
+            grad_weight.addmm_(grad_logits_c.t().to(accum_dtype), hidden_c.to(accum_dtype))
+    if grad_weight is not None:
+        grad_weight = grad_weight.to(weight.dtype)
     return loss_sum / n_valid, grad_hidden, grad_weight
 
 
 class LinearCrossEntropyFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, target, ignore_index, chunk_size, impl):
+    def forward(ctx, hidden, weight, target, ignore_index, chunk_size, impl, accum_dtype):
         needs = (ctx.needs_input_grad[0], ctx.needs_input_grad[1])
         loss, grad_hidden, grad_weight = fused_linear_cross_entropy_forward(
-            hidden, weight, target, ignore_index, chunk_size, impl, needs
+            hidden, weight, target, ignore_index, chunk_size, impl, needs, accum_dtype
         )
         ctx.save_for_backward(grad_hidden, grad_weight)
         return loss
@@ -70,14 +76,17 @@ class LinearCrossEntropyFunction(torch.autograd.Function):
         if not torch.equal(grad_output, torch.ones_like(grad_output)):
             grad_hidden = grad_hidden * grad_output.to(grad_hidden.dtype) if grad_hidden is not None else None
             grad_weight = grad_weight * grad_output.to(grad_weight.dtype) if grad_weight is not None else None
-        return grad_hidden, grad_weight, None, None, None, None
+        return grad_hidden, grad_weight, None, None, None, None, None
 
 
 def linear_cross_entropy(
     hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, ignore_index: int = -100,
-    impl: str = "auto", chunk_size: int | None = None,
+    impl: str = "auto", chunk_size: int | None = None, accum_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Mean CE of (hidden [N, H] @ weight[V, H].T) against target [N], never materialising all logits.
+
+    chunk_size: tokens per chunk (default: one chunk of logits ~ the size of hidden). accum_dtype: dtype of the
+    weight-gradient accumulator across chunks (default the weight's dtype; torch.float32 for exact sums).
 
     impl="reference" is the unfused path (full logits); "triton" / "auto"-on-CUDA run the chunked path
     with the Triton CE kernels (on CPU, "auto" runs the chunked path with the torch CE pieces).
@@ -94,4 +103,4 @@ def linear_cross_entropy(
         return linear_cross_entropy_reference(hidden, weight, target, ignore_index)
     if chunk_size is None:
         chunk_size = default_chunk_size(hidden.shape[0], hidden.shape[1], weight.shape[0])
-    return LinearCrossEntropyFunction.apply(hidden, weight, target, ignore_index, chunk_size, resolved)
+    return LinearCrossEntropyFunction.apply(hidden, weight, target, ignore_index, chunk_size, resolved, accum_dtype)

@@ -40,3 +40,37 @@ def assert_same_function(fn_a, fn_b, inputs, dtype, msg="", n_grad=None):
         assert a is not None and b is not None, f"{msg}: gradient {i} missing"
         assert a.dtype == b.dtype, f"{msg}: gradient {i} dtype {a.dtype} vs {b.dtype}"
         assert_close_by_dtype(a, b, dtype, f"{msg} grad {i}")
+
+
+class LargeAllocations:
+    """TorchDispatchMode recording every op (forward or backward) that produces a new tensor of at least
+    `min_numel` elements: [(op name, dtype)]. The Triton interpreter's host copies (set_/copy_ of storages)
+    and views are not allocations of the kernel and are ignored."""
+
+    _IGNORED = ("aten.set_", "aten.copy_", "aten.detach", "aten.view", "aten._unsafe_view", "aten.t.", "aten.slice",
+                "aten.alias", "aten.as_strided", "aten.expand", "aten.transpose", "aten.select", "aten.reshape")
+
+    def __init__(self, min_numel: int):
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        recorder = self
+
+        class _Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                out = func(*args, **(kwargs or {}))
+                name = str(func)
+                if not name.startswith(recorder._IGNORED):
+                    for t in out if isinstance(out, (tuple, list)) else (out,):
+                        if isinstance(t, torch.Tensor) and t.numel() >= min_numel:
+                            recorder.seen.append((name, t.dtype))
+                return out
+
+        self.seen = []
+        self._mode = _Mode()
+
+    def __enter__(self):
+        self._mode.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self._mode.__exit__(*exc)

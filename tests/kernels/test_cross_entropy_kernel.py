@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from megasnow.kernels import ce_partial_grad, ce_partial_stats, cross_entropy
 from megasnow.kernels.cross_entropy import cross_entropy_reference
-from tests.kernels.helpers import assert_close_by_dtype, assert_same_function
+from tests.kernels.helpers import LargeAllocations, assert_close_by_dtype, assert_same_function
 
 VOCAB = 1000 + 7
 
@@ -74,6 +74,28 @@ def test_cross_entropy_inplace_grad_and_grad_output_scaling(small_blocks):
     assert buffer.data_ptr() == buffer.data_ptr() and torch.equal(buffer, leaf.grad)  # grad lives in the buffer
 
 
+@pytest.mark.parametrize("inplace_grad", [False, True])
+def test_cross_entropy_memory_no_fp32_logits_and_at_most_one_gradient_buffer(inplace_grad):
+    n = 8
+    hidden = torch.randn(n, 4, dtype=torch.bfloat16, requires_grad=True)
+    head = torch.randn(VOCAB, 4, dtype=torch.bfloat16, requires_grad=True)
+    logits = hidden @ head.t()  # as in the model: an activation, whose matmul backward makes no [N, V] tensor
+    target = _targets(n, VOCAB)
+    with LargeAllocations(n * VOCAB) as fwd:
+        loss = cross_entropy(logits, target, impl="triton", inplace_grad=inplace_grad)
+    with LargeAllocations(n * VOCAB) as bwd:
+        loss.backward()
+    assert fwd.seen == []  # the forward streams the logits: nothing logits-sized, no fp32 upcast
+    # backward: one logits-sized gradient in the logits dtype (none when written over the logits)
+    grads = [dtype for name, dtype in bwd.seen if "empty" in name]
+    assert grads == ([] if inplace_grad else [torch.bfloat16]), bwd.seen
+    assert all(dtype == torch.bfloat16 for _, dtype in bwd.seen), bwd.seen
+    # the reference, by contrast, upcasts the whole logits to fp32
+    with LargeAllocations(n * VOCAB) as ref:
+        cross_entropy(logits.detach(), target, impl="reference")
+    assert torch.float32 in [dtype for _, dtype in ref.seen]
+
+
 @pytest.mark.parametrize("impl", ["triton", "reference"])
 def test_vocab_parallel_pieces_recombine_to_full_cross_entropy(impl, small_blocks, poisoned_allocations):
     n, dtype = 7, torch.bfloat16
@@ -108,6 +130,11 @@ def test_partial_stats_target_outside_shard_is_zero():
     target = torch.tensor([5, 15, -100])  # in shard [10, 20): only row 1
     _, _, target_logit = ce_partial_stats(logits, target, vocab_start=10, impl="triton")
     torch.testing.assert_close(target_logit, torch.tensor([0.0, logits[1, 5].item(), 0.0]))
+
+
+def test_inplace_grad_refuses_leaf_logits():
+    with pytest.raises(ValueError, match="leaf"):
+        cross_entropy(torch.randn(2, 10, requires_grad=True), torch.tensor([1, 2]), impl="triton", inplace_grad=True)
 
 
 def test_cross_entropy_shape_errors():

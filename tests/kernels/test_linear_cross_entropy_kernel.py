@@ -56,6 +56,17 @@ def test_linear_cross_entropy_only_hidden_needs_grad():
     torch.testing.assert_close(h.grad, h_ref.grad, rtol=1e-5, atol=1e-5)
 
 
+def test_fp32_accumulation_of_the_weight_gradient():
+    # bf16 inputs, 1-token chunks: the fp32 accumulator matches an fp32 computation of the same bf16 logits grad
+    hidden, weight, target = _inputs(torch.bfloat16)
+    w32 = weight.clone().requires_grad_()
+    linear_cross_entropy(hidden, w32, target, impl="triton", chunk_size=1, accum_dtype=torch.float32).backward()
+    assert w32.grad.dtype == torch.bfloat16
+    w_ref = weight.float().requires_grad_()
+    linear_cross_entropy(hidden.float(), w_ref, target, impl="reference").backward()
+    torch.testing.assert_close(w32.grad.float(), w_ref.grad, rtol=2e-2, atol=1e-3)
+
+
 class _LargestTensor(TorchFunctionMode):
     """Records the largest tensor any torch function returns while active."""
 

@@ -19,6 +19,16 @@ def test_rms_norm_triton_matches_reference(dtype, shape, poisoned_allocations):
     )
 
 
+def test_rms_norm_bf16_input_with_fp32_weight(poisoned_allocations):
+    # mixed precision: bf16 activations, fp32 weight -> bf16 output and dx, fp32 dW
+    x = torch.randn(4, 200, dtype=torch.bfloat16)
+    w = 1 + 0.1 * torch.randn(200)
+    assert_same_function(
+        lambda a, b: rms_norm(a, b, impl="triton"), lambda a, b: rms_norm(a, b, impl="reference"),
+        [x, w], torch.bfloat16, "rms_norm mixed",
+    )
+
+
 def test_rms_norm_statistics_are_fp32_for_bf16_input():
     # rstd is computed and kept in fp32 from bf16 input: equal to a float64 computation to fp32 precision.
     x = (torch.randn(6, 1000) * 5).to(torch.bfloat16)
