@@ -2,8 +2,8 @@
 
 Tensor-parallel ops split the last (hidden) dimension; sequence-parallel ops split the sequence
 dimension, which is dim 1 of megasnow's [batch, seq, hidden] activations. With one TP rank every
-function is the identity. Collectives use the *_tensor variants on NCCL and list-based fallbacks
-on gloo (which lacks reduce-scatter).
+function is the identity. Gathers and reduce-scatters go through one flat buffer (concatenated along
+dim 0) on every backend, gloo included, so the code tested on CPU is the code that runs on NCCL.
 """
 import torch
 import torch.distributed as dist
@@ -11,6 +11,9 @@ import torch.distributed as dist
 from megasnow.parallel import state
 
 SEQUENCE_DIM = 1
+# torch >= 2.10 names (the *_tensor spellings are deprecated aliases); both NCCL and gloo implement them.
+_ALL_GATHER_INTO = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+_REDUCE_SCATTER_INTO = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
 
 
 def _world():
@@ -47,13 +50,11 @@ def _all_gather(x, dim):
     if world == 1:
         return x
     x = x.contiguous()
-    if dist.get_backend(_group()) == "nccl":
-        stacked = torch.empty((world,) + tuple(x.shape), dtype=x.dtype, device=x.device)
-        dist.all_gather_into_tensor(stacked, x, group=_group())
-        return torch.cat(stacked.unbind(0), dim=dim)
-    parts = [torch.empty_like(x) for _ in range(world)]
-    dist.all_gather(parts, x, group=_group())
-    return torch.cat(parts, dim=dim)
+    gathered = torch.empty((world * x.shape[0],) + tuple(x.shape[1:]), dtype=x.dtype, device=x.device)
+    _ALL_GATHER_INTO(gathered, x, group=_group())
+    if dim == 0:
+        return gathered
+    return torch.cat(gathered.chunk(world, dim=0), dim=dim)
 
 
 def _reduce_scatter(x, dim):
@@ -63,12 +64,11 @@ def _reduce_scatter(x, dim):
         return x
     if x.shape[dim] % world:
         raise ValueError(f"reduce-scatter: dimension {dim} of size {x.shape[dim]} is not divisible by TP size {world}")
-    if dist.get_backend(_group()) == "nccl":
-        stacked = torch.stack(x.chunk(world, dim=dim))  # [world, ...]: rank r's chunk is row r
-        out = torch.empty(stacked.shape[1:], dtype=x.dtype, device=x.device)
-        dist.reduce_scatter_tensor(out, stacked, group=_group())
-        return out
-    return _split(_all_reduce(x), dim)  # gloo has no reduce-scatter
+    chunks = x.chunk(world, dim=dim)
+    stacked = torch.cat(chunks, dim=0) if dim != 0 else x.contiguous()  # rank r's chunk is the r-th block of rows
+    out = torch.empty_like(chunks[0], memory_format=torch.contiguous_format)
+    _REDUCE_SCATTER_INTO(out, stacked, group=_group())
+    return out
 
 
 class _CopyToTP(torch.autograd.Function):
