@@ -31,6 +31,10 @@ except ImportError:  # pragma: no cover - exercised only where triton is absent
         def next_power_of_2(n: int) -> int:
             return 1 << max(0, (int(n) - 1).bit_length())
 
+        @staticmethod
+        def cdiv(a: int, b: int) -> int:
+            return -(-a // b)
+
     triton = tl = _Stub()
 
 IMPLS = ("auto", "triton", "reference")

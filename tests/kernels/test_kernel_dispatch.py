@@ -30,6 +30,10 @@ def test_import_without_triton_uses_references():
         "import torch, megasnow.kernels as K\n"
         "assert not K.HAS_TRITON and K.resolve_impl('auto', 'cpu') == 'reference'\n"
         "x = torch.randn(3, 8); y = K.rms_norm(x, torch.ones(8)); assert y.shape == x.shape\n"
+        "t = torch.tensor([1, 2, -100])\n"
+        "a = K.linear_cross_entropy(x, torch.randn(5, 8), t)\n"  # auto: chunked path, torch CE pieces
+        "b = K.cross_entropy(x @ torch.randn(5, 8).t(), t); assert a.ndim == b.ndim == 0\n"
+        "q = torch.randn(1, 3, 2, 8); K.attention(*K.apply_rope(q, q, *K.rope_cos_sin(3, 8)), q)\n"
         "try:\n    K.swiglu(x, x, impl='triton')\nexcept RuntimeError as e:\n    print('ERR', e)\n"
     )
     res = _run(code)
