@@ -49,7 +49,7 @@ class MixedPrecisionOptimizer:
         no_decay = [e.master for e in self.entries if not e.decay]
         groups = [g for g in ({"params": decay, "weight_decay": weight_decay},
                               {"params": no_decay, "weight_decay": 0.0}) if g["params"]]
-        self.optimizer = torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, foreach=False)
+        self.optimizer = torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps)  # foreach on GPU
 
     def _build_entries(self):
         entries = []
@@ -101,13 +101,13 @@ class MixedPrecisionOptimizer:
         return True, norm
 
     def _global_grad_norm(self, grads):
-        total = torch.zeros(1, dtype=torch.float64)
-        for g in grads:
-            if g is not None:
-                total += g.detach().double().pow(2).sum().cpu()
+        device = self.entries[0].master.device if self.entries else torch.device("cpu")
+        grads = [g.detach() for g in grads if g is not None and g.numel()]
+        total = torch.zeros(1, dtype=torch.float64, device=device)
+        if grads:
+            # Per-tensor fp32 norms (one fused kernel on GPU), squared and summed in fp64; no host sync until the end.
+            total += torch.stack(torch._foreach_norm(grads)).double().pow(2).sum()
         if dist.is_initialized() and state.get_world_size() > 1:
-            device = self.entries[0].master.device if self.entries else torch.device("cpu")
-            total = total.to(device)
             group = None if self.norm_group_is_world else state.get_model_parallel_group()
             dist.all_reduce(total, group=group)
         return float(total.sqrt())

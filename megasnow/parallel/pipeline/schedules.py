@@ -37,7 +37,7 @@ def forward_backward(model_chunks, microbatches, forward_only=False):
     state.set_virtual_pipeline_parallel_rank(None)
     if not forward_only:
         finalize_model_grads(model_chunks)
-    return run.losses
+    return [float(x) for x in torch.stack(run.losses).float().cpu()] if run.losses else []
 
 
 def finalize_model_grads(model_chunks):
@@ -78,7 +78,7 @@ class _Run:
         with torch.set_grad_enabled(not self.forward_only):
             out = chunk(mb["tokens"], labels=mb["labels"] if last else None, **kwargs)
         if last:
-            self.losses.append(float(out.detach()))
+            self.losses.append(out.detach())  # converted to floats once, at the end (one host sync)
             out = out / self.num_microbatches
         return out
 
