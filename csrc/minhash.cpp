@@ -241,6 +241,107 @@ py::array_t<uint64_t> ngram_hashes(py::object text, int ngram, bool unique, bool
   return arr;
 }
 
+// ---- StarCoder's encoded-data regexes as linear scans (filters.py keeps the regexes as the reference) ----
+
+inline bool is_hex(unsigned char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F'); }
+inline bool is_b64(unsigned char c) {
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '+' || c == '/' ||
+         c == '\n' || c == '=';
+}
+inline bool is_rx_word(unsigned char c) {  // Python's \w on str, with every non-ASCII byte counted as a letter
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c >= 0x80;
+}
+inline bool is_rx_space(unsigned char c) { return c == ' ' || (c >= 0x09 && c <= 0x0d) || (c >= 0x1c && c <= 0x1f); }
+
+struct Runs {
+  size_t longest = 0, total = 0;
+  void add(size_t len) {
+    longest = std::max(longest, len);
+    total += len;
+  }
+};
+
+// [a-zA-Z0-9+/\n=]{64,}: maximal runs of at least 64 such bytes.
+void base64_runs(const unsigned char* s, size_t n, Runs& r) {
+  size_t i = 0;
+  while (i < n) {
+    if (!is_b64(s[i])) { ++i; continue; }
+    size_t j = i;
+    while (j < n && is_b64(s[j])) ++j;
+    if (j - i >= 64) r.add(j - i);
+    i = j;
+  }
+}
+
+// (?:\\u[0-9a-fA-F]{4}){8,}
+void unicode_runs(const unsigned char* s, size_t n, Runs& r) {
+  size_t i = 0;
+  while (i < n) {
+    size_t j = i;
+    while (j + 6 <= n && s[j] == '\\' && s[j + 1] == 'u' && is_hex(s[j + 2]) && is_hex(s[j + 3]) && is_hex(s[j + 4]) &&
+           is_hex(s[j + 5]))
+      j += 6;
+    if (j - i >= 48) {
+      r.add(j - i);
+      i = j;
+    } else {
+      ++i;
+    }
+  }
+}
+
+// (?:\b(?:0x|\\x)?[0-9a-fA-F]{2}(?:,|\b\s*)){8,} -- the regex's greedy path is its only path (see filters.py).
+void hex_runs(const unsigned char* s, size_t n, Runs& r) {
+  auto boundary = [&](size_t q) {
+    const bool before = q > 0 && is_rx_word(s[q - 1]);
+    const bool after = q < n && is_rx_word(s[q]);
+    return before != after;
+  };
+  size_t i = 0;
+  while (i < n) {
+    size_t p = i;
+    int groups = 0;
+    for (;;) {
+      size_t q = p;
+      if (!boundary(q)) break;
+      if (q + 1 < n && (s[q] == '0' || s[q] == '\\') && s[q + 1] == 'x') q += 2;
+      if (!(q + 1 < n && is_hex(s[q]) && is_hex(s[q + 1]))) break;
+      q += 2;
+      if (q < n && s[q] == ',') {
+        ++q;
+      } else if (boundary(q)) {
+        while (q < n && is_rx_space(s[q])) ++q;
+      } else {
+        break;
+      }
+      ++groups;
+      p = q;
+    }
+    if (groups >= 8) {
+      r.add(p - i);
+      i = p;
+    } else {
+      ++i;
+    }
+  }
+}
+
+// encoded_runs(text) -> (longest match, summed match lengths) over the base64, hex and \\u-escape patterns.
+py::tuple encoded_runs(py::object text) {
+  py::list one;
+  one.append(text);
+  std::vector<Text> views = utf8_views(one);
+  Runs r;
+  {
+    py::gil_scoped_release release;
+    const auto* s = reinterpret_cast<const unsigned char*>(views[0].data);
+    base64_runs(s, views[0].size, r);
+    hex_runs(s, views[0].size, r);
+    unicode_runs(s, views[0].size, r);
+  }
+  return py::make_tuple(r.longest, r.total);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_minhash, m) {
@@ -253,4 +354,6 @@ PYBIND11_MODULE(_minhash, m) {
         "LSH band hashes uint64 [n, bands] of signatures uint32 [n, permutations].");
   m.def("ngram_hashes", &ngram_hashes, py::arg("text"), py::arg("ngram"), py::arg("unique") = false,
         py::arg("short_as_one") = false, "Hashes of the word n-grams of one text.");
+  m.def("encoded_runs", &encoded_runs, py::arg("text"),
+        "(longest, total) length of StarCoder's base64 / hex / unicode-escape regex matches, in one linear pass.");
 }

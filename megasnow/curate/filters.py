@@ -1,6 +1,7 @@
 """StarCoder-style quality filters, configurable per language; `filter_reason` names the first filter a file fails."""
 import re
 
+from megasnow import _minhash
 from megasnow.config import from_dict, to_dict
 from megasnow.curate.config import FilterConfig
 from megasnow.curate.languages import LANGUAGE_EXTENSIONS
@@ -13,6 +14,7 @@ _BASE64 = re.compile(r"[a-zA-Z0-9+/\n=]{64,}")
 _HEX = re.compile(r"(?:\b(?:0x|\\x)?[0-9a-fA-F]{2}(?:,|\b\s*)){8,}")
 _UNICODE = re.compile(r"(?:\\u[0-9a-fA-F]{4}){8,}")
 _NOT_ALNUM = re.compile(r"[\W_]+")
+_ASCII_NOT_ALNUM = bytes(c for c in range(128) if not chr(c).isalnum())
 
 
 def resolve_filter_config(filters_cfg, lang):
@@ -31,16 +33,32 @@ def resolve_filter_config(filters_cfg, lang):
 _RESOLVED = {}
 
 
-def encoded_data_reason(content, cfg):
-    """True when base64/hex/unicode-escape runs are longer than the limit or cover too much of the file."""
-    matched = 0
+def encoded_runs_regex(content):
+    """(longest, total) match length of the three StarCoder regexes: the reference for `_minhash.encoded_runs`.
+
+    The C++ scan gives the same numbers (tests check it on real code) in one linear pass; Python's regex engine
+    needs ~20x longer because it retries every position. For the hex pattern the greedy path is the only one
+    that can reach 8 groups, so a scan without backtracking is exact.
+    """
+    longest = total = 0
     for pattern in (_BASE64, _HEX, _UNICODE):
         for m in pattern.finditer(content):
-            n = m.end() - m.start()
-            if n > cfg.encoded_max_match_chars:
-                return True
-            matched += n
-    return matched > cfg.encoded_max_fraction * len(content)
+            longest = max(longest, m.end() - m.start())
+            total += m.end() - m.start()
+    return longest, total
+
+
+def encoded_data_reason(content, cfg):
+    """True when base64/hex/unicode-escape runs are longer than the limit or cover too much of the file."""
+    longest, total = _minhash.encoded_runs(content)
+    return longest > cfg.encoded_max_match_chars or total > cfg.encoded_max_fraction * len(content)
+
+
+def alphanumeric_count(content):
+    """Number of alphanumeric characters (str.isalnum); a byte-translate fast path for ASCII text."""
+    if content.isascii():
+        return len(content.encode("ascii").translate(None, _ASCII_NOT_ALNUM))
+    return len("".join(_NOT_ALNUM.split(content)))
 
 
 def filter_reason(content, lang, ext, cfg):
@@ -62,7 +80,7 @@ def filter_reason(content, lang, ext, cfg):
         return "max_line_length"
     if n / len(lines) > cfg.max_mean_line_length:
         return "mean_line_length"
-    alnum = len("".join(_NOT_ALNUM.split(content)))
+    alnum = alphanumeric_count(content)
     if n == 0 or alnum < cfg.min_alphanum_fraction * n:
         return "alphanum_fraction"
     if encoded_data_reason(content, cfg):

@@ -1,4 +1,6 @@
 """Each StarCoder filter on crafted files: the failing case names the filter, the near-miss case passes."""
+import os
+
 import pytest
 
 from megasnow.config import ConfigError
@@ -79,3 +81,23 @@ def test_per_language_overrides_and_bad_keys():
     assert filter_reason(GOOD, "cpp", ".cpp", resolve_filter_config(filters, "cpp")) == "max_line_length"
     with pytest.raises(ConfigError, match="max_line_lenght"):
         resolve_filter_config(FiltersConfig(languages={"go": {"max_line_lenght": 3}}), "go")
+
+
+def test_linear_encoded_scan_equals_starcoder_regexes_on_real_code():
+    import glob
+    import json as json_mod
+
+    from megasnow import _minhash
+    from megasnow.curate.filters import alphanumeric_count, encoded_runs_regex
+
+    stdlib = os.path.dirname(os.path.dirname(json_mod.__file__))
+    files = sorted(glob.glob(os.path.join(stdlib, "*.py")))[:150] + sorted(glob.glob("/usr/include/*.h"))[:100]
+    texts = [open(f, encoding="utf-8", errors="replace").read() for f in files]
+    texts += ["k = [" + ",".join("0x%02x" % i for i in range(n)) + "]" for n in (7, 8, 30)]
+    texts += ["b = '" + "\\x%02x" % 65 * 12 + "'", "s = '" + "\\u0041" * 9 + "'", "00 11 22 33 44 55 66 77 88",
+              "0x0g 0x12,0x13,0x14,0x15,0x16,0x17,0x18,0x19,", "ab, cd, ef, 01, 23, 45, 67, 89", "Q" * 63, "Q" * 64]
+    assert len(texts) > 200
+    for t in texts:
+        assert tuple(_minhash.encoded_runs(t)) == encoded_runs_regex(t), t[:80]
+        assert alphanumeric_count(t) == sum(c.isalnum() for c in t)
+    assert encoded_runs_regex("x = [" + ",".join("0x%02x" % i for i in range(30)) + "]")[0] > 0
