@@ -18,12 +18,14 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-# name: (corpus bytes, vocab, model, seq_len, global batch, micro batch, steps per phase, phase-2 repeats)
+TINY_YAML = os.path.join(REPO, "examples", "snowcoder", "tiny-cpu.yaml")  # the three phases, scaled down
 SETTINGS = {
-    "full": dict(corpus_mb=6.0, vocab=2048, hidden=192, ffn=512, layers=4, heads=6, seq_len=256, gbs=16, mbs=8,
-                 steps=(360, 120, 40), warmup=(30, 20, 5), eval_interval=40, max_new_tokens=96),
-    "ci": dict(corpus_mb=0.8, vocab=512, hidden=64, ffn=176, layers=2, heads=4, seq_len=128, gbs=8, mbs=8,
-               steps=(40, 12, 6), warmup=(4, 3, 1), eval_interval=20, max_new_tokens=24),
+    "full": dict(corpus_mb=6.0, vocab=2048, max_new_tokens=96),
+    # --ci shrinks the corpus, model and phase lengths of tiny-cpu.yaml to run in about 3 minutes
+    "ci": dict(corpus_mb=0.8, vocab=512, max_new_tokens=24,
+               model=dict(hidden_size=64, ffn_hidden_size=176, num_layers=2, num_heads=4, num_kv_heads=4,
+                          max_seq_len=128),
+               seq_len=128, gbs=8, mbs=8, steps=(40, 12, 6), warmup=(4, 3, 1), eval_interval=20),
 }
 PHASE2_FRACTION = 0.3  # top share of documents per language kept by the phase-2 heuristic
 PHASE2_REPEATS = 4  # the recipe's "12.5B selected tokens repeated 4x"
@@ -202,30 +204,28 @@ def binarize(jsonl, tokenizer, prefix):
 
 
 # --------------------------------------------------------------------------------------------- 3. training
-def run_config(s, work, tokenizer, data):
-    """The three SnowCoder phases scaled down: warmup + cosine; re-warmup from 0 + linear to 0 on the selected
-    set repeated 4x; the same on the phase-3 data."""
+def run_config(mode, work, tokenizer, data):
+    """examples/snowcoder/tiny-cpu.yaml pointed at this workdir's data (and shrunk further with --ci)."""
+    import yaml
+
+    with open(TINY_YAML, encoding="utf-8") as f:
+        cfg = yaml.safe_load(f)
     p1, p2, p3, valid = data
-    lr = 3e-3  # a tiny model tolerates (and needs) a larger LR than the 1.3B model's 5.3e-4
-    return {
-        "model": {"preset": "tiny", "hidden_size": s["hidden"], "ffn_hidden_size": s["ffn"],
-                  "num_layers": s["layers"], "num_heads": s["heads"], "num_kv_heads": s["heads"],
-                  "max_seq_len": s["seq_len"], "kernels": "auto"},
-        "data": {"tokenizer": tokenizer, "seq_len": s["seq_len"], "seed": 1234, "valid_blend": [{"path": valid}]},
-        "train": {"micro_batch_size": s["mbs"], "global_batch_size": s["gbs"], "device": "cpu",
-                  "eval_interval": s["eval_interval"], "eval_iters": 1, "seed": 1234},
-        "optim": {"weight_decay": 0.1, "clip_grad": 1.0},
-        "checkpoint": {"dir": os.path.join(work, "ckpt"), "interval": 50, "keep_last": 2},
-        "log": {"dir": os.path.join(work, "log"), "interval": 10},
-        "phases": [
-            {"name": "phase1-general", "blend": [{"path": p1}], "steps": s["steps"][0],
-             "schedule": {"style": "cosine", "max_lr": lr, "min_lr": lr / 10, "warmup_steps": s["warmup"][0]}},
-            {"name": "phase2-quality", "blend": [{"path": p2, "repeat": PHASE2_REPEATS}], "steps": s["steps"][1],
-             "schedule": {"style": "linear", "max_lr": lr, "min_lr": 0.0, "warmup_steps": s["warmup"][1]}},
-            {"name": "phase3-synthetic-standin", "blend": [{"path": p3}], "steps": s["steps"][2],
-             "schedule": {"style": "linear", "max_lr": lr / 3, "min_lr": 0.0, "warmup_steps": s["warmup"][2]}},
-        ],
-    }
+    cfg["data"]["tokenizer"] = tokenizer
+    cfg["data"]["valid_blend"] = [{"path": valid}]
+    for phase, path in zip(cfg["phases"], (p1, p2, p3)):
+        phase["blend"][0]["path"] = path
+    cfg["checkpoint"]["dir"] = os.path.join(work, "ckpt")
+    cfg["log"]["dir"] = os.path.join(work, "log")
+    if mode == "ci":
+        s = SETTINGS["ci"]
+        cfg["model"].update(s["model"])
+        cfg["data"]["seq_len"] = s["seq_len"]
+        cfg["train"].update(global_batch_size=s["gbs"], micro_batch_size=s["mbs"], eval_interval=s["eval_interval"])
+        for phase, steps, warmup in zip(cfg["phases"], s["steps"], s["warmup"]):
+            phase["steps"] = steps
+            phase["schedule"]["warmup_steps"] = warmup
+    return cfg
 
 
 def plot_losses(log_dir, png):
@@ -281,7 +281,7 @@ def main(argv=None):
     tokenizer = train_tokenizer(docs_dir, os.path.join(work, "tokenizer", "code"), s["vocab"])
 
     log("3/6 binarize (tools/preprocess_data.py)")
-    data = [binarize(j, tokenizer, os.path.join(work, "data", f"phase{i}")) for i, j in enumerate(phase_jsonl, 1)]
+    data = [binarize(j, tokenizer, os.path.join(work, "data", os.path.basename(j)[:-6])) for j in phase_jsonl]
 
     log("4/6 train the three phases (python -m megasnow.train)")
     import yaml
@@ -289,7 +289,7 @@ def main(argv=None):
     from megasnow.utils.atomic import atomic_write_text
 
     cfg_path = os.path.join(work, "run.yaml")
-    atomic_write_text(cfg_path, yaml.safe_dump(run_config(s, work, tokenizer, data), sort_keys=False))
+    atomic_write_text(cfg_path, yaml.safe_dump(run_config(mode, work, tokenizer, data), sort_keys=False))
     run([sys.executable, "-m", "megasnow.train", cfg_path, f"train.threads={os.cpu_count() or 1}"])
 
     log("5/6 loss curve and code samples")
