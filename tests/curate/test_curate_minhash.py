@@ -1,4 +1,6 @@
 """MinHash (C++) and dedup building blocks: Jaccard estimates, (bands, rows) choice, buckets, union-find."""
+import os
+
 import numpy as np
 import pytest
 from datasketch.lsh import _optimal_param
@@ -95,3 +97,23 @@ def test_keepers_prefer_stars_then_smallest_index():
     already[1] = True  # removed by exact dedup earlier: cannot be the keeper any more
     removed, clusters = near_clusters(6, edges, np.array([1, 7, 3, 0, 2, 2]), already)
     assert sorted(clusters) == [(2, [0]), (4, [5])]
+
+
+def test_verify_edges_keeps_only_pairs_at_or_above_threshold(tmp_path):
+    import orjson
+
+    from megasnow.curate.stages import prepare_paths, verify_edges
+
+    base = stdlib_file("bisect.py") + stdlib_file("heapq.py")
+    half = "\n".join(l[::-1] if i % 2 else l for i, l in enumerate(base.split("\n")))
+    shards = {"00000": [base, stdlib_file("csv.py")], "00001": [near_copy(base), half]}
+    for name, texts in shards.items():
+        path = prepare_paths(str(tmp_path), name)["records"]
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as f:
+            f.writelines(orjson.dumps({"content": t}) + b"\n" for t in texts)
+    edges = np.array([[0, 2], [0, 3], [1, 3]])
+    true = [jaccard(shingle_set(a), shingle_set(b)) for a, b in [(base, near_copy(base)), (base, half)]]
+    assert true[0] > 0.95 and true[1] < 0.5
+    kept = verify_edges(str(tmp_path), ["00000", "00001"], [0, 2], edges, 5, 0.7)
+    assert kept.tolist() == [[0, 2]]
