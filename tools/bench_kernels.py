@@ -60,6 +60,7 @@ class OpCase:
     metric: str  # "GB/s" (bytes moved) or "TFLOP/s"
     work: dict  # mode -> bytes or flops
     skip: dict = field(default_factory=dict)  # provider -> reason
+    notes: dict = field(default_factory=dict)  # provider -> note for the CSV
 
 
 # ---------------------------------------------------------------------------------------------
@@ -121,8 +122,7 @@ def measure(case: OpCase, provider: str, mode: str, device, reps: int):
         inputs = [t.detach() for t in inputs]
         with torch.no_grad():
             return median_ms(lambda: fn(*inputs), device, reps), peak_extra_mib(lambda: fn(*inputs), device)
-    leaves = [t.requires_grad_() if t.is_floating_point() and t.dim() > 0 and getattr(t, "_bench_grad", True)
-              else t for t in inputs]
+    leaves = [t.requires_grad_() if t.is_floating_point() else t for t in inputs]
     grad_leaves = [t for t in leaves if t.requires_grad]
     if mode == "bwd":
         outs = [o for o in _outputs(fn(*leaves)) if o.requires_grad]
@@ -240,9 +240,11 @@ def build_cases(tokens: int, s: Shapes, dtype, device, want_compile: bool) -> li
     if B * s.heads * S * S * 4 * 3 > (8 << 30):
         skip["torch_eager"] = "fp32 reference scores would need > 8 GiB"
     f = 4 * B * s.heads * S * S * s.head_dim / 2
+    use_flash = device.type == "cuda" and dtype != torch.float32 and flash_attn_available()
     cases.append(OpCase("attention", f"q,k,v[{B},{S},{s.heads},{s.head_dim}]",
                         lambda: [qkv_(), qkv_(), qkv_()], prov, "TFLOP/s",
-                        {"fwd": f, "bwd": 2.5 * f, "fwdbwd": 3.5 * f}, skip))
+                        {"fwd": f, "bwd": 2.5 * f, "fwdbwd": 3.5 * f}, skip,
+                        {"megasnow": "flash-attn" if use_flash else "torch SDPA"}))
     return cases
 
 
@@ -352,7 +354,9 @@ def main(argv=None) -> int:
                     row = dict(op=case.op, mode=mode, provider=provider, tokens=t, shape=case.shape,
                                dtype=args.dtype, device=device_name, metric=case.metric, median_ms="", value="",
                                pct_copy_bw="", peak_extra_mib="", note="")
-                    if provider == "megasnow" and device.type != "cuda" and case.op != "attention":
+                    if provider in case.notes:
+                        row["note"] = case.notes[provider]
+                    elif provider == "megasnow" and device.type != "cuda":
                         row["note"] = "Triton interpreter on CPU: not kernel speed"
                     reason = provider_skip_reason(case, provider, device, want_compile)
                     if reason:
