@@ -72,6 +72,10 @@ class MixedPrecisionOptimizer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
 
+    def reset_state(self):
+        """Forget the Adam moments and step counts (a new training phase) but keep the fp32 masters."""
+        self.optimizer.state.clear()
+
     def zero_grad(self):
         for chunk in self.chunks:
             if hasattr(chunk, "zero_grad_buffer"):

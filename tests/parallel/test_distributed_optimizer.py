@@ -85,8 +85,11 @@ def _bf16(rank, world):
         grad_dtypes = {p.main_grad.dtype for p in chunks[0].parameters()}
         rounded = all(torch.equal(e.model_view.reshape(-1), e.master.to(torch.bfloat16).reshape(-1))
                       for e in opt.entries)
-        out[distributed] = (dtypes, master_dtypes, grad_dtypes, rounded,
-                            torch.cat([e.master.reshape(-1) for e in opt.entries]).sum().item())
+        masters = torch.cat([e.master.reshape(-1) for e in opt.entries])
+        opt.reset_state()  # a new phase: Adam moments go, fp32 masters stay
+        kept = torch.equal(masters, torch.cat([e.master.reshape(-1) for e in opt.entries]))
+        out[distributed] = (dtypes, master_dtypes, grad_dtypes, rounded, masters.sum().item(),
+                            kept and len(opt.optimizer.state) == 0)
     state.destroy_model_parallel()
     return out
 
@@ -127,9 +130,9 @@ def test_distributed_equals_plain_optimizer(results):
 @pytest.mark.parametrize("distributed", [False, True])
 def test_bf16_weights_with_fp32_masters(results, distributed):
     for r in results:
-        dtypes, master_dtypes, grad_dtypes, rounded, _ = r["bf16"][distributed]
+        dtypes, master_dtypes, grad_dtypes, rounded, _, reset_keeps_masters = r["bf16"][distributed]
         assert dtypes == {torch.bfloat16} and master_dtypes == {torch.float32} and grad_dtypes == {torch.float32}
-        assert rounded
+        assert rounded and reset_keeps_masters
 
 
 def test_bf16_distributed_and_plain_agree(results):

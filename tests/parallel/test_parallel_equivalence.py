@@ -30,6 +30,8 @@ FOUR_RANK_LAYOUTS = [
     ("tensor=2 x pipeline=2", {}, {"tensor": 2, "pipeline": 2}),
     ("tensor=2 x pipeline=2 interleaved + sequence parallel", {},
      {"tensor": 2, "pipeline": 2, "virtual_pipeline": 2, "sequence_parallel": True}),
+    ("pipeline=4 1F1B", {"num_layers": 8}, {"pipeline": 4}),
+    ("pipeline=4 interleaved", {"num_layers": 8}, {"pipeline": 4, "virtual_pipeline": 2}),
     ("tensor=2 x data=2 distributed optimizer + sequence parallel", {},
      {"tensor": 2, "sequence_parallel": True, "use_distributed_optimizer": True, "bucket_size_mb": 0.01}),
 ]
