@@ -48,6 +48,28 @@ def encode_limit(jsonl, model, threads):
     return time.perf_counter() - t0, time.process_time() - c0, nbytes, len(texts)
 
 
+def build_big_jsonl(path, gb, code_jsonl):
+    """A multi-GB JSONL for the memory check: the real corpus once, then records whose tokenized "text" is one
+    real line of code but which carry ~8 KB of real code in another field the parser must scan and skip."""
+    target = int(gb * 1e9)
+    with open(code_jsonl, "rb") as f:
+        lines = f.readlines()
+    size = 0
+    with open(path, "wb") as out:
+        for line in lines:
+            out.write(line)
+            size += len(line)
+        i = 0
+        while size < target:
+            rec = json.loads(lines[i % len(lines)])
+            text = rec["text"]
+            row = json.dumps({"text": text[:200], "blob": text[:8000], "n": i}).encode() + b"\n"
+            out.write(row)
+            size += len(row)
+            i += 1
+    return size
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--mb", type=float, default=110, help="corpus size in MB of code text")
@@ -56,6 +78,8 @@ def main():
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--out", default=os.path.join(HERE, "results", "binarize.csv"))
+    p.add_argument("--memory-gb", type=float, default=0,
+                   help="also binarize a generated input of this many GB (2 workers) and report peak RSS")
     args = p.parse_args()
 
     jsonl = os.path.join(args.data_dir, "code.jsonl")
@@ -98,28 +122,45 @@ def main():
             for name in os.listdir(out_dir):
                 os.unlink(os.path.join(out_dir, name))
 
-    print(f"\nmedians over {args.repeats} repeat(s); text {nbytes / 1e6:.1f} MB, {ndocs} docs")
-    med = {}
-    for key in sorted({(r["tool"], r["workers"]) for r in rows}):
-        sel = [r for r in rows if (r["tool"], r["workers"]) == key]
-        med[key] = {k: statistics.median(r[k] for r in sel) for k in ("wall", "cpu", "rss_mb")}
-    limit = nbytes / med[("sp-encode-1-thread", 1)]["wall"]
-    limit_cpu = med[("sp-encode-1-thread", 1)]["cpu"]
     summary = []
-    for (tool, w), m in med.items():
-        mbs = nbytes / m["wall"] / 1e6
-        line = dict(tool=tool, workers=w, wall_s=round(m["wall"], 2), text_MB_s=round(mbs, 3),
-                    docs_s=round(ndocs / m["wall"], 1), cpu_s=round(m["cpu"], 1),
-                    peak_rss_MB=round(m["rss_mb"], 0), vs_limit=round(mbs * 1e6 / (w * limit), 3),
-                    encode_cpu_share=round(limit_cpu / m["cpu"], 3))
-        summary.append(line)
-        print(line)
-    for w in args.workers:
-        ours, meg = med[("megasnow", w)], med[("megatron", w)]
-        print(f"workers={w}: megasnow / megatron speed = {meg['wall'] / ours['wall']:.2f}x")
+    if args.repeats > 0:
+        print(f"\nmedians over {args.repeats} repeat(s); text {nbytes / 1e6:.1f} MB, {ndocs} docs")
+        med = {}
+        for key in sorted({(r["tool"], r["workers"]) for r in rows}):
+            sel = [r for r in rows if (r["tool"], r["workers"]) == key]
+            med[key] = {k: statistics.median(r[k] for r in sel) for k in ("wall", "cpu", "rss_mb")}
+        limit = nbytes / med[("sp-encode-1-thread", 1)]["wall"]
+        limit_cpu = med[("sp-encode-1-thread", 1)]["cpu"]
+        for (tool, w), m in med.items():
+            mbs = nbytes / m["wall"] / 1e6
+            line = dict(tool=tool, workers=w, wall_s=round(m["wall"], 2), text_MB_s=round(mbs, 3),
+                        docs_s=round(ndocs / m["wall"], 1), cpu_s=round(m["cpu"], 1),
+                        peak_rss_MB=round(m["rss_mb"], 0), vs_limit=round(mbs * 1e6 / (w * limit), 3),
+                        encode_cpu_share=round(limit_cpu / m["cpu"], 3))
+            summary.append(line)
+            print(line)
+        for w in args.workers:
+            ours, meg = med[("megasnow", w)], med[("megatron", w)]
+            print(f"workers={w}: megasnow / megatron speed = {meg['wall'] / ours['wall']:.2f}x")
+    if args.memory_gb:
+        big = os.path.join(args.data_dir, "big.jsonl")
+        size = build_big_jsonl(big, args.memory_gb, jsonl)
+        cmd = [sys.executable, "tools/preprocess_data.py", "--input", big, "--output-prefix",
+               os.path.join(out_dir, "big"), "--tokenizer-model", model, "--workers", "2", "--append-eod",
+               "--no-progress"]
+        wall, cpu, rss = run_measured(cmd)
+        print(f"memory check: {size / 1e9:.2f} GB input, megasnow workers=2: {wall:.1f}s wall, "
+              f"{size / wall / 1e6:.1f} MB/s of JSONL, peak RSS {rss:.0f} MB", flush=True)
+        summary.append(dict(tool="megasnow-multi-GB-input", workers=2, wall_s=round(wall, 2),
+                            text_MB_s=float("nan"), docs_s=float("nan"), cpu_s=round(cpu, 1),
+                            peak_rss_MB=round(rss, 0), vs_limit=float("nan"), encode_cpu_share=float("nan")))
+        os.unlink(big)
+        for name in os.listdir(out_dir):
+            os.unlink(os.path.join(out_dir, name))
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w", newline="") as f:
-        wr = csv.DictWriter(f, fieldnames=list(summary[0]))
+        wr = csv.DictWriter(f, fieldnames=["tool", "workers", "wall_s", "text_MB_s", "docs_s", "cpu_s", "peak_rss_MB",
+                                           "vs_limit", "encode_cpu_share"])
         wr.writeheader()
         wr.writerows(summary)
 

@@ -103,8 +103,11 @@ class BlockEncoder:
     """Parses and tokenizes one block; runs in a worker thread and holds the GIL only between native calls."""
 
     def __init__(self, tokenizer, keys, append_eod, dtype):
-        from megasnow import _binarize
-
+        try:
+            from megasnow import _binarize
+        except ImportError as e:
+            raise ImportError("megasnow._binarize (csrc/binarize.cpp) is not built: run `pip install -e .` or "
+                              "`python setup.py build_ext --inplace`") from e
         self.native = _binarize
         self.tok = tokenizer
         self.keys = list(keys)
@@ -255,6 +258,18 @@ def preprocess(inputs, output_prefix, tokenizer_model, tokenizer_type=None, json
     }
 
 
+def outputs_complete(output_prefix, keys):
+    """True when every key's dataset exists and passes validation (outputs are renamed into place last)."""
+    from megasnow.data.indexed import IndexedDataset, IndexedDatasetError
+
+    for k in keys:
+        try:
+            IndexedDataset(output_paths(output_prefix, k)[0][: -len(".bin")]).close()
+        except IndexedDatasetError:
+            return False
+    return True
+
+
 def format_summary(s):
     lines = [
         f"binarized {s['documents']:,} documents from {len(s['files'])} file(s) in {s['seconds']:.1f}s "
@@ -288,12 +303,17 @@ def get_args(argv=None):
     g.add_argument("--log-interval", type=int, default=1000, help="documents between progress updates")
     g.add_argument("--strict", action="store_true", help="fail on the first malformed record")
     g.add_argument("--no-progress", action="store_true")
+    g.add_argument("--skip-existing", action="store_true",
+                   help="do nothing when every output already exists and validates (for reruns of a pipeline)")
     g.add_argument("--block-bytes", type=int, default=BLOCK_BYTES, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
 def main(argv=None):
     args = get_args(argv)
+    if args.skip_existing and outputs_complete(args.output_prefix, args.json_keys):
+        print(f"outputs for {args.output_prefix} exist and validate; skipping (--skip-existing)")
+        return 0
     try:
         summary = preprocess(args.input, args.output_prefix, args.tokenizer_model, args.tokenizer_type,
                              args.json_keys, args.workers, args.append_eod, args.log_interval, args.strict,

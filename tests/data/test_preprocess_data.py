@@ -174,6 +174,9 @@ def test_cli_and_merge(tmp_path, sp_tok, capsys):
                                    sentencepiece_model(), "--workers", "2", "--append-eod", "--no-progress"])
         assert rc == 0
     assert "binarized 35 documents" in capsys.readouterr().out
+    rerun = ["--input", str(tmp_path / "p1.jsonl"), "--output-prefix", str(tmp_path / "p1"), "--tokenizer-model",
+             sentencepiece_model(), "--skip-existing"]
+    assert preprocess_data.main(rerun) == 0 and "skipping" in capsys.readouterr().out
     rc = merge_datasets.main(["--input", str(tmp_path / "p0_text_document"), str(tmp_path / "p1_text_document"),
                               "--output-prefix", str(tmp_path / "merged")])
     assert rc == 0
