@@ -1,4 +1,4 @@
-"""End-to-end curation on real stdlib code plus planted cases: dedup, decontamination, filters, bad inputs, documents."""
+"""End-to-end curation of real stdlib code plus planted cases: dedup, decontamination, filters, bad input, documents."""
 import gzip
 import json
 import os
@@ -160,7 +160,9 @@ def test_documents_grouped_by_language_then_repo_each_kept_file_once(curated):
     decon = {(r["repo"], r["path"]) for r in read_jsonl(os.path.join(out, "decontamination.jsonl"))}
     kept = {(r, p) for _, r, p in seen}
     assert not kept & (dup_removed | decon)
-    assert ("json", "encoder.py") in kept and ("python/cpython", "Lib/json/decoder.py") in kept and ("badrepo", "ok.py") in kept and ("ivan/demo", "cmd/fib.go") in kept
+    for expected in [("json", "encoder.py"), ("python/cpython", "Lib/json/decoder.py"), ("badrepo", "ok.py"),
+                     ("ivan/demo", "cmd/fib.go")]:
+        assert expected in kept
     assert ("bob/colors", "src/colorsys.py") in kept and ("erin/algos", "heapq_bisect.py") in kept
     # contents are byte-exact copies of the inputs
     doc = next(d for _, d in docs if d["repo"] == "json")  # decoder.py lost to the 5000-star copy
@@ -184,10 +186,11 @@ def test_repo_documents_seeded_order_and_size_policy():
 
 def test_rerun_skips_everything_and_refuses_other_config(curated):
     out = curated["out"]
-    before = {n: open(os.path.join(out, "documents", n), "rb").read() for n in os.listdir(os.path.join(out, "documents"))}
+    docs_dir = os.path.join(out, "documents")
+    before = {n: open(os.path.join(docs_dir, n), "rb").read() for n in os.listdir(docs_dir)}
     stats = run_pipeline(curated["inputs"], out, load_config(CurateConfig))
     assert set(stats["tasks_executed"].values()) == {0}
-    after = {n: open(os.path.join(out, "documents", n), "rb").read() for n in os.listdir(os.path.join(out, "documents"))}
+    after = {n: open(os.path.join(docs_dir, n), "rb").read() for n in os.listdir(docs_dir)}
     assert before == after
     with pytest.raises(PipelineError, match="different config"):
         run_pipeline(curated["inputs"], out, load_config(CurateConfig, overrides=["near_dedup.threshold=0.8"]))

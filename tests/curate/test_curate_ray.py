@@ -1,6 +1,4 @@
 """The same curation input gives byte-identical outputs on local processes and on Ray (2 workers each)."""
-import os
-
 from megasnow.config import load_config
 from megasnow.curate.config import CurateConfig
 from megasnow.curate.executors import run_tasks, shutdown_executors
