@@ -83,7 +83,9 @@ def iter_jsonl_blocks(path, block_bytes):
 
 
 def iter_parquet_blocks(path, keys, batch_rows=2048):
-    """Yield (first row, {key: column values}, bytes consumed estimate) from one Parquet file."""
+    """Yield (first row, {key: column values}, bytes consumed estimate, text bytes) from one Parquet file."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     pf = pq.ParquetFile(path)
@@ -93,7 +95,9 @@ def iter_parquet_blocks(path, keys, batch_rows=2048):
     size, total_rows, row = os.path.getsize(path), max(pf.metadata.num_rows, 1), 0
     for batch in pf.iter_batches(batch_size=batch_rows, columns=list(keys)):
         columns = {k: batch.column(k).to_pylist() for k in keys}
-        yield row, columns, int(size * min(1.0, (row + batch.num_rows) / total_rows))
+        text_bytes = sum(int(pc.sum(pc.binary_length(batch.column(k))).as_py() or 0) for k in keys
+                         if pa.types.is_string(batch.column(k).type) or pa.types.is_large_string(batch.column(k).type))
+        yield row, columns, int(size * min(1.0, (row + batch.num_rows) / total_rows)), text_bytes
         row += batch.num_rows
 
 
@@ -208,7 +212,9 @@ def preprocess(inputs, output_prefix, tokenizer_model, tokenizer_type=None, json
             for path in files:
                 pending = collections.deque()
                 is_parquet = path.endswith(PARQUET_SUFFIXES)
-                blocks = (iter_parquet_blocks(path, keys) if is_parquet else iter_jsonl_blocks(path, block_bytes))
+                blocks = (iter_parquet_blocks(path, keys) if is_parquet else
+                          ((first, block, consumed, len(block))
+                           for first, block, consumed in iter_jsonl_blocks(path, block_bytes)))
                 where = (lambda pos: f"{path}:row {pos}") if is_parquet else (lambda pos: f"{path}:{pos}")
 
                 def write(future, consumed, nbytes):
@@ -224,9 +230,8 @@ def preprocess(inputs, output_prefix, tokenizer_model, tokenizer_type=None, json
                     docs += len(lines)
                     bar.update(len(lines), bytes_done_before + consumed, nbytes)
 
-                for first, block, consumed in blocks:
+                for first, block, consumed, nbytes in blocks:
                     fn = encoder.parquet if is_parquet else encoder.jsonl
-                    nbytes = len(block) if not is_parquet else 0
                     pending.append((pool.submit(fn, first, block), consumed, nbytes))
                     # Bounded memory: at most 2 blocks per worker are in flight.
                     while len(pending) >= 2 * workers:
@@ -292,8 +297,8 @@ def get_args(argv=None):
     g.add_argument("--input", nargs="+", required=True, help="JSONL(.gz/.zst) or Parquet files, globs or folders")
     g.add_argument("--json-keys", nargs="+", default=["text"], help="keys to extract, one dataset each")
     g = p.add_argument_group("tokenizer")
-    g.add_argument("--tokenizer-type", default="SentencePieceTokenizer",
-                   choices=SENTENCEPIECE_TYPES + HUGGINGFACE_TYPES)
+    g.add_argument("--tokenizer-type", default=None, choices=SENTENCEPIECE_TYPES + HUGGINGFACE_TYPES,
+                   help="default: HuggingFaceTokenizer for a .json model, else SentencePieceTokenizer")
     g.add_argument("--tokenizer-model", required=True, help="SentencePiece .model or HF tokenizer.json")
     g.add_argument("--append-eod", action="store_true", help="append the end-of-document token to each document")
     g = p.add_argument_group("output data")

@@ -154,6 +154,18 @@ def test_parquet_null_reported_with_row(tmp_path):
     assert s["documents"] == 2 and s["skipped_examples"] == [f"{tmp_path / 'n.parquet'}:row 1: key 'text' is null"]
 
 
+def test_parquet_blocks_count_text_bytes_for_the_rate(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    texts = ["a = 1\n", None, "s = 'héllo ✓'\n", "b = 2\n"]
+    pq.write_table(pa.table({"text": texts, "n": [1, 2, 3, 4]}), tmp_path / "t.parquet", row_group_size=2)
+    blocks = list(preprocess_data.iter_parquet_blocks(str(tmp_path / "t.parquet"), ["text"], batch_rows=2))
+    assert [b[0] for b in blocks] == [0, 2]
+    assert sum(b[3] for b in blocks) == sum(len(t.encode()) for t in texts if t)
+    assert blocks[-1][2] == os.path.getsize(tmp_path / "t.parquet")
+
+
 def test_huggingface_tokenizer(tmp_path):
     tok = load_tokenizer(hf_tokenizer_json())
     src = str(tmp_path / "mixed.jsonl")
@@ -163,6 +175,10 @@ def test_huggingface_tokenizer(tmp_path):
     assert s["documents"] == len(texts) and s["skipped"] == len(bad)
     expected = _expected_dataset(tmp_path, tok, texts, append_eod=True)
     assert _bytes(str(tmp_path / "hf_text_document")) == _bytes(expected)
+    # The CLI picks the HuggingFace tokenizer for a .json model without --tokenizer-type.
+    assert preprocess_data.main(["--input", src, "--output-prefix", str(tmp_path / "cli"), "--tokenizer-model",
+                                 hf_tokenizer_json(), "--append-eod", "--no-progress"]) == 0
+    assert _bytes(str(tmp_path / "cli_text_document")) == _bytes(expected)
 
 
 def test_cli_and_merge(tmp_path, sp_tok, capsys):
@@ -175,8 +191,14 @@ def test_cli_and_merge(tmp_path, sp_tok, capsys):
         assert rc == 0
     assert "binarized 35 documents" in capsys.readouterr().out
     rerun = ["--input", str(tmp_path / "p1.jsonl"), "--output-prefix", str(tmp_path / "p1"), "--tokenizer-model",
-             sentencepiece_model(), "--skip-existing"]
+             sentencepiece_model(), "--append-eod", "--skip-existing"]
     assert preprocess_data.main(rerun) == 0 and "skipping" in capsys.readouterr().out
+    # A damaged output is not "existing": the rerun rebuilds it.
+    idx = tmp_path / "p1_text_document.idx"
+    good = idx.read_bytes()
+    idx.write_bytes(good[:-8])
+    assert preprocess_data.main(rerun + ["--no-progress"]) == 0 and "binarized 35" in capsys.readouterr().out
+    assert idx.read_bytes() == good
     rc = merge_datasets.main(["--input", str(tmp_path / "p0_text_document"), str(tmp_path / "p1_text_document"),
                               "--output-prefix", str(tmp_path / "merged")])
     assert rc == 0
