@@ -125,7 +125,7 @@ def model_parallel_is_initialized():
 
 
 def destroy_model_parallel():
-    """Forget the groups (and tear down the default group if `destroy_default`)."""
+    """Forget the groups; the default process group stays (see `shutdown`)."""
     global _GROUPS, _VIRTUAL_PP_RANK
     _GROUPS = None
     _VIRTUAL_PP_RANK = None

@@ -2,7 +2,8 @@
 
 Under sequence parallelism the norms (and any bias after a row-parallel reduce-scatter) run on sequence
 shards, so each TP rank's gradient for them is partial. Call `allreduce_sequence_parallel_grads(modules)`
-after backward and before gradient clipping / the data-parallel reduction (helper E's optimizer path does).
+after backward and before gradient clipping / the data-parallel reduction (the pipeline schedules'
+`finalize_model_grads` does).
 """
 import torch
 import torch.distributed as dist
