@@ -27,7 +27,7 @@ MASTER_PORT=${MASTER_PORT:-29500}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-8}
 export NCCL_ASYNC_ERROR_HANDLING=1
 # 512 sequences per step over NNODES x 8 GPUs: gradient accumulation fills the rest (64 GPUs -> 8 micro-batches).
-"${LAUNCH[@]}" torchrun \
+${LAUNCH[@]+"${LAUNCH[@]}"} torchrun \
   --nnodes="$NNODES" --nproc_per_node="$GPUS_PER_NODE" \
   --rdzv_backend=c10d --rdzv_endpoint="$MASTER_ADDR:$MASTER_PORT" --rdzv_id="${SLURM_JOB_ID:-snowcoder}" \
   --max_restarts=0 \
