@@ -43,7 +43,8 @@ def main(argv=None):
     total = stats["stages"]
     summary = {stage: {"files_in": c["all"]["files_in"], "files_out": c["all"]["files_out"],
                        "removed": c["all"]["removed"]} for stage, c in total.items()}
-    print(json.dumps({"stages": summary, "bad_input": stats["bad_input"], "seconds": stats["seconds"]}, indent=1))
+    print(json.dumps({"stages": summary, "bad_input": stats["bad_input"],
+                      "unreadable_shards": stats["unreadable_shards"], "seconds": stats["seconds"]}, indent=1))
     print(f"documents in {os.path.join(args.output, 'documents')}; report in {os.path.join(args.output, 'stats.json')}")
 
 

@@ -35,11 +35,21 @@ def shingle_set(text, ngram=5):
     return _minhash.ngram_hashes(text, ngram, True, True)
 
 
+def sorted_intersection_size(set_a, set_b):
+    """|A & B| of two sorted distinct arrays: binary search of the smaller in the larger (no merge sort)."""
+    if len(set_a) > len(set_b):
+        set_a, set_b = set_b, set_a
+    if len(set_a) == 0:
+        return 0
+    idx = np.minimum(np.searchsorted(set_b, set_a), len(set_b) - 1)
+    return int(np.count_nonzero(set_b[idx] == set_a))
+
+
 def jaccard(set_a, set_b):
     """Exact Jaccard similarity of two sorted distinct hash arrays."""
     if len(set_a) == 0 and len(set_b) == 0:
         return 1.0
-    inter = np.intersect1d(set_a, set_b, assume_unique=True).size
+    inter = sorted_intersection_size(set_a, set_b)
     return inter / (len(set_a) + len(set_b) - inter)
 
 

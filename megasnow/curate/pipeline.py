@@ -1,28 +1,39 @@
 """The curation pipeline: plan shards, run each stage through an executor, skip finished tasks, write the report.
 
-Stages: prepare (ingest, filter, decontaminate; per shard) -> signatures (per shard) -> exact dedup (global)
--> LSH band buckets (per band group) -> clusters (global) -> route survivors by (language, repo partition)
-(per shard) -> documents (per language partition). Every task leaves a done marker holding its result, so a
-rerun, or a run that was killed, only does what is missing.
+Stages: prepare (ingest, filter, decontaminate; per shard) -> exact dedup (global) -> signatures (per shard)
+-> LSH band buckets (per band group) -> candidate pairs (global) -> [shingle sets (per shard) -> true-Jaccard
+check (per chunk of pairs)] -> clusters (global) -> route survivors by (language, repo partition) (per shard)
+-> documents (per language partition). Every task leaves a done marker holding its result, so a rerun, or a run
+that was killed, only does what is missing.
 """
+import copy
 import glob
 import json
+import logging
 import math
 import os
 import time
 
 import numpy as np
 import orjson
+import yaml
 
 from megasnow.config import dump_config, to_dict
 from megasnow.curate.executors import run_tasks, shutdown_executors
 from megasnow.curate.minhash import optimal_param
+from megasnow.curate.near_stages import VERIFY_PAIRS_PER_TASK
 from megasnow.curate.sources import plan_shards
-from megasnow.curate.stages import STAGE_FUNCTIONS, prepare_paths
+from megasnow.curate.stages import STAGE_FUNCTIONS
 from megasnow.curate.stats import add_totals, merge_into, new_stats
+from megasnow.curate.work import prepare_paths
 from megasnow.utils.atomic import atomic_write, atomic_write_text
 
+log = logging.getLogger(__name__)
 BAND_GROUPS = 8  # LSH bucket tasks; fixed so the work split never depends on the number of workers
+# Config keys that decide how the work runs but never what it writes (local and Ray runs with any number of
+# workers or threads give the same bytes, tested), so a run may resume with other values.
+EXECUTION_KEYS = (("executor",), ("workers",), ("ray_address",), ("near_dedup", "threads"),
+                  ("near_dedup", "batch_size"))
 
 
 class PipelineError(RuntimeError):
@@ -69,20 +80,35 @@ class Runner:
         return results
 
 
+def output_config(cfg_dict):
+    """The config without EXECUTION_KEYS: what decides the output bytes."""
+    out = copy.deepcopy(cfg_dict)
+    for path in EXECUTION_KEYS:
+        node = out
+        for key in path[:-1]:
+            node = node.get(key, {})
+        node.pop(path[-1], None)
+    return out
+
+
 def _check_or_save_run(output, cfg, inputs):
-    """Refuse to resume into an output folder made with another config or input list; else record ours."""
-    text = dump_config(cfg)
+    """Refuse to resume into an output folder made with another config or input list; else record ours.
+
+    Only the output-deciding config is compared: workers, executor and threads may change between runs.
+    """
     run_file = os.path.join(output, "work", "run.json")
-    run = {"config": text, "inputs": [os.path.abspath(p) for p in inputs]}
+    run = {"config": output_config(to_dict(cfg)), "inputs": [os.path.abspath(p) for p in inputs]}
     if os.path.exists(run_file):
         with open(run_file) as f:
             old = json.load(f)
-        if old != run:
+        if isinstance(old.get("config"), str):  # run.json of an older version held the whole config as YAML
+            old["config"] = output_config(yaml.safe_load(old["config"]))
+        if old != json.loads(json.dumps(run)):
             raise PipelineError(f"{output} holds a run with a different config or inputs; use a new --output "
                                 f"folder (or delete {os.path.join(output, 'work')})")
     else:
         atomic_write_text(run_file, json.dumps(run, indent=1))
-    atomic_write_text(os.path.join(output, "config.yaml"), text)
+    atomic_write_text(os.path.join(output, "config.yaml"), dump_config(cfg))
 
 
 def run_pipeline(inputs, output, cfg):
@@ -114,14 +140,9 @@ def run_pipeline(inputs, output, cfg):
             with atomic_write(os.path.join(r.work, "exact.npz"), "wb") as f:
                 np.savez(f, removed=np.zeros(total, dtype=bool))
     if nd.enabled:
-        r.stage("signatures", "signature_shard", [{"shard": n, "bands": bands, "rows": rows} for n in names], names)
-        step = math.ceil(bands / min(BAND_GROUPS, bands))
-        groups = [(s, min(s + step, bands)) for s in range(0, bands, step)]
-        keys = [f"bands-{a:03d}-{b:03d}" for a, b in groups]
-        r.stage("buckets", "band_edges", [{**common, "start": a, "stop": b, "key": k}
-                                         for (a, b), k in zip(groups, keys)], keys)
-        dedup_report["near"] = r.stage("clusters", "cluster_near", [dict(common)], ["all"])[0]
-        dedup_report["near"].update({"bands": bands, "rows": rows, "threshold": nd.threshold})
+        dedup_report["near"] = _near_dedup(r, names, offsets, bands, rows)
+        dedup_report["near"].update({"bands": bands, "rows": rows, "threshold": nd.threshold,
+                                     "verify_jaccard": nd.verify_jaccard})
 
     kept_bytes = {}
     for p in prepared:
@@ -143,6 +164,11 @@ def run_pipeline(inputs, output, cfg):
     for part in prepared + routed + documents:
         merge_into(stats, {k: v for k, v in part.items() if k in ("stages", "bad_input", "bad_input_examples")})
     add_totals(stats)
+    # every unreadable input shard is listed (not capped like the examples): each may hide many files
+    stats["unreadable_shards"] = [u for p in prepared for u in p.get("unreadable_shards", [])]
+    for u in stats["unreadable_shards"]:
+        log.warning("input shard %s was unreadable after %d records (kept): %s", u["path"], u["records_read"],
+                    u["error"])
     _write_reports(r.work, output, names, offsets, cfg)
     stats["dedup"] = dedup_report
     stats["shards"] = len(shards)
@@ -152,6 +178,28 @@ def run_pipeline(inputs, output, cfg):
     stats["tasks_executed"] = r.executed
     atomic_write_text(os.path.join(output, "stats.json"), json.dumps(stats, indent=1, sort_keys=True))
     return stats
+
+
+def _near_dedup(r, names, offsets, bands, rows):
+    """The near-dedup stages; returns the clusters task's result (pair counts, removed, clusters)."""
+    nd = r.cfg.near_dedup
+    common = {"shards": names, "offsets": offsets[:-1]}
+    r.stage("signatures", "signature_shard", [{"shard": n, "bands": bands, "rows": rows} for n in names], names)
+    step = math.ceil(bands / min(BAND_GROUPS, bands))
+    groups = [(s, min(s + step, bands)) for s in range(0, bands, step)]
+    keys = [f"bands-{a:03d}-{b:03d}" for a, b in groups]
+    r.stage("buckets", "band_edges", [{**common, "start": a, "stop": b, "key": k}
+                                     for (a, b), k in zip(groups, keys)], keys)
+    pairs = r.stage("candidates", "merge_candidates", [{}], ["all"])[0]["candidate_pairs"]
+    verify_keys = []
+    if nd.verify_jaccard:
+        r.stage("shingles", "shingle_shard", [{"shard": n, "offset": offsets[i], "count": offsets[i + 1] - offsets[i]}
+                                              for i, n in enumerate(names)], names)
+        chunks = [(a, min(a + VERIFY_PAIRS_PER_TASK, pairs)) for a in range(0, pairs, VERIFY_PAIRS_PER_TASK)]
+        verify_keys = [f"pairs-{a:012d}" for a, _ in chunks]
+        r.stage("verify", "verify_pairs", [{**common, "total": offsets[-1], "start": a, "stop": b, "key": k}
+                                           for (a, b), k in zip(chunks, verify_keys)], verify_keys)
+    return r.stage("clusters", "cluster_near", [{**common, "verify_keys": verify_keys}], ["all"])[0]
 
 
 def _remove(path):

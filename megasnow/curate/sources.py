@@ -4,13 +4,19 @@ Each record is {"content", "repo", "path", "lang", "ext", "stars"}; unreadable, 
 UTF-8 and malformed inputs are counted in the shard's stats (never fatal, never dropped without a count).
 """
 import json
+import logging
 import os
 
 from megasnow.curate.languages import canonical_language, extension_of, language_of_path
 from megasnow.curate.stats import count_bad, count_in, count_removed
-from megasnow.utils.records import SkipLog, is_record_file, iter_records
+from megasnow.utils.records import SkipLog, ShardReadError, is_record_file, iter_records
+
+log = logging.getLogger(__name__)
 
 BINARY_PROBE_BYTES = 8192
+# In auto mode only these make a folder "record shards": a repository's own package.json or data.json must not.
+SHARD_SUFFIXES = (".jsonl", ".ndjson", ".jsonl.gz", ".jsonl.zst", ".parquet")
+UNREADABLE_SHARD = "unreadable shard"
 
 
 def plan_shards(inputs, cfg):
@@ -23,7 +29,9 @@ def plan_shards(inputs, cfg):
         kind = _input_kind(item, cfg.format)
         if kind == "records":
             if os.path.isdir(item):
-                files = sorted(os.path.join(r, n) for r, _, ns in os.walk(item) for n in ns if is_record_file(n))
+                # an explicit format takes every record suffix (.json too); auto mode only the unambiguous ones
+                wanted = is_record_file if cfg.format in ("parquet", "jsonl") else is_shard_name
+                files = sorted(os.path.join(r, n) for r, _, ns in os.walk(item) for n in ns if wanted(n))
             else:
                 files = [item]
             shards += [{"kind": "records", "path": os.path.abspath(f)} for f in files]
@@ -41,8 +49,12 @@ def _input_kind(item, fmt):
         return "repos"
     if not os.path.isdir(item):
         return "records"
-    # auto: a folder holding JSONL/Parquet files at its top level is a folder of record shards
-    return "records" if any(is_record_file(n) for n in os.listdir(item)) else "repos"
+    # auto: a folder holding .jsonl/.ndjson (plain, .gz, .zst) or .parquet files at its top level holds record shards
+    return "records" if any(is_shard_name(n) for n in os.listdir(item)) else "repos"
+
+
+def is_shard_name(name):
+    return name.endswith(SHARD_SUFFIXES)
 
 
 def _repo_files(repo_dir):
@@ -85,10 +97,15 @@ def _plan_repo_shards(root, shard_bytes):
     return shards
 
 
-def iter_shard_files(shard, cfg, stats):
-    """Yield the valid file records of one shard; everything else is counted in `stats` (stage "ingest")."""
+def iter_shard_files(shard, cfg, stats, raise_transient=False):
+    """Yield the valid file records of one shard; everything else is counted in `stats` (stage "ingest").
+
+    A record shard that stops being readable keeps the records read before the damage (the same ones on every
+    run: decoding is deterministic) and is listed in stats["unreadable_shards"]; with `raise_transient`, an I/O
+    error that a retry may cure is raised instead (ShardReadError) so the caller can read the shard again.
+    """
     if shard["kind"] == "records":
-        yield from _iter_record_shard(shard["path"], cfg, stats)
+        yield from _iter_record_shard(shard["path"], cfg, stats, raise_transient)
     else:
         yield from _iter_repo_shard(shard["root"], shard["repos"], cfg, stats)
 
@@ -167,9 +184,27 @@ def _finish_content(content, lang, where, cfg, stats):
     return content, lang
 
 
-def _iter_record_shard(path, cfg, stats):
-    wanted = set(cfg.languages)
+def _iter_record_shard(path, cfg, stats, raise_transient):
     skips = SkipLog()
+    try:
+        yield from _iter_records_checked(path, cfg, stats, skips)
+    except ShardReadError as e:
+        if e.transient and raise_transient:
+            raise
+        log.warning("input shard %s is unreadable after %d records, which are kept; the rest is lost: %s",
+                    path, e.records, e.error)
+        stats.setdefault("unreadable_shards", []).append({"path": path, "records_read": e.records, "error": e.error})
+        count_bad(stats, UNREADABLE_SHARD, f"{path} (after {e.records} records; {e.error})")
+    for reason, n in skips.counts.items():  # malformed JSONL lines (bad JSON, invalid UTF-8)
+        stats["bad_input"][reason] = stats["bad_input"].get(reason, 0) + n
+        count_removed(stats, "ingest", "unknown", reason, n)
+        lang_row = stats["stages"]["ingest"]["unknown"]
+        lang_row["files_in"] += n
+    stats["bad_input_examples"].extend(skips.examples[: max(0, 50 - len(stats["bad_input_examples"]))])
+
+
+def _iter_records_checked(path, cfg, stats, skips):
+    wanted = set(cfg.languages)
     for pos, rec in iter_records(path, skips):
         where = f"{path}:{pos}"
         content = rec.get(cfg.content_field)
@@ -212,12 +247,6 @@ def _iter_record_shard(path, cfg, stats):
         stars = rec.get(cfg.stars_field)
         stars = int(stars) if isinstance(stars, (int, float)) and stars == stars else None
         yield {"content": content, "repo": repo, "path": fpath, "lang": lang, "ext": ext, "stars": stars}
-    for reason, n in skips.counts.items():  # malformed JSONL lines (bad JSON, invalid UTF-8)
-        stats["bad_input"][reason] = stats["bad_input"].get(reason, 0) + n
-        count_removed(stats, "ingest", "unknown", reason, n)
-        lang_row = stats["stages"]["ingest"]["unknown"]
-        lang_row["files_in"] += n
-    stats["bad_input_examples"].extend(skips.examples[: max(0, 50 - len(stats["bad_input_examples"]))])
 
 
 def _bad(stats, lang, reason, where):

@@ -1,35 +1,31 @@
-"""The per-shard and global stage functions of the curation pipeline (module-level so executors can pickle them).
+"""The stage functions of the curation pipeline (module-level so executors can pickle them): prepare, exact dedup,
+route and documents here, the near-dedup ones in near_stages.py; STAGE_FUNCTIONS names them all.
 
 Each takes one task dict (paths + the config as a dict), writes its outputs atomically and returns a small
 JSON-able result (counters); pipeline.py decides which tasks still need to run.
 """
 import glob
 import hashlib
-import json
+import logging
 import os
 
 import numpy as np
 import orjson
 
-from megasnow.config import from_dict
-from megasnow.curate.config import CurateConfig
 from megasnow.curate.decontaminate import get_decontaminator
-from megasnow.curate.dedup import bucket_edges, exact_groups, near_clusters
+from megasnow.curate.dedup import exact_groups
 from megasnow.curate.documents import repo_documents
 from megasnow.curate.filters import filter_reason, resolve_filter_config
-from megasnow.curate.minhash import MinHasher, jaccard, shingle_set
+from megasnow.curate.near_stages import (band_edges, cluster_near, merge_candidates, shingle_shard,
+                                         signature_shard, verify_pairs)
 from megasnow.curate.sources import iter_shard_files
 from megasnow.curate.stats import count_in, count_out, count_removed, new_stats
+from megasnow.curate.work import config_of, iter_prepared_lines, load_meta, prepare_paths
 from megasnow.utils.atomic import atomic_write, temporary_path
+from megasnow.utils.records import ShardReadError
 
-_CFG_CACHE = {}
-
-
-def config_of(task):
-    key = json.dumps(task["cfg"], sort_keys=True)
-    if key not in _CFG_CACHE:
-        _CFG_CACHE[key] = from_dict(CurateConfig, task["cfg"])
-    return _CFG_CACHE[key]
+log = logging.getLogger(__name__)
+READ_ATTEMPTS = 3  # reads of an input shard hit by a possibly transient I/O error (EIO, ESTALE...)
 
 
 def content_hash(content, normalize_whitespace):
@@ -38,13 +34,20 @@ def content_hash(content, normalize_whitespace):
     return int.from_bytes(hashlib.blake2b(content.encode("utf-8"), digest_size=8).digest(), "little")
 
 
-def prepare_paths(work, shard):
-    base = os.path.join(work, "prepared", shard)
-    return {"records": base + ".jsonl", "meta": base + ".meta.npz", "decon": base + ".decon.jsonl"}
-
-
 def prepare_shard(task):
-    """Ingest -> filter -> decontaminate one input shard; kept files go to work/prepared/<shard>.jsonl."""
+    """Ingest -> filter -> decontaminate one input shard; kept files go to work/prepared/<shard>.jsonl.
+
+    An I/O error that may be transient (ShardReadError.transient) reads the shard again from the start, up to
+    READ_ATTEMPTS times; after that (or at once for corrupt data) the shard is kept up to the damage and reported.
+    """
+    for attempt in range(1, READ_ATTEMPTS + 1):
+        try:
+            return _prepare_shard_once(task, raise_transient=attempt < READ_ATTEMPTS)
+        except ShardReadError as e:  # the atomic writers discarded this attempt's partial outputs
+            log.warning("reading %s failed (attempt %d/%d), retrying: %s", e.path, attempt, READ_ATTEMPTS, e.error)
+
+
+def _prepare_shard_once(task, raise_transient):
     cfg = config_of(task)
     shard = task["shard"]
     paths = prepare_paths(task["work"], shard["name"])
@@ -52,7 +55,7 @@ def prepare_shard(task):
     decon = get_decontaminator(cfg.decontamination) if cfg.decontamination.enabled else None
     hashes, stars, repos, fpaths, ids = [], [], [], [], []
     with atomic_write(paths["records"], "wb") as out, atomic_write(paths["decon"], "wb") as decon_out:
-        for k, rec in enumerate(iter_shard_files(shard, cfg.source, stats)):
+        for k, rec in enumerate(iter_shard_files(shard, cfg.source, stats, raise_transient)):
             lang, content = rec["lang"], rec["content"]
             nbytes = len(content.encode("utf-8"))
             rec_id = f"{shard['name']}:{k}"
@@ -93,108 +96,17 @@ def _bytes_by_lang(stats):
     return {lang: c["bytes_out"] for lang, c in stats["stages"].get("decontaminate", {}).items()}
 
 
-def iter_prepared(work, shard_name):
-    with open(prepare_paths(work, shard_name)["records"], "rb") as f:
-        for line in f:
-            yield orjson.loads(line)
-
-
-def signature_shard(task):
-    """MinHash + LSH band hashes of one prepared shard -> work/signatures/<shard>.npz (bands-major)."""
-    cfg = config_of(task)
-    nd = cfg.near_dedup
-    hasher = MinHasher(nd.num_perm, nd.ngram, nd.seed)
-    bands, rows = task["bands"], task["rows"]
-    parts, counts, batch = [], [], []
-
-    def flush():
-        sig, cnt = hasher.signatures(batch, threads=nd.threads)
-        parts.append(hasher.band_hashes(sig, bands, rows))
-        counts.append(cnt)
-        batch.clear()
-
-    for rec in iter_prepared(task["work"], task["shard"]):
-        batch.append(rec["content"])
-        if len(batch) >= nd.batch_size:
-            flush()
-    if batch:
-        flush()
-    band_arr = np.concatenate(parts) if parts else np.zeros((0, bands), dtype=np.uint64)
-    cnt = np.concatenate(counts) if counts else np.zeros(0, dtype=np.int64)
-    out = os.path.join(task["work"], "signatures", task["shard"] + ".npz")
-    with atomic_write(out, "wb") as f:
-        np.savez(f, bands=np.ascontiguousarray(band_arr.T), has_shingles=cnt > 0)
-    return {"documents": int(len(cnt))}
-
-
-def _load_meta(work, shard_names, key):
-    return np.concatenate([np.load(prepare_paths(work, s)["meta"])[key] for s in shard_names]) \
-        if shard_names else np.zeros(0)
-
-
 def exact_dedup(task):
     """Groups of identical content hashes over all shards -> work/exact.npz (removed mask) + clusters."""
     work, shards = task["work"], task["shards"]
-    hashes = _load_meta(work, shards, "hash").astype(np.uint64)
-    stars = _load_meta(work, shards, "stars").astype(np.int64)
+    hashes = load_meta(work, shards, "hash").astype(np.uint64)
+    stars = load_meta(work, shards, "stars").astype(np.int64)
     removed, clusters = exact_groups(hashes, stars)
     with atomic_write(os.path.join(work, "exact.npz"), "wb") as f:
         np.savez(f, removed=removed)
     with atomic_write(os.path.join(work, "exact_clusters.json"), "wb") as f:
         f.write(orjson.dumps(clusters))
     return {"removed": int(removed.sum()), "clusters": len(clusters)}
-
-
-def band_edges(task):
-    """Candidate pairs from LSH buckets of bands [start, stop) over all shards -> work/edges/<key>.npy."""
-    work, shards = task["work"], task["shards"]
-    exact_removed = np.load(os.path.join(work, "exact.npz"))["removed"]
-    sig_files = [np.load(os.path.join(work, "signatures", s + ".npz")) for s in shards]
-    ok = np.concatenate([f["has_shingles"] for f in sig_files]) & ~exact_removed
-    candidates = np.flatnonzero(ok).astype(np.int64)
-    all_bands = [f["bands"] for f in sig_files]
-    edges = []
-    for j in range(task["start"], task["stop"]):
-        column = np.concatenate([b[j] for b in all_bands])
-        edges.append(bucket_edges(column, candidates))
-    edges = np.unique(np.sort(np.concatenate(edges), axis=1), axis=0) if edges else np.zeros((0, 2), np.int64)
-    with atomic_write(os.path.join(work, "edges", task["key"] + ".npy"), "wb") as f:
-        np.save(f, edges)
-    return {"edges": int(len(edges))}
-
-
-def verify_edges(work, shards, offsets, edges, ngram, threshold):
-    """Keep the candidate pairs whose true shingle-set Jaccard similarity reaches the threshold."""
-    needed = set(np.unique(edges).tolist())
-    sets = {}
-    for s, off in zip(shards, offsets):
-        for row, rec in enumerate(iter_prepared(work, s)):
-            if off + row in needed:
-                sets[off + row] = shingle_set(rec["content"], ngram)
-    keep = [jaccard(sets[a], sets[b]) >= threshold for a, b in edges.tolist()]
-    return edges[np.array(keep, dtype=bool)] if len(edges) else edges
-
-
-def cluster_near(task):
-    """Union-find over all candidate edges -> work/near.npz (removed mask) + clusters."""
-    cfg = config_of(task)
-    work, shards = task["work"], task["shards"]
-    files = sorted(glob.glob(os.path.join(work, "edges", "*.npy")))
-    edges = [np.load(f) for f in files]
-    edges = np.unique(np.concatenate(edges), axis=0) if edges else np.zeros((0, 2), np.int64)
-    edges = edges.reshape(-1, 2).astype(np.int64)
-    candidates = len(edges)
-    if cfg.near_dedup.verify_jaccard and len(edges):
-        edges = verify_edges(work, shards, task["offsets"], edges, cfg.near_dedup.ngram, cfg.near_dedup.threshold)
-    stars = _load_meta(work, shards, "stars").astype(np.int64)
-    exact_removed = np.load(os.path.join(work, "exact.npz"))["removed"]
-    removed, clusters = near_clusters(len(stars), edges, stars, exact_removed)
-    with atomic_write(os.path.join(work, "near.npz"), "wb") as f:
-        np.savez(f, removed=removed)
-    with atomic_write(os.path.join(work, "near_clusters.json"), "wb") as f:
-        f.write(orjson.dumps(clusters))
-    return {"candidate_pairs": candidates, "verified_pairs": int(len(edges)), "removed": int(removed.sum()),
-            "clusters": len(clusters)}
 
 
 def partition_of(repo, partitions):
@@ -209,7 +121,8 @@ def route_shard(task):
     stats = new_stats()
     writers = {}
     try:
-        for row, rec in enumerate(iter_prepared(work, shard)):
+        for row, line in enumerate(iter_prepared_lines(work, shard)):
+            rec = orjson.loads(line)
             g = offset + row
             lang = rec["lang"]
             nbytes = len(rec["content"].encode("utf-8"))
@@ -272,5 +185,5 @@ def build_documents(task):
     return stats
 
 
-STAGE_FUNCTIONS = {f.__name__: f for f in (prepare_shard, signature_shard, exact_dedup, band_edges, cluster_near,
-                                           route_shard, build_documents)}
+STAGE_FUNCTIONS = {f.__name__: f for f in (prepare_shard, exact_dedup, signature_shard, band_edges, merge_candidates,
+                                           shingle_shard, verify_pairs, cluster_near, route_shard, build_documents)}

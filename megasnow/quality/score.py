@@ -1,7 +1,9 @@
 """Score documents with a trained annotator: three-window rule, length-sorted batches, sharded + resumable.
 
 One output file per input shard (`<shard>.scores.jsonl`, one line per document, in input order),
-written atomically; finished shards are skipped on rerun, a failing shard is retried.
+written atomically; finished shards are skipped on rerun, a failing shard is retried. A shard whose data is
+corrupt (truncated .gz, bad Parquet) keeps the scores of the documents before the damage and is listed with
+its error in the summary's `unreadable_shards`; it never stops the corpus.
 """
 import glob
 import json
@@ -18,7 +20,8 @@ from megasnow.quality.annotator import AnnotatorError, load_annotator, read_anno
 from megasnow.quality.documents import check_document_text
 from megasnow.quality.windows import score_token_lists
 from megasnow.utils.atomic import atomic_write, atomic_write_text
-from megasnow.utils.records import PARQUET_SUFFIXES, JSONL_SUFFIXES, SkipLog, expand_inputs, iter_records
+from megasnow.utils.records import (PARQUET_SUFFIXES, JSONL_SUFFIXES, ShardReadError, SkipLog, expand_inputs,
+                                   iter_records)
 
 log = logging.getLogger(__name__)
 
@@ -118,11 +121,17 @@ def remove_stale_temporaries(output_path):
 
 
 def score_shard(task: ScoreTask):
-    """Score one shard; retried up to task.retries times; returns the shard's stats dict."""
+    """Score one shard; retried up to task.retries times; returns the shard's stats dict.
+
+    Corrupt input data is not retried (it reads the same every time): the shard is finished with the documents
+    read before the damage and its stats carry `unreadable`. An I/O error on the input that persists through
+    the retries is handled the same way; any other persistent failure raises RuntimeError.
+    """
     last_error = None
     for attempt in range(task.retries + 1):
+        final = attempt == task.retries
         try:
-            return _score_shard_once(task)
+            return _score_shard_once(task, raise_transient=not final)
         except AnnotatorError:
             raise  # a bad annotator folder will not fix itself on retry
         except Exception as e:  # noqa: BLE001 - any failure: clean up, retry, then report the shard
@@ -132,7 +141,7 @@ def score_shard(task: ScoreTask):
     raise RuntimeError(f"scoring {task.input_path} failed after {task.retries + 1} attempts: {last_error}") from last_error
 
 
-def _score_shard_once(task: ScoreTask):
+def _score_shard_once(task: ScoreTask, raise_transient=False):
     from tqdm import tqdm
 
     if task.threads:
@@ -165,9 +174,13 @@ def _score_shard_once(task: ScoreTask):
             out.write(json.dumps(row, ensure_ascii=False) + "\n")
         bar.update(len(chunk))
 
+    unreadable = None
     with atomic_write(task.output_path, "w", encoding="utf-8") as out:
         chunk = []
-        for pos, rec in iter_records(task.input_path, skips=skips):
+        for pos, rec in _records_until_unreadable(task.input_path, skips, raise_transient):
+            if pos is None:  # the shard stopped being readable: keep what came before
+                unreadable = rec
+                break
             counts["documents"] += 1
             text, reason = check_document_text(rec.get(task.text_field))
             if reason:
@@ -194,6 +207,7 @@ def _score_shard_once(task: ScoreTask):
             "documents": counts["documents"],
             "scored": counts["scored"],
             "skipped": dict(skips.counts),
+            "unreadable": unreadable,
             "skipped_examples": skips.examples,
             "score_histogram_20_bins": hist.tolist(),
             "seconds": round(seconds, 3),
@@ -202,6 +216,21 @@ def _score_shard_once(task: ScoreTask):
         # Stats first, scores file last: the scores file under its final name marks the shard done.
         atomic_write_text(stats_path_for(task.output_path), json.dumps(stats, indent=2))
     return stats
+
+
+def _records_until_unreadable(path, skips, raise_transient):
+    """iter_records, but a ShardReadError ends the stream with (None, {"error", "records_read"}) instead.
+
+    With `raise_transient`, an I/O error that a retry may cure is raised (score_shard retries the shard).
+    """
+    try:
+        yield from iter_records(path, skips=skips)
+    except ShardReadError as e:
+        if e.transient and raise_transient:
+            raise
+        log.warning("input shard %s is unreadable after %d records (their scores are kept): %s", path, e.records,
+                    e.error)
+        yield None, {"error": e.error, "records_read": e.records}
 
 
 def output_path_for(input_path, common_root, output_dir):
@@ -249,6 +278,7 @@ def score_corpus(inputs, output_dir, annotator_path, executor="local", workers=1
     for s in per_shard:
         for reason, n in s["skipped"].items():
             skipped[reason] = skipped.get(reason, 0) + n
+    unreadable = [{"input": s["input"], **s["unreadable"]} for s in per_shard if s.get("unreadable")]
     fresh_docs = sum(s["documents"] for s in fresh)
     summary = {
         "shards": len(tasks),
@@ -257,6 +287,7 @@ def score_corpus(inputs, output_dir, annotator_path, executor="local", workers=1
         "documents": sum(s["documents"] for s in per_shard),
         "scored": sum(s["scored"] for s in per_shard),
         "skipped": skipped,
+        "unreadable_shards": unreadable,
         "seconds_this_run": round(seconds, 3),
         "files_per_s_this_run": round(fresh_docs / seconds, 2) if todo and seconds > 0 else None,
         "annotator": os.path.abspath(annotator_path),

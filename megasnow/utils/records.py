@@ -1,12 +1,14 @@
 """Read records from JSONL (plain, .gz, .zst) and Parquet shards, with file:line on every error.
 
-Malformed records are skipped and counted (or raised with `strict=True`), never silently dropped.
+Malformed records are skipped and counted (or raised with `strict=True`), never silently dropped; a shard that
+cannot be read to its end (truncated, corrupt, I/O error) raises ShardReadError after the records before the damage.
 """
 import glob
 import gzip
 import io
 import json
 import os
+import zlib
 from dataclasses import dataclass, field
 
 JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson", ".jsonl.gz", ".json.gz", ".jsonl.zst", ".json.zst")
@@ -15,6 +17,39 @@ PARQUET_SUFFIXES = (".parquet",)
 
 class RecordError(ValueError):
     """A malformed record; the message names the file and line (or Parquet row)."""
+
+
+class ShardReadError(RecordError):
+    """A shard that stops being readable: truncated or corrupt compression, corrupt Parquet, or an I/O error.
+
+    `records` records were yielded before it (decoding is deterministic, so always the same ones for the same
+    bytes). `transient` is True for an OS error with an errno (EIO, EACCES, ESTALE...), which a retry may cure;
+    corrupt data (EOFError, zlib/zstd/Arrow errors, OS errors without errno such as pyarrow's) is not.
+    """
+
+    def __init__(self, path, records, cause):
+        self.path, self.records, self.cause = path, records, cause
+        self.error = f"{type(cause).__name__}: {str(cause).splitlines()[0][:200] if str(cause) else ''}"
+        self.transient = isinstance(cause, OSError) and cause.errno is not None
+        super().__init__(f"{path}: unreadable after {records} records ({self.error})")
+
+
+def _read_errors():
+    """Exception types that mean "this file cannot be read (further)", as opposed to one bad record."""
+    errors = [OSError, EOFError, zlib.error]
+    try:
+        import zstandard
+
+        errors.append(zstandard.ZstdError)
+    except ImportError:
+        pass
+    try:
+        import pyarrow
+
+        errors.append(pyarrow.ArrowException)
+    except ImportError:
+        pass
+    return tuple(errors)
 
 
 @dataclass
@@ -65,24 +100,81 @@ def is_record_file(name):
 
 
 def open_text_lines(path):
-    """Binary line iterator over a JSONL file, transparently decompressing .gz and .zst."""
+    """Binary line iterator over a JSONL file, transparently decompressing .gz and .zst.
+
+    A truncated .gz or .zst raises EOFError at the end of its readable data (gzip does so itself; zstandard's
+    stream reader would silently stop, hence _ZstdRaw).
+    """
     if path.endswith(".gz"):
         return gzip.open(path, "rb")
     if path.endswith(".zst"):
+        return io.BufferedReader(_ZstdRaw(path), buffer_size=1 << 20)
+    return open(path, "rb")
+
+
+class _ZstdRaw(io.RawIOBase):
+    """Decompressed bytes of a (multi-frame) .zst file; EOFError if the file ends inside a frame.
+
+    tell() is the compressed position, which progress bars compare with the file size.
+    """
+
+    def __init__(self, path, chunk=1 << 20):
         import zstandard
 
-        raw = open(path, "rb")
-        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, closefd=True))
-    return open(path, "rb")
+        self._f = open(path, "rb")
+        self._new = zstandard.ZstdDecompressor().decompressobj
+        self._d, self._chunk, self._in_frame = self._new(), chunk, False
+        self._pending, self._pos = b"", 0  # decompressed bytes not yet returned start at _pending[_pos]
+
+    def readable(self):
+        return True
+
+    def tell(self):
+        return self._f.tell()
+
+    def readinto(self, buf):
+        while self._pos >= len(self._pending):
+            data = self._f.read(self._chunk)
+            if not data:
+                if self._in_frame:
+                    raise EOFError(f"{self._f.name}: zstd stream ended inside a frame (truncated file)")
+                return 0
+            out = []
+            while data:
+                self._in_frame = True
+                out.append(self._d.decompress(data))
+                data = b""
+                if self._d.eof:  # frame finished: the rest of this chunk starts the next frame
+                    data, self._d, self._in_frame = self._d.unused_data, self._new(), False
+            self._pending, self._pos = b"".join(out), 0
+        n = min(len(buf), len(self._pending) - self._pos)
+        buf[:n] = memoryview(self._pending)[self._pos:self._pos + n]
+        self._pos += n
+        return n
+
+    def close(self):
+        self._f.close()
+        super().close()
 
 
 def iter_records(path, skips=None, strict=False, columns=None, batch_rows=4096):
     """Yield (position, record dict) from one JSONL or Parquet file.
 
     position is the 1-based line number (JSONL) or 0-based row (Parquet). Lines that are not
-    valid UTF-8 JSON objects are skipped and logged in `skips` (raised when `strict`).
+    valid UTF-8 JSON objects are skipped and logged in `skips` (raised when `strict`). A file that cannot be
+    read to its end raises ShardReadError once the records before the damage have been yielded.
     """
     path = os.fspath(path)
+    count = 0
+    try:
+        for item in _iter_records(path, skips, strict, columns, batch_rows):
+            yield item
+            count += 1
+    except _read_errors() as e:
+        raise ShardReadError(path, count, e) from e
+
+
+def _iter_records(path, skips, strict, columns, batch_rows):
     if path.endswith(PARQUET_SUFFIXES):
         import pyarrow.parquet as pq
 

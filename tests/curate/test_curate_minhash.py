@@ -6,7 +6,8 @@ import pytest
 from datasketch.lsh import _optimal_param
 
 from megasnow.curate.dedup import bucket_edges, connected_components, exact_groups, near_clusters
-from megasnow.curate.minhash import MinHasher, estimated_jaccard, jaccard, optimal_param, shingle_set
+from megasnow.curate.minhash import (MinHasher, estimated_jaccard, jaccard, optimal_param, shingle_set,
+                                     sorted_intersection_size)
 from tests.curate.corpus import near_copy, stdlib_file
 
 
@@ -99,21 +100,46 @@ def test_keepers_prefer_stars_then_smallest_index():
     assert sorted(clusters) == [(2, [0]), (4, [5])]
 
 
-def test_verify_edges_keeps_only_pairs_at_or_above_threshold(tmp_path):
+def test_sorted_intersection_size_equals_numpy():
+    rng = np.random.default_rng(0)
+    for n, m in [(0, 5), (7, 0), (50, 3000), (2000, 2000), (1, 1)]:
+        a = np.unique(rng.integers(0, 5000, n, dtype=np.uint64))
+        b = np.unique(rng.integers(0, 5000, m, dtype=np.uint64))
+        assert sorted_intersection_size(a, b) == sorted_intersection_size(b, a) == np.intersect1d(a, b).size
+
+
+def test_verify_stages_keep_only_pairs_at_or_above_threshold(tmp_path):
+    """merge_candidates -> shingle_shard per shard -> verify_pairs over two chunks of pairs, from work/ files."""
     import orjson
 
-    from megasnow.curate.stages import prepare_paths, verify_edges
+    from megasnow.config import load_config, to_dict
+    from megasnow.curate.config import CurateConfig
+    from megasnow.curate.near_stages import merge_candidates, shingle_shard, verify_pairs
+    from megasnow.curate.work import prepare_paths
 
+    work = str(tmp_path)
     base = stdlib_file("bisect.py") + stdlib_file("heapq.py")
     half = "\n".join(l[::-1] if i % 2 else l for i, l in enumerate(base.split("\n")))
-    shards = {"00000": [base, stdlib_file("csv.py")], "00001": [near_copy(base), half]}
+    shards = {"00000": [base, stdlib_file("csv.py")], "00001": [near_copy(base), half, stdlib_file("glob.py")]}
     for name, texts in shards.items():
-        path = prepare_paths(str(tmp_path), name)["records"]
+        path = prepare_paths(work, name)["records"]
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "wb") as f:
             f.writelines(orjson.dumps({"content": t}) + b"\n" for t in texts)
-    edges = np.array([[0, 2], [0, 3], [1, 3]])
-    true = [jaccard(shingle_set(a), shingle_set(b)) for a, b in [(base, near_copy(base)), (base, half)]]
-    assert true[0] > 0.95 and true[1] < 0.5
-    kept = verify_edges(str(tmp_path), ["00000", "00001"], [0, 2], edges, 5, 0.7)
-    assert kept.tolist() == [[0, 2]]
+    os.makedirs(os.path.join(work, "edges"))  # two band groups' pairs, overlapping
+    np.save(os.path.join(work, "edges", "a.npy"), np.array([[0, 2], [0, 3]]))
+    np.save(os.path.join(work, "edges", "b.npy"), np.array([[1, 3], [0, 2]]))
+    cfg = to_dict(load_config(CurateConfig))
+    assert merge_candidates({"work": work}) == {"candidate_pairs": 3}
+    for name, offset, count in [("00000", 0, 2), ("00001", 2, 3)]:
+        shingle_shard({"work": work, "cfg": cfg, "shard": name, "offset": offset, "count": count})
+    common = {"work": work, "cfg": cfg, "shards": ["00000", "00001"], "offsets": [0, 2], "total": 5}
+    kept = [verify_pairs({**common, "start": 0, "stop": 2, "key": "p0"}),
+            verify_pairs({**common, "start": 2, "stop": 3, "key": "p1"})]
+    assert kept == [{"pairs": 2, "kept": 1}, {"pairs": 1, "kept": 0}]
+    mask = np.concatenate([np.load(os.path.join(work, "verified", k + ".npy")) for k in ("p0", "p1")])
+    pairs = np.load(os.path.join(work, "candidates.npy"))
+    true = {(a, b): jaccard(shingle_set(x), shingle_set(y)) for (a, b), (x, y) in
+            {(0, 2): (base, near_copy(base)), (0, 3): (base, half)}.items()}
+    assert true[(0, 2)] > 0.95 and true[(0, 3)] < 0.5
+    assert pairs[mask].tolist() == [[0, 2]]

@@ -1,10 +1,23 @@
-"""The same curation input gives byte-identical outputs on local processes and on Ray (2 workers each)."""
+"""The same curation input gives byte-identical outputs on local processes and on Ray (2 workers each), and a run
+left unfinished resumes with another worker count or executor to the same bytes."""
+import glob
+import os
+
 from megasnow.config import load_config
 from megasnow.curate.config import CurateConfig
 from megasnow.curate.executors import run_tasks, shutdown_executors
 from megasnow.curate.pipeline import run_pipeline
 from tests.curate.corpus import copy_stdlib_repos, planted_records, write_jsonl
 from tests.curate.test_curate_resume import output_bytes
+
+
+def unfinish(out):
+    """Make a finished run look killed: drop every other done marker and the final outputs."""
+    markers = sorted(glob.glob(os.path.join(out, "work", "done", "*", "*.json")))
+    for m in markers[::2]:
+        os.unlink(m)
+    os.unlink(os.path.join(out, "stats.json"))
+    return len(markers[::2])
 
 
 def test_local_and_ray_outputs_identical(tmp_path):
@@ -16,14 +29,24 @@ def test_local_and_ray_outputs_identical(tmp_path):
     write_jsonl(str(stack / "b.jsonl"), records[len(records) // 2:])
     inputs = [repos, str(stack)]
     overrides = ["workers=2", "source.repo_shard_bytes=1"]
-    local = run_pipeline(inputs, str(tmp_path / "local"), load_config(CurateConfig, overrides=overrides))
+    cfg = lambda *more: load_config(CurateConfig, overrides=overrides + list(more))  # noqa: E731
+    local_out, ray_out = str(tmp_path / "local"), str(tmp_path / "ray")
+    local = run_pipeline(inputs, local_out, cfg())
+    reference = output_bytes(local_out)
     try:
         assert run_tasks(abs, [-3, 1, -2], executor="ray", workers=2) == [3, 1, 2]
-        ray_stats = run_pipeline(inputs, str(tmp_path / "ray"),
-                                 load_config(CurateConfig, overrides=overrides + ["executor=ray"]))
+        ray_stats = run_pipeline(inputs, ray_out, cfg("executor=ray"))
+        # execution-only keys may change on resume: a local 2-worker run finished on Ray with 1 worker
+        dropped = unfinish(local_out)
+        resumed = run_pipeline(inputs, local_out, cfg("executor=ray", "workers=1"))
+        assert sum(resumed["tasks_executed"].values()) == dropped and output_bytes(local_out) == reference
     finally:
         shutdown_executors()
     assert local["shards"] == ray_stats["shards"] == 6
-    assert output_bytes(str(tmp_path / "local")) == output_bytes(str(tmp_path / "ray"))
-    assert local["stages"] == ray_stats["stages"] and local["dedup"] == ray_stats["dedup"]
+    assert output_bytes(ray_out) == reference
+    assert local["stages"] == ray_stats["stages"] == resumed["stages"] and local["dedup"] == ray_stats["dedup"]
     assert local["stages"]["decontaminate"]["python"]["removed"] == {"humaneval": 2}
+    # ... and a Ray run finished locally with 1 worker and other signature threads
+    dropped = unfinish(ray_out)
+    again = run_pipeline(inputs, ray_out, cfg("workers=1", "near_dedup.threads=2"))
+    assert sum(again["tasks_executed"].values()) == dropped and output_bytes(ray_out) == reference

@@ -178,3 +178,52 @@ def test_parquet_shards_score_like_jsonl(tiny_annotator, tmp_path):
     sj = read_scores(str(tmp_path / "sj" / "part.scores.jsonl"))
     sp = read_scores(str(tmp_path / "sp" / "part.scores.jsonl"))
     assert [(r["id"], r["score"]) for r in sj] == [(r["id"], r["score"]) for r in sp]
+
+
+def test_corrupt_shards_are_reported_not_fatal(tiny_annotator, tmp_path, monkeypatch, one_thread):
+    """A truncated .jsonl.gz keeps the scores of the documents before the cut; a corrupt Parquet scores nothing;
+    both are listed with their error, the good shard is scored as usual, and an I/O error is retried first."""
+    import errno
+    import gzip
+
+    import megasnow.quality.score as score_mod
+    from megasnow.utils.records import ShardReadError
+
+    docs = tmp_path / "docs"
+    _make_shards(str(docs), [20, 40])
+    raw = (docs / "shard1.jsonl").read_bytes()
+    packed = gzip.compress(raw)
+    (docs / "shard1.jsonl.gz").write_bytes(packed[: len(packed) * 6 // 10])  # cut mid-stream
+    (docs / "shard1.jsonl").unlink()
+    (docs / "broken.parquet").write_bytes(b"PAR1" + os.urandom(300))
+    kwargs = dict(chunk_docs=8, threads=1, progress=False)
+    summary = score_corpus([str(docs)], str(tmp_path / "out"), tiny_annotator, **kwargs)
+
+    unreadable = {os.path.basename(u["input"]): u for u in summary["unreadable_shards"]}
+    assert sorted(unreadable) == ["broken.parquet", "shard1.jsonl.gz"]
+    assert unreadable["broken.parquet"]["records_read"] == 0 and "Arrow" in unreadable["broken.parquet"]["error"]
+    cut = unreadable["shard1.jsonl.gz"]
+    assert 0 < cut["records_read"] < 40 and cut["error"].startswith("EOFError")
+    rows = read_scores(str(tmp_path / "out" / "shard1.scores.jsonl"))
+    assert [r["id"] for r in rows] == [f"s1-{i}" for i in range(cut["records_read"])]
+    assert summary["documents"] == summary["scored"] == 20 + cut["records_read"]
+    assert read_scores(str(tmp_path / "out" / "broken.scores.jsonl")) == []
+    again = score_corpus([str(docs)], str(tmp_path / "out"), tiny_annotator, **kwargs)
+    assert again["shards_scored_now"] == 0 and again["unreadable_shards"] == summary["unreadable_shards"]
+
+    real = score_mod.iter_records
+    calls = {"n": 0}
+
+    def eio_once(path, **kw):  # an I/O error (errno set) on the first read: a retry cures it
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise ShardReadError(path, 0, OSError(errno.EIO, "Input/output error"))
+        yield from real(path, **kw)
+
+    monkeypatch.setattr(score_mod, "iter_records", eio_once)
+    (docs / "broken.parquet").unlink()
+    (docs / "shard1.jsonl.gz").unlink()
+    retried = score_corpus([str(docs)], str(tmp_path / "retried"), tiny_annotator, retries=1, **kwargs)
+    assert calls["n"] == 2 and retried["unreadable_shards"] == [] and retried["scored"] == 20
+    assert _score_files(str(tmp_path / "retried")) == {"shard0.scores.jsonl":
+                                                       (tmp_path / "out" / "shard0.scores.jsonl").read_bytes()}
