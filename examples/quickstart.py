@@ -2,7 +2,7 @@
 """The whole SnowCoder recipe in miniature on a CPU: real code on this machine -> curated documents -> tokenizer ->
 indexed datasets -> three training phases -> code samples, an HF export and a loss-curve PNG.
 
-  python examples/quickstart.py [--workdir runs/quickstart] [--ci]
+  python examples/quickstart.py [--workdir runs/quickstart] [--ci] [--threads N]
 Every stage skips work whose outputs exist, so a rerun resumes (training resumes from its last checkpoint).
 """
 import argparse
@@ -20,15 +20,15 @@ sys.path.insert(0, REPO)
 
 TINY_YAML = os.path.join(REPO, "examples", "snowcoder", "tiny-cpu.yaml")  # the three phases, scaled down
 SETTINGS = {
-    "full": dict(corpus_mb=6.0, vocab=2048, max_new_tokens=96),
-    # --ci shrinks the corpus, model and phase lengths of tiny-cpu.yaml to run in about 3 minutes
-    "ci": dict(corpus_mb=0.8, vocab=512, max_new_tokens=24,
+    # phase2_tokens: the selected high-quality budget; its 4 passes fix phase 2's length (about 60 steps of 16 x 256)
+    "full": dict(corpus_mb=6.0, vocab=2048, max_new_tokens=96, phase2_tokens=64_000),
+    # --ci shrinks the corpus, model and phase lengths of tiny-cpu.yaml (about 20 s on 2 cores)
+    "ci": dict(corpus_mb=0.8, vocab=512, max_new_tokens=24, phase2_tokens=2_000,
                model=dict(hidden_size=64, ffn_hidden_size=176, num_layers=2, num_heads=4, num_kv_heads=4,
                           max_seq_len=128),
                seq_len=128, gbs=8, mbs=8, steps=(40, 12, 6), warmup=(4, 3, 1), eval_interval=20),
 }
-PHASE2_FRACTION = 0.3  # top share of documents per language kept by the phase-2 heuristic
-PHASE2_REPEATS = 4  # the recipe's "12.5B selected tokens repeated 4x"
+PHASE2_REPEATS = 4  # the recipe's "12.5B selected tokens repeated 4x" (the count is in tiny-cpu.yaml)
 HELDOUT_FRACTION = 0.1  # documents set aside as the phase-3 stand-in for synthetic data
 VALID_FRACTION = 0.05  # documents set aside for the held-out loss
 SOURCE_EXTS = {".py": "python", ".h": "c", ".c": "c", ".js": "javascript"}
@@ -153,10 +153,11 @@ def explanation_density(doc):
     return marks / len(lines)
 
 
-def split_phases(docs_dir, out_dir):
-    """phase1.jsonl (all but two held-out slices), phase2.jsonl (top documents per language by the heuristic),
-    phase3.jsonl (a held-out slice standing in for synthetic data) and valid.jsonl (held-out evaluation
-    documents, the same for every phase so the held-out curve is comparable across phases)."""
+def split_phases(docs_dir, out_dir, tokenizer, phase2_tokens):
+    """phase1.jsonl (all but two held-out slices), phase2.jsonl (the best-scored phase-1 documents per language up
+    to a token budget, in phase 1's language mix), phase3.jsonl (a held-out slice standing in for synthetic data)
+    and valid.jsonl (held-out evaluation documents, the same for every phase so the held-out curve is comparable
+    across phases)."""
     paths = [os.path.join(out_dir, f"{n}.jsonl") for n in ("phase1", "phase2", "phase3", "valid")]
     if all(os.path.exists(p) for p in paths):
         return paths
@@ -171,19 +172,29 @@ def split_phases(docs_dir, out_dir):
     n3 = max(2, round(len(docs) * HELDOUT_FRACTION))
     nv = max(1, round(len(docs) * VALID_FRACTION))
     phase3, valid, phase1 = docs[:n3], docs[n3:n3 + nv], docs[n3 + nv:]
+    from megasnow.data.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(tokenizer)
     by_lang = {}
     for d in phase1:
-        by_lang.setdefault(d.get("lang", "?"), []).append(d)
+        by_lang.setdefault(d.get("lang", "?"), []).append((d, len(tok.encode(d["text"]))))
+    total = sum(n for group in by_lang.values() for _, n in group)
     phase2 = []
     for lang, group in sorted(by_lang.items()):  # per language, so phase 1's language mix is kept
-        group = sorted(group, key=explanation_density, reverse=True)
-        phase2 += group[:max(1, round(len(group) * PHASE2_FRACTION))]
+        budget = phase2_tokens * sum(n for _, n in group) / total
+        taken = 0
+        for d, n in sorted(group, key=lambda dn: explanation_density(dn[0]), reverse=True):
+            if taken and taken + n > budget:
+                continue  # too big for what is left; a smaller, lower-scored document may still fit
+            phase2.append(d)
+            taken += n
     os.makedirs(out_dir, exist_ok=True)
     for p, part in zip(paths, (phase1, phase2, phase3, valid)):
         _write_jsonl(p, part)
     log(f"phase data: {len(phase1)} / {len(phase2)} / {len(phase3)} documents, {len(valid)} held out for "
-        f"evaluation (phase 2 = top {PHASE2_FRACTION:.0%} per language by docstring/comment density; "
-        f"phase 3 = held-out slice standing in for synthetic data)")
+        f"evaluation (phase 2 = best documents per language by docstring/comment density up to "
+        f"{phase2_tokens:,} tokens, repeated {PHASE2_REPEATS}x; phase 3 = held-out slice standing in for "
+        f"synthetic data)")
     return paths
 
 
@@ -260,8 +271,12 @@ def plot_losses(log_dir, png):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--workdir", default=os.path.join(REPO, "runs", "quickstart"))
-    ap.add_argument("--ci", action="store_true", help="reduced setting (about 3 minutes) for continuous integration")
+    ap.add_argument("--ci", action="store_true", help="reduced setting (about 20 s) for continuous integration")
     ap.add_argument("--fresh", action="store_true", help="delete the workdir first")
+    # One thread by default: this model's matrices are small, and on a machine shared with other jobs 2 threads ran
+    # 3x slower than 1 (OpenMP threads spin-wait for a descheduled peer; benchmarks/results/quickstart.md).
+    ap.add_argument("--threads", type=int, default=1, help="torch threads for training (more helps on an idle "
+                    "machine with spare cores)")
     args = ap.parse_args(argv)
     mode = "ci" if args.ci else "full"
     s = SETTINGS[mode]
@@ -276,9 +291,9 @@ def main(argv=None):
     stage_repositories(repos, int(s["corpus_mb"] * 1e6))
     docs_dir = curate(repos, os.path.join(work, "curated"))
 
-    log("2/6 phase data and tokenizer")
-    phase_jsonl = split_phases(docs_dir, os.path.join(work, "phases"))
+    log("2/6 tokenizer and phase data")
     tokenizer = train_tokenizer(docs_dir, os.path.join(work, "tokenizer", "code"), s["vocab"])
+    phase_jsonl = split_phases(docs_dir, os.path.join(work, "phases"), tokenizer, s["phase2_tokens"])
 
     log("3/6 binarize (tools/preprocess_data.py)")
     data = [binarize(j, tokenizer, os.path.join(work, "data", os.path.basename(j)[:-6])) for j in phase_jsonl]
@@ -290,7 +305,7 @@ def main(argv=None):
 
     cfg_path = os.path.join(work, "run.yaml")
     atomic_write_text(cfg_path, yaml.safe_dump(run_config(mode, work, tokenizer, data), sort_keys=False))
-    run([sys.executable, "-m", "megasnow.train", cfg_path, f"train.threads={os.cpu_count() or 1}"])
+    run([sys.executable, "-m", "megasnow.train", cfg_path, f"train.threads={args.threads}"])
 
     log("5/6 loss curve and code samples")
     png = os.path.join(work, "loss_curve.png")

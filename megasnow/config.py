@@ -4,6 +4,7 @@ Every stage (training, curation, annotation) uses these helpers so that configs 
 everywhere: unknown keys and wrong types are errors naming the key, and the resolved config is
 saved beside every output.
 """
+import copy
 import dataclasses
 import types
 import typing
@@ -31,25 +32,51 @@ def load_config(cls, yaml_path=None, overrides=()):
 
 
 def apply_overrides(data, overrides):
-    """Return a copy of the nested dict `data` with `a.b.c=value` strings applied (values parsed as YAML)."""
-    data = _deepcopy_dict(data)
+    """Return a copy of the nested dict `data` with `a.b.c=value` strings applied (values parsed as YAML).
+
+    A numeric part indexes a list that the YAML already holds: `phases.1.schedule.max_lr=1e-3`.
+    """
+    data = copy.deepcopy(data)
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key.sub=value")
         key, raw = item.split("=", 1)
+        key = key.strip()
         value = yaml.safe_load(raw) if raw.strip() else ""
-        node = data
-        parts = key.strip().split(".")
-        for p in parts[:-1]:
-            nxt = node.get(p)
-            if not isinstance(nxt, dict):
-                nxt = {} if nxt is None else nxt
-                if not isinstance(nxt, dict):
-                    raise ConfigError(f"override {key!r}: {p!r} is not a section")
-                node[p] = nxt
+        parts = key.split(".")
+        node, where = data, ""
+        for p, nxt_part in zip(parts[:-1], parts[1:]):
+            if isinstance(node, list):
+                i = _list_index(node, p, key, where)
+                nxt = node[i]
+                where = f"{where}[{i}]"
+            else:
+                nxt = node.get(p)
+                where = f"{where}.{p}" if where else p
+                if nxt is None:
+                    if nxt_part.isdigit():  # an index into a list the config does not have
+                        raise ConfigError(f"override {key!r}: {where} has no entries to index "
+                                          f"(set the list in the YAML file first)")
+                    nxt = node[p] = {}
+            if not isinstance(nxt, (dict, list)):
+                raise ConfigError(f"override {key!r}: {where!r} is not a section or a list")
             node = nxt
-        node[parts[-1]] = value
+        if isinstance(node, list):
+            node[_list_index(node, parts[-1], key, where)] = value
+        else:
+            node[parts[-1]] = value
     return data
+
+
+def _list_index(items, part, key, where):
+    if not part.isdigit():
+        raise ConfigError(f"override {key!r}: {where} is a list; index it with a number "
+                          f"(e.g. {where}.0...), not {part!r}")
+    i = int(part)
+    if i >= len(items):
+        valid = f"valid: 0..{len(items) - 1}" if items else "it is empty"
+        raise ConfigError(f"override {key!r}: index {i} is out of range, {where} has {len(items)} entries ({valid})")
+    return i
 
 
 def from_dict(cls, data, prefix=""):
@@ -177,6 +204,3 @@ def describe_config(cls, prefix=""):
         lines.append(line)
     return lines
 
-
-def _deepcopy_dict(d):
-    return {k: _deepcopy_dict(v) if isinstance(v, dict) else v for k, v in d.items()}

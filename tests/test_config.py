@@ -54,3 +54,26 @@ def test_describe_lists_every_key():
     text = "\n".join(describe_config(Outer))
     for key in ("optim.lr", "optim.steps", "optim.paths", "seed"):
         assert key in text
+
+
+def test_override_indexes_lists():
+    data = {"phases": [{"name": "a", "steps": 5, "schedule": {"max_lr": 1.0}}, {"name": "b", "blend": [{"path": "x"}]}]}
+    out = apply_overrides(data, ["phases.0.steps=10", "phases.1.schedule.max_lr=2.5e-4", "phases.1.blend.0.repeat=4",
+                                 "phases.0.schedule.max_lr=3"])
+    assert out["phases"][0] == {"name": "a", "steps": 10, "schedule": {"max_lr": 3}}
+    assert out["phases"][1] == {"name": "b", "blend": [{"path": "x", "repeat": 4}], "schedule": {"max_lr": 2.5e-4}}
+    assert data["phases"][0]["steps"] == 5  # the input is not modified
+    assert apply_overrides({"tags": ["a", "b"]}, ["tags.1=c"]) == {"tags": ["a", "c"]}
+
+
+@pytest.mark.parametrize("override,match", [
+    ("phases.2.steps=1", r"'phases\.2\.steps': index 2 is out of range, phases has 2 entries \(valid: 0\.\.1\)"),
+    ("phases.0.blend.1.path=y", r"index 1 is out of range, phases\[0\]\.blend has 1 entries"),
+    ("phases.first.steps=1", r"phases is a list; index it with a number"),
+    ("other.0.x=1", r"'other\.0\.x': other has no entries to index"),
+    ("phases.0.name.x=1", r"'phases\[0\]\.name' is not a section or a list"),
+])
+def test_override_list_errors_name_the_key(override, match):
+    data = {"phases": [{"name": "a", "blend": [{"path": "x"}]}, {"name": "b"}]}
+    with pytest.raises(ConfigError, match=match):
+        apply_overrides(data, [override])

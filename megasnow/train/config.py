@@ -51,6 +51,8 @@ class DataSection:
                                   "copied into HF exports)")
     seq_len: int = _help("tokens per training sequence", 2048)
     seed: int = _help("seed of the document/sample shuffles", 1234)
+    eod_id: int | None = _help("end-of-document token id that model.document_mask splits samples at "
+                               "(None: the tokenizer's EOD)")
     valid_fraction: float = _help("fraction of each dataset's documents held out for evaluation", 0.0)
     cache_dir: str | None = _help("where dataset index arrays are cached (None: beside the data)")
     blend: list[BlendItem] = _help("blend of the single phase used when `phases` is empty", factory=list)
@@ -208,6 +210,23 @@ def check_config(cfg):
         if s.warmup_steps < 0 or s.max_lr < 0 or s.min_lr < 0 or s.min_lr > s.max_lr:
             raise ConfigError(f"{where}: schedule needs warmup_steps >= 0 and 0 <= min_lr <= max_lr "
                               f"(got warmup {s.warmup_steps}, max {s.max_lr}, min {s.min_lr})")
+
+
+def check_parallel_layout(cfg, num_micro_batches):
+    """Refuse batch/sequence settings that the parallel layout cannot run, before data or model are built
+    (otherwise they fail at the first step or the first forward, far from the key to change)."""
+    p, t = cfg.parallel, cfg.train
+    if p.virtual_pipeline is not None and p.virtual_pipeline > 1 and num_micro_batches % p.pipeline:
+        raise ConfigError(f"the interleaved pipeline schedule (parallel.virtual_pipeline={p.virtual_pipeline}) needs "
+                          f"micro-batches per step per data-parallel rank ({num_micro_batches} = "
+                          f"train.global_batch_size {t.global_batch_size} / (train.micro_batch_size "
+                          f"{t.micro_batch_size} x data-parallel size)) to be a multiple of parallel.pipeline "
+                          f"({p.pipeline}); change train.global_batch_size or train.micro_batch_size, or set "
+                          f"parallel.virtual_pipeline=null")
+    if p.sequence_parallel and cfg.data.seq_len % p.tensor:
+        raise ConfigError(f"parallel.sequence_parallel splits each sequence over the {p.tensor} tensor-parallel "
+                          f"ranks: data.seq_len ({cfg.data.seq_len}) must be a multiple of parallel.tensor "
+                          f"({p.tensor}); change data.seq_len or set parallel.sequence_parallel=false")
 
 
 def resolve_phases(cfg):

@@ -62,14 +62,17 @@ def build_phase_datasets(phase, cfg, num_train_samples, num_valid_samples):
 
 
 class MicroBatches:
-    """Yields, per optimizer step, this data-parallel rank's list of micro-batches {tokens, labels}."""
+    """Yields, per optimizer step, this data-parallel rank's list of micro-batches {tokens, labels} (plus
+    document_ids when `eod_id` is given: model.document_mask keeps attention inside each packed document)."""
 
-    def __init__(self, dataset, consumed_samples, micro_batch_size, num_micro_batches, dp_rank, dp_size, device):
+    def __init__(self, dataset, consumed_samples, micro_batch_size, num_micro_batches, dp_rank, dp_size, device,
+                 eod_id=None):
         from megasnow.data.sampler import PretrainingSampler
 
         self.dataset = dataset
         self.num_micro_batches = num_micro_batches
         self.device = device
+        self.eod_id = eod_id
         self._it = iter(PretrainingSampler(len(dataset), consumed_samples, micro_batch_size, dp_rank, dp_size))
 
     def next_step(self):
@@ -78,4 +81,9 @@ class MicroBatches:
     def _collate(self, indices):
         x = torch.from_numpy(np.stack([np.asarray(self.dataset[int(i)], dtype=np.int64) for i in indices]))
         x = x.to(self.device, non_blocking=True)
-        return {"tokens": x[:, :-1].contiguous(), "labels": x[:, 1:].contiguous()}
+        batch = {"tokens": x[:, :-1].contiguous(), "labels": x[:, 1:].contiguous()}
+        if self.eod_id is not None:
+            from megasnow.model.llama import document_ids_from_tokens
+
+            batch["document_ids"] = document_ids_from_tokens(batch["tokens"], self.eod_id)
+        return batch

@@ -11,7 +11,7 @@ import torch.distributed as dist
 
 from megasnow.config import ConfigError, dump_config, save_config
 from megasnow.train import checkpoint as ckpt
-from megasnow.train.config import build_model_config, phase_steps, resolve_phases
+from megasnow.train.config import build_model_config, check_parallel_layout, phase_steps, resolve_phases
 from megasnow.train.data import MicroBatches, build_phase_datasets, check_blend_paths
 from megasnow.train.metrics import MetricsLogger
 from megasnow.train.schedules import lr_at
@@ -62,6 +62,7 @@ class Trainer:
                               f"train.micro_batch_size x data-parallel size = {cfg.train.micro_batch_size} x "
                               f"{self.dp_size} = {per_step}")
         self.num_micro_batches = cfg.train.global_batch_size // per_step
+        check_parallel_layout(cfg, self.num_micro_batches)
 
         self.phases = resolve_phases(cfg)
         for i, p in enumerate(self.phases):
@@ -79,6 +80,8 @@ class Trainer:
             self.tokenizer = load_tokenizer(cfg.data.tokenizer)
             vocab = self.tokenizer.vocab_size
         self.model_cfg = build_model_config(cfg, vocab)
+        self.eod_id = self._document_mask_eod()
+        self._notes = []  # start-up remarks, written as events once the metrics logger exists
         self._build_datasets()
         self.model_chunks = self._build_model()
         self.optimizer = self._build_optimizer()
@@ -96,7 +99,20 @@ class Trainer:
         if resumed_from:
             self.metrics.event({"kind": "resume", "step": self.state.step,
                                 "message": f"resumed from {resumed_from} at step {self.state.step}"})
+        for note in self._notes:
+            self.metrics.event({"kind": "note", "step": self.state.step, "message": note})
         return self
+
+    def _document_mask_eod(self):
+        """The end-of-document id that splits packed samples into documents when model.document_mask is on."""
+        if not self.model_cfg.document_mask:
+            return None
+        if self.cfg.data.eod_id is not None:
+            return self.cfg.data.eod_id
+        if self.tokenizer is None:
+            raise ConfigError("model.document_mask needs the end-of-document token id: set data.tokenizer "
+                              "(its EOD token is used) or data.eod_id")
+        return self.tokenizer.eod_id
 
     def _build_datasets(self):
         """Every phase's datasets up front, so a bad blend fails before the first step, not at a phase change."""
@@ -104,17 +120,25 @@ class Trainer:
         n_valid = cfg.train.eval_iters * gbs if cfg.train.eval_interval > 0 else 0
         self.datasets, self.phase_lengths = [], []
         for i, phase in enumerate(self.phases):
-            steps = phase_steps(phase, cfg)
+            where = f"phases[{i}] ({phase.name})"
+            steps = asked = phase_steps(phase, cfg)
             try:
                 train, valid = build_phase_datasets(phase, cfg, None if steps is None else steps * gbs, n_valid)
             except ValueError as e:
-                raise ConfigError(f"phases[{i}] ({phase.name}): {e}") from None
+                raise ConfigError(f"{where}: {e}") from None
             if steps is None or len(train) < steps * gbs:
                 # every dataset has an explicit repeat count: the data, not the budget, fixes the phase length
                 steps = len(train) // gbs
             if steps == 0:
-                raise ConfigError(f"phases[{i}] ({phase.name}): its data gives {len(train)} samples of "
+                raise ConfigError(f"{where}: its data gives {len(train)} samples of "
                                   f"{cfg.data.seq_len + 1} tokens, less than one global batch of {gbs}")
+            if all(b.repeat for b in phase.blend):
+                self._notes.append(repeat_coverage_note(where, phase, asked, steps, len(train), gbs))
+            if n_valid and (valid is None or len(valid) < gbs):
+                have = "no held-out data" if valid is None else f"{len(valid)} held-out samples"
+                raise ConfigError(f"train.eval_interval is {cfg.train.eval_interval} but {where} has {have}, less "
+                                  f"than one global batch ({gbs}); set data.valid_fraction > 0, data.valid_blend or "
+                                  f"phases[{i}].valid_blend, or train.eval_interval=0")
             self.datasets.append((train, valid))
             self.phase_lengths.append(steps)
 
@@ -173,6 +197,9 @@ class Trainer:
                 meta = ckpt.load_checkpoint(latest, self.model_chunks, self.optimizer)
                 known = TrainerState.__dataclass_fields__
                 self.state = TrainerState(**{k: v for k, v in meta["trainer"].items() if k in known})
+                # A run stopped by K non-finite steps in a row is resumed on purpose (new data position, a fix):
+                # give it a fresh budget of K rather than stopping at its first NaN. nan_skips keeps the total.
+                self.state.consecutive_nan = 0
                 return latest
         if c.init_from:
             step_dir = ckpt.resolve_checkpoint(c.init_from)
@@ -204,11 +231,13 @@ class Trainer:
         if st.phase != index:  # entering a new phase
             st.phase, st.step_in_phase, st.consumed_samples = index, 0, 0
         if st.step_in_phase == 0 and index > 0 and phase.optimizer_state == "reset":
-            self.optimizer = self._build_optimizer()
+            # Forget the Adam moments but keep the fp32 masters: rebuilding the optimizer would re-derive the
+            # masters from the (bf16-rounded) model weights and lose precision at every phase boundary.
+            self.optimizer.reset_state()
         gbs = cfg.train.global_batch_size
         train_ds, self.valid_ds = self.datasets[index]
         batches = MicroBatches(train_ds, st.consumed_samples, cfg.train.micro_batch_size, self.num_micro_batches,
-                               self.dp_rank, self.dp_size, self.device)
+                               self.dp_rank, self.dp_size, self.device, eod_id=self.eod_id)
         if st.step_in_phase == 0:
             self.metrics.event({"kind": "phase", "step": st.step, "phase": phase.name, "steps": total,
                                 "message": f"phase {index + 1}/{len(self.phases)} '{phase.name}': {total} steps "
@@ -221,9 +250,11 @@ class Trainer:
             if last:
                 st.finished_phases.append(phase.name)
             if self._signal_received():
-                self.save("sigterm")
+                where = self.save("sigterm")
+                saved = f"saved a checkpoint at step {st.step} in {where}" if where else \
+                    f"no checkpoint.dir, nothing saved (stopped at step {st.step})"
                 self.metrics.event({"kind": "stop", "step": st.step, "reason": "sigterm",
-                                    "message": f"SIGTERM: saved a checkpoint at step {st.step}; exiting"})
+                                    "message": f"SIGTERM: {saved}; exiting"})
                 return True
             if cfg.checkpoint.interval and st.step % cfg.checkpoint.interval == 0:
                 self.save("interval")
@@ -323,7 +354,7 @@ class Trainer:
         if n == 0:
             return None
         batches = MicroBatches(self.valid_ds, 0, cfg.train.micro_batch_size, self.num_micro_batches,
-                               self.dp_rank, self.dp_size, self.device)
+                               self.dp_rank, self.dp_size, self.device, eod_id=self.eod_id)
         losses = []
         for _ in range(n):
             losses.append(self._global_mean_loss(forward_backward(self.model_chunks, batches.next_step(),
@@ -351,6 +382,24 @@ class Trainer:
                                      "phase_name": self.phases[self.state.phase].name,
                                      "model_config": dataclasses.asdict(self.model_cfg)},
                                     dump_config(self.cfg), c.keep_last, extra_files=extra)
+
+
+def repeat_coverage_note(where, phase, asked, steps, samples, gbs):
+    """How much of a repeat-count blend a phase really trains on: explicit steps/tokens cap (or the data
+    shortens) the exact `repeat` passes the blend promises."""
+    used = steps * gbs
+    frac = used / samples
+    passes = ", ".join(f"{frac * b.repeat:.2f} of {b.repeat} passes over {os.path.basename(b.path)}"
+                       for b in phase.blend)
+    if asked is None:
+        why = "as the repeat counts give"
+    elif asked > steps:
+        why = f"shortened from the {asked} steps asked: the repeated data holds only {samples} samples"
+    elif used < samples:
+        why = f"capped by its steps/tokens: the repeat counts give {samples} samples"
+    else:
+        why = "as the repeat counts give"
+    return f"{where}: {steps} steps x {gbs} = {used} samples ({why}) = {passes}"
 
 
 def run_training(cfg):

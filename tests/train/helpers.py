@@ -20,12 +20,16 @@ def real_code_files(pattern="*.py", limit=40, skip=0):
     return files[skip:skip + limit]
 
 
-def write_byte_dataset(prefix, files, max_bytes_per_file=4000):
-    """One document per file, tokens = UTF-8 bytes (ids < 256), so no tokenizer is needed."""
+def write_byte_dataset(prefix, files, max_bytes_per_file=4000, eod_id=None):
+    """One document per file, tokens = UTF-8 bytes (ids < 256), so no tokenizer is needed; `eod_id` (e.g. 0, a
+    byte source code never holds) is appended to each document like preprocess_data.py --append-eod does."""
     builder = IndexedDatasetBuilder(data_file_path(prefix), dtype=np.uint16)
     for path in files:
         data = open(path, "rb").read()[:max_bytes_per_file]
-        builder.add_item(np.frombuffer(data, dtype=np.uint8).astype(np.uint16))
+        tokens = np.frombuffer(data, dtype=np.uint8).astype(np.uint16)
+        if eod_id is not None:
+            tokens = np.append(tokens, np.uint16(eod_id))
+        builder.add_item(tokens)
         builder.end_document()
     builder.finalize(index_file_path(prefix))
     return prefix
@@ -49,6 +53,7 @@ def tiny_config(tmp_path, phases, **sections):
 
 
 def write_config(path, cfg):
+    os.makedirs(os.path.dirname(str(path)), exist_ok=True)
     with open(path, "w") as f:
         yaml.safe_dump(cfg, f)
     return str(path)

@@ -42,6 +42,18 @@ def test_yaml_phases_and_overrides(tmp_path):
     assert phases[1].optimizer_state == "reset"
 
 
+def test_overrides_reach_phases(tmp_path):
+    p = tmp_path / "run.yaml"
+    p.write_text(YAML)
+    cfg = load_train_config(p, ["phases.0.steps=10", "phases.1.schedule.max_lr=2.0e-4", "phases.1.blend.0.repeat=2"])
+    phases = resolve_phases(cfg)
+    assert phase_steps(phases[0], cfg) == 10  # explicit steps win over the 5000-token budget
+    assert phases[1].schedule.max_lr == 2.0e-4 and phases[1].schedule.style == "linear"  # the rest kept
+    assert phases[1].blend[0].repeat == 2
+    with pytest.raises(ConfigError, match=r"'phases\.2\.steps': index 2 is out of range, phases has 2 entries"):
+        load_train_config(p, ["phases.2.steps=3"])
+
+
 def test_single_phase_from_data_blend():
     cfg = load_train_config(None, ["data.blend=[{path: x}]", "train.steps=4", "schedule.style=wsd"])
     (ph,) = resolve_phases(cfg)

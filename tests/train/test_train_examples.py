@@ -28,3 +28,6 @@ def test_tiny_cpu_phases_parse():
     assert [p.name for p in phases] == ["phase1-general", "phase2-quality", "phase3-synthetic-standin"]
     assert [p.schedule.style for p in phases] == ["cosine", "linear", "linear"]
     assert phases[1].blend[0].repeat == 4
+    # the quickstart's budget (benchmarks/results/quickstart.md): steps of 16 x 256 tokens; phase 2's 4 passes over
+    # the selected data fix its length
+    assert [p.steps for p in phases] == [144, None, 16] and cfg.train.global_batch_size * cfg.data.seq_len == 4096
