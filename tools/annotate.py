@@ -80,7 +80,8 @@ def build_parser():
     s.add_argument("--annotator", required=True, help="trained annotator folder")
     s.add_argument("--output", required=True, help="folder for <shard>.scores.jsonl files")
     s.add_argument("--device", default="auto")
-    s.add_argument("--batch-tokens", type=int, default=16384, help="padded tokens per encoder batch")
+    s.add_argument("--batch-tokens", type=int, default=None,
+                   help="padded tokens per encoder batch (default: 16384 on CUDA, 2048 on CPU)")
     s.add_argument("--chunk-docs", type=int, default=1024, help="documents length-sorted together")
     s.add_argument("--text-field", default="text")
     s.add_argument("--id-field", default="id")
@@ -109,9 +110,12 @@ def build_parser():
     e.add_argument("--benchmark", nargs="*", default=[], help="extra benchmark solution files (JSONL/Parquet)")
     e.add_argument("--benchmark-fields", default="text", help="comma-separated fields concatenated per record")
     e.add_argument("--no-humaneval", action="store_true", help="skip HumanEval's canonical solutions")
+    e.add_argument("--include-seen", action="store_true",
+                   help="keep solutions and corpus files the annotator trained on (left out by default when "
+                        "the folder records them in seen_texts.npy)")
     e.add_argument("--heldout", default=None, help="held-out JSONL (text, label) to re-evaluate")
     e.add_argument("--report", default=None, help="also write the report as JSON here")
-    e.add_argument("--batch-tokens", type=int, default=16384)
+    e.add_argument("--batch-tokens", type=int, default=None, help="default: 16384 on CUDA, 2048 on CPU")
     e.add_argument("--text-field", default="text")
     e.add_argument("--device", default="auto")
     e.add_argument("--seed", type=int, default=0)
@@ -147,11 +151,13 @@ def cmd_train(args):
 
 
 def cmd_score(args):
+    from megasnow.quality.annotator import default_batch_tokens
     from megasnow.quality.score import score_corpus
 
+    device = resolve_device(args.device)
     summary = score_corpus(
         args.input, args.output, args.annotator, executor=args.executor, workers=args.workers,
-        ray_address=args.ray_address, device=resolve_device(args.device), batch_tokens=args.batch_tokens,
+        ray_address=args.ray_address, device=device, batch_tokens=args.batch_tokens or default_batch_tokens(device),
         chunk_docs=args.chunk_docs, text_field=args.text_field, id_field=args.id_field, lang_field=args.lang_field,
         keep_fields=list(args.keep_fields), retries=args.retries, threads=args.threads,
     )
@@ -189,7 +195,7 @@ def cmd_eval(args):
         raise SystemExit("eval: nothing to evaluate (HumanEval disabled and no --benchmark)")
     annotator = load_annotator(args.annotator, device=resolve_device(args.device))
     report = alignment_report(annotator, benchmarks, args.corpus, args.num_random, args.seed, args.batch_tokens,
-                              args.text_field, args.heldout)
+                              args.text_field, args.heldout, exclude_seen=not args.include_seen)
     print(format_report(report))
     if args.report:
         atomic_write_text(args.report, json.dumps(report, indent=2))

@@ -18,6 +18,7 @@ CONFIG_NAME = "annotator.json"
 HEAD_NAME = "head.safetensors"
 ENCODER_DIR = "encoder"
 METRICS_NAME = "metrics.json"
+SEEN_NAME = "seen_texts.npy"  # uint64 text_keys of every train + held-out text (see training_data.text_key)
 
 
 class AnnotatorError(ValueError):
@@ -33,6 +34,13 @@ class AnnotatorConfig:
     hidden_size: int = 0
     base_encoder: str = ""  # where the encoder was loaded from before training (provenance only)
     extra: dict = field(default_factory=dict)
+
+
+def default_batch_tokens(device):
+    """Padded tokens per encoder batch: large on a GPU (to fill it), small on a CPU, where activations that
+    spill out of the caches cost more than batching saves (2048 scored 1.18-1.56x faster than 16384 on a
+    2-core EPYC: benchmarks/results/annotate_throughput.md)."""
+    return 16384 if str(device).startswith("cuda") else 2048
 
 
 def default_encoder_path():
@@ -172,8 +180,12 @@ def build_annotator(encoder_path=None, pooling="mean", max_length=512):
     return QualityAnnotator(encoder, tokenizer, cfg)
 
 
-def save_annotator(annotator, folder, metrics=None):
-    """Write the annotator folder atomically: build it under a temporary name, then swap it in."""
+def save_annotator(annotator, folder, metrics=None, seen_keys=None):
+    """Write the annotator folder atomically: build it under a temporary name, then swap it in.
+
+    `seen_keys` (text_keys of the training and held-out texts) lets evaluation leave those texts out.
+    """
+    import numpy as np
     from safetensors.torch import save_file
 
     folder = os.path.abspath(folder)
@@ -191,6 +203,8 @@ def save_annotator(annotator, folder, metrics=None):
         if metrics is not None:
             with open(os.path.join(tmp, METRICS_NAME), "w", encoding="utf-8") as f:
                 json.dump(metrics, f, indent=2)
+        if seen_keys is not None:
+            np.save(os.path.join(tmp, SEEN_NAME), np.asarray(seen_keys, dtype=np.uint64))
         # Swap: the old folder (if any) moves aside first, so a crash leaves either the old or the new one.
         old = None
         if os.path.exists(folder):
@@ -265,3 +279,16 @@ def read_metrics(folder):
         return None
     with open(path, encoding="utf-8") as f:
         return json.load(f)
+
+
+def read_seen_keys(folder):
+    """The set of text_keys the annotator saw in training (train + held-out), or None when not recorded."""
+    import numpy as np
+
+    path = os.path.join(folder, SEEN_NAME)
+    if not os.path.exists(path):
+        return None
+    try:
+        return set(np.load(path).tolist())
+    except ValueError as e:
+        raise AnnotatorError(f"{path}: unreadable: {e}") from None

@@ -2,6 +2,8 @@
 
 The paper found this number tracks downstream pass@1, so it judges an annotator before any
 pretraining compute is spent. Benchmark files are scored exactly like the corpus (three windows).
+Texts the annotator saw in training (its seen_texts.npy) are left out on both sides by default:
+a memorised solution or negative would inflate the AUC.
 """
 import gzip
 import json
@@ -9,11 +11,11 @@ import os
 
 import numpy as np
 
-from megasnow.quality.annotator import read_metrics
+from megasnow.quality.annotator import default_batch_tokens, read_metrics, read_seen_keys
 from megasnow.quality.metrics import classification_metrics, roc_auc
 from megasnow.quality.score import BatchedScorer
-from megasnow.quality.training_data import read_examples, sample_negatives
-from megasnow.utils.records import RecordError, expand_inputs, iter_records
+from megasnow.quality.training_data import read_examples, sample_negatives, text_key
+from megasnow.utils.records import RecordError, SkipLog, expand_inputs, iter_records
 
 
 def humaneval_path():
@@ -46,27 +48,41 @@ def benchmark_solutions(paths, fields=("text",)):
     return texts
 
 
-def alignment_report(annotator, benchmarks, corpus_inputs, num_random=1000, seed=0, batch_tokens=16384,
-                     text_field="text", heldout_path=None):
+def alignment_report(annotator, benchmarks, corpus_inputs, num_random=1000, seed=0, batch_tokens=None,
+                     text_field="text", heldout_path=None, exclude_seen=True):
     """Dict with per-benchmark ROC-AUC vs random corpus files, plus held-out classification metrics.
 
-    benchmarks: {name: list of solution texts}. Held-out metrics come from `heldout_path` (JSONL of
-    text/label, scored on the first window like training) when given, else from the annotator's
-    saved metrics.json.
+    benchmarks: {name: list of solution texts}. With `exclude_seen` and a folder that records its
+    training texts, benchmark solutions and random files the annotator saw are left out (and
+    counted). Held-out metrics come from `heldout_path` (JSONL of text/label, scored on the first
+    window like training) when given, else from the annotator's saved metrics.json.
     """
-    negatives = [e.text for e in sample_negatives(corpus_inputs, num_random, seed, text_field)]
+    folder = getattr(annotator, "folder", None)
+    seen = read_seen_keys(folder) if exclude_seen and folder else None
+    skips = SkipLog()
+    negatives = [e.text for e in sample_negatives(corpus_inputs, num_random, seed, text_field, skips, seen)]
     if not negatives:
-        raise ValueError(f"no usable documents in {corpus_inputs}")
+        raise ValueError(f"no usable documents in {corpus_inputs}" + (" not seen in training" if seen else ""))
+    batch_tokens = batch_tokens or default_batch_tokens(annotator.device)
     scorer = BatchedScorer(annotator, batch_tokens=batch_tokens)
     neg_scores = np.asarray(scorer.score_texts(negatives)[0], dtype=np.float64)
-    report = {"random_files": len(negatives), "random_mean_score": float(neg_scores.mean()), "benchmarks": {}}
+    report = {
+        "random_files": len(negatives),
+        "random_mean_score": float(neg_scores.mean()),
+        "seen_texts_excluded": seen is not None,
+        # None (here and per benchmark): no record of the training texts, or exclusion turned off
+        "random_files_seen_skipped": skips.counts.get("seen in training", 0) if seen is not None else None,
+        "benchmarks": {},
+    }
     all_pos = []
     for name, texts in benchmarks.items():
-        if not texts:
-            raise ValueError(f"benchmark {name!r} has no solutions")
-        pos_scores = np.asarray(scorer.score_texts(texts)[0], dtype=np.float64)
+        unseen = [t for t in texts if text_key(t) not in seen] if seen is not None else list(texts)
+        if not unseen:
+            raise ValueError(f"benchmark {name!r} has no solutions" + (" the annotator did not train on" if texts else ""))
+        pos_scores = np.asarray(scorer.score_texts(unseen)[0], dtype=np.float64)
         all_pos.append(pos_scores)
         report["benchmarks"][name] = _separation(pos_scores, neg_scores)
+        report["benchmarks"][name]["excluded_seen"] = len(texts) - len(unseen) if seen is not None else None
     if len(all_pos) > 1:
         report["benchmarks"]["all"] = _separation(np.concatenate(all_pos), neg_scores)
     if heldout_path:
@@ -77,7 +93,6 @@ def alignment_report(annotator, benchmarks, corpus_inputs, num_random=1000, seed
         report["heldout"] = classification_metrics([e.label for e in examples], probs)
         report["heldout_source"] = os.path.abspath(heldout_path)
     else:
-        folder = getattr(annotator, "folder", None)
         saved = read_metrics(folder) if folder else None
         report["heldout"] = (saved or {}).get("heldout")
         report["heldout_source"] = "metrics.json saved at training" if report["heldout"] else None
@@ -95,9 +110,17 @@ def _separation(pos_scores, neg_scores):
 
 def format_report(report):
     lines = ["Annotator alignment (ROC-AUC: benchmark solutions vs random corpus files; higher = better aligned)"]
+    if report["seen_texts_excluded"]:
+        lines.append(f"  texts the annotator trained on are left out ({report['random_files_seen_skipped']} corpus "
+                     f"files skipped; per benchmark below)")
+    else:
+        lines.append("  WARNING: training texts not known (no seen_texts.npy or --include-seen): "
+                     "solutions the annotator trained on inflate these numbers")
     lines.append(f"  random corpus files: {report['random_files']} (mean score {report['random_mean_score']:.4f})")
     for name, r in report["benchmarks"].items():
-        lines.append(f"  {name:<16} ROC-AUC {r['roc_auc']:.4f}   ({r['solutions']} solutions, mean score {r['mean_score']:.4f})")
+        left_out = f", {r['excluded_seen']} seen in training left out" if r.get("excluded_seen") else ""
+        lines.append(f"  {name:<16} ROC-AUC {r['roc_auc']:.4f}   ({r['solutions']} solutions{left_out}, "
+                     f"mean score {r['mean_score']:.4f})")
     h = report.get("heldout")
     if h:
         lines.append(f"Held-out classification ({report['heldout_source']}; n={h['n']}):")

@@ -13,9 +13,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from megasnow.quality.annotator import build_annotator, save_annotator
+from megasnow.quality.annotator import build_annotator, default_batch_tokens, save_annotator
 from megasnow.quality.metrics import classification_metrics
 from megasnow.quality.score import length_sorted_batches
+from megasnow.quality.training_data import text_key
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ class TrainConfig:
     batch_size: int | None = None
     weight_decay: float = 0.01
     warmup_fraction: float = 0.06  # full mode: linear warmup then linear decay
-    embed_batch_tokens: int = 16384  # padded tokens per batch when embedding / evaluating
+    embed_batch_tokens: int | None = None  # padded tokens per batch when embedding; None = per device
     device: str = "auto"  # "auto" = cuda if available else cpu
     seed: int = 0
 
@@ -52,14 +53,17 @@ class TrainConfig:
                 setattr(cfg, k, v)
         if cfg.device == "auto":
             cfg.device = "cuda" if torch.cuda.is_available() else "cpu"
+        if cfg.embed_batch_tokens is None:
+            cfg.embed_batch_tokens = default_batch_tokens(cfg.device)
         return cfg
 
 
 @torch.inference_mode()
-def embed_token_lists(annotator, token_lists, batch_tokens=16384):
+def embed_token_lists(annotator, token_lists, batch_tokens=None):
     """Pooled embeddings [N, hidden] (fp32, on CPU) for already-truncated content-token lists."""
     annotator.eval()
     device = annotator.device
+    batch_tokens = batch_tokens or default_batch_tokens(device)
     specials = annotator.num_special_tokens
     out = torch.empty(len(token_lists), annotator.config.hidden_size, dtype=torch.float32)
     for batch in length_sorted_batches([len(t) + specials for t in token_lists], batch_tokens, 512):
@@ -71,7 +75,7 @@ def embed_token_lists(annotator, token_lists, batch_tokens=16384):
 
 
 @torch.inference_mode()
-def predict_token_lists(annotator, token_lists, batch_tokens=16384):
+def predict_token_lists(annotator, token_lists, batch_tokens=None):
     """Probabilities for already-truncated content-token lists."""
     emb = embed_token_lists(annotator, token_lists, batch_tokens)
     return torch.sigmoid(annotator.head(emb.to(annotator.device)).float().squeeze(-1)).cpu().numpy()
@@ -89,11 +93,13 @@ def train_annotator(train, heldout, output_dir, cfg: TrainConfig, progress=True)
     heldout_ids = annotator.encode_texts([e.text for e in heldout])
     y_train = torch.tensor([e.label for e in train], dtype=torch.float32)
     y_heldout = np.array([e.label for e in heldout])
+    # Recorded in the folder so that evaluation can leave out every text the annotator has seen.
+    seen = np.array(sorted({text_key(e.text) for e in list(train) + list(heldout)}), dtype=np.uint64)
     start = time.perf_counter()
     if cfg.mode == "frozen":
         best = _train_frozen(annotator, train_ids, y_train, heldout_ids, y_heldout, cfg, progress)
     else:
-        best = _train_full(annotator, train_ids, y_train, heldout_ids, y_heldout, cfg, output_dir, progress)
+        best = _train_full(annotator, train_ids, y_train, heldout_ids, y_heldout, cfg, output_dir, progress, seen)
     metrics = {
         "heldout": best["metrics"],
         "best_epoch": best["epoch"],
@@ -107,7 +113,7 @@ def train_annotator(train, heldout, output_dir, cfg: TrainConfig, progress=True)
         annotator.head.load_state_dict(best["head_state"])
     if best.get("state") is not None:
         annotator.load_state_dict(best["state"])
-    save_annotator(annotator, output_dir, metrics=metrics)
+    save_annotator(annotator, output_dir, metrics=metrics, seen_keys=seen)
     return metrics
 
 
@@ -151,7 +157,7 @@ def _train_frozen(annotator, train_ids, y_train, heldout_ids, y_heldout, cfg, pr
     return best
 
 
-def _train_full(annotator, train_ids, y_train, heldout_ids, y_heldout, cfg, output_dir, progress):
+def _train_full(annotator, train_ids, y_train, heldout_ids, y_heldout, cfg, output_dir, progress, seen_keys):
     """Fine-tune encoder + head; evaluate every epoch; save the best folder on each improvement."""
     from tqdm import tqdm
 
@@ -188,7 +194,8 @@ def _train_full(annotator, train_ids, y_train, heldout_ids, y_heldout, cfg, outp
         if m["roc_auc"] > best["auc"]:
             best.update(auc=m["roc_auc"], epoch=epoch, metrics=m)
             # Save now (atomically) so a long run that dies later still leaves its best annotator.
-            save_annotator(annotator, output_dir, metrics={"heldout": m, "best_epoch": epoch, "partial": True})
+            save_annotator(annotator, output_dir, metrics={"heldout": m, "best_epoch": epoch, "partial": True},
+                           seen_keys=seen_keys)
             best["state"] = {k: v.detach().cpu().clone() for k, v in annotator.state_dict().items()}
             stale = 0
         else:

@@ -87,8 +87,11 @@ def load_positives(sources, skips=None):
     return examples
 
 
-def sample_negatives(inputs, count, seed, text_field="text", skips=None):
-    """`count` documents drawn uniformly at random from the phase-1 shards (reservoir sampling, seeded)."""
+def sample_negatives(inputs, count, seed, text_field="text", skips=None, exclude_keys=None):
+    """`count` documents drawn uniformly at random from the phase-1 shards (reservoir sampling, seeded).
+
+    Documents whose text_key is in `exclude_keys` are skipped (counted as "seen in training").
+    """
     skips = skips if skips is not None else SkipLog()
     rng = random.Random(seed)
     reservoir, seen = [], 0
@@ -97,6 +100,9 @@ def sample_negatives(inputs, count, seed, text_field="text", skips=None):
             text, reason = check_document_text(rec.get(text_field))
             if reason:
                 skips.add(f"negative {reason}", f"{path}:{pos}")
+                continue
+            if exclude_keys is not None and text_key(text) in exclude_keys:
+                skips.add("seen in training", f"{path}:{pos}")
                 continue
             seen += 1
             if len(reservoir) < count:
@@ -108,15 +114,34 @@ def sample_negatives(inputs, count, seed, text_field="text", skips=None):
     return reservoir
 
 
+def text_key(text):
+    """64-bit identity of a text with whitespace runs collapsed: used for dedup and to recognise the
+    texts an annotator was trained on (re-indenting or re-wrapping a text does not make it new)."""
+    return int.from_bytes(hashlib.blake2b(" ".join(text.split()).encode("utf-8"), digest_size=8).digest(), "little")
+
+
 def dedupe(examples):
-    """Drop exact duplicate texts (keeps the first), so no text sits in both train and held-out."""
+    """Drop duplicate texts (same text_key; keeps the first), so no text sits in both train and held-out."""
     seen, out = set(), []
     for ex in examples:
-        h = hashlib.sha1(ex.text.encode("utf-8")).digest()
+        h = text_key(ex.text)
         if h not in seen:
             seen.add(h)
             out.append(ex)
     return out
+
+
+def drop_cross_class(positives, negatives):
+    """(positives, negatives, n): texts that occur in both classes removed from both; n = such texts.
+
+    A random phase-1 file can be one of the positives (good code is on GitHub too). Labelled both ways
+    it teaches nothing, and after the split it could sit in train as one class and in held-out as the other.
+    """
+    both = {text_key(e.text) for e in positives} & {text_key(e.text) for e in negatives}
+    if not both:
+        return positives, negatives, 0
+    keep = lambda examples: [e for e in examples if text_key(e.text) not in both]  # noqa: E731
+    return keep(positives), keep(negatives), len(both)
 
 
 def balanced_split(positives, negatives, heldout_fraction=0.1, seed=0):
@@ -138,14 +163,17 @@ def balanced_split(positives, negatives, heldout_fraction=0.1, seed=0):
 
 
 def build_training_set(sources, negative_inputs, heldout_fraction=0.1, seed=0, negative_text_field="text"):
-    """(train, heldout, stats) from positive sources and phase-1 negatives, balanced and deduplicated."""
+    """(train, heldout, stats) from positive sources and phase-1 negatives, balanced and deduplicated
+    (within each class and across the two: a text found in both is dropped from both)."""
     skips = SkipLog()
     positives = dedupe(load_positives(sources, skips))
     negatives = dedupe(sample_negatives(negative_inputs, len(positives), seed, negative_text_field, skips))
+    positives, negatives, in_both = drop_cross_class(positives, negatives)
     train, heldout = balanced_split(positives, negatives, heldout_fraction, seed)
     stats = {
         "positives_available": len(positives),
         "negatives_sampled": len(negatives),
+        "in_both_classes_dropped": in_both,
         "train": len(train),
         "heldout": len(heldout),
         "skipped": dict(skips.counts),

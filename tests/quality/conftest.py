@@ -12,7 +12,11 @@ TEST_MAX_LENGTH = 64  # the window rule is tested separately; small windows keep
 
 @pytest.fixture(scope="session")
 def training_corpus(tmp_path_factory):
-    """Positives (HumanEval solutions + documented stdlib functions) and phase-1-style negatives as JSONL."""
+    """Positives (HumanEval solutions + documented stdlib functions) and phase-1-style negatives as JSONL.
+
+    Only HumanEval[:50] are training positives: alignment checks must score the other 114 (the annotator
+    folder records what it saw, and `eval` leaves those texts out).
+    """
     root = tmp_path_factory.mktemp("quality_corpus")
     positives = [{"text": t} for t in humaneval_solutions()[:50] + stdlib_functions(50, seed=1)]
     negatives = [{"text": t, "lang": "misc", "id": f"neg{i}", "repo": "machine"} for i, t in
@@ -26,7 +30,7 @@ def training_corpus(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def trained_annotator(training_corpus, tmp_path_factory):
-    """A frozen-encoder annotator trained on the machine corpus: (folder, metrics, heldout examples)."""
+    """A frozen-encoder annotator trained on the machine corpus: (folder, metrics, heldout, train examples)."""
     from megasnow.quality.train import TrainConfig, train_annotator
     from megasnow.quality.training_data import PositiveSource, build_training_set
 
@@ -34,7 +38,7 @@ def trained_annotator(training_corpus, tmp_path_factory):
                                            [training_corpus["documents"]], heldout_fraction=0.3, seed=0)
     folder = str(tmp_path_factory.mktemp("annotators") / "minilm_frozen")
     metrics = train_annotator(train, heldout, folder, TrainConfig(max_length=TEST_MAX_LENGTH, seed=0), progress=False)
-    return folder, metrics, heldout
+    return folder, metrics, heldout, train
 
 
 @pytest.fixture(scope="session")

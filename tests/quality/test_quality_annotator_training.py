@@ -20,7 +20,7 @@ from tests.quality.machine_corpus import write_jsonl
 
 
 def test_frozen_training_separates_quality_code_from_random_files(trained_annotator):
-    folder, metrics, heldout = trained_annotator
+    folder, metrics, heldout, _ = trained_annotator
     assert metrics["heldout"]["roc_auc"] >= 0.8
     assert metrics["heldout"]["accuracy"] >= 0.75
     assert metrics["heldout_examples"] == len(heldout) and metrics["heldout"]["positives"] == len(heldout) // 2
@@ -69,7 +69,7 @@ def test_instruction_data_becomes_a_code_document(tmp_path):
 
 
 def test_mismatched_or_incomplete_annotator_folders_fail_clearly(trained_annotator, tmp_path):
-    folder, _, _ = trained_annotator
+    folder, _, _, _ = trained_annotator
     with pytest.raises(AnnotatorError, match="does not exist"):
         load_annotator(str(tmp_path / "nowhere"))
     empty = tmp_path / "empty"
@@ -128,3 +128,21 @@ def test_cls_pooling_and_mean_pooling_differ_and_mean_ignores_padding():
         annotator.config.pooling = "cls"
         cls = annotator.embed(one, torch.ones_like(one))[0]
     assert not torch.allclose(cls, alone)
+
+
+def test_a_text_in_both_classes_is_dropped_from_both_and_counted(tmp_path):
+    from megasnow.quality.training_data import text_key
+    from tests.quality.machine_corpus import machine_negatives, stdlib_functions
+
+    pos = stdlib_functions(6, seed=3)
+    # Negatives as many as positives (so the reservoir takes them all): two are positives, one reformatted.
+    neg = [pos[0], pos[1].replace("    ", "\t") + "\n"] + machine_negatives(4, seed=4)
+    src = PositiveSource([write_jsonl(str(tmp_path / "pos.jsonl"), [{"text": t} for t in pos])])
+    docs = write_jsonl(str(tmp_path / "docs.jsonl"), [{"text": t} for t in neg])
+    train, heldout, stats = build_training_set([src], [docs], heldout_fraction=0.25, seed=0)
+    assert stats["in_both_classes_dropped"] == 2
+    assert stats["positives_available"] == 4 and stats["negatives_sampled"] == 4
+    keys = {label: {text_key(e.text) for e in train + heldout if e.label == label} for label in (0, 1)}
+    assert not keys[0] & keys[1]
+    assert keys[1] == {text_key(t) for t in pos[2:]} and keys[0] == {text_key(t) for t in neg[2:]}
+    assert len(heldout) == 2 and sum(e.label for e in heldout) == 1
