@@ -49,24 +49,16 @@ def encode_limit(jsonl, model, threads):
 
 
 def build_big_jsonl(path, gb, code_jsonl):
-    """A multi-GB JSONL for the memory check: the real corpus once, then records whose tokenized "text" is one
-    real line of code but which carry ~8 KB of real code in another field the parser must scan and skip."""
+    """A multi-GB JSONL for the memory check: the real code corpus repeated until the size is reached, so every
+    byte is real code that is parsed and tokenized (repeats change nothing for a streaming binarizer's memory)."""
     target = int(gb * 1e9)
     with open(code_jsonl, "rb") as f:
-        lines = f.readlines()
+        corpus = f.read()
     size = 0
     with open(path, "wb") as out:
-        for line in lines:
-            out.write(line)
-            size += len(line)
-        i = 0
         while size < target:
-            rec = json.loads(lines[i % len(lines)])
-            text = rec["text"]
-            row = json.dumps({"text": text[:200], "blob": text[:8000], "n": i}).encode() + b"\n"
-            out.write(row)
-            size += len(row)
-            i += 1
+            out.write(corpus)
+            size += len(corpus)
     return size
 
 
