@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from megasnow.curate.executors import run_tasks
-from megasnow.quality.annotator import AnnotatorError, load_annotator, read_annotator_config
+from megasnow.quality.annotator import AnnotatorError, default_batch_tokens, load_annotator, read_annotator_config
 from megasnow.quality.documents import check_document_text
 from megasnow.quality.windows import score_token_lists
 from megasnow.utils.atomic import atomic_write, atomic_write_text
@@ -51,8 +51,9 @@ def length_sorted_batches(lengths, batch_tokens, max_batch):
 class BatchedScorer:
     """Scores texts with an annotator: all windows of a chunk of files, length-sorted into batches."""
 
-    def __init__(self, annotator, batch_tokens=16384, max_batch=512):
+    def __init__(self, annotator, batch_tokens=None, max_batch=512):
         self.annotator = annotator.eval()
+        batch_tokens = batch_tokens or default_batch_tokens(annotator.device)
         self.batch_tokens = max(batch_tokens, annotator.config.max_length)
         self.max_batch = max_batch
         self.device = annotator.device
@@ -97,7 +98,7 @@ class ScoreTask:
     output_path: str
     annotator_path: str
     device: str = "cpu"
-    batch_tokens: int = 16384
+    batch_tokens: int = 0  # padded tokens per encoder batch; 0 = the device's default (default_batch_tokens)
     chunk_docs: int = 1024  # documents tokenized + length-sorted together
     text_field: str = "text"
     id_field: str = "id"

@@ -107,11 +107,12 @@ def test_killed_scoring_run_resumes_to_identical_scores(tiny_annotator, tmp_path
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     try:
-        while not os.path.exists(os.path.join(killed, "shard0.scores.jsonl")):
-            assert proc.poll() is None, "scoring subprocess exited before finishing its first shard"
+        # Kill mid-run: shard0 finished and the next shard's temporary file open (not merely between shards).
+        while not (_score_files(killed) and glob.glob(os.path.join(killed, ".shard[123].scores.jsonl.*.tmp"))):
+            assert proc.poll() is None, "scoring subprocess exited before the kill point"
             assert time.time() < deadline, "scoring subprocess made no progress"
-            time.sleep(0.01)
-        os.kill(proc.pid, signal.SIGKILL)  # mid-run: shard1 is being written
+            time.sleep(0.005)
+        os.kill(proc.pid, signal.SIGKILL)
     finally:
         proc.wait()
     done_before = _score_files(killed)
