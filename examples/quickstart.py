@@ -1,6 +1,7 @@
 #!/usr/bin/env python
 """The whole SnowCoder recipe in miniature on a CPU: real code on this machine -> curated documents -> tokenizer ->
-indexed datasets -> three training phases -> code samples, an HF export and a loss-curve PNG.
+phase-2 quality annotator (train, score, per-language selection) -> indexed datasets -> three training phases ->
+code samples, an HF export and a loss-curve PNG.
 
   python examples/quickstart.py [--workdir runs/quickstart] [--ci] [--threads N]
 Every stage skips work whose outputs exist, so a rerun resumes (training resumes from its last checkpoint).
@@ -20,10 +21,14 @@ sys.path.insert(0, REPO)
 
 TINY_YAML = os.path.join(REPO, "examples", "snowcoder", "tiny-cpu.yaml")  # the three phases, scaled down
 SETTINGS = {
-    # phase2_tokens: the selected high-quality budget; its 4 passes fix phase 2's length (about 60 steps of 16 x 256)
-    "full": dict(corpus_mb=6.0, vocab=2048, max_new_tokens=96, phase2_tokens=64_000),
-    # --ci shrinks the corpus, model and phase lengths of tiny-cpu.yaml (about 20 s on 2 cores)
-    "ci": dict(corpus_mb=0.8, vocab=512, max_new_tokens=24, phase2_tokens=2_000,
+    # phase2_tokens: the selected high-quality budget; its 4 passes fix phase 2's length (about 65 steps of 16 x 256).
+    # Source files over max_file_kb are skipped and pseudo-repositories hold at most repo_kb, so the phase-1
+    # documents (the units the selection takes or leaves) are small next to that budget.
+    "full": dict(corpus_mb=6.0, max_file_kb=16, repo_kb=8, vocab=2048, max_new_tokens=96, phase2_tokens=64_000,
+                 annotator=dict(max_length=256, humaneval=164, stdlib=200, heldout=0.1), mix_tolerance_pp=5.0),
+    # --ci shrinks the corpus, documents, annotator, model and phase lengths of tiny-cpu.yaml (about 30 s on 2 cores)
+    "ci": dict(corpus_mb=0.8, max_file_kb=4, repo_kb=4, vocab=512, max_new_tokens=24, phase2_tokens=12_000,
+               annotator=dict(max_length=64, humaneval=40, stdlib=40, heldout=0.25), mix_tolerance_pp=15.0,
                model=dict(hidden_size=64, ffn_hidden_size=176, num_layers=2, num_heads=4, num_kv_heads=4,
                           max_seq_len=128),
                seq_len=128, gbs=8, mbs=8, steps=(40, 12, 6), warmup=(4, 3, 1), eval_interval=20),
@@ -32,6 +37,9 @@ PHASE2_REPEATS = 4  # the recipe's "12.5B selected tokens repeated 4x" (the coun
 HELDOUT_FRACTION = 0.1  # documents set aside as the phase-3 stand-in for synthetic data
 VALID_FRACTION = 0.05  # documents set aside for the held-out loss
 SOURCE_EXTS = {".py": "python", ".h": "c", ".c": "c", ".js": "javascript"}
+# Each language's part of the staged bytes: several languages make the per-language selection (which keeps the
+# phase-1 language mix) do real work; Python leads because the sample prompts are Python.
+LANGUAGE_SHARES = {"python": 0.5, "c": 0.35, "javascript": 0.15}
 PROMPTS = ["def fibonacci(n):\n", "import os\n\n\ndef ", "class Stack:\n    def __init__(self):\n"]
 
 
@@ -59,36 +67,42 @@ def source_repositories():
     return repos
 
 
-def stage_repositories(out_dir, budget_bytes, files_per_repo=4):
-    """Copy source files into out_dir/<repo>/ until about budget_bytes (symlinks skipped). Each package is cut
-    into small pseudo-repositories of a few files, so a small corpus still gives enough repository documents
-    to split into phases."""
+def stage_repositories(out_dir, budget_bytes, max_file_bytes, repo_bytes, files_per_repo=4):
+    """Copy source files into out_dir/<repo>/ until each language holds its LANGUAGE_SHARES part of about
+    budget_bytes (symlinks and files over max_file_bytes skipped). Each package is cut into small
+    pseudo-repositories of at most files_per_repo files and repo_bytes bytes (a bigger file gets one to itself), so
+    a small corpus still gives enough repository documents to split into phases, and no document is a large part
+    of the phase-2 token budget: the quality selection takes or leaves whole documents."""
     if os.path.exists(os.path.join(out_dir, ".done")):
         return
     shutil.rmtree(out_dir, ignore_errors=True)
-    total = 0
+    quota = {lang: share * budget_bytes for lang, share in LANGUAGE_SHARES.items()}
+    staged = dict.fromkeys(LANGUAGE_SHARES, 0)
     for repo in source_repositories():
         name = os.path.basename(repo.rstrip("/"))
-        count = 0
+        part, in_part, part_bytes = 0, 0, 0
         for root, dirs, files in os.walk(repo):
             dirs[:] = sorted(d for d in dirs if d not in ("__pycache__", "tests", "test"))
             for f in sorted(files):
                 src = os.path.join(root, f)
-                if os.path.splitext(f)[1] not in SOURCE_EXTS or os.path.islink(src):
+                lang = SOURCE_EXTS.get(os.path.splitext(f)[1])
+                if lang is None or os.path.islink(src):
                     continue
                 size = os.path.getsize(src)
-                if size > 100_000 or total >= budget_bytes:
+                if size > max_file_bytes or staged[lang] >= quota[lang]:
                     continue
-                part = f"local__{name}__{count // files_per_repo:03d}"
-                dst = os.path.join(out_dir, part, os.path.relpath(src, repo))
+                if in_part and (in_part >= files_per_repo or part_bytes + size > repo_bytes):
+                    part, in_part, part_bytes = part + 1, 0, 0
+                dst = os.path.join(out_dir, f"local__{name}__{part:03d}", os.path.relpath(src, repo))
                 os.makedirs(os.path.dirname(dst), exist_ok=True)
                 shutil.copyfile(src, dst)
-                total += size
-                count += 1
-        if total >= budget_bytes:
+                staged[lang] += size
+                in_part, part_bytes = in_part + 1, part_bytes + size
+        if all(staged[lang] >= quota[lang] for lang in quota):
             break
     open(os.path.join(out_dir, ".done"), "w").close()
-    log(f"staged {total / 1e6:.1f} MB of source files from this machine")
+    log(f"staged {sum(staged.values()) / 1e6:.1f} MB of source files from this machine ("
+        + ", ".join(f"{lang} {n / 1e6:.1f} MB" for lang, n in staged.items()) + ")")
 
 
 def curate(repos_dir, out_dir):
@@ -143,22 +157,11 @@ def _write_jsonl(path, records):
 
 
 # --------------------------------------------------------------------------------------------- 2. phase data
-def explanation_density(doc):
-    """Phase-2 stand-in score: docstrings and comments per line (problem-explaining, function-level code)."""
-    lines = doc["text"].splitlines() or [""]
-    if doc.get("lang") == "python":
-        marks = doc["text"].count('"""') + doc["text"].count("'''") + sum(l.lstrip().startswith("#") for l in lines)
-    else:
-        marks = sum(l.lstrip().startswith(("//", "/*", "*")) for l in lines)
-    return marks / len(lines)
-
-
-def split_phases(docs_dir, out_dir, tokenizer, phase2_tokens):
-    """phase1.jsonl (all but two held-out slices), phase2.jsonl (the best-scored phase-1 documents per language up
-    to a token budget, in phase 1's language mix), phase3.jsonl (a held-out slice standing in for synthetic data)
+def split_phases(docs_dir, out_dir):
+    """phase1.jsonl (all but two held-out slices), phase3.jsonl (a held-out slice standing in for synthetic data)
     and valid.jsonl (held-out evaluation documents, the same for every phase so the held-out curve is comparable
-    across phases)."""
-    paths = [os.path.join(out_dir, f"{n}.jsonl") for n in ("phase1", "phase2", "phase3", "valid")]
+    across phases). Phase 2 is selected from phase 1 by the quality annotator (select_phase2)."""
+    paths = [os.path.join(out_dir, f"{n}.jsonl") for n in ("phase1", "phase3", "valid")]
     if all(os.path.exists(p) for p in paths):
         return paths
     docs = list(_read_jsonl(glob.glob(os.path.join(docs_dir, "*.jsonl"))))
@@ -172,30 +175,114 @@ def split_phases(docs_dir, out_dir, tokenizer, phase2_tokens):
     n3 = max(2, round(len(docs) * HELDOUT_FRACTION))
     nv = max(1, round(len(docs) * VALID_FRACTION))
     phase3, valid, phase1 = docs[:n3], docs[n3:n3 + nv], docs[n3 + nv:]
-    from megasnow.data.tokenizer import load_tokenizer
-
-    tok = load_tokenizer(tokenizer)
-    by_lang = {}
-    for d in phase1:
-        by_lang.setdefault(d.get("lang", "?"), []).append((d, len(tok.encode(d["text"]))))
-    total = sum(n for group in by_lang.values() for _, n in group)
-    phase2 = []
-    for lang, group in sorted(by_lang.items()):  # per language, so phase 1's language mix is kept
-        budget = phase2_tokens * sum(n for _, n in group) / total
-        taken = 0
-        for d, n in sorted(group, key=lambda dn: explanation_density(dn[0]), reverse=True):
-            if taken and taken + n > budget:
-                continue  # too big for what is left; a smaller, lower-scored document may still fit
-            phase2.append(d)
-            taken += n
     os.makedirs(out_dir, exist_ok=True)
-    for p, part in zip(paths, (phase1, phase2, phase3, valid)):
+    for p, part in zip(paths, (phase1, phase3, valid)):
         _write_jsonl(p, part)
-    log(f"phase data: {len(phase1)} / {len(phase2)} / {len(phase3)} documents, {len(valid)} held out for "
-        f"evaluation (phase 2 = best documents per language by docstring/comment density up to "
-        f"{phase2_tokens:,} tokens, repeated {PHASE2_REPEATS}x; phase 3 = held-out slice standing in for "
-        f"synthetic data)")
+    log(f"phase data: {len(phase1)} phase-1 documents, {len(phase3)} held out as the phase-3 stand-in for "
+        f"synthetic data, {len(valid)} held out for evaluation")
     return paths
+
+
+def as_document(repo, path, code):
+    """A file written like a curated phase-1 document (tools/curate.py: `<repo_name>repo<file_sep>path\ncode`), so
+    the annotator cannot tell positives from negatives by the document markers alone."""
+    from megasnow.data.special_tokens import FILE_SEP, REPO_NAME
+
+    return f"{REPO_NAME}{repo}{FILE_SEP}{path}\n{code}"
+
+
+def stdlib_functions(limit, seed=0, min_lines=4, max_lines=40):
+    """Documented public top-level functions (4-40 lines) of the standard library's top-level modules, which the
+    corpus never stages (it takes packages only), so no positive is part of a phase-1 document."""
+    import ast
+    import random
+
+    lib = os.path.dirname(os.__file__)
+    found = []
+    for name in sorted(os.listdir(lib)):
+        if not name.endswith(".py"):
+            continue
+        try:
+            with open(os.path.join(lib, name), encoding="utf-8") as f:
+                src = f.read()
+            tree = ast.parse(src)
+        except (SyntaxError, UnicodeDecodeError, ValueError):
+            continue
+        for node in tree.body:
+            if (isinstance(node, ast.FunctionDef) and not node.name.startswith("_") and ast.get_docstring(node)
+                    and min_lines <= node.end_lineno - node.lineno + 1 <= max_lines):
+                found.append(as_document(f"stdlib__{name[:-3]}", name, ast.get_source_segment(src, node) + "\n"))
+    random.Random(seed).shuffle(found)
+    return found[:limit]
+
+
+def annotator_positives(path, n_humaneval, n_stdlib):
+    """The positives as JSONL: HumanEval's canonical solutions (prompt + solution: problem-solving, function-level
+    code) and documented standard-library functions, each formatted as a one-file code document."""
+    from megasnow.quality.evaluate import humaneval_solutions
+
+    texts = [as_document("humaneval", f"HumanEval_{i}.py", t) for i, t in enumerate(humaneval_solutions()[:n_humaneval])]
+    texts += stdlib_functions(n_stdlib, seed=0)
+    _write_jsonl(path, [{"text": t} for t in texts])
+    return path
+
+
+def select_phase2(phase1, out_dir, tokenizer, budget, a, tolerance_pp):
+    """The recipe's phase 2 with megasnow.quality (docs/quality.md): train a frozen-encoder annotator (the bundled
+    all-MiniLM-L6-v2 + a linear head) on positives vs random phase-1 documents, score every phase-1 document with
+    the three-window rule, and take each language's best documents up to the token budget in phase 1's language
+    mix. Returns (phase2.jsonl, held-out metrics, selection report)."""
+    from megasnow.quality.annotator import read_metrics
+    from megasnow.quality.score import score_corpus
+    from megasnow.quality.selection import select_documents
+    from megasnow.quality.train import TrainConfig, train_annotator
+    from megasnow.quality.training_data import PositiveSource, build_training_set
+
+    folder = os.path.join(out_dir, "annotator")
+    phase2 = os.path.join(os.path.dirname(phase1), "phase2.jsonl")
+    if not os.path.exists(os.path.join(folder, "metrics.json")):
+        t = time.time()
+        positives = annotator_positives(os.path.join(out_dir, "positives.jsonl"), a["humaneval"], a["stdlib"])
+        train, heldout, stats = build_training_set([PositiveSource([positives])], [phase1],
+                                                   heldout_fraction=a["heldout"], seed=0)
+        metrics = train_annotator(train, heldout, folder, TrainConfig(max_length=a["max_length"], device="cpu", seed=0),
+                                  progress=False)
+        log(f"annotator: {stats['train']} train / {stats['heldout']} held-out examples ({stats['positives_available']} "
+            f"positives: {a['humaneval']} HumanEval solutions + {a['stdlib']} stdlib functions; negatives: random "
+            f"phase-1 documents); frozen all-MiniLM-L6-v2 + linear head, {a['max_length']}-token window, "
+            f"best epoch {metrics['best_epoch']}/{metrics['epochs_run']}, {time.time() - t:.0f} s")
+    metrics = read_metrics(folder)
+    h = metrics["heldout"]
+    log(f"annotator held-out ROC-AUC {h['roc_auc']:.4f} (accuracy {h['accuracy']:.3f}, n={h['n']}): {folder}")
+
+    scores_dir = os.path.join(out_dir, "scores")
+    t = time.time()
+    summary = score_corpus([phase1], scores_dir, folder, device="cpu", progress=False)
+    log(f"scored {summary['scored']} of {summary['documents']} phase-1 documents (mean of top/middle/bottom "
+        f"windows) in {time.time() - t:.0f} s")
+
+    report_path = os.path.join(out_dir, "selection", "selection_report.json")
+    if os.path.exists(phase2) and os.path.exists(report_path):
+        with open(report_path, encoding="utf-8") as f:
+            report = json.load(f)
+    else:
+        report = select_documents([phase1], scores_dir, os.path.join(out_dir, "selection"), tokenizer, budget,
+                                  mix_tolerance_pp=tolerance_pp)
+        # one phase-1 shard in, one selected shard out: it is phase 2's data, records in phase-1 order
+        (selected,) = report["output_shards"]
+        shutil.copyfile(selected, phase2 + ".tmp")
+        os.replace(phase2 + ".tmp", phase2)
+    log(f"selection: {report['selected_tokens']:,} tokens in {report['selected_documents']} of "
+        f"{report['scored_documents']} phase-1 documents for a {report['budget_tokens']:,}-token budget (top "
+        f"{100 * report['fraction']:.2f}% of each language's tokens, repeated {PHASE2_REPEATS}x in training); "
+        f"language mix off by at most {report['max_share_deviation_pp']:.2f} pp (tolerance {tolerance_pp} pp: "
+        f"{'ok' if report['mix_within_tolerance'] else 'EXCEEDED'})")
+    for lang, v in sorted(report["languages"].items()):
+        log(f"  {lang:<11} {v['selected_documents']:>3} of {v['documents']:>3} documents, {v['selected_tokens']:>7,} of "
+            f"{v['phase1_tokens']:>9,} tokens, share {100 * v['phase1_share']:5.1f}% -> {100 * v['selected_share']:5.1f}%, "
+            f"score threshold {v['threshold']:.4f}")
+    log(f"selection report: {report_path[:-5]}.md")
+    return phase2, h, report
 
 
 def train_tokenizer(docs_dir, prefix, vocab):
@@ -271,7 +358,7 @@ def plot_losses(log_dir, png):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--workdir", default=os.path.join(REPO, "runs", "quickstart"))
-    ap.add_argument("--ci", action="store_true", help="reduced setting (about 20 s) for continuous integration")
+    ap.add_argument("--ci", action="store_true", help="reduced setting (about 30 s) for continuous integration")
     ap.add_argument("--fresh", action="store_true", help="delete the workdir first")
     # One thread by default: this model's matrices are small, and on a machine shared with other jobs 2 threads ran
     # 3x slower than 1 (OpenMP threads spin-wait for a descheduled peer; benchmarks/results/quickstart.md).
@@ -286,19 +373,25 @@ def main(argv=None):
     os.makedirs(work, exist_ok=True)
     t0 = time.time()
 
-    log(f"1/6 corpus: real code from this machine ({mode} mode, ~{s['corpus_mb']} MB)")
+    log(f"1/7 corpus: real code from this machine ({mode} mode, ~{s['corpus_mb']} MB)")
     repos = os.path.join(work, "repos")
-    stage_repositories(repos, int(s["corpus_mb"] * 1e6))
+    stage_repositories(repos, int(s["corpus_mb"] * 1e6), s["max_file_kb"] * 1000, s["repo_kb"] * 1000)
     docs_dir = curate(repos, os.path.join(work, "curated"))
 
-    log("2/6 tokenizer and phase data")
+    log("2/7 tokenizer and phase split")
     tokenizer = train_tokenizer(docs_dir, os.path.join(work, "tokenizer", "code"), s["vocab"])
-    phase_jsonl = split_phases(docs_dir, os.path.join(work, "phases"), tokenizer, s["phase2_tokens"])
+    phase1, phase3, valid = split_phases(docs_dir, os.path.join(work, "phases"))
 
-    log("3/6 binarize (tools/preprocess_data.py)")
+    log(f"3/7 phase 2: quality annotator -> scores -> per-language selection of {s['phase2_tokens']:,} tokens "
+        "(megasnow.quality)")
+    phase2, annotator_metrics, selection = select_phase2(phase1, os.path.join(work, "quality"), tokenizer,
+                                                         s["phase2_tokens"], s["annotator"], s["mix_tolerance_pp"])
+    phase_jsonl = [phase1, phase2, phase3, valid]
+
+    log("4/7 binarize (tools/preprocess_data.py)")
     data = [binarize(j, tokenizer, os.path.join(work, "data", os.path.basename(j)[:-6])) for j in phase_jsonl]
 
-    log("4/6 train the three phases (python -m megasnow.train)")
+    log("5/7 train the three phases (python -m megasnow.train)")
     import yaml
 
     from megasnow.utils.atomic import atomic_write_text
@@ -307,7 +400,7 @@ def main(argv=None):
     atomic_write_text(cfg_path, yaml.safe_dump(run_config(mode, work, tokenizer, data), sort_keys=False))
     run([sys.executable, "-m", "megasnow.train", cfg_path, f"train.threads={args.threads}"])
 
-    log("5/6 loss curve and code samples")
+    log("6/7 loss curve and code samples")
     png = os.path.join(work, "loss_curve.png")
     train, evals = plot_losses(os.path.join(work, "log"), png)
     samples = os.path.join(work, "samples.jsonl")
@@ -317,7 +410,7 @@ def main(argv=None):
          "--max-new-tokens", s["max_new_tokens"], "--temperature", "0.7", "--top-p", "0.95", "--seed", "0",
          "--device", "cpu", "--output", samples])
     if not args.ci:
-        log("6/6 export to a HuggingFace LlamaForCausalLM folder")
+        log("7/7 export to a HuggingFace LlamaForCausalLM folder")
         run([sys.executable, "tools/convert_checkpoint.py", "export", "--checkpoint", os.path.join(work, "ckpt"),
              "--output", os.path.join(work, "hf")], stdout=subprocess.DEVNULL)
 
@@ -328,6 +421,9 @@ def main(argv=None):
         print("-" * 72)
     print(f"loss {first:.3f} -> {last:.3f} over {len(train)} steps in three phases"
           + (f"; held-out {evals[0]['loss']:.3f} -> {evals[-1]['loss']:.3f}" if evals else ""))
+    print(f"phase 2: {selection['selected_documents']} documents, {selection['selected_tokens']:,} tokens selected by "
+          f"the quality annotator (held-out ROC-AUC {annotator_metrics['roc_auc']:.4f}); language mix within "
+          f"{selection['max_share_deviation_pp']:.2f} pp of phase 1's")
     print(f"loss curve: {png}\nsamples:    {samples}\ncheckpoint: {os.path.join(work, 'ckpt')}"
           + ("" if args.ci else f"\nHF export:  {os.path.join(work, 'hf')}"))
     print(f"total time: {time.time() - t0:.0f} s")
