@@ -8,7 +8,7 @@ import numpy as np
 import orjson
 
 from megasnow.curate.dedup import bucket_edges, near_clusters
-from megasnow.curate.minhash import MinHasher, shingle_set, sorted_intersection_size
+from megasnow.curate.minhash import MinHasher, jaccard, shingle_set
 from megasnow.curate.work import config_of, iter_prepared_lines, load_meta
 from megasnow.utils.atomic import atomic_write
 
@@ -145,9 +145,7 @@ def verify_pairs(task):
 
     keep = np.zeros(len(pairs), dtype=bool)
     for i, (x, y) in enumerate(np.asarray(pairs).tolist()):
-        sx, sy = shingles(x), shingles(y)
-        inter = sorted_intersection_size(sx, sy)
-        keep[i] = inter / (len(sx) + len(sy) - inter) >= nd.threshold  # both sets are non-empty
+        keep[i] = jaccard(shingles(x), shingles(y)) >= nd.threshold
     _save(os.path.join(work, "verified", task["key"] + ".npy"), keep)
     return {"pairs": int(len(keep)), "kept": int(keep.sum())}
 
