@@ -88,7 +88,7 @@ def build_parser():
     s.add_argument("--lang-field", default="lang")
     s.add_argument("--keep-fields", nargs="*", default=[], help="extra fields copied into the scores")
     s.add_argument("--retries", type=int, default=2, help="retries of a failing shard")
-    s.add_argument("--threads", type=int, default=0, help="torch threads per worker (0: cores / workers)")
+    s.add_argument("--threads", type=int, default=0, help="torch threads per worker (0: cores / workers with several local workers, else torch's default)")
     add_executor_args(s)
 
     c = sub.add_parser("select", help="per-language top fraction up to a token budget",
@@ -151,13 +151,11 @@ def cmd_train(args):
 
 
 def cmd_score(args):
-    from megasnow.quality.annotator import default_batch_tokens
     from megasnow.quality.score import score_corpus
 
-    device = resolve_device(args.device)
     summary = score_corpus(
         args.input, args.output, args.annotator, executor=args.executor, workers=args.workers,
-        ray_address=args.ray_address, device=device, batch_tokens=args.batch_tokens or default_batch_tokens(device),
+        ray_address=args.ray_address, device=resolve_device(args.device), batch_tokens=args.batch_tokens or 0,
         chunk_docs=args.chunk_docs, text_field=args.text_field, id_field=args.id_field, lang_field=args.lang_field,
         keep_fields=list(args.keep_fields), retries=args.retries, threads=args.threads,
     )

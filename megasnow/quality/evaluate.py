@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 
-from megasnow.quality.annotator import default_batch_tokens, read_metrics, read_seen_keys
+from megasnow.quality.annotator import read_metrics, read_seen_keys
 from megasnow.quality.metrics import classification_metrics, roc_auc
 from megasnow.quality.score import BatchedScorer
 from megasnow.quality.training_data import read_examples, sample_negatives, text_key
@@ -63,7 +63,6 @@ def alignment_report(annotator, benchmarks, corpus_inputs, num_random=1000, seed
     negatives = [e.text for e in sample_negatives(corpus_inputs, num_random, seed, text_field, skips, seen)]
     if not negatives:
         raise ValueError(f"no usable documents in {corpus_inputs}" + (" not seen in training" if seen else ""))
-    batch_tokens = batch_tokens or default_batch_tokens(annotator.device)
     scorer = BatchedScorer(annotator, batch_tokens=batch_tokens)
     neg_scores = np.asarray(scorer.score_texts(negatives)[0], dtype=np.float64)
     report = {

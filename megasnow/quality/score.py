@@ -178,26 +178,30 @@ def _score_shard_once(task: ScoreTask, raise_transient=False):
     unreadable = None
     with atomic_write(task.output_path, "w", encoding="utf-8") as out:
         chunk = []
-        for pos, rec in _records_until_unreadable(task.input_path, skips, raise_transient):
-            if pos is None:  # the shard stopped being readable: keep what came before
-                unreadable = rec
-                break
-            counts["documents"] += 1
-            text, reason = check_document_text(rec.get(task.text_field))
-            if reason:
-                skips.add(reason, f"{task.input_path}:{pos}")
-            doc_id = rec.get(task.id_field)
-            chunk.append({
-                "id": doc_id if doc_id is not None else f"{shard_name}:{pos}",
-                "lang": rec.get(task.lang_field),
-                "pos": pos,
-                "text": text,
-                "reason": reason,
-                "keep": {k: rec.get(k) for k in task.keep_fields},
-            })
-            if len(chunk) >= task.chunk_docs:
-                flush(chunk, out)
-                chunk = []
+        try:
+            for pos, rec in iter_records(task.input_path, skips=skips):
+                counts["documents"] += 1
+                text, reason = check_document_text(rec.get(task.text_field))
+                if reason:
+                    skips.add(reason, f"{task.input_path}:{pos}")
+                doc_id = rec.get(task.id_field)
+                chunk.append({
+                    "id": doc_id if doc_id is not None else f"{shard_name}:{pos}",
+                    "lang": rec.get(task.lang_field),
+                    "pos": pos,
+                    "text": text,
+                    "reason": reason,
+                    "keep": {k: rec.get(k) for k in task.keep_fields},
+                })
+                if len(chunk) >= task.chunk_docs:
+                    flush(chunk, out)
+                    chunk = []
+        except ShardReadError as e:  # the shard stopped being readable: keep the documents before the damage
+            if e.transient and raise_transient:
+                raise  # an I/O error a retry may cure: score_shard reads the shard again
+            log.warning("input shard %s is unreadable after %d records (their scores are kept): %s",
+                        task.input_path, e.records, e.error)
+            unreadable = {"error": e.error, "records_read": e.records}
         if chunk:
             flush(chunk, out)
         bar.close()
@@ -217,21 +221,6 @@ def _score_shard_once(task: ScoreTask, raise_transient=False):
         # Stats first, scores file last: the scores file under its final name marks the shard done.
         atomic_write_text(stats_path_for(task.output_path), json.dumps(stats, indent=2))
     return stats
-
-
-def _records_until_unreadable(path, skips, raise_transient):
-    """iter_records, but a ShardReadError ends the stream with (None, {"error", "records_read"}) instead.
-
-    With `raise_transient`, an I/O error that a retry may cure is raised (score_shard retries the shard).
-    """
-    try:
-        yield from iter_records(path, skips=skips)
-    except ShardReadError as e:
-        if e.transient and raise_transient:
-            raise
-        log.warning("input shard %s is unreadable after %d records (their scores are kept): %s", path, e.records,
-                    e.error)
-        yield None, {"error": e.error, "records_read": e.records}
 
 
 def output_path_for(input_path, common_root, output_dir):
