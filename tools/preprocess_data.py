@@ -94,9 +94,11 @@ def iter_parquet_blocks(path, keys, batch_rows=2048):
         raise RecordError(f"{path}: Parquet file has no column {missing[0]!r} (columns: {pf.schema_arrow.names})")
     size, total_rows, row = os.path.getsize(path), max(pf.metadata.num_rows, 1), 0
     for batch in pf.iter_batches(batch_size=batch_rows, columns=list(keys)):
-        columns = {k: batch.column(k).to_pylist() for k in keys}
-        text_bytes = sum(int(pc.sum(pc.binary_length(batch.column(k))).as_py() or 0) for k in keys
-                         if pa.types.is_string(batch.column(k).type) or pa.types.is_large_string(batch.column(k).type))
+        arrays = [batch.column(k) for k in keys]
+        columns = {k: a.to_pylist() for k, a in zip(keys, arrays)}
+        # UTF-8 bytes of the string columns (a non-string column's records are reported as malformed later)
+        text_bytes = sum(pc.sum(pc.binary_length(a)).as_py() or 0 for a in arrays
+                         if pa.types.is_string(a.type) or pa.types.is_large_string(a.type))
         yield row, columns, int(size * min(1.0, (row + batch.num_rows) / total_rows)), text_bytes
         row += batch.num_rows
 
