@@ -106,39 +106,15 @@ def stage_repositories(out_dir, budget_bytes, max_file_bytes, repo_bytes, files_
 
 
 def curate(repos_dir, out_dir):
-    """Phase-1 curation with tools/curate.py (filters, dedup, decontamination, repo documents) when it exists,
-    else a plain walk that writes one document per repository and language."""
+    """Phase-1 curation with tools/curate.py: filters, dedup, decontamination, repo documents."""
     docs_dir = os.path.join(out_dir, "documents")
     if glob.glob(os.path.join(docs_dir, "*.jsonl")):
         return docs_dir
-    if os.path.exists(os.path.join(REPO, "tools", "curate.py")):
-        os.makedirs(out_dir, exist_ok=True)
-        with open(os.path.join(out_dir, "curate.log"), "w") as report:
-            run([sys.executable, "tools/curate.py", "--input", repos_dir, "--output", out_dir, "--workers", "2"],
-                stdout=report)
-        log(f"curation report: {os.path.join(out_dir, 'stats.json')}")
-        return docs_dir
-    log("tools/curate.py not found: building documents with a plain file walk (no filtering or dedup)")
-    from megasnow.data.special_tokens import FILE_SEP, REPO_NAME
-
-    os.makedirs(docs_dir, exist_ok=True)
-    lines = []
-    for repo in sorted(os.listdir(repos_dir)):
-        by_lang = {}
-        for root, _, files in os.walk(os.path.join(repos_dir, repo)):
-            for f in sorted(files):
-                lang = SOURCE_EXTS.get(os.path.splitext(f)[1])
-                if lang:
-                    by_lang.setdefault(lang, []).append(os.path.join(root, f))
-        for lang, paths in sorted(by_lang.items()):
-            parts, rel = [f"{REPO_NAME}{repo}"], []
-            for p in paths:
-                r = os.path.relpath(p, os.path.join(repos_dir, repo))
-                with open(p, encoding="utf-8", errors="replace") as fh:
-                    parts.append(f"{FILE_SEP}{r}\n{fh.read()}")
-                rel.append(r)
-            lines.append({"text": "".join(parts), "repo": repo, "lang": lang, "paths": rel, "id": f"{repo}/{lang}"})
-    _write_jsonl(os.path.join(docs_dir, "documents.jsonl"), lines)
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "curate.log"), "w") as report:
+        run([sys.executable, "tools/curate.py", "--input", repos_dir, "--output", out_dir, "--workers", "2"],
+            stdout=report)
+    log(f"curation report: {os.path.join(out_dir, 'stats.json')}")
     return docs_dir
 
 
@@ -184,11 +160,13 @@ def split_phases(docs_dir, out_dir):
 
 
 def as_document(repo, path, code):
-    """A file written like a curated phase-1 document (tools/curate.py: `<repo_name>repo<file_sep>path\ncode`), so
-    the annotator cannot tell positives from negatives by the document markers alone."""
-    from megasnow.data.special_tokens import FILE_SEP, REPO_NAME
+    """A file written as a one-file curated phase-1 document (the curation's own repo_documents), so the annotator
+    cannot tell positives from negatives by the document markers alone."""
+    from megasnow.curate.documents import repo_documents
 
-    return f"{REPO_NAME}{repo}{FILE_SEP}{path}\n{code}"
+    (doc,) = repo_documents([{"path": path, "content": code, "id": path}], "python", repo, seed=0,
+                            max_chars=len(code) + len(repo) + len(path) + 64)
+    return doc["text"]
 
 
 def stdlib_functions(limit, seed=0, min_lines=4, max_lines=40):
