@@ -11,8 +11,10 @@ import typing
 
 import yaml
 
+from megasnow.errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     """A config key that does not exist or a value of the wrong type; names the full key."""
 
 

@@ -8,11 +8,12 @@ import shutil
 
 import torch
 
+from megasnow.errors import UserError
 from megasnow.train import checkpoint as ckpt
 from megasnow.utils.atomic import atomic_write_text
 
 
-class ConversionError(RuntimeError):
+class ConversionError(UserError, RuntimeError):
     """A checkpoint or HF folder that cannot be converted; names the file and what is wrong."""
 
 

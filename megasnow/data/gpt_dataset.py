@@ -7,6 +7,7 @@ import os
 
 import numpy as np
 
+from megasnow.errors import UserError
 from megasnow.data.index_cache import IndexCache, dataset_fingerprint, load_array
 from megasnow.data.indexed import IndexedDataset
 
@@ -17,7 +18,7 @@ SPLIT_SEED = 0x5EED_5B17
 INDEX_NAMES = ("document_index", "sample_index", "shuffle_index")
 
 
-class GPTDatasetError(ValueError):
+class GPTDatasetError(UserError, ValueError):
     """Bad parameters or a dataset too small for them; the message names the dataset and the values."""
 
 

@@ -9,6 +9,7 @@ import struct
 
 import numpy as np
 
+from megasnow.errors import UserError
 from megasnow.utils.atomic import temporary_path
 
 MAGIC = b"MMIDIDX\x00\x00"
@@ -29,7 +30,7 @@ DTYPE_CODES = {
 CODE_OF_DTYPE = {np.dtype(t): c for c, t in DTYPE_CODES.items()}
 
 
-class IndexedDatasetError(ValueError):
+class IndexedDatasetError(UserError, ValueError):
     """A missing, truncated, corrupt or mismatched .bin/.idx pair; the message names the file and the problem."""
 
 

@@ -4,10 +4,11 @@
 """
 import os
 
+from megasnow.errors import UserError
 from megasnow.data import special_tokens
 
 
-class TokenizerError(ValueError):
+class TokenizerError(UserError, ValueError):
     """A tokenizer file that cannot be loaded or lacks a required token."""
 
 

@@ -11,8 +11,10 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from megasnow.errors import UserError
 
-class ParallelConfigError(ValueError):
+
+class ParallelConfigError(UserError, ValueError):
     """Sizes that cannot be laid out; the message says what to change."""
 
 

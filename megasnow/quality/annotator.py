@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
+from megasnow.errors import UserError
+
 ANNOTATOR_FORMAT = "megasnow-quality-annotator"
 ANNOTATOR_VERSION = 1
 CONFIG_NAME = "annotator.json"
@@ -21,7 +23,7 @@ METRICS_NAME = "metrics.json"
 SEEN_NAME = "seen_texts.npy"  # uint64 text_keys of every train + held-out text (see training_data.text_key)
 
 
-class AnnotatorError(ValueError):
+class AnnotatorError(UserError, ValueError):
     """An annotator or encoder folder that is missing, incomplete or inconsistent; names the problem."""
 
 

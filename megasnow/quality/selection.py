@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from megasnow.errors import UserError
 from megasnow.curate.executors import run_tasks
 from megasnow.quality.score import plan_score_tasks
 from megasnow.utils.atomic import atomic_write, atomic_write_text
@@ -29,7 +30,7 @@ REPEAT_NOTE = (
 )
 
 
-class SelectionError(ValueError):
+class SelectionError(UserError, ValueError):
     """Scores that do not match their documents, or a budget that cannot be met."""
 
 

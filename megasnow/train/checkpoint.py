@@ -15,13 +15,14 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from megasnow.errors import UserError
 from megasnow.utils.atomic import atomic_write, atomic_write_text
 
 LATEST = "latest"
 META = "meta.json"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint that cannot be used here; the message names the file and tensor."""
 
 

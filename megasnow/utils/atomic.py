@@ -1,6 +1,7 @@
 """Atomic file outputs: write under a temporary name in the same folder, fsync, then rename.
 
-A crash therefore never leaves a half-written file under its final name.
+A crash therefore never leaves a half-written file under its final name. Files get the mode a plain `open()` would
+give them (0666 less the process umask), not mkstemp's private 0600, so data on shared clusters stays readable.
 """
 import contextlib
 import os
@@ -15,6 +16,7 @@ def atomic_write(path, mode="wb", **open_kwargs):
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, mode, **open_kwargs) as f:
             yield f
             f.flush()
@@ -45,5 +47,27 @@ def temporary_path(path):
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-    os.close(fd)
+    try:
+        os.fchmod(fd, 0o666 & ~current_umask())
+    finally:
+        os.close(fd)
     return tmp
+
+
+def make_private_dir_public(path):
+    """Give a folder made by tempfile.mkdtemp (0700) the mode os.makedirs would (0777 less the umask)."""
+    os.chmod(path, 0o777 & ~current_umask())
+
+
+def current_umask():
+    """The process umask, read without changing it where /proc allows (os.umask's set-and-restore is racy)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask

@@ -2,6 +2,8 @@
 
 Malformed records are skipped and counted (or raised with `strict=True`), never silently dropped; a shard that
 cannot be read to its end (truncated, corrupt, I/O error) raises ShardReadError after the records before the damage.
+`read_shards` is the reader every stage uses over many shards: it keeps a damaged shard's readable records and
+reports the shard (path, records reached, error), or stops at it with `strict=True`.
 """
 import glob
 import gzip
@@ -11,11 +13,13 @@ import os
 import zlib
 from dataclasses import dataclass, field
 
+from megasnow.errors import UserError
+
 JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson", ".jsonl.gz", ".json.gz", ".jsonl.zst", ".json.zst")
 PARQUET_SUFFIXES = (".parquet",)
 
 
-class RecordError(ValueError):
+class RecordError(UserError, ValueError):
     """A malformed record; the message names the file and line (or Parquet row)."""
 
 
@@ -75,8 +79,12 @@ class SkipLog:
         self.examples.extend(other.examples[: max(0, self.max_examples - len(self.examples))])
 
 
+class InputNotFoundError(UserError, FileNotFoundError):
+    """An input path, glob or folder that names no record file."""
+
+
 def expand_inputs(inputs):
-    """Expand paths, globs and folders into a sorted list of record files; error on no match."""
+    """Expand paths, globs and folders into a sorted list of record files; InputNotFoundError on no match."""
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
     files = []
@@ -88,10 +96,11 @@ def expand_inputs(inputs):
         else:
             matches = glob.glob(item, recursive=True) if glob.has_magic(item) else [item]
             if not matches or not all(os.path.exists(m) for m in matches):
-                raise FileNotFoundError(f"input {item!r} matches no file")
+                raise InputNotFoundError(f"input {item!r} matches no file; check the path")
             files += matches
     if not files:
-        raise FileNotFoundError(f"no JSONL or Parquet files found in {list(inputs)}")
+        raise InputNotFoundError(f"no JSONL or Parquet files found in {list(inputs)} (looked for "
+                                 f"{', '.join(JSONL_SUFFIXES + PARQUET_SUFFIXES)})")
     return sorted(set(files))
 
 
@@ -207,3 +216,56 @@ def _skip(skips, strict, reason, where):
         raise RecordError(f"{where}: {reason}")
     if skips is not None:
         skips.add(reason, where)
+
+
+@dataclass
+class DamagedShard:
+    """A shard that stopped being readable: how many records came before the damage, and the error."""
+
+    path: str
+    records: int
+    error: str
+
+    def describe(self):
+        return f"{self.path}: unreadable after {self.records} records ({self.error}); kept the records before it"
+
+
+@dataclass
+class ReadReport:
+    """What `read_shards` saw: files and records read, malformed records skipped, damaged shards."""
+
+    files: int = 0
+    records: int = 0
+    skips: SkipLog = field(default_factory=SkipLog)
+    damaged: list = field(default_factory=list)
+
+    def summary(self):
+        """A JSON-ready summary for a tool's report."""
+        return {"files": self.files, "records": self.records, "skipped_records": self.skips.total,
+                "skipped_by_reason": dict(self.skips.counts), "skipped_examples": list(self.skips.examples),
+                "damaged_shards": [vars(d) for d in self.damaged]}
+
+
+def read_shards(files, report=None, strict=False, columns=None, on_damaged=None):
+    """Yield (path, position, record) over many JSONL/Parquet shards (paths, globs or folders).
+
+    Malformed records are skipped and counted in `report.skips`. A damaged shard (truncated gzip/zstd, corrupt
+    Parquet, a zero-byte Parquet file, an I/O error) keeps the records read before the damage, is appended to
+    `report.damaged` and passed to `on_damaged(DamagedShard)` (tools print it as a warning), and reading goes on
+    with the next shard. With `strict=True` the first malformed record raises RecordError and the first damaged
+    shard raises ShardReadError (both UserErrors naming the file).
+    """
+    report = ReadReport() if report is None else report
+    for path in expand_inputs(files):
+        report.files += 1
+        try:
+            for pos, rec in iter_records(path, skips=report.skips, strict=strict, columns=columns):
+                report.records += 1
+                yield path, pos, rec
+        except ShardReadError as e:
+            if strict:
+                raise
+            damaged = DamagedShard(path, e.records, e.error)
+            report.damaged.append(damaged)
+            if on_damaged is not None:
+                on_damaged(damaged)

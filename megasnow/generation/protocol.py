@@ -1,0 +1,85 @@
+"""Requests and results that every generation backend speaks (field names follow the OpenAI API).
+
+Plain dataclasses with no torch import, so drivers (synthesis, evaluation) stay light.
+"""
+from dataclasses import dataclass, field
+from typing import Optional
+
+FINISH_STOP, FINISH_LENGTH = "stop", "length"
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to sample, as in the OpenAI completions API.
+
+    max_tokens: new tokens per choice; temperature 0 is greedy; top_p in (0, 1]; stop: strings that end a choice
+    (cut from its text); seed: makes sampling reproducible per request (whatever else shares the batch);
+    n: choices per request.
+    """
+
+    max_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    stop: tuple = ()
+    seed: Optional[int] = None
+    n: int = 1
+
+    def __post_init__(self):
+        if self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.n < 1:
+            raise ValueError(f"n must be >= 1, got {self.n}")
+        object.__setattr__(self, "stop", tuple(self.stop or ()))
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One prompt: either `prompt` (completion: the text is continued verbatim) or `messages` (chat: a list of
+    {"role", "content"} dicts rendered with the model's chat template). `suffix` asks for fill-in-the-middle
+    (completion only). `id` is the caller's key and comes back on the result."""
+
+    id: str
+    prompt: Optional[str] = None
+    messages: Optional[tuple] = None
+    params: SamplingParams = field(default_factory=SamplingParams)
+    suffix: Optional[str] = None
+
+    def __post_init__(self):
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError(f"request {self.id}: give exactly one of prompt or messages")
+        if self.messages is not None:
+            object.__setattr__(self, "messages", tuple(dict(m) for m in self.messages))
+
+
+@dataclass
+class Choice:
+    """One generated continuation: its text (stop string cut), why it ended ('stop' or 'length'), its tokens."""
+
+    text: str
+    finish_reason: str
+    completion_tokens: int = 0
+
+
+@dataclass
+class GenerationResult:
+    """The answer to one request: `choices` (n of them) or `error` (a one-line reason) with `error_kind`:
+    'bad_request' (4xx other than 429; never retried), 'auth' (401/403), 'unavailable' (429/5xx/connection,
+    after the retries), 'timeout' (past the deadline, after the retries)."""
+
+    request_id: str
+    choices: list = field(default_factory=list)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    model: str = ""
+    error: Optional[str] = None
+    error_kind: Optional[str] = None
+    attempts: int = 1
+    system_fingerprint: Optional[str] = None
+
+    @property
+    def ok(self):
+        return self.error is None
