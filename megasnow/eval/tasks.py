@@ -217,8 +217,9 @@ def parse_mbpp(rec, where):
     if rec.get("prompt") is None and rec.get("text") is None:
         raise BenchmarkError(f"{where}: field 'prompt' (or 'text') is missing ({SCHEMA_FIELDS['mbpp']})")
     description = _field(rec, "prompt" if rec.get("prompt") is not None else "text", where, "mbpp")
-    key = "code" if rec.get("code") is not None else "canonical_solution"
-    code = _field(rec, key, where, "mbpp")
+    if rec.get("code") is None and rec.get("canonical_solution") is None:
+        raise BenchmarkError(f"{where}: field 'code' (or 'canonical_solution') is missing ({SCHEMA_FIELDS['mbpp']})")
+    code = _field(rec, "code" if rec.get("code") is not None else "canonical_solution", where, "mbpp")
     tests = _field(rec, "test_list", where, "mbpp", (list,))
     if not tests or not all(isinstance(t, str) for t in tests):
         raise BenchmarkError(f"{where}: field 'test_list' must be a non-empty list of assert strings")
