@@ -45,16 +45,20 @@ def prompt_token_count(tokenizer, ids, prompt):
     return lo
 
 
-def tokenize_solutions(tasks, tokenizer, max_tokens):
+def tokenize_solutions(tasks, tokenizer, max_tokens, bos_id=None):
     """SolutionTokens for `tasks` (megasnow.eval.tasks.Task) with sequences of at most `max_tokens` tokens.
 
-    `tokenizer` has encode(text) -> list[int] and decode(ids) -> str (megasnow.data.tokenizer.Tokenizer)."""
+    `tokenizer` has encode(text) -> list[int] (no special tokens) and decode(ids) -> str
+    (megasnow.data.tokenizer.Tokenizer); `bos_id`, when given, starts every sequence (models trained with one)."""
     if max_tokens < 2:
         raise ValueError(f"max_tokens must be >= 2, got {max_tokens}")
     out = SolutionTokens()
     for task in tasks:
         ids = list(tokenizer.encode(task.prompt + task.canonical_solution))
-        start = max(1, prompt_token_count(tokenizer, ids, task.prompt))
+        start = prompt_token_count(tokenizer, ids, task.prompt)
+        if bos_id is not None:
+            ids, start = [bos_id] + ids, start + 1
+        start = max(1, start)
         if start >= len(ids):  # the solution adds no token of its own (empty canonical solution)
             continue
         if len(ids) > max_tokens:
