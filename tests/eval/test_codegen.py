@@ -16,18 +16,6 @@ NEW_TOKENS = 24
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """A tiny random megasnow checkpoint with a real BPE tokenizer and ChatML template, and its HF export."""
-    from megasnow.convert.hf_llama import export_to_hf
-    from megasnow.generation.tiny_model import write_tiny_checkpoint
-
-    root = tmp_path_factory.mktemp("tiny")
-    step_dir = write_tiny_checkpoint(str(root / "ckpt"), seed=3)
-    export_to_hf(step_dir, str(root / "hf"))
-    return str(root / "ckpt"), str(root / "hf")
-
-
-@pytest.fixture(scope="module")
 def bench():
     return load_benchmark("humaneval").subset(TASKS)
 
