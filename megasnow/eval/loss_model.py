@@ -27,13 +27,13 @@ def load_loss_model(path, tokenizer=None, device="cpu"):
 
     A megasnow checkpoint uses its own tokenizer file (or `tokenizer`) and no BOS (megasnow documents have none);
     a HF folder uses AutoTokenizer and the BOS its tokenizer adds by default."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise LossModelError(f"{path}: no such model (give a megasnow checkpoint or a HuggingFace model folder)")
     import torch
 
     from megasnow.eval.solution_loss import hf_logits_fn, megasnow_logits_fn
 
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise LossModelError(f"--loss-model {path}: does not exist")
     if os.path.exists(os.path.join(path, "config.json")):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 

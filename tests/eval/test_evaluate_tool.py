@@ -57,3 +57,21 @@ def test_refusals_are_one_line_and_leave_nothing(tmp_path):
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], proc.stderr
         assert not out.exists()
+
+
+def test_loss_of_a_checkpoint(tiny, tmp_path):
+    from megasnow.eval.loss_model import benchmark_solution_loss
+    from megasnow.eval.tasks import load_benchmark
+
+    ckpt, _ = tiny
+    bench = os.path.join(FIXTURES, "mbpp_mini.jsonl")
+    out = tmp_path / "loss.json"
+    proc = evaluate("loss", "--benchmark", bench, "--model", ckpt, "--output", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "mbpp_mini: solution loss" in proc.stdout and "over" in proc.stdout
+    got = json.load(open(out))
+    ref = benchmark_solution_loss(load_benchmark(bench), ckpt)
+    assert got["tasks"] == 3 and got["tokens"] == ref["tokens"] > 0 and set(got["per_task"]) == {"1", "2", "3"}
+    assert abs(got["loss"] - ref["loss"]) < 1e-6
+    proc = evaluate("loss", "--benchmark", bench, "--model", str(tmp_path / "absent"))
+    assert proc.returncode == 2 and proc.stderr.startswith("error: ") and "absent" in proc.stderr
