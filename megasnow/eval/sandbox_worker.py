@@ -473,40 +473,32 @@ def run_job(job, data, landlock, drop_to, tmp_root):
         finally:
             os._exit(70)
     os.close(write_fd)
-    chunks, size, cap, timed_out = [], 0, int(job["max_result_bytes"]), False
+    chunks, size, cap = [], 0, int(job["max_result_bytes"])
+    timed_out = False
+    # A pidfd turns readable when the child exits (Linux >= 5.3); elsewhere poll every 50 ms.
     pidfd = os.pidfd_open(pid) if hasattr(os, "pidfd_open") else None
     try:
-        watch = [read_fd] + ([pidfd] if pidfd is not None else [])
         eof = exited = False
-        while not (eof or exited):
+        while not exited and size < cap:
             left = deadline - time.monotonic()
             if left <= 0:
                 timed_out = True
                 break
-            ready, _, _ = select.select(watch, [], [], min(left, 0.05 if pidfd is None else left))
-            if pidfd is None and os.waitpid(pid, os.WNOHANG)[0] == pid:  # no pidfd: poll (and reap) instead
-                exited, pid_reaped = True, True
+            watch = ([] if eof else [read_fd]) + ([pidfd] if pidfd is not None else [])
+            ready = select.select(watch, [], [], left if pidfd is not None else min(left, 0.05))[0]
             if read_fd in ready:
                 chunk = os.read(read_fd, 1 << 16)
-                if not chunk:
-                    eof = True
-                elif size < cap:
-                    chunks.append(chunk)
-                    size += len(chunk)
-            if pidfd is not None and pidfd in ready:
-                exited = True
-        if eof and not exited and not timed_out:  # closed its result pipe but lingers: wait until the deadline
-            left = deadline - time.monotonic()
-            if pidfd is not None:
-                timed_out = not select.select([pidfd], [], [], max(left, 0))[0]
+                eof = not chunk
+                chunks.append(chunk)
+                size += len(chunk)
+            exited = pidfd in ready if pidfd is not None else _has_exited(pid)
         os.set_blocking(read_fd, False)
-        while size < cap:  # the rest of what a finished child wrote
+        while exited and not eof and size < cap:  # what the child wrote just before it exited
             try:
                 chunk = os.read(read_fd, 1 << 16)
             except BlockingIOError:
                 break
-            if not chunk:
-                break
+            eof = not chunk
             chunks.append(chunk)
             size += len(chunk)
     finally:
@@ -522,6 +514,14 @@ def run_job(job, data, landlock, drop_to, tmp_root):
     wall = time.monotonic() - start
     cpu = (usage.ru_utime + usage.ru_stime) if usage is not None else 0.0
     return interpret(b"".join(chunks), timed_out, status, size >= cap, wall, cpu, job)
+
+
+def _has_exited(pid):
+    """Whether the child has exited, without reaping it (so wait4 still gets its status and usage)."""
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:
+        return True
 
 
 def _kill_group(pid):
