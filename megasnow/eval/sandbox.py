@@ -148,7 +148,9 @@ class ExecutionPool:
         self.limits = limits or default_limits()
         self.tmp_root = tempfile.mkdtemp(prefix="megasnow-eval-")
         os.chmod(self.tmp_root, 0o711)  # children drop to `nobody` and must reach their own folder inside
-        self._started = []
+        self._started, self._idle = [], []
+        self._lock = threading.Lock()
+        self._closed = False
         self.isolation = None
 
     def _start_worker(self):
@@ -157,6 +159,13 @@ class ExecutionPool:
         if self.isolation is None:
             self.isolation = describe_isolation(w.hello)
         return w
+
+    def _take_worker(self):
+        """An idle worker from an earlier run_chains call, else a new one."""
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+        return self._start_worker()
 
     def _job_dict(self, job):
         d = asdict(job)
@@ -173,7 +182,7 @@ class ExecutionPool:
         n_threads = min(self.workers, len(chains))
         if n_threads == 0:
             return
-        first = self._start_worker()  # fail fast, in this thread, if the worker cannot start
+        first = self._take_worker()  # fail fast, in this thread, if the worker cannot start
         threads = [threading.Thread(target=self._serve, args=(todo, done, first if t == 0 else None), daemon=True)
                    for t in range(n_threads)]
         for t in threads:
@@ -194,10 +203,12 @@ class ExecutionPool:
 
     def _serve(self, todo, done, worker):
         try:
-            worker = worker or self._start_worker()
+            worker = worker or self._take_worker()
             while True:
                 item = todo.get()
                 if item is None:
+                    with self._lock:
+                        self._idle.append(worker)
                     return
                 index, chain = item
                 results = []
@@ -211,31 +222,41 @@ class ExecutionPool:
             done.put(e)
 
     def _run_one(self, worker, job):
-        worker.send(self._job_dict(job))
-        # The worker answers at the job's wall deadline at the latest; allow it generous slack for a loaded machine.
-        result = worker.read_line(time.monotonic() + job.wall_seconds + 30)
-        if result is None:
-            worker.kill()
-            self._started.remove(worker)
-            return ({"status": "error", "exception": "SandboxWorkerLost",
-                     "message": "the sandbox worker stopped answering; restarted it", "wall": 0.0, "cpu": 0.0},
-                    self._start_worker())
-        return result, worker
+        """(result, the worker to use next). A worker that died or stopped answering is killed and replaced (the job
+        is reported as an error); after close() it is not replaced."""
+        try:
+            worker.send(self._job_dict(job))
+            # The worker answers by the job's wall deadline; allow generous slack for a loaded machine.
+            result = worker.read_line(time.monotonic() + job.wall_seconds + 30)
+        except OSError:
+            result = None
+        if result is not None:
+            return result, worker
+        worker.kill()
+        with self._lock:
+            if worker in self._started:
+                self._started.remove(worker)
+        lost = {"status": "error", "exception": "SandboxWorkerLost", "wall": 0.0, "cpu": 0.0,
+                "message": "the sandbox worker died or stopped answering; it was replaced"}
+        if self._closed:
+            raise SandboxError("the execution pool was closed while jobs were running")
+        return lost, self._start_worker()
 
     def close(self):
-        for w in self._started:
+        self._closed = True
+        for w in list(self._started):
             try:
                 w.proc.stdin.close()
             except OSError:
                 pass
         deadline = time.monotonic() + 2
-        for w in self._started:
+        for w in list(self._started):
             try:
                 w.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 pass
             w.kill()
-        self._started = []
+        self._started, self._idle = [], []
         shutil.rmtree(self.tmp_root, ignore_errors=True)
 
     def __enter__(self):

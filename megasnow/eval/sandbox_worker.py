@@ -35,6 +35,7 @@ CAP_DAC_READ_SEARCH = 2
 SYS_LANDLOCK_CREATE_RULESET, SYS_LANDLOCK_ADD_RULE, SYS_LANDLOCK_RESTRICT_SELF = 444, 445, 446
 
 _libc = None
+HARNESS_PID = None  # the worker's parent; when it changes, the harness died and the worker ends
 
 
 def libc():
@@ -485,7 +486,11 @@ def run_job(job, data, landlock, drop_to, tmp_root):
                 timed_out = True
                 break
             watch = ([] if eof else [read_fd]) + ([pidfd] if pidfd is not None else [])
-            ready = select.select(watch, [], [], left if pidfd is not None else min(left, 0.05))[0]
+            ready = select.select(watch, [], [], min(left, 1.0) if pidfd is not None else min(left, 0.05))[0]
+            if HARNESS_PID is not None and os.getppid() != HARNESS_PID:
+                _kill_group(pid)  # the harness died: stop the child and end this worker
+                shutil.rmtree(tmp, ignore_errors=True)
+                os._exit(1)
             if read_fd in ready:
                 chunk = os.read(read_fd, 1 << 16)
                 eof = not chunk
@@ -564,7 +569,10 @@ def interpret(raw, timed_out, status, truncated, wall, cpu, job):
 
 
 def main():
-    die_with_parent()
+    # Not PR_SET_PDEATHSIG here: it fires when the harness *thread* that started this worker ends, not the harness.
+    # The worker notices the harness's death instead by EOF on stdin, or by a new parent while a job runs.
+    global HARNESS_PID
+    HARNESS_PID = os.getppid()
     isolated, note = isolate_network()
     abi = landlock_abi()
     drop_to = None

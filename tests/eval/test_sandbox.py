@@ -122,3 +122,57 @@ def test_isolation_is_reported(pool):
     assert set(iso) >= {"network", "network_namespace", "landlock_abi", "filesystem_writes", "user"}
     if os.geteuid() == 0:
         assert iso["user"].startswith("nobody")
+
+
+def test_a_dead_worker_is_replaced_and_workers_are_reused():
+    import signal
+    import threading
+
+    with ExecutionPool(workers=1) as pool:
+        run(pool, {"warm": "pass\n"})
+        run(pool, {"again": "pass\n"})
+        assert len(pool._started) == 1  # the second run reused the idle worker
+        victim = pool._started[0].proc.pid
+        timer = threading.Timer(1.0, os.kill, (victim, signal.SIGKILL))
+        timer.start()
+        results = run(pool, {"sleeper": "import time\ntime.sleep(30)\n", "after": "assert True\n"}, limit=20.0)
+        timer.join()
+        assert results["sleeper"]["exception"] == "SandboxWorkerLost"
+        assert results["after"]["status"] == "passed" and pool._started[0].proc.pid != victim
+        assert _processes_in(pool.tmp_root) == []  # the dead worker's child went with it (PR_SET_PDEATHSIG)
+
+
+HARNESS = """
+import threading, time
+from megasnow.eval.sandbox import ExecutionPool, Job
+with ExecutionPool(workers=1) as pool:
+    jobs = [[Job(id="s", kind="program", code="import time\\ntime.sleep(120)\\n", time_limits=[100.0],
+                 wall_seconds=110.0)]]
+    t = threading.Thread(target=lambda: list(pool.run_chains(jobs)), daemon=True)
+    t.start()
+    while not pool._started:
+        time.sleep(0.01)
+    print(pool.tmp_root, pool._started[0].proc.pid, flush=True)
+    t.join()
+"""
+
+
+def test_nothing_outlives_a_killed_harness():
+    import signal
+    import subprocess
+
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    proc = subprocess.Popen([sys.executable, "-c", HARNESS], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        tmp_root, worker = proc.stdout.readline().split()
+        deadline = time.monotonic() + 30
+        while not _processes_in(tmp_root) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _processes_in(tmp_root), "the sleeping child never started"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    deadline = time.monotonic() + 10
+    while (_processes_in(tmp_root) or os.path.exists(f"/proc/{worker}")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _processes_in(tmp_root) == [] and not os.path.exists(f"/proc/{worker}")
