@@ -214,7 +214,7 @@ def reliability_guard():
     `posix` module, exec/spawn, sessions and ctypes). Defence in depth only: the limits above are what bound harm."""
     faulthandler.disable()
     os.environ.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    names = ["kill", "killpg", "system", "putenv", "remove", "removedirs", "rmdir", "fchdir", "setuid", "setgid",
+    names = ["kill", "killpg", "system", "remove", "removedirs", "rmdir", "fchdir", "setuid", "setgid",
              "setreuid", "setresuid", "fork", "forkpty", "vfork", "rename", "renames", "truncate", "ftruncate",
              "replace", "unlink", "fchmod", "fchown", "chmod", "chown", "chroot", "lchflags", "lchmod", "lchown",
              "chdir", "setsid", "setpgid", "setpgrp", "posix_spawn", "posix_spawnp", "execv", "execve", "execl",
@@ -421,11 +421,12 @@ def child_main(job, data, tmp, result_fd, landlock, drop_to):
     write, exit_ = os.write, os._exit
     try:
         os.setsid()
+        if result_fd != 3:
+            os.dup2(result_fd, 3)  # first: /dev/null must not land on (and then overwrite) fd 3
         null = os.open(os.devnull, os.O_RDWR)
-        os.dup2(result_fd, 3)
         for fd in (0, 1, 2):
             os.dup2(null, fd)
-        os.closerange(4, 65536)
+        os.closerange(4, max(65536, resource.getrlimit(resource.RLIMIT_NOFILE)[0]))
         notes = {}
         if drop_to:
             become_nobody(tmp, keep_read_search=drop_to == "nobody+read")

@@ -105,9 +105,13 @@ def test_hostile_programs_are_contained(pool, tmp_path):
 def test_results_by_status(pool):
     results = run(pool, {"ok": "assert 1 + 1 == 2\n", "wrong": "assert 1 + 1 == 3, 'math'\n",
                          "raises": "raise KeyError('k')\n", "syntax": "def f(:\n",
+                         "prints": "import sys\nprint('x' * 100000)\nprint('y' * 100000, file=sys.stderr)\n",
+                         "reads_stdin": "input()\n",
                          "exits": "import os\nos._exit(3)\n", "segfault": "import sys\nsys.setrecursionlimit(10**8)\n"
                          "def f(n):\n    return f(n + 1)\nf(0)\n"})
     assert results["ok"]["status"] == "passed"
+    assert results["prints"]["status"] == "passed"  # output goes to /dev/null, never into the result pipe
+    assert (results["reads_stdin"]["status"], results["reads_stdin"]["exception"]) == ("error", "EOFError")
     assert (results["wrong"]["status"], results["wrong"]["exception"], results["wrong"]["message"]) == \
         ("failed", "AssertionError", "math")
     assert (results["raises"]["status"], results["raises"]["exception"]) == ("error", "KeyError")
