@@ -1,8 +1,10 @@
-"""tools/evaluate.py score: outputs, summary numbers, and one-line refusals (exit 2, nothing written)."""
+"""tools/evaluate.py: score (outputs, summary numbers), loss, run, and one-line refusals (exit 2, nothing written)."""
 import json
 import os
 import subprocess
 import sys
+
+import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TOOL = os.path.join(REPO, "tools", "evaluate.py")
@@ -75,3 +77,22 @@ def test_loss_of_a_checkpoint(tiny, tmp_path):
     assert abs(got["loss"] - ref["loss"]) < 1e-6
     proc = evaluate("loss", "--benchmark", bench, "--model", str(tmp_path / "absent"))
     assert proc.returncode == 2 and proc.stderr.startswith("error: ") and "absent" in proc.stderr
+
+
+def test_run_generates_scores_and_measures_the_loss(tiny, tmp_path):
+    pytest.importorskip("megasnow.generation.factory")
+    ckpt, _ = tiny
+    out = tmp_path / "run"
+    args = ["run", "--benchmark", os.path.join(FIXTURES, "mbpp_mini.jsonl"), "--backend", "local", "--model", ckpt,
+            "--max-tokens", "8", "--output", str(out), "--k", "1", "--workers", "2", "--min-time-limit", "1",
+            "--cache-dir", str(tmp_path / "cache")]
+    proc = evaluate(*args)
+    assert proc.returncode == 0, proc.stderr
+    assert "generated 3 samples for 3 tasks" in proc.stdout and "mbpp_mini: 3 samples of 3 tasks" in proc.stdout
+    samples = [json.loads(x) for x in open(out / "samples.jsonl")]
+    assert [s["task_id"] for s in samples] == ["1", "2", "3"] and all("completion" in s for s in samples)
+    summary = json.load(open(out / "summary.json"))
+    assert set(summary["pass_at_k"]["base"]) == {"pass@1"} and summary["model"] == ckpt
+    assert summary["solution_loss"]["tokens"] > 0 and summary["generation"]["samples_written"] == 3
+    proc = evaluate(*args)  # the samples exist: scored again, not regenerated
+    assert proc.returncode == 0 and "exists: scoring it" in proc.stdout
