@@ -140,7 +140,8 @@ def generate_samples(backend, benchmark, settings, out_path, progress=True, log=
     total = write_samples(out_path, (rec for t in benchmark.tasks for rec in done[t.task_id]))
     os.remove(partial)
     os.remove(meta_path)
-    stats.update(seconds=time.monotonic() - start, samples_written=total, resumed_tasks=len(benchmark.tasks) - len(todo))
+    stats.update(seconds=time.monotonic() - start, samples_written=total,
+                 resumed_tasks=len(benchmark.tasks) - len(todo))
     if stats["errors"]:
         log(f"warning: {stats['errors']} requests failed; their samples are empty programs (scored as failures); "
             f"see the 'error' field in {out_path}")

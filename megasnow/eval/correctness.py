@@ -20,7 +20,7 @@ TRUTH_FORMAT = 1
 
 
 class GroundTruthError(UserError, RuntimeError):
-    """A canonical solution that fails its own tests: the benchmark file is wrong (or needs what the sandbox forbids)."""
+    """A canonical solution failing its own tests: a wrong benchmark file, or one needing what the sandbox forbids."""
 
 
 @dataclass
@@ -118,7 +118,9 @@ def ground_truth(benchmark, pool, cfg, progress=None):
 
 
 def _truth_code(task):
-    return task.reference_program() if task.kind == "inputs" else task.program_for({"completion": task.canonical_solution})
+    if task.kind == "inputs":
+        return task.reference_program()
+    return task.program_for({"completion": task.canonical_solution})
 
 
 def _output_not_none(task):

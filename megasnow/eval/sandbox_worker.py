@@ -291,7 +291,8 @@ def run_inputs(job, data):
         fn = _load_entry_point(job)
     except BaseException as e:  # noqa: BLE001 - includes SyntaxError and module-level failures
         kind, msg = _describe(e)
-        return {"status": "error", "exception": kind, "message": msg, "tests": 0, "elapsed": time.perf_counter() - start}
+        return {"status": "error", "exception": kind, "message": msg, "tests": 0,
+                "elapsed": time.perf_counter() - start}
     atol = data["atol"]
     passed, first_bad = 0, None
     for i, inp in enumerate(inputs):
@@ -563,7 +564,8 @@ def interpret(raw, timed_out, status, truncated, wall, cpu, job):
                 result = {"status": "error", "exception": name, "message": f"killed by {name}"}
         else:
             code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else status
-            result = {"status": "error", "exception": "NoResult", "message": f"exited with code {code} without a result"}
+            result = {"status": "error", "exception": "NoResult",
+                      "message": f"exited with code {code} without a result"}
     result["wall"] = wall
     result["cpu"] = cpu
     return result

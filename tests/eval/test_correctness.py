@@ -77,7 +77,8 @@ def test_evalplus_base_and_plus(tmp_path):
     assert bench.schema == "evalplus" and bench.has_plus
     p = {t.task_id: t.prompt for t in bench.tasks}
     sols = [
-        ("HumanEval/0", "    return any(abs(a - b) < threshold for i, a in enumerate(numbers) for b in numbers[i+1:])\n"),
+        ("HumanEval/0", "    return any(abs(a - b) < threshold\n"
+                        "               for i, a in enumerate(numbers) for b in numbers[i + 1:])\n"),
         # right on the base inputs, wrong on the plus ones (an empty list, equal elements)
         ("HumanEval/0", "    s = sorted(numbers)\n    return min(b - a for a, b in zip(s, s[1:])) < threshold\n"),
         ("HumanEval/2", "    return number - int(number)\n"),  # floats: equal within atol

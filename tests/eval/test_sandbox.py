@@ -63,7 +63,8 @@ def test_hostile_programs_are_contained(pool, tmp_path):
         "fork_bomb_bypass": BYPASS + "while True:\n    posix.fork()\n",
         "threads": "import threading\nfor _ in range(100000):\n    threading.Thread(target=lambda: None).start()\n",
         "allocate_10gb": "x = bytearray(10 * 2**30)\n",
-        "huge_file": "with open('big.bin', 'wb') as f:\n    for _ in range(10_000):\n        f.write(b'x' * (1 << 20))\n",
+        "huge_file": "with open('big.bin', 'wb') as f:\n    for _ in range(10_000):\n"
+                     "        f.write(b'x' * (1 << 20))\n",
         "os_system": f"import os\nos.system('touch {marker}')\n",
         "subprocess": f"import subprocess\nsubprocess.run(['touch', '{marker}'])\n",
         "delete_outside": f"import os, shutil\nos.remove('{a}')\n",
