@@ -183,3 +183,6 @@ def test_nothing_outlives_a_killed_harness():
     while (_processes_in(tmp_root) or os.path.exists(f"/proc/{worker}")) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert _processes_in(tmp_root) == [] and not os.path.exists(f"/proc/{worker}")
+    import shutil
+
+    shutil.rmtree(tmp_root, ignore_errors=True)  # a killed harness cannot remove its own folder
