@@ -23,17 +23,14 @@ def test_openai_endpoint_samples_equal_local_samples(tiny, tmp_path):
     ckpt, _ = tiny
     bench = os.path.join(FIXTURES, "humaneval_plus_mini.jsonl")
     common = ["--benchmark", bench, "--max-tokens", "12"]
-    for style in ("completion", "chat"):
-        local = tmp_path / f"local_{style}.jsonl"
-        proc = evaluate("generate", *common, "--prompt-style", style, "--backend", "local", "--model", ckpt,
-                        "--output", str(local))
-        assert proc.returncode == 0, proc.stderr
-        with process.ServerProcess(ckpt, "--threads", "1") as server:
-            remote = tmp_path / f"remote_{style}.jsonl"
-            proc = evaluate("generate", *common, "--prompt-style", style, "--backend", "openai",
-                            "--base-url", server.base_url, "--output", str(remote))
-        assert proc.returncode == 0, proc.stderr
-        fields = ("task_id", "completion_id", "completion", "solution")
-        a = [{k: r.get(k) for k in fields} for r in map(json.loads, open(local))]
-        b = [{k: r.get(k) for k in fields} for r in map(json.loads, open(remote))]
-        assert len(a) == 4 and a == b
+    fields = ("task_id", "completion_id", "completion", "solution")
+    with process.ServerProcess(ckpt, "--threads", "1") as server:
+        for style in ("completion", "chat"):
+            local, remote = tmp_path / f"local_{style}.jsonl", tmp_path / f"remote_{style}.jsonl"
+            for path, backend in ((local, ["--backend", "local", "--model", ckpt]),
+                                  (remote, ["--backend", "openai", "--base-url", server.base_url])):
+                proc = evaluate("generate", *common, "--prompt-style", style, *backend, "--output", str(path))
+                assert proc.returncode == 0, proc.stderr
+            a = [{k: r.get(k) for k in fields} for r in map(json.loads, open(local))]
+            b = [{k: r.get(k) for k in fields} for r in map(json.loads, open(remote))]
+            assert len(a) == 4 and a == b, style
