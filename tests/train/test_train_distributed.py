@@ -94,3 +94,101 @@ def test_tensor_parallel_matches_one_process_and_bad_layouts_are_refused(tmp_pat
     assert "multiple of parallel.pipeline (2)" in interleaved
     assert "data.seq_len (31) must be a multiple of parallel.tensor (2)" in seq_parallel
     assert not os.path.exists(tmp_path / "refuse" / "log" / "metrics.jsonl")  # before anything ran
+
+
+def _pipeline_and_zero1_then_resume(rank, world, pp_config, zero_config):
+    """pipeline=2, then data=2 with the distributed optimizer; each trains all steps, then resumes from step 2
+    into a fresh log folder."""
+    import torch.distributed as dist
+
+    for config, overrides in ((pp_config, ["parallel.pipeline=2"]),
+                              (zero_config, ["parallel.use_distributed_optimizer=true", "parallel.bucket_size_mb=0.001"])):
+        run_dir = os.path.dirname(config)
+        train_in_process(config, *overrides)
+        if rank == 0:
+            with open(os.path.join(run_dir, "ckpt", "latest"), "w") as f:
+                f.write("step_00000002\n")
+        dist.barrier()
+        train_in_process(config, *overrides, f"log.dir={os.path.join(run_dir, 'resumed_log')}")
+    return "ok"
+
+
+def test_pipeline_and_distributed_optimizer_match_one_process_and_resume_exactly(tmp_path, data):
+    """The trainer with pipeline=2 (1F1B over the 2 layers) and with data=2 + ZeRO-1 (its optimizer state sharded
+    over both ranks, several buckets) gives the single-process losses, and a 2-rank checkpoint resumes exactly."""
+    single = make_config(tmp_path / "single", data)
+    train_in_process(single, "checkpoint.dir=null")
+    reference = step_losses(tmp_path / "single" / "log")
+    pp2, zero1 = make_config(tmp_path / "pp2", data), make_config(tmp_path / "zero1", data)
+    assert run_processes(_pipeline_and_zero1_then_resume, 2, (pp2, zero1), timeout_s=180) == ["ok", "ok"]
+    for name, key, value in (("pp2", "pipeline", 2), ("zero1", "use_distributed_optimizer", True)):
+        with open(tmp_path / name / "log" / "config.yaml") as f:
+            assert yaml.safe_load(f)["parallel"][key] == value
+        got = step_losses(tmp_path / name / "log")
+        assert got == pytest.approx(reference, abs=1e-5), name
+        assert step_losses(tmp_path / name / "resumed_log") == got[2:], name  # exact, float for float
+
+
+def masked_labels(self, samples, indices):
+    """A stand-in loss mask: sample i ignores its first (7 i) mod (S + 1) labels, so micro-batches and ranks count
+    different numbers of tokens (some none at all)."""
+    labels = samples[:, 1:].clone()
+    for row, i in enumerate(indices):
+        labels[row, :(7 * int(i)) % (labels.shape[1] + 1)] = -100
+    return labels
+
+
+def _per_token_runs(rank, world, runs):
+    from megasnow.train.data import MicroBatches
+
+    MicroBatches.labels = masked_labels
+    for config, overrides in runs:
+        train_in_process(config, *overrides)
+    return "ok"
+
+
+def first_step_per_token_loss(config):
+    """The first step's loss computed apart from the trainer's loss path: the set-up model's full logits on the
+    first global batch, summed cross entropy over unmasked labels / their number."""
+    import torch
+    import torch.nn.functional as F
+
+    from megasnow.parallel import state
+    from megasnow.train.config import load_train_config
+    from megasnow.train.trainer import Trainer
+
+    trainer = Trainer(load_train_config(config, ["checkpoint.dir=null"])).setup()
+    try:
+        dataset = trainer.datasets[0][0]
+        samples = torch.tensor([list(dataset[i]) for i in range(4)], dtype=torch.int64)
+        labels = masked_labels(None, samples, range(4))
+        with torch.no_grad():
+            logits = trainer.model_chunks[0](samples[:, :-1])
+        total = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100, reduction="sum")
+        return float(total) / int((labels != -100).sum())
+    finally:
+        trainer.metrics.close()
+        state.destroy_model_parallel()
+
+
+def test_per_token_loss_with_uneven_masks_matches_one_process(tmp_path, data, monkeypatch):
+    """train.calculate_per_token_loss with a loss mask that counts different tokens per sample: one process (2
+    micro-batches of 2), data=2 (1 of 2 per rank) and data=2 with micro-batches of 1 give the same steps, and
+    the logged loss is the per-token mean of the global batch. Without the option a masked batch is refused."""
+    from megasnow.train.data import MicroBatches
+
+    monkeypatch.setattr(MicroBatches, "labels", masked_labels)
+    one = make_config(tmp_path / "one", data)
+    with pytest.raises(ConfigError, match=r"a loss mask needs the per-token loss, set "
+                                          r"train\.calculate_per_token_loss=true"):
+        train_in_process(one, "checkpoint.dir=null")
+    per_token = ["checkpoint.dir=null", "train.calculate_per_token_loss=true"]
+    train_in_process(one, *per_token)
+    reference = step_losses(tmp_path / "one" / "log")
+    assert reference[0] == pytest.approx(first_step_per_token_loss(one), abs=1e-5)
+
+    runs = [(make_config(tmp_path / "dp2", data), per_token),
+            (make_config(tmp_path / "dp2_mb1", data), per_token + ["train.micro_batch_size=1"])]
+    assert run_processes(_per_token_runs, 2, (runs,), timeout_s=120) == ["ok", "ok"]
+    for name in ("dp2", "dp2_mb1"):
+        assert step_losses(tmp_path / name / "log") == pytest.approx(reference, abs=1e-5), name
