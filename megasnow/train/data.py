@@ -1,5 +1,6 @@
 """The trainer's data side: check a phase's dataset paths up front, build its blended train / held-out datasets,
 and cut them into the micro-batches of one optimizer step, resumable from a consumed-sample count."""
+import glob
 import os
 
 import numpy as np
@@ -36,6 +37,30 @@ def check_blend_paths(blend, where):
             raise DataConfigError(f"{key}: {e}") from None
         if len(ds) == 0:
             raise DataConfigError(f"{key}: {item.path} holds no sequences")
+
+
+def load_run_tokenizer(path):
+    """(tokenizer, its file) for data.tokenizer: a SentencePiece .model, a tokenizer.json, or a HuggingFace tokenizer
+    folder holding tokenizer.json; (None, None) when unset. Errors name the key (ConfigError)."""
+    if not path:
+        return None, None
+    if not os.path.exists(path):
+        raise ConfigError(f"data.tokenizer: {path} does not exist")
+    file = path
+    if os.path.isdir(path):
+        file = os.path.join(path, "tokenizer.json")
+        if not os.path.isfile(file):
+            models = sorted(glob.glob(os.path.join(path, "*.model")))
+            hint = (f"; it holds the SentencePiece model {os.path.basename(models[0])}: set "
+                    f"data.tokenizer={models[0]}") if models else ""
+            raise ConfigError(f"data.tokenizer: {path} is a folder without tokenizer.json (give a SentencePiece "
+                              f".model file, a tokenizer.json, or a HuggingFace tokenizer folder){hint}")
+    from megasnow.data.tokenizer import TokenizerError, load_tokenizer
+
+    try:
+        return load_tokenizer(file), file
+    except TokenizerError as e:
+        raise ConfigError(f"data.tokenizer: {e}") from None
 
 
 def to_blend_entries(items):

@@ -47,7 +47,13 @@ def saved_config(step_dir):
 
 def compare_configs(old, new, phase_index):
     """Classify every changed key of `new` against `old` (TrainConfigs) for a run resumed in phase `phase_index`."""
-    before, after = flatten(dataclasses.asdict(old)), flatten(dataclasses.asdict(new))
+    old_dict, new_dict = dataclasses.asdict(old), dataclasses.asdict(new)
+    for a, b, a_cfg in ((old_dict, new_dict, old), (new_dict, old_dict, new)):
+        # a phase that gains or loses its own schedule: compare with the top-level one it had or will have
+        for pa, pb in zip(a["phases"], b["phases"]):
+            if pa["schedule"] is None and pb["schedule"] is not None:
+                pa["schedule"] = dataclasses.asdict(a_cfg.schedule)
+    before, after = flatten(old_dict), flatten(new_dict)
     distributed_optimizer = old.parallel.use_distributed_optimizer or new.parallel.use_distributed_optimizer
     refused, allowed, length = [], [], False
     for key in sorted(set(before) | set(after)):
@@ -88,6 +94,28 @@ def run_finished(meta_trainer, cfg, changes):
     if changes is not None and (changes.current_phase_length or _phase_count_changed(changes)):
         return False
     return len(meta_trainer.get("finished_phases", [])) >= len(resolve_phases(cfg))
+
+
+def check_phase_length(old_cfg, cfg, state, train_dataset, length, step_dir):
+    """A resumed phase may get longer or shorter (a new steps/tokens) only where the samples it already consumed
+    keep their order (`train_dataset` is its new training data, `length` its new number of steps), and not below
+    the steps already done. Raises ConfigError naming the key."""
+    from megasnow.train.config import phase_steps, resolve_phases
+    from megasnow.train.data import build_phase_datasets
+
+    i, gbs = state.phase, cfg.train.global_batch_size
+    key = f"phases[{i}].steps/tokens" if cfg.phases else "train.steps/tokens"
+    if length < state.step_in_phase:
+        raise ConfigError(f"{key}: the phase now has {length} steps but the checkpoint {step_dir} is "
+                          f"{state.step_in_phase} steps into it; give at least that many")
+    old_phase = resolve_phases(old_cfg)[i]
+    old_steps = phase_steps(old_phase, old_cfg)
+    old_train, _ = build_phase_datasets(old_phase, old_cfg, None if old_steps is None else old_steps * gbs, 0)
+    if not same_consumed_order(old_train, train_dataset, state.consumed_samples):
+        raise ConfigError(f"{key}: the new length reorders the {state.consumed_samples:,} samples this phase has "
+                          f"already trained on (the blend now needs another number of epochs), so resuming would "
+                          f"repeat some and skip others; keep the length, or set checkpoint.allow_config_change=true "
+                          f"to resume anyway")
 
 
 def same_consumed_order(old_dataset, new_dataset, consumed, probes=16):

@@ -1,6 +1,5 @@
 """The training loop: phases of blended data, micro-batch accumulation to the global batch through the pipeline
 schedule, AdamW with clipping, held-out evaluation, NaN/Inf skipping, checkpoints, SIGTERM/Ctrl-C and exact resume."""
-import glob
 import math
 import os
 import signal
@@ -14,7 +13,7 @@ from megasnow.config import ConfigError, dump_config, save_config
 from megasnow.train import checkpoint as ckpt
 from megasnow.train import resume
 from megasnow.train.config import build_model_config, check_parallel_layout, phase_steps, resolve_phases
-from megasnow.train.data import MicroBatches, build_phase_datasets, check_blend_paths
+from megasnow.train.data import MicroBatches, build_phase_datasets, check_blend_paths, load_run_tokenizer
 from megasnow.train.metrics import MetricsLogger, format_eta
 from megasnow.train.schedules import lr_at
 
@@ -75,6 +74,7 @@ class Trainer:
 
         self.phases = resolve_phases(cfg)
         self._notes = []  # start-up remarks, written as events once the metrics logger exists
+        self.tokenizer, self.tokenizer_file = load_run_tokenizer(cfg.data.tokenizer)
         self.resume_from = self._check_resume()
         if self.finished_at is not None:
             return self
@@ -83,7 +83,6 @@ class Trainer:
             check_blend_paths(p.blend, f"{where}.blend")
             check_blend_paths(p.valid_blend, f"{where}.valid_blend")
 
-        self.tokenizer, self.tokenizer_file = self._load_tokenizer()
         self.model_cfg = build_model_config(cfg, self.tokenizer.vocab_size if self.tokenizer else None)
         self.eod_id = self._document_mask_eod()
         self._build_datasets()
@@ -141,30 +140,6 @@ class Trainer:
             self.state = _trainer_state(meta["trainer"])
         return latest
 
-    def _load_tokenizer(self):
-        """(tokenizer, its file) from data.tokenizer: a SentencePiece .model, a tokenizer.json, or a HuggingFace
-        tokenizer folder holding tokenizer.json."""
-        path = self.cfg.data.tokenizer
-        if not path:
-            return None, None
-        if not os.path.exists(path):
-            raise ConfigError(f"data.tokenizer: {path} does not exist")
-        file = path
-        if os.path.isdir(path):
-            file = os.path.join(path, "tokenizer.json")
-            if not os.path.isfile(file):
-                models = sorted(glob.glob(os.path.join(path, "*.model")))
-                hint = (f"; it holds the SentencePiece model {os.path.basename(models[0])}: set "
-                        f"data.tokenizer={models[0]}") if models else ""
-                raise ConfigError(f"data.tokenizer: {path} is a folder without tokenizer.json (give a SentencePiece "
-                                  f".model file, a tokenizer.json, or a HuggingFace tokenizer folder){hint}")
-        from megasnow.data.tokenizer import TokenizerError, load_tokenizer
-
-        try:
-            return load_tokenizer(file), file
-        except TokenizerError as e:
-            raise ConfigError(f"data.tokenizer: {e}") from None
-
     def _document_mask_eod(self):
         """The end-of-document id that splits packed samples into documents when model.document_mask is on."""
         if not self.model_cfg.document_mask:
@@ -213,25 +188,13 @@ class Trainer:
             self._check_resumed_phase()
 
     def _check_resumed_phase(self):
-        """A resumed phase may get longer or shorter (a new steps/tokens) only where its samples already consumed
-        keep their order, and not below the steps already done."""
-        st, changes = _trainer_state(ckpt.read_meta(self.resume_from)["trainer"]), self._resume_changes
+        """A new length of the phase being resumed must keep the order of the samples it already trained on."""
+        changes = self._resume_changes
         if changes is None or not changes.current_phase_length or self.cfg.checkpoint.allow_config_change:
             return
-        i, gbs = st.phase, self.cfg.train.global_batch_size
-        key = f"phases[{i}].steps/tokens" if self.cfg.phases else "train.steps/tokens"
-        if self.phase_lengths[i] < st.step_in_phase:
-            raise ConfigError(f"{key}: the phase now has {self.phase_lengths[i]} steps but the checkpoint "
-                              f"{self.resume_from} is {st.step_in_phase} steps into it; give at least that many")
-        old_phase = resolve_phases(self._saved_cfg)[i]
-        old_steps = phase_steps(old_phase, self._saved_cfg)
-        old_train, _ = build_phase_datasets(old_phase, self._saved_cfg, None if old_steps is None else old_steps * gbs,
-                                            0)
-        if not resume.same_consumed_order(old_train, self.datasets[i][0], st.consumed_samples):
-            raise ConfigError(f"{key}: the new length reorders the {st.consumed_samples:,} samples this phase has "
-                              f"already trained on (the blend now needs another number of epochs), so resuming "
-                              f"would repeat some and skip others; keep the length, or set "
-                              f"checkpoint.allow_config_change=true to resume anyway")
+        st = _trainer_state(ckpt.read_meta(self.resume_from)["trainer"])
+        resume.check_phase_length(self._saved_cfg, self.cfg, st, self.datasets[st.phase][0],
+                                  self.phase_lengths[st.phase], self.resume_from)
 
     def _pick_device(self):
         want = self.cfg.train.device

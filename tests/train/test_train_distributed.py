@@ -1,6 +1,7 @@
 """The trainer on 2 gloo processes: data=2 and tensor=2 give the single-process per-step losses of the same global
 batch, a 2-rank checkpoint resumes exactly, and layouts the batch or sequence cannot run are refused at set-up."""
 import os
+from pathlib import Path
 
 import pytest
 import yaml
@@ -96,39 +97,6 @@ def test_tensor_parallel_matches_one_process_and_bad_layouts_are_refused(tmp_pat
     assert not os.path.exists(tmp_path / "refuse" / "log" / "metrics.jsonl")  # before anything ran
 
 
-def _pipeline_and_zero1_then_resume(rank, world, pp_config, zero_config):
-    """pipeline=2, then data=2 with the distributed optimizer; each trains all steps, then resumes from step 2
-    into a fresh log folder."""
-    import torch.distributed as dist
-
-    for config, overrides in ((pp_config, ["parallel.pipeline=2"]),
-                              (zero_config, ["parallel.use_distributed_optimizer=true", "parallel.bucket_size_mb=0.001"])):
-        run_dir = os.path.dirname(config)
-        train_in_process(config, *overrides)
-        if rank == 0:
-            with open(os.path.join(run_dir, "ckpt", "latest"), "w") as f:
-                f.write("step_00000002\n")
-        dist.barrier()
-        train_in_process(config, *overrides, f"log.dir={os.path.join(run_dir, 'resumed_log')}")
-    return "ok"
-
-
-def test_pipeline_and_distributed_optimizer_match_one_process_and_resume_exactly(tmp_path, data):
-    """The trainer with pipeline=2 (1F1B over the 2 layers) and with data=2 + ZeRO-1 (its optimizer state sharded
-    over both ranks, several buckets) gives the single-process losses, and a 2-rank checkpoint resumes exactly."""
-    single = make_config(tmp_path / "single", data)
-    train_in_process(single, "checkpoint.dir=null")
-    reference = step_losses(tmp_path / "single" / "log")
-    pp2, zero1 = make_config(tmp_path / "pp2", data), make_config(tmp_path / "zero1", data)
-    assert run_processes(_pipeline_and_zero1_then_resume, 2, (pp2, zero1), timeout_s=180) == ["ok", "ok"]
-    for name, key, value in (("pp2", "pipeline", 2), ("zero1", "use_distributed_optimizer", True)):
-        with open(tmp_path / name / "log" / "config.yaml") as f:
-            assert yaml.safe_load(f)["parallel"][key] == value
-        got = step_losses(tmp_path / name / "log")
-        assert got == pytest.approx(reference, abs=1e-5), name
-        assert step_losses(tmp_path / name / "resumed_log") == got[2:], name  # exact, float for float
-
-
 def masked_labels(self, samples, indices):
     """A stand-in loss mask: sample i ignores its first (7 i) mod (S + 1) labels, so micro-batches and ranks count
     different numbers of tokens (some none at all)."""
@@ -138,13 +106,52 @@ def masked_labels(self, samples, indices):
     return labels
 
 
-def _per_token_runs(rank, world, runs):
+PER_TOKEN = ["checkpoint.dir=null", "train.calculate_per_token_loss=true"]
+RESUMED_LAYOUTS = {"pp2": ["parallel.pipeline=2"],
+                   "zero1": ["parallel.use_distributed_optimizer=true", "parallel.bucket_size_mb=0.001"]}
+PER_TOKEN_LAYOUTS = {"dp2": PER_TOKEN, "dp2_mb1": PER_TOKEN + ["train.micro_batch_size=1"]}
+
+
+def _two_rank_runs(rank, world, root, prefix):
+    """One spawn for the tests below: pipeline=2 and data=2 + ZeRO-1 each train all steps, then resume from step 2
+    into a fresh log folder; then, under a loss mask, data=2 with the per-token loss (micro-batches of 2 and 1)."""
+    import torch.distributed as dist
+
     from megasnow.train.data import MicroBatches
 
-    MicroBatches.labels = masked_labels
-    for config, overrides in runs:
+    for name, overrides in RESUMED_LAYOUTS.items():
+        config = make_config(Path(root) / name, prefix)
         train_in_process(config, *overrides)
+        if rank == 0:
+            with open(os.path.join(root, name, "ckpt", "latest"), "w") as f:
+                f.write("step_00000002\n")
+        dist.barrier()
+        train_in_process(config, *overrides, f"log.dir={os.path.join(root, name, 'resumed_log')}")
+    MicroBatches.labels = masked_labels
+    for name, overrides in PER_TOKEN_LAYOUTS.items():
+        train_in_process(make_config(Path(root) / name, prefix), *overrides)
     return "ok"
+
+
+@pytest.fixture(scope="module")
+def two_rank_runs(tmp_path_factory, data):
+    root = tmp_path_factory.mktemp("two_rank")
+    assert run_processes(_two_rank_runs, 2, (str(root), data), timeout_s=240) == ["ok", "ok"]
+    return root
+
+
+def test_pipeline_and_distributed_optimizer_match_one_process_and_resume_exactly(tmp_path, data, two_rank_runs):
+    """The trainer with pipeline=2 (1F1B over the 2 layers) and with data=2 + ZeRO-1 (its optimizer state sharded
+    over both ranks, several buckets) gives the single-process losses, and a 2-rank checkpoint resumes exactly."""
+    single = make_config(tmp_path / "single", data)
+    train_in_process(single, "checkpoint.dir=null")
+    reference = step_losses(tmp_path / "single" / "log")
+    for name, key, value in (("pp2", "pipeline", 2), ("zero1", "use_distributed_optimizer", True)):
+        with open(two_rank_runs / name / "log" / "config.yaml") as f:
+            assert yaml.safe_load(f)["parallel"][key] == value
+        got = step_losses(two_rank_runs / name / "log")
+        assert got == pytest.approx(reference, abs=1e-5), name
+        assert step_losses(two_rank_runs / name / "resumed_log") == got[2:], name  # exact, float for float
 
 
 def first_step_per_token_loss(config):
@@ -171,7 +178,7 @@ def first_step_per_token_loss(config):
         state.destroy_model_parallel()
 
 
-def test_per_token_loss_with_uneven_masks_matches_one_process(tmp_path, data, monkeypatch):
+def test_per_token_loss_with_uneven_masks_matches_one_process(tmp_path, data, monkeypatch, two_rank_runs):
     """train.calculate_per_token_loss with a loss mask that counts different tokens per sample: one process (2
     micro-batches of 2), data=2 (1 of 2 per rank) and data=2 with micro-batches of 1 give the same steps, and
     the logged loss is the per-token mean of the global batch. Without the option a masked batch is refused."""
@@ -182,13 +189,8 @@ def test_per_token_loss_with_uneven_masks_matches_one_process(tmp_path, data, mo
     with pytest.raises(ConfigError, match=r"a loss mask needs the per-token loss, set "
                                           r"train\.calculate_per_token_loss=true"):
         train_in_process(one, "checkpoint.dir=null")
-    per_token = ["checkpoint.dir=null", "train.calculate_per_token_loss=true"]
-    train_in_process(one, *per_token)
+    train_in_process(one, *PER_TOKEN)
     reference = step_losses(tmp_path / "one" / "log")
     assert reference[0] == pytest.approx(first_step_per_token_loss(one), abs=1e-5)
-
-    runs = [(make_config(tmp_path / "dp2", data), per_token),
-            (make_config(tmp_path / "dp2_mb1", data), per_token + ["train.micro_batch_size=1"])]
-    assert run_processes(_per_token_runs, 2, (runs,), timeout_s=120) == ["ok", "ok"]
-    for name in ("dp2", "dp2_mb1"):
-        assert step_losses(tmp_path / name / "log") == pytest.approx(reference, abs=1e-5), name
+    for name in PER_TOKEN_LAYOUTS:
+        assert step_losses(two_rank_runs / name / "log") == pytest.approx(reference, abs=1e-5), name
