@@ -47,8 +47,8 @@ class BlendItem:
 
 @dataclass
 class DataSection:
-    tokenizer: str | None = _help("SentencePiece .model or HF tokenizer.json (sets the vocabulary size; "
-                                  "copied into HF exports)")
+    tokenizer: str | None = _help("SentencePiece .model, HF tokenizer.json, or an HF tokenizer folder holding "
+                                  "tokenizer.json (sets the vocabulary size; copied into checkpoints and HF exports)")
     seq_len: int = _help("tokens per training sequence", 2048)
     seed: int = _help("seed of the document/sample shuffles", 1234)
     eod_id: int | None = _help("end-of-document token id that model.document_mask splits samples at "

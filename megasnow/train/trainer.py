@@ -488,6 +488,9 @@ class Trainer:
         if self.tokenizer_file:  # checkpoints carry their tokenizer, so exports and generation need nothing else
             name = "tokenizer.json" if self.tokenizer_file.endswith(".json") else "tokenizer.model"
             extra[name] = self.tokenizer_file
+            config = os.path.join(os.path.dirname(self.tokenizer_file), "tokenizer_config.json")
+            if os.path.isdir(self.cfg.data.tokenizer) and os.path.isfile(config):  # an HF folder's chat template, EOS
+                extra["tokenizer_config.json"] = config
         return ckpt.save_checkpoint(c.dir, self.state.step, self.model_chunks, self.optimizer,
                                     {"trainer": trainer, "reason": reason,
                                      "phase_name": self.phases[self.state.phase].name,

@@ -138,3 +138,27 @@ def test_ctrl_c_finishes_the_step_saves_and_exits_130(tmp_path, prefix):
     assert meta["reason"] == "sigint"
     assert f"interrupted (Ctrl-C): saved a checkpoint at step {meta['step']} in " in rest
     assert rest.strip().splitlines()[-1].startswith(f"stopped: {meta['step']} steps this run")
+
+
+def test_hf_tokenizer_folder_trains_and_travels_with_the_checkpoint(tmp_path, prefix, capsys):
+    """A HuggingFace tokenizer folder (tokenizer.json + tokenizer_config.json) sets the vocabulary and both files
+    are copied into every checkpoint."""
+    import json
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer, tok.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator([open(f, encoding="utf-8").read() for f in real_code_files(limit=5)], trainer)
+    folder = tmp_path / "hf_tok"
+    folder.mkdir()
+    tok.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<|endoftext|>"}))
+    code, _, err = cli(capsys, config(tmp_path, prefix, steps=2), f"data.tokenizer={folder}", "model.vocab_size=null")
+    assert code == 0, err
+    step_dir = ckpt.resolve_latest(str(tmp_path / "ckpt"))
+    assert ckpt.read_meta(step_dir)["model_config"]["vocab_size"] == tok.get_vocab_size() == 300
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        assert (folder / name).read_bytes() == open(os.path.join(step_dir, name), "rb").read()
