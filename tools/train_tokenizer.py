@@ -119,12 +119,16 @@ class _Counter:
     """Counts the sentences SentencePiece has pulled (read by the heartbeat); `done` is set at their end."""
 
     def __init__(self, it):
-        self.it, self.n, self.done = it, 0, threading.Event()
+        self.it, self.n, self.done, self.error = it, 0, threading.Event(), None
 
     def __iter__(self):
-        for item in self.it:
-            self.n += 1
-            yield item
+        try:
+            for item in self.it:
+                self.n += 1
+                yield item
+        except BaseException as e:  # SentencePiece wraps it in a RuntimeError: keep the original for the user
+            self.error = e
+            raise
         self.done.set()
 
 
@@ -177,7 +181,7 @@ def train_tokenizer(inputs, output_prefix, vocab_size, json_keys=("text",), inpu
     try:
         thread.start()
         _heartbeat(thread, counter, report, t0, heartbeat_seconds, log or (lambda s: None))
-        error = outcome.get("error")
+        error = counter.error or outcome.get("error")
         if isinstance(error, UserError):
             raise error
         if isinstance(error, RuntimeError):
