@@ -441,7 +441,8 @@ def get_args(argv=None):
         p.error("--eod-token only says which token --append-eod appends; add --append-eod")
     if args.tokenizer_hf_no_include_special_tokens and args.tokenizer_hf_include_special_tokens:
         p.error("--tokenizer-hf-no-include-special-tokens and --tokenizer-hf-include-special-tokens contradict")
-    hf_flags = [f for f, on in (("--tokenizer-hf-no-include-special-tokens", args.tokenizer_hf_no_include_special_tokens),
+    hf_flags = [f for f, on in (("--tokenizer-hf-no-include-special-tokens",
+                                 args.tokenizer_hf_no_include_special_tokens),
                                 ("--tokenizer-hf-no-use-fast", args.tokenizer_hf_no_use_fast)) if on]
     if hf_flags and args.legacy_tokenizer:
         p.error(f"{hf_flags[0]} has no effect with --legacy-tokenizer (Megatron's legacy HuggingFaceTokenizer "

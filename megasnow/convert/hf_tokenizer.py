@@ -77,8 +77,8 @@ def export_tokenizer(path, out_dir, eod_id=None):
         "bos_token": eos_token, "eos_token": eos_token,
         "pad_token": special_tokens.PAD if pad is not None else None,
         "add_bos_token": False, "add_eos_token": False, "clean_up_tokenization_spaces": False,
-        "additional_special_tokens": [t for t in special_tokens.SPECIAL_TOKENS
-                                      if t not in (eos_token, special_tokens.PAD) and tokenizer.token_to_id(t) is not None],
+        "additional_special_tokens": [t for t in special_tokens.SPECIAL_TOKENS if t not in (eos_token, special_tokens.PAD)
+                                      and tokenizer.token_to_id(t) is not None],
     }
     atomic_write_text(os.path.join(out_dir, "tokenizer_config.json"), json.dumps(config, indent=2))
     atomic_write_text(os.path.join(out_dir, "special_tokens_map.json"),

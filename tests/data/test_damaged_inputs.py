@@ -161,6 +161,7 @@ def test_wrong_dtype_code_is_not_called_a_truncated_file(tmp_path):
         raw = bytearray(open(p + ".idx", "rb").read())
         raw[17] = 8  # uint16
         open(p + ".idx", "wb").write(bytes(raw))
-        with pytest.raises(IndexedDatasetError, match=r"dtype code 8 \(uint16, 2 bytes per token\) does not match") as e:
+        with pytest.raises(IndexedDatasetError,
+                           match=r"dtype code 8 \(uint16, 2 bytes per token\) does not match") as e:
             IndexedDataset(p)
         assert "truncated" not in str(e.value)

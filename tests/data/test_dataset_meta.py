@@ -70,8 +70,8 @@ def test_document_masking_splits_at_the_recorded_id(corpus, name, eod):
 def test_resolution_order_and_conflicts(corpus, tmp_path):
     tok = load_tokenizer(sentencepiece_model())
     assert resolve_document_tokens([corpus["megatron"]], eod_id=7).eod_id == 7  # data.eod_id wins
-    with pytest.raises(DatasetMetaError, match=r"different ids: .*megatron_text_document with 2, .*megasnow_text_document "
-                                               r"with 3.*set data.eod_id"):
+    with pytest.raises(DatasetMetaError, match=r"different ids: .*megatron_text_document with 2, "
+                                               r".*megasnow_text_document with 3.*set data.eod_id"):
         resolve_document_tokens([corpus["megatron"], corpus["megasnow"]], tokenizer=tok)
     # a dataset without --append-eod contributes no id: the other's is used
     assert resolve_document_tokens([corpus["noeod"], corpus["megasnow"]]).eod_id == 3

@@ -124,8 +124,8 @@ def test_legacy_sentencepiece_tokenizer_adds_special_tokens_and_eod(tmp_path, sp
                            "</s>": 2}
     assert enc.vocab_size == 1205 and enc.eod == 1202
     text = "a<s>b<EOD><EOD>c</s>"
-    docs, prefix = _binarize(tmp_path, "legsp", sentencepiece_model(), [text, DOC], tokenizer_type="SentencePieceTokenizer",
-                             legacy_tokenizer=True)
+    docs, prefix = _binarize(tmp_path, "legsp", sentencepiece_model(), [text, DOC],
+                             tokenizer_type="SentencePieceTokenizer", legacy_tokenizer=True)
     e = sp.encode
     assert docs[0] == e("a") + [1] + e("b") + [1202, 1202] + e("c") + [2] + [1202]
     assert docs[1] == e(DOC) + [1202]
@@ -167,7 +167,8 @@ def test_eod_token_is_megasnows_explicit_convention(tmp_path, sp):
 
 
 def test_a_tokenizer_without_eos(tmp_path, sp):
-    """Megatron-LM would fail (it appends None / -1); megasnow appends its fallback and says so, or needs --eod-token."""
+    """Megatron-LM would fail (it appends None / -1): megasnow appends its fallback and says so, or asks for
+    --eod-token."""
     import sentencepiece as spm
 
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "tools"))
