@@ -74,10 +74,15 @@ def summary_lines(stats, output, inputs):
     seconds = stats["seconds"]["total"]
     docs = stages.get("documents", {}).get("all", {})
     kept_files, n_docs = docs.get("files_in", 0), docs.get("files_out", 0)
-    lines = [f"curated {format_count(files_in)} files ({format_bytes(bytes_in)}) from {len(inputs)} input(s) in "
-             f"{format_seconds(seconds)} ({format_rate(files_in, seconds, 'files')}, "
-             f"{format_rate(bytes_in, seconds, '', as_bytes=True)}): {format_count(kept_files)} files kept in "
-             f"{format_count(n_docs)} documents"]
+    if files_in:
+        lines = [f"curated {format_count(files_in)} files ({format_bytes(bytes_in)}) from {len(inputs)} input(s) in "
+                 f"{format_seconds(seconds)} ({format_rate(files_in, seconds, 'files')}, "
+                 f"{format_rate(bytes_in, seconds, '', as_bytes=True)}): {format_count(kept_files)} files kept in "
+                 f"{format_count(n_docs)} documents"]
+    else:
+        lines = [f"curated nothing: no source files in {len(inputs)} input(s) ({format_seconds(seconds)})"]
+    if stats.get("tasks_executed") and not any(stats["tasks_executed"].values()):
+        lines.append(f"{output} already held this finished run: nothing left to do")
     removed = []
     for stage in ("ingest", "filter", "decontaminate", "exact_dedup", "near_dedup"):
         n = sum(stages.get(stage, {}).get("all", {}).get("removed", {}).values())
@@ -86,8 +91,9 @@ def summary_lines(stats, output, inputs):
     bad = sum(stats["bad_input"].values())
     extra = [f"removed: {', '.join(removed)}"] if removed else ["removed: nothing"]
     if bad:
-        extra.append(f"bad input: {format_count(bad)} ({', '.join(f'{k} {v}' for k, v in sorted(stats['bad_input'].items())[:6])}"
-                     f"{', ...' if len(stats['bad_input']) > 6 else ''})")
+        kinds = sorted(stats["bad_input"].items(), key=lambda kv: -kv[1])
+        extra.append(f"bad input: {format_count(bad)} ({', '.join(f'{k} {v}' for k, v in kinds[:6])}"
+                     f"{', ...' if len(kinds) > 6 else ''})")
     excluded = stats.get("excluded_dirs", {})
     if excluded:
         extra.append(f"excluded folders: {format_count(sum(excluded.values()))} "
@@ -96,7 +102,8 @@ def summary_lines(stats, output, inputs):
     doc_files = stats.get("documents_files", [])
     report = os.path.join(output, "stats.json")
     if doc_files:
-        lines.append(f"documents: {os.path.join(output, 'documents')} ({len(doc_files)} files); report: {report}")
+        n = len(doc_files)
+        lines.append(f"documents: {os.path.join(output, 'documents')} ({n} file{'s' if n != 1 else ''}); report: {report}")
     else:
         lines.append(f"no documents were written (nothing survived curation); report: {report}")
     return lines
