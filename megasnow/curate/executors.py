@@ -50,11 +50,12 @@ def _run_local(fn, tasks, workers, desc):
                 for fut in done:
                     results[pending.pop(fut)] = fut.result()
                     bar.update(1)
-        except BaseException as e:
+        except KeyboardInterrupt:  # do not wait for the running tasks: stop their processes
+            terminate_local_pool()
+            raise
+        except BaseException:
             for fut in pending:
                 fut.cancel()
-            if isinstance(e, KeyboardInterrupt):  # do not wait for the running tasks: stop their processes
-                terminate_local_pool()
             raise
         return results
     finally:
@@ -83,9 +84,14 @@ def terminate_local_pool():
     if _POOL is None:
         return
     pool = _POOL[1]
-    for proc in list((getattr(pool, "_processes", None) or {}).values()):
+    procs = list((getattr(pool, "_processes", None) or {}).values())
+    for proc in procs:
         proc.terminate()
-    pool.shutdown(wait=False, cancel_futures=True)
+    for proc in procs:
+        proc.join(timeout=10)
+    # the pool now sees its workers gone and fails the pending futures itself (cancelling them first races with
+    # that in Python 3.11: InvalidStateError in its manager thread)
+    pool.shutdown(wait=True)
     _POOL = None
 
 

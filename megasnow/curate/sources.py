@@ -35,7 +35,7 @@ def plan_shards(inputs, cfg, report=None):
     """
     report = new_stats() if report is None else report
     for item in inputs:
-        if not os.path.lexists(os.fspath(item)):
+        if not os.path.exists(os.fspath(item)):
             raise InputNotFoundError(f"input {printable(os.fspath(item))!r} does not exist; check the --input path")
     shards = []
     for item in inputs:
@@ -102,7 +102,12 @@ def _plan_repo_shards(root, cfg, report):
     """
     root = os.path.abspath(root)
     repos, loose = [], False
-    for name, kind in list_entries(root):
+    try:
+        entries = list_entries(root)
+    except OSError as e:
+        raise InputNotFoundError(f"input folder {printable(root)!r} cannot be listed ({type(e).__name__}: "
+                                 f"{e.strerror}); check its permissions") from e
+    for name, kind in entries:
         where = os.path.join(root, name)
         if kind == "file":
             loose = True

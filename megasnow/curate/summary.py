@@ -103,7 +103,8 @@ def summary_lines(stats, output, inputs):
     report = os.path.join(output, "stats.json")
     if doc_files:
         n = len(doc_files)
-        lines.append(f"documents: {os.path.join(output, 'documents')} ({n} file{'s' if n != 1 else ''}); report: {report}")
+        files = f"{n} file{'s' if n != 1 else ''}"
+        lines.append(f"documents: {os.path.join(output, 'documents')} ({files}); report: {report}")
     else:
         lines.append(f"no documents were written (nothing survived curation); report: {report}")
     return lines

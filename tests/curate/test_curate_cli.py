@@ -31,7 +31,8 @@ def curate(*args, timeout=120):
 
 def error_line(proc):
     """The one line a failed run prints (stderr holds nothing else but progress bars)."""
-    lines = [line for line in proc.stderr.replace("\r", "\n").splitlines() if line.strip() and not PROGRESS.search(line)]
+    lines = [line for line in proc.stderr.replace("\r", "\n").splitlines()
+             if line.strip() and not PROGRESS.search(line)]
     assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), (proc.returncode, proc.stderr)
     return lines[0]
 
