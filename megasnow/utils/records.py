@@ -37,6 +37,9 @@ class ShardReadError(RecordError):
         self.transient = isinstance(cause, OSError) and cause.errno is not None
         super().__init__(f"{path}: unreadable after {records} records ({self.error})")
 
+    def __reduce__(self):  # rebuilt from its fields: raised in a worker process, it reaches the parent intact
+        return type(self), (self.path, self.records, self.cause)
+
 
 def _read_errors():
     """Exception types that mean "this file cannot be read (further)", as opposed to one bad record."""

@@ -142,11 +142,11 @@ def test_failing_shard_is_retried_and_never_half_written(tiny_annotator, tmp_pat
     real_score_texts = score_mod.BatchedScorer.score_texts
     calls = {"n": 0}
 
-    def flaky(self, texts):  # the second chunk of the first attempt dies mid-shard
+    def flaky(self, texts, **kw):  # the second chunk of the first attempt dies mid-shard
         calls["n"] += 1
         if calls["n"] == 2:
             raise OSError("simulated worker failure")
-        return real_score_texts(self, texts)
+        return real_score_texts(self, texts, **kw)
 
     monkeypatch.setattr(score_mod.BatchedScorer, "score_texts", flaky)
     out = str(tmp_path / "out")
@@ -155,7 +155,7 @@ def test_failing_shard_is_retried_and_never_half_written(tiny_annotator, tmp_pat
     assert _score_files(out) == reference
     assert not glob.glob(os.path.join(out, ".*.tmp"))
 
-    def always_fails(self, texts):
+    def always_fails(self, texts, **kw):
         raise OSError("disk on fire")
 
     monkeypatch.setattr(score_mod.BatchedScorer, "score_texts", always_fails)
