@@ -93,8 +93,8 @@ def build_parser():
     s.add_argument("--keep-fields", nargs="*", default=[], help="extra fields copied into the scores")
     s.add_argument("--retries", type=int, default=2, help="retries of a failing shard")
     s.add_argument("--threads", type=int, default=0,
-                   help="torch threads per worker; 0 = 1, measured fastest on a shared machine (2 threads were "
-                        "2-4x slower beside a busy neighbour); use --workers for more cores")
+                   help="torch threads per worker; 0 = the cores split between the workers (OMP_NUM_THREADS, when set, "
+                        "counts as the cores), or 1 if OMP_WAIT_POLICY is set to something other than PASSIVE")
     add_executor_args(s)
     add_strict_arg(s)
 
@@ -224,6 +224,10 @@ def cmd_eval(args):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    if "torch" not in sys.modules:  # libgomp reads it once, when torch loads
+        # Waiting OpenMP threads sleep instead of spinning: several threads are then never slower than one on a
+        # shared machine (benchmarks/results/annotate_throughput.md), and scoring uses every core by default.
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -122,15 +122,23 @@ class ScoreTask:
     strict: bool = False  # a malformed record or a damaged shard stops the run (UserError naming the file)
 
 
-def default_threads(device, workers=1, cpus=None):
-    """Torch intra-op threads per scoring worker when --threads is 0: 1 on CPU, whatever the core count.
+def default_threads(device="cpu", workers=1):
+    """Torch intra-op threads per scoring worker when --threads is 0 (benchmarks/results/annotate_throughput.md,
+    "Threads on a busy machine").
 
-    Measured (benchmarks/results/annotate_throughput.md, "threads"): on 2 cores, 2 threads score only ~1.2-1.4x
-    faster than 1 when the machine is idle, and 2-4x slower than 1 beside one CPU-bound neighbour (OpenMP
-    threads spin-wait for a descheduled peer). More cores are used through --workers (processes, one shard each),
-    which degrade gracefully under load. On CUDA the host threads barely matter: 1 as well.
+    The cores (OMP_NUM_THREADS when set, else the CPUs this process may use) are split between the workers, but
+    only when OpenMP threads sleep while they wait (OMP_WAIT_POLICY=PASSIVE, which tools/annotate.py and
+    scripts/quickstart.sh set before torch loads): with the default spin-waiting, 2 threads on 2 busy cores
+    scored at 0.59-0.70x the rate of 1 thread and burned twice the CPU time; passive, 0.96-1.29x, at the CPU
+    time of 1 thread. Without it: 1 thread. On CUDA the host threads barely matter: 1.
     """
-    return 1
+    if str(device).startswith("cuda"):
+        return 1
+    cores = int(os.environ.get("OMP_NUM_THREADS") or 0) or len(os.sched_getaffinity(0))
+    per_worker = max(1, cores // max(1, workers))
+    if os.environ.get("OMP_WAIT_POLICY", "").strip().upper() != "PASSIVE":
+        return 1
+    return per_worker
 
 
 def stats_path_for(output_path):

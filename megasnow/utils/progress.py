@@ -77,6 +77,7 @@ class Progress:
         self.interval = float(interval if interval is not None
                               else os.environ.get("MEGASNOW_PROGRESS_INTERVAL", PROGRESS_INTERVAL_S))
         self.n = 0
+        self._last_n = None
         self.start = self._last = time.monotonic()
         self._bar = None
         self._closed = False
@@ -102,7 +103,7 @@ class Progress:
                     self._bar.refresh()
                 else:
                     self._bar.update(0)  # redraws when tqdm's own interval has passed
-        elif self.mode == "log" and time.monotonic() - self._last >= self.interval:
+        elif self.mode == "log" and n != self._last_n and time.monotonic() - self._last >= self.interval:
             self._line()
 
     rewind = advance_to
@@ -131,7 +132,7 @@ class Progress:
         return text
 
     def _line(self, final=False):
-        self._last = time.monotonic()
+        self._last, self._last_n = time.monotonic(), self.n
         if final:
             n, elapsed = int(self.n), self.elapsed
             of = f" of {self.total:,}" if self.total and n != self.total else ""

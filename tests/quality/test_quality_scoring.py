@@ -228,3 +228,16 @@ def test_corrupt_shards_are_reported_not_fatal(tiny_annotator, tmp_path, monkeyp
     assert calls["n"] == 2 and retried["unreadable_shards"] == [] and retried["scored"] == 20
     assert _score_files(str(tmp_path / "retried")) == {"shard0.scores.jsonl":
                                                        (tmp_path / "out" / "shard0.scores.jsonl").read_bytes()}
+
+
+def test_default_threads_split_cores_only_when_openmp_threads_sleep(monkeypatch):
+    from megasnow.quality.score import default_threads
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "4")
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    assert default_threads("cpu", 1) == 1  # spinning OpenMP threads: one (measured 0.6-0.7x with two when busy)
+    monkeypatch.setenv("OMP_WAIT_POLICY", "passive")
+    assert [default_threads("cpu", w) for w in (1, 2, 3, 8)] == [4, 2, 1, 1]
+    assert default_threads("cuda", 1) == 1
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    assert default_threads("cpu", 1) == 1
