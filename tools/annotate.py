@@ -2,13 +2,14 @@
 """Phase-2 quality annotation front-end: train an annotator, score corpora, select the high-quality
 set, and report the annotator's alignment with benchmark solutions. See docs/quality.md."""
 import argparse
+import contextlib
 import json
 import logging
 import os
 import re
 import sys
 
-from megasnow.utils.cli import ArgumentParser, fail, run_tool, warn
+from megasnow.utils.cli import ArgumentParser, fail, removed_on_failure, run_tool, warn
 
 EXAMPLES = """examples:
   annotate.py train --positives hq_code/*.jsonl --instructions oss_instruct.jsonl \\
@@ -154,13 +155,15 @@ def cmd_train(args):
     train, heldout, stats = build_training_set(sources, args.negatives, args.heldout_fraction, args.seed,
                                                args.negative_text_field, strict=args.strict, on_damaged=report_damaged)
     print(f"training data: {json.dumps(stats)}", flush=True)
-    if args.save_splits:
-        write_examples(os.path.join(args.save_splits, "train.jsonl"), train)
-        write_examples(os.path.join(args.save_splits, "heldout.jsonl"), heldout)
     cfg = TrainConfig(mode=args.mode, encoder=args.encoder, pooling=args.pooling, max_length=args.max_length,
                       epochs=args.epochs, lr=args.lr, patience=args.patience, batch_size=args.batch_size,
                       device=args.device, seed=args.seed)
-    metrics = train_annotator(train, heldout, args.output, cfg)
+    # The splits are cheap to write again: a run that fails (bad encoder folder, Ctrl-C) leaves none behind.
+    with removed_on_failure(args.save_splits) if args.save_splits else contextlib.nullcontext():
+        if args.save_splits:
+            write_examples(os.path.join(args.save_splits, "train.jsonl"), train)
+            write_examples(os.path.join(args.save_splits, "heldout.jsonl"), heldout)
+        metrics = train_annotator(train, heldout, args.output, cfg)
     h = metrics["heldout"]
     print(f"saved {args.output}: best epoch {metrics['best_epoch']}/{metrics['epochs_run']}, held-out ROC-AUC "
           f"{h['roc_auc']:.4f} accuracy {h['accuracy']:.4f} precision {h['precision']:.4f} recall {h['recall']:.4f}; "

@@ -3,12 +3,15 @@
 - a user error (megasnow.errors.UserError, or a type the tool names) prints `error: ...` and exits 2;
 - Ctrl-C prints one line and exits 130;
 - `--debug` (or MEGASNOW_DEBUG=1) prints the traceback as well;
-- argparse mistakes also print one `error: ...` line (with a pointer to --help) and exit 2.
+- argparse mistakes also print one `error: ...` line (with a pointer to --help) and exit 2;
+- a failed start leaves nothing behind (`removed_on_failure` around the start of a tool that creates a folder).
 """
 import argparse
 import atexit
+import contextlib
 import difflib
 import os
+import shutil
 import sys
 import traceback
 
@@ -25,6 +28,25 @@ def debug_enabled(argv=None):
 def warn(message):
     """Print `warning: message` on stderr (one line, never fatal)."""
     print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def removed_on_failure(path):
+    """Wrap a tool's start (checks and set-up before any resumable work): if it fails, `path` (file or folder) is
+    removed again when it did not exist before, so a failed start leaves nothing behind and the corrected command
+    starts clean. Do not wrap resumable work: a Ctrl-C there must keep finished outputs.
+    """
+    path = os.fspath(path)
+    existed = os.path.lexists(path)
+    try:
+        yield path
+    except BaseException:
+        if not existed and os.path.lexists(path):
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                os.unlink(path)
+        raise
 
 
 def fail(message):

@@ -106,7 +106,8 @@ def test_train_command_bad_inputs_fail_clearly(tmp_path, capsys):
     assert capsys.readouterr().err == "error: train: give --positives and/or --instructions\n"
     pos = write_jsonl(str(tmp_path / "pos.jsonl"), [{"text": f"def f():\n    return {i}\n"} for i in range(4)])
     assert run_tool(main, ["train", "--positives", pos, "--negatives", docs, "--output", str(tmp_path / "b"),
-                           "--heldout-fraction", "0.25", "--encoder", str(tmp_path / "no_encoder")]) == 2
+                           "--heldout-fraction", "0.25", "--encoder", str(tmp_path / "no_encoder"),
+                           "--save-splits", str(tmp_path / "splits")]) == 2
     err = capsys.readouterr().err.splitlines()
     assert err[-1].startswith("error: encoder folder") and str(tmp_path / "no_encoder") in err[-1]
-    assert not os.path.exists(tmp_path / "b")
+    assert not os.path.exists(tmp_path / "b") and not os.path.exists(tmp_path / "splits")

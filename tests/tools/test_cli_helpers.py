@@ -1,6 +1,7 @@
 """megasnow/utils/cli.py and megasnow/utils/progress.py: one-line errors, defaults in --help, a suggestion for a
 mistyped flag, Ctrl-C -> 130; adaptive rate units and log-line progress without terminal escape sequences."""
 import io
+import os
 
 import pytest
 
@@ -109,3 +110,24 @@ def test_failed_step_prints_no_done_line_and_off_prints_nothing():
     with Progress(total=3, desc="x", mode=False, stream=quiet) as p:
         p.update(3)
     assert quiet.getvalue() == ""
+
+
+def test_removed_on_failure_cleans_only_what_the_failed_start_created(tmp_path):
+    from megasnow.utils.cli import removed_on_failure
+
+    out = tmp_path / "out"
+    with pytest.raises(UserError):
+        with removed_on_failure(out):
+            (out / "work").mkdir(parents=True)
+            (out / "config.yaml").write_text("x: 1\n")
+            raise UserError("input missing")
+    assert not out.exists()
+    out.mkdir()
+    (out / "done.jsonl").write_text("{}\n")
+    with pytest.raises(KeyboardInterrupt):
+        with removed_on_failure(out):
+            raise KeyboardInterrupt
+    assert (out / "done.jsonl").exists()  # it existed before: a rerun's outputs are never removed
+    with removed_on_failure(tmp_path / "ok") as path:
+        os.makedirs(path)
+    assert (tmp_path / "ok").is_dir()
