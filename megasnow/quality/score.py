@@ -129,8 +129,9 @@ def default_threads(device="cpu", workers=1):
     The cores (OMP_NUM_THREADS when set, else the CPUs this process may use) are split between the workers, but
     only when OpenMP threads sleep while they wait (OMP_WAIT_POLICY=PASSIVE, which tools/annotate.py and
     scripts/quickstart.sh set before torch loads): with the default spin-waiting, 2 threads on 2 busy cores
-    scored at 0.59-0.70x the rate of 1 thread and burned twice the CPU time; passive, 0.96-1.29x, at the CPU
-    time of 1 thread. Without it: 1 thread. On CUDA the host threads barely matter: 1.
+    scored at 0.48-0.70x the rate of 1 thread and burned twice the CPU time; passive, 0.85-1.29x (1.16-1.29x
+    beside a busy neighbour), at the CPU time of 1 thread. Without it: 1 thread. On CUDA: 1 (host threads barely
+    matter there).
     """
     if str(device).startswith("cuda"):
         return 1
