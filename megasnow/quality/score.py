@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from megasnow.curate.executors import run_tasks
-from megasnow.quality.annotator import AnnotatorError, default_batch_tokens, load_annotator, read_annotator_config
+from megasnow.quality.annotator import default_batch_tokens, load_annotator, read_annotator_config
 from megasnow.quality.documents import check_document_text
 from megasnow.errors import UserError
 from megasnow.quality.windows import score_token_lists
