@@ -82,12 +82,18 @@ def load_encoder(path):
     _force_offline()
     check_encoder_folder(path)
     from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a sub-second load: its bar would only leave carriage returns in logs
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         encoder = AutoModel.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError, KeyError) as e:
         raise AnnotatorError(f"cannot load encoder from {path!r}: {e}") from None
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     if not hasattr(encoder.config, "hidden_size"):
         raise AnnotatorError(f"encoder in {path!r} has no hidden_size: not a BERT-style encoder")
     return encoder, tokenizer

@@ -53,6 +53,9 @@ def read_error_types():
     """Exception types that mean "this file cannot be read (further)", as opposed to one bad record."""
     return _read_errors()
 
+    def __reduce__(self):  # rebuilt from its fields: raised in a worker process, it reaches the parent intact
+        return type(self), (self.path, self.records, self.cause)
+
 
 def _read_errors():
     errors = [OSError, EOFError, zlib.error]
