@@ -76,6 +76,19 @@ class LocalEngine:
                 model_name = os.path.basename(os.path.dirname(norm))
         return cls(model, files, model_name, fingerprint, max_num_seqs, max_batch_tokens)
 
+    def warm_up(self):
+        """Run one short generation (and load the chat-template renderer), so the first request is not slow."""
+        from megasnow.generation.protocol import GenerationRequest, SamplingParams
+
+        if self.files.chat_template:
+            try:
+                self.prompt_text(GenerationRequest(id="warm-up", messages=[{"role": "user", "content": "hi"}]))
+            except BadRequestError:
+                pass
+        spec = SequenceSpec(tuple(self.encode("def") or [self.pad_id]), 2, stop_ids=frozenset())
+        for _ in self.run_batch([spec]):
+            pass
+
     # ------------------------------------------------------------------------------------- requests -> tokens
     def prompt_text(self, request):
         """The prompt string a request stands for (chat template applied to `messages`, FIM for `suffix`)."""
@@ -98,9 +111,10 @@ class LocalEngine:
             ids.insert(0, self.files.bos_id)
         return ids
 
-    def prepare(self, request, prompt_ids=None):
+    def prepare(self, request, prompt_ids=None, ignore_eos=False):
         """A PreparedRequest, or BadRequestError saying what to change. `prompt_ids` (token ids) replaces the
-        request's prompt text (OpenAI allows token-id prompts). Choice j samples with seed `seed + j`."""
+        request's prompt text (OpenAI allows token-id prompts). Choice j samples with seed `seed + j`.
+        ignore_eos: generate max_tokens even past EOS (vLLM's benchmark option)."""
         if prompt_ids is None:
             prompt_ids = self.encode(self.prompt_text(request), add_bos=request.messages is None)
         prompt_ids = tuple(int(t) for t in prompt_ids)
@@ -117,7 +131,8 @@ class LocalEngine:
                 f"{len(prompt_ids) + p.max_tokens} tokens ({len(prompt_ids)} in the prompt, {p.max_tokens} in the "
                 f"completion). Please reduce the length of the prompt or max_tokens.")
         specs = [SequenceSpec(prompt_ids, p.max_tokens, p.temperature, p.top_p,
-                              None if p.seed is None else p.seed + j, self.eos_ids, p.stop) for j in range(p.n)]
+                              None if p.seed is None else p.seed + j, frozenset() if ignore_eos else self.eos_ids,
+                              p.stop) for j in range(p.n)]
         return PreparedRequest(request, prompt_ids, specs)
 
     # ------------------------------------------------------------------------------------- batches
