@@ -207,13 +207,22 @@ class LocalBackend(GenerationBackend):
             items.extend((k, j, spec) for j, spec in enumerate(prep.specs))
         done = [[None] * len(p.specs) for p in prepared]
         remaining = [len(p.specs) for p in prepared]
+        failed = set()
         for batch in self.engine.plan_batches([spec for _, _, spec in items]):
             seqs = []
-            for seqs in self.engine.run_batch([items[i][2] for i in batch]):
-                pass
+            try:
+                for seqs in self.engine.run_batch([items[i][2] for i in batch]):
+                    pass
+            except Exception as e:  # noqa: BLE001 - a failed batch fails its requests, not the whole run
+                for k in sorted({items[i][0] for i in batch} - failed):
+                    failed.add(k)
+                    yield GenerationResult(request_id=prepared[k].request.id, model=self.model_name,
+                                           error=f"generation failed: {type(e).__name__}: {e}",
+                                           error_kind="unavailable")
+                continue
             for i, q in zip(batch, seqs):
                 k, j, _ = items[i]
                 done[k][j] = q
                 remaining[k] -= 1
-                if remaining[k] == 0:
+                if remaining[k] == 0 and k not in failed:
                     yield self.engine.result(prepared[k], done[k])

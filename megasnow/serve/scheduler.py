@@ -33,12 +33,13 @@ class RequestHandle:
     """The events of one submitted request, read in the asyncio loop: ('delta', choice, text) while streaming,
     ('finish', choice, Sequence) once per choice, ('error', choice, message) if its batch failed."""
 
-    def __init__(self, loop, n, stream):
+    def __init__(self, loop, n, stream, scheduler=None):
         self.loop, self.n, self.stream = loop, n, stream
         self.queue = asyncio.Queue()
         self.entries = []
         self.cancelled = False
         self.batch_sizes = set()
+        self.scheduler = scheduler
 
     def _emit(self, event):
         self.loop.call_soon_threadsafe(self.queue.put_nowait, event)
@@ -46,6 +47,8 @@ class RequestHandle:
     def cancel(self):
         """Abort every choice of this request (waiting ones leave the queue; running ones stop at the next step)."""
         self.cancelled = True
+        if self.scheduler is not None:
+            self.scheduler._drop_waiting(self)  # frees their queue slots now, not at the next batch
         for e in self.entries:
             if e.sequence is not None:
                 e.sequence.cancel()
@@ -96,7 +99,7 @@ class BatchScheduler:
     def submit(self, specs, stream=False):
         """Queue the SequenceSpecs of one request (called in the event loop); returns its RequestHandle.
         Raises QueueFullError when they do not fit under max_queue."""
-        handle = RequestHandle(asyncio.get_running_loop(), len(specs), stream)
+        handle = RequestHandle(asyncio.get_running_loop(), len(specs), stream, self)
         with self._cond:
             if self._stopping:
                 raise QueueFullError("the server is shutting down")
@@ -141,6 +144,15 @@ class BatchScheduler:
                     longest, budget = new_longest, new_budget
                 if batch:
                     return batch
+
+    def _drop_waiting(self, handle):
+        """Remove a cancelled request's entries that have not started (called from the event loop)."""
+        with self._cond:
+            mine = [e for e in self._waiting if e.handle is handle]
+            if mine:
+                self._waiting = collections.deque(e for e in self._waiting if e.handle is not handle)
+                for e in mine:
+                    self._finish_unstarted(e)
 
     def _finish_unstarted(self, entry):
         entry.done = True

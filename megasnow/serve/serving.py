@@ -145,6 +145,8 @@ class OpenAIServing:
             return error
         params = request.to_sampling_params(self.default_max_tokens)
         prompts = request.prompts()
+        if not prompts:
+            return bad_request("prompt is an empty list; give at least one prompt", "prompt")
         if request.suffix is not None and any(not isinstance(p, str) for p in prompts):
             return bad_request("suffix needs text prompts", "suffix")
         prepared = []

@@ -190,6 +190,8 @@ def test_errors_have_the_openai_shape(server):
     r = httpx.post(server.base_url + "/completions", content=b"{not json", timeout=30,
                    headers={"content-type": "application/json"})
     assert r.status_code == 400 and "error" in r.json()
+    r = httpx.post(server.base_url + "/completions", json={"model": MODEL, "prompt": []}, timeout=30)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "prompt"
     r = httpx.post(server.base_url + "/chat/completions", json={"model": MODEL, "messages": []}, timeout=30)
     assert r.status_code == 400 and r.json()["error"]["param"] == "messages"
 
