@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from megasnow.data import special_tokens
 from megasnow.generation.base import GenerationBackend
 from megasnow.generation.chat_template import ChatTemplateError, render_chat
-from megasnow.generation.protocol import Choice, GenerationResult
+from megasnow.generation.protocol import Choice, GenerationRequest, GenerationResult
 from megasnow.model.generate import SequenceSpec, generate_stream
 
 DEFAULT_MAX_NUM_SEQS = 32
@@ -78,8 +78,6 @@ class LocalEngine:
 
     def warm_up(self):
         """Run one short generation (and load the chat-template renderer), so the first request is not slow."""
-        from megasnow.generation.protocol import GenerationRequest, SamplingParams
-
         if self.files.chat_template:
             try:
                 self.prompt_text(GenerationRequest(id="warm-up", messages=[{"role": "user", "content": "hi"}]))
