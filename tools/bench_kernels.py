@@ -408,7 +408,8 @@ def main(argv=None) -> int:
         device_name = torch.cuda.get_device_name(device)
     else:
         device_name = "cpu (no GPU)" if not torch.cuda.is_available() else "cpu (GPU present, not used)"
-        print("NOTE: no GPU present: running on CPU, where megasnow's Triton kernels run in Triton's interpreter; "
+        why = "no GPU present" if not torch.cuda.is_available() else "--device cpu"
+        print(f"NOTE: {why}: running on CPU, where megasnow's Triton kernels run in Triton's interpreter; "
               "their times are NOT kernel speed (this run only proves the benchmark works)", file=sys.stderr)
 
     copy_gbs = copy_bandwidth_gbs(device, args.reps)
