@@ -17,7 +17,7 @@ MEGATRON_TAG=${MEGATRON_TAG:-core_v0.16.1}
 WHEELS=(liger-kernel==0.8.5 pydantic==2.10.6 pydantic-core==2.27.2 annotated-types==0.7.0)
 
 mkdir -p "$DEST"
-rm -f "$DEST"/*.whl "$DEST"/megatron-lm-*.tar.gz
+rm -f "$DEST"/*.whl "$DEST"/megatron-lm-*.tar.gz "$DEST"/megasnow-ext-*.tar.gz
 echo "downloading ${#WHEELS[@]} wheels for CPython 3.12 / manylinux x86-64 into $DEST"
 "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
@@ -41,6 +41,26 @@ else
   echo "warning: no Megatron-LM checkout with tag $MEGATRON_TAG (set MEGATRON_LM_DIR); its preprocess_data.py row will be NOT RUN" >&2
 fi
 [ -n "$tmp" ] && rm -rf "$tmp"
+
+# A fallback for the C++ extension, should the GPU machine fail to build it (no Python.h, say): the three modules
+# compiled here for CPython 3.12 (x86-64, this machine's glibc, which must not be newer than the GPU image's).
+PY312=${PY312:-python3.12}
+if "$PY312" -c 'import sys; assert sys.version_info[:2] == (3, 12)' 2>/dev/null && [ "$(uname -m)" = x86_64 ]; then
+  inc312=$("$PY312" -c "import sysconfig; print(sysconfig.get_paths()['include'])")
+  suffix=$("$PY312" -c "import sysconfig; print(sysconfig.get_config_var('EXT_SUFFIX'))")
+  pyb=$("$PY" -c "import pybind11; print(pybind11.get_include())")
+  ext=$(mktemp -d)
+  for src in csrc/*.cpp; do
+    name=$(basename "$src" .cpp)
+    g++ -O3 -shared -fPIC -std=c++17 -fvisibility=hidden -Icsrc -I"$pyb" -I"$inc312" "$src" -o "$ext/_$name$suffix" -lpthread &
+  done
+  wait
+  (cd "$ext" && tar -czf - _*.so) > "$DEST/megasnow-ext-cp312-x86_64.tar.gz"
+  rm -rf "$ext"
+  echo "prebuilt C++ extension for CPython 3.12 (fallback) -> $DEST/megasnow-ext-cp312-x86_64.tar.gz"
+else
+  echo "note: no python3.12 here (set PY312): no prebuilt fallback for the C++ extension; the GPU machine builds it"
+fi
 
 # the annotator encoder without weights (the suite scores with random weights of the same architecture)
 "$PY" -m benchmarks.gpu.encoder_skeleton "$DEST/encoder-minilm"

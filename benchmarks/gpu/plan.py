@@ -87,7 +87,7 @@ def build_plan(dry_run: bool, p: Paths, cores: int):
     add(0, "wheels", [py, "-m", "benchmarks.gpu.prepare", "wheels", "--wheels", p.wheels, "--site", p.site,
                       "--megatron-dest", p.megatron, "--encoder-dest", p.encoder, "--out", r("setup.json")],
         cap=60, expected=10, dry_cap=120, image_sim=False)  # the CPU-side preparation needs no image check
-    add(0, "build", [py, "-m", "benchmarks.gpu.prepare", "build", "--out", r("build.json")]
+    add(0, "build", [py, "-m", "benchmarks.gpu.prepare", "build", "--out", r("build.json"), "--wheels", p.wheels]
         + (["--if-missing"] if dry_run else []),
         cap=120, expected=25, dry_cap=300, env={"MEGASNOW_BUILD_JOBS": str(cores)})
     add(0, "env", [py, "-m", "benchmarks.gpu.env_report", "--out", r("env.json"), "--device", dev,

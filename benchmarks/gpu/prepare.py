@@ -3,7 +3,7 @@ source and encoder folder, and build megasnow's C++ extension in place for this 
 
     python -m benchmarks.gpu.prepare wheels --wheels .whl --site W/site --megatron-dest W/megatron-lm \
         --encoder-dest W/encoder --out setup.json
-    python -m benchmarks.gpu.prepare build --out build.json [--if-missing]
+    python -m benchmarks.gpu.prepare build --out build.json [--if-missing] [--wheels .whl]
 """
 import argparse
 import glob
@@ -109,6 +109,19 @@ def build(args):
             log(f"built and imported in {info['seconds']}s")
             return info
         log(f"{method} failed (rc {res.returncode}): {(res.stderr or err)[-1500:]}")
+    # last resort: the modules prebuilt for this Python by scripts/prepare_gpu_wheels.sh
+    tag = f"cp{sys.version_info.major}{sys.version_info.minor}"
+    for tar_path in sorted(glob.glob(os.path.join(args.wheels, f"megasnow-ext-{tag}-*.tar.gz"))):
+        with tarfile.open(tar_path) as tar:
+            members = [m for m in tar.getmembers() if m.isfile() and m.name.endswith(".so") and "/" not in m.name]
+            tar.extractall(os.path.join(ROOT, "megasnow"), members=members, filter="data")
+        ok, err = extensions_import()
+        if ok:
+            info.update(method=f"prebuilt {os.path.basename(tar_path)} (the build failed)",
+                        seconds=round(time.perf_counter() - t0, 1), ok=True)
+            log(f"using the prebuilt extension from {tar_path}")
+            return info
+        log(f"prebuilt {tar_path} does not import: {err}")
     info.update(method="failed", seconds=round(time.perf_counter() - t0, 1), ok=False)
     return info
 
@@ -125,6 +138,8 @@ def main(argv=None):
     b = sub.add_parser("build", help="build megasnow's C++ extension in place")
     b.add_argument("--out", required=True)
     b.add_argument("--if-missing", action="store_true", help="skip when the extensions already import")
+    b.add_argument("--wheels", default=os.path.join(ROOT, ".whl"),
+                   help="where scripts/prepare_gpu_wheels.sh put a prebuilt fallback (megasnow-ext-cpXY-*.tar.gz)")
     args = p.parse_args(argv)
     info = install_wheels(args) if args.command == "wheels" else build(args)
     with open(args.out, "w") as f:
