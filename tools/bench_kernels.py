@@ -276,13 +276,16 @@ def build_cases(tokens: int, s: Shapes, dtype, device, want_compile: bool) -> li
     return cases
 
 
-def provider_skip_reason(case: OpCase, provider: str, device, want_compile: bool, compile_here: bool = True):
+def provider_skip_reason(case: OpCase, provider: str, device, want_compile: bool, compile_here: bool = True,
+                         compile_mode: bool = True):
     if provider in case.skip:
         return case.skip[provider]
     if provider == "torch_compile" and not want_compile:
         return "torch.compile off (CPU default; pass --compile)"
     if provider == "torch_compile" and not compile_here:
         return "torch.compile not run at this token count (--compile-tokens)"
+    if provider == "torch_compile" and not compile_mode:
+        return "torch.compile not run in this mode (--compile-modes)"
     return None
 
 
@@ -316,7 +319,8 @@ def write_plot(rows, path: Path, copy_gbs: float, device_name: str):
         metric = ""
         for provider in PROVIDERS:
             pts = sorted((int(r["tokens"]), float(r["value"])) for r in rows
-                         if r["op"] == op and r["provider"] == provider and r["mode"] == "fwdbwd" and r["status"] == "ok")
+                         if r["op"] == op and r["provider"] == provider and r["mode"] == "fwdbwd"
+                         and r["status"] == "ok")
             metric = next((r["metric"] for r in rows if r["op"] == op), metric)
             if pts:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=provider)
@@ -375,6 +379,9 @@ def parse_args(argv=None):
     p.add_argument("--compile-tokens", type=str, default=None,
                    help="run torch_compile only at these token counts (each new shape recompiles, seconds each; "
                         "default: every --tokens value)")
+    p.add_argument("--compile-modes", type=str, default=",".join(MODES),
+                   help="run torch_compile only in these modes (fwd compiles an inference graph of its own; bwd and "
+                        "fwdbwd share the training graph)")
     p.add_argument("--reps", type=int, default=3, help="timed repetitions on CPU (CUDA uses do_bench)")
     p.add_argument("--warmup-ms", type=float, default=25, help="do_bench warm-up time per measurement (CUDA)")
     p.add_argument("--rep-ms", type=float, default=100, help="do_bench timed repetitions' total time (CUDA)")
@@ -385,6 +392,7 @@ def parse_args(argv=None):
     args.ops = _names(args.ops, OPS, "--ops")
     args.modes = _names(args.modes, MODES, "--modes")
     args.providers = _names(args.providers, PROVIDERS, "--providers")
+    args.compile_modes = _names(args.compile_modes, MODES, "--compile-modes")
     args.tokens = _token_list(args.tokens or ("16" if args.quick else "4096,16384,32768,65536"), "--tokens")
     args.compile_tokens = (None if args.compile_tokens is None
                            else set(_token_list(args.compile_tokens, "--compile-tokens")))
@@ -431,7 +439,8 @@ def main(argv=None) -> int:
                         row["note"] = case.notes[provider]
                     elif provider == "megasnow" and device.type != "cuda":
                         row["note"] = "Triton interpreter on CPU: not kernel speed"
-                    reason = provider_skip_reason(case, provider, device, want_compile, compile_here)
+                    reason = provider_skip_reason(case, provider, device, want_compile, compile_here,
+                                                  mode in args.compile_modes)
                     if reason:
                         rows.append({**row, "status": "skipped", "note": reason})
                         continue

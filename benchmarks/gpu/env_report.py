@@ -78,16 +78,19 @@ def ceilings(torch):
     8192^3 bf16 matrix product on random data, medians of triton.testing.do_bench."""
     import triton.testing
 
-    n = 1 << 29  # bf16 elements: 1 GiB
-    src = torch.randn(n, device="cuda", dtype=torch.bfloat16)
-    dst = torch.empty_like(src)
-    ms = triton.testing.do_bench(lambda: dst.copy_(src), return_mode="median")
-    copy = 2 * 2 * n / (ms * 1e-3) / 1e9
-    del src, dst
-    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
-    b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
-    ms = triton.testing.do_bench(lambda: a @ b, return_mode="median")
-    return {"copy_gb_s": round(copy, 1), "matmul_bf16_tflops": round(2 * 8192**3 / (ms * 1e-3) / 1e12, 1)}
+    def copy_gb_s(n=1 << 29):  # bf16 elements: 1 GiB
+        src = torch.randn(n, device="cuda", dtype=torch.bfloat16)
+        dst = torch.empty_like(src)
+        ms = triton.testing.do_bench(lambda: dst.copy_(src), return_mode="median")
+        return 2 * 2 * n / (ms * 1e-3) / 1e9
+
+    def matmul_tflops(n=8192):
+        a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+        b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+        ms = triton.testing.do_bench(lambda: a @ b, return_mode="median")
+        return 2 * n**3 / (ms * 1e-3) / 1e12
+
+    return {"copy_gb_s": round(copy_gb_s(), 1), "matmul_bf16_tflops": round(matmul_tflops(), 1)}
 
 
 def main(argv=None):
@@ -123,7 +126,8 @@ def main(argv=None):
     with open(args.out, "w") as f:
         json.dump(env, f, indent=1)
     dev = env.get("device", {})
-    print(f"[env] device: {dev.get('name')} (capability {dev.get('capability', '-')}, {dev.get('memory_gib', '-')} GiB), "
+    print(f"[env] device: {dev.get('name')} (capability {dev.get('capability', '-')}, "
+          f"{dev.get('memory_gib', '-')} GiB), "
           f"driver {env.get('nvidia_smi', {}).get('driver_version', '-')}, torch {env['versions']['torch']} "
           f"(CUDA {env['torch_cuda']}), triton {env['versions']['triton']}, transformers "
           f"{env['versions']['transformers']}, liger-kernel {env['versions']['liger_kernel']}, python {env['python']}")

@@ -31,8 +31,15 @@ def rel_err(a, b):
     return math.inf if not torch.isfinite(a).all() else (a - b).norm().item() / (den if den > 0 else 1.0)
 
 
-def run_model(cfg, kernels, dtype, device, tokens, labels):
-    model = LlamaModel(cfg.replace(kernels=kernels), init_seed=3).to(device=device, dtype=dtype)
+def model_config(preset, layers, seq):
+    base = get_preset(preset)
+    return base.replace(num_layers=layers, max_seq_len=max(seq, base.max_seq_len))
+
+
+def run_model(cfg, kernels, dtype, device, weights, tokens, labels):
+    model = LlamaModel(cfg.replace(kernels=kernels), init_seed=None)
+    model.load_state_dict(weights)  # the same seeded weights for both sides (drawn once, on the CPU)
+    model.to(device=device, dtype=dtype)
     with torch.no_grad():
         logits = model(tokens).float()
     loss = model(tokens, labels=labels)
@@ -42,23 +49,21 @@ def run_model(cfg, kernels, dtype, device, tokens, labels):
     return logits, loss.detach().float(), grads, names
 
 
-def check(preset, layers, dtype_name, device, batch, seq, seed=0):
+def check(cfg, weights, dtype_name, device, batch, seq, seed=0):
     dtype = torch.float32 if dtype_name == "fp32" else torch.bfloat16
-    base = get_preset(preset)
-    cfg = base.replace(num_layers=layers, max_seq_len=max(seq, base.max_seq_len))
     gen = torch.Generator().manual_seed(seed)
     tokens = torch.randint(0, cfg.vocab_size, (batch, seq + 1), generator=gen)
     labels = tokens[:, 1:].clone()
     labels[0, : seq // 8] = -100  # some ignored targets
     tokens, labels = tokens[:, :-1].to(device), labels.to(device)
     t0 = time.perf_counter()
-    tri = run_model(cfg, "triton", dtype, device, tokens, labels)
-    ref = run_model(cfg, "reference", dtype, device, tokens, labels)
+    tri = run_model(cfg, "triton", dtype, device, weights, tokens, labels)
+    ref = run_model(cfg, "reference", dtype, device, weights, tokens, labels)
     tol = TOLERANCES[dtype_name]
-    grad_errs = {n: rel_err(tri[2][n], ref[2][n]) for n in ref[3] if n in ref[2]}
+    grad_errs = {n: rel_err(tri[2][n], ref[2][n]) for n in ref[3] if n in ref[2] and n in tri[2]}
     missing = [n for n in ref[3] if n not in tri[2] or n not in ref[2]]
     worst = max(grad_errs, key=grad_errs.get)
-    out = {"preset": preset, "layers": layers, "dtype": dtype_name, "batch": batch, "seq": seq,
+    out = {"dtype": dtype_name, "batch": batch, "seq": seq,
            "logits_rel_err": rel_err(tri[0], ref[0]), "loss_rel_err": rel_err(tri[1], ref[1]),
            "loss": ref[1].item(), "grad_max_rel_err": grad_errs[worst], "grad_worst_param": worst,
            "params_without_grad": missing, "tolerances": tol, "seconds": round(time.perf_counter() - t0, 2)}
@@ -85,9 +90,12 @@ def main(argv=None):
     device = torch.device(args.device)
     results = []
     for preset in args.presets:
+        cfg = model_config(preset, args.layers, args.seq)
+        weights = LlamaModel(cfg, init_seed=3).state_dict()
         for dtype_name in args.dtypes:
             try:
-                r = check(preset, args.layers, dtype_name, device, args.batch, args.seq)
+                r = {"preset": preset, "layers": args.layers,
+                     **check(cfg, weights, dtype_name, device, args.batch, args.seq)}
             except Exception as e:  # a kernel that fails to compile or launch: record it, check the rest
                 r = {"preset": preset, "layers": args.layers, "dtype": dtype_name, "ok": False,
                      "error": f"{type(e).__name__}: {e}"[:500]}
@@ -97,10 +105,11 @@ def main(argv=None):
             if "error" in r:
                 print(f"[model] {preset} x{args.layers} {dtype_name}: ERROR {r['error']}", flush=True)
             else:
+                verdict = "ok" if r["ok"] else "OUT OF TOLERANCE"
                 print(f"[model] {preset} x{args.layers} {dtype_name} B={args.batch} S={args.seq}: logits "
-                      f"{r['logits_rel_err']:.2e}, loss {r['loss_rel_err']:.2e}, worst grad {r['grad_max_rel_err']:.2e} "
-                      f"({r['grad_worst_param']}); tolerances {r['tolerances']}: {'ok' if r['ok'] else 'OUT OF TOLERANCE'}"
-                      f" ({r['seconds']}s)", flush=True)
+                      f"{r['logits_rel_err']:.2e}, loss {r['loss_rel_err']:.2e}, worst grad "
+                      f"{r['grad_max_rel_err']:.2e} ({r['grad_worst_param']}); tolerances {r['tolerances']}: "
+                      f"{verdict} ({r['seconds']}s)", flush=True)
     with open(args.out, "w") as f:
         json.dump({"check": "model kernels triton vs reference", "device": str(device), "results": results}, f,
                   indent=1)

@@ -13,9 +13,8 @@ import json
 import os
 import xml.etree.ElementTree as ET
 
-from benchmarks.gpu.plan import STEPS
-
-PASS, MISS, ERROR, NOT_RUN, NOT_BUILT, INFO, DRY = "PASS", "MISS", "ERROR", "NOT RUN", "not built", "INFO", "CPU-DRY-RUN"
+PASS, MISS, ERROR, NOT_RUN, NOT_BUILT, INFO = "PASS", "MISS", "ERROR", "NOT RUN", "not built", "INFO"
+DRY = "CPU-DRY-RUN"
 STATUSES = (PASS, MISS, ERROR, NOT_RUN, NOT_BUILT, INFO, DRY)
 COLUMNS = ("id", "step", "check", "figure", "target", "status", "note")
 KERNEL_TARGET_TOKENS = 32768
@@ -115,8 +114,8 @@ def correctness_rows(R, res):
             R.add(rid, 1, check, "-", "errors within tolerance", ERROR, r["error"][:300])
             continue
         tol = r["tolerances"]
-        fig = (f"logits {r['logits_rel_err']:.1e}, loss {r['loss_rel_err']:.1e}, worst grad {r['grad_max_rel_err']:.1e} "
-               f"({r['grad_worst_param']})")
+        fig = (f"logits {r['logits_rel_err']:.1e}, loss {r['loss_rel_err']:.1e}, worst grad "
+               f"{r['grad_max_rel_err']:.1e} ({r['grad_worst_param']})")
         target = f"relative error (norm) <= {tol['logits']:g} / {tol['loss']:g} / {tol['grad']:g}"
         R.add(rid, 1, check, fig, target, R.verdict(r["ok"]),
               "" if not r.get("params_without_grad") else f"no gradient: {r['params_without_grad'][:3]}")
@@ -160,9 +159,9 @@ def kernel_rows(R, res):
         check = f"{op} {mode}: % of copy bandwidth at {tokens} tokens"
         if r and r["status"] == "ok":
             pct = float(r["pct_copy_bw"])
-            R.add(f"2.{op}.{mode}", 2, check, f"{pct:.1f}% ({float(r['value']):.4g} GB/s, {float(r['median_ms']):.3f} ms)",
-                  ">= 85% (2048 hidden, 32k+ rows)", R.verdict(pct >= 85 and tokens >= KERNEL_TARGET_TOKENS),
-                  below.strip() or r["note"])
+            fig = f"{pct:.1f}% ({float(r['value']):.4g} GB/s, {float(r['median_ms']):.3f} ms)"
+            R.add(f"2.{op}.{mode}", 2, check, fig, ">= 85% (2048 hidden, 32k+ rows)",
+                  R.verdict(pct >= 85 and tokens >= KERNEL_TARGET_TOKENS), below.strip() or r["note"])
         else:
             R.add(f"2.{op}.{mode}", 2, check, "-", ">= 85%", ERROR, why(r))
 
@@ -189,7 +188,8 @@ def kernel_rows(R, res):
         R.add("2.ce_memory", 2, check, "-", "<= one bf16 logits tensor", DRY if not R.gpu else ERROR,
               "peak memory is measured on CUDA only" if not R.gpu else why(ours))
 
-    ours, eager = get("linear_cross_entropy", "fwdbwd", "megasnow"), get("linear_cross_entropy", "fwdbwd", "torch_eager")
+    ours = get("linear_cross_entropy", "fwdbwd", "megasnow")
+    eager = get("linear_cross_entropy", "fwdbwd", "torch_eager")
     both = ours and eager and ours["status"] == eager["status"] == "ok"
     check = f"fused linear+CE peak memory vs unfused ({tokens} tokens)"
     if both and _num(ours["peak_extra_mib"]) is not None and _num(eager["peak_extra_mib"]) is not None:
@@ -236,8 +236,9 @@ def train_rows(R, res):
               R.verdict((ours.get("mfu") or 0) >= 0.45), "MFU: model FLOPs (Megatron's count) / dense bf16 peak")
         if hf:
             ratio = ours["tokens_per_s"] / hf["tokens_per_s"]
-            R.add("3.vs_hf", 3, "megasnow tokens/s vs HF LlamaForCausalLM + SDPA, same shapes", f"{ratio:.2f}x "
-                  f"({ours['tokens_per_s']:,.0f} vs {hf['tokens_per_s']:,.0f} tok/s)", ">= 1.3x", R.verdict(ratio >= 1.3))
+            fig = f"{ratio:.2f}x ({ours['tokens_per_s']:,.0f} vs {hf['tokens_per_s']:,.0f} tok/s)"
+            R.add("3.vs_hf", 3, "megasnow tokens/s vs HF LlamaForCausalLM + SDPA, same shapes", fig, ">= 1.3x",
+                  R.verdict(ratio >= 1.3))
         else:
             note = next((r.get("note") for r in rows if r["impl"] == "hf-sdpa"), "HF SDPA row missing")
             R.add("3.vs_hf", 3, "megasnow tokens/s vs HF LlamaForCausalLM + SDPA", "-", ">= 1.3x", ERROR, note)
@@ -314,8 +315,9 @@ def cpu_rows(R, res):
             R.add("6.megatron", 6, check, "-", "faster, same tokens", ERROR, r["error"][-300:])
             continue
         same = r.get("tokens_equal_except_eod")
-        R.add("6.megatron", 6, check, f"megasnow {r['megasnow_speedup']:.2f}x ({r['text_mb_s']:.1f} MB/s for Megatron, "
-              f"its imports included)", "faster, same tokens", R.verdict((r["megasnow_speedup"] or 0) > 1 and bool(same)),
+        fig = f"megasnow {r['megasnow_speedup']:.2f}x ({r['text_mb_s']:.1f} MB/s for Megatron, its imports included)"
+        R.add("6.megatron", 6, check, fig, "faster, same tokens",
+              R.verdict((r["megasnow_speedup"] or 0) > 1 and bool(same)),
               f"tokens identical except the EOD id: {same} ({r.get('eod_tokens_differing')} EOD tokens differ: "
               "megasnow <|endoftext|>, Megatron </s>)")
     mh = cs.get("minhash", [])
@@ -385,7 +387,3 @@ def to_csv(rows):
     w.writeheader()
     w.writerows(rows)
     return buf.getvalue()
-
-
-def step_title(step):
-    return STEPS.get(step, "summary")

@@ -61,7 +61,8 @@ def gpu_results(tmp_path):
         {"tool": "megatron-lm", "workers": 16, "megasnow_speedup": 1.6, "text_mb_s": 34.0,
          "tokens_equal_except_eod": True, "eod_tokens_differing": 100}],
         "minhash": [{"threads": 1, "speedup": 1.0, "mb_s": 30.0}, {"threads": 16, "speedup": 14.1, "mb_s": 423}]}))
-    tasks = {"build": {"status": "ok"}, "train": {"status": "ok"}, "serve": {"status": "timeout", "seconds": 90.0, "rc": None}}
+    tasks = {"build": {"status": "ok"}, "train": {"status": "ok"},
+             "serve": {"status": "timeout", "seconds": 90.0, "rc": None}}
     return r, tasks
 
 
@@ -78,7 +79,8 @@ def test_gpu_run_rows_are_judged_against_their_targets(gpu_results):
     assert s["1.kernel_tests"]["status"] == "MISS" and "test_rope_kernel::test_a" in s["1.kernel_tests"]["note"]
     assert s["1.kernel_tests"]["figure"] == "8 passed, 1 failed, 0 errors, 1 skipped"
     assert s["1.model.snowcoder-1.3b.fp32"]["status"] == "PASS"
-    assert s["1.model.snowcoder-1.3b.bf16"]["status"] == "ERROR" and "CompilationError" in s["1.model.snowcoder-1.3b.bf16"]["note"]
+    bf16 = s["1.model.snowcoder-1.3b.bf16"]
+    assert bf16["status"] == "ERROR" and "CompilationError" in bf16["note"]
     assert s["1.precision"]["status"] == "MISS"
     assert s["2.rms_norm.fwd"]["status"] == "PASS" and s["2.rms_norm.fwd"]["figure"].startswith("91.0%")
     assert s["2.rms_norm.bwd"]["status"] == "MISS"

@@ -22,7 +22,8 @@ urllib3 uvloop wadler_lindig werkzeug wheel wrapt xarray xxhash yarl zipp
 """
 
 # setuptools' vendored packages, importable wherever setuptools is
-SETUPTOOLS_VENDORED = "jaraco more_itertools backports platformdirs autocommand inflect typeguard tomli importlib_metadata"
+SETUPTOOLS_VENDORED = ("jaraco more_itertools backports platformdirs autocommand inflect typeguard tomli "
+                       "importlib_metadata")
 
 # what scripts/prepare_gpu_wheels.sh puts in .whl/ (keep the two in step) and the Megatron-LM source it carries
 CARRIED = "liger_kernel pydantic pydantic_core annotated_types typing_inspection megatron"
