@@ -321,7 +321,7 @@ def main(argv=None):
     try:
         import liger_kernel  # noqa: F401
         have_liger = gpu  # Liger's kernels are Triton GPU kernels
-    except ImportError:
+    except Exception:  # not installed, or an installed version that does not import with this torch/triton
         have_liger = False
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

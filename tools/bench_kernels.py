@@ -184,7 +184,12 @@ def build_cases(tokens: int, s: Shapes, dtype, device, want_compile: bool) -> li
 
     def with_compile(providers, reference):
         if want_compile:
-            providers["torch_compile"] = torch.compile(reference)
+            try:
+                providers["torch_compile"] = torch.compile(reference)
+            except Exception as e:  # reported as this provider's error rows, not a crash of the whole run
+                def failed(*_, error=e):
+                    raise error
+                providers["torch_compile"] = failed
         return providers
 
     def with_liger(case, name, make_fn):

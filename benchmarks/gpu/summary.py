@@ -166,7 +166,8 @@ def kernel_rows(R, res):
             R.add(f"2.{op}.{mode}", 2, check, "-", ">= 85%", ERROR, why(r))
 
     ours, liger = get("cross_entropy", "fwdbwd", "megasnow"), get("cross_entropy", "fwdbwd", "liger")
-    check = f"cross entropy fwd+bwd vs Liger ({tokens} tokens, 64k vocab)"
+    vocab = ours["shape"].split(",")[-1].rstrip("]") if ours else "?"
+    check = f"cross entropy fwd+bwd vs Liger ({tokens} tokens, vocab {vocab})"
     if ours and ours["status"] == "ok" and liger and liger["status"] == "ok":
         a, b = float(ours["median_ms"]), float(liger["median_ms"])
         R.add("2.ce_vs_liger", 2, check, f"megasnow {a:.3f} ms vs Liger {b:.3f} ms ({b / a:.2f}x)",
@@ -179,8 +180,7 @@ def kernel_rows(R, res):
                                                                                ours["status"] != "ok" else liger))
     check = "cross entropy fwd+bwd extra memory"
     if ours and ours["status"] == "ok" and _num(ours["peak_extra_mib"]) is not None:
-        vocab = int(ours["shape"].split(",")[-1].rstrip("]"))
-        logits_mib = tokens * vocab * 2 / 2**20
+        logits_mib = tokens * int(vocab) * 2 / 2**20
         extra = float(ours["peak_extra_mib"])
         R.add("2.ce_memory", 2, check, f"{extra:.0f} MiB (one bf16 logits tensor: {logits_mib:.0f} MiB)",
               "<= one bf16 logits tensor", R.verdict(extra <= logits_mib * 1.01))
@@ -274,6 +274,8 @@ def serve_rows(R, res):
     found = None
     for name in ("serve.json", "serve_throughput.json"):
         found = found or _load_json(os.path.join(res, name))
+    for name in ("serve.csv", "serve_throughput.csv"):
+        found = found or _load_csv(os.path.join(res, name))
     if found is None:
         status, why = R.missing("serve")
         R.add("5.serve", 5, check, "-", "-", status, why)
