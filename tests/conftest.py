@@ -1,11 +1,13 @@
-"""Test-wide setup: Triton runs in its interpreter when no GPU is present (set before triton imports), nothing is
-downloaded, and `require_anchor` for the tests that compare with a reference implementation."""
+"""Test-wide setup: Triton runs in its interpreter (set before triton imports) unless the tests target a GPU
+(MEGASNOW_TEST_DEVICE=cuda, see tests/kernels/conftest.py), nothing is downloaded, and `require_anchor` for the
+tests that compare with a reference implementation."""
 import importlib
 import os
 
 import pytest
 
-os.environ.setdefault("TRITON_INTERPRET", "1")
+if os.environ.get("MEGASNOW_TEST_DEVICE", "cpu") != "cuda":
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
