@@ -37,13 +37,13 @@ class BackendConfig:
     dtype: str = field(default="auto", metadata={"help": "vllm/local: weight dtype"})
     gpu_memory_utilization: float = field(default=0.9, metadata={"help": "vllm: fraction of GPU memory"})
     max_model_len: Optional[int] = field(default=None, metadata={"help": "vllm: context length (null = model's)"})
-    batch_size: int = field(default=4096, metadata={
-        "help": "vllm: requests per LLM.generate call; local: requests batched together"})
+    batch_size: int = field(default=4096, metadata={"help": "vllm: requests per LLM.generate call"})
     seed: int = field(default=0, metadata={"help": "vllm: engine seed"})
     # local
     device: str = field(default="cpu", metadata={"help": "local: torch device"})
     options: dict = field(default_factory=dict, metadata={
-        "help": "extra keyword arguments for the backend (vllm.LLM arguments, LocalBackend options)"})
+        "help": "extra keyword arguments: vllm.LLM arguments (vllm), LocalBackend/LocalEngine ones such as "
+                "max_num_seqs, max_batch_tokens, chat_template (local), extra HTTP headers as headers (openai)"})
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -85,4 +85,11 @@ def build_backend_from_config(cfg):
                            seed=cfg.seed, batch_size=cfg.batch_size, engine_kwargs=cfg.options)
     from megasnow.generation.local import LocalBackend
 
-    return LocalBackend(cfg.model, device=cfg.device, **cfg.options)
+    kwargs = {"device": cfg.device, **cfg.options}
+    if cfg.dtype not in ("", "auto"):
+        import torch
+
+        if not isinstance(getattr(torch, cfg.dtype, None), torch.dtype):
+            raise UserError(f"backend.dtype {cfg.dtype!r} is not a torch dtype (e.g. float32, bfloat16) or 'auto'")
+        kwargs["dtype"] = getattr(torch, cfg.dtype)
+    return LocalBackend(cfg.model, **kwargs)

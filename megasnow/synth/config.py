@@ -51,6 +51,11 @@ class PromptConfig:
     style: Literal["chat", "completion"] = field(default="chat", metadata={
         "help": "chat: the rendered template is the user message; completion: it is the raw prompt"})
     system: Optional[str] = field(default=None, metadata={"help": "chat system message (text, or @file)"})
+    answer_prefix: str = field(default="", metadata={
+        "help": "put before every answer before post-processing, e.g. the code fence a completion template "
+                "opens ({{fence}}, {{language}}, {{lang}} are filled in)"})
+    answer_suffix: str = field(default="", metadata={"help": "put after every answer (e.g. the closing fence "
+                                                              "that a stop string cut)"})
 
 
 @dataclass

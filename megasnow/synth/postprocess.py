@@ -71,7 +71,7 @@ class Tally:
         return total
 
 
-def first_checks(planned, answered, cfg, tally, dropped):
+def first_checks(planned, answered, cfg, template, tally, dropped):
     """Per-output checks (finish reason .. decontamination); returns the surviving candidates in request order."""
     pp = cfg.postprocess
     decon = get_decontaminator(pp.decontamination) if pp.decontamination.enabled else None
@@ -100,7 +100,7 @@ def first_checks(planned, answered, cfg, tally, dropped):
             if pp.require_stop and finish != "stop":
                 reject(f"finish_reason_{finish}")
                 continue
-            code, reason, matched = select_code(choice.get("text") or "", lang)
+            code, reason, matched = select_code(template.full_answer(choice.get("text") or "", lang), lang)
             if reason:
                 reject(reason)
                 continue
@@ -210,7 +210,7 @@ def write_outputs(docs, dropped, output, shard_docs):
 def postprocess(planned, answered, cfg, template, output):
     """Check, deduplicate and write every answered request of `planned`; returns the post-processing summary."""
     tally, dropped, read_report = Tally(), [], ReadReport()
-    survivors = first_checks(planned, answered, cfg, tally, dropped)
+    survivors = first_checks(planned, answered, cfg, template, tally, dropped)
     kept = dedup_checks(survivors, cfg, tally, dropped, read_report)
     docs = []
     for s in kept:

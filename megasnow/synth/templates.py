@@ -58,21 +58,24 @@ class PromptTemplate:
     text: str
     style: str = "chat"
     system: str = None
+    answer_prefix: str = ""
+    answer_suffix: str = ""
 
     @property
     def sha(self):
         """Hash of everything that shapes the prompt (recorded as provenance)."""
-        blob = "\0".join([self.style, self.system or "", self.text])
+        blob = "\0".join([self.style, self.system or "", self.text, self.answer_prefix, self.answer_suffix])
         return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
 
     def render(self, seed, lang):
         """The user text for one seed; the seed goes in last, so braces or {{...}} inside it stay verbatim."""
-        values = {"language": display_name(lang), "lang": lang, "fence": fence_name(lang)}
-        parts = PLACEHOLDER.split(self.text)  # text, name, text, name, ... text
-        out = []
-        for i, part in enumerate(parts):
-            out.append(part if i % 2 == 0 else (seed if part == "seed" else values[part]))
-        return "".join(out)
+        return fill(self.text, lang, seed)
+
+    def full_answer(self, answer, lang):
+        """The answer with answer_prefix / answer_suffix around it (what post-processing parses)."""
+        if not self.answer_prefix and not self.answer_suffix:
+            return answer
+        return fill(self.answer_prefix, lang) + answer + fill(self.answer_suffix, lang)
 
     def request_body(self, seed, lang):
         """{"messages": [...]} (chat) or {"prompt": text} (completion) for one seed."""
@@ -81,6 +84,13 @@ class PromptTemplate:
             return {"prompt": text}
         messages = ([{"role": "system", "content": self.system}] if self.system else [])
         return {"messages": messages + [{"role": "user", "content": text}]}
+
+
+def fill(text, lang, seed=None):
+    """`text` with its placeholders replaced, in one pass (a value is never scanned for placeholders)."""
+    values = {"language": display_name(lang), "lang": lang, "fence": fence_name(lang), "seed": seed}
+    parts = PLACEHOLDER.split(text)  # text, name, text, name, ... text
+    return "".join(part if i % 2 == 0 else values[part] for i, part in enumerate(parts))
 
 
 def check_template_text(text, where):
@@ -115,4 +125,10 @@ def load_template(cfg):
             system = f.read()
     if system and cfg.style == "completion":
         raise UserError("prompt.system is set but prompt.style is completion; a system message needs style chat")
-    return PromptTemplate(name=name, text=text, style=cfg.style, system=system or None)
+    for key in ("answer_prefix", "answer_suffix"):
+        bad = sorted(set(PLACEHOLDER.findall(getattr(cfg, key))) - {"language", "lang", "fence"})
+        if bad:
+            raise UserError(f"prompt.{key}: only {{{{language}}}}, {{{{lang}}}} and {{{{fence}}}} may be used, "
+                            f"not {{{{{bad[0]}}}}}")
+    return PromptTemplate(name=name, text=text, style=cfg.style, system=system or None,
+                          answer_prefix=cfg.answer_prefix, answer_suffix=cfg.answer_suffix)

@@ -154,3 +154,22 @@ def test_plain_format_and_sharding(tmp_path):
     out2, _ = run(tmp_path, items[:1], output={"format": "plain", "shard_docs": 2},
                   postprocess={"filters": {"enabled": False}})
     assert sorted(os.listdir(tmp_path / "data")) == ["part-00000.jsonl"]
+
+
+def test_completion_answers_get_the_fence_back(tmp_path):
+    from megasnow.config import from_dict
+    from megasnow.synth.config import PromptConfig
+    from megasnow.synth.templates import load_template
+    from tests.synth.helpers import plan_and_answer
+
+    t = load_template(from_dict(PromptConfig, {
+        "template": "examples/synthesis/templates/file_completion.txt", "style": "completion",
+        "answer_prefix": "```{{fence}}\n", "answer_suffix": "\n```\n"}))
+    assert t.render("x = 1", "cpp").endswith("```cpp\nx = 1\n```\n\n### A complete, self-contained, high-quality "
+                                             "C++ file that solves a concrete problem this fragment suggests\n```cpp\n")
+    cfg = make_cfg()
+    # the answer is the bare code: the stop string "\n```" cut the closing fence
+    planned, answered = plan_and_answer([("cpp", "x = 1", VALID["cpp"].rstrip("\n"), "stop")], cfg)
+    out = postprocess(planned, answered, cfg, t, str(tmp_path))
+    assert out["total"]["kept"] == 1
+    assert read_jsonl(out["output_shards"][0])[0]["text"].endswith(VALID["cpp"])
