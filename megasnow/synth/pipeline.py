@@ -79,14 +79,28 @@ def _drive_task(task):
         return drive_shard(cfg, task["output"], task["shard"], seeds, template, backend, task["extra"])
 
 
+def _absolute_paths(d):
+    """The config dict with its input paths made absolute (Ray workers may run in another folder)."""
+    seeds = d["seeds"]
+    seeds["documents"] = [os.path.abspath(p) for p in seeds["documents"]]
+    for key in ("scores", "language_stats", "tokenizer"):
+        if seeds[key]:
+            seeds[key] = os.path.abspath(seeds[key])
+    if d["prompt"]["template"] != "default":
+        d["prompt"]["template"] = os.path.abspath(d["prompt"]["template"])
+    if (d["prompt"]["system"] or "").startswith("@"):
+        d["prompt"]["system"] = "@" + os.path.abspath(d["prompt"]["system"][1:])
+    return d
+
+
 def _run_ray(cfg, output, shards, extra_responses):
     from megasnow.curate.executors import init_ray, shutdown_ray
 
     ray = init_ray(len(shards), cfg.execution.ray_address)
     try:
         remote = ray.remote(num_cpus=1, num_gpus=cfg.execution.ray_gpus_per_shard, max_retries=0)(_drive_task)
-        refs = [remote.remote({"cfg": to_dict(cfg), "output": os.path.abspath(output), "shard": s,
-                               "extra": list(extra_responses)}) for s in shards]
+        refs = [remote.remote({"cfg": _absolute_paths(to_dict(cfg)), "output": os.path.abspath(output), "shard": s,
+                               "extra": [os.path.abspath(e) for e in extra_responses]}) for s in shards]
         return ray.get(refs)
     finally:
         shutdown_ray()
