@@ -205,6 +205,8 @@ def export_to_hf(checkpoint_path, out_dir, dtype="float32", tokenizer=None):
         from megasnow.convert.hf_tokenizer import export_tokenizer
 
         tok_summary, ids = export_tokenizer(tok_path, out_dir)
+        if tokenizer is None:
+            ids.update(_copy_generation_files(step_dir, out_dir, tok_summary))
     atomic_write_text(os.path.join(out_dir, "config.json"),
                       json.dumps(hf_config_dict(model_cfg, dtype, ids.get("bos"), ids.get("eos"), ids.get("pad")),
                                  indent=2, sort_keys=True))
@@ -216,6 +218,23 @@ def export_to_hf(checkpoint_path, out_dir, dtype="float32", tokenizer=None):
     os.replace(tmp, os.path.join(out_dir, "model.safetensors"))
     return {"source": step_dir, "out": out_dir, "tensors": len(hf),
             "parameters": sum(t.numel() for t in hf.values()), **tok_summary}
+
+
+def _copy_generation_files(step_dir, out_dir, summary):
+    """A checkpoint's own tokenizer_config.json (chat template, EOS/BOS of an imported instruct model) replaces the
+    generic one; generation_config.json's eos_token_id wins. Returns the ids to put in config.json."""
+    ids = {}
+    src = os.path.join(step_dir, "tokenizer_config.json")
+    if os.path.exists(src):
+        shutil.copyfile(src, os.path.join(out_dir, "tokenizer_config.json"))
+        summary["tokenizer_config.json"] = "copied from the checkpoint"
+    gen = os.path.join(step_dir, "generation_config.json")
+    if os.path.exists(gen):
+        with open(gen, encoding="utf-8") as f:
+            eos = json.load(f).get("eos_token_id")
+        if eos is not None:
+            ids["eos"] = eos
+    return ids
 
 
 def _checkpoint_tokenizer(step_dir):

@@ -1,103 +1,282 @@
 """Batched autoregressive generation with a KV cache: greedy, temperature and top-p sampling, stop ids/strings.
 
-Prompts of different lengths are left-padded; each sequence keeps its own positions (0 at its first
-token) and padding is masked out, so a prompt generates the same tokens alone or in a batch.
+Every row of a batch has its own prompt, token budget, sampling settings, seed and stops (`SequenceSpec`).
+Prompts are left-padded; each sequence keeps its own positions (0 at its first token) and padding is masked
+out, and each sampled row draws from its own seeded generator, so a prompt produces the same tokens alone or in
+any batch. `generate_stream` yields after every step (for streaming servers); `generate` is the plain call.
 """
+import secrets
+from dataclasses import dataclass, field
+from typing import Optional
+
 import torch
+
+from megasnow.model.detokenize import IncrementalDetokenizer, find_stop, partial_stop_length
+
+FINISH_STOP, FINISH_LENGTH, FINISH_ABORT = "stop", "length", "abort"
+
+
+@dataclass(frozen=True)
+class SequenceSpec:
+    """One row to generate.
+
+    prompt: token ids (non-empty); max_new_tokens: budget of generated tokens (a stop id counts);
+    temperature 0 is greedy; top_p in (0, 1]; seed: this row's sampling stream (None: a random one);
+    stop_ids: tokens that end the row (left out of its output, e.g. the tokenizer's EOS);
+    stop_strings: strings that end the row (cut from its text; need a tokenizer).
+    """
+
+    prompt: tuple
+    max_new_tokens: int
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: Optional[int] = None
+    stop_ids: frozenset = frozenset()
+    stop_strings: tuple = ()
+
+    def __post_init__(self):
+        object.__setattr__(self, "prompt", tuple(int(t) for t in self.prompt))
+        object.__setattr__(self, "stop_ids", frozenset(int(t) for t in self.stop_ids or ()))
+        object.__setattr__(self, "stop_strings", tuple(s for s in (self.stop_strings or ()) if s))
+
+
+@dataclass(eq=False)
+class Sequence:
+    """A row being generated: its output tokens, text and, once done, its finish reason.
+
+    tokens: generated ids, the stop id excluded (a stop string's last token included); num_generated: tokens the
+    model produced (including a stop id: what a server bills); text: the decoded output (cut before a stop
+    string), "" without a tokenizer; finish_reason: None while running, then 'stop' (stop id or string),
+    'length' (max_new_tokens reached) or 'abort' (cancel() was called, e.g. the client went away).
+    """
+
+    spec: SequenceSpec
+    tokens: list = field(default_factory=list)
+    num_generated: int = 0
+    text: str = ""
+    finish_reason: Optional[str] = None
+    detokenizer: Optional[IncrementalDetokenizer] = None
+    _streamed: int = 0
+    _cancelled: bool = False
+
+    @property
+    def finished(self):
+        return self.finish_reason is not None
+
+    def cancel(self):
+        """Stop this row at the next step (thread-safe: a flag read by the generation loop)."""
+        self._cancelled = True
+
+    def stream_text(self):
+        """The text a stream may show now: all of it once finished, else without a tail that could still become
+        a stop string."""
+        if self.finished or not self.spec.stop_strings:
+            return self.text
+        return self.text[:len(self.text) - partial_stop_length(self.text, self.spec.stop_strings)]
+
+    def take_stream_delta(self):
+        """The stream text not returned by an earlier call (for server-sent events)."""
+        text = self.stream_text()
+        delta = text[self._streamed:]
+        self._streamed = len(text)
+        return delta
+
+    def _append(self, token):
+        """Record one generated token and decide whether the row ends."""
+        self.num_generated += 1
+        if token in self.spec.stop_ids:
+            self._finish(FINISH_STOP)
+            return
+        self.tokens.append(token)
+        if self.detokenizer is not None:
+            before = len(self.text)
+            delta = self.detokenizer.push(token)
+            if delta:
+                self.text += delta
+                if self.spec.stop_strings:
+                    cut = find_stop(self.text, self.spec.stop_strings, before)
+                    if cut >= 0:
+                        self.text = self.text[:cut]
+                        self.finish_reason = FINISH_STOP
+                        return
+        if self.num_generated >= self.spec.max_new_tokens:
+            self._finish(FINISH_LENGTH)
+
+    def _finish(self, reason):
+        if self.detokenizer is not None:
+            self.text += self.detokenizer.flush()
+            if self.spec.stop_strings:  # a stop string completed by the flushed bytes still ends the text
+                cut = find_stop(self.text, self.spec.stop_strings)
+                if cut >= 0:
+                    self.text, reason = self.text[:cut], FINISH_STOP
+        self.finish_reason = reason
+
+
+def sample_tokens(logits, temperature, top_p, uniforms):
+    """Next token ids [B] from logits [B, V] by inverse-CDF nucleus sampling, one uniform draw per row.
+
+    temperature [B] (rows with 0 take the argmax), top_p [B] in (0, 1], uniforms [B] in [0, 1). The nucleus is
+    the smallest prefix of the sorted distribution whose mass reaches top_p (the most likely token always stays;
+    Holtzman et al. 2019). Each row depends only on its own logits and draw, so batching never changes a sample.
+    """
+    greedy = logits.argmax(dim=-1)
+    sampled_rows = temperature > 0
+    if not bool(sampled_rows.any()):
+        return greedy
+    rows = sampled_rows.nonzero().squeeze(-1)
+    lg = logits[rows].float() / temperature[rows, None].float()
+    probs = torch.softmax(lg, dim=-1)
+    sorted_probs, order = probs.sort(dim=-1, descending=True)
+    drop = sorted_probs.cumsum(dim=-1) - sorted_probs >= top_p[rows, None]
+    cdf = sorted_probs.masked_fill(drop, 0.0).cumsum(dim=-1)
+    u = uniforms[rows].to(cdf.dtype) * cdf[:, -1]
+    pick = torch.searchsorted(cdf, u[:, None], right=True).clamp(max=cdf.shape[-1] - 1)
+    out = greedy.clone()
+    out[rows] = order.gather(-1, pick).squeeze(-1)
+    return out
 
 
 def sample_next_token(logits, temperature=0.0, top_p=1.0, generator=None):
-    """Next token ids [B] from logits [B, V]: argmax when temperature == 0, else nucleus sampling."""
+    """Next token ids [B] from logits [B, V]: argmax when temperature == 0, else nucleus sampling with draws from
+    `generator` (one per row)."""
+    batch = logits.shape[0]
+    temps = torch.full((batch,), float(temperature), device=logits.device)
     if temperature == 0.0:
-        return logits.argmax(dim=-1)
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
-    if top_p < 1.0:
-        sorted_probs, order = probs.sort(dim=-1, descending=True)
-        # Keep the smallest prefix whose mass reaches top_p (the most likely token always stays).
-        drop = sorted_probs.cumsum(dim=-1) - sorted_probs >= top_p
-        sorted_probs = sorted_probs.masked_fill(drop, 0.0)
-        probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        return sample_tokens(logits, temps, None, None)
+    uniforms = torch.rand(batch, generator=generator, dtype=torch.float64).to(logits.device)
+    return sample_tokens(logits, temps, torch.full((batch,), float(top_p), device=logits.device), uniforms)
 
 
 def truncate_at_stop_strings(text, stop_strings):
     """Cut `text` at the first occurrence of any stop string (the stop string itself is removed)."""
-    cut = min((i for i in (text.find(s) for s in stop_strings or ()) if i >= 0), default=len(text))
-    return text[:cut]
+    cut = find_stop(text, stop_strings or ())
+    return text if cut < 0 else text[:cut]
 
 
-def _check_arguments(model, prompts, max_new_tokens, temperature, top_p, stop_strings, tokenizer):
-    if not prompts or any(len(p) == 0 for p in prompts):
-        raise ValueError("generate: every prompt needs at least one token")
-    if max_new_tokens < 0:
-        raise ValueError(f"generate: max_new_tokens must be >= 0, got {max_new_tokens}")
-    if temperature < 0 or not 0.0 < top_p <= 1.0:
-        raise ValueError(f"generate: need temperature >= 0 and 0 < top_p <= 1, got {temperature}, {top_p}")
-    if stop_strings and tokenizer is None:
-        raise ValueError("generate: stop_strings need a tokenizer (to decode the generated tokens)")
-    longest = max(len(p) for p in prompts) + max_new_tokens
-    if longest > model.cfg.max_seq_len:
-        raise ValueError(f"generate: longest prompt + max_new_tokens = {longest} exceeds model.max_seq_len "
-                         f"{model.cfg.max_seq_len}; shorten the prompt or lower max_new_tokens")
-    vocab = model.cfg.vocab_size
-    for i, p in enumerate(prompts):
-        bad = [t for t in p if not 0 <= int(t) < vocab]
+def check_specs(model, specs, tokenizer):
+    """Raise ValueError naming the row and what to change for any spec the model cannot run."""
+    if not specs:
+        raise ValueError("generate: no prompts")
+    vocab, limit = model.cfg.vocab_size, model.cfg.max_seq_len
+    for i, s in enumerate(specs):
+        if len(s.prompt) == 0:
+            raise ValueError(f"generate: prompt {i} is empty; every prompt needs at least one token")
+        if s.max_new_tokens < 0:
+            raise ValueError(f"generate: max_new_tokens must be >= 0, got {s.max_new_tokens}")
+        if s.temperature < 0 or not 0.0 < s.top_p <= 1.0:
+            raise ValueError(f"generate: need temperature >= 0 and 0 < top_p <= 1, got {s.temperature}, {s.top_p}")
+        if s.stop_strings and tokenizer is None:
+            raise ValueError("generate: stop_strings need a tokenizer (to decode the generated tokens)")
+        if len(s.prompt) + s.max_new_tokens > limit:
+            raise ValueError(f"generate: prompt {i} ({len(s.prompt)} tokens) + max_new_tokens {s.max_new_tokens} "
+                             f"exceeds model.max_seq_len {limit}; shorten the prompt or lower max_new_tokens")
+        bad = [t for t in s.prompt if not 0 <= t < vocab]
         if bad:
             raise ValueError(f"generate: prompt {i} has token id {bad[0]} outside the vocabulary [0, {vocab})")
 
 
 @torch.no_grad()
-def generate(model, prompts, max_new_tokens, temperature=0.0, top_p=1.0, stop_ids=None, stop_strings=None,
-             tokenizer=None, use_cache=True, seed=None, pad_id=0):
-    """Continue each prompt (a list of token ids); returns the new tokens of each, in prompt order.
+def generate_stream(model, specs, tokenizer=None, use_cache=True, pad_id=0):
+    """Generate every SequenceSpec in one left-padded batch; yields the list of Sequences (in spec order) after
+    every decoding step, until all have finished. Consumers may call `Sequence.cancel()` between steps.
 
-    A sequence stops at max_new_tokens, at a token in `stop_ids` (not included in its output) or once its
-    decoded output contains a stop string (output ends with the token completing it; cut the text with
-    `truncate_at_stop_strings`). `seed` makes sampling reproducible; greedy (temperature 0) ignores it.
-    use_cache=False recomputes the whole sequence every step (slow; the cache's reference).
+    Rows that finished are dropped from the batch (and the KV cache) once they are half of it, so a long row
+    does not keep paying for short ones. use_cache=False recomputes the whole sequence every step (slow; the
+    cache's reference). Raises ValueError for a spec the model cannot run (see check_specs).
     """
-    _check_arguments(model, prompts, max_new_tokens, temperature, top_p, stop_strings, tokenizer)
+    specs = list(specs)
+    check_specs(model, specs, tokenizer)
     device = model.embed.weight.device
-    batch, prompt_len = len(prompts), max(len(p) for p in prompts)
-    total = prompt_len + max_new_tokens
+    seqs = [Sequence(s, detokenizer=IncrementalDetokenizer(tokenizer, s.prompt) if tokenizer is not None else None)
+            for s in specs]
+    for q in seqs:
+        if q.spec.max_new_tokens == 0:
+            q._finish(FINISH_LENGTH)
+    if all(q.finished for q in seqs):
+        yield seqs
+        return
+
+    batch, prompt_len = len(specs), max(len(s.prompt) for s in specs)
+    total = prompt_len + max(s.max_new_tokens for s in specs)
     tokens = torch.full((batch, total), pad_id, dtype=torch.long, device=device)
     valid = torch.zeros(batch, total, dtype=torch.bool, device=device)
-    for i, p in enumerate(prompts):
-        tokens[i, prompt_len - len(p):prompt_len] = torch.tensor(p, dtype=torch.long)
-        valid[i, prompt_len - len(p):prompt_len] = True
-    pad_counts = torch.tensor([prompt_len - len(p) for p in prompts], device=device)
+    for i, s in enumerate(specs):
+        tokens[i, prompt_len - len(s.prompt):prompt_len] = torch.tensor(s.prompt, dtype=torch.long)
+        valid[i, prompt_len - len(s.prompt):prompt_len] = True
+    pad_counts = torch.tensor([prompt_len - len(s.prompt) for s in specs], device=device)
     positions = (torch.arange(total, device=device)[None, :] - pad_counts[:, None]).clamp(min=0)
+    temperature = torch.tensor([s.temperature for s in specs], device=device)
+    top_p = torch.tensor([s.top_p for s in specs], device=device)
+    # One CPU generator per sampled row, so a row's draws never depend on the rest of the batch (or the device).
+    generators = [torch.Generator().manual_seed(secrets.randbits(63) if s.seed is None else int(s.seed))
+                  if s.temperature > 0 else None for s in specs]
+    rows = list(range(batch))  # batch row -> index into seqs (rows are dropped as sequences finish)
 
-    generator = None
-    if seed is not None and temperature > 0:
-        generator = torch.Generator(device=device).manual_seed(int(seed))
-    stop_ids = set(int(t) for t in (stop_ids or ()))
-    outputs = [[] for _ in range(batch)]
-    done = torch.zeros(batch, dtype=torch.bool, device=device)
     cache = model.new_kv_cache(batch, total) if use_cache else None
     was_training = model.training
     model.eval()
     try:
-        for step in range(max_new_tokens):
+        for step in range(total - prompt_len):
             cur = prompt_len + step
             start = (0 if step == 0 else cur - 1) if use_cache else 0
             logits = model.forward_inference(tokens[:, start:cur], positions[:, start:cur], valid[:, start:cur],
                                              kv_cache=cache)
-            next_tokens = sample_next_token(logits[:, -1].float(), temperature, top_p, generator)
-            next_tokens = next_tokens.masked_fill(done, pad_id)
-            tokens[:, cur] = next_tokens
-            valid[:, cur] = ~done
-            for i, t in enumerate(next_tokens.tolist()):
-                if done[i]:
+            uniforms = None
+            if any(g is not None for g in generators):
+                uniforms = torch.tensor([float(torch.rand((), generator=g, dtype=torch.float64))
+                                         if g is not None and not seqs[r].finished else 0.0
+                                         for g, r in zip(generators, rows)], dtype=torch.float64, device=device)
+            next_tokens = sample_tokens(logits[:, -1], temperature, top_p, uniforms).tolist()
+            live = []
+            for b, r in enumerate(rows):
+                q = seqs[r]
+                if not q.finished and q._cancelled:
+                    q._finish(FINISH_ABORT)
+                if q.finished:
+                    next_tokens[b] = pad_id
                     continue
-                if t in stop_ids:
-                    done[i] = True
-                    continue
-                outputs[i].append(t)
-                if stop_strings and any(s in tokenizer.decode(outputs[i]) for s in stop_strings):
-                    done[i] = True
-            if bool(done.all()):
+                q._append(next_tokens[b])
+                live.append(not q.finished)
+            tokens[:, cur] = torch.tensor(next_tokens, dtype=torch.long, device=device)
+            valid[:, cur] = torch.tensor([not seqs[r].finished for r in rows], device=device)
+            yield seqs
+            keep = [b for b, r in enumerate(rows) if not seqs[r].finished]
+            if not keep:
                 break
+            if len(keep) <= len(rows) // 2:
+                index = torch.tensor(keep, device=device)
+                tokens, valid, positions = tokens[index], valid[index], positions[index]
+                temperature, top_p = temperature[index], top_p[index]
+                if cache is not None:
+                    cache.keep_rows(index)
+                rows = [rows[b] for b in keep]
+                generators = [generators[b] for b in keep]
+        for q in seqs:  # only reachable with budgets exhausted; kept for safety
+            if not q.finished:
+                q._finish(FINISH_LENGTH)
     finally:
         model.train(was_training)
-    return outputs
+
+
+def generate_sequences(model, specs, tokenizer=None, use_cache=True, pad_id=0):
+    """Run `generate_stream` to the end; returns the finished Sequences in spec order."""
+    seqs = []
+    for seqs in generate_stream(model, specs, tokenizer, use_cache, pad_id):
+        pass
+    return seqs
+
+
+def generate(model, prompts, max_new_tokens, temperature=0.0, top_p=1.0, stop_ids=None, stop_strings=None,
+             tokenizer=None, use_cache=True, seed=None, pad_id=0):
+    """Continue each prompt (a list of token ids) with the same settings; returns the new tokens of each.
+
+    A sequence stops at max_new_tokens, at a token in `stop_ids` (not included in its output) or once its
+    decoded output contains a stop string (output ends with the token completing it; the text cut is
+    `truncate_at_stop_strings`). `seed` seeds every row's own sampling stream, so a prompt samples the same
+    tokens alone or in a batch; greedy (temperature 0) ignores it.
+    """
+    specs = [SequenceSpec(tuple(p), max_new_tokens, temperature, top_p, seed, frozenset(stop_ids or ()),
+                          tuple(stop_strings or ())) for p in prompts]
+    if not specs:
+        raise ValueError("generate: every prompt needs at least one token (got no prompts)")
+    return [q.tokens for q in generate_sequences(model, specs, tokenizer, use_cache, pad_id)]

@@ -64,3 +64,10 @@ class KVCache:
     def end(self):
         self.length += self._step
         self.mask, self._step = None, 0
+
+    def keep_rows(self, index):
+        """Keep only the batch rows in `index` (a LongTensor), e.g. to drop finished sequences between steps."""
+        for store in (self.keys, self.values):
+            for name in store:
+                store[name] = store[name].index_select(0, index)
+        self.valid = self.valid.index_select(0, index)

@@ -1,9 +1,12 @@
-"""Generation: KV cache vs recomputation, batching with left padding, determinism, sampling, stops."""
+"""Generation: KV cache vs recomputation, batching with left padding, determinism, per-row sampling settings and
+seeds, stops and finish reasons, incremental detokenization."""
 import pytest
 import torch
 
 from megasnow.model import LlamaModel, get_preset
-from megasnow.model.generate import generate, sample_next_token, truncate_at_stop_strings
+from megasnow.model.detokenize import IncrementalDetokenizer, find_stop, partial_stop_length
+from megasnow.model.generate import (SequenceSpec, generate, generate_sequences, generate_stream, sample_next_token,
+                                     truncate_at_stop_strings)
 
 PROMPTS = [[5, 17, 42, 8, 99, 3, 61], [7, 7], [150, 2, 33, 4]]
 
@@ -96,3 +99,114 @@ def test_bad_requests_are_refused(model):
         generate(model, [[1, 500]], max_new_tokens=2)
     with pytest.raises(ValueError, match="at least one token"):
         generate(model, [[]], max_new_tokens=2)
+
+
+# ----------------------------------------------------------------------------- per-row specs, finish reasons
+def _run(model, specs, tokenizer=None):
+    return generate_sequences(model, specs, tokenizer)
+
+
+def test_per_row_settings_give_the_same_sequences_alone_or_batched(model):
+    """Different budgets, temperatures, top_p and seeds per row; finished rows are dropped from the batch midway
+    (budgets 3 and 5 of 16), and each row still equals its run alone (per-row generators)."""
+    specs = [SequenceSpec(PROMPTS[0], 16, 0.0), SequenceSpec(PROMPTS[1], 3, 1.0, 0.9, seed=5),
+             SequenceSpec(PROMPTS[2], 5, 0.7, 1.0, seed=6), SequenceSpec(PROMPTS[1], 12, 1.3, 0.95, seed=7),
+             SequenceSpec(PROMPTS[0], 16, 1.0, 1.0, seed=8)]
+    batched = _run(model, specs)
+    for spec, q in zip(specs, batched):
+        alone = _run(model, [spec])[0]
+        assert (q.tokens, q.finish_reason, q.num_generated) == (alone.tokens, "length", spec.max_new_tokens)
+        assert len(q.tokens) == spec.max_new_tokens
+    assert _run(model, specs[::-1])[0].tokens == batched[-1].tokens  # batch order does not matter either
+    assert batched[4].tokens != batched[0].tokens  # sampling differs from greedy here
+    assert _run(model, [SequenceSpec(PROMPTS[0], 16, 1.0, 1.0, seed=9)])[0].tokens != batched[4].tokens
+
+
+def test_finish_reasons_stop_id_length_and_abort(model):
+    free = _run(model, [SequenceSpec(PROMPTS[0], 12)])[0].tokens
+    stop_at = free[4]
+    q = _run(model, [SequenceSpec(PROMPTS[0], 12, stop_ids=frozenset({stop_at}))])[0]
+    assert (q.tokens, q.finish_reason, q.num_generated) == (free[:free.index(stop_at)], "stop",
+                                                            free.index(stop_at) + 1)
+    assert _run(model, [SequenceSpec(PROMPTS[0], 0)])[0].finish_reason == "length"
+    stream = generate_stream(model, [SequenceSpec(PROMPTS[0], 12), SequenceSpec(PROMPTS[1], 12)])
+    seqs = next(stream)
+    seqs[0].cancel()
+    for seqs in stream:
+        pass
+    assert seqs[0].finish_reason == "abort" and len(seqs[0].tokens) == 1
+    assert seqs[1].finish_reason == "length" and seqs[1].tokens == _run(model, [SequenceSpec(PROMPTS[1], 12)])[0].tokens
+
+
+def test_stop_strings_cut_text_and_streams_never_show_them(model):
+    tok = LetterTokenizer()
+    free = _run(model, [SequenceSpec(PROMPTS[0], 12)], tok)[0]
+    assert free.text == tok.decode(free.tokens)
+    stop = free.text[5:8]
+    cut = free.text.index(stop)
+    deltas = []
+    for seqs in generate_stream(model, [SequenceSpec(PROMPTS[0], 12, stop_strings=(stop, "not there"))], tok):
+        deltas.append(seqs[0].take_stream_delta())
+        assert stop not in "".join(deltas)
+    q = seqs[0]
+    assert (q.text, q.finish_reason, q.tokens) == (free.text[:cut], "stop", free.tokens[:cut + len(stop)])
+    assert "".join(deltas) == q.text
+
+
+@pytest.fixture(scope="module")
+def real_tokenizers(tmp_path_factory):
+    """A byte-level BPE (HF tokenizer.json) and a SentencePiece BPE, both trained on standard-library code."""
+    import sentencepiece as spm
+
+    from megasnow.data.tokenizer import load_tokenizer
+    from megasnow.generation.tiny_model import train_byte_level_bpe, training_texts
+
+    d = tmp_path_factory.mktemp("toks")
+    train_byte_level_bpe(training_texts(), 400).save(str(d / "tokenizer.json"))
+    (d / "corpus.txt").write_text("\n".join(training_texts(10)))
+    spm.SentencePieceTrainer.train(input=str(d / "corpus.txt"), model_prefix=str(d / "sp"), vocab_size=400,
+                                   model_type="bpe", byte_fallback=True, character_coverage=1.0,
+                                   remove_extra_whitespaces=False, minloglevel=2)
+    return {"bpe": load_tokenizer(str(d / "tokenizer.json")), "sp": load_tokenizer(str(d / "sp.model"))}
+
+
+@pytest.mark.parametrize("kind", ["bpe", "sp"])
+def test_incremental_text_equals_decoding_prompt_and_output(real_tokenizers, kind):
+    """What a completion appends to its prompt, exactly, for real code and for random tokens (broken UTF-8)."""
+    tok = real_tokenizers[kind]
+    code = "    def f(self, x):\n        return 'héllo ✓ 日本 🚀'  # é\n\n\tpass\n"
+    gen = torch.Generator().manual_seed(0)
+    cases = [(tok.encode("def main():\n"), tok.encode(code))]
+    for _ in range(20):
+        ids = torch.randint(0, tok.vocab_size, (40,), generator=gen).tolist()
+        cases.append((ids[:10], ids[10:]))
+    for prompt, output in cases:
+        detok = IncrementalDetokenizer(tok, prompt)
+        text = "".join(detok.push(t) for t in output) + detok.flush()
+        assert text == detok.text
+        full, head = tok.decode(prompt + output), tok.decode(prompt)
+        if full.startswith(head):  # (random SentencePiece ids may not decode to a prefix-stable string)
+            assert text == full[len(head):], (kind, prompt, output)
+    if kind == "bpe":
+        prompt, output = cases[0]
+        detok = IncrementalDetokenizer(tok, prompt)
+        assert "".join(detok.push(t) for t in output) == code
+
+
+def test_stop_string_checks_decode_a_bounded_window():
+    """Each new token decodes a window of a few tokens, never the whole output (no quadratic re-decoding)."""
+    class Counting(LetterTokenizer):
+        decoded = 0
+
+        def decode(self, ids):
+            Counting.decoded += len(ids)
+            return super().decode(ids)
+
+    detok = IncrementalDetokenizer(Counting(), list(range(50)))
+    for t in range(2000):
+        detok.push(t)
+    assert Counting.decoded < 2000 * 2 * 8
+    assert find_stop("abcabc", ["ca", "bc"]) == 1 and find_stop("abc", ["x"]) == -1
+    assert find_stop("xxabc", ["abc"], start=4) == 2  # a match straddling `start` is found
+    assert partial_stop_length("x = 1\n\n#", ["\n\n\n", "#end"]) == 1
+    assert partial_stop_length("x = 1\n\n", ["\n\n\n", "#end"]) == 2

@@ -1,0 +1,204 @@
+"""Generation with a local megasnow or HF Llama model: the engine that synthesis, evaluation and megasnow.serve
+share (one implementation), and LocalBackend, the GenerationBackend over it.
+
+LocalEngine turns a GenerationRequest into token ids (chat template for `messages`, fill-in-the-middle for
+`suffix`), checks it against the context length, and runs batches of sequences with megasnow.model.generate's
+KV-cache generator. LocalBackend sorts requests by prompt length and runs them in batches of at most
+`max_num_seqs` sequences and `max_batch_tokens` cache positions.
+"""
+import os
+import threading
+from dataclasses import dataclass
+
+from megasnow.data import special_tokens
+from megasnow.generation.base import GenerationBackend
+from megasnow.generation.chat_template import ChatTemplateError, render_chat
+from megasnow.generation.protocol import Choice, GenerationResult
+from megasnow.model.generate import SequenceSpec, generate_stream
+
+DEFAULT_MAX_NUM_SEQS = 32
+DEFAULT_MAX_BATCH_TOKENS = 65536
+
+
+class BadRequestError(ValueError):
+    """A request this model cannot run as given (prompt too long, bad token id, no chat template): an HTTP 400,
+    never worth retrying. The message says what to change."""
+
+
+@dataclass
+class PreparedRequest:
+    """A request ready for the engine: its prompt token ids and one SequenceSpec per choice (n of them)."""
+
+    request: object  # GenerationRequest
+    prompt_ids: tuple
+    specs: list
+
+
+class LocalEngine:
+    """A model, its tokenizer files and the batch runner; thread-safe (one batch runs at a time).
+
+    model: a megasnow LlamaModel in eval mode; files: model_files.TokenizerFiles; model_name: the served id;
+    fingerprint: recorded as `system_fingerprint`; max_num_seqs: sequences per batch; max_batch_tokens: cap on
+    batch rows x (longest prompt + largest max_tokens), i.e. KV-cache positions, so long requests run in smaller
+    batches.
+    """
+
+    def __init__(self, model, files, model_name="", fingerprint=None, max_num_seqs=DEFAULT_MAX_NUM_SEQS,
+                 max_batch_tokens=DEFAULT_MAX_BATCH_TOKENS):
+        if max_num_seqs < 1 or max_batch_tokens < 1:
+            raise ValueError("max_num_seqs and max_batch_tokens must be >= 1")
+        self.model, self.files = model, files
+        self.tokenizer = files.tokenizer
+        self.model_name, self.fingerprint = model_name, fingerprint
+        self.max_num_seqs, self.max_batch_tokens = max_num_seqs, max_batch_tokens
+        self.max_model_len = model.cfg.max_seq_len
+        self.eos_ids = frozenset(files.eos_ids)
+        self.pad_id = min(files.eos_ids) if files.eos_ids else 0
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_path(cls, path, *, device="cpu", dtype=None, tokenizer=None, chat_template=None, model_name=None,
+                  max_num_seqs=DEFAULT_MAX_NUM_SEQS, max_batch_tokens=DEFAULT_MAX_BATCH_TOKENS):
+        """An engine for a megasnow checkpoint (run folder or step folder) or a HF Llama folder.
+
+        tokenizer / chat_template override the folder's own files (model_files.read_tokenizer_files); dtype is a
+        torch dtype (default float32 on CPU, bfloat16 on CUDA); model_name defaults to the folder's name.
+        Raises ModelLoadError / CheckpointError / TokenizerError (UserErrors) naming the path.
+        """
+        from megasnow.generation.model_files import load_model, read_tokenizer_files
+
+        model, folder, fingerprint = load_model(path, device=device, dtype=dtype)
+        files = read_tokenizer_files(folder, tokenizer, chat_template)
+        if model_name is None:
+            norm = os.path.normpath(os.path.abspath(path))
+            model_name = os.path.basename(norm)
+            if model_name.startswith("step_"):
+                model_name = os.path.basename(os.path.dirname(norm))
+        return cls(model, files, model_name, fingerprint, max_num_seqs, max_batch_tokens)
+
+    # ------------------------------------------------------------------------------------- requests -> tokens
+    def prompt_text(self, request):
+        """The prompt string a request stands for (chat template applied to `messages`, FIM for `suffix`)."""
+        if request.messages is not None:
+            try:
+                return render_chat(self.files.chat_template, request.messages, self.files.special_tokens)
+            except ChatTemplateError as e:
+                raise BadRequestError(str(e)) from None
+        if request.suffix is not None:
+            fim = (special_tokens.FIM_PREFIX, special_tokens.FIM_SUFFIX, special_tokens.FIM_MIDDLE)
+            if any(self.tokenizer.token_to_id(t) is None for t in fim):
+                raise BadRequestError("suffix (fill-in-the-middle) needs a tokenizer with the "
+                                      f"{', '.join(fim)} tokens; this model's has none: leave suffix out")
+            return f"{fim[0]}{request.prompt}{fim[1]}{request.suffix}{fim[2]}"
+        return request.prompt
+
+    def encode(self, text, add_bos=True):
+        ids = list(self.tokenizer.encode(text))
+        if add_bos and self.files.add_bos and self.files.bos_id is not None:
+            ids.insert(0, self.files.bos_id)
+        return ids
+
+    def prepare(self, request, prompt_ids=None):
+        """A PreparedRequest, or BadRequestError saying what to change. `prompt_ids` (token ids) replaces the
+        request's prompt text (OpenAI allows token-id prompts). Choice j samples with seed `seed + j`."""
+        if prompt_ids is None:
+            prompt_ids = self.encode(self.prompt_text(request), add_bos=request.messages is None)
+        prompt_ids = tuple(int(t) for t in prompt_ids)
+        if not prompt_ids:
+            raise BadRequestError("the prompt is empty (0 tokens); give at least one token")
+        vocab = self.model.cfg.vocab_size
+        bad = next((t for t in prompt_ids if not 0 <= t < vocab), None)
+        if bad is not None:
+            raise BadRequestError(f"prompt token id {bad} is outside the vocabulary [0, {vocab})")
+        p = request.params
+        if len(prompt_ids) + p.max_tokens > self.max_model_len:
+            raise BadRequestError(
+                f"This model's maximum context length is {self.max_model_len} tokens. However, you requested "
+                f"{len(prompt_ids) + p.max_tokens} tokens ({len(prompt_ids)} in the prompt, {p.max_tokens} in the "
+                f"completion). Please reduce the length of the prompt or max_tokens.")
+        specs = [SequenceSpec(prompt_ids, p.max_tokens, p.temperature, p.top_p,
+                              None if p.seed is None else p.seed + j, self.eos_ids, p.stop) for j in range(p.n)]
+        return PreparedRequest(request, prompt_ids, specs)
+
+    # ------------------------------------------------------------------------------------- batches
+    def plan_batches(self, specs):
+        """Split SequenceSpecs into batches: sorted by prompt length (little padding), at most max_num_seqs each
+        and rows x (longest prompt + largest budget) <= max_batch_tokens. Returns lists of indices into specs."""
+        order = sorted(range(len(specs)), key=lambda i: len(specs[i].prompt))
+        batches, cur, longest, budget = [], [], 0, 0
+        for i in order:
+            s = specs[i]
+            new_longest, new_budget = max(longest, len(s.prompt)), max(budget, s.max_new_tokens)
+            if cur and (len(cur) >= self.max_num_seqs
+                        or (len(cur) + 1) * (new_longest + new_budget) > self.max_batch_tokens):
+                batches.append(cur)
+                cur, new_longest, new_budget = [], len(s.prompt), s.max_new_tokens
+            cur.append(i)
+            longest, budget = new_longest, new_budget
+        if cur:
+            batches.append(cur)
+        return batches
+
+    def run_batch(self, specs):
+        """Generate one batch; yields the list of Sequences after every step (see generate_stream). Holds the
+        engine's lock while running, so callers in several threads take turns."""
+        with self._lock:
+            yield from generate_stream(self.model, specs, tokenizer=self.tokenizer, pad_id=self.pad_id)
+
+    def result(self, prepared, sequences):
+        """The GenerationResult of a request from its finished Sequences (in choice order)."""
+        choices = [Choice(q.text, q.finish_reason, q.num_generated) for q in sequences]
+        return GenerationResult(request_id=prepared.request.id, choices=choices,
+                                prompt_tokens=len(prepared.prompt_ids),
+                                completion_tokens=sum(c.completion_tokens for c in choices), model=self.model_name,
+                                system_fingerprint=self.fingerprint)
+
+
+class LocalBackend(GenerationBackend):
+    """GenerationBackend over a LocalEngine: batches of requests sorted by prompt length, in this process.
+
+    model: a LocalEngine, or a path (megasnow checkpoint or HF Llama folder) plus LocalEngine.from_path's keyword
+    arguments (device, dtype, tokenizer, chat_template, model_name, max_num_seqs, max_batch_tokens).
+    sort_window: requests read ahead and sorted together (default 8 x max_num_seqs). Results come back in
+    completion order; a request the model cannot run comes back at once with error_kind 'bad_request'.
+    """
+
+    def __init__(self, model, sort_window=None, **engine_kwargs):
+        self.engine = model if isinstance(model, LocalEngine) else LocalEngine.from_path(model, **engine_kwargs)
+        self.model_name = self.engine.model_name
+        self.sort_window = sort_window or 8 * self.engine.max_num_seqs
+
+    def generate(self, requests):
+        window = []
+        for request in requests:
+            window.append(request)
+            if len(window) >= self.sort_window:
+                yield from self._generate_window(window)
+                window = []
+        if window:
+            yield from self._generate_window(window)
+
+    def _generate_window(self, requests):
+        prepared, items = [], []  # items: (request index, choice index, spec)
+        for request in requests:
+            try:
+                prep = self.engine.prepare(request)
+            except BadRequestError as e:
+                yield GenerationResult(request_id=request.id, model=self.model_name, error=str(e),
+                                       error_kind="bad_request")
+                continue
+            k = len(prepared)
+            prepared.append(prep)
+            items.extend((k, j, spec) for j, spec in enumerate(prep.specs))
+        done = [[None] * len(p.specs) for p in prepared]
+        remaining = [len(p.specs) for p in prepared]
+        for batch in self.engine.plan_batches([spec for _, _, spec in items]):
+            seqs = []
+            for seqs in self.engine.run_batch([items[i][2] for i in batch]):
+                pass
+            for i, q in zip(batch, seqs):
+                k, j, _ = items[i]
+                done[k][j] = q
+                remaining[k] -= 1
+                if remaining[k] == 0:
+                    yield self.engine.result(prepared[k], done[k])

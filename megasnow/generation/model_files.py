@@ -1,0 +1,140 @@
+"""Load a model for generation from a megasnow checkpoint or a HuggingFace Llama folder, with what generation needs
+besides the weights: the tokenizer, the chat template and the end-of-sequence ids (HF file conventions)."""
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Optional
+
+from megasnow.errors import UserError
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
+
+
+class ModelLoadError(UserError, RuntimeError):
+    """A model path that cannot be served: names the path and what is missing."""
+
+
+@dataclass
+class TokenizerFiles:
+    """tokenizer: a megasnow Tokenizer; chat_template: Jinja text (HF convention) or None; eos_ids: ids that end a
+    generation; special_tokens: {'bos_token': '<s>', ...} strings the chat template may use; add_bos: whether a
+    completion prompt starts with bos_id (tokenizer_config.json `add_bos_token`, as HF tokenizers do)."""
+
+    tokenizer: object
+    chat_template: Optional[str] = None
+    eos_ids: tuple = ()
+    special_tokens: dict = field(default_factory=dict)
+    add_bos: bool = False
+    bos_id: Optional[int] = None
+
+
+def is_hf_folder(path):
+    return os.path.isdir(path) and os.path.exists(os.path.join(path, "config.json")) and (
+        os.path.exists(os.path.join(path, "model.safetensors"))
+        or os.path.exists(os.path.join(path, "model.safetensors.index.json")))
+
+
+def load_model(path, device="cpu", dtype=None):
+    """(LlamaModel in eval mode, folder holding its tokenizer files, fingerprint) for a megasnow checkpoint (a
+    run's checkpoint folder or one step folder) or a HF LlamaForCausalLM folder. dtype: a torch dtype (default
+    float32 on CPU, bfloat16 on CUDA). The fingerprint is a short hash of the checkpoint's metadata / config."""
+    import torch
+
+    from megasnow.convert import hf_llama
+    from megasnow.model.llama import LlamaModel
+    from megasnow.train import checkpoint as ckpt
+
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise ModelLoadError(f"{path}: does not exist; give a megasnow checkpoint folder or a HF Llama folder")
+    if dtype is None:
+        dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+    if is_hf_folder(path):
+        cfg_file = os.path.join(path, "config.json")
+        with open(cfg_file, encoding="utf-8") as f:
+            model_cfg = hf_llama.model_config_from_hf(json.load(f), cfg_file)
+        model = LlamaModel(model_cfg, init_seed=None)
+        ckpt.load_model_state(model, hf_llama.hf_to_megasnow(hf_llama.read_hf_state(path), model_cfg, path), path)
+        folder, meta_file = path, cfg_file
+    else:
+        try:
+            model, folder = hf_llama.build_megasnow_model(path, device="cpu")
+        except ckpt.CheckpointError as e:
+            raise ModelLoadError(f"{e} (nor a HF folder with config.json and model.safetensors)") from None
+        meta_file = os.path.join(folder, ckpt.META)
+    with open(meta_file, "rb") as f:
+        fingerprint = "megasnow-" + hashlib.sha256(f.read()).hexdigest()[:12]
+    return model.to(device=device, dtype=dtype).eval(), folder, fingerprint
+
+
+def _read_json(path):
+    if not os.path.exists(path):
+        return {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except ValueError as e:
+        raise ModelLoadError(f"{path}: not valid JSON ({e})") from None
+
+
+def _token_text(value):
+    """A special token entry of tokenizer_config.json: a string or an AddedToken dict."""
+    if isinstance(value, dict):
+        return value.get("content")
+    return value
+
+
+def read_tokenizer_files(folder, tokenizer=None, chat_template=None):
+    """The tokenizer, chat template and EOS ids of a model folder.
+
+    tokenizer: a tokenizer file/folder overriding the folder's own; chat_template: a Jinja file or the template
+    text itself, overriding tokenizer_config.json's `chat_template` (or `chat_template.jinja`). EOS ids: the
+    tokenizer_config.json `eos_token`, generation_config.json / config.json `eos_token_id` (int or list) and the
+    tokenizer's end-of-document token, whichever exist.
+    """
+    from megasnow.data.tokenizer import TokenizerError, load_tokenizer
+
+    tok_path = tokenizer
+    if tok_path is None:
+        tok_path = next((os.path.join(folder, n) for n in TOKENIZER_FILES if os.path.exists(os.path.join(folder, n))),
+                        None)
+    if tok_path is None:
+        raise ModelLoadError(f"{folder}: holds no tokenizer.json / tokenizer.model; pass --tokenizer")
+    tok = load_tokenizer(tok_path)
+    tok_folder = tok_path if os.path.isdir(tok_path) else os.path.dirname(tok_path)
+    config = _read_json(os.path.join(tok_folder, "tokenizer_config.json")) or _read_json(
+        os.path.join(folder, "tokenizer_config.json"))
+
+    template = config.get("chat_template")
+    if isinstance(template, list):  # HF allows named templates; the default one is what clients expect
+        template = next((t.get("template") for t in template if t.get("name") == "default"), None)
+    for base in (tok_folder, folder):
+        jinja_file = os.path.join(base, "chat_template.jinja")
+        if template is None and os.path.exists(jinja_file):
+            with open(jinja_file, encoding="utf-8") as f:
+                template = f.read()
+    if chat_template is not None:
+        if os.path.exists(chat_template):
+            with open(chat_template, encoding="utf-8") as f:
+                template = f.read()
+        elif "{" in chat_template:
+            template = chat_template
+        else:
+            raise ModelLoadError(f"--chat-template {chat_template!r}: no such file (nor Jinja template text)")
+
+    special = {k: _token_text(config.get(k)) for k in ("bos_token", "eos_token", "unk_token", "pad_token")}
+    special = {k: v for k, v in special.items() if v}
+    eos = []
+    if special.get("eos_token") is not None:
+        eos.append(tok.token_to_id(special["eos_token"]))
+    for name in ("generation_config.json", "config.json"):
+        value = _read_json(os.path.join(folder, name)).get("eos_token_id")
+        eos.extend(value if isinstance(value, list) else [value])
+    try:
+        eos.append(tok.eod_id)
+    except TokenizerError:
+        pass
+    eos_ids = tuple(sorted({int(i) for i in eos if i is not None}))
+    bos_id = tok.token_to_id(special["bos_token"]) if "bos_token" in special else None
+    return TokenizerFiles(tok, template, eos_ids, special, bool(config.get("add_bos_token")), bos_id)
