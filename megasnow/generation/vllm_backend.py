@@ -80,11 +80,14 @@ class VLLMBackend(GenerationBackend):
 
     batch_size: requests handed to one `LLM.generate` call; vLLM schedules them continuously inside the call, so
         larger is faster (less tail per call), smaller loses less work to a crash (results are yielded, and so
-        cached by the caller, per call). engine_kwargs: any other `vllm.LLM` argument.
+        cached by the caller, per call). engine_kwargs: any other `vllm.LLM` argument. engine: an existing
+        `vllm.LLM` to use instead of building one (benchmarks share one engine). sampling_overrides: extra
+        `vllm.SamplingParams` arguments for every request (e.g. ignore_eos for fixed-length benchmarks).
     """
 
     def __init__(self, model, tensor_parallel_size=1, dtype="auto", gpu_memory_utilization=0.9, max_model_len=None,
-                 seed=0, batch_size=4096, trust_remote_code=False, engine_kwargs=None, progress=False):
+                 seed=0, batch_size=4096, trust_remote_code=False, engine_kwargs=None, progress=False, engine=None,
+                 sampling_overrides=None):
         if batch_size < 1:
             raise UserError(f"backend.batch_size must be >= 1, got {batch_size}")
         self.model_name = model
@@ -94,8 +97,9 @@ class VLLMBackend(GenerationBackend):
                              "trust_remote_code": trust_remote_code, **(engine_kwargs or {})}
         if max_model_len:
             self._engine_args["max_model_len"] = max_model_len
+        self.sampling_overrides = dict(sampling_overrides or {})
         self._vllm = import_vllm()
-        self._llm = None
+        self._llm = engine
 
     def start(self):
         if self._llm is None:
@@ -114,7 +118,7 @@ class VLLMBackend(GenerationBackend):
                     failed.append(GenerationResult(request_id=req.id, model=self.model_name, error=str(e),
                                                    error_kind="bad_request"))
                     continue
-                params.append(self._vllm.SamplingParams(**sampling_kwargs(req.params)))
+                params.append(self._vllm.SamplingParams(**sampling_kwargs(req.params), **self.sampling_overrides))
                 ids.append(req.id)
             yield from failed
             outputs = self._llm.generate(prompts, params, use_tqdm=self.progress) if prompts else []
