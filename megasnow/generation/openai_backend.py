@@ -53,6 +53,24 @@ def describe_error(exc):
     return f"HTTP {status}: {text}" if status else f"{type(exc).__name__}: {text}"
 
 
+def request_body(req, model):
+    """The JSON body sent for a GenerationRequest (/v1/chat/completions when it has messages, else
+    /v1/completions): OpenAI field names, optional fields only when set."""
+    p = req.params
+    body = {"model": model, "max_tokens": p.max_tokens, "temperature": p.temperature, "top_p": p.top_p, "n": p.n}
+    if p.stop:
+        body["stop"] = list(p.stop)
+    if p.seed is not None:
+        body["seed"] = p.seed
+    if req.messages is not None:
+        body["messages"] = list(req.messages)
+    else:
+        body["prompt"] = req.prompt
+        if req.suffix is not None:
+            body["suffix"] = req.suffix
+    return body
+
+
 class OpenAIBackend(GenerationBackend):
     """Requests against one or more OpenAI-compatible base URLs (e.g. `http://host:8000/v1`, one per replica).
 
@@ -265,18 +283,9 @@ class OpenAIBackend(GenerationBackend):
                                 error=f"{url}: {describe_error(exc)}", error_kind=error_kind(exc))
 
     async def _call(self, client, req):
-        p = req.params
-        kwargs = {"model": self.model_name, "max_tokens": p.max_tokens, "temperature": p.temperature,
-                  "top_p": p.top_p, "n": p.n, "extra_headers": {"X-Request-Id": req.id}}
-        if p.stop:
-            kwargs["stop"] = list(p.stop)
-        if p.seed is not None:
-            kwargs["seed"] = p.seed
-        if req.messages is not None:
-            return await client.chat.completions.create(messages=list(req.messages), **kwargs)
-        if req.suffix is not None:
-            kwargs["suffix"] = req.suffix
-        return await client.completions.create(prompt=req.prompt, **kwargs)
+        body = request_body(req, self.model_name)
+        create = client.chat.completions.create if req.messages is not None else client.completions.create
+        return await create(**body, extra_headers={"X-Request-Id": req.id})
 
     def _to_result(self, req, response, attempts):
         choices = []
