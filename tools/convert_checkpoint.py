@@ -1,12 +1,14 @@
 #!/usr/bin/env python
-"""Convert megasnow checkpoints to HuggingFace LlamaForCausalLM folders (export) and back (import).
+"""Convert megasnow checkpoints to HuggingFace LlamaForCausalLM folders (export) and back (import), or import a GGUF.
 
   python tools/convert_checkpoint.py export --checkpoint runs/x/ckpt --output hf/x [--dtype bfloat16]
   python tools/convert_checkpoint.py import --hf hf/x --output ckpt/from_hf
-The export loads with transformers (AutoModelForCausalLM.from_pretrained) and serves with vLLM; the import is a
-tensor 1 x pipeline 1 checkpoint to start a run from (checkpoint.init_from=ckpt/from_hf).
+  python tools/convert_checkpoint.py import --gguf SmolLM2-135M-Instruct.Q4_1.gguf --output ckpt/smollm2
+The export loads with transformers (AutoModelForCausalLM.from_pretrained) and serves with vLLM; an import is a
+tensor 1 x pipeline 1 checkpoint to start a run from (checkpoint.init_from=ckpt/from_hf) or to serve
+(python -m megasnow.serve ckpt/smollm2). A GGUF import dequantizes to fp32 and keeps the file's tokenizer and chat
+template (tokenizer.json, tokenizer_config.json in the step folder).
 """
-import argparse
 import json
 import os
 import sys
@@ -15,33 +17,40 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    from megasnow.utils.cli import ArgumentParser
+
+    parser = ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     ex = sub.add_parser("export", help="megasnow checkpoint -> HF LlamaForCausalLM folder")
     ex.add_argument("--checkpoint", required=True, help="a run's checkpoint folder (uses `latest`) or a step folder")
     ex.add_argument("--output", required=True)
     ex.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     ex.add_argument("--tokenizer", default=None, help="tokenizer to include (default: the checkpoint's own copy)")
-    im = sub.add_parser("import", help="HF LlamaForCausalLM folder -> megasnow checkpoint")
-    im.add_argument("--hf", required=True)
+    im = sub.add_parser("import", help="HF LlamaForCausalLM folder or GGUF file -> megasnow checkpoint")
+    src = im.add_mutually_exclusive_group(required=True)
+    src.add_argument("--hf", help="HF LlamaForCausalLM folder")
+    src.add_argument("--gguf", help="GGUF file of a Llama-architecture model (read by transformers, dequantized)")
     im.add_argument("--output", required=True)
-    im.add_argument("--tokenizer", default=None)
+    im.add_argument("--tokenizer", default=None, help="(--hf only) tokenizer file to store with the checkpoint")
     args = parser.parse_args(argv)
+    if args.command == "import" and args.gguf and args.tokenizer:
+        parser.error("--tokenizer applies to --hf; a GGUF import takes the file's own tokenizer")
 
-    from megasnow.convert.hf_llama import ConversionError, export_to_hf, import_from_hf
-    from megasnow.train.checkpoint import CheckpointError
+    from megasnow.convert.hf_llama import export_to_hf, import_from_hf
 
-    try:
-        if args.command == "export":
-            summary = export_to_hf(args.checkpoint, args.output, args.dtype, args.tokenizer)
-        else:
-            summary = import_from_hf(args.hf, args.output, args.tokenizer)
-    except (ConversionError, CheckpointError, FileNotFoundError) as e:
-        print(f"convert_checkpoint: {e}", file=sys.stderr)
-        return 2
+    if args.command == "export":
+        summary = export_to_hf(args.checkpoint, args.output, args.dtype, args.tokenizer)
+    elif args.gguf:
+        from megasnow.convert.gguf import import_from_gguf
+
+        summary = import_from_gguf(args.gguf, args.output, log=lambda m: print(m, file=sys.stderr, flush=True))
+    else:
+        summary = import_from_hf(args.hf, args.output, args.tokenizer)
     print(json.dumps(summary, indent=1))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from megasnow.utils.cli import run_tool
+
+    sys.exit(run_tool(main, user_errors=(FileNotFoundError,)))

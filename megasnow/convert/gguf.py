@@ -1,0 +1,93 @@
+"""Import a GGUF file (llama.cpp's format, e.g. SmolLM2-135M-Instruct.Q4_1.gguf) as a megasnow checkpoint.
+
+transformers reads the file (needs the `gguf` package) and dequantizes it to fp32; it refuses `save_pretrained` on
+the result, so we convert its state dict with hf_llama's name mapping. The checkpoint's step folder also holds the
+HF tokenizer files (tokenizer.json; tokenizer_config.json with the chat template, BOS/EOS; generation_config.json),
+so it loads as a tokenizer folder too.
+"""
+import json
+import os
+import tempfile
+import time
+
+from megasnow.convert.hf_llama import (ConversionError, hf_to_megasnow, model_config_from_hf,
+                                       write_single_rank_checkpoint)
+from megasnow.utils.atomic import atomic_write_text
+
+GGUF_MAGIC = b"GGUF"
+
+
+def check_gguf_file(path):
+    """Refuse a path that is not a readable GGUF file, naming it."""
+    if not os.path.isfile(path):
+        raise ConversionError(f"{path}: no such GGUF file")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != GGUF_MAGIC:
+        raise ConversionError(f"{path}: not a GGUF file (starts with {magic!r}, expected {GGUF_MAGIC!r})")
+
+
+def load_gguf(path):
+    """(transformers model in fp32, eval mode; its tokenizer) read from a GGUF file (~30 s for SmolLM2-135M)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    check_gguf_file(path)
+    folder, name = os.path.dirname(os.path.abspath(path)), os.path.basename(path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name)  # dequantized to fp32
+    except (ValueError, KeyError, OSError, NotImplementedError) as e:
+        raise ConversionError(f"{path}: transformers cannot read it ({type(e).__name__}: {e})") from None
+    return model.eval(), tokenizer
+
+
+def tokenizer_config(hf_tokenizer, max_len):
+    """tokenizer_config.json contents: special tokens, BOS policy and the chat template from the GGUF metadata."""
+    add_bos = bool(getattr(hf_tokenizer, "add_bos_token", False))
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "add_bos_token": add_bos, "add_eos_token": False,
+              "clean_up_tokenization_spaces": False, "model_max_length": max_len}
+    for key in ("bos_token", "eos_token", "unk_token", "pad_token"):
+        value = getattr(hf_tokenizer, key, None)
+        if value is not None:
+            config[key] = str(value)
+    template = getattr(hf_tokenizer, "chat_template", None)
+    if template:
+        config["chat_template"] = template
+    return config
+
+
+def import_from_gguf(gguf_path, out_dir, loaded=None, log=print):
+    """Write a megasnow checkpoint (tensor 1 x pipeline 1, step 0, fp32) with the GGUF's tokenizer files.
+
+    loaded: (hf_model, hf_tokenizer) already returned by load_gguf (saves the ~30 s read). Returns a summary dict
+    (source, out step folder, tensors, parameters, eos ids, whether a chat template was found).
+    Raises ConversionError for a file that is not GGUF, not a Llama architecture, or unreadable.
+    """
+    start = time.time()
+    if loaded is None:
+        log(f"reading {gguf_path} with transformers (dequantizing to fp32)...")
+        loaded = load_gguf(gguf_path)
+    hf_model, hf_tokenizer = loaded
+    hf_config = hf_model.config.to_dict()
+    model_cfg = model_config_from_hf(hf_config, gguf_path)
+    hf_state = {k: v.detach().float().contiguous() for k, v in hf_model.state_dict().items()}
+    state = hf_to_megasnow(hf_state, model_cfg, gguf_path)
+    eos = {hf_tokenizer.convert_tokens_to_ids(hf_tokenizer.eos_token)} if hf_tokenizer.eos_token else set()
+    gen_eos = hf_config.get("eos_token_id")
+    eos.update(gen_eos if isinstance(gen_eos, list) else [gen_eos])
+    eos_ids = sorted(int(i) for i in eos if i is not None)
+    with tempfile.TemporaryDirectory() as tmp:
+        hf_tokenizer.backend_tokenizer.save(os.path.join(tmp, "tokenizer.json"))
+        config = tokenizer_config(hf_tokenizer, model_cfg.max_seq_len)
+        atomic_write_text(os.path.join(tmp, "tokenizer_config.json"), json.dumps(config, indent=2))
+        atomic_write_text(os.path.join(tmp, "generation_config.json"), json.dumps(
+            {"bos_token_id": hf_config.get("bos_token_id"), "eos_token_id": eos_ids,
+             "pad_token_id": hf_config.get("pad_token_id")}, indent=2))
+        extra = {n: os.path.join(tmp, n) for n in ("tokenizer.json", "tokenizer_config.json", "generation_config.json")}
+        step_dir = write_single_rank_checkpoint(out_dir, model_cfg, state, extra, source=os.path.abspath(gguf_path))
+    summary = {"source": gguf_path, "out": step_dir, "tensors": len(state),
+               "parameters": sum(t.numel() for k, t in hf_state.items() if k != "lm_head.weight" or
+                                 not model_cfg.tie_embeddings),
+               "layers": model_cfg.num_layers, "vocab_size": model_cfg.vocab_size, "eos_token_ids": eos_ids,
+               "chat_template": "chat_template" in config, "seconds": round(time.time() - start, 1)}
+    return summary

@@ -1,0 +1,64 @@
+"""GGUF import: SmolLM2-135M-Instruct's GGUF becomes a megasnow checkpoint whose greedy generations equal
+transformers' token for token, with a tokenizer folder that encodes and renders chats as transformers does."""
+import json
+import os
+import subprocess
+import sys
+
+from megasnow.convert.hf_llama import load_full_state
+from megasnow.data.tokenizer import load_tokenizer
+from megasnow.generation.local import LocalEngine
+from megasnow.generation.protocol import GenerationRequest, SamplingParams
+from megasnow.model.generate import SequenceSpec, generate_sequences
+from tests.convert.test_convert_hf_llama import REPO
+from tests.smollm2 import REFERENCE_CHAT, REFERENCE_NEW_TOKENS, REFERENCE_PROMPTS
+
+
+def test_imported_smollm2_shape_and_files(smollm2):
+    cfg, state, step_dir = load_full_state(smollm2.checkpoint)
+    assert (cfg.num_layers, cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.ffn_hidden_size,
+            cfg.vocab_size, cfg.tie_embeddings, cfg.rope_base, cfg.max_seq_len) == \
+        (30, 576, 9, 3, 1536, 49152, True, 100000.0, 8192)
+    assert smollm2.summary["parameters"] == 134515008  # SmolLM2-135M, tied embedding counted once
+    assert {"tokenizer.json", "tokenizer_config.json", "generation_config.json"} <= set(os.listdir(step_dir))
+    config = json.loads(open(os.path.join(step_dir, "tokenizer_config.json")).read())
+    assert (config["eos_token"], config["bos_token"], config["add_bos_token"]) == ("<|im_end|>", "<|im_start|>",
+                                                                                  False)
+    assert "<|im_start|>" in config["chat_template"]
+
+
+def test_tokenizer_folder_matches_transformers(smollm2):
+    from transformers import AutoTokenizer
+
+    ours = load_tokenizer(smollm2.step_dir)  # megasnow's HFTokenizer reads tokenizer.json
+    for text, ids in zip(REFERENCE_PROMPTS + [smollm2.chat_prompt], smollm2.prompt_ids):
+        assert ours.encode(text) == ids
+        assert ours.decode(ids) == text
+    # the step folder is a HF tokenizer folder with the GGUF's chat template
+    hf = AutoTokenizer.from_pretrained(smollm2.step_dir)
+    assert hf.apply_chat_template(REFERENCE_CHAT, tokenize=False, add_generation_prompt=True) == smollm2.chat_prompt
+    assert hf.eos_token == "<|im_end|>"
+
+
+def test_greedy_generations_equal_transformers(smollm2):
+    engine = LocalEngine.from_path(smollm2.checkpoint)
+    assert engine.eos_ids == {0, 2}  # <|endoftext|> and <|im_end|>
+    specs = [SequenceSpec(ids, REFERENCE_NEW_TOKENS, stop_ids=engine.eos_ids) for ids in smollm2.prompt_ids]
+    seqs = generate_sequences(engine.model, specs, engine.tokenizer)  # one left-padded batch
+    assert [q.tokens for q in seqs] == smollm2.reference
+    assert all(len(r) >= 5 for r in smollm2.reference)
+    fib = engine.tokenizer.decode(smollm2.reference[0])
+    assert seqs[0].text == fib and fib.strip()  # real text, not gibberish tokens
+    # the engine renders a chat request with the imported template into transformers' prompt ids
+    chat = engine.prepare(GenerationRequest(id="c", messages=REFERENCE_CHAT, params=SamplingParams(max_tokens=4)))
+    assert list(chat.prompt_ids) == smollm2.prompt_ids[-1]
+
+
+def test_import_refuses_a_file_that_is_not_gguf(tmp_path):
+    bad = tmp_path / "model.gguf"
+    bad.write_bytes(b"not a gguf file")
+    res = subprocess.run([sys.executable, os.path.join(REPO, "tools", "convert_checkpoint.py"), "import", "--gguf",
+                          str(bad), "--output", str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines()[-1] == f"error: {bad}: not a GGUF file (starts with b'not ', expected b'GGUF')"
+    assert not (tmp_path / "out").exists()
