@@ -72,3 +72,22 @@ def test_user_mistakes_are_one_line_errors(tmp_path, seed_shard):
         lines = r.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], (args, lines)
     assert not (tmp_path / "out").exists()
+
+
+def test_shard_drivers_merge_by_concatenation(tmp_path, tiny_model, seed_shard):
+    common = ["--seeds", seed_shard, "backend.kind=local", f"backend.model={tiny_model}", "seeds.num_seeds=6",
+              "sampling.max_tokens=8", *LENIENT]
+    whole = tmp_path / "whole"
+    assert run_tool(*common, "--output", str(whole)).returncode == 0
+    for i in range(2):
+        r = run_tool(*common, "--output", str(tmp_path / f"node{i}"), "--stage", "generate", "--shard", f"{i}/2")
+        assert r.returncode == 0, r.stderr
+        assert f"shard {i}/2: 3 requests, 0 cached, 3 answered now" in r.stdout
+        assert not (tmp_path / f"node{i}" / "data").exists()
+    merged = tmp_path / "merged"
+    r = run_tool(*common, "--output", str(merged), "--stage", "postprocess", "--responses",
+                 str(tmp_path / "node0"), str(tmp_path / "node1"))
+    assert r.returncode == 0, r.stderr
+    assert read_jsonl(merged / "data" / "part-00000.jsonl") == read_jsonl(whole / "data" / "part-00000.jsonl")
+    summary = json.loads((merged / "summary.json").read_text())
+    assert summary["requests"]["answered"] == 6 and summary["requests"]["drivers"] == 2
