@@ -1,9 +1,9 @@
 """Find the code an answer gives for the requested language: Markdown fenced blocks (``` or ~~~, CommonMark rules
 for opening and closing fences), the info string mapped to a language slug.
 
-`select_code(text, lang)` returns (code, None) or (None, reason) with reason one of: no_code_block,
-unclosed_code_block, wrong_language. Several blocks in the language: the longest is taken (the file; the others
-are usually usage examples or shell commands).
+`select_code(text, lang)` returns (code, None, blocks matched) or (None, reason, blocks matched) with reason one of
+no_code_block, unclosed_code_block, wrong_language, empty_code_block. Several blocks in the language: the longest
+is taken (the file; the others are usually usage examples or shell commands).
 """
 import re
 from dataclasses import dataclass
@@ -56,7 +56,7 @@ def code_blocks(text):
 
 
 def select_code(text, lang):
-    """(code, None) for the block to keep, or (None, drop reason); also returns how many blocks matched."""
+    """(code, None, n) for the block to keep, or (None, drop reason, n); n = blocks in the language."""
     blocks = code_blocks(text)
     closed = [b for b in blocks if b.closed]
     if not closed:

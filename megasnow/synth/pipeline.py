@@ -64,8 +64,7 @@ def drive_shard(cfg, output, shard, seeds, template, backend, extra_responses=()
     stats = run_requests(todo, backend, writer, progress=cfg.execution.progress,
                          desc=f"requests ({tag})" if cfg.execution.num_shards > 1 else "requests")
     stats.update({"shard": shard, "num_shards": cfg.execution.num_shards, "planned": len(planned),
-                  "cached_before": len(planned) - len(todo), "model": model,
-                  "retries_by_backend": getattr(backend, "retries", None)})
+                  "cached_before": len(planned) - len(todo), "model": model})
     atomic_write_text(os.path.join(output, f"generation-{tag}.json"), json.dumps(stats, indent=1))
     return stats
 
