@@ -3,6 +3,7 @@
 Progress (tqdm): requests done/total, requests/s, output tokens/s, retries, errors. Failed requests are counted by
 kind with the first few messages kept for the summary; they are not cached, so the next run asks them again.
 """
+import threading
 import time
 
 from tqdm import tqdm
@@ -12,6 +13,12 @@ from megasnow.utils.cli import warn
 
 MAX_ERROR_EXAMPLES = 10
 WARN_ERRORS = 3  # failed requests printed as warnings as they happen (the rest only counted)
+HEARTBEAT_S = 15.0  # the bar is redrawn at least this often while no answer arrives (long batches)
+
+
+def _heartbeat(bar, stop):
+    while not stop.wait(HEARTBEAT_S):
+        bar.refresh()  # shows the elapsed time: the run is alive even while a long batch runs
 
 
 def run_requests(todo, backend, writer, progress=True, desc="requests"):
@@ -24,6 +31,9 @@ def run_requests(todo, backend, writer, progress=True, desc="requests"):
     start = time.perf_counter()
     bar = tqdm(total=len(by_id), desc=desc, unit="req", disable=not progress, mininterval=1.0, smoothing=0.1)
     last_postfix = 0.0
+    stop = threading.Event()
+    if progress:
+        threading.Thread(target=_heartbeat, args=(bar, stop), name="progress-heartbeat", daemon=True).start()
     try:
         for result in backend.generate(p.to_generation_request() for p in by_id.values()):
             planned = by_id[result.request_id]
@@ -50,6 +60,7 @@ def run_requests(todo, backend, writer, progress=True, desc="requests"):
                                     f"out tok/s, retries {stats['retries']}, errors {sum(stats['failed'].values())}",
                                     refresh=False)
     finally:
+        stop.set()
         writer.flush()
         elapsed = max(time.perf_counter() - start, 1e-9)
         bar.set_postfix_str(f"{bar.n / elapsed:.1f} req/s, {stats['completion_tokens'] / elapsed:.0f} out tok/s, "

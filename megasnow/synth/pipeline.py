@@ -73,7 +73,7 @@ def _drive_task(task):
     """One driver shard as an executor task (picklable: the config travels as a dict)."""
     cfg = from_dict(SynthConfig, task["cfg"])
     template = load_template(cfg.prompt)
-    seeds = plan_seeds(cfg.seeds).seeds
+    seeds = plan_seeds(cfg.seeds, progress=False).seeds
     with build_backend_from_config(cfg.backend) as backend:
         return drive_shard(cfg, task["output"], task["shard"], seeds, template, backend, task["extra"])
 
@@ -138,42 +138,41 @@ def run_synthesis(cfg, output, stage="all", extra_responses=()):
     """Run `stage` ('all', 'generate' or 'postprocess') into `output`; returns the summary dict."""
     if stage not in STAGES:
         raise UserError(f"stage must be one of {STAGES}, got {stage!r}")
+    if cfg.execution.shard_index is not None and stage == "postprocess":
+        raise UserError("execution.shard_index is set: post-process once over all shards (leave it unset and "
+                        "pass the drivers' folders with --responses)")
     start = time.perf_counter()
     template = load_template(cfg.prompt)  # refused before anything else happens
     check_inputs(cfg.seeds)
     for folder in extra_responses:
         if not os.path.isdir(folder):
             raise UserError(f"--responses {folder}: not a folder (give the --output folder of another driver)")
-    seed_plan = plan_seeds(cfg.seeds)
-    generation = []
-    if stage in ("all", "generate"):
-        backend = None if _uses_ray(cfg) else start_backend(cfg)
-        try:
-            _prepare_output(cfg, output)
-            generation = generate(cfg, output, seed_plan.seeds, template, backend, extra_responses)
-        finally:
-            if backend is not None:
-                backend.close()
-    else:
+    if stage == "postprocess" and not (read_run_model([output, *extra_responses]) or cfg.backend.model):
+        raise UserError(f"no {RUN_FILE} in {output} or the --responses folders, and backend.model is empty: run the "
+                        f"generate stage first (or set backend.model)")
+    generating = stage in ("all", "generate")
+    # the URLs are checked before the seeds are read (which may take a while on a large corpus)
+    backend = start_backend(cfg) if generating and not _uses_ray(cfg) else None
+    try:
+        seed_plan = plan_seeds(cfg.seeds, progress=cfg.execution.progress)
         _prepare_output(cfg, output)
+        generation = generate(cfg, output, seed_plan.seeds, template, backend, extra_responses) if generating \
+            else []
+    finally:
+        if backend is not None:
+            backend.close()
     summary = {"stage": stage, "output": os.path.abspath(output), "template": template.name,
                "template_sha": template.sha, "seeds": {"planned": len(seed_plan.seeds), "target": seed_plan.target,
                                                        "available_documents": seed_plan.available,
                                                        "target_shares": seed_plan.shares, "read": seed_plan.read},
                "generation_this_run": generation}
     if stage in ("all", "postprocess"):
-        if cfg.execution.shard_index is not None and stage == "postprocess":
-            raise UserError("execution.shard_index is set: post-process once over all shards (leave it unset and "
-                            "pass the drivers' folders with --responses)")
         model = read_run_model([output, *extra_responses]) or cfg.backend.model
-        if not model:
-            raise UserError(f"no {RUN_FILE} in {output} or --responses folders and backend.model is empty: "
-                            f"run the generate stage first (or set backend.model)")
         planned = plan_requests(seed_plan.seeds, template, cfg.sampling, model)
         if cfg.execution.shard_index is not None:  # stage all on one shard: its own requests only
             planned = [p for p in planned if shard_of(p, cfg.execution.num_shards) == cfg.execution.shard_index]
         answered = load_responses([output, *extra_responses])
-        post = postprocess(planned, answered, cfg, template, output)
+        post = postprocess(planned, answered, cfg, template, output, progress=cfg.execution.progress)
         summary.update(summarize(post, seed_plan, _generation_files([output, *extra_responses]), model))
     summary["seconds"] = round(time.perf_counter() - start, 3)
     name = "summary" if stage != "generate" else f"summary-generate-{_tag_of(cfg)}"

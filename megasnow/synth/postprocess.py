@@ -10,6 +10,7 @@ import glob
 import os
 
 import orjson
+from tqdm import tqdm
 
 from megasnow.curate.decontaminate import get_decontaminator
 from megasnow.curate.documents import repo_documents
@@ -71,12 +72,12 @@ class Tally:
         return total
 
 
-def first_checks(planned, answered, cfg, template, tally, dropped):
+def first_checks(planned, answered, cfg, template, tally, dropped, progress=False):
     """Per-output checks (finish reason .. decontamination); returns the surviving candidates in request order."""
     pp = cfg.postprocess
     decon = get_decontaminator(pp.decontamination) if pp.decontamination.enabled else None
     survivors = []
-    for p in planned:
+    for p in tqdm(planned, desc="post-process", unit="req", disable=not progress, mininterval=5, leave=False):
         lang = p.seed.lang
         counts = tally.lang(lang)
         counts["requests"] += 1
@@ -207,10 +208,10 @@ def write_outputs(docs, dropped, output, shard_docs):
     return paths
 
 
-def postprocess(planned, answered, cfg, template, output):
+def postprocess(planned, answered, cfg, template, output, progress=False):
     """Check, deduplicate and write every answered request of `planned`; returns the post-processing summary."""
     tally, dropped, read_report = Tally(), [], ReadReport()
-    survivors = first_checks(planned, answered, cfg, template, tally, dropped)
+    survivors = first_checks(planned, answered, cfg, template, tally, dropped, progress)
     kept = dedup_checks(survivors, cfg, tally, dropped, read_report)
     docs = []
     for s in kept:

@@ -14,6 +14,8 @@ import random
 import re
 from dataclasses import dataclass
 
+from tqdm import tqdm
+
 from megasnow.curate.languages import canonical_language
 from megasnow.data.special_tokens import FILE_SEP, REPO_NAME
 from megasnow.errors import UserError
@@ -172,12 +174,14 @@ def _read_scores(path):
     return scores
 
 
-def scan_candidates(cfg, report):
+def scan_candidates(cfg, report, progress=True):
     """Pass 1: (language, score, position) of every usable seed document; bad records counted in `report`."""
     score_files = _score_maps(cfg)
     wanted = {canonical_language(lang) or lang for lang in cfg.languages}
     cands, current, scores = [], None, {}
-    for path, pos, rec in read_shards(cfg.documents, report, on_damaged=lambda d: warn(d.describe())):
+    records = read_shards(cfg.documents, report, on_damaged=lambda d: warn(d.describe()))
+    for path, pos, rec in tqdm(records, desc="seed documents", unit="doc", disable=not progress, mininterval=5,
+                               leave=False):
         where = f"{path}:{pos}"
         if score_files and path != current:
             current, scores = path, _read_scores(score_files[os.path.abspath(path)])
@@ -213,10 +217,10 @@ class SeedPlan:
     read: dict  # read_shards summary (files, records, skipped with file:line examples)
 
 
-def plan_seeds(cfg):
+def plan_seeds(cfg, progress=True):
     """Read the seed documents and choose `cfg.num_seeds` seeds (see the module docstring)."""
     report = ReadReport()
-    cands = scan_candidates(cfg, report)
+    cands = scan_candidates(cfg, report, progress)
     for example in report.skips.examples:
         warn(f"seed record skipped: {example}")
     if not cands:
