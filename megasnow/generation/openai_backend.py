@@ -270,7 +270,10 @@ class OpenAIBackend(GenerationBackend):
                         response = await self._call(self._client(url), req)
                     finally:
                         self._inflight[url] -= 1
-            return self._to_result(req, response, attempts)
+            try:
+                return self._to_result(req, response, attempts)
+            except (AttributeError, TypeError, ValueError) as e:  # a 200 whose body is not a completion
+                return self._failed(req, e, attempts, url)
         except openai.APIStatusError as e:
             if e.status_code in (401, 403):
                 raise self._auth_error(url, e) from None
