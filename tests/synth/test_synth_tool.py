@@ -1,9 +1,11 @@
 """tools/synthesize.py end to end with a real (tiny, random) model in process, and its answers to bad input."""
 import json
 import os
+import subprocess
+import sys
 
 from tests.generation.test_openai_backend import free_port
-from tests.synth.conftest import LENIENT, read_jsonl, run_tool
+from tests.synth.conftest import LENIENT, ROOT, read_jsonl, run_tool
 
 
 def test_local_backend_run_resume_and_bad_seed_line(tmp_path, tiny_model, seed_shard):
@@ -32,6 +34,16 @@ def test_local_backend_run_resume_and_bad_seed_line(tmp_path, tiny_model, seed_s
     assert "shard 0/1: 8 requests, 8 cached, 0 answered now" in r2.stdout
     assert read_jsonl(out / "data" / "part-00000.jsonl") == docs
     assert sorted(os.listdir(out / "responses" / "shard-00000-of-00001")) == chunks
+    # the output binarizes as it is
+    prefix = tmp_path / "phase3"
+    b = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "preprocess_data.py"), "--input",
+                        str(out / "data"), "--output-prefix", str(prefix), "--tokenizer-type", "HuggingFaceTokenizer",
+                        "--tokenizer-model", os.path.join(tiny_model, "tokenizer.json")], capture_output=True,
+                       text=True, env={**os.environ, "PYTHONPATH": ROOT}, timeout=120)
+    assert b.returncode == 0, b.stderr
+    from megasnow.data.indexed import IndexedDataset
+
+    assert len(IndexedDataset(str(prefix) + "_text_document")) == len(docs) == 8
 
 
 def test_template_without_seed_placeholder_is_refused_at_start(tmp_path, seed_shard):
