@@ -37,6 +37,12 @@ def prepare_model(name, workdir):
 
         write_tiny_checkpoint(os.path.join(workdir, "tiny"), seed=0, max_seq_len=2048)
         return os.path.join(workdir, "tiny")
+    if name == "random-135m":  # SmolLM2-135M's layer shapes with random weights (a small BPE vocabulary)
+        from megasnow.generation.tiny_model import write_tiny_checkpoint
+
+        write_tiny_checkpoint(os.path.join(workdir, "random-135m"), seed=0, max_seq_len=2048, hidden_size=576,
+                              num_layers=30, num_heads=9, num_kv_heads=3, ffn_hidden_size=1536, init_std=0.02)
+        return os.path.join(workdir, "random-135m")
     if name == "smollm2-gguf":
         import importlib.util
 
@@ -75,7 +81,8 @@ async def one_round(base_url, model, concurrency, requests_per_client, max_token
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", default="tiny", help="checkpoint / HF folder, `tiny`, or `smollm2-gguf`")
+    p.add_argument("--model", default="tiny", help="checkpoint / HF folder, `tiny`, `random-135m` (SmolLM2-135M's shapes, random weights: "
+                   "needs no package) or `smollm2-gguf`")
     p.add_argument("--device", default="cpu")
     p.add_argument("--concurrency", default="1,16", help="comma list; 1 is the serial baseline")
     p.add_argument("--requests-per-client", type=int, default=4)

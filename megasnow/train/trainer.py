@@ -144,12 +144,15 @@ class Trainer:
         """The end-of-document id that splits packed samples into documents when model.document_mask is on."""
         if not self.model_cfg.document_mask:
             return None
-        if self.cfg.data.eod_id is not None:
-            return self.cfg.data.eod_id
-        if self.tokenizer is None:
-            raise ConfigError("model.document_mask needs the end-of-document token id: set data.tokenizer "
-                              "(its EOD token is used) or data.eod_id")
-        return self.tokenizer.eod_id
+        from megasnow.data.dataset_meta import resolve_document_tokens
+
+        paths = [b.path for phase in self.phases for b in (*phase.blend, *phase.valid_blend)]
+        doc = resolve_document_tokens(paths, eod_id=self.cfg.data.eod_id, tokenizer=self.tokenizer)
+        if doc.eod_id is None:
+            raise ConfigError("model.document_mask needs the end-of-document token id: binarize with --append-eod, "
+                              "or set data.tokenizer (its eod is used) or data.eod_id")
+        self._say(f"data: document_mask splits samples at id {doc.eod_id} ({doc.source})")
+        return doc.eod_id
 
     def _build_datasets(self):
         """Every phase's datasets up front, so a bad blend fails before the first step, not at a phase change."""

@@ -12,10 +12,8 @@ import time
 import pytest
 
 from megasnow.generation.openai_backend import request_body
-
-# megasnow.serve lands on main separately (wip/serve); until it does these tests are skipped, never broken
-ServerProcess = pytest.importorskip("megasnow.serve.process").ServerProcess
-request_hash = pytest.importorskip("megasnow.serve.request_log").request_hash
+from megasnow.serve.process import ServerProcess
+from megasnow.serve.request_log import request_hash
 from tests.synth.conftest import LENIENT, ROOT, TOOL, read_jsonl, run_tool
 
 API_KEY = "synth-test-key"
