@@ -7,8 +7,11 @@ spread (min-max over repeats) are reported. Scores are checked to agree between 
 Results: benchmarks/results/annotate_throughput.md.
 
   python benchmarks/annotate_throughput.py --files 96 --repeats 5 --threads 2 [--device cuda]
+
+`--encoder DIR --random-weights` builds the encoder from DIR's config.json with random weights (DIR needs only
+the config and the tokenizer): what the GPU suite does, since the bundled encoder's weights (87 MB) cannot travel
+to the GPU machine. Same architecture, same tokens, same FLOPs: the speed is the same, the scores are not.
 """
-import argparse
 import contextlib
 import glob
 import os
@@ -25,8 +28,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from megasnow.quality.annotator import build_annotator, default_batch_tokens, load_annotator  # noqa: E402
+from megasnow.quality.annotator import (AnnotatorConfig, QualityAnnotator, build_annotator,  # noqa: E402
+                                        default_batch_tokens, load_annotator)
 from megasnow.quality.score import BatchedScorer  # noqa: E402
+from megasnow.utils.cli import ArgumentParser, fail, run_tool  # noqa: E402
 
 SOURCES = [  # real code files on every machine: Python stdlib, C headers, JavaScript
     os.path.join(sysconfig.get_paths()["stdlib"], "*.py"),
@@ -138,8 +143,21 @@ def megasnow_scores(scorer, texts):
     return scorer.score_texts(texts)[0]
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def random_weight_annotator(folder, max_length, seed):
+    """An annotator whose encoder has FOLDER's architecture and tokenizer but weights drawn from its config."""
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    if not os.path.exists(os.path.join(folder, "config.json")):
+        fail(f"--encoder {folder}: no config.json there (a HuggingFace model folder is needed)")
+    torch.manual_seed(seed)
+    encoder = AutoModel.from_config(AutoConfig.from_pretrained(folder, local_files_only=True))
+    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    cfg = AnnotatorConfig(max_length=max_length, base_encoder=os.path.abspath(folder) + " (random weights)")
+    return QualityAnnotator(encoder, tokenizer, cfg)
+
+
+def main(argv=None):
+    ap = ArgumentParser(description=__doc__, prog="annotate_throughput.py")
     ap.add_argument("--files", type=int, default=96)
     ap.add_argument("--mix", choices=["files", "functions"], default="files",
                     help="whole code files from this machine, or function-sized snippets")
@@ -151,15 +169,28 @@ def main():
     ap.add_argument("--batch-tokens", type=int, nargs="*", default=None,
                     help="megasnow's padded tokens per batch; several values = one megasnow method each "
                          "(default: the CLI's, 16384 on CUDA, 2048 on CPU)")
-    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     ap.add_argument("--annotator", default=None, help="trained annotator folder (default: bundled encoder + fresh head)")
+    ap.add_argument("--encoder", default=None, help="HuggingFace encoder folder for a fresh annotator "
+                                                    "(default: the bundled all-MiniLM-L6-v2)")
+    ap.add_argument("--random-weights", action="store_true",
+                    help="draw the encoder's weights from its config instead of loading them (--encoder needs only "
+                         "config.json and the tokenizer)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--csv", default=None)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        fail(f"--device {args.device}: no CUDA device is visible; use --device cpu")
+    if args.random_weights and not args.encoder:
+        fail("--random-weights needs --encoder DIR (the folder whose config.json and tokenizer to use)")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    annotator = (load_annotator(args.annotator, args.device) if args.annotator
-                 else build_annotator(max_length=args.max_length).to(args.device).eval())
+    if args.annotator:
+        annotator = load_annotator(args.annotator, args.device)
+    elif args.random_weights:
+        annotator = random_weight_annotator(args.encoder, args.max_length, args.seed).to(args.device).eval()
+    else:
+        annotator = build_annotator(args.encoder, max_length=args.max_length).to(args.device).eval()
     texts = (sample_files(args.files, args.seed, args.max_chars) if args.mix == "files"
              else sample_functions(args.files, args.seed))
     lengths = [len(ids) for ids in annotator.encode_texts(texts, truncate=False)]
@@ -224,4 +255,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_tool(main))

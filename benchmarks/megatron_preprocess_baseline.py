@@ -3,8 +3,8 @@
 
 Same pipeline: multiprocessing Pool(workers, initializer).imap(encode, lines, chunksize=32), json.loads and
 SentencePiece encode_as_ids in the workers, results pickled back, one writer using megatron-core's
-IndexedDatasetBuilder.add_document. Tokenizer as Megatron's GPTSentencePieceTokenizer (encode_as_ids, eod = eos
-unless the model has an <|endoftext|> piece, as megasnow's tokenizers do).
+IndexedDatasetBuilder.add_document. Tokenizer as Megatron-LM's SentencePiece types (main's SentencePiece wrapper and
+the legacy GPTSentencePieceTokenizer alike): encode_as_ids, eod = the model's eos_id.
 """
 import argparse
 import json
@@ -27,8 +27,7 @@ class Encoder:
         import sentencepiece
 
         Encoder.tokenizer = sentencepiece.SentencePieceProcessor(model_file=self.args.tokenizer_model)
-        eod = Encoder.tokenizer.piece_to_id("<|endoftext|>")
-        Encoder.eod = eod if eod != Encoder.tokenizer.unk_id() else Encoder.tokenizer.eos_id()
+        Encoder.eod = Encoder.tokenizer.eos_id()
 
     def encode(self, json_line):
         data = json.loads(json_line)

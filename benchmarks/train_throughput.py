@@ -4,13 +4,14 @@ same model, sequence length and device (tokens/s, TFLOP/s, MFU of full optimizer
 real trainer (`python -m megasnow.train`) on synthetic data. Sized for one 10-minute GPU command:
 
   GPU: python benchmarks/train_throughput.py --out benchmarks/results/train_throughput_h200
-       (snowcoder-1.3b, seq 8192, bf16; micro-batch doubled from 1 up to 8 while it fits; 2 warmup + 6 timed steps)
+       (snowcoder-1.3b, seq 8192, bf16; each model built once, then micro-batch 1, 2, 4, 8 while it fits, the
+       fastest reported; 2 warmup + 6 timed steps each)
   CPU: python benchmarks/train_throughput.py      (tiny preset, seq 256: proves the script, MFU n/a; torch threads
        follow OMP_NUM_THREADS)
 
 Each implementation runs in its own subprocess: apply_liger_kernel_to_llama patches transformers process-wide and
 would contaminate the HF SDPA baseline, and a fresh process also starts with a clean GPU memory pool.
-Writes OUT.csv and OUT.md (default OUT: benchmarks/results/train_throughput_<device>).
+Writes OUT.csv, OUT.json and OUT.md (default OUT: benchmarks/results/train_throughput_<device>).
 """
 import argparse
 import csv
@@ -25,6 +26,8 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from megasnow.utils.cli import ArgumentParser, fail, run_tool  # noqa: E402
+
 MFU_CONVENTION = ("MFU convention: model FLOPs per token from megasnow/model/flops.py (3 x forward; forward = 2 x "
                   "matmul weights incl. the output head + attention 4 x layers x heads x head_dim x seq as Megatron "
                   "counts it, full S x S, recomputation not counted), divided by the device's dense bf16 peak "
@@ -36,16 +39,23 @@ def log(msg):
 
 
 # ------------------------------------------------------------------ one implementation (child process)
-def megasnow_step_fn(model_cfg, mbs, seq, device, bf16):
-    import torch
-
+def megasnow_model(model_cfg, bf16):
+    """megasnow's model chunks (bf16 weights with fp32 masters on a GPU) and its optimizer, built once."""
     from megasnow.parallel.optimizer import build_optimizer
     from megasnow.parallel.parallelize import ParallelConfig, build_model
-    from megasnow.parallel.pipeline.schedules import forward_backward
 
-    pc = ParallelConfig(micro_batch_size=mbs, params_dtype="bf16" if bf16 else "fp32")
+    pc = ParallelConfig(params_dtype="bf16" if bf16 else "fp32")
     chunks = build_model(model_cfg, pc, seed=0)
     opt = build_optimizer(chunks, lr=1e-4, weight_decay=0.1, clip_grad=1.0)
+    return chunks, opt
+
+
+def megasnow_step_fn(built, model_cfg, mbs, seq, device):
+    import torch
+
+    from megasnow.parallel.pipeline.schedules import forward_backward
+
+    chunks, opt = built
     x = torch.randint(0, model_cfg.vocab_size, (mbs, seq + 1), device=device)
     batch = [{"tokens": x[:, :-1], "labels": x[:, 1:]}]
 
@@ -53,11 +63,11 @@ def megasnow_step_fn(model_cfg, mbs, seq, device, bf16):
         opt.zero_grad()
         forward_backward(chunks, batch)
         opt.step()
-    return step, (chunks, opt)
+    return step
 
 
-def hf_step_fn(model_cfg, mbs, seq, device, bf16, liger=False):
-    """HF training as its Trainer does it with bf16=True: fp32 weights, bf16 autocast, fused AdamW."""
+def hf_model(model_cfg, device, liger=False):
+    """HF LlamaForCausalLM as its Trainer runs it with bf16=True: fp32 weights (bf16 autocast), fused AdamW."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -72,11 +82,19 @@ def hf_step_fn(model_cfg, mbs, seq, device, bf16, liger=False):
         d.pop(k, None)
     cfg = LlamaConfig(**d)
     cfg._attn_implementation = "sdpa"
-    model = LlamaForCausalLM(cfg).to(device)
+    with torch.device(device):  # initialise on the device: a 1.3B fp32 init on one CPU thread takes long
+        model = LlamaForCausalLM(cfg)
     model.train()
     if model_cfg.activation_checkpointing != "none":
         model.gradient_checkpointing_enable()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1, fused=device.type == "cuda")
+    return model, opt
+
+
+def hf_step_fn(built, model_cfg, mbs, seq, device, bf16):
+    import torch
+
+    model, opt = built
     x = torch.randint(0, model_cfg.vocab_size, (mbs, seq), device=device)
 
     def step():
@@ -86,14 +104,15 @@ def hf_step_fn(model_cfg, mbs, seq, device, bf16, liger=False):
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-    return step, (model, opt)
+    return step
 
 
-def measure(make, steps, warmup, device):
+def measure(step, steps, warmup, device):
     """(median step seconds, peak GiB) over `steps` timed steps after `warmup`."""
     import torch
 
-    step, keep = make()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
     times = []
     for i in range(warmup + steps):
         if device.type == "cuda":
@@ -105,30 +124,21 @@ def measure(make, steps, warmup, device):
         if i >= warmup:
             times.append(time.perf_counter() - t0)
     mem = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
-    del keep, step
     return statistics.median(times), mem
 
 
-def free(device):
-    import gc
-
-    import torch
-
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-
-
 def run_child(args):
-    """Measure one implementation at one sequence length; writes its row as JSON to args.child_out."""
+    """Measure one implementation at one sequence length; writes its best row as JSON to args.child_out.
+
+    The model and optimizer are built once; micro-batches 1, 2, 4, ... up to --max-micro-batch run on them in
+    turn until one runs out of memory (model building, not stepping, is what costs time at 1.3B)."""
     import torch
 
     from megasnow.model.config import get_preset
     from megasnow.model.flops import flops_per_token
     from megasnow.train.metrics import peak_bf16_tflops
 
-    gpu = torch.cuda.is_available()
+    gpu = args.device == "cuda"
     device = torch.device("cuda" if gpu else "cpu")
     if gpu:
         import torch.distributed as dist
@@ -143,29 +153,39 @@ def run_child(args):
                            activation_checkpointing=args.activation_checkpointing)
     fpt = flops_per_token(model_cfg, seq)
     peak = peak_bf16_tflops(torch.cuda.get_device_name()) if gpu else None
+    t0 = time.perf_counter()
+    if impl == "megasnow":
+        built = megasnow_model(model_cfg, gpu)
+    else:
+        built = hf_model(model_cfg, device, liger=impl.endswith("liger"))
+    log(f"  {impl}: model and optimizer built in {time.perf_counter() - t0:.1f}s")
 
-    def make(mbs):
-        if impl == "megasnow":
-            return megasnow_step_fn(model_cfg, mbs, seq, device, gpu)
-        return hf_step_fn(model_cfg, mbs, seq, device, gpu, liger=impl.endswith("liger"))
-
-    best, mbs = None, 1
+    best, tried, mbs = None, [], 1
     while mbs <= args.max_micro_batch:  # doubling from 1 while it fits (one size on CPU)
-        free(device)
         try:
-            t, mem = measure(lambda: make(mbs), args.steps, args.warmup, device)
+            if impl == "megasnow":
+                step = megasnow_step_fn(built, model_cfg, mbs, seq, device)
+            else:
+                step = hf_step_fn(built, model_cfg, mbs, seq, device, gpu)
+            t, mem = measure(step, args.steps, args.warmup, device)
         except torch.cuda.OutOfMemoryError:
             log(f"  {impl} seq {seq} mbs {mbs}: out of memory")
+            tried.append(dict(micro_batch=mbs, oom=True))
             break
         tok_s = mbs * seq / t
         tflops = tok_s * fpt / 1e12
-        best = dict(impl=impl, seq=seq, micro_batch=mbs, step_s=t, tokens_per_s=tok_s, tflops=tflops,
-                    mfu=(tflops / peak) if peak else None, peak_mem_gib=mem)
+        row = dict(impl=impl, seq=seq, micro_batch=mbs, step_s=t, tokens_per_s=tok_s, tflops=tflops,
+                   mfu=(tflops / peak) if peak else None, peak_mem_gib=mem)
+        tried.append(row)
+        if best is None or tok_s > best["tokens_per_s"]:
+            best = row
         log(f"  {impl} seq {seq} mbs {mbs}: {tok_s:,.0f} tok/s  {tflops:.3g} TFLOP/s  "
             f"MFU {'%.1f%%' % (100 * tflops / peak) if peak else 'n/a'}  peak {_gib(mem)}")
         if not gpu:
             break
         mbs *= 2
+    if best is not None:
+        best = {**best, "tried": tried}
     with open(args.child_out, "w") as f:
         json.dump(best, f)
     return 0
@@ -221,20 +241,28 @@ def _gib(x):
     return "n/a" if x is None else f"{x:.1f} GiB"
 
 
-FIELDS = ["impl", "seq", "micro_batch", "step_s", "tokens_per_s", "tflops", "mfu", "peak_mem_gib"]
+FIELDS = ["impl", "seq", "micro_batch", "step_s", "tokens_per_s", "tflops", "mfu", "peak_mem_gib", "note"]
 
 
 def write_results(out, rows, header):
+    """OUT.csv (one row per implementation; a failed one has only `note`), OUT.json (also every micro-batch tried)
+    and OUT.md (the table, with each implementation's speed relative to HF SDPA)."""
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with open(out + ".csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=FIELDS)
+        w = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
+    with open(out + ".json", "w") as f:
+        json.dump({"header": header, "mfu_convention": MFU_CONVENTION, "rows": rows}, f, indent=1)
     lines = [header, "", MFU_CONVENTION, "",
              "| implementation | seq | micro-batch | tokens/s | TFLOP/s | MFU | peak memory | vs HF SDPA |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        base = next((b["tokens_per_s"] for b in rows if b["impl"] == "hf-sdpa" and b["seq"] == r["seq"]), None)
+        if r.get("tokens_per_s") is None:
+            lines.append(f"| {r['impl']} | {r['seq']} | - | - | - | - | - | {r.get('note', '')} |")
+            continue
+        base = next((b["tokens_per_s"] for b in rows if b["impl"] == "hf-sdpa" and b["seq"] == r["seq"]
+                     and b.get("tokens_per_s")), None)
         lines.append(f"| {r['impl']} | {r['seq']} | {r['micro_batch']} | {r['tokens_per_s']:,.0f} | "
                      f"{r['tflops']:.3g} | {'%.1f%%' % (100 * r['mfu']) if r['mfu'] is not None else 'n/a'} | "
                      f"{_gib(r['peak_mem_gib'])} | {'%.2fx' % (r['tokens_per_s'] / base) if base else '-'} |")
@@ -245,20 +273,21 @@ def write_results(out, rows, header):
 
 
 def main(argv=None):
-    import torch
-
-    gpu = torch.cuda.is_available()
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--preset", default="snowcoder-1.3b" if gpu else "tiny")
-    ap.add_argument("--seq-lens", type=int, nargs="+", default=[8192] if gpu else [256])
+    ap = ArgumentParser(description=__doc__.split("\n")[0], prog="train_throughput.py")
+    ap.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"],
+                    help="auto: CUDA when a GPU is present; the defaults below depend on it")
+    ap.add_argument("--preset", default=None, help="model preset (default: snowcoder-1.3b on a GPU, tiny on CPU)")
+    ap.add_argument("--seq-lens", type=int, nargs="+", default=None, help="default: 8192 on a GPU, 256 on CPU")
     ap.add_argument("--steps", type=int, default=6, help="timed optimizer steps (median reported)")
-    ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--max-micro-batch", type=int, default=8 if gpu else 4)
-    ap.add_argument("--impls", nargs="+", default=["megasnow", "hf-sdpa", "hf-sdpa-liger"])
+    ap.add_argument("--warmup", type=int, default=2, help="untimed steps before them (each micro-batch size)")
+    ap.add_argument("--max-micro-batch", type=int, default=None,
+                    help="micro-batches 1, 2, 4, ... up to this, while they fit (default: 8 on a GPU; CPU runs 1)")
+    ap.add_argument("--impls", nargs="+", default=["megasnow", "hf-sdpa", "hf-sdpa-liger"],
+                    choices=["megasnow", "hf-sdpa", "hf-sdpa-liger"])
     ap.add_argument("--activation-checkpointing", default="none", choices=["none", "selective", "full"])
     ap.add_argument("--trainer-steps", type=int, default=6, help="steps of python -m megasnow.train (0: skip)")
     ap.add_argument("--trainer-micro-batch", type=int, default=None,
-                    help="default: the largest that fitted megasnow in the measurement above")
+                    help="default: the fastest micro-batch of megasnow in the measurement above")
     ap.add_argument("--trainer-accumulation", type=int, default=2, help="micro-batches per trainer step")
     ap.add_argument("--child-timeout", type=int, default=240, help="seconds per subprocess")
     ap.add_argument("--out", default=None,
@@ -268,6 +297,15 @@ def main(argv=None):
     ap.add_argument("--child-out", help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, default=29511, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    import torch
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        fail("--device cuda: no CUDA device is visible (torch.cuda.is_available() is False); use --device cpu")
+    gpu = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+    args.device = "cuda" if gpu else "cpu"
+    args.preset = args.preset or ("snowcoder-1.3b" if gpu else "tiny")
+    args.seq_lens = args.seq_lens or ([8192] if gpu else [256])
+    args.max_micro_batch = args.max_micro_batch or (8 if gpu else 4)
     if args.child:
         return run_child(args)
 
@@ -283,44 +321,50 @@ def main(argv=None):
     try:
         import liger_kernel  # noqa: F401
         have_liger = gpu  # Liger's kernels are Triton GPU kernels
-    except ImportError:
+    except Exception:  # not installed, or an installed version that does not import with this torch/triton
         have_liger = False
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for seq in args.seq_lens:
             for i, impl in enumerate(args.impls):
                 if impl == "hf-sdpa-liger" and not have_liger:
-                    log(f"skip {impl}: " + ("liger-kernel not installed" if gpu else "Liger's kernels need a GPU"))
+                    why = ("liger-kernel not installed" if gpu else "Liger's kernels need a GPU")
+                    log(f"skip {impl}: {why}")
+                    rows.append(dict(impl=impl, seq=seq, note=f"skipped: {why}"))
                     continue
                 child_out = os.path.join(tmp, f"{impl}_{seq}.json")
                 cmd = [sys.executable, os.path.abspath(__file__), "--child", impl, "--seq", str(seq), "--child-out",
                        child_out, "--preset", args.preset, "--steps", str(args.steps), "--warmup", str(args.warmup),
                        "--max-micro-batch", str(args.max_micro_batch), "--port", str(29511 + i),
-                       "--activation-checkpointing", args.activation_checkpointing]
+                       "--activation-checkpointing", args.activation_checkpointing, "--device", args.device]
                 log(f"{impl} seq {seq}:")
                 try:
                     subprocess.run(cmd, check=True, timeout=args.child_timeout)
                 except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as e:
                     log(f"  {impl} seq {seq} failed: {e}")
+                    rows.append(dict(impl=impl, seq=seq, note=f"failed: {e}"))
                     continue
                 with open(child_out) as f:
                     row = json.load(f)
                 if row is None:
                     log(f"  {impl} seq {seq}: even micro-batch 1 does not fit")
+                    rows.append(dict(impl=impl, seq=seq, note="out of memory at micro-batch 1"))
                     continue
                 rows.append(row)
         if args.trainer_steps > 0:
             log("megasnow.train on synthetic tokens:")
             try:
-                fitted = [r["micro_batch"] for r in rows if r["impl"] == "megasnow" and r["seq"] == args.seq_lens[0]]
+                fitted = [r["micro_batch"] for r in rows
+                          if r["impl"] == "megasnow" and r["seq"] == args.seq_lens[0] and r.get("micro_batch")]
                 mbs = args.trainer_micro_batch or (fitted[0] if fitted else 1)
                 rows.append(trainer_run(args, gpu, os.path.join(tmp, "trainer"), mbs))
             except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as e:
                 log(f"  trainer run failed: {e}")
+                rows.append(dict(impl="megasnow.train", seq=args.seq_lens[0], note=f"failed: {e}"))
     text = write_results(out, rows, header)
-    log("\n" + text + f"written: {out}.csv, {out}.md")
+    log("\n" + text + f"written: {out}.csv, {out}.json, {out}.md")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_tool(main))

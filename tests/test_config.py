@@ -34,9 +34,16 @@ def test_yaml_then_overrides(tmp_path):
     assert "lr: 0.00053" in dump_config(cfg)
 
 
-def test_unknown_key_names_it():
-    with pytest.raises(ConfigError, match=r"optim\.'?lrr"):
+def test_unknown_key_names_it_plainly_with_the_closest_valid_key():
+    with pytest.raises(ConfigError) as e:
         from_dict(Outer, {"optim": {"lrr": 1}})
+    assert str(e.value) == ("unknown config key optim.lrr; did you mean optim.lr? (valid keys under optim: flag, lr, "
+                            "maybe, name, paths, steps)")
+    with pytest.raises(ConfigError, match=r"^unknown config key optin; did you mean optim\? \(valid keys under the "
+                                          r"top level: optim, seed\)$"):
+        from_dict(Outer, {"optin": {}})
+    with pytest.raises(ConfigError, match=r"^unknown config key optim\.zzz \(valid keys"):  # nothing close
+        from_dict(Outer, {"optim": {"zzz": 1}})
 
 
 def test_wrong_type_names_key():

@@ -3,13 +3,82 @@
 
   python tools/generate.py --checkpoint runs/x/ckpt --prompt 'def fibonacci(n):' --max-new-tokens 64
   python tools/generate.py --hf hf/x --prompts-file prompts.jsonl --output out.jsonl --temperature 0.8 --top-p 0.95
+
+A bad --prompt (empty, or too long for the model's context with --max-new-tokens) is an error (exit 2); a bad line
+of --prompts-file is reported as a warning naming file:line and skipped, and the other prompts are still answered.
 """
-import argparse
 import json
 import os
 import sys
+import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from megasnow.utils.cli import ArgumentParser, fail, run_tool, warn  # light: torch is imported after parsing
+
+
+def build_parser():
+    p = ArgumentParser(description=__doc__.split("\n")[0])
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", help="run checkpoint folder (uses `latest`) or a step folder")
+    src.add_argument("--hf", help="HuggingFace LlamaForCausalLM folder")
+    p.add_argument("--tokenizer", help="tokenizer file (default: the one stored with the checkpoint / HF folder)")
+    p.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
+    p.add_argument("--prompts-file", help="JSONL (.gz/.zst too) with a 'prompt' string field per line")
+    p.add_argument("--max-new-tokens", type=int, default=64, help="tokens generated per prompt at most (>= 0)")
+    p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature, 0 = greedy (>= 0)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass, in (0, 1]")
+    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable), cut from the output")
+    p.add_argument("--seed", type=int, default=None, help="sampling seed (greedy ignores it)")
+    p.add_argument("--no-cache", action="store_true", help="recompute the whole sequence each step (reference)")
+    p.add_argument("--batch-size", type=int, default=16, help="prompts generated together")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto (cuda when available)")
+    p.add_argument("--output", help="write JSONL {prompt, completion, tokens} here instead of printing")
+    return p
+
+
+def check_sampling_args(args):
+    """Flag values the generator would reject, as one-line errors naming the flag (before any model loads)."""
+    if args.max_new_tokens < 0:
+        fail(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
+    if args.temperature < 0:
+        fail(f"--temperature must be >= 0 (0 = greedy), got {args.temperature}")
+    if not 0.0 < args.top_p <= 1.0:
+        fail(f"--top-p must be in (0, 1] (1 = no nucleus cut), got {args.top_p}")
+    if args.batch_size < 1:
+        fail(f"--batch-size must be >= 1, got {args.batch_size}")
+    for flag, path in (("--checkpoint", args.checkpoint), ("--hf", args.hf), ("--tokenizer", args.tokenizer),
+                       ("--prompts-file", args.prompts_file)):
+        if path and not os.path.exists(path):
+            fail(f"{flag} {path}: no such file or folder")
+
+
+def read_prompts(args):
+    """[(where, prompt text)]: --prompt values first ("--prompt N"), then the file's lines ("FILE:LINE").
+
+    Malformed file lines (not JSON, no 'prompt' string, empty) are warned about and skipped; the skipped count
+    is returned too. An empty --prompt is an error: the user typed it.
+    """
+    from megasnow.utils.records import ReadReport, read_shards
+
+    prompts = []
+    for i, text in enumerate(args.prompt, 1):
+        if not text:
+            fail(f"--prompt number {i} is empty: give at least one character of prompt")
+        prompts.append((f"--prompt {i}", text))
+    skipped = 0
+    if args.prompts_file:
+        report = ReadReport()
+        for path, line, rec in read_shards([args.prompts_file], report, on_damaged=lambda d: warn(d.describe())):
+            text = rec.get("prompt")
+            if not isinstance(text, str) or not text:
+                what = "an empty 'prompt'" if text == "" else "no 'prompt' string field"
+                warn(f"{path}:{line}: {what}; skipped")
+                skipped += 1
+                continue
+            prompts.append((f"{path}:{line}", text))
+        for example in report.skips.examples:
+            warn(f"{example}; skipped")
+        skipped += report.skips.total
+    return prompts, skipped
 
 
 def load_model_and_tokenizer(checkpoint=None, hf=None, tokenizer=None, device="cpu"):
@@ -24,7 +93,10 @@ def load_model_and_tokenizer(checkpoint=None, hf=None, tokenizer=None, device="c
     if checkpoint:
         model, folder = hf_llama.build_megasnow_model(checkpoint, device=device)
     else:
-        with open(os.path.join(hf, "config.json"), encoding="utf-8") as f:
+        config_path = os.path.join(hf, "config.json")
+        if not os.path.exists(config_path):
+            fail(f"--hf {hf}: no config.json there; give a HuggingFace LlamaForCausalLM folder")
+        with open(config_path, encoding="utf-8") as f:
             model_cfg = hf_llama.model_config_from_hf(json.load(f), hf)
         model = LlamaModel(model_cfg, init_seed=None)
         ckpt.load_model_state(model, hf_llama.hf_to_megasnow(hf_llama.read_hf_state(hf), model_cfg, hf), hf)
@@ -36,75 +108,82 @@ def load_model_and_tokenizer(checkpoint=None, hf=None, tokenizer=None, device="c
                 tokenizer = os.path.join(folder, name)
                 break
     if tokenizer is None:
-        raise FileNotFoundError(f"{folder}: holds no tokenizer.model / tokenizer.json; pass --tokenizer")
+        fail(f"{folder}: holds no tokenizer.model / tokenizer.json; pass --tokenizer")
     return model, load_tokenizer(tokenizer)
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", help="run checkpoint folder (uses `latest`) or a step folder")
-    src.add_argument("--hf", help="HuggingFace LlamaForCausalLM folder")
-    p.add_argument("--tokenizer", help="default: the one stored with the checkpoint / HF folder")
-    p.add_argument("--prompt", action="append", default=[], help="repeatable")
-    p.add_argument("--prompts-file", help="JSONL with a 'prompt' field per line")
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable), cut from the output")
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--no-cache", action="store_true", help="recompute the whole sequence each step (reference)")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--device", default="cuda" if _cuda() else "cpu")
-    p.add_argument("--output", help="write JSONL {prompt, completion, tokens} here instead of printing")
-    args = p.parse_args(argv)
+def encode_prompts(prompts, tok, max_seq_len, max_new_tokens):
+    """[(where, text, ids)] of the prompts that fit the context; a --prompt that does not is an error, a file
+    line that does not is warned about and skipped. Returns (kept, skipped)."""
+    kept, skipped = [], 0
+    for where, text in prompts:
+        ids = tok.encode(text)
+        problem = None
+        if not ids:
+            problem = "encodes to no tokens"
+        elif len(ids) + max_new_tokens > max_seq_len:
+            problem = (f"is {len(ids)} tokens; with --max-new-tokens {max_new_tokens} that exceeds the model's "
+                       f"context of {max_seq_len} tokens (shorten it or lower --max-new-tokens)")
+        if problem is None:
+            kept.append((where, text, ids))
+        elif where.startswith("--prompt"):
+            fail(f"{where} {problem}")
+        else:
+            warn(f"{where}: the prompt {problem}; skipped")
+            skipped += 1
+    return kept, skipped
 
-    prompts = list(args.prompt)
-    if args.prompts_file:
-        with open(args.prompts_file, encoding="utf-8") as f:
-            for i, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        prompts.append(json.loads(line)["prompt"])
-                    except (ValueError, KeyError) as e:
-                        p.error(f"{args.prompts_file}:{i}: needs a JSON object with a 'prompt' field ({e})")
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.prompt and not args.prompts_file:
+        parser.error("give --prompt TEXT or --prompts-file FILE")
+    check_sampling_args(args)
+    prompts, skipped = read_prompts(args)
     if not prompts:
-        p.error("give --prompt or --prompts-file")
+        fail(f"no usable prompt in {args.prompts_file} (every line was skipped)")
+
+    import torch
 
     from megasnow.data.special_tokens import EOD
     from megasnow.model.generate import generate, truncate_at_stop_strings
+    from megasnow.utils.progress import Progress, format_rate
 
-    model, tok = load_model_and_tokenizer(args.checkpoint, args.hf, args.tokenizer, args.device)
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    model, tok = load_model_and_tokenizer(args.checkpoint, args.hf, args.tokenizer, device)
+    kept, too_long = encode_prompts(prompts, tok, model.cfg.max_seq_len, args.max_new_tokens)
+    skipped += too_long
+    if not kept:
+        fail(f"no prompt of {args.prompts_file} fits the model's context of {model.cfg.max_seq_len} tokens")
     stop_ids = [tok.eod_id] if tok.token_to_id(EOD) is not None else []
-    results = []
-    for start in range(0, len(prompts), args.batch_size):
-        batch = prompts[start:start + args.batch_size]
-        outs = generate(model, [tok.encode(x) for x in batch], args.max_new_tokens, temperature=args.temperature,
-                        top_p=args.top_p, stop_ids=stop_ids, stop_strings=args.stop or None, tokenizer=tok,
-                        use_cache=not args.no_cache, seed=args.seed)
-        for prompt, ids in zip(batch, outs):
-            results.append({"prompt": prompt, "completion": truncate_at_stop_strings(tok.decode(ids), args.stop),
-                            "tokens": ids})
+    results, new_tokens, start = [], 0, time.perf_counter()
+    with Progress(total=len(kept), desc="generate", unit="prompts", mode="auto") as progress:
+        for first in range(0, len(kept), args.batch_size):
+            batch = kept[first:first + args.batch_size]
+            outs = generate(model, [ids for _, _, ids in batch], args.max_new_tokens, temperature=args.temperature,
+                            top_p=args.top_p, stop_ids=stop_ids, stop_strings=args.stop or None, tokenizer=tok,
+                            use_cache=not args.no_cache, seed=args.seed)
+            for (_, prompt, _), ids in zip(batch, outs):
+                results.append({"prompt": prompt, "completion": truncate_at_stop_strings(tok.decode(ids), args.stop),
+                                "tokens": ids})
+                new_tokens += len(ids)
+            progress.update(len(batch))
+    seconds = time.perf_counter() - start
     if args.output:
         from megasnow.utils.atomic import atomic_write_text
 
         atomic_write_text(args.output, "".join(json.dumps(r) + "\n" for r in results))
-        print(f"wrote {len(results)} completions to {args.output}")
     else:
         for r in results:
             print(r["prompt"] + r["completion"])
             print("-" * 40)
+    where = f" to {args.output}" if args.output else ""
+    print(f"wrote {len(results)} completions{where} ({new_tokens:,} new tokens, "
+          f"{format_rate(new_tokens, seconds, 'tokens')}); {skipped} prompts skipped",
+          file=sys.stderr if not args.output else sys.stdout)
     return 0
 
 
-def _cuda():
-    try:
-        import torch
-
-        return torch.cuda.is_available()
-    except ImportError:
-        return False
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_tool(main, prog="generate.py"))

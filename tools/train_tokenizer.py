@@ -3,36 +3,65 @@
 
 Usage: python tools/train_tokenizer.py --input data/*.jsonl --output-prefix tok/code --vocab-size 32000
 """
-import argparse
+import itertools
 import os
 import sys
+import threading
 import time
+from dataclasses import dataclass
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from megasnow.data import special_tokens  # noqa: E402
+from megasnow.data.tokenizer import TokenizerError  # noqa: E402
+from megasnow.errors import UserError  # noqa: E402
 from megasnow.utils.atomic import temporary_path  # noqa: E402
-from megasnow.utils.records import SkipLog, expand_inputs, is_record_file, iter_records  # noqa: E402
+from megasnow.utils.cli import ArgumentParser, run_tool, warn  # noqa: E402
+from megasnow.utils.records import ReadReport, expand_inputs, is_record_file, read_shards  # noqa: E402
+from megasnow.utils.units import format_duration, format_rate  # noqa: E402
+
+HEARTBEAT_SECONDS = 15.0
 
 
-def iter_documents(paths, json_keys, skips):
-    """Texts from JSONL/Parquet records (each of json_keys) or whole plain-text files."""
+class NoTrainingTextError(UserError):
+    """The inputs hold no text to train on."""
+
+
+@dataclass
+class TrainingReport(ReadReport):
+    """read_shards' report plus the number of sentences SentencePiece was given."""
+
+    sentences: int = 0
+
+
+def iter_documents(paths, json_keys, report, strict=False, on_damaged=None):
+    """Texts from JSONL/Parquet records (each of json_keys) or whole plain-text files.
+
+    Record files go through read_shards: malformed records are counted in `report.skips`, damaged shards keep their
+    readable records and are reported (`report.damaged`, `on_damaged`); with `strict` either stops the run.
+    """
+    record_files = [p for p in paths if is_record_file(p)]
+    if record_files:
+        for path, pos, rec in read_shards(record_files, report, strict=strict, on_damaged=on_damaged):
+            for key in json_keys:
+                value = rec.get(key)
+                if isinstance(value, str):
+                    yield value
+                else:
+                    report.skips.add(f"missing or non-string key {key!r}", f"{path}:{pos}")
     for path in paths:
         if is_record_file(path):
-            for pos, rec in iter_records(path, skips=skips):
-                for key in json_keys:
-                    value = rec.get(key)
-                    if isinstance(value, str):
-                        yield value
-                    else:
-                        skips.add(f"missing or non-string key {key!r}", f"{path}:{pos}")
-        else:
+            continue
+        report.files += 1
+        try:
             with open(path, "rb") as f:
                 raw = f.read()
-            try:
-                yield raw.decode("utf-8")
-            except UnicodeDecodeError:
-                skips.add("invalid UTF-8", path)
+        except OSError as e:
+            raise UserError(f"{path}: cannot read ({e.strerror})") from None
+        try:
+            yield raw.decode("utf-8")
+        except UnicodeDecodeError:
+            report.skips.add("invalid UTF-8", path)
 
 
 def iter_sentences(documents, max_bytes):
@@ -86,50 +115,124 @@ def trainer_options(vocab_size, input_sentence_size, num_threads, max_sentence_l
     )
 
 
+class _Counter:
+    """Counts the sentences SentencePiece has pulled (read by the heartbeat); `done` is set at their end."""
+
+    def __init__(self, it):
+        self.it, self.n, self.done, self.error = it, 0, threading.Event(), None
+
+    def __iter__(self):
+        try:
+            for item in self.it:
+                self.n += 1
+                yield item
+        except BaseException as e:  # SentencePiece wraps it in a RuntimeError: keep the original for the user
+            self.error = e
+            raise
+        self.done.set()
+
+
+def _heartbeat(thread, counter, report, t0, interval, log):
+    """Wait for the training thread, logging what it is doing every `interval` seconds."""
+    while thread.is_alive():
+        thread.join(interval)
+        if thread.is_alive():
+            phase = "reading input" if not counter.done.is_set() else "training (BPE merges)"
+            log(f"train_tokenizer: {phase}, {format_duration(time.time() - t0)} elapsed, {counter.n:,} sentences "
+                f"from {report.records:,} records")
+
+
 def train_tokenizer(inputs, output_prefix, vocab_size, json_keys=("text",), input_sentence_size=200_000,
-                    num_threads=None, max_sentence_bytes=2048):
-    """Train and write output_prefix.model / .vocab atomically; returns (model path, SkipLog)."""
+                    num_threads=None, max_sentence_bytes=2048, strict=False, on_damaged=None, log=None,
+                    heartbeat_seconds=HEARTBEAT_SECONDS):
+    """Train and write output_prefix.model / .vocab atomically; returns (model path, TrainingReport).
+
+    Raises InputNotFoundError for a missing input, NoTrainingTextError when the inputs hold no text, TokenizerError
+    when SentencePiece refuses the settings (e.g. a vocabulary larger than the text allows). `log(text)` receives a
+    progress line every `heartbeat_seconds` while reading and training (SentencePiece itself is silent).
+    """
     import sentencepiece as spm
 
     paths = expand_inputs(inputs)
-    skips = SkipLog()
-    sentences = iter_sentences(iter_documents(paths, list(json_keys), skips), max_sentence_bytes)
+    report = TrainingReport()
+    sentences = iter_sentences(iter_documents(paths, list(json_keys), report, strict, on_damaged), max_sentence_bytes)
+    first = next(sentences, None)
+    if first is None:
+        where = paths[0] if len(paths) == 1 else f"{len(paths)} files ({paths[0]}, ...)"
+        raise NoTrainingTextError(f"no training text found in {where}: {report.records} records, "
+                                  f"{report.skips.total} skipped, {len(report.damaged)} damaged shard(s); "
+                                  f"check --input and --json-keys {' '.join(json_keys)}")
+    counter = _Counter(itertools.chain([first], sentences))
     opts = trainer_options(vocab_size, input_sentence_size, num_threads or os.cpu_count() or 1,
                            max_sentence_length=max_sentence_bytes * 2)
     os.makedirs(os.path.dirname(os.path.abspath(output_prefix)) or ".", exist_ok=True)
     tmp_prefix = temporary_path(output_prefix + ".model")
+    outcome = {}
+
+    def run():
+        try:
+            spm.SentencePieceTrainer.Train(sentence_iterator=iter(counter), model_prefix=tmp_prefix, **opts)
+        except BaseException as e:  # noqa: BLE001 - handed to the waiting thread
+            outcome["error"] = e
+
+    t0 = time.time()
+    # SentencePiece trains in C++ without a word; a thread runs it so this one can report progress and take Ctrl-C.
+    thread = threading.Thread(target=run, name="sentencepiece-train", daemon=True)
     try:
-        spm.SentencePieceTrainer.Train(sentence_iterator=sentences, model_prefix=tmp_prefix, **opts)
+        thread.start()
+        _heartbeat(thread, counter, report, t0, heartbeat_seconds, log or (lambda s: None))
+        error = counter.error or outcome.get("error")
+        if isinstance(error, UserError):
+            raise error
+        if isinstance(error, RuntimeError):
+            message = " ".join(str(error).split())
+            raise TokenizerError(f"SentencePiece refused to train on {len(paths)} input file(s): {message}") from error
+        if error is not None:
+            raise error
         os.replace(tmp_prefix + ".vocab", output_prefix + ".vocab")
         os.replace(tmp_prefix + ".model", output_prefix + ".model")
     finally:
         for p in (tmp_prefix, tmp_prefix + ".model", tmp_prefix + ".vocab"):
             if os.path.exists(p):
                 os.unlink(p)
-    return output_prefix + ".model", skips
+    report.sentences = counter.n
+    return output_prefix + ".model", report
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--input", nargs="+", required=True, help="JSONL/Parquet files, globs, folders or plain text files")
     p.add_argument("--output-prefix", required=True, help="writes PREFIX.model and PREFIX.vocab")
     p.add_argument("--vocab-size", type=int, required=True)
-    p.add_argument("--json-keys", nargs="+", default=["text"])
+    p.add_argument("--json-keys", nargs="+", default=["text"], help="record keys holding the text")
     p.add_argument("--input-sentence-size", type=int, default=200_000,
                    help="at most this many training sentences (randomly sampled), caps time and memory")
-    p.add_argument("--num-threads", type=int, default=None)
+    p.add_argument("--num-threads", type=int, default=os.cpu_count() or 1, help="SentencePiece trainer threads")
+    p.add_argument("--strict", action="store_true", help="stop at the first malformed record or damaged shard")
     args = p.parse_args(argv)
+    if args.vocab_size < len(special_tokens.SPECIAL_TOKENS) + 3 + 256:
+        p.error(f"--vocab-size {args.vocab_size} is too small: the 3 control pieces, "
+                f"{len(special_tokens.SPECIAL_TOKENS)} special tokens and 256 byte pieces need "
+                f"{len(special_tokens.SPECIAL_TOKENS) + 3 + 256}")
     t0 = time.time()
-    model, skips = train_tokenizer(args.input, args.output_prefix, args.vocab_size, args.json_keys,
-                                   args.input_sentence_size, args.num_threads)
+    model, report = train_tokenizer(
+        args.input, args.output_prefix, args.vocab_size, args.json_keys, args.input_sentence_size, args.num_threads,
+        strict=args.strict, on_damaged=lambda d: warn(f"damaged shard {d.describe()}"),
+        log=lambda s: print(s, file=sys.stderr, flush=True))
     from megasnow.data.tokenizer import load_tokenizer
 
     tok = load_tokenizer(model)
-    print(f"wrote {model} (vocab {tok.vocab_size}, eod id {tok.eod_id}) in {time.time() - t0:.1f}s; "
-          f"skipped {skips.total} records")
-    for example in skips.examples:
-        print(f"  skipped {example}")
+    secs = time.time() - t0
+    print(f"wrote {model} and {args.output_prefix}.vocab (vocab {tok.vocab_size:,}, end of document "
+          f"{tok.id_to_token(tok.eod_id)!r} = id {tok.eod_id}) in {format_duration(secs)}: {report.records:,} "
+          f"records from {report.files} file(s), {report.sentences:,} sentences "
+          f"({format_rate(report.sentences, secs, 'sentences')})")
+    print(f"  skipped {report.skips.total:,} record(s); {len(report.damaged)} damaged shard(s)")
+    for example in report.skips.examples:
+        print(f"    at {example}")
+    for d in report.damaged:
+        print(f"    {d.describe()}")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_tool(main))

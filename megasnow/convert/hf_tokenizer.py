@@ -43,8 +43,13 @@ def sentencepiece_to_tokenizer_json(model_path):
     return tok, None
 
 
-def export_tokenizer(path, out_dir):
-    """Write the tokenizer files into `out_dir`; returns (summary dict, {'bos', 'eos', 'pad'} ids)."""
+def export_tokenizer(path, out_dir, eod_id=None):
+    """Write the tokenizer files into `out_dir`; returns (summary dict, {'bos', 'eos', 'pad'} ids).
+
+    eos (and bos) is the end-of-document token the model was trained with: `eod_id` when given (the id the
+    training data ended documents with, megasnow.data.dataset_meta.resolve_document_tokens), else the tokenizer's
+    `eod_id` (Megatron-LM's --append-eod token: the SentencePiece eos piece).
+    """
     from megasnow.data.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(path)
@@ -64,15 +69,16 @@ def export_tokenizer(path, out_dir):
         else:
             summary["tokenizer.json"] = f"not written: {reason}"
         fast = tok is not None
-    eos = tokenizer.eod_id
+    eos = tokenizer.eod_id if eod_id is None else int(eod_id)
+    eos_token = tokenizer.id_to_token(eos)
     pad = tokenizer.token_to_id(special_tokens.PAD)
     config = {
         "tokenizer_class": "PreTrainedTokenizerFast" if fast else "LlamaTokenizer",
-        "bos_token": special_tokens.EOD, "eos_token": special_tokens.EOD,
+        "bos_token": eos_token, "eos_token": eos_token,
         "pad_token": special_tokens.PAD if pad is not None else None,
         "add_bos_token": False, "add_eos_token": False, "clean_up_tokenization_spaces": False,
-        "additional_special_tokens": [t for t in special_tokens.SPECIAL_TOKENS
-                                      if t not in (special_tokens.EOD, special_tokens.PAD)],
+        "additional_special_tokens": [t for t in special_tokens.SPECIAL_TOKENS if t not in (eos_token, special_tokens.PAD)
+                                      and tokenizer.token_to_id(t) is not None],
     }
     atomic_write_text(os.path.join(out_dir, "tokenizer_config.json"), json.dumps(config, indent=2))
     atomic_write_text(os.path.join(out_dir, "special_tokens_map.json"),

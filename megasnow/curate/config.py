@@ -4,6 +4,11 @@ from typing import Literal, Optional
 
 from megasnow.curate.languages import RECIPE_LANGUAGES
 
+# Folders that hold other people's code (package managers' installs, vendored copies) or tool state (hidden
+# folders: .git, .venv, .idea, .github...), not the repository's own code.
+DEFAULT_EXCLUDE_DIRS = (".*", "node_modules", "bower_components", "jspm_packages", "vendor", "third_party",
+                        "third-party", "thirdparty", "3rdparty", "site-packages", "__pycache__")
+
 
 @dataclass
 class SourceConfig:
@@ -20,6 +25,10 @@ class SourceConfig:
     max_file_bytes: int = field(default=1_000_000, metadata={"help": "larger files are counted as oversized"})
     repo_shard_bytes: int = field(default=64 << 20, metadata={"help": "bytes of repository files per ingest task"})
     notebooks_to_scripts: bool = field(default=True, metadata={"help": "turn .ipynb JSON into a script"})
+    exclude_dirs: list[str] = field(default_factory=lambda: list(DEFAULT_EXCLUDE_DIRS), metadata={
+        "help": "folders of repositories whose name matches one of these fnmatch patterns (case-sensitive) are not "
+                "read: dependency, vendored and hidden folders are not the repository's own code; counted in "
+                "stats.json excluded_dirs; [] reads them all (.git is always skipped)"})
 
 
 @dataclass
@@ -111,3 +120,5 @@ class CurateConfig:
     executor: Literal["local", "ray"] = "local"
     workers: int = 1
     ray_address: Optional[str] = None
+    progress_interval_s: float = field(default=20.0, metadata={
+        "help": "a task reading an input shard prints its counts and rate this often (seconds; 0: every file)"})

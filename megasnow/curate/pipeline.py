@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import time
 
 import numpy as np
@@ -19,13 +20,15 @@ import orjson
 import yaml
 
 from megasnow.config import dump_config, to_dict
+from megasnow.curate.decontaminate import get_decontaminator
 from megasnow.curate.executors import run_tasks, shutdown_executors
 from megasnow.curate.minhash import optimal_param
 from megasnow.curate.near_stages import VERIFY_PAIRS_PER_TASK
 from megasnow.curate.sources import plan_shards
 from megasnow.curate.stages import STAGE_FUNCTIONS
-from megasnow.curate.stats import add_totals, merge_into, new_stats
-from megasnow.curate.work import prepare_paths
+from megasnow.curate.stats import add_totals, merge_into, new_stats, printable
+from megasnow.curate.work import describe_reading, prepare_paths, reading
+from megasnow.errors import UserError
 from megasnow.utils.atomic import atomic_write, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -33,19 +36,59 @@ BAND_GROUPS = 8  # LSH bucket tasks; fixed so the work split never depends on th
 # Config keys that decide how the work runs but never what it writes (local and Ray runs with any number of
 # workers or threads give the same bytes, tested), so a run may resume with other values.
 EXECUTION_KEYS = (("executor",), ("workers",), ("ray_address",), ("near_dedup", "threads"),
-                  ("near_dedup", "batch_size"))
+                  ("near_dedup", "batch_size"), ("progress_interval_s",))
+STAT_KEYS = ("stages", "bad_input", "bad_input_examples", "excluded_dirs")  # the counters merged over tasks
 
 
-class PipelineError(RuntimeError):
-    """The output folder belongs to a run with a different config or input."""
+class PipelineError(UserError, RuntimeError):
+    """The output folder belongs to a run with a different config or inputs."""
+
+
+class EmptyInputError(UserError):
+    """The inputs hold no source file to curate (raised with strict=True; otherwise a warning in the stats)."""
+
+
+class CurationTaskError(RuntimeError):
+    """A stage task failed; the message names the stage, the task's shard and the file (and record) it was
+    reading. The original exception is its __cause__ (in the same process) and is summarised in the message."""
+
+
+class CurationInputError(CurationTaskError, UserError):
+    """A task failed on something the user can fix (an OSError such as a full disk or a permission, or a
+    UserError): tools answer it with one `error:` line."""
+
+
+def describe_task(fn_name, task):
+    """'prepare_shard of shard 00003 (/data/b.jsonl)': the task and its input, for error messages."""
+    shard = task.get("shard")
+    if isinstance(shard, dict):
+        if shard["kind"] == "records":
+            source = shard["path"]
+        else:
+            names = ", ".join(shard["repos"][:3]) + (", ..." if len(shard["repos"]) > 3 else "")
+            source = f"{len(shard['repos'])} repositories under {shard['root']}: {names}"
+        return f"{fn_name} of shard {shard['name']} ({printable(source)})"
+    if isinstance(shard, str):
+        return f"{fn_name} of shard {shard}"
+    key = task.get("key") or (f"{task['lang']}-{task['partition']:05d}" if "lang" in task else None)
+    return f"{fn_name}" + (f" ({key})" if key else "")
 
 
 def run_marked(item):
-    """Executor entry point: run one stage task and then write its done marker (the task result as JSON)."""
+    """Executor entry point: run one stage task and then write its done marker (the task result as JSON).
+
+    Any failure is raised as CurationTaskError naming the task, its shard and the file it was reading.
+    """
     fn_name, task, marker = item
-    result = STAGE_FUNCTIONS[fn_name](task)
-    with atomic_write(marker, "wb") as f:
-        f.write(orjson.dumps(result))
+    reading(None)
+    try:
+        result = STAGE_FUNCTIONS[fn_name](task)
+        with atomic_write(marker, "wb") as f:
+            f.write(orjson.dumps(result))
+    except Exception as e:
+        cls = CurationInputError if isinstance(e, (OSError, UserError)) else CurationTaskError
+        detail = " ".join(str(e).split())[:500]
+        raise cls(f"{describe_task(fn_name, task)} failed{describe_reading()}: {type(e).__name__}: {detail}") from e
     return result
 
 
@@ -111,15 +154,44 @@ def _check_or_save_run(output, cfg, inputs):
     atomic_write_text(os.path.join(output, "config.yaml"), dump_config(cfg))
 
 
-def run_pipeline(inputs, output, cfg):
-    """Curate `inputs` into `output`; returns the stats dict also written to output/stats.json."""
-    t_start = time.time()
-    os.makedirs(output, exist_ok=True)
-    _check_or_save_run(output, cfg, inputs)
-    r = Runner(cfg, output)
-    shards = plan_shards(inputs, cfg.source)
-    names = [s["name"] for s in shards]
+def run_pipeline(inputs, output, cfg, strict=False):
+    """Curate `inputs` into `output`; returns the stats dict also written to output/stats.json.
 
+    Everything that can be checked before work starts is checked before `output` is touched: a missing input
+    (InputNotFoundError), unreadable benchmark files (DecontaminationError), an output folder of another run
+    (PipelineError). Inputs without any source file are `stats["empty_input"]`; with strict=True they raise
+    EmptyInputError instead, before anything is created when the plan already shows it, else after removing the
+    output folder if this call created it. A failing task raises CurationTaskError naming its shard and file.
+    """
+    t_start = time.time()
+    plan_report = new_stats()
+    shards = plan_shards(inputs, cfg.source, plan_report)
+    if not shards and strict:
+        raise EmptyInputError(f"no input files found in {', '.join(map(printable, map(str, inputs)))} "
+                              "(drop --strict to get an empty result with a warning)")
+    if cfg.decontamination.enabled:
+        get_decontaminator(cfg.decontamination)  # reads the benchmark files now: a bad one fails before any work
+    created = not os.path.exists(output)
+    os.makedirs(output, exist_ok=True)
+    try:
+        _check_or_save_run(output, cfg, inputs)
+        stats = _run_stages(Runner(cfg, output), shards, plan_report, t_start)
+    finally:
+        shutdown_executors()
+    files_in = stats["stages"].get("ingest", {}).get("all", {}).get("files_in", 0)
+    stats["empty_input"] = files_in == 0
+    if stats["empty_input"] and strict:
+        if created:
+            shutil.rmtree(output, ignore_errors=True)
+        raise EmptyInputError(f"no source files found in {', '.join(map(printable, map(str, inputs)))} "
+                              "(drop --strict to get an empty result with a warning)")
+    atomic_write_text(os.path.join(output, "stats.json"), json.dumps(stats, indent=1, sort_keys=True))
+    return stats
+
+
+def _run_stages(r, shards, plan_report, t_start):
+    cfg, output = r.cfg, r.output
+    names = [s["name"] for s in shards]
     prepared = r.stage("prepare", "prepare_shard", [{"shard": s} for s in shards], names)
     counts = [p["kept"] for p in prepared]
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(int).tolist()
@@ -158,11 +230,10 @@ def run_pipeline(inputs, output, cfg):
                 doc_tasks.append({"lang": lang, "partition": part})
     documents = r.stage("documents", "build_documents", doc_tasks,
                         [f"{t['lang']}-{t['partition']:05d}" for t in doc_tasks])
-    shutdown_executors()
 
     stats = new_stats()
-    for part in prepared + routed + documents:
-        merge_into(stats, {k: v for k, v in part.items() if k in ("stages", "bad_input", "bad_input_examples")})
+    for part in [plan_report] + prepared + routed + documents:
+        merge_into(stats, {k: v for k, v in part.items() if k in STAT_KEYS})
     add_totals(stats)
     # every unreadable input shard is listed (not capped like the examples): each may hide many files
     stats["unreadable_shards"] = [u for p in prepared for u in p.get("unreadable_shards", [])]
@@ -176,7 +247,6 @@ def run_pipeline(inputs, output, cfg):
                                       for p in glob.glob(os.path.join(output, "documents", "*.jsonl")))
     stats["seconds"] = {**r.timings, "total": round(time.time() - t_start, 3)}
     stats["tasks_executed"] = r.executed
-    atomic_write_text(os.path.join(output, "stats.json"), json.dumps(stats, indent=1, sort_keys=True))
     return stats
 
 

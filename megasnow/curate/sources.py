@@ -5,11 +5,18 @@ UTF-8 and malformed inputs are counted in the shard's stats (never fatal, never 
 """
 import json
 import logging
+import math
 import os
+import stat
 
+from megasnow.curate.filters import universal_newlines
 from megasnow.curate.languages import canonical_language, extension_of, language_of_path
-from megasnow.curate.stats import count_bad, count_in, count_removed
-from megasnow.utils.records import SkipLog, ShardReadError, is_record_file, iter_records
+from megasnow.curate.stats import count_bad, count_excluded, count_in, count_removed, new_stats, printable
+from megasnow.curate.tree import (DEVICE, FIFO, OTHER, SOCKET, UNENCODABLE, excluded_by, is_encodable, list_entries,
+                                  read_regular_file, walk_repository)
+from megasnow.curate.work import reading
+from megasnow.utils.records import (PARQUET_SUFFIXES, InputNotFoundError, SkipLog, ShardReadError, is_record_file,
+                                    iter_records)
 
 log = logging.getLogger(__name__)
 
@@ -19,24 +26,31 @@ SHARD_SUFFIXES = (".jsonl", ".ndjson", ".jsonl.gz", ".jsonl.zst", ".parquet")
 UNREADABLE_SHARD = "unreadable shard"
 
 
-def plan_shards(inputs, cfg):
-    """Shard specs (JSON-able dicts, in a deterministic order) for the given input paths."""
+def plan_shards(inputs, cfg, report=None):
+    """Shard specs (JSON-able dicts, in a deterministic order) for the given input paths.
+
+    Raises InputNotFoundError (naming the input) before anything is read if an input does not exist. Entries
+    skipped while planning (odd top-level entries of a folder of repositories, excluded top-level folders, record
+    "files" that are FIFOs or devices) are counted in `report` (a stats dict) when given.
+    """
+    report = new_stats() if report is None else report
+    for item in inputs:
+        if not os.path.exists(os.fspath(item)):
+            raise InputNotFoundError(f"input {printable(os.fspath(item))!r} does not exist; check the --input path")
     shards = []
     for item in inputs:
         item = os.fspath(item)
-        if not os.path.exists(item):
-            raise FileNotFoundError(f"input {item!r} does not exist")
         kind = _input_kind(item, cfg.format)
         if kind == "records":
             if os.path.isdir(item):
                 # an explicit format takes every record suffix (.json too); auto mode only the unambiguous ones
                 wanted = is_record_file if cfg.format in ("parquet", "jsonl") else is_shard_name
-                files = sorted(os.path.join(r, n) for r, _, ns in os.walk(item) for n in ns if wanted(n))
+                files = _record_files(item, wanted, report)
             else:
                 files = [item]
             shards += [{"kind": "records", "path": os.path.abspath(f)} for f in files]
         else:
-            shards += _plan_repo_shards(item, cfg.repo_shard_bytes)
+            shards += _plan_repo_shards(item, cfg, report)
     for i, s in enumerate(shards):
         s["name"] = f"{i:05d}"
     return shards
@@ -57,31 +71,62 @@ def is_shard_name(name):
     return name.endswith(SHARD_SUFFIXES)
 
 
-def _repo_files(repo_dir):
-    """Relative paths of the regular files of one repository folder, sorted; .git and symlinks are skipped."""
-    out = []
-    for root, dirs, names in os.walk(repo_dir):
-        dirs[:] = sorted(d for d in dirs if d != ".git")
+def _record_files(folder, wanted, report):
+    """Record shards under `folder` (sorted). Symlinked shards are read (dataset caches link to blobs) when they
+    point at regular files; FIFOs, sockets, devices and dangling links are counted and never opened."""
+    files = []
+    for root, dirs, names in os.walk(folder):
+        dirs.sort()
         for n in names:
             full = os.path.join(root, n)
-            out.append(os.path.relpath(full, repo_dir).replace(os.sep, "/"))
-    return sorted(out)
+            if not wanted(n):
+                continue
+            try:
+                mode = os.stat(full).st_mode
+            except OSError as e:
+                count_bad(report, f"unreadable ({type(e).__name__})", full)
+                continue
+            if stat.S_ISREG(mode):
+                files.append(full)
+            else:
+                count_bad(report, FIFO if stat.S_ISFIFO(mode) else SOCKET if stat.S_ISSOCK(mode)
+                          else DEVICE if stat.S_ISBLK(mode) or stat.S_ISCHR(mode) else OTHER, full)
+    return sorted(files)
 
 
-def _plan_repo_shards(root, shard_bytes):
-    """Group the repositories (subfolders) of `root` into shards of about shard_bytes of source files."""
+def _plan_repo_shards(root, cfg, report):
+    """Group the repositories (subfolders) of `root` into shards of about repo_shard_bytes of source files.
+
+    Only real folders are repositories: a top-level symlink (to another repository, or anywhere) is counted and
+    skipped, like FIFOs, sockets and devices; loose regular files form the repository "." (named after `root`).
+    """
     root = os.path.abspath(root)
-    entries = sorted(os.listdir(root))
-    repos = [e for e in entries if os.path.isdir(os.path.join(root, e)) and e != ".git"]
-    if any(os.path.isfile(os.path.join(root, e)) for e in entries):
-        repos.insert(0, ".")  # loose files in the root form a repository named after the root folder
+    repos, loose = [], False
+    try:
+        entries = list_entries(root)
+    except OSError as e:
+        raise InputNotFoundError(f"input folder {printable(root)!r} cannot be listed ({type(e).__name__}: "
+                                 f"{e.strerror}); check its permissions") from e
+    for name, kind in entries:
+        where = os.path.join(root, name)
+        if kind == "file":
+            loose = True
+        elif kind == "dir":
+            pattern = excluded_by(name, cfg.exclude_dirs)
+            if pattern is not None:
+                count_excluded(report, pattern)
+            elif not is_encodable(name):
+                _bad(report, None, UNENCODABLE, where)
+            else:
+                repos.append(name)
+        else:
+            _skipped_entry(report, kind, where)
+    if loose:
+        repos.insert(0, ".")
     shards, current, size = [], [], 0
     for repo in repos:
         repo_dir = os.path.join(root, repo)
-        if repo == ".":
-            paths = [e for e in entries if os.path.isfile(os.path.join(root, e))]
-        else:
-            paths = _repo_files(repo_dir)
+        paths = _loose_files(root) if repo == "." else walk_repository(repo_dir, cfg.exclude_dirs)
         for p in paths:
             if language_of_path(p) is not None:
                 try:
@@ -89,12 +134,17 @@ def _plan_repo_shards(root, shard_bytes):
                 except OSError:
                     pass
         current.append(repo)
-        if size >= shard_bytes:
+        if size >= cfg.repo_shard_bytes:
             shards.append({"kind": "repos", "root": root, "repos": current})
             current, size = [], 0
     if current:
         shards.append({"kind": "repos", "root": root, "repos": current})
     return shards
+
+
+def _loose_files(root):
+    """The regular files directly in `root` (its other entries are counted when the shards are planned)."""
+    return [name for name, kind in list_entries(root) if kind == "file"]
 
 
 def iter_shard_files(shard, cfg, stats, raise_transient=False):
@@ -107,54 +157,54 @@ def iter_shard_files(shard, cfg, stats, raise_transient=False):
     if shard["kind"] == "records":
         yield from _iter_record_shard(shard["path"], cfg, stats, raise_transient)
     else:
-        yield from _iter_repo_shard(shard["root"], shard["repos"], cfg, stats)
+        for repo in shard["repos"]:
+            yield from _iter_repository(shard["root"], repo, cfg, stats)
 
 
-def _iter_repo_shard(root, repos, cfg, stats):
+def _iter_repository(root, repo, cfg, stats):
+    """The valid files of one repository folder; a folder that cannot be walked is counted, never fatal."""
+    repo_dir = os.path.join(root, repo)
+    repo_name = os.path.basename(root) if repo == "." else repo
+
+    def skipped(kind, rel):
+        _skipped_entry(stats, kind, os.path.join(repo_dir, rel))
+
+    try:
+        paths = _loose_files(root) if repo == "." else walk_repository(
+            repo_dir, cfg.exclude_dirs, skipped, lambda pattern, rel: count_excluded(stats, pattern))
+    except OSError as e:  # the repository vanished or cannot be listed since the shards were planned
+        _bad(stats, None, f"unreadable folder ({type(e).__name__})", repo_dir)
+        return
     wanted = set(cfg.languages)
-    for repo in repos:
-        repo_dir = os.path.join(root, repo)
-        if repo == ".":
-            repo_name = os.path.basename(root)
-            paths = sorted(e for e in os.listdir(root) if os.path.isfile(os.path.join(root, e)))
-        else:
-            repo_name = repo
-            paths = _repo_files(repo_dir)
-        for rel in paths:
-            lang = language_of_path(rel)
-            if lang is None:
-                continue  # not source code of any language we know (README, images, ...)
-            full = os.path.join(repo_dir, rel)
-            where = full
-            if os.path.islink(full):
-                count_in(stats, "ingest", lang, 0)
-                _bad(stats, lang, "symlink", where)
-                continue
-            try:
-                size = os.stat(full).st_size
-            except OSError as e:
-                count_in(stats, "ingest", lang, 0)
-                _bad(stats, lang, f"unreadable ({type(e).__name__})", where)
-                continue
-            count_in(stats, "ingest", lang, size)
-            if size > cfg.max_file_bytes:
-                _bad(stats, lang, "oversized", where)
-                continue
-            try:
-                with open(full, "rb") as f:
-                    data = f.read()
-            except OSError as e:
-                _bad(stats, lang, f"unreadable ({type(e).__name__})", where)
-                continue
-            rec = _check_bytes(data, lang, where, cfg, stats)
-            if rec is None:
-                continue
-            content, lang = rec
-            if lang not in wanted:
-                count_removed(stats, "ingest", lang, "language not selected")
-                continue
-            yield {"content": content, "repo": repo_name, "path": rel, "lang": lang, "ext": extension_of(rel),
-                   "stars": None}
+    for rel in paths:
+        lang = language_of_path(rel)
+        if lang is None:
+            continue  # not source code of any language we know (README, images, ...)
+        where = os.path.join(repo_dir, rel)
+        reading(printable(where))
+        if not (is_encodable(rel) and is_encodable(repo_name)):
+            count_in(stats, "ingest", lang, 0)
+            _bad(stats, lang, UNENCODABLE, where)
+            continue
+        try:
+            size, data = read_regular_file(where, cfg.max_file_bytes)
+        except OSError as e:
+            count_in(stats, "ingest", lang, 0)
+            _bad(stats, lang, f"unreadable ({type(e).__name__})", where)
+            continue
+        count_in(stats, "ingest", lang, size)
+        if data is None:
+            _bad(stats, lang, "oversized", where)
+            continue
+        rec = _check_bytes(data, lang, where, cfg, stats)
+        if rec is None:
+            continue
+        content, lang = rec
+        if lang not in wanted:
+            count_removed(stats, "ingest", lang, "language not selected")
+            continue
+        yield {"content": content, "repo": repo_name, "path": rel, "lang": lang, "ext": extension_of(rel),
+               "stars": None}
 
 
 def _check_bytes(data, lang, where, cfg, stats):
@@ -193,7 +243,8 @@ def _iter_record_shard(path, cfg, stats, raise_transient):
             raise
         log.warning("input shard %s is unreadable after %d records, which are kept; the rest is lost: %s",
                     path, e.records, e.error)
-        stats.setdefault("unreadable_shards", []).append({"path": path, "records_read": e.records, "error": e.error})
+        stats.setdefault("unreadable_shards", []).append({"path": printable(path), "records_read": e.records,
+                                                          "error": printable(e.error)})
         count_bad(stats, UNREADABLE_SHARD, f"{path} (after {e.records} records; {e.error})")
     for reason, n in skips.counts.items():  # malformed JSONL lines (bad JSON, invalid UTF-8)
         stats["bad_input"][reason] = stats["bad_input"].get(reason, 0) + n
@@ -205,7 +256,10 @@ def _iter_record_shard(path, cfg, stats, raise_transient):
 
 def _iter_records_checked(path, cfg, stats, skips):
     wanted = set(cfg.languages)
+    unit = "row" if path.endswith(PARQUET_SUFFIXES) else "line"
+    reading(printable(path))
     for pos, rec in iter_records(path, skips):
+        reading(printable(path), f"{unit} {pos}")
         where = f"{path}:{pos}"
         content = rec.get(cfg.content_field)
         repo = rec.get(cfg.repo_field)
@@ -228,6 +282,9 @@ def _iter_records_checked(path, cfg, stats, skips):
         if not isinstance(repo, str) or not repo or not isinstance(fpath, str) or not fpath:
             _bad(stats, lang, f"malformed record (no {cfg.repo_field!r}/{cfg.path_field!r})", where)
             continue
+        if not (is_encodable(repo) and is_encodable(fpath)):  # lone surrogates (JSON \ud800 escapes)
+            _bad(stats, lang, UNENCODABLE, f"{where} ({printable(repo)}/{printable(fpath)})")
+            continue
         if size > cfg.max_file_bytes:
             _bad(stats, lang, "oversized", where)
             continue
@@ -245,13 +302,24 @@ def _iter_records_checked(path, cfg, stats, skips):
             count_removed(stats, "ingest", lang, "language not selected")
             continue
         stars = rec.get(cfg.stars_field)
-        stars = int(stars) if isinstance(stars, (int, float)) and stars == stars else None
+        stars = int(stars) if isinstance(stars, (int, float)) and math.isfinite(stars) else None
+        stars = stars if stars is not None and 0 <= stars < 2**63 else None  # int64 in the metadata
         yield {"content": content, "repo": repo, "path": fpath, "lang": lang, "ext": ext, "stars": stars}
 
 
 def _bad(stats, lang, reason, where):
+    """Count one bad input (in the ingest row of its language too, when it has one)."""
     count_bad(stats, reason, where)
-    count_removed(stats, "ingest", lang, reason)
+    if lang is not None:
+        count_removed(stats, "ingest", lang, reason)
+
+
+def _skipped_entry(stats, kind, where):
+    """An entry that is never read (symlink, FIFO, socket, device, unlistable or unnameable folder)."""
+    lang = language_of_path(os.path.basename(where))
+    if lang is not None:
+        count_in(stats, "ingest", lang, 0)
+    _bad(stats, lang, kind, where)
 
 
 def notebook_to_script(text):
@@ -268,7 +336,8 @@ def notebook_to_script(text):
             if cell.get("cell_type") == "code":
                 parts.append(src.rstrip("\n"))
             elif cell.get("cell_type") == "markdown":
-                parts.append("\n".join("# " + line if line else "#" for line in src.rstrip("\n").split("\n")))
+                lines = universal_newlines(src).rstrip("\n").split("\n")  # Python's own line breaks
+                parts.append("\n".join("# " + line if line else "#" for line in lines))
         return "\n\n".join(parts) + "\n" if parts else ""
     except (ValueError, KeyError, TypeError, AttributeError):
         return None

@@ -20,7 +20,8 @@ from megasnow.curate.near_stages import (band_edges, cluster_near, merge_candida
                                          signature_shard, verify_pairs)
 from megasnow.curate.sources import iter_shard_files
 from megasnow.curate.stats import count_in, count_out, count_removed, new_stats
-from megasnow.curate.work import config_of, iter_prepared_lines, load_meta, prepare_paths
+from megasnow.curate.summary import Heartbeat
+from megasnow.curate.work import READING, config_of, iter_prepared_lines, load_meta, prepare_paths, reading
 from megasnow.utils.atomic import atomic_write, temporary_path
 from megasnow.utils.records import ShardReadError
 
@@ -54,10 +55,13 @@ def _prepare_shard_once(task, raise_transient):
     stats = new_stats()
     decon = get_decontaminator(cfg.decontamination) if cfg.decontamination.enabled else None
     hashes, stars, repos, fpaths, ids = [], [], [], [], []
+    heartbeat, read_bytes = Heartbeat(f"prepare shard {shard['name']}", cfg.progress_interval_s), 0
     with atomic_write(paths["records"], "wb") as out, atomic_write(paths["decon"], "wb") as decon_out:
         for k, rec in enumerate(iter_shard_files(shard, cfg.source, stats, raise_transient)):
             lang, content = rec["lang"], rec["content"]
             nbytes = len(content.encode("utf-8"))
+            read_bytes += nbytes
+            heartbeat.beat(k + 1, read_bytes, READING["path"])
             rec_id = f"{shard['name']}:{k}"
             count_out(stats, "ingest", lang, nbytes)
             count_in(stats, "filter", lang, nbytes)
@@ -168,6 +172,7 @@ def build_documents(task):
     lang, part = task["lang"], task["partition"]
     by_repo = {}
     for path in sorted(glob.glob(os.path.join(task["work"], "grouped", lang, f"{part:05d}", "*.jsonl"))):
+        reading(path)
         with open(path, "rb") as f:
             for line in f:
                 rec = orjson.loads(line)

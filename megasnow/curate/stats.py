@@ -2,7 +2,21 @@
 
 
 def new_stats():
-    return {"stages": {}, "bad_input": {}, "bad_input_examples": []}
+    return {"stages": {}, "bad_input": {}, "bad_input_examples": [], "excluded_dirs": {}}
+
+
+def printable(text):
+    """`text` as valid UTF-8 for reports: undecodable file-name bytes (os.fsdecode's lone surrogates) and other
+    lone surrogates are written as backslash escapes (`caf\\xe9.py`, `\\ud800`)."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        pass
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def lang_counter(stats, stage, lang):
@@ -30,7 +44,13 @@ def count_removed(stats, stage, lang, reason, n=1):
 def count_bad(stats, reason, where, max_examples=50):
     stats["bad_input"][reason] = stats["bad_input"].get(reason, 0) + 1
     if len(stats["bad_input_examples"]) < max_examples:
-        stats["bad_input_examples"].append(f"{where}: {reason}")
+        stats["bad_input_examples"].append(printable(f"{where}: {reason}"))
+
+
+def count_excluded(stats, pattern):
+    """A folder skipped by `source.exclude_dirs` (dependency, vendored or hidden): counted by pattern."""
+    excluded = stats.setdefault("excluded_dirs", {})
+    excluded[pattern] = excluded.get(pattern, 0) + 1
 
 
 def merge_into(total, part, max_examples=50):

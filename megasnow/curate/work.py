@@ -8,6 +8,20 @@ from megasnow.config import from_dict
 from megasnow.curate.config import CurateConfig
 
 _CFG_CACHE = {}
+# What the running task is reading (set by the readers, per file or record), so that a failing task can name it.
+READING = {"path": None, "position": None}
+
+
+def reading(path, position=None):
+    READING["path"], READING["position"] = path, position
+
+
+def describe_reading():
+    """' while reading FILE (record N)' for the file the current task last reached, or ''."""
+    if READING["path"] is None:
+        return ""
+    where = f" while reading {READING['path']}"
+    return where + (f" ({READING['position']})" if READING["position"] is not None else "")
 
 
 def config_of(task):
@@ -25,8 +39,11 @@ def prepare_paths(work, shard):
 
 def iter_prepared_lines(work, shard):
     """The raw JSON lines of one prepared shard (callers parse only the lines they need)."""
-    with open(prepare_paths(work, shard)["records"], "rb") as f:
-        yield from f
+    path = prepare_paths(work, shard)["records"]
+    with open(path, "rb") as f:
+        for i, line in enumerate(f, 1):
+            reading(path, f"line {i}")
+            yield line
 
 
 def load_meta(work, shard_names, key):

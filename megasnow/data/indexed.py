@@ -97,6 +97,7 @@ class _Index:
         (code,) = struct.unpack_from("<B", head, pos + 8)
         if code not in DTYPE_CODES:
             raise IndexedDatasetError(f"{idx_path}: unknown dtype code {code} (known: 1-8)")
+        self.code = code
         self.dtype = np.dtype(DTYPE_CODES[code])
         n, d = struct.unpack_from("<QQ", head, pos + 9)
         expected = HEADER_SIZE + 4 * n + 8 * n + 8 * d
@@ -136,6 +137,8 @@ class _Index:
         itemsize = self.dtype.itemsize
         expected_ptrs = sequence_pointers(lengths, itemsize)
         if not np.array_equal(pointers, expected_ptrs):
+            self._check_dtype_code(idx_path, bin_path, lambda size: np.array_equal(
+                pointers, sequence_pointers(lengths, size)))
             i = int(np.argmax(pointers != expected_ptrs))
             raise IndexedDatasetError(
                 f"{idx_path}: sequence {i} starts at byte {pointers[i]} but the lengths before it put it at "
@@ -146,10 +149,26 @@ class _Index:
         bin_size = os.path.getsize(bin_path)
         need = int(pointers[-1]) + int(lengths[-1]) * itemsize if n else 0
         if bin_size != need:
+            if not n or int(pointers[-1]) == 0:  # offsets say nothing about the item size: the .bin size does
+                tokens = int(lengths.sum(dtype=np.int64))
+                self._check_dtype_code(idx_path, bin_path, lambda size: tokens and bin_size == tokens * size)
             raise IndexedDatasetError(
                 f"{bin_path}: size {bin_size} bytes does not match {idx_path}, whose offsets and lengths "
                 f"need {need} bytes of {self.dtype}{' (truncated data file)' if bin_size < need else ''}"
             )
+
+
+    def _check_dtype_code(self, idx_path, bin_path, fits):
+        """Raise the "wrong dtype code" error when another item size than the code's explains the files."""
+        sizes = sorted({np.dtype(t).itemsize for t in DTYPE_CODES.values()} - {self.dtype.itemsize})
+        matches = [size for size in sizes if fits(size)]
+        if matches:
+            names = " or ".join(sorted(str(np.dtype(t)) for t in DTYPE_CODES.values()
+                                       if np.dtype(t).itemsize == matches[0]))
+            raise IndexedDatasetError(
+                f"{idx_path}: dtype code {self.code} ({self.dtype}, {self.dtype.itemsize} bytes per token) does not "
+                f"match the data: the offsets and {bin_path} fit {matches[0]} bytes per token ({names}); the index's "
+                f"dtype code is wrong (or the .bin belongs to another dataset)")
 
 
 class IndexedDataset:

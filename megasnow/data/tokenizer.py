@@ -1,7 +1,9 @@
 """One tokenizer interface over a SentencePiece `.model` and a HuggingFace `tokenizer.json`.
 
 `load_tokenizer(path)` picks the backend from the file; special tokens (megasnow.data.special_tokens) are single ids.
+`eod_id` is the id Megatron-LM's `--append-eod` appends for the tokenizer (docs/data.md).
 """
+import json
 import os
 
 from megasnow.errors import UserError
@@ -36,14 +38,23 @@ class Tokenizer:
     def vocab_size(self):
         raise NotImplementedError
 
+    def _megatron_eod(self):
+        """The id Megatron-LM main appends with --append-eod, or None where it has none."""
+        return None
+
     @property
     def eod_id(self):
-        """End-of-document id: the EOD special token, else the backend's end-of-sequence token."""
-        for token in (special_tokens.EOD, "</s>", "<eos>"):
-            tid = self.token_to_id(token)
-            if tid is not None:
-                return tid
-        raise TokenizerError(f"{self.path}: no end-of-document token ({special_tokens.EOD!r} or '</s>')")
+        """End-of-document id: what Megatron-LM main's `--append-eod` appends for this tokenizer (SentencePiece: the
+        model's eos piece; HuggingFace: eos_token of tokenizer_config.json), else the first of `<|endoftext|>`,
+        `</s>`, `<eos>` in the vocabulary. A dataset binarized with another token records it in its metadata
+        (megasnow.data.dataset_meta)."""
+        tid = self._megatron_eod()
+        if tid is not None:
+            return tid
+        token = fallback_eod_token(self.token_to_id)
+        if token is None:
+            raise TokenizerError(f"{self.path}: no end-of-document token (no eos, {special_tokens.EOD!r} or '</s>')")
+        return self.token_to_id(token)
 
     @property
     def pad_id(self):
@@ -97,6 +108,9 @@ class SentencePieceTokenizer(Tokenizer):
     def id_to_token(self, tid):
         return self.sp.IdToPiece(int(tid))
 
+    def _megatron_eod(self):
+        return self.sp.eos_id() if self.sp.eos_id() >= 0 else None
+
     @property
     def vocab_size(self):
         return self.sp.GetPieceSize()
@@ -130,9 +144,43 @@ class HFTokenizer(Tokenizer):
     def id_to_token(self, tid):
         return self.tok.id_to_token(int(tid))
 
+    def _megatron_eod(self):
+        token = hf_config_token(self.path, "eos_token")
+        return None if token is None else self.token_to_id(token)
+
     @property
     def vocab_size(self):
         return self.tok.get_vocab_size(with_added_tokens=True)
+
+
+def fallback_eod_token(token_to_id):
+    """megasnow's end-of-document token where the tokenizer defines no eos: the first of `<|endoftext|>`, `</s>`,
+    `<eos>` that `token_to_id` knows, or None."""
+    for token in (special_tokens.EOD, "</s>", "<eos>"):
+        if token_to_id(token) is not None:
+            return token
+    return None
+
+
+def hf_config_token(path, name):
+    """A special token's text (e.g. name="eos_token") from the tokenizer_config.json or special_tokens_map.json
+    beside a HuggingFace tokenizer.json (or in its folder), as transformers reads it; None when neither sets it."""
+    folder = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
+    if os.path.isfile(path) and os.path.basename(path) != "tokenizer.json":
+        return None  # a lone .json file: transformers would see no config either
+    for fname in ("tokenizer_config.json", "special_tokens_map.json"):
+        try:
+            with open(os.path.join(folder, fname), encoding="utf-8") as f:
+                value = json.load(f).get(name)
+        except FileNotFoundError:
+            continue
+        except (OSError, ValueError, AttributeError) as e:
+            raise TokenizerError(f"{os.path.join(folder, fname)}: cannot read {name}: {e}") from e
+        if isinstance(value, dict):  # AddedToken serialised as {"content": ...}
+            value = value.get("content")
+        if isinstance(value, str):
+            return value
+    return None
 
 
 def load_tokenizer(path):

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from megasnow.data import special_tokens
 from megasnow.generation.base import GenerationBackend
 from megasnow.generation.chat_template import ChatTemplateError, render_chat
-from megasnow.generation.protocol import Choice, GenerationResult
+from megasnow.generation.protocol import Choice, GenerationRequest, GenerationResult
 from megasnow.model.generate import SequenceSpec, generate_stream
 
 DEFAULT_MAX_NUM_SEQS = 32
@@ -76,6 +76,17 @@ class LocalEngine:
                 model_name = os.path.basename(os.path.dirname(norm))
         return cls(model, files, model_name, fingerprint, max_num_seqs, max_batch_tokens)
 
+    def warm_up(self):
+        """Run one short generation (and load the chat-template renderer), so the first request is not slow."""
+        if self.files.chat_template:
+            try:
+                self.prompt_text(GenerationRequest(id="warm-up", messages=[{"role": "user", "content": "hi"}]))
+            except BadRequestError:
+                pass
+        spec = SequenceSpec(tuple(self.encode("def") or [self.pad_id]), 2, stop_ids=frozenset())
+        for _ in self.run_batch([spec]):
+            pass
+
     # ------------------------------------------------------------------------------------- requests -> tokens
     def prompt_text(self, request):
         """The prompt string a request stands for (chat template applied to `messages`, FIM for `suffix`)."""
@@ -98,9 +109,10 @@ class LocalEngine:
             ids.insert(0, self.files.bos_id)
         return ids
 
-    def prepare(self, request, prompt_ids=None):
+    def prepare(self, request, prompt_ids=None, ignore_eos=False):
         """A PreparedRequest, or BadRequestError saying what to change. `prompt_ids` (token ids) replaces the
-        request's prompt text (OpenAI allows token-id prompts). Choice j samples with seed `seed + j`."""
+        request's prompt text (OpenAI allows token-id prompts). Choice j samples with seed `seed + j`.
+        ignore_eos: generate max_tokens even past EOS (vLLM's benchmark option)."""
         if prompt_ids is None:
             prompt_ids = self.encode(self.prompt_text(request), add_bos=request.messages is None)
         prompt_ids = tuple(int(t) for t in prompt_ids)
@@ -117,7 +129,8 @@ class LocalEngine:
                 f"{len(prompt_ids) + p.max_tokens} tokens ({len(prompt_ids)} in the prompt, {p.max_tokens} in the "
                 f"completion). Please reduce the length of the prompt or max_tokens.")
         specs = [SequenceSpec(prompt_ids, p.max_tokens, p.temperature, p.top_p,
-                              None if p.seed is None else p.seed + j, self.eos_ids, p.stop) for j in range(p.n)]
+                              None if p.seed is None else p.seed + j, frozenset() if ignore_eos else self.eos_ids,
+                              p.stop) for j in range(p.n)]
         return PreparedRequest(request, prompt_ids, specs)
 
     # ------------------------------------------------------------------------------------- batches
@@ -192,13 +205,22 @@ class LocalBackend(GenerationBackend):
             items.extend((k, j, spec) for j, spec in enumerate(prep.specs))
         done = [[None] * len(p.specs) for p in prepared]
         remaining = [len(p.specs) for p in prepared]
+        failed = set()
         for batch in self.engine.plan_batches([spec for _, _, spec in items]):
             seqs = []
-            for seqs in self.engine.run_batch([items[i][2] for i in batch]):
-                pass
+            try:
+                for seqs in self.engine.run_batch([items[i][2] for i in batch]):
+                    pass
+            except Exception as e:  # noqa: BLE001 - a failed batch fails its requests, not the whole run
+                for k in sorted({items[i][0] for i in batch} - failed):
+                    failed.add(k)
+                    yield GenerationResult(request_id=prepared[k].request.id, model=self.model_name,
+                                           error=f"generation failed: {type(e).__name__}: {e}",
+                                           error_kind="unavailable")
+                continue
             for i, q in zip(batch, seqs):
                 k, j, _ = items[i]
                 done[k][j] = q
                 remaining[k] -= 1
-                if remaining[k] == 0:
+                if remaining[k] == 0 and k not in failed:
                     yield self.engine.result(prepared[k], done[k])

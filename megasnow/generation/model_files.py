@@ -93,6 +93,7 @@ def read_tokenizer_files(folder, tokenizer=None, chat_template=None):
     tokenizer_config.json `eos_token`, generation_config.json / config.json `eos_token_id` (int or list) and the
     tokenizer's end-of-document token, whichever exist.
     """
+    from megasnow.data import special_tokens
     from megasnow.data.tokenizer import TokenizerError, load_tokenizer
 
     tok_path = tokenizer
@@ -135,6 +136,7 @@ def read_tokenizer_files(folder, tokenizer=None, chat_template=None):
         eos.append(tok.eod_id)
     except TokenizerError:
         pass
+    eos.append(tok.token_to_id(special_tokens.EOD))  # the StarCoder-style separator, wherever eod_id points
     eos_ids = tuple(sorted({int(i) for i in eos if i is not None}))
     bos_id = tok.token_to_id(special["bos_token"]) if "bos_token" in special else None
     return TokenizerFiles(tok, template, eos_ids, special, bool(config.get("add_bos_token")), bos_id)

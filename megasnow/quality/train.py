@@ -17,6 +17,7 @@ from megasnow.quality.annotator import build_annotator, default_batch_tokens, sa
 from megasnow.quality.metrics import classification_metrics
 from megasnow.quality.score import length_sorted_batches
 from megasnow.quality.training_data import text_key
+from megasnow.utils.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -59,18 +60,23 @@ class TrainConfig:
 
 
 @torch.inference_mode()
-def embed_token_lists(annotator, token_lists, batch_tokens=None):
-    """Pooled embeddings [N, hidden] (fp32, on CPU) for already-truncated content-token lists."""
+def embed_token_lists(annotator, token_lists, batch_tokens=None, progress=False, desc="embed"):
+    """Pooled embeddings [N, hidden] (fp32, on CPU) for already-truncated content-token lists.
+
+    progress: a megasnow.utils.progress mode (True = bar on a terminal, log lines elsewhere; False = none).
+    """
     annotator.eval()
     device = annotator.device
     batch_tokens = batch_tokens or default_batch_tokens(device)
     specials = annotator.num_special_tokens
     out = torch.empty(len(token_lists), annotator.config.hidden_size, dtype=torch.float32)
-    for batch in length_sorted_batches([len(t) + specials for t in token_lists], batch_tokens, 512):
-        ids, mask = annotator.collate([token_lists[i] for i in batch])
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            emb = annotator.embed(ids.to(device), mask.to(device))
-        out[batch] = emb.float().cpu()
+    with Progress(total=len(token_lists), desc=desc, unit="examples", mode=progress) as bar:
+        for batch in length_sorted_batches([len(t) + specials for t in token_lists], batch_tokens, 512):
+            ids, mask = annotator.collate([token_lists[i] for i in batch])
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                emb = annotator.embed(ids.to(device), mask.to(device))
+            out[batch] = emb.float().cpu()
+            bar.update(len(batch))
     return out
 
 
@@ -127,8 +133,8 @@ def _train_frozen(annotator, train_ids, y_train, heldout_ids, y_heldout, cfg, pr
     """Linear probe: embed once, then AdamW on the head only over the cached embeddings."""
     for p in annotator.encoder.parameters():
         p.requires_grad_(False)
-    x_train = embed_token_lists(annotator, train_ids, cfg.embed_batch_tokens)
-    x_heldout = embed_token_lists(annotator, heldout_ids, cfg.embed_batch_tokens)
+    x_train = embed_token_lists(annotator, train_ids, cfg.embed_batch_tokens, progress, "embed train examples")
+    x_heldout = embed_token_lists(annotator, heldout_ids, cfg.embed_batch_tokens, progress, "embed held-out examples")
     opt = torch.optim.AdamW(annotator.head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed)
     device = annotator.device

@@ -2,7 +2,9 @@
 
 Positives are high-quality code files (a text field) or instruction data (problem/solution fields,
 formatted as one code document); negatives are drawn uniformly at random (reservoir sampling) from
-phase-1 documents, as many as there are positives.
+phase-1 documents, as many as there are positives. Every input goes through the shared shard reader
+(megasnow.utils.records.read_shards): a damaged shard keeps its readable records and is reported, or with
+`strict` stops the run.
 """
 import hashlib
 import json
@@ -10,9 +12,16 @@ import random
 import re
 from dataclasses import dataclass, field
 
+from megasnow.errors import UserError
 from megasnow.quality.documents import check_document_text
 from megasnow.utils.atomic import atomic_write
-from megasnow.utils.records import RecordError, SkipLog, expand_inputs, iter_records
+from megasnow.utils.records import ReadReport, RecordError, iter_records, read_shards
+
+
+
+class TrainingDataError(UserError, ValueError):
+    """Training data that cannot make a balanced train/held-out split (a class missing, too few examples)."""
+
 
 _FENCE = re.compile(r"```[^\n`]*\n(.*?)```", re.DOTALL)
 
@@ -68,49 +77,61 @@ def _record_text(source, rec, where):
     raise ValueError(f"positive source kind must be 'code' or 'instruction', got {source.kind!r}")
 
 
-def load_positives(sources, skips=None):
-    """Positive Examples from every source, skipping (and counting) empty/binary/undecodable texts."""
-    skips = skips if skips is not None else SkipLog()
+def _report(report, skips):
+    """The ReadReport to fill: `report`, or a new one whose skip log is `skips` (shared with the caller)."""
+    if report is not None:
+        return report
+    return ReadReport(skips=skips) if skips is not None else ReadReport()
+
+
+def load_positives(sources, skips=None, report=None, strict=False, on_damaged=None):
+    """Positive Examples from every source, skipping (and counting) empty/binary/undecodable texts.
+
+    Reading follows read_shards: damaged shards are kept up to the damage and listed in `report.damaged`
+    (and passed to on_damaged), or raise ShardReadError with `strict`; malformed records are counted in
+    the skips (RecordError with `strict`).
+    """
+    report = _report(report, skips)
     examples = []
     for source in sources:
         taken = 0
-        for path in expand_inputs(source.paths):
-            for pos, rec in iter_records(path, skips=skips):
-                if source.limit is not None and taken >= source.limit:
-                    break
-                text, reason = check_document_text(_record_text(source, rec, f"{path}:{pos}"))
-                if reason:
-                    skips.add(f"positive {reason}", f"{path}:{pos}")
-                    continue
-                examples.append(Example(text, 1, f"{path}:{pos}"))
-                taken += 1
+        for path, pos, rec in read_shards(source.paths, report, strict=strict, on_damaged=on_damaged):
+            if source.limit is not None and taken >= source.limit:
+                break
+            text, reason = check_document_text(_record_text(source, rec, f"{path}:{pos}"))
+            if reason:
+                report.skips.add(f"positive {reason}", f"{path}:{pos}")
+                continue
+            examples.append(Example(text, 1, f"{path}:{pos}"))
+            taken += 1
     return examples
 
 
-def sample_negatives(inputs, count, seed, text_field="text", skips=None, exclude_keys=None):
+def sample_negatives(inputs, count, seed, text_field="text", skips=None, exclude_keys=None, report=None,
+                     strict=False, on_damaged=None):
     """`count` documents drawn uniformly at random from the phase-1 shards (reservoir sampling, seeded).
 
-    Documents whose text_key is in `exclude_keys` are skipped (counted as "seen in training").
+    Documents whose text_key is in `exclude_keys` are skipped (counted as "seen in training"). Damaged shards
+    and malformed records: as in load_positives.
     """
-    skips = skips if skips is not None else SkipLog()
+    report = _report(report, skips)
     rng = random.Random(seed)
     reservoir, seen = [], 0
-    for path in expand_inputs(inputs):
-        for pos, rec in iter_records(path, skips=skips):
-            text, reason = check_document_text(rec.get(text_field))
-            if reason:
-                skips.add(f"negative {reason}", f"{path}:{pos}")
-                continue
-            if exclude_keys is not None and text_key(text) in exclude_keys:
-                skips.add("seen in training", f"{path}:{pos}")
-                continue
-            seen += 1
-            if len(reservoir) < count:
-                reservoir.append(Example(text, 0, f"{path}:{pos}"))
-            else:
-                j = rng.randrange(seen)
-                if j < count:
-                    reservoir[j] = Example(text, 0, f"{path}:{pos}")
+    for path, pos, rec in read_shards(inputs, report, strict=strict, on_damaged=on_damaged):
+        text, reason = check_document_text(rec.get(text_field))
+        if reason:
+            report.skips.add(f"negative {reason}", f"{path}:{pos}")
+            continue
+        if exclude_keys is not None and text_key(text) in exclude_keys:
+            report.skips.add("seen in training", f"{path}:{pos}")
+            continue
+        seen += 1
+        if len(reservoir) < count:
+            reservoir.append(Example(text, 0, f"{path}:{pos}"))
+        else:
+            j = rng.randrange(seen)
+            if j < count:
+                reservoir[j] = Example(text, 0, f"{path}:{pos}")
     return reservoir
 
 
@@ -147,27 +168,32 @@ def drop_cross_class(positives, negatives):
 def balanced_split(positives, negatives, heldout_fraction=0.1, seed=0):
     """(train, heldout): equal positives and negatives (the larger side downsampled), stratified, shuffled."""
     if not positives or not negatives:
-        raise ValueError(f"need both classes: {len(positives)} positives, {len(negatives)} negatives")
+        raise TrainingDataError(f"need both classes: {len(positives)} usable positives, {len(negatives)} negatives; "
+                                "check the input paths and text fields")
     if not 0.0 < heldout_fraction < 1.0:
-        raise ValueError(f"heldout_fraction must be in (0, 1), got {heldout_fraction}")
+        raise TrainingDataError(f"heldout_fraction must be in (0, 1), got {heldout_fraction}")
     rng = random.Random(seed)
     n = min(len(positives), len(negatives))
     pos, neg = rng.sample(positives, n), rng.sample(negatives, n)
     k = max(1, round(n * heldout_fraction))
     if k >= n:
-        raise ValueError(f"only {n} examples per class: too few for a held-out split of {heldout_fraction}")
+        raise TrainingDataError(f"only {n} examples per class: too few for a held-out split of {heldout_fraction}")
     train, heldout = pos[k:] + neg[k:], pos[:k] + neg[:k]
     rng.shuffle(train)
     rng.shuffle(heldout)
     return train, heldout
 
 
-def build_training_set(sources, negative_inputs, heldout_fraction=0.1, seed=0, negative_text_field="text"):
+def build_training_set(sources, negative_inputs, heldout_fraction=0.1, seed=0, negative_text_field="text",
+                       strict=False, on_damaged=None):
     """(train, heldout, stats) from positive sources and phase-1 negatives, balanced and deduplicated
-    (within each class and across the two: a text found in both is dropped from both)."""
-    skips = SkipLog()
-    positives = dedupe(load_positives(sources, skips))
-    negatives = dedupe(sample_negatives(negative_inputs, len(positives), seed, negative_text_field, skips))
+    (within each class and across the two: a text found in both is dropped from both). Damaged input shards
+    are listed in stats["damaged_shards"] (strict: ShardReadError)."""
+    report = ReadReport()
+    skips = report.skips
+    positives = dedupe(load_positives(sources, report=report, strict=strict, on_damaged=on_damaged))
+    negatives = dedupe(sample_negatives(negative_inputs, len(positives), seed, negative_text_field, report=report,
+                                        strict=strict, on_damaged=on_damaged))
     positives, negatives, in_both = drop_cross_class(positives, negatives)
     train, heldout = balanced_split(positives, negatives, heldout_fraction, seed)
     stats = {
@@ -177,6 +203,7 @@ def build_training_set(sources, negative_inputs, heldout_fraction=0.1, seed=0, n
         "train": len(train),
         "heldout": len(heldout),
         "skipped": dict(skips.counts),
+        "damaged_shards": [vars(d) for d in report.damaged],
     }
     return train, heldout, stats
 

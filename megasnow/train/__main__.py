@@ -1,50 +1,62 @@
-"""`python -m megasnow.train CONFIG.yaml [key.sub=value ...]` (also under torchrun): train through the config's phases."""
+"""`python -m megasnow.train CONFIG.yaml [key.sub=value ...]` (also under torchrun): train through the config's phases.
+
+Exit codes: 0 finished (or stopped by SIGTERM after saving), 2 a config, data, checkpoint or layout error (one
+`error: ...` line naming the key), 3 stopped after too many non-finite steps, 130 Ctrl-C (after saving).
+"""
 import os
+import signal
 import sys
 
 from megasnow.config import ConfigError
+from megasnow.utils.cli import EXIT_INTERRUPTED, run_tool
 
 EXIT_CONFIG, EXIT_STOPPED = 2, 3
 
 
 def main(argv=None):
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--debug"]  # run_tool reads --debug
     from megasnow.train.config import help_text, load_train_config, resolve_data_paths
 
     if not argv or argv[0] in ("-h", "--help"):
         print(help_text())
         return 0 if argv else EXIT_CONFIG
     yaml_path, overrides = (None, argv) if "=" in argv[0] else (argv[0], argv[1:])
-    try:
-        cfg = load_train_config(yaml_path, overrides)
-        if yaml_path:
-            resolve_data_paths(cfg, os.path.dirname(os.path.abspath(yaml_path)))
-    except (ConfigError, OSError) as e:
-        print(f"megasnow.train: config error: {e}", file=sys.stderr)
-        return EXIT_CONFIG
+    if yaml_path is not None and not os.path.isfile(yaml_path):
+        raise ConfigError(f"{yaml_path}: no such config file (usage: python -m megasnow.train CONFIG.yaml "
+                          f"[key.sub=value ...])")
+    cfg = load_train_config(yaml_path, overrides)
+    if yaml_path:
+        resolve_data_paths(cfg, os.path.dirname(os.path.abspath(yaml_path)))
 
     from megasnow.parallel import state
-    from megasnow.train.checkpoint import CheckpointError
-    from megasnow.train.trainer import Trainer, TrainingStopped
 
     state.init_distributed()
-    pc = cfg.parallel
     try:
-        state.initialize_model_parallel(pc.tensor, pc.pipeline, pc.virtual_pipeline)
-        trainer = Trainer(cfg).setup()
-    except (ConfigError, CheckpointError, state.ParallelConfigError) as e:
-        print(f"megasnow.train: {e}", file=sys.stderr)
+        return train(cfg)
+    finally:
         state.shutdown()
-        return EXIT_CONFIG
+
+
+def train(cfg):
+    """Set up and run; the exit code."""
+    from megasnow.parallel import state
+    from megasnow.train.trainer import Trainer, TrainingStopped
+
+    pc = cfg.parallel
+    state.initialize_model_parallel(pc.tensor, pc.pipeline, pc.virtual_pipeline)
+    trainer = Trainer(cfg).setup()
+    if trainer.finished_at is not None:
+        if trainer.is_logger:
+            print(f"nothing left to do: run finished at step {trainer.finished_at} ({trainer.resume_from}); "
+                  f"to train further raise the last phase's steps/tokens or add a phase", flush=True)
+        return 0
     try:
         trainer.run()
     except TrainingStopped as e:
         print(f"megasnow.train: {e}", file=sys.stderr)
         return EXIT_STOPPED
-    finally:
-        state.shutdown()
-    return 0
+    return EXIT_INTERRUPTED if trainer.stop_signal == signal.SIGINT else 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_tool(main, prog="megasnow.train"))

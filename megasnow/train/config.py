@@ -47,8 +47,8 @@ class BlendItem:
 
 @dataclass
 class DataSection:
-    tokenizer: str | None = _help("SentencePiece .model or HF tokenizer.json (sets the vocabulary size; "
-                                  "copied into HF exports)")
+    tokenizer: str | None = _help("SentencePiece .model, HF tokenizer.json, or an HF tokenizer folder holding "
+                                  "tokenizer.json (sets the vocabulary size; copied into checkpoints and HF exports)")
     seq_len: int = _help("tokens per training sequence", 2048)
     seed: int = _help("seed of the document/sample shuffles", 1234)
     eod_id: int | None = _help("end-of-document token id that model.document_mask splits samples at "
@@ -120,6 +120,10 @@ class TrainSection:
                                                    "(master weights are always fp32)", "auto")
     eval_interval: int = _help("evaluate held-out loss every N steps (0: never; also at each phase end)", 0)
     eval_iters: int = _help("global batches per evaluation", 2)
+    calculate_per_token_loss: bool = _help(
+        "Megatron's --calculate-per-token-loss: the step's loss is sum(token losses) / sum(tokens) over all "
+        "micro-batches and data-parallel ranks, not the mean of micro-batch means; required when labels are masked",
+        False)
     max_consecutive_nan: int = _help("stop after this many NaN/Inf steps in a row (saving the last good state)", 5)
     debug_nan_steps: list[int] = _help("testing hook: make these global steps' loss and gradients NaN",
                                        factory=list)
@@ -134,6 +138,8 @@ class CheckpointSection:
     resume: bool = _help("resume from <dir>/latest when it exists", True)
     init_from: str | None = _help("start a new run from these weights (a checkpoint step folder or run folder)")
     save_at_end: bool = True
+    allow_config_change: bool = _help("resume even when keys that break exact resume changed (data.seq_len, the "
+                                      "blend, train.global_batch_size, seeds, the model, ...)", False)
 
 
 @dataclass

@@ -1,11 +1,14 @@
 """The trainer's data side: check a phase's dataset paths up front, build its blended train / held-out datasets,
 and cut them into the micro-batches of one optimizer step, resumable from a consumed-sample count."""
+import glob
 import os
 
 import numpy as np
 import torch
 
 from megasnow.config import ConfigError
+
+IGNORE_INDEX = -100  # labels left out of the loss (torch's and Megatron's convention)
 
 
 class DataConfigError(ConfigError):
@@ -36,6 +39,30 @@ def check_blend_paths(blend, where):
             raise DataConfigError(f"{key}: {item.path} holds no sequences")
 
 
+def load_run_tokenizer(path):
+    """(tokenizer, its file) for data.tokenizer: a SentencePiece .model, a tokenizer.json, or a HuggingFace tokenizer
+    folder holding tokenizer.json; (None, None) when unset. Errors name the key (ConfigError)."""
+    if not path:
+        return None, None
+    if not os.path.exists(path):
+        raise ConfigError(f"data.tokenizer: {path} does not exist")
+    file = path
+    if os.path.isdir(path):
+        file = os.path.join(path, "tokenizer.json")
+        if not os.path.isfile(file):
+            models = sorted(glob.glob(os.path.join(path, "*.model")))
+            hint = (f"; it holds the SentencePiece model {os.path.basename(models[0])}: set "
+                    f"data.tokenizer={models[0]}") if models else ""
+            raise ConfigError(f"data.tokenizer: {path} is a folder without tokenizer.json (give a SentencePiece "
+                              f".model file, a tokenizer.json, or a HuggingFace tokenizer folder){hint}")
+    from megasnow.data.tokenizer import TokenizerError, load_tokenizer
+
+    try:
+        return load_tokenizer(file), file
+    except TokenizerError as e:
+        raise ConfigError(f"data.tokenizer: {e}") from None
+
+
 def to_blend_entries(items):
     from megasnow.data.blended_dataset import BlendEntry
 
@@ -63,25 +90,39 @@ def build_phase_datasets(phase, cfg, num_train_samples, num_valid_samples):
 
 class MicroBatches:
     """Yields, per optimizer step, this data-parallel rank's list of micro-batches {tokens, labels} (plus
-    document_ids when `eod_id` is given: model.document_mask keeps attention inside each packed document)."""
+    document_ids when `eod_id` is given: model.document_mask keeps attention inside each packed document).
+
+    Labels of -100 are left out of the loss. Such a loss mask makes micro-batches count different numbers of
+    tokens, so it needs `per_token_loss` (train.calculate_per_token_loss); a masked batch without it is refused.
+    """
 
     def __init__(self, dataset, consumed_samples, micro_batch_size, num_micro_batches, dp_rank, dp_size, device,
-                 eod_id=None):
+                 eod_id=None, per_token_loss=False):
         from megasnow.data.sampler import PretrainingSampler
 
         self.dataset = dataset
         self.num_micro_batches = num_micro_batches
         self.device = device
         self.eod_id = eod_id
+        self.per_token_loss = per_token_loss
         self._it = iter(PretrainingSampler(len(dataset), consumed_samples, micro_batch_size, dp_rank, dp_size))
+
+    def labels(self, samples, indices):
+        """Labels [B, S] of the samples [B, S+1] with dataset ids `indices`: the next tokens. A loss mask (such as
+        fill-in-the-middle or document-level ignore masks) sets IGNORE_INDEX here."""
+        return samples[:, 1:]
 
     def next_step(self):
         return [self._collate(next(self._it)) for _ in range(self.num_micro_batches)]
 
     def _collate(self, indices):
         x = torch.from_numpy(np.stack([np.asarray(self.dataset[int(i)], dtype=np.int64) for i in indices]))
+        labels = self.labels(x, indices)
+        if not self.per_token_loss and bool((labels == IGNORE_INDEX).any()):  # on the host, before the copy
+            raise ConfigError(f"samples {[int(i) for i in indices]} have masked labels ({IGNORE_INDEX}): a loss mask "
+                              f"needs the per-token loss, set train.calculate_per_token_loss=true")
         x = x.to(self.device, non_blocking=True)
-        batch = {"tokens": x[:, :-1].contiguous(), "labels": x[:, 1:].contiguous()}
+        batch = {"tokens": x[:, :-1].contiguous(), "labels": labels.to(self.device, non_blocking=True).contiguous()}
         if self.eod_id is not None:
             from megasnow.model.llama import document_ids_from_tokens
 

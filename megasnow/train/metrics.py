@@ -34,6 +34,10 @@ PEAK_BF16_TFLOPS = [
 ]
 
 
+# Records written at a step before that step's checkpoint; the only ones with scalars worth plotting.
+BEFORE_CHECKPOINT_KINDS = TENSORBOARD_KINDS = ("train", "eval")
+
+
 def peak_bf16_tflops(device_name):
     """The dense bf16 peak of a GPU by name, or None when unknown (CPU, unlisted GPUs)."""
     if not device_name:
@@ -95,9 +99,17 @@ class MetricsLogger:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self._tb = SummaryWriter(os.path.join(log_dir, "tensorboard"))
+                # purge_step: TensorBoard drops the earlier attempt's events from the resumed step on, as
+                # truncate_metrics does for metrics.jsonl (a SessionLog.START event at that step).
+                purge = None if resume_step is None else resume_step + 1
+                self._tb = SummaryWriter(os.path.join(log_dir, "tensorboard"), purge_step=purge)
             except ImportError:
                 print("note: tensorboard is not installed; metrics go to metrics.jsonl only", file=sys.stderr)
+
+    @property
+    def tensorboard_dir(self):
+        """Where the TensorBoard events go (None when not written)."""
+        return self._tb.log_dir if self._tb is not None else None
 
     def step(self, record, step_time_s, tokens, steps_left):
         """Complete `record` (step, phase, loss, lr, grad_norm, ...) with throughput figures and write it."""
@@ -140,7 +152,7 @@ class MetricsLogger:
             return
         self._jsonl.write(json.dumps(record, allow_nan=True) + "\n")
         self._jsonl.flush()
-        if self._tb is not None:
+        if self._tb is not None and record.get("kind", "train") in TENSORBOARD_KINDS:
             step = record.get("step", 0)
             for k, v in record.items():
                 if k in ("step", "time") or isinstance(v, bool) or not isinstance(v, (int, float)):
@@ -158,7 +170,8 @@ class MetricsLogger:
 
 def truncate_metrics(path, last_step):
     """Drop records after `last_step` (left by a run that died after its last checkpoint) so a resumed run's
-    metrics.jsonl reads as one uninterrupted run."""
+    metrics.jsonl reads as one uninterrupted run. At `last_step` itself only the records written before its
+    checkpoint stay (train, eval); the others (phase start, stop, resume, end) came after it and come again."""
     if not os.path.exists(path):
         return
     from megasnow.utils.atomic import atomic_write_text
@@ -170,7 +183,8 @@ def truncate_metrics(path, last_step):
                 rec = json.loads(line)
             except json.JSONDecodeError:
                 continue  # a line cut by the kill
-            if rec.get("step", 0) <= last_step and not (rec.get("kind") == "stop" and rec.get("step") == last_step):
+            step = rec.get("step", 0)
+            if step < last_step or (step == last_step and rec.get("kind", "train") in BEFORE_CHECKPOINT_KINDS):
                 kept.append(line if line.endswith("\n") else line + "\n")
     atomic_write_text(path, "".join(kept))
 

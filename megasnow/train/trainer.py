@@ -1,5 +1,5 @@
 """The training loop: phases of blended data, micro-batch accumulation to the global batch through the pipeline
-schedule, AdamW with clipping, held-out evaluation, NaN/Inf skipping, checkpoints, SIGTERM and exact resume."""
+schedule, AdamW with clipping, held-out evaluation, NaN/Inf skipping, checkpoints, SIGTERM/Ctrl-C and exact resume."""
 import math
 import os
 import signal
@@ -11,9 +11,10 @@ import torch.distributed as dist
 
 from megasnow.config import ConfigError, dump_config, save_config
 from megasnow.train import checkpoint as ckpt
+from megasnow.train import resume
 from megasnow.train.config import build_model_config, check_parallel_layout, phase_steps, resolve_phases
-from megasnow.train.data import MicroBatches, build_phase_datasets, check_blend_paths
-from megasnow.train.metrics import MetricsLogger
+from megasnow.train.data import MicroBatches, build_phase_datasets, check_blend_paths, load_run_tokenizer
+from megasnow.train.metrics import MetricsLogger, format_eta
 from megasnow.train.schedules import lr_at
 
 
@@ -27,6 +28,9 @@ class TrainerState:
     step: int = 0  # optimizer steps done in the whole run
     phase: int = 0  # index of the current phase
     step_in_phase: int = 0
+    # Successful updates in the current phase: the LR schedule's position. As in Megatron, a step skipped for a
+    # non-finite loss or gradient norm does not advance the schedule (it still consumes its data).
+    scheduler_steps: int = 0
     consumed_samples: int = 0  # of the current phase's training dataset
     tokens: int = 0
     nan_skips: int = 0
@@ -38,11 +42,15 @@ class Trainer:
     def __init__(self, cfg):
         self.cfg = cfg
         self.state = TrainerState()
-        self._stop_signal = None
+        self.stop_signal = None  # SIGTERM or SIGINT once received
+        self.finished_at = None  # the step of a checkpoint that already ends this run (setup found nothing to do)
+        self._started = time.perf_counter()
+        self._first_step = True
 
     # ------------------------------------------------------------------ setup
     def setup(self):
-        """Build everything and validate inputs; any bad setting fails here, before the first step."""
+        """Build everything and validate inputs; any bad setting fails here, before the first step. A checkpoint
+        that already finished the run is recognised before data or model are built (`finished_at`)."""
         from megasnow.parallel import state as ps
 
         cfg = self.cfg
@@ -65,23 +73,18 @@ class Trainer:
         check_parallel_layout(cfg, self.num_micro_batches)
 
         self.phases = resolve_phases(cfg)
+        self._notes = []  # start-up remarks, written as events once the metrics logger exists
+        self.tokenizer, self.tokenizer_file = load_run_tokenizer(cfg.data.tokenizer)
+        self.resume_from = self._check_resume()
+        if self.finished_at is not None:
+            return self
         for i, p in enumerate(self.phases):
             where = f"phases[{i}]" if cfg.phases else "data"
             check_blend_paths(p.blend, f"{where}.blend")
             check_blend_paths(p.valid_blend, f"{where}.valid_blend")
 
-        self.tokenizer = None
-        vocab = None
-        if cfg.data.tokenizer:
-            if not os.path.exists(cfg.data.tokenizer):
-                raise ConfigError(f"data.tokenizer: {cfg.data.tokenizer} does not exist")
-            from megasnow.data.tokenizer import load_tokenizer
-
-            self.tokenizer = load_tokenizer(cfg.data.tokenizer)
-            vocab = self.tokenizer.vocab_size
-        self.model_cfg = build_model_config(cfg, vocab)
+        self.model_cfg = build_model_config(cfg, self.tokenizer.vocab_size if self.tokenizer else None)
         self.eod_id = self._document_mask_eod()
-        self._notes = []  # start-up remarks, written as events once the metrics logger exists
         self._build_datasets()
         self.model_chunks = self._build_model()
         self.optimizer = self._build_optimizer()
@@ -89,43 +92,86 @@ class Trainer:
         from megasnow.model.flops import flops_per_token
 
         self.flops_per_token = flops_per_token(self.model_cfg, cfg.data.seq_len)
-        resumed_from = self._restore()
+        self._restore()
         if self.rank == 0:
             save_config(cfg, os.path.join(cfg.log.dir, "config.yaml"))
         self.metrics = MetricsLogger(cfg.log.dir, self.flops_per_token, self.device, self.world,
                                      tensorboard=cfg.log.tensorboard, interval=cfg.log.interval,
                                      quiet=cfg.log.quiet, write=self.is_logger,
-                                     resume_step=self.state.step if resumed_from else None)
-        if resumed_from:
+                                     resume_step=self.state.step if self.resume_from else None)
+        if self.resume_from:
             self.metrics.event({"kind": "resume", "step": self.state.step,
-                                "message": f"resumed from {resumed_from} at step {self.state.step}"})
+                                "message": f"resumed from {self.resume_from} at step {self.state.step}"})
         for note in self._notes:
             self.metrics.event({"kind": "note", "step": self.state.step, "message": note})
+        # Work done every N steps, after the step and before its checkpoint: (interval, function). Benchmark
+        # evaluation during training plugs in here as one more pair; each runs every `interval` steps and at
+        # the end of each phase (an interval of 0 switches it off).
+        self.hooks = [(cfg.train.eval_interval, self.evaluate)]
         return self
+
+    def _say(self, message):
+        """A start-up progress line (before the metrics logger exists), from the logging rank."""
+        if self.is_logger and not self.cfg.log.quiet:
+            print(message, flush=True)
+
+    def _check_resume(self):
+        """The checkpoint to resume from (None: a new run), after comparing its config with this one: changed keys
+        are named, changes that break exact resume refused. Sets `finished_at` when it already ends the run."""
+        c = self.cfg.checkpoint
+        latest = ckpt.resolve_latest(c.dir) if c.dir and c.resume else None
+        self._resume_changes = self._saved_cfg = None
+        if latest is None:
+            return None
+        meta = ckpt.read_meta(latest)
+        self._saved_cfg = resume.saved_config(latest)
+        if self._saved_cfg is None:
+            self._notes.append(f"{latest}/config.yaml cannot be read as this version's config; config changes "
+                               f"since that checkpoint are not checked")
+        else:
+            self._resume_changes, line = resume.check_resume_config(
+                self._saved_cfg, self.cfg, latest, meta["trainer"]["phase"], c.allow_config_change)
+            if line and self.is_logger:
+                from megasnow.utils.cli import warn
+
+                warn(line)
+        if resume.run_finished(meta["trainer"], self.cfg, self._resume_changes):
+            self.finished_at = meta["step"]
+            self.state = _trainer_state(meta["trainer"])
+        return latest
 
     def _document_mask_eod(self):
         """The end-of-document id that splits packed samples into documents when model.document_mask is on."""
         if not self.model_cfg.document_mask:
             return None
-        if self.cfg.data.eod_id is not None:
-            return self.cfg.data.eod_id
-        if self.tokenizer is None:
-            raise ConfigError("model.document_mask needs the end-of-document token id: set data.tokenizer "
-                              "(its EOD token is used) or data.eod_id")
-        return self.tokenizer.eod_id
+        from megasnow.data.dataset_meta import resolve_document_tokens
+
+        paths = [b.path for phase in self.phases for b in (*phase.blend, *phase.valid_blend)]
+        doc = resolve_document_tokens(paths, eod_id=self.cfg.data.eod_id, tokenizer=self.tokenizer)
+        if doc.eod_id is None:
+            raise ConfigError("model.document_mask needs the end-of-document token id: binarize with --append-eod, "
+                              "or set data.tokenizer (its eod is used) or data.eod_id")
+        self._say(f"data: document_mask splits samples at id {doc.eod_id} ({doc.source})")
+        return doc.eod_id
 
     def _build_datasets(self):
         """Every phase's datasets up front, so a bad blend fails before the first step, not at a phase change."""
         cfg, gbs = self.cfg, self.cfg.train.global_batch_size
         n_valid = cfg.train.eval_iters * gbs if cfg.train.eval_interval > 0 else 0
         self.datasets, self.phase_lengths = [], []
+        self._say(f"data: building the sample indices of {len(self.phases)} phase(s) (cached beside the data, or "
+                  f"in data.cache_dir, for the next run)")
         for i, phase in enumerate(self.phases):
             where = f"phases[{i}] ({phase.name})"
             steps = asked = phase_steps(phase, cfg)
+            t0 = time.perf_counter()
             try:
                 train, valid = build_phase_datasets(phase, cfg, None if steps is None else steps * gbs, n_valid)
             except ValueError as e:
                 raise ConfigError(f"{where}: {e}") from None
+            held_out = f", {len(valid):,} held-out" if valid is not None else ""
+            self._say(f"data: {where}: {len(train):,} samples of {cfg.data.seq_len} tokens from "
+                      f"{len(phase.blend)} dataset(s){held_out} ({time.perf_counter() - t0:.1f}s)")
             if steps is None or len(train) < steps * gbs:
                 # every dataset has an explicit repeat count: the data, not the budget, fixes the phase length
                 steps = len(train) // gbs
@@ -141,6 +187,17 @@ class Trainer:
                                   f"phases[{i}].valid_blend, or train.eval_interval=0")
             self.datasets.append((train, valid))
             self.phase_lengths.append(steps)
+        if self.resume_from is not None:
+            self._check_resumed_phase()
+
+    def _check_resumed_phase(self):
+        """A new length of the phase being resumed must keep the order of the samples it already trained on."""
+        changes = self._resume_changes
+        if changes is None or not changes.current_phase_length or self.cfg.checkpoint.allow_config_change:
+            return
+        st = _trainer_state(ckpt.read_meta(self.resume_from)["trainer"])
+        resume.check_phase_length(self._saved_cfg, self.cfg, st, self.datasets[st.phase][0],
+                                  self.phase_lengths[st.phase], self.resume_from)
 
     def _pick_device(self):
         want = self.cfg.train.device
@@ -172,6 +229,13 @@ class Trainer:
                  "params_dtype": "bf16" if self.dtype == torch.bfloat16 else "fp32"}
         pc.update({k: v for k, v in extra.items() if k in known})
         self.parallel_cfg = ParallelConfig(**pc)
+        from megasnow.model.flops import num_parameters
+
+        p = self.cfg.parallel
+        self._say(f"model: building {self.cfg.model.preset} ({num_parameters(self.model_cfg, padded=True):,} "
+                  f"parameters, {self.model_cfg.num_layers} layers x {self.model_cfg.hidden_size}) in "
+                  f"{str(self.dtype).replace('torch.', '')} on {self.device.type}, tensor x pipeline x data = "
+                  f"{p.tensor} x {p.pipeline} x {self.dp_size}")
         chunks = build_model(self.model_cfg, self.parallel_cfg, self.cfg.train.seed)
         p = next(chunks[0].parameters())
         if p.device.type != self.device.type:
@@ -189,55 +253,58 @@ class Trainer:
                                use_distributed_optimizer=self.cfg.parallel.use_distributed_optimizer)
 
     def _restore(self):
-        """Resume from <checkpoint.dir>/latest, or take initial weights from checkpoint.init_from."""
+        """Resume from the checkpoint _check_resume found, or take initial weights from checkpoint.init_from."""
         c = self.cfg.checkpoint
-        if c.dir and c.resume:
-            latest = ckpt.resolve_latest(c.dir)
-            if latest is not None:
-                meta = ckpt.load_checkpoint(latest, self.model_chunks, self.optimizer)
-                known = TrainerState.__dataclass_fields__
-                self.state = TrainerState(**{k: v for k, v in meta["trainer"].items() if k in known})
-                # A run stopped by K non-finite steps in a row is resumed on purpose (new data position, a fix):
-                # give it a fresh budget of K rather than stopping at its first NaN. nan_skips keeps the total.
-                self.state.consecutive_nan = 0
-                return latest
-        if c.init_from:
+        if self.resume_from is not None:
+            self._say(f"checkpoint: loading {self.resume_from}")
+            meta = ckpt.load_checkpoint(self.resume_from, self.model_chunks, self.optimizer)
+            self.state = _trainer_state(meta["trainer"])
+            # A run stopped by K non-finite steps in a row is resumed on purpose (new data position, a fix):
+            # give it a fresh budget of K rather than stopping at its first NaN. nan_skips keeps the total.
+            self.state.consecutive_nan = 0
+        elif c.init_from:
             step_dir = ckpt.resolve_checkpoint(c.init_from)
             ckpt.load_model_weights(step_dir, self.model_chunks)
-            if self.rank == 0 and not self.cfg.log.quiet:
-                print(f"initial weights from {step_dir}", flush=True)
-        return None
+            self._say(f"initial weights from {step_dir}")
 
     # ------------------------------------------------------------------ run
     def run(self):
-        """Train through every phase; returns the final TrainerState. SIGTERM saves and returns early."""
-        old = signal.signal(signal.SIGTERM, self._on_sigterm)
+        """Train through every phase; returns the final TrainerState. SIGTERM and Ctrl-C (SIGINT) finish the step,
+        save and return early (`stop_signal` says which; a second Ctrl-C interrupts at once)."""
+        if self.finished_at is not None:
+            return self.state
+        handlers = {sig: signal.signal(sig, self._on_stop_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        start_step, t0 = self.state.step, time.perf_counter()
         try:
             for index in range(self.state.phase, len(self.phases)):
                 if self._run_phase(index):
-                    return self.state
+                    break
+            self._summary(start_step, time.perf_counter() - t0)
             return self.state
         finally:
-            signal.signal(signal.SIGTERM, old)
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
             self.metrics.close()
 
-    def _on_sigterm(self, signum, frame):
-        self._stop_signal = signum
+    def _on_stop_signal(self, signum, frame):
+        self.stop_signal = signum
+        if signum == signal.SIGINT:  # the next Ctrl-C interrupts without waiting for the step and the checkpoint
+            signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def _run_phase(self, index):
         """Run phase `index` from the current state; True when the run must stop (signal)."""
         cfg, st = self.cfg, self.state
         phase, total = self.phases[index], self.phase_lengths[index]
         if st.phase != index:  # entering a new phase
-            st.phase, st.step_in_phase, st.consumed_samples = index, 0, 0
+            st.phase, st.step_in_phase, st.scheduler_steps, st.consumed_samples = index, 0, 0, 0
+        del st.finished_phases[index:]  # a finished phase made longer at resume is not finished any more
         if st.step_in_phase == 0 and index > 0 and phase.optimizer_state == "reset":
             # Forget the Adam moments but keep the fp32 masters: rebuilding the optimizer would re-derive the
             # masters from the (bf16-rounded) model weights and lose precision at every phase boundary.
             self.optimizer.reset_state()
         gbs = cfg.train.global_batch_size
         train_ds, self.valid_ds = self.datasets[index]
-        batches = MicroBatches(train_ds, st.consumed_samples, cfg.train.micro_batch_size, self.num_micro_batches,
-                               self.dp_rank, self.dp_size, self.device, eod_id=self.eod_id)
+        batches = self._micro_batches(train_ds, st.consumed_samples)
         if st.step_in_phase == 0:
             self.metrics.event({"kind": "phase", "step": st.step, "phase": phase.name, "steps": total,
                                 "message": f"phase {index + 1}/{len(self.phases)} '{phase.name}': {total} steps "
@@ -245,16 +312,13 @@ class Trainer:
         while st.step_in_phase < total:
             self._train_step(batches, phase, total)
             last = st.step_in_phase == total
-            if cfg.train.eval_interval and (st.step % cfg.train.eval_interval == 0 or last):
-                self.evaluate()
             if last:
                 st.finished_phases.append(phase.name)
+            for interval, hook in self.hooks:
+                if interval and (st.step % interval == 0 or last):
+                    hook()
             if self._signal_received():
-                where = self.save("sigterm")
-                saved = f"saved a checkpoint at step {st.step} in {where}" if where else \
-                    f"no checkpoint.dir, nothing saved (stopped at step {st.step})"
-                self.metrics.event({"kind": "stop", "step": st.step, "reason": "sigterm",
-                                    "message": f"SIGTERM: {saved}; exiting"})
+                self._stop_on_signal()
                 return True
             if cfg.checkpoint.interval and st.step % cfg.checkpoint.interval == 0:
                 self.save("interval")
@@ -262,19 +326,59 @@ class Trainer:
                 self.save("end")
         return False
 
+    def _micro_batches(self, dataset, consumed_samples):
+        c = self.cfg
+        return MicroBatches(dataset, consumed_samples, c.train.micro_batch_size, self.num_micro_batches, self.dp_rank,
+                            self.dp_size, self.device, eod_id=self.eod_id,
+                            per_token_loss=c.train.calculate_per_token_loss)
+
+    def _stop_on_signal(self):
+        st, sigint = self.state, self.stop_signal == signal.SIGINT
+        where = self.save("sigint" if sigint else "sigterm")
+        saved = f"saved a checkpoint at step {st.step} in {where}" if where else \
+            f"no checkpoint.dir, nothing saved (stopped at step {st.step})"
+        message = (f"interrupted (Ctrl-C): {saved}; rerun the same command to resume" if sigint
+                   else f"SIGTERM: {saved}; exiting")
+        self.metrics.event({"kind": "stop", "step": st.step, "reason": "sigint" if sigint else "sigterm",
+                            "message": message})
+
+    def _summary(self, start_step, seconds):
+        """The closing line: steps and tokens of this run, throughput, time, where checkpoints and metrics are."""
+        st, c = self.state, self.cfg
+        steps = st.step - start_step
+        tokens = steps * c.train.global_batch_size * c.data.seq_len
+        rate = tokens / seconds if seconds > 0 else 0.0
+        where = [f"checkpoints in {c.checkpoint.dir}" if c.checkpoint.dir else "no checkpoints (checkpoint.dir)",
+                 f"metrics in {os.path.join(c.log.dir, 'metrics.jsonl')}"]
+        if self.metrics.tensorboard_dir:
+            where.append(f"TensorBoard in {os.path.join(c.log.dir, 'tensorboard')}")
+        head = "stopped" if self.stop_signal is not None else "done"
+        message = (f"{head}: {steps} steps this run (step {st.step} of {sum(self.phase_lengths)}, "
+                   f"{len(st.finished_phases)}/{len(self.phases)} phases done), {tokens:,} tokens in "
+                   f"{_duration(seconds)} ({rate:,.0f} tokens/s; {_duration(time.perf_counter() - self._started)} "
+                   f"with set-up); " + ", ".join(where))
+        self.metrics.event({"kind": "end", "step": st.step, "steps": steps, "tokens": tokens, "time_s": seconds,
+                            "tokens_per_s": rate, "message": message})
+
     def _train_step(self, batches, phase, total):
         from megasnow.parallel.pipeline.schedules import forward_backward
 
         cfg, st = self.cfg, self.state
         t0 = time.perf_counter()
         micro = batches.next_step()
-        lr = lr_at(st.step_in_phase, phase.schedule, total)
+        if self._first_step:
+            self._first_step = False
+            self._say(f"step {st.step + 1}: first batch read ({time.perf_counter() - t0:.1f}s); running the first "
+                      f"step ({self.num_micro_batches} micro-batch(es) of {cfg.train.micro_batch_size} x "
+                      f"{cfg.data.seq_len} tokens per data-parallel rank)")
+        lr = lr_at(st.scheduler_steps, phase.schedule, total)
         self.optimizer.set_lr(lr)
         self.optimizer.zero_grad()
         for m in self.model_chunks:
             m.train()
-        losses = forward_backward(self.model_chunks, micro)
-        loss = self._global_mean_loss(losses)
+        per_token = cfg.train.calculate_per_token_loss
+        losses = forward_backward(self.model_chunks, micro, per_token_loss=per_token)
+        loss = self._loss_total(losses, micro).mean
         if (st.step + 1) in cfg.train.debug_nan_steps:
             loss = float("nan")
             self._poison_grads()
@@ -293,6 +397,7 @@ class Trainer:
             st.consecutive_nan += 1
         else:
             st.consecutive_nan = 0
+            st.scheduler_steps += 1
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         record = {"kind": "train", "step": st.step, "phase": phase.name, "loss": loss, "lr": lr,
@@ -317,28 +422,38 @@ class Trainer:
                 if main is not None:
                     main.fill_(float("nan"))
 
-    def _global_mean_loss(self, losses):
-        """Mean loss of this step over all data-parallel ranks, known on every rank (so every rank takes the
-        same skip decision). Only last-stage ranks hold losses."""
-        local = sum(losses) / len(losses) if losses else 0.0
-        if not (dist.is_available() and dist.is_initialized()) or self.world == 1:
-            return float(local)
-        t = torch.tensor([local * (1 if losses else 0), 1.0 if losses else 0.0], dtype=torch.float64)
-        if dist.get_backend() == "nccl":
-            t = t.to(self.device)
-        dist.all_reduce(t)
-        # Tensor-parallel peers hold identical losses, so this is the mean over data-parallel replicas.
-        return float(t[0] / t[1])
+    def _loss_total(self, losses, micro):
+        """The step's (sum, count) over every data-parallel rank, known on every rank (so every rank takes the
+        same skip decision): micro-batch losses and their number, or with train.calculate_per_token_loss token
+        losses and tokens (each micro-batch's mean times its token count). Only last-stage ranks hold losses;
+        tensor-parallel peers hold the same ones, which the ratio cancels."""
+        from megasnow.parallel.pipeline.schedules import token_counts
+
+        if losses and self.cfg.train.calculate_per_token_loss:
+            counts = token_counts(micro).tolist()
+            total = [sum(x * n for x, n in zip(losses, counts)), float(sum(counts))]
+        else:
+            total = [float(sum(losses)), float(len(losses))]
+        if dist.is_available() and dist.is_initialized() and self.world > 1:
+            t = torch.tensor(total, dtype=torch.float64)
+            if dist.get_backend() == "nccl":
+                t = t.to(self.device)
+            dist.all_reduce(t)
+            total = t.tolist()
+        return LossTotal(*total)
 
     def _signal_received(self):
-        flag = 1.0 if self._stop_signal is not None else 0.0
+        """Whether any rank got SIGTERM or SIGINT; every rank then holds the same `stop_signal` (SIGTERM wins)."""
+        number = float(self.stop_signal or 0)
         if dist.is_available() and dist.is_initialized() and self.world > 1:
-            t = torch.tensor([flag])
+            t = torch.tensor([number])
             if dist.get_backend() == "nccl":
                 t = t.to(self.device)
             dist.all_reduce(t, op=dist.ReduceOp.MAX)
-            flag = float(t[0])
-        return flag > 0
+            number = float(t[0])
+        if number:
+            self.stop_signal = signal.Signals(int(number))
+        return number > 0
 
     @torch.no_grad()
     def evaluate(self):
@@ -353,13 +468,12 @@ class Trainer:
         n = min(cfg.train.eval_iters, len(self.valid_ds) // cfg.train.global_batch_size)
         if n == 0:
             return None
-        batches = MicroBatches(self.valid_ds, 0, cfg.train.micro_batch_size, self.num_micro_batches,
-                               self.dp_rank, self.dp_size, self.device, eod_id=self.eod_id)
-        losses = []
+        batches = self._micro_batches(self.valid_ds, 0)
+        total = LossTotal(0.0, 0.0)
         for _ in range(n):
-            losses.append(self._global_mean_loss(forward_backward(self.model_chunks, batches.next_step(),
-                                                                  forward_only=True)))
-        loss = sum(losses) / len(losses)
+            micro = batches.next_step()
+            total = total + self._loss_total(forward_backward(self.model_chunks, micro, forward_only=True), micro)
+        loss = total.mean
         phase = self.phases[self.state.phase].name
         self.metrics.event({"kind": "eval", "step": self.state.step, "phase": phase, "loss": loss,
                             "message": f"eval  step {self.state.step:>6d} [{phase}] held-out loss {loss:.4f}"})
@@ -374,14 +488,44 @@ class Trainer:
 
         trainer = dataclasses.asdict(self.state)
         extra = {}
-        if self.cfg.data.tokenizer:  # checkpoints carry their tokenizer, so exports and generation need nothing else
-            name = "tokenizer.json" if self.cfg.data.tokenizer.endswith(".json") else "tokenizer.model"
-            extra[name] = self.cfg.data.tokenizer
+        if self.tokenizer_file:  # checkpoints carry their tokenizer, so exports and generation need nothing else
+            name = "tokenizer.json" if self.tokenizer_file.endswith(".json") else "tokenizer.model"
+            extra[name] = self.tokenizer_file
+            config = os.path.join(os.path.dirname(self.tokenizer_file), "tokenizer_config.json")
+            if os.path.isdir(self.cfg.data.tokenizer) and os.path.isfile(config):  # an HF folder's chat template, EOS
+                extra["tokenizer_config.json"] = config
         return ckpt.save_checkpoint(c.dir, self.state.step, self.model_chunks, self.optimizer,
                                     {"trainer": trainer, "reason": reason,
                                      "phase_name": self.phases[self.state.phase].name,
                                      "model_config": dataclasses.asdict(self.model_cfg)},
                                     dump_config(self.cfg), c.keep_last, extra_files=extra)
+
+
+@dataclass
+class LossTotal:
+    """A sum of losses and what it counts (micro-batches, or tokens with the per-token loss)."""
+    sum: float
+    count: float
+
+    def __add__(self, other):
+        return LossTotal(self.sum + other.sum, self.count + other.count)
+
+    @property
+    def mean(self):
+        return self.sum / self.count if self.count else 0.0  # no token counted: nothing to learn from
+
+
+def _duration(seconds):
+    return f"{seconds:.1f}s" if seconds < 60 else format_eta(seconds)
+
+
+def _trainer_state(saved):
+    """TrainerState from a checkpoint's meta.json "trainer" (unknown keys dropped). Checkpoints from before
+    scheduler_steps existed advanced the schedule on every step: their position is step_in_phase."""
+    state = TrainerState(**{k: v for k, v in saved.items() if k in TrainerState.__dataclass_fields__})
+    if "scheduler_steps" not in saved:
+        state.scheduler_steps = state.step_in_phase
+    return state
 
 
 def repeat_coverage_note(where, phase, asked, steps, samples, gbs):

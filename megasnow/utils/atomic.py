@@ -54,6 +54,17 @@ def temporary_path(path):
     return tmp
 
 
+def temporary_dir(path):
+    """A fresh temporary folder beside `path` with the mode os.makedirs would give it (0777 less the umask), for
+    writers that build a folder and then rename it into place (tempfile.mkdtemp alone makes it 0700)."""
+    path = os.fspath(path).rstrip(os.sep)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    make_private_dir_public(tmp)
+    return tmp
+
+
 def make_private_dir_public(path):
     """Give a folder made by tempfile.mkdtemp (0700) the mode os.makedirs would (0777 less the umask)."""
     os.chmod(path, 0o777 & ~current_umask())

@@ -27,19 +27,37 @@ class ShardReadError(RecordError):
     """A shard that stops being readable: truncated or corrupt compression, corrupt Parquet, or an I/O error.
 
     `records` records were yielded before it (decoding is deterministic, so always the same ones for the same
-    bytes). `transient` is True for an OS error with an errno (EIO, EACCES, ESTALE...), which a retry may cure;
-    corrupt data (EOFError, zlib/zstd/Arrow errors, OS errors without errno such as pyarrow's) is not.
+    bytes). `byte_offset`, when known (JSONL), is where the readable data ends: the number of (decompressed) bytes
+    of the complete lines before the damage. `transient` is True for an OS error with an errno (EIO, EACCES,
+    ESTALE...), which a retry may cure; corrupt data (EOFError, zlib/zstd/Arrow errors, OS errors without errno such
+    as pyarrow's) is not.
     """
 
-    def __init__(self, path, records, cause):
-        self.path, self.records, self.cause = path, records, cause
+    def __init__(self, path, records, cause, byte_offset=None):
+        self.path, self.records, self.cause, self.byte_offset = path, records, cause, byte_offset
         self.error = f"{type(cause).__name__}: {str(cause).splitlines()[0][:200] if str(cause) else ''}"
         self.transient = isinstance(cause, OSError) and cause.errno is not None
-        super().__init__(f"{path}: unreadable after {records} records ({self.error})")
+        super().__init__(f"{path}: unreadable after {records} records ({self.error})"
+                         f"{describe_byte_offset(path, byte_offset)}")
+
+
+def describe_byte_offset(path, byte_offset):
+    """', at byte N of the decompressed data' (or '... of the file'), or '' when the offset is unknown."""
+    if byte_offset is None:
+        return ""
+    what = "of the decompressed data" if os.fspath(path).endswith((".gz", ".zst")) else "of the file"
+    return f", at byte {byte_offset:,} {what}"
+
+
+def read_error_types():
+    """Exception types that mean "this file cannot be read (further)", as opposed to one bad record."""
+    return _read_errors()
+
+    def __reduce__(self):  # rebuilt from its fields: raised in a worker process, it reaches the parent intact
+        return type(self), (self.path, self.records, self.cause)
 
 
 def _read_errors():
-    """Exception types that mean "this file cannot be read (further)", as opposed to one bad record."""
     errors = [OSError, EOFError, zlib.error]
     try:
         import zstandard
@@ -166,6 +184,70 @@ class _ZstdRaw(io.RawIOBase):
         super().close()
 
 
+def _disk_position(stream):
+    """A function giving how many on-disk (compressed) bytes of the file `stream` reads have been consumed."""
+    raw = getattr(stream, "fileobj", None) or getattr(stream, "raw", None) or stream
+
+    def position():
+        try:
+            return raw.tell()
+        except (OSError, ValueError, AttributeError):
+            return 0
+
+    return position
+
+
+def iter_line_blocks(path, block_bytes=1 << 20):
+    """Yield (first line number, bytes of whole lines, on-disk bytes consumed so far) from one JSONL file.
+
+    Blocks are about `block_bytes` long and end at a newline (the last one may lack it); .gz and .zst are
+    decompressed on the way. A file that cannot be read to its end (truncated or corrupt compression, I/O error)
+    first yields every complete line before the damage, then raises ShardReadError whose `records` is the number of
+    complete lines before the damage and `byte_offset` their size in decompressed bytes.
+    """
+    path = os.fspath(path)
+    line, offset = 1, 0
+    try:
+        stream = open_text_lines(path)
+    except _read_errors() as e:
+        raise ShardReadError(path, 0, e, byte_offset=0) from e
+    position = _disk_position(stream)
+    # read1: at most one underlying read per call, so a damaged stream loses no data that was decompressed
+    read = getattr(stream, "read1", stream.read)
+    parts, size = [], 0
+    with stream:
+        while True:
+            try:
+                chunk = read(block_bytes)
+            except _read_errors() as e:
+                buf = b"".join(parts)
+                cut = buf.rfind(b"\n")
+                if cut >= 0:  # the complete lines before the damage; a cut last line is dropped
+                    yield line, buf[: cut + 1], position()
+                    line += buf.count(b"\n", 0, cut + 1)
+                    offset += cut + 1
+                raise ShardReadError(path, line - 1, e, byte_offset=offset) from e
+            if chunk:
+                parts.append(chunk)
+                size += len(chunk)
+                if size < block_bytes:
+                    continue
+            buf = b"".join(parts)
+            if not chunk:  # end of the file
+                if buf:
+                    yield line, buf, position()
+                return
+            cut = buf.rfind(b"\n")
+            if cut < 0:  # a line longer than the block: keep reading
+                parts, size = [buf], len(buf)
+                continue
+            block, tail = buf[: cut + 1], buf[cut + 1:]
+            yield line, block, position()
+            line += block.count(b"\n")
+            offset += len(block)
+            parts, size = ([tail], len(tail)) if tail else ([], 0)
+
+
 def iter_records(path, skips=None, strict=False, columns=None, batch_rows=4096):
     """Yield (position, record dict) from one JSONL or Parquet file.
 
@@ -175,15 +257,16 @@ def iter_records(path, skips=None, strict=False, columns=None, batch_rows=4096):
     """
     path = os.fspath(path)
     count = 0
+    offset = [None if path.endswith(PARQUET_SUFFIXES) else 0]  # bytes of the complete lines read so far
     try:
-        for item in _iter_records(path, skips, strict, columns, batch_rows):
+        for item in _iter_records(path, skips, strict, columns, batch_rows, offset):
             yield item
             count += 1
     except _read_errors() as e:
-        raise ShardReadError(path, count, e) from e
+        raise ShardReadError(path, count, e, byte_offset=offset[0]) from e
 
 
-def _iter_records(path, skips, strict, columns, batch_rows):
+def _iter_records(path, skips, strict, columns, batch_rows, offset):
     if path.endswith(PARQUET_SUFFIXES):
         import pyarrow.parquet as pq
 
@@ -196,6 +279,7 @@ def _iter_records(path, skips, strict, columns, batch_rows):
         return
     with open_text_lines(path) as f:
         for lineno, raw in enumerate(f, 1):
+            offset[0] += len(raw)
             if not raw.strip():
                 continue
             try:
@@ -220,14 +304,19 @@ def _skip(skips, strict, reason, where):
 
 @dataclass
 class DamagedShard:
-    """A shard that stopped being readable: how many records came before the damage, and the error."""
+    """A shard that stopped being readable: how many records came before the damage, and the error.
+
+    `byte_offset` (JSONL only) is where the readable data ends, in bytes of the decompressed stream.
+    """
 
     path: str
     records: int
     error: str
+    byte_offset: int | None = None
 
     def describe(self):
-        return f"{self.path}: unreadable after {self.records} records ({self.error}); kept the records before it"
+        return (f"{self.path}: unreadable after {self.records} records ({self.error})"
+                f"{describe_byte_offset(self.path, self.byte_offset)}; kept the records before it")
 
 
 @dataclass
@@ -265,7 +354,7 @@ def read_shards(files, report=None, strict=False, columns=None, on_damaged=None)
         except ShardReadError as e:
             if strict:
                 raise
-            damaged = DamagedShard(path, e.records, e.error)
+            damaged = DamagedShard(path, e.records, e.error, e.byte_offset)
             report.damaged.append(damaged)
             if on_damaged is not None:
                 on_damaged(damaged)

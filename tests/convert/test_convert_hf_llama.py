@@ -105,7 +105,8 @@ def test_tokenizer_json_encodes_like_sentencepiece(tmp_path, sp_model):
     ids = tok(text)["input_ids"]  # default call: nothing added around the text
     assert ids == sp.encode(text)
     assert tok.decode(ids) == text
-    assert tok.eos_token == "<|endoftext|>" and tok.eos_token_id == sp.piece_to_id("<|endoftext|>")
+    # eos is the end-of-document token Megatron-LM's --append-eod appends (the model's eos piece, docs/data.md)
+    assert tok.eos_token == "</s>" and tok.eos_token_id == sp.eos_id()
 
 
 def test_tensor_parallel_shards_merge_to_full_tensors():

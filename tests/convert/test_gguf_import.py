@@ -60,5 +60,6 @@ def test_import_refuses_a_file_that_is_not_gguf(tmp_path):
     res = subprocess.run([sys.executable, os.path.join(REPO, "tools", "convert_checkpoint.py"), "import", "--gguf",
                           str(bad), "--output", str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
     assert res.returncode == 2
-    assert res.stderr.strip().splitlines()[-1] == f"error: {bad}: not a GGUF file (starts with b'not ', expected b'GGUF')"
+    assert res.stderr.strip().splitlines()[-1] == \
+        f"error: {bad}: not a GGUF file (starts with b'not ', expected b'GGUF')"
     assert not (tmp_path / "out").exists()

@@ -3,11 +3,11 @@ import os
 
 import numpy as np
 import pytest
-from datasketch.lsh import _optimal_param
 
 from megasnow.curate.dedup import bucket_edges, connected_components, exact_groups, near_clusters
 from megasnow.curate.minhash import (MinHasher, estimated_jaccard, jaccard, optimal_param, shingle_set,
                                      sorted_intersection_size)
+from tests.conftest import require_anchor
 from tests.curate.corpus import near_copy, stdlib_file
 
 
@@ -46,6 +46,7 @@ def test_estimate_tracks_true_jaccard():
 
 
 def test_optimal_param_matches_datasketch():
+    _optimal_param = require_anchor("datasketch.lsh", "datasketch")._optimal_param
     for threshold, perms in [(0.7, 256), (0.85, 256), (0.5, 128)]:
         assert optimal_param(threshold, perms) == _optimal_param(threshold, perms, 0.5, 0.5)
     assert optimal_param(0.7, 256) == (25, 10)

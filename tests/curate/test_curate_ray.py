@@ -1,13 +1,17 @@
-"""The same curation input gives byte-identical outputs on local processes and on Ray (2 workers each), and a run
-left unfinished resumes with another worker count or executor to the same bytes."""
+"""The same curation input gives byte-identical outputs on local processes and on Ray (2 workers each), odd entries
+included, and a run left unfinished resumes with another worker count or executor to the same bytes; a failing
+task names its shard and file on Ray as locally."""
 import glob
 import os
+
+import pytest
 
 from megasnow.config import load_config
 from megasnow.curate.config import CurateConfig
 from megasnow.curate.executors import run_tasks, shutdown_executors
-from megasnow.curate.pipeline import run_pipeline
-from tests.curate.corpus import copy_stdlib_repos, planted_records, write_jsonl
+from megasnow.curate.pipeline import CurationTaskError, run_pipeline
+from tests.curate.corpus import copy_stdlib_repos, planted_records, stdlib_file, write_jsonl
+from tests.curate.test_curate_cli import blocked_run
 from tests.curate.test_curate_resume import output_bytes
 
 
@@ -22,7 +26,12 @@ def unfinish(out):
 
 def test_local_and_ray_outputs_identical(tmp_path):
     repos = copy_stdlib_repos(str(tmp_path / "repos"), ["json", "html", "tomllib", "wsgiref"])
+    os.symlink(os.path.join(repos, "json"), os.path.join(repos, "json-alias"))  # not a second repository
+    with open(os.fsencode(repos) + b"/html/caf\xe9.py", "w") as f:  # a name that is not UTF-8
+        f.write(stdlib_file("fnmatch.py"))
+    os.mkfifo(os.path.join(repos, "wsgiref", "pipe.py"))  # never opened
     records, _ = planted_records()
+    records[0] = {**records[0], "max_stars_repo_path": "lone\udc80surrogate.py"}
     stack = tmp_path / "stack"
     stack.mkdir()
     write_jsonl(str(stack / "a.jsonl"), records[: len(records) // 2])
@@ -46,7 +55,23 @@ def test_local_and_ray_outputs_identical(tmp_path):
     assert output_bytes(ray_out) == reference
     assert local["stages"] == ray_stats["stages"] == resumed["stages"] and local["dedup"] == ray_stats["dedup"]
     assert local["stages"]["decontaminate"]["python"]["removed"] == {"humaneval": 2}
+    assert local["bad_input"] == ray_stats["bad_input"]
+    assert local["bad_input_examples"] == ray_stats["bad_input_examples"]
+    assert local["bad_input"]["name not valid UTF-8"] == 2 and local["bad_input"]["symlink"] == 1
+    assert local["bad_input"]["fifo"] == 1
     # ... and a Ray run finished locally with 1 worker and other signature threads
     dropped = unfinish(ray_out)
     again = run_pipeline(inputs, ray_out, cfg("workers=1", "near_dedup.threads=2"))
     assert sum(again["tasks_executed"].values()) == dropped and output_bytes(ray_out) == reference
+
+
+def test_a_failing_task_names_its_shard_and_file_on_ray(tmp_path):
+    inputs, out = blocked_run(tmp_path)
+    try:
+        with pytest.raises(CurationTaskError) as err:
+            run_pipeline(inputs, out, load_config(CurateConfig, overrides=["executor=ray", "workers=2"]))
+    finally:
+        shutdown_executors()
+    msg = str(err.value)
+    assert f"prepare_shard of shard 00001 ({inputs[1]}) failed while reading {inputs[1]} (line 3): " \
+           "IsADirectoryError" in msg, msg

@@ -7,6 +7,7 @@ import pytest
 from megasnow import _dataset_helpers
 from megasnow.data.blended_dataset import BlendedDataset, BlendEntry, build_gpt_dataset
 from megasnow.data.gpt_dataset import GPTDataset, GPTDatasetError
+from tests.conftest import anchor_missing
 from tests.data.test_gpt_dataset import megatron_helpers, write_documents
 
 
@@ -35,9 +36,7 @@ def test_largest_deficit_counts_stay_within_one_of_weight_times_n(weights):
 
 
 def test_blending_matches_megatron():
-    megatron = megatron_helpers()
-    if megatron is None:
-        pytest.skip("megatron-core helpers_cpp not available")
+    megatron = megatron_helpers() or anchor_missing("megatron-core", "its compiled helpers_cpp was not found")
     rng = np.random.default_rng(3)
     for _ in range(20):
         k = int(rng.integers(1, 6))

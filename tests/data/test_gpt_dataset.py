@@ -11,6 +11,7 @@ import pytest
 from megasnow import _dataset_helpers
 from megasnow.data.gpt_dataset import SPLIT_SEED, GPTDataset, GPTDatasetError
 from megasnow.data.indexed import IndexedDatasetBuilder, IndexedDatasetError, data_file_path, index_file_path
+from tests.conftest import anchor_missing
 
 # ---- pure-Python reference of the documented randomness (csrc/dataset_helpers.cpp) -------------------------------
 M64 = (1 << 64) - 1
@@ -139,9 +140,7 @@ def test_int32_token_datasets(tmp_path):
 
 
 def test_sample_index_matches_megatron_build_sample_idx():
-    megatron = megatron_helpers()
-    if megatron is None:
-        pytest.skip("megatron-core helpers_cpp not available")
+    megatron = megatron_helpers() or anchor_missing("megatron-core", "its compiled helpers_cpp was not found")
     rng = np.random.default_rng(2)
     for _ in range(100):
         n = int(rng.integers(1, 40))

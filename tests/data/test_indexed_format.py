@@ -16,6 +16,7 @@ from megasnow.data.indexed import (
     index_file_path,
     write_dataset,
 )
+from tests.conftest import require_anchor
 
 # Two documents: doc 0 = sequences [1, 2, 3] and [7]; doc 1 = [65535]; uint16.
 GOLDEN_IDX = bytes.fromhex(
@@ -133,7 +134,7 @@ def mcore():
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return pytest.importorskip("megatron.core.datasets.indexed_dataset")
+        return require_anchor("megatron.core.datasets.indexed_dataset", "megatron-core")
 
 
 def _random_docs(seed, vocab, n_docs):

@@ -10,6 +10,7 @@ import pytest
 
 from megasnow.data.indexed import IndexedDataset, IndexedDatasetBuilder, IndexedDatasetError, write_dataset
 from megasnow.data.tokenizer import load_tokenizer
+from megasnow.utils.cli import run_tool
 from megasnow.utils.records import RecordError
 from tests.data.code_fixtures import hf_tokenizer_json, real_code_files, sentencepiece_model
 
@@ -212,8 +213,9 @@ def test_cli_and_merge(tmp_path, sp_tok, capsys):
             os.rename(tmp_path / f"{part}_text_document{ext}", folder / f"{part}{ext}")
     assert merge_datasets.main(["--input", str(folder), "--output-prefix", str(tmp_path / "merged2")]) == 0
     assert _bytes(str(tmp_path / "merged2")) == _bytes(expected)
-    assert preprocess_data.main(["--input", str(tmp_path / "nothing*.jsonl"), "--output-prefix", "x",
-                                 "--tokenizer-model", sentencepiece_model()]) == 1
+    assert run_tool(preprocess_data.main, ["--input", str(tmp_path / "nothing*.jsonl"), "--output-prefix", "x",
+                                           "--tokenizer-model", sentencepiece_model()]) == 2
+    assert capsys.readouterr().err.startswith("error: input ")
 
 
 def test_merge_rejects_mismatched_dtypes(tmp_path):

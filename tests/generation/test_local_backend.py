@@ -108,3 +108,22 @@ def test_hf_export_serves_the_same_text(engine, tiny, tmp_path):
     ours = [[c.text for c in r.choices] for r in LocalBackend(engine).generate(requests)]
     theirs = [[c.text for c in r.choices] for r in LocalBackend(hf).generate(requests)]
     assert ours == theirs
+
+
+def test_a_failed_batch_fails_only_its_requests(engine, monkeypatch):
+    calls = []
+    real = LocalEngine.run_batch
+
+    def flaky(self, specs):
+        calls.append(len(specs))
+        if len(calls) == 1:
+            raise RuntimeError("out of memory")
+        yield from real(self, specs)
+
+    monkeypatch.setattr(LocalEngine, "run_batch", flaky)
+    small = LocalEngine(engine.model, engine.files, model_name="tiny", max_num_seqs=1)
+    requests = [req(i, "x" * (i + 1), max_tokens=2) for i in range(3)]
+    results = {r.request_id: r for r in LocalBackend(small).generate(requests)}
+    assert results["0"].error == "generation failed: RuntimeError: out of memory"
+    assert results["0"].error_kind == "unavailable"
+    assert results["1"].ok and results["2"].ok and calls == [1, 1, 1]

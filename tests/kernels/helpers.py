@@ -22,8 +22,8 @@ def run_with_grads(fn, inputs, n_grad=None, grad_out_seed=7):
     leaves = [x.detach().clone().requires_grad_(x.is_floating_point() and i < n_grad) for i, x in enumerate(inputs)]
     out = fn(*leaves)
     outs = out if isinstance(out, tuple) else (out,)
-    gen = torch.Generator().manual_seed(grad_out_seed)
-    loss = sum((o.float() * torch.randn(o.shape, generator=gen)).sum() for o in outs)
+    gen = torch.Generator().manual_seed(grad_out_seed)  # a CPU generator: the same cotangent on every device
+    loss = sum((o.float() * torch.randn(o.shape, generator=gen, device="cpu").to(o.device)).sum() for o in outs)
     loss.backward()
     return [o.detach() for o in outs], [x.grad for x in leaves if x.requires_grad]
 

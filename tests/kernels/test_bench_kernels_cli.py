@@ -1,4 +1,5 @@
-"""tools/bench_kernels.py runs on CPU at the smallest size and writes the expected CSV rows and a PNG."""
+"""tools/bench_kernels.py runs on CPU (even where a GPU is present) at the smallest size and writes the expected
+CSV rows and a PNG."""
 
 import csv
 import os
@@ -18,11 +19,11 @@ def test_bench_kernels_quick_cpu_run_writes_csv_and_plot(tmp_path):
     prefix = tmp_path / "kernels"
     res = subprocess.run(
         [sys.executable, str(REPO / "tools" / "bench_kernels.py"), "--quick", "--tokens", "4", "--reps", "1",
-         "--out", str(prefix)],
+         "--device", "cpu", "--out", str(prefix)],
         capture_output=True, text=True, timeout=300, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert res.returncode == 0, res.stderr[-3000:]
-    assert "no GPU present" in res.stderr
+    assert "running on CPU" in res.stderr
 
     with open(prefix.with_suffix(".csv"), newline="") as f:
         reader = csv.DictReader(f)
@@ -31,7 +32,7 @@ def test_bench_kernels_quick_cpu_run_writes_csv_and_plot(tmp_path):
     assert {(r["op"], r["mode"], r["provider"]) for r in rows} == {(o, m, p) for o in OPS for m in MODES for p in PROVIDERS}
     assert len(rows) == len(OPS) * len(MODES) * len(PROVIDERS)
     for r in rows:
-        assert r["tokens"] == "4" and r["dtype"] == "bf16" and r["device"] == "cpu (no GPU)"
+        assert r["tokens"] == "4" and r["dtype"] == "bf16" and r["device"].startswith("cpu (")
         if r["provider"] in ("megasnow", "torch_eager"):  # measured on CPU
             assert r["status"] == "ok", r
             assert float(r["median_ms"]) > 0 and float(r["value"]) > 0

@@ -73,14 +73,22 @@ class StandInModel(nn.Module):
         return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
 
 
-def make_microbatches(num, batch, seq, vocab, seed=0):
-    """`num` micro-batches of random tokens; labels are shifted tokens with a few positions ignored."""
+def make_microbatches(num, batch, seq, vocab, seed=0, uneven_masks=False):
+    """`num` micro-batches of random tokens; labels are shifted tokens with a few positions ignored.
+
+    `uneven_masks`: each sequence instead ignores a random prefix of 0..seq labels (some sequences all of
+    them), so micro-batches and data-parallel ranks count different numbers of tokens, as loss masks do.
+    """
     g = torch.Generator().manual_seed(seed)
     out = []
     for _ in range(num):
         x = torch.randint(0, vocab, (batch, seq + 1), generator=g)
         labels = x[:, 1:].clone()
-        labels[:, :2] = -100 if seq > 4 else labels[:, :2]
+        if uneven_masks:
+            for row, masked in enumerate(torch.randint(0, seq + 1, (batch,), generator=g).tolist()):
+                labels[row, :masked] = -100
+        elif seq > 4:
+            labels[:, :2] = -100
         out.append({"tokens": x[:, :-1].contiguous(), "labels": labels})
     return out
 
@@ -110,6 +118,25 @@ def reference_run(model, microbatches_per_step, clip_grad):
     return losses, norms, {n: p.detach().clone() for n, p in model.named_parameters()}
 
 
+def reference_run_per_token(model, microbatches_per_step, clip_grad):
+    """Like reference_run, but each step's loss is sum(token losses) / sum(tokens) over all its micro-batches,
+    computed from the full logits (an independent route from the model's fused loss); the per-micro-batch
+    losses reported are each micro-batch's own token mean (0 when it has no tokens)."""
+    opt = torch.optim.AdamW(param_groups(model), lr=LR, betas=BETAS, eps=EPS, foreach=False)
+    losses, norms = [], []
+    for mbs in microbatches_per_step:
+        opt.zero_grad(set_to_none=True)
+        sums = [F.cross_entropy(model(mb["tokens"]).flatten(0, 1).float(), mb["labels"].flatten(),
+                                ignore_index=-100, reduction="sum") for mb in mbs]
+        counts = [int((mb["labels"] != -100).sum()) for mb in mbs]
+        (sum(sums) / sum(counts)).backward()
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad if clip_grad else float("inf"))
+        opt.step()
+        losses.append([s.item() / max(n, 1) for s, n in zip(sums, counts)])
+        norms.append(float(norm))
+    return losses, norms, {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
 def stand_in_factory(cfg, pre_process=True, post_process=True, layer_ids=None):
     return StandInModel(cfg, pre_process, post_process, layer_ids)
 
@@ -130,9 +157,11 @@ def tiny_llama_config(**overrides):
 
 
 def run_layout(model_cfg, factory, parallel_kwargs, steps=3, microbatches_per_rank=4, batch=2, seq=8, clip_grad=0.5,
-               seed=1234, reference_cfg=None):
+               seed=1234, reference_cfg=None, per_token_loss=False):
     """Train `steps` steps with `parallel_kwargs` on this rank and compare with a one-process reference.
 
+    `per_token_loss`: micro-batches with uneven loss masks, trained with forward_backward(per_token_loss=True)
+    against the single-process per-token mean (reference_run_per_token).
     Returns the largest differences found (per-micro-batch losses, grad norms, weights) and where.
     Must run inside a process group (run_processes); builds and then forgets its process groups.
     """
@@ -144,7 +173,8 @@ def run_layout(model_cfg, factory, parallel_kwargs, steps=3, microbatches_per_ra
     pcfg = ParallelConfig(**parallel_kwargs)
     dp = pcfg.data_parallel_size(state.get_world_size())
     global_mbs = microbatches_per_rank * dp
-    data = [make_microbatches(global_mbs, batch, seq, model_cfg.vocab_size, seed=100 + s) for s in range(steps)]
+    data = [make_microbatches(global_mbs, batch, seq, model_cfg.vocab_size, seed=100 + s, uneven_masks=per_token_loss)
+            for s in range(steps)]
 
     # Reference: the whole model in this process, sizes 1 (the groups exist but nothing is split).
     state.destroy_model_parallel()
@@ -152,7 +182,8 @@ def run_layout(model_cfg, factory, parallel_kwargs, steps=3, microbatches_per_ra
     torch.manual_seed(0)
     ref_model = factory(reference_cfg or model_cfg)
     ref_model.init_weights(seed)
-    ref_losses, ref_norms, ref_weights = reference_run(ref_model, data, clip_grad)
+    reference = reference_run_per_token if per_token_loss else reference_run
+    ref_losses, ref_norms, ref_weights = reference(ref_model, data, clip_grad)
     state.destroy_model_parallel()
 
     state.initialize_model_parallel(pcfg.tensor, pcfg.pipeline, pcfg.virtual_pipeline)
@@ -160,16 +191,17 @@ def run_layout(model_cfg, factory, parallel_kwargs, steps=3, microbatches_per_ra
     chunks = build_model(model_cfg, pcfg, seed, model_factory=factory)
     opt = build_optimizer(chunks, LR, WEIGHT_DECAY, BETAS, EPS, clip_grad, pcfg.use_distributed_optimizer)
     d = state.get_data_parallel_rank()
-    out = {"loss": 0.0, "norm": 0.0, "weight": 0.0, "where": "", "num_losses": 0}
+    out = {"loss": 0.0, "loss_rel": 0.0, "norm": 0.0, "weight": 0.0, "where": "", "num_losses": 0}
     for s in range(steps):
         opt.zero_grad()
         mine = data[s][d * microbatches_per_rank:(d + 1) * microbatches_per_rank]
-        losses = forward_backward(chunks, mine)
+        losses = forward_backward(chunks, mine, per_token_loss=per_token_loss)
         updated, norm = opt.step()
         assert updated, f"step {s} skipped with grad norm {norm}"
         if losses:
             expected = ref_losses[s][d * microbatches_per_rank:(d + 1) * microbatches_per_rank]
             out["loss"] = max(out["loss"], max(abs(a - b) for a, b in zip(losses, expected)))
+            out["loss_rel"] = max(out["loss_rel"], max(abs(a - b) / max(abs(b), 1e-12) for a, b in zip(losses, expected)))
             out["num_losses"] += len(losses)
         out["norm"] = max(out["norm"], abs(norm - ref_norms[s]))
     tp, tp_rank = state.get_tensor_parallel_world_size(), state.get_tensor_parallel_rank()

@@ -142,11 +142,11 @@ def test_failing_shard_is_retried_and_never_half_written(tiny_annotator, tmp_pat
     real_score_texts = score_mod.BatchedScorer.score_texts
     calls = {"n": 0}
 
-    def flaky(self, texts):  # the second chunk of the first attempt dies mid-shard
+    def flaky(self, texts, **kw):  # the second chunk of the first attempt dies mid-shard
         calls["n"] += 1
         if calls["n"] == 2:
             raise OSError("simulated worker failure")
-        return real_score_texts(self, texts)
+        return real_score_texts(self, texts, **kw)
 
     monkeypatch.setattr(score_mod.BatchedScorer, "score_texts", flaky)
     out = str(tmp_path / "out")
@@ -155,7 +155,7 @@ def test_failing_shard_is_retried_and_never_half_written(tiny_annotator, tmp_pat
     assert _score_files(out) == reference
     assert not glob.glob(os.path.join(out, ".*.tmp"))
 
-    def always_fails(self, texts):
+    def always_fails(self, texts, **kw):
         raise OSError("disk on fire")
 
     monkeypatch.setattr(score_mod.BatchedScorer, "score_texts", always_fails)
@@ -228,3 +228,16 @@ def test_corrupt_shards_are_reported_not_fatal(tiny_annotator, tmp_path, monkeyp
     assert calls["n"] == 2 and retried["unreadable_shards"] == [] and retried["scored"] == 20
     assert _score_files(str(tmp_path / "retried")) == {"shard0.scores.jsonl":
                                                        (tmp_path / "out" / "shard0.scores.jsonl").read_bytes()}
+
+
+def test_default_threads_split_cores_only_when_openmp_threads_sleep(monkeypatch):
+    from megasnow.quality.score import default_threads
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "4")
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    assert default_threads("cpu", 1) == 1  # spinning OpenMP threads: one (measured 0.6-0.7x with two when busy)
+    monkeypatch.setenv("OMP_WAIT_POLICY", "passive")
+    assert [default_threads("cpu", w) for w in (1, 2, 3, 8)] == [4, 2, 1, 1]
+    assert default_threads("cuda", 1) == 1
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    assert default_threads("cpu", 1) == 1

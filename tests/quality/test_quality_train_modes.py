@@ -98,12 +98,16 @@ def test_train_command_end_to_end(tmp_path, capsys):
 
 
 def test_train_command_bad_inputs_fail_clearly(tmp_path, capsys):
+    from megasnow.utils.cli import run_tool
     from tools.annotate import main
 
     docs = write_jsonl(str(tmp_path / "docs.jsonl"), [{"text": f"int x{i};\n"} for i in range(4)])
-    with pytest.raises(SystemExit, match="give --positives and/or --instructions"):
-        main(["train", "--negatives", docs, "--output", str(tmp_path / "a")])
+    assert run_tool(main, ["train", "--negatives", docs, "--output", str(tmp_path / "a")]) == 2
+    assert capsys.readouterr().err == "error: train: give --positives and/or --instructions\n"
     pos = write_jsonl(str(tmp_path / "pos.jsonl"), [{"text": f"def f():\n    return {i}\n"} for i in range(4)])
-    assert main(["train", "--positives", pos, "--negatives", docs, "--output", str(tmp_path / "b"),
-                 "--heldout-fraction", "0.25", "--encoder", str(tmp_path / "no_encoder")]) == 2
-    assert "encoder folder" in capsys.readouterr().err and not os.path.exists(tmp_path / "b")
+    assert run_tool(main, ["train", "--positives", pos, "--negatives", docs, "--output", str(tmp_path / "b"),
+                           "--heldout-fraction", "0.25", "--encoder", str(tmp_path / "no_encoder"),
+                           "--save-splits", str(tmp_path / "splits")]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1].startswith("error: encoder folder") and str(tmp_path / "no_encoder") in err[-1]
+    assert not os.path.exists(tmp_path / "b") and not os.path.exists(tmp_path / "splits")

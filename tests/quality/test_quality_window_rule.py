@@ -6,6 +6,7 @@ from megasnow.quality.documents import check_document_text
 from megasnow.quality.metrics import classification_metrics, roc_auc
 from megasnow.quality.score import length_sorted_batches
 from megasnow.quality.windows import score_token_lists, window_starts
+from tests.conftest import require_anchor
 
 
 class RecordingScorer:
@@ -66,7 +67,7 @@ def test_length_sorted_batches_respect_token_budget_and_cover_everything():
 
 
 def test_roc_auc_matches_sklearn_with_ties():
-    sklearn_metrics = pytest.importorskip("sklearn.metrics")
+    sklearn_metrics = require_anchor("sklearn.metrics", "scikit-learn")
     rng = np.random.default_rng(1)
     labels = rng.integers(0, 2, size=300)
     scores = np.round(rng.random(300) + 0.3 * labels, 1)  # rounding creates many ties

@@ -1,6 +1,7 @@
 """The trainer on 2 gloo processes: data=2 and tensor=2 give the single-process per-step losses of the same global
 batch, a 2-rank checkpoint resumes exactly, and layouts the batch or sequence cannot run are refused at set-up."""
 import os
+from pathlib import Path
 
 import pytest
 import yaml
@@ -94,3 +95,102 @@ def test_tensor_parallel_matches_one_process_and_bad_layouts_are_refused(tmp_pat
     assert "multiple of parallel.pipeline (2)" in interleaved
     assert "data.seq_len (31) must be a multiple of parallel.tensor (2)" in seq_parallel
     assert not os.path.exists(tmp_path / "refuse" / "log" / "metrics.jsonl")  # before anything ran
+
+
+def masked_labels(self, samples, indices):
+    """A stand-in loss mask: sample i ignores its first (7 i) mod (S + 1) labels, so micro-batches and ranks count
+    different numbers of tokens (some none at all)."""
+    labels = samples[:, 1:].clone()
+    for row, i in enumerate(indices):
+        labels[row, :(7 * int(i)) % (labels.shape[1] + 1)] = -100
+    return labels
+
+
+PER_TOKEN = ["checkpoint.dir=null", "train.calculate_per_token_loss=true"]
+RESUMED_LAYOUTS = {"pp2": ["parallel.pipeline=2"],
+                   "zero1": ["parallel.use_distributed_optimizer=true", "parallel.bucket_size_mb=0.001"]}
+PER_TOKEN_LAYOUTS = {"dp2": PER_TOKEN, "dp2_mb1": PER_TOKEN + ["train.micro_batch_size=1"]}
+
+
+def _two_rank_runs(rank, world, root, prefix):
+    """One spawn for the tests below: pipeline=2 and data=2 + ZeRO-1 each train all steps, then resume from step 2
+    into a fresh log folder; then, under a loss mask, data=2 with the per-token loss (micro-batches of 2 and 1)."""
+    import torch.distributed as dist
+
+    from megasnow.train.data import MicroBatches
+
+    for name, overrides in RESUMED_LAYOUTS.items():
+        config = make_config(Path(root) / name, prefix)
+        train_in_process(config, *overrides)
+        if rank == 0:
+            with open(os.path.join(root, name, "ckpt", "latest"), "w") as f:
+                f.write("step_00000002\n")
+        dist.barrier()
+        train_in_process(config, *overrides, f"log.dir={os.path.join(root, name, 'resumed_log')}")
+    MicroBatches.labels = masked_labels
+    for name, overrides in PER_TOKEN_LAYOUTS.items():
+        train_in_process(make_config(Path(root) / name, prefix), *overrides)
+    return "ok"
+
+
+@pytest.fixture(scope="module")
+def two_rank_runs(tmp_path_factory, data):
+    root = tmp_path_factory.mktemp("two_rank")
+    assert run_processes(_two_rank_runs, 2, (str(root), data), timeout_s=240) == ["ok", "ok"]
+    return root
+
+
+def test_pipeline_and_distributed_optimizer_match_one_process_and_resume_exactly(tmp_path, data, two_rank_runs):
+    """The trainer with pipeline=2 (1F1B over the 2 layers) and with data=2 + ZeRO-1 (its optimizer state sharded
+    over both ranks, several buckets) gives the single-process losses, and a 2-rank checkpoint resumes exactly."""
+    single = make_config(tmp_path / "single", data)
+    train_in_process(single, "checkpoint.dir=null")
+    reference = step_losses(tmp_path / "single" / "log")
+    for name, key, value in (("pp2", "pipeline", 2), ("zero1", "use_distributed_optimizer", True)):
+        with open(two_rank_runs / name / "log" / "config.yaml") as f:
+            assert yaml.safe_load(f)["parallel"][key] == value
+        got = step_losses(two_rank_runs / name / "log")
+        assert got == pytest.approx(reference, abs=1e-5), name
+        assert step_losses(two_rank_runs / name / "resumed_log") == got[2:], name  # exact, float for float
+
+
+def first_step_per_token_loss(config):
+    """The first step's loss computed apart from the trainer's loss path: the set-up model's full logits on the
+    first global batch, summed cross entropy over unmasked labels / their number."""
+    import torch
+    import torch.nn.functional as F
+
+    from megasnow.parallel import state
+    from megasnow.train.config import load_train_config
+    from megasnow.train.trainer import Trainer
+
+    trainer = Trainer(load_train_config(config, ["checkpoint.dir=null"])).setup()
+    try:
+        dataset = trainer.datasets[0][0]
+        samples = torch.tensor([list(dataset[i]) for i in range(4)], dtype=torch.int64)
+        labels = masked_labels(None, samples, range(4))
+        with torch.no_grad():
+            logits = trainer.model_chunks[0](samples[:, :-1])
+        total = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100, reduction="sum")
+        return float(total) / int((labels != -100).sum())
+    finally:
+        trainer.metrics.close()
+        state.destroy_model_parallel()
+
+
+def test_per_token_loss_with_uneven_masks_matches_one_process(tmp_path, data, monkeypatch, two_rank_runs):
+    """train.calculate_per_token_loss with a loss mask that counts different tokens per sample: one process (2
+    micro-batches of 2), data=2 (1 of 2 per rank) and data=2 with micro-batches of 1 give the same steps, and
+    the logged loss is the per-token mean of the global batch. Without the option a masked batch is refused."""
+    from megasnow.train.data import MicroBatches
+
+    monkeypatch.setattr(MicroBatches, "labels", masked_labels)
+    one = make_config(tmp_path / "one", data)
+    with pytest.raises(ConfigError, match=r"a loss mask needs the per-token loss, set "
+                                          r"train\.calculate_per_token_loss=true"):
+        train_in_process(one, "checkpoint.dir=null")
+    train_in_process(one, *PER_TOKEN)
+    reference = step_losses(tmp_path / "one" / "log")
+    assert reference[0] == pytest.approx(first_step_per_token_loss(one), abs=1e-5)
+    for name in PER_TOKEN_LAYOUTS:
+        assert step_losses(two_rank_runs / name / "log") == pytest.approx(reference, abs=1e-5), name

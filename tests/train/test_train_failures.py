@@ -97,5 +97,42 @@ def test_impossible_batch_fails_before_the_first_step(tmp_path, prefix):
 def test_shape_mismatch_on_resume_names_the_tensor(tmp_path, prefix):
     cfg = config(tmp_path, prefix, steps=2)
     train_in_process(cfg)
+    # refused by the config comparison first, naming the key; forced, the checkpoint names the tensor
+    with pytest.raises(ConfigError, match=r"model\.ffn_hidden_size None -> 128 would break exact resume"):
+        train_in_process(cfg, "model.ffn_hidden_size=128", "phases.0.steps=4")
     with pytest.raises(ckpt.CheckpointError, match=r"shape mismatch for tensor 'layers\.0\.mlp\.gate_up_proj\.weight'"):
-        train_in_process(cfg, "model.ffn_hidden_size=128", "train.steps=4")
+        train_in_process(cfg, "model.ffn_hidden_size=128", "phases.0.steps=4", "checkpoint.allow_config_change=true")
+
+
+def test_skipped_step_does_not_advance_the_schedule_and_resumes_exactly(tmp_path, prefix):
+    """Megatron's rule: the LR schedule moves only after a successful update. Step 3 is skipped (NaN), so step 4
+    trains at the LR step 3 would have had; resuming from the checkpoints before and after the skip replays the
+    same LRs and losses."""
+    from megasnow.train.config import load_train_config, resolve_phases
+    from megasnow.train.schedules import lr_at
+
+    warmup = {"style": "linear", "max_lr": 3e-3, "min_lr": 0.0, "warmup_steps": 3}
+    cfg = config(tmp_path, prefix, steps=6, schedule=warmup, train={"debug_nan_steps": [3]},
+                 checkpoint={"interval": 2, "keep_last": 0})
+    state = train_in_process(cfg)
+    assert (state.nan_skips, state.scheduler_steps) == (1, 5)
+    recs = losses(str(tmp_path / "log"))
+    schedule = resolve_phases(load_train_config(cfg))[0].schedule
+    assert [r["lr"] for r in recs] == [lr_at(k, schedule, 6) for k in (0, 1, 2, 2, 3, 4)]
+    assert ckpt.read_meta(os.path.join(tmp_path, "ckpt", "step_00000004"))["trainer"]["scheduler_steps"] == 3
+    for resume_at in (2, 4):  # before and after the skipped step
+        with open(tmp_path / "ckpt" / "latest", "w") as f:
+            f.write(f"step_{resume_at:08d}\n")
+        log = tmp_path / f"resumed_{resume_at}"
+        train_in_process(cfg, f"log.dir={log}")
+        fields = [(r["step"], r["lr"], r["skipped"], str(r["loss"])) for r in losses(str(log))]  # str: NaN == NaN
+        assert fields == [(r["step"], r["lr"], r["skipped"], str(r["loss"])) for r in recs[resume_at:]]
+
+
+def test_checkpoint_without_scheduler_steps_resumes_at_its_step_in_phase():
+    """Checkpoints written before scheduler_steps existed advanced the schedule on every step."""
+    from megasnow.train.trainer import _trainer_state
+
+    old = {"step": 7, "phase": 1, "step_in_phase": 3, "consumed_samples": 12, "nan_skips": 1}
+    assert _trainer_state(old).scheduler_steps == 3
+    assert _trainer_state(dict(old, scheduler_steps=2, unknown_key=1)).scheduler_steps == 2

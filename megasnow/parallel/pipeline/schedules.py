@@ -1,13 +1,18 @@
 """Forward/backward schedules: no pipelining (gradient accumulation), 1F1B, and interleaved 1F1B.
 
 `forward_backward` runs one optimizer step's worth of micro-batches on this rank's model chunks and
-returns the last stage's micro-batch losses. The step's loss is the mean of those losses, so every
-micro-batch's loss is scaled by 1/num_microbatches before its backward. Schedules follow Megatron's,
-with the stage-to-stage transfers done by `p2p.communicate` (no CUDA-only calls).
+returns the last stage's micro-batch losses (each the mean over its tokens whose label is not -100).
+The gradient is that of the mean of those losses (each scaled by 1/num_microbatches before its backward,
+then averaged over data-parallel ranks), or with `per_token_loss` that of the per-token mean over the
+whole global batch (Megatron's --calculate-per-token-loss). Schedules follow Megatron's, with the
+stage-to-stage transfers done by `p2p.communicate` (no CUDA-only calls).
 """
 import torch
+import torch.distributed as dist
 
 from megasnow.parallel import state
+
+IGNORE_INDEX = -100
 from megasnow.parallel.pipeline.p2p import communicate
 
 
@@ -15,16 +20,22 @@ class ScheduleError(ValueError):
     """A micro-batch count or chunk list the chosen schedule cannot run; says what to change."""
 
 
-def forward_backward(model_chunks, microbatches, forward_only=False):
+def forward_backward(model_chunks, microbatches, forward_only=False, per_token_loss=False):
     """Run all micro-batches through this rank's chunks (and backward unless `forward_only`).
 
     `microbatches`: list of dicts with "tokens" and "labels" [B, S] (optionally "document_ids"); every
     pipeline stage gets the same list. Returns the float losses on the last stage, [] elsewhere.
     After the backward pass the gradients are final: data-parallel reduced, tied embeddings summed.
+
+    `per_token_loss`: the gradient is that of sum(token losses) / sum(tokens) over every micro-batch of
+    every data-parallel rank (labels -100 excluded), rather than the mean of micro-batch means; the two
+    differ whenever micro-batches count different numbers of tokens (loss masks). Costs one all-reduce
+    of a scalar over the data-parallel group, on the device (no host sync).
     """
     if not microbatches:
         raise ScheduleError("forward_backward needs at least one micro-batch")
-    run = _Run(model_chunks, microbatches, forward_only)
+    scales = None if forward_only or not per_token_loss else per_token_loss_scales(microbatches)
+    run = _Run(model_chunks, microbatches, forward_only, scales)
     pp = state.get_pipeline_parallel_world_size()
     if pp == 1:
         if len(model_chunks) != 1:
@@ -40,6 +51,27 @@ def forward_backward(model_chunks, microbatches, forward_only=False):
     return [float(x) for x in torch.stack(run.losses).float().cpu()] if run.losses else []
 
 
+def token_counts(microbatches):
+    """Tokens that count in each micro-batch's loss (labels != -100), as one int64 tensor [num_microbatches]."""
+    return torch.stack([(mb["labels"] != IGNORE_INDEX).sum() for mb in microbatches])
+
+
+def per_token_loss_scales(microbatches):
+    """Factor for each micro-batch's mean loss so the step's gradient is the global per-token mean.
+
+    Micro-batch j of this rank has n_j tokens and mean loss L_j = S_j / n_j; the global batch has N tokens
+    over all micro-batches and data-parallel ranks. The data-parallel reduction averages over dp ranks, so
+    scaling L_j by n_j * dp / N makes the reduced gradient that of sum_j S_j / N: the token losses and the
+    token counts are summed over micro-batches and ranks and divided once (Megatron's per-token loss).
+    """
+    counts = token_counts(microbatches).double()
+    total = counts.sum()
+    dp = state.get_data_parallel_world_size()
+    if dp > 1:
+        dist.all_reduce(total, group=state.get_data_parallel_group())
+    return (counts * dp / total.clamp(min=1)).float()
+
+
 def finalize_model_grads(model_chunks):
     """Make gradients final: sum tied embeddings across first/last stage, then finish the DP reduction."""
     from megasnow.parallel.data_parallel.ddp import allreduce_tied_embedding_grads
@@ -53,11 +85,12 @@ def finalize_model_grads(model_chunks):
 class _Run:
     """Per-call bookkeeping: micro-batches, losses, activation shape, backward counts per chunk."""
 
-    def __init__(self, model_chunks, microbatches, forward_only):
+    def __init__(self, model_chunks, microbatches, forward_only, loss_scales=None):
         self.chunks = model_chunks
         self.microbatches = microbatches
         self.num_microbatches = len(microbatches)
         self.forward_only = forward_only
+        self.loss_scales = loss_scales  # per micro-batch (per-token loss); None: 1 / num_microbatches
         self.losses = []
         self.backward_counts = [0] * len(model_chunks)
         self.forward_counts = [0] * len(model_chunks)
@@ -69,7 +102,8 @@ class _Run:
     def forward(self, chunk_id, input_tensor):
         """Forward the chunk's next micro-batch; returns the scaled loss (last stage) or hidden states."""
         chunk = self.chunks[chunk_id]
-        mb = self.microbatches[self.forward_counts[chunk_id]]
+        index = self.forward_counts[chunk_id]
+        mb = self.microbatches[index]
         self.forward_counts[chunk_id] += 1
         state.set_virtual_pipeline_parallel_rank(chunk_id if len(self.chunks) > 1 else None)
         last = state.is_pipeline_last_stage()
@@ -79,7 +113,10 @@ class _Run:
             out = chunk(mb["tokens"], labels=mb["labels"] if last else None, **kwargs)
         if last:
             self.losses.append(out.detach())  # converted to floats once, at the end (one host sync)
-            out = out / self.num_microbatches
+            if self.loss_scales is None:
+                out = out / self.num_microbatches
+            else:
+                out = out * self.loss_scales[index].to(out.dtype)
         return out
 
     def backward(self, chunk_id, input_tensor, output_tensor, output_grad):

@@ -1,0 +1,1 @@
+"""The one prepared GPU run (benchmarks/gpu_suite.sh): its plan, runner, device checks and summary."""

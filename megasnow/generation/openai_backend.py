@@ -1,0 +1,305 @@
+"""Generation through any OpenAI-compatible endpoint (vLLM, SGLang, llama.cpp, megasnow.serve) with the `openai` SDK.
+
+Async under the hood (one event loop on a background thread, `concurrency` requests in flight, spread over several
+base URLs), synchronous to the caller: `generate(requests)` yields results as they complete. Retries (tenacity,
+exponential backoff with full jitter) cover only what a retry can cure: 429, 5xx, timeouts, connection errors.
+"""
+import asyncio
+import itertools
+import os
+import queue
+import threading
+
+from megasnow.errors import UserError
+from megasnow.generation.base import GenerationBackend
+from megasnow.generation.protocol import Choice, GenerationResult
+
+RETRY_STATUS = 429  # and every status >= 500
+_DONE = object()
+
+
+class EndpointError(UserError):
+    """An endpoint that cannot serve any request: unreachable after its retries, or refusing our API key."""
+
+
+def is_retryable(exc):
+    """True for errors a retry may cure: 429, 5xx, timeouts and connection errors (never other 4xx)."""
+    import openai
+
+    if isinstance(exc, openai.APIStatusError):
+        return exc.status_code == RETRY_STATUS or exc.status_code >= 500
+    return isinstance(exc, (openai.APIConnectionError, openai.APITimeoutError))
+
+
+def error_kind(exc):
+    """The GenerationResult.error_kind of a failed call (see megasnow.generation.protocol)."""
+    import openai
+
+    if isinstance(exc, openai.APITimeoutError):
+        return "timeout"
+    if isinstance(exc, openai.APIStatusError):
+        if exc.status_code in (401, 403):
+            return "auth"
+        return "unavailable" if is_retryable(exc) else "bad_request"
+    if isinstance(exc, openai.APIConnectionError):
+        return "unavailable"
+    return "bad_response"
+
+
+def describe_error(exc):
+    """One line: the HTTP status (when there is one) and the server's message."""
+    status = getattr(exc, "status_code", None)
+    text = " ".join(str(exc).split())[:300] or type(exc).__name__
+    return f"HTTP {status}: {text}" if status else f"{type(exc).__name__}: {text}"
+
+
+def request_body(req, model):
+    """The JSON body sent for a GenerationRequest (/v1/chat/completions when it has messages, else
+    /v1/completions): OpenAI field names, optional fields only when set."""
+    p = req.params
+    body = {"model": model, "max_tokens": p.max_tokens, "temperature": p.temperature, "top_p": p.top_p, "n": p.n}
+    if p.stop:
+        body["stop"] = list(p.stop)
+    if p.seed is not None:
+        body["seed"] = p.seed
+    if req.messages is not None:
+        body["messages"] = list(req.messages)
+    else:
+        body["prompt"] = req.prompt
+        if req.suffix is not None:
+            body["suffix"] = req.suffix
+    return body
+
+
+class OpenAIBackend(GenerationBackend):
+    """Requests against one or more OpenAI-compatible base URLs (e.g. `http://host:8000/v1`, one per replica).
+
+    model: the served model name; "" asks the first URL's `GET /models` and takes its first model.
+    api_key_env: environment variable holding the API key (unset: the placeholder "EMPTY", which vLLM and
+        megasnow.serve accept when started without a key).
+    concurrency: requests in flight over all URLs; each new request goes to the URL with the fewest in flight,
+        and a retry prefers another URL than the one that just failed.
+    timeout: per-request deadline in seconds (connect + generate); a request past it is retried.
+    max_retries: retries per request after the first attempt (429, 5xx, timeouts, connection errors only);
+        waits are random in [0, min(backoff_max, backoff_initial * 2**attempt)] seconds ("full jitter").
+    abort_after_failures: this many requests in a row failing after their retries (server gone) raise
+        EndpointError instead of burning through the rest of the work.
+    Raises EndpointError (a UserError naming the URL) when a URL is unreachable at start-up after the retries, or
+    answers 401/403 at any time. Any other failed request comes back as a result with `error` set.
+    """
+
+    def __init__(self, base_urls, model="", api_key_env="OPENAI_API_KEY", concurrency=64, timeout=600.0,
+                 max_retries=6, backoff_initial=1.0, backoff_max=60.0, abort_after_failures=64, headers=None):
+        if isinstance(base_urls, str):
+            base_urls = [base_urls]
+        self.base_urls = [u.rstrip("/") for u in base_urls]
+        if not self.base_urls:
+            raise UserError("backend.base_urls is empty: give at least one OpenAI-compatible URL, e.g. "
+                            "http://127.0.0.1:8000/v1")
+        if concurrency < 1 or max_retries < 0 or timeout <= 0:
+            raise UserError(f"backend: concurrency ({concurrency}) must be >= 1, max_retries ({max_retries}) >= 0 "
+                            f"and timeout ({timeout}) > 0")
+        self.model_name = model
+        self.api_key_env = api_key_env
+        self.api_key = os.environ.get(api_key_env) or "EMPTY"
+        self.concurrency, self.timeout = concurrency, float(timeout)
+        self.max_retries, self.backoff_initial, self.backoff_max = max_retries, backoff_initial, backoff_max
+        self.abort_after_failures = abort_after_failures
+        self.headers = dict(headers or {})
+        self.retries = 0  # retried attempts over the backend's life (progress reports read it)
+        self.failures = {}  # error_kind -> requests that failed after their retries
+        self._loop = self._thread = None
+        self._clients = {}
+        self._inflight = {u: 0 for u in self.base_urls}
+        self._round_robin = itertools.count()
+        self._started = False
+
+    # ------------------------------------------------------------------ life cycle
+    def start(self):
+        """Start the event loop, check every URL (GET /models, with retries) and resolve the model name."""
+        if self._started:
+            return self
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="openai-backend", daemon=True)
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._probe_all(), self._loop).result()
+        self._started = True
+        return self
+
+    def close(self):
+        if self._loop is None:
+            return
+        if self._clients:
+            asyncio.run_coroutine_threadsafe(self._close_clients(), self._loop).result(timeout=30)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=30)
+        self._loop.close()
+        self._loop = self._thread = None
+        self._started = False
+
+    async def _close_clients(self):
+        for client in self._clients.values():
+            await client.close()
+        self._clients.clear()
+
+    def _client(self, url):
+        client = self._clients.get(url)
+        if client is None:
+            import openai
+
+            # the SDK's own retries are off: ours (below) classify errors and spread retries over the URLs
+            client = self._clients[url] = openai.AsyncOpenAI(
+                base_url=url, api_key=self.api_key, timeout=self.timeout, max_retries=0,
+                default_headers=self.headers or None)
+        return client
+
+    def _retrying(self):
+        from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_random_exponential
+
+        return AsyncRetrying(stop=stop_after_attempt(self.max_retries + 1),
+                             wait=wait_random_exponential(multiplier=self.backoff_initial, max=self.backoff_max),
+                             retry=retry_if_exception(is_retryable), reraise=True)
+
+    async def _probe_all(self):
+        models = await asyncio.gather(*(self._probe(u) for u in self.base_urls))
+        if not self.model_name:
+            if not models[0]:
+                raise EndpointError(f"{self.base_urls[0]}: GET /models lists no model; set backend.model")
+            self.model_name = models[0][0]
+
+    async def _probe(self, url):
+        """The model ids `url` serves; EndpointError when it stays unreachable or refuses the key."""
+        import openai
+
+        attempts = 0
+        try:
+            async for attempt in self._retrying():
+                with attempt:
+                    attempts += 1
+                    page = await self._client(url).models.list()
+            return [m.id for m in page.data]
+        except openai.APIStatusError as e:
+            if e.status_code in (401, 403):
+                raise self._auth_error(url, e) from None
+            if e.status_code == 404:  # a server without /models (some proxies): fine if backend.model is set
+                return []
+            raise EndpointError(f"{url}: {describe_error(e)} after {attempts} attempt(s); check the server") from None
+        except (openai.APIConnectionError, openai.APITimeoutError) as e:
+            raise EndpointError(f"{url}: unreachable after {attempts} attempt(s) ({describe_error(e)}); check "
+                                f"that the server is running and that the URL is right (it usually ends in /v1)"
+                                ) from None
+
+    def _auth_error(self, url, exc):
+        where = f"${self.api_key_env}" if os.environ.get(self.api_key_env) else \
+            f"${self.api_key_env} (unset, so the placeholder key 'EMPTY' was sent)"
+        return EndpointError(f"{url}: {describe_error(exc)}: the server refused the API key from {where}; "
+                             f"set {self.api_key_env} to a key it accepts")
+
+    # ------------------------------------------------------------------ requests
+    def generate(self, requests):
+        """Yield one GenerationResult per request as they complete (see GenerationBackend.generate)."""
+        self.start()
+        results = queue.SimpleQueue()
+        stop = threading.Event()
+        future = asyncio.run_coroutine_threadsafe(self._run(iter(requests), results, stop), self._loop)
+        try:
+            while True:
+                item = results.get()
+                if item is _DONE:
+                    break
+                yield item
+            future.result()  # re-raise what ended the run (EndpointError)
+        finally:
+            if not future.done():  # the caller stopped early (break, Ctrl-C): cancel what is in flight
+                stop.set()
+                self._loop.call_soon_threadsafe(future.cancel)
+                try:
+                    future.result(timeout=30)
+                except BaseException:  # noqa: BLE001 - cancelled or failed: the caller's exception wins
+                    pass
+
+    async def _run(self, requests, results, stop):
+        state = {"consecutive": 0}
+
+        async def worker():
+            for req in requests:  # one shared iterator; the loop runs one worker at a time
+                if stop.is_set():
+                    return
+                res = await self._one(req)
+                kind = res.error_kind
+                if kind is not None:
+                    self.failures[kind] = self.failures.get(kind, 0) + 1
+                state["consecutive"] = state["consecutive"] + 1 if kind in ("unavailable", "timeout") else 0
+                results.put(res)
+                if state["consecutive"] >= self.abort_after_failures:
+                    raise EndpointError(
+                        f"{', '.join(self.base_urls)}: {state['consecutive']} requests in a row failed after "
+                        f"{self.max_retries} retries each (last: {res.error}); is the server still up?")
+
+        tasks = [asyncio.ensure_future(worker()) for _ in range(self.concurrency)]
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            results.put(_DONE)
+
+    def _pick(self, avoid=None):
+        """The URL with the fewest requests in flight (round robin among ties), preferring one that is not `avoid`."""
+        urls = self.base_urls
+        if avoid is not None and len(urls) > 1:
+            urls = [u for u in urls if u != avoid]
+        start = next(self._round_robin) % len(urls)
+        return min((urls[(start + i) % len(urls)] for i in range(len(urls))), key=self._inflight.__getitem__)
+
+    async def _one(self, req):
+        import openai
+
+        attempts, url, last_url = 0, None, None
+        try:
+            async for attempt in self._retrying():
+                with attempt:
+                    attempts += 1
+                    if attempts > 1:
+                        self.retries += 1
+                    url = self._pick(avoid=last_url)
+                    last_url = url
+                    self._inflight[url] += 1
+                    try:
+                        response = await self._call(self._client(url), req)
+                    finally:
+                        self._inflight[url] -= 1
+            try:
+                return self._to_result(req, response, attempts)
+            except (AttributeError, TypeError, ValueError) as e:  # a 200 whose body is not a completion
+                return self._failed(req, e, attempts, url)
+        except openai.APIStatusError as e:
+            if e.status_code in (401, 403):
+                raise self._auth_error(url, e) from None
+            return self._failed(req, e, attempts, url)
+        except (openai.APIConnectionError, openai.APIResponseValidationError) as e:
+            return self._failed(req, e, attempts, url)
+
+    def _failed(self, req, exc, attempts, url):
+        return GenerationResult(request_id=req.id, model=self.model_name, attempts=attempts,
+                                error=f"{url}: {describe_error(exc)}", error_kind=error_kind(exc))
+
+    async def _call(self, client, req):
+        body = request_body(req, self.model_name)
+        create = client.chat.completions.create if req.messages is not None else client.completions.create
+        return await create(**body, extra_headers={"X-Request-Id": req.id})
+
+    def _to_result(self, req, response, attempts):
+        choices = []
+        for c in sorted(response.choices, key=lambda c: c.index):
+            text = c.message.content if req.messages is not None else c.text
+            choices.append(Choice(text=text or "", finish_reason=c.finish_reason or ""))
+        usage = response.usage
+        completion_tokens = usage.completion_tokens if usage else 0
+        if len(choices) == 1:
+            choices[0].completion_tokens = completion_tokens
+        return GenerationResult(
+            request_id=req.id, choices=choices, model=response.model or self.model_name, attempts=attempts,
+            prompt_tokens=usage.prompt_tokens if usage else 0, completion_tokens=completion_tokens,
+            system_fingerprint=getattr(response, "system_fingerprint", None))

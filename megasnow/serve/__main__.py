@@ -1,0 +1,129 @@
+"""`python -m megasnow.serve CHECKPOINT_OR_HF_DIR`: load the model, then serve the OpenAI API with uvicorn until
+SIGINT/SIGTERM (flags: cli_args.py; docs/serving.md)."""
+import asyncio
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+
+from megasnow.errors import UserError
+from megasnow.serve.cli_args import check_args, make_parser
+from megasnow.utils.cli import run_tool
+
+
+def bind_socket(host, port):
+    """A listening-ready TCP socket (port 0: the OS picks a free one)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise UserError(f"--host {host} --port {port}: cannot listen there ({e.strerror}); pick another port or "
+                        f"--port 0") from None
+    return sock
+
+
+async def serve(server, sock, ready_line):
+    """Run uvicorn on `sock`; print `ready_line` once it accepts connections."""
+    task = asyncio.ensure_future(server.serve(sockets=[sock]))
+    while not server.started and not task.done():
+        await asyncio.sleep(0.02)
+    if server.started:
+        print(ready_line, flush=True)
+    await task
+
+
+def run_server(server, sock, ready_line):
+    """Serve in a thread while the main thread owns SIGINT/SIGTERM: either stops uvicorn gracefully (a second
+    SIGINT forces it). Returns the signal that stopped it (or None); re-raises what the server thread raised."""
+    received, failure = [], []
+
+    def on_signal(sig, frame):
+        received.append(sig)
+        if server.should_exit and sig == signal.SIGINT:
+            server.force_exit = True
+        server.should_exit = True
+
+    def target():
+        try:
+            asyncio.run(serve(server, sock, ready_line))
+        except BaseException as e:  # noqa: BLE001 - handed to the main thread
+            failure.append(e)
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    thread = threading.Thread(target=target, name="megasnow-serve-http")
+    try:
+        thread.start()
+        while thread.is_alive():
+            thread.join(0.25)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if failure:
+        raise failure[0]
+    return received[0] if received else None
+
+
+def main(argv=None):
+    parser = make_parser()
+    args = check_args(parser, parser.parse_args(argv))
+    if not os.path.exists(args.model):
+        raise UserError(f"{args.model}: does not exist; give a megasnow checkpoint folder or a HF Llama folder")
+    sock = bind_socket(args.host, args.port)  # before the slow load: a taken port fails at once
+
+    import torch
+    import uvicorn
+
+    from megasnow.generation.local import LocalEngine
+    from megasnow.serve.api_router import build_app
+    from megasnow.serve.faults import FaultInjector
+    from megasnow.serve.request_log import RequestLog
+    from megasnow.serve.scheduler import BatchScheduler
+    from megasnow.serve.serving import OpenAIServing
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = None if args.dtype == "auto" else getattr(torch, args.dtype)
+    start = time.time()
+    print(f"megasnow.serve: loading {args.model} on {device}...", file=sys.stderr, flush=True)
+    engine = LocalEngine.from_path(args.model, device=device, dtype=dtype, tokenizer=args.tokenizer,
+                                   chat_template=args.chat_template,
+                                   model_name=(args.served_model_name or [None])[0],
+                                   max_num_seqs=args.max_num_seqs, max_batch_tokens=args.max_batch_tokens)
+    names = args.served_model_name or [engine.model_name]
+    engine.warm_up()
+    scheduler = BatchScheduler(engine, batch_wait_s=args.batch_wait_ms / 1000.0, max_queue=args.max_queue)
+    request_log = RequestLog(args.request_log) if args.request_log else None
+    faults = FaultInjector(args.fault_rate, args.fault_seed, args.fault_kinds) if args.fault_rate > 0 else None
+    serving = OpenAIServing(scheduler, names, args.max_tokens_default, request_log, faults, args.fault_stall_s)
+    app = build_app(serving, api_key=args.api_key)
+    config = uvicorn.Config(app, log_level=args.log_level, access_log=args.log_level in ("info", "debug"),
+                            timeout_graceful_shutdown=5)
+    server = uvicorn.Server(config)
+    host, port = sock.getsockname()[:2]
+    ready = (f"megasnow.serve: ready on http://{host}:{port}/v1 serving {names[0]!r} "
+             f"(max_model_len {engine.max_model_len}, max_num_seqs {engine.max_num_seqs}, "
+             f"loaded in {time.time() - start:.1f} s, pid {os.getpid()})")
+    scheduler.start()
+    try:
+        stopped_by = run_server(server, sock, ready)
+    finally:
+        scheduler.stop()
+        if request_log is not None:
+            request_log.close()
+        injected = f", faults injected {faults.injected}" if faults is not None else ""
+        print(f"megasnow.serve: stopped after {serving.requests} requests ({scheduler.sequences} sequences in "
+              f"{scheduler.batches} batches, largest {scheduler.max_batch_seen}){injected}", file=sys.stderr,
+              flush=True)
+    if stopped_by == signal.SIGINT:
+        raise KeyboardInterrupt  # the CLI rule: Ctrl-C exits 130 with one line
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_tool(main, prog="megasnow.serve"))

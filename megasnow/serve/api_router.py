@@ -1,0 +1,126 @@
+"""Thin FastAPI routes of megasnow.serve: parse, authorize, inject faults, call OpenAIServing, shape the response
+(JSON, server-sent events, or an OpenAI error with its status code), and cancel work when the client leaves."""
+import asyncio
+import hashlib
+import json
+import secrets
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from megasnow.serve.protocol import ChatCompletionRequest, CompletionRequest, ErrorResponse
+from megasnow.serve.request_log import request_hash
+from megasnow.serve.serving import STATUS_CLIENT_CLOSED, LogContext
+
+_DISCONNECTED = object()
+
+
+def error_response(err):
+    headers = {"Retry-After": "1"} if err.status_code == 429 else None
+    return JSONResponse(err.model_dump(exclude_none=False), status_code=err.status_code, headers=headers)
+
+
+async def _wait_for_disconnect(raw):
+    while True:
+        message = await raw.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+async def run_until_disconnect(raw, coro):
+    """The coroutine's result, or _DISCONNECTED after cancelling it when the client closes the connection first
+    (vLLM's `with_cancellation`): a non-streaming request stops generating for nobody."""
+    work = asyncio.ensure_future(coro)
+    watcher = asyncio.ensure_future(_wait_for_disconnect(raw))
+    try:
+        done, _ = await asyncio.wait([work, watcher], return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        work.cancel()
+        raise
+    finally:
+        watcher.cancel()
+    if work in done:
+        return work.result()
+    work.cancel()
+    try:
+        await work
+    except asyncio.CancelledError:
+        pass
+    return _DISCONNECTED
+
+
+def build_app(serving, api_key=None):
+    """The FastAPI application over an OpenAIServing. api_key: when set, /v1 routes need `Authorization: Bearer
+    <api_key>` (401 otherwise), as vLLM's --api-key."""
+    app = FastAPI(title="megasnow.serve", description="OpenAI-compatible server for megasnow models")
+    router = APIRouter()
+
+    def unauthorized(raw):
+        if api_key is None:
+            return None
+        given = raw.headers.get("authorization", "")
+        if secrets.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
+            return None
+        return error_response(ErrorResponse.make(401, "Incorrect API key provided", "invalid_request_error",
+                                                 code="invalid_api_key"))
+
+    async def respond(raw, request, handler, endpoint):
+        denied = unauthorized(raw)
+        if denied is not None:
+            return denied
+        serving.requests += 1
+        ctx = serving.log_context(endpoint, json.loads(await raw.body()))
+        fault = await serving.inject_fault(ctx, raw.is_disconnected)
+        if fault is not None:
+            ctx.done(fault.status_code, error=fault.error.message)
+            if fault.status_code == STATUS_CLIENT_CLOSED:
+                return Response(status_code=STATUS_CLIENT_CLOSED)
+            return error_response(fault)
+        result = await run_until_disconnect(raw, handler(request, ctx))
+        if result is _DISCONNECTED:
+            ctx.done(STATUS_CLIENT_CLOSED)
+            return Response(status_code=STATUS_CLIENT_CLOSED)
+        if isinstance(result, ErrorResponse):
+            ctx.done(result.status_code, error=result.error.message)
+            return error_response(result)
+        if hasattr(result, "model_dump"):
+            return JSONResponse(result.model_dump())
+        return StreamingResponse(result, media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    @router.get("/health")
+    async def health():
+        return {"status": "ok", "unfinished_sequences": serving.scheduler.unfinished}
+
+    @router.get("/v1/models")
+    async def models(raw: Request):
+        return unauthorized(raw) or JSONResponse(serving.models().model_dump())
+
+    @router.post("/v1/completions")
+    async def create_completion(request: CompletionRequest, raw: Request):
+        return await respond(raw, request, serving.create_completion, "/v1/completions")
+
+    @router.post("/v1/chat/completions")
+    async def create_chat_completion(request: ChatCompletionRequest, raw: Request):
+        return await respond(raw, request, serving.create_chat_completion, "/v1/chat/completions")
+
+    app.include_router(router)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(raw, exc):
+        """OpenAI answers a malformed request with 400 (FastAPI's default is 422), naming the field."""
+        first = exc.errors()[0] if exc.errors() else {}
+        loc = [str(x) for x in first.get("loc", ()) if x != "body"]
+        param = ".".join(loc) or None
+        message = f"{param}: {first.get('msg', 'invalid request')}" if param else first.get("msg", "invalid request")
+        body = await raw.body()
+        try:
+            digest = request_hash(json.loads(body))
+        except ValueError:
+            digest = hashlib.sha256(body).hexdigest()
+        serving.requests += 1
+        LogContext(raw.url.path, digest, serving.request_log).done(400, error=message)
+        return error_response(ErrorResponse.make(400, message, "invalid_request_error", param))
+
+    return app

@@ -1,0 +1,267 @@
+"""OpenAI API request and response types of megasnow.serve (pydantic; no torch import).
+
+Field names, defaults and shapes follow the OpenAI API reference (completions, chat completions, models, errors)
+as vLLM's `vllm/entrypoints/openai/protocol.py` does. Each request converts itself with `to_sampling_params`:
+request value, then server default, then API default.
+"""
+import time
+import uuid
+from typing import Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from megasnow.generation.protocol import SamplingParams
+
+MAX_N = 128
+MAX_STOP = 16
+COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # the OpenAI completions API default
+
+
+class OpenAIBaseModel(BaseModel):
+    # Clients send fields we do not use (user, metadata, ...): accepted and ignored, as vLLM does.
+    model_config = ConfigDict(extra="allow")
+
+
+class ErrorInfo(OpenAIBaseModel):
+    message: str
+    type: str
+    param: Optional[str] = None
+    code: Optional[str] = None
+
+
+class ErrorResponse(OpenAIBaseModel):
+    """{"error": {...}}, the OpenAI error body; `status_code` is the HTTP status (not serialized)."""
+
+    error: ErrorInfo
+    status_code: int = Field(default=400, exclude=True)
+
+    @classmethod
+    def make(cls, status_code, message, type_, param=None, code=None):
+        return cls(error=ErrorInfo(message=message, type=type_, param=param, code=code), status_code=status_code)
+
+
+class StreamOptions(OpenAIBaseModel):
+    include_usage: bool = Field(False, description="send a last chunk with the request's usage (no choices)")
+
+
+class UsageInfo(OpenAIBaseModel):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+
+class _SamplingFields(OpenAIBaseModel):
+    """Fields common to both endpoints."""
+
+    model: str = Field(description="a served model id (GET /v1/models)")
+    temperature: Optional[float] = Field(None, ge=0.0, le=2.0, description="0 is greedy; API default 1")
+    top_p: Optional[float] = Field(None, gt=0.0, le=1.0, description="nucleus mass; API default 1")
+    n: int = Field(1, ge=1, le=MAX_N, description="choices per prompt")
+    stop: Optional[Union[str, list[str]]] = Field(None, description="up to 16 strings that end a choice (cut)")
+    seed: Optional[int] = Field(None, description="choice j samples with seed + j; same output in any batch")
+    stream: bool = False
+    stream_options: Optional[StreamOptions] = None
+    presence_penalty: float = Field(0.0, description="only 0 is supported")
+    frequency_penalty: float = Field(0.0, description="only 0 is supported")
+    logit_bias: Optional[dict] = Field(None, description="not supported")
+    ignore_eos: bool = Field(False, description="(vLLM extension) generate max_tokens even past EOS: benchmarks")
+
+    @field_validator("stop")
+    @classmethod
+    def _check_stop(cls, v):
+        stops = [v] if isinstance(v, str) else list(v or [])
+        if len(stops) > MAX_STOP:
+            raise ValueError(f"at most {MAX_STOP} stop strings, got {len(stops)}")
+        return v
+
+    def unsupported(self):
+        """(param, message) for a set field this server cannot honour, else None (answered with a 400)."""
+        if self.presence_penalty or self.frequency_penalty:
+            return "presence_penalty", "presence_penalty and frequency_penalty are not supported; leave them at 0"
+        if self.logit_bias:
+            return "logit_bias", "logit_bias is not supported"
+        return None
+
+    def stop_strings(self):
+        stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        return tuple(s for s in stops if s)
+
+    def _sampling_params(self, max_tokens):
+        temperature = 1.0 if self.temperature is None else self.temperature
+        top_p = 1.0 if self.top_p is None else self.top_p
+        return SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p,
+                              stop=self.stop_strings(), seed=self.seed, n=self.n)
+
+
+class CompletionRequest(_SamplingFields):
+    """POST /v1/completions."""
+
+    prompt: Union[str, list[str], list[int], list[list[int]]] = Field(
+        description="text, a list of texts, token ids, or a list of token-id lists")
+    max_tokens: Optional[int] = Field(None, ge=1, description="new tokens per choice; API default 16")
+    suffix: Optional[str] = Field(None, description="fill-in-the-middle (needs the tokenizer's FIM tokens)")
+    echo: bool = Field(False, description="not supported")
+    logprobs: Optional[int] = Field(None, description="not supported")
+    best_of: Optional[int] = Field(None, description="only best_of == n (or unset) is supported")
+
+    def prompts(self):
+        """The prompts as a list of str or list-of-int items (OpenAI's four prompt forms)."""
+        p = self.prompt
+        if isinstance(p, str):
+            return [p]
+        if p and all(isinstance(x, int) for x in p):
+            return [list(p)]
+        return list(p)
+
+    def unsupported(self):
+        if self.echo:
+            return "echo", "echo is not supported"
+        if self.logprobs:
+            return "logprobs", "logprobs are not supported"
+        if self.best_of not in (None, self.n):
+            return "best_of", "best_of other than n is not supported"
+        return super().unsupported()
+
+    def to_sampling_params(self, server_default_max_tokens=None):
+        """SamplingParams: max_tokens from the request, else the server's default, else the API's (16)."""
+        max_tokens = self.max_tokens or server_default_max_tokens or COMPLETIONS_DEFAULT_MAX_TOKENS
+        return self._sampling_params(max_tokens)
+
+
+class ChatMessage(OpenAIBaseModel):
+    role: str
+    content: Optional[Union[str, list[dict]]] = None
+
+    def text(self):
+        """The content as one string (text parts of a multi-part content joined)."""
+        if isinstance(self.content, list):
+            parts = []
+            for part in self.content:
+                if part.get("type") != "text":
+                    raise ValueError(f"content part type {part.get('type')!r} is not supported (text only)")
+                parts.append(part.get("text", ""))
+            return "".join(parts)
+        return self.content or ""
+
+
+class ChatCompletionRequest(_SamplingFields):
+    """POST /v1/chat/completions."""
+
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: Optional[int] = Field(None, ge=1, description="deprecated name of max_completion_tokens")
+    max_completion_tokens: Optional[int] = Field(None, ge=1, description="new tokens per choice; API default: "
+                                                                        "the rest of the context")
+    logprobs: bool = Field(False, description="not supported")
+    tools: Optional[list] = Field(None, description="not supported")
+    response_format: Optional[dict] = Field(None, description="only {'type': 'text'} is supported")
+
+    def unsupported(self):
+        if self.logprobs:
+            return "logprobs", "logprobs are not supported"
+        if self.tools:
+            return "tools", "tools (function calling) are not supported"
+        if self.response_format and self.response_format.get("type") != "text":
+            return "response_format", "response_format other than text is not supported"
+        return super().unsupported()
+
+    def message_dicts(self):
+        return [{"role": m.role, "content": m.text()} for m in self.messages]
+
+    def to_sampling_params(self, server_default_max_tokens=None, context_left=None):
+        """SamplingParams: max_completion_tokens / max_tokens from the request, else the server's default, else the
+        API's (the rest of the context: `context_left`)."""
+        max_tokens = self.max_completion_tokens or self.max_tokens or server_default_max_tokens or context_left
+        return self._sampling_params(max(1, int(max_tokens)))
+
+
+# ---------------------------------------------------------------------------------------------- responses
+def _now():
+    return int(time.time())
+
+
+def new_id(prefix):
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+class CompletionChoice(OpenAIBaseModel):
+    index: int
+    text: str
+    logprobs: None = None
+    finish_reason: Optional[Literal["stop", "length"]] = None
+
+
+class CompletionResponse(OpenAIBaseModel):
+    id: str = Field(default_factory=lambda: new_id("cmpl"))
+    object: Literal["text_completion"] = "text_completion"
+    created: int = Field(default_factory=_now)
+    model: str
+    choices: list[CompletionChoice]
+    usage: Optional[UsageInfo] = None
+    system_fingerprint: Optional[str] = None
+
+
+class ChatCompletionMessage(OpenAIBaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class ChatCompletionChoice(OpenAIBaseModel):
+    index: int
+    message: ChatCompletionMessage
+    logprobs: None = None
+    finish_reason: Optional[Literal["stop", "length"]] = None
+
+
+class ChatCompletionResponse(OpenAIBaseModel):
+    id: str = Field(default_factory=lambda: new_id("chatcmpl"))
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int = Field(default_factory=_now)
+    model: str
+    choices: list[ChatCompletionChoice]
+    usage: UsageInfo
+    system_fingerprint: Optional[str] = None
+
+
+class DeltaMessage(OpenAIBaseModel):
+    role: Optional[Literal["assistant"]] = None
+    content: Optional[str] = None
+
+
+class ChatCompletionStreamChoice(OpenAIBaseModel):
+    index: int
+    delta: DeltaMessage
+    logprobs: None = None
+    finish_reason: Optional[Literal["stop", "length"]] = None
+
+
+class ChatCompletionChunk(OpenAIBaseModel):
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChatCompletionStreamChoice]
+    usage: Optional[UsageInfo] = None
+    system_fingerprint: Optional[str] = None
+
+
+class CompletionChunk(OpenAIBaseModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Optional[UsageInfo] = None
+    system_fingerprint: Optional[str] = None
+
+
+class ModelCard(OpenAIBaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int = Field(default_factory=_now)
+    owned_by: str = "megasnow"
+    max_model_len: Optional[int] = None
+
+
+class ModelList(OpenAIBaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]

@@ -1,0 +1,284 @@
+"""The logic of megasnow.serve's endpoints: OpenAIServing owns the engine's scheduler and turns OpenAI requests into
+batched generation, responses, server-sent event streams, OpenAI-shaped errors, fault injection and the request log.
+"""
+import asyncio
+import json
+import time
+from dataclasses import dataclass, field
+
+from megasnow.generation.local import BadRequestError
+from megasnow.generation.protocol import GenerationRequest
+from megasnow.serve.protocol import (ChatCompletionChoice, ChatCompletionChunk, ChatCompletionMessage,
+                                     ChatCompletionResponse, ChatCompletionStreamChoice, CompletionChoice,
+                                     CompletionChunk, CompletionResponse, DeltaMessage, ErrorResponse, ModelCard,
+                                     ModelList, UsageInfo, new_id)
+from megasnow.serve.request_log import request_hash
+from megasnow.serve.scheduler import QueueFullError
+
+STATUS_CLIENT_CLOSED = 499  # nginx's code for "the client went away before the answer"
+
+
+def bad_request(message, param=None):
+    return ErrorResponse.make(400, message, "invalid_request_error", param)
+
+
+def sse(payload):
+    """One server-sent event carrying a JSON payload (a pydantic model or a dict)."""
+    text = payload.model_dump_json(exclude_none=False) if hasattr(payload, "model_dump_json") else json.dumps(payload)
+    return f"data: {text}\n\n"
+
+
+@dataclass
+class LogContext:
+    """What the request log records about one request; `done` writes its line once."""
+
+    endpoint: str
+    request_hash: str
+    log: object = None
+    fault: str = None
+    stream: bool = False
+    n: int = 1
+    start: float = field(default_factory=time.monotonic)
+    written: bool = False
+
+    def done(self, status, **fields):
+        if self.written or self.log is None:
+            return
+        self.written = True
+        self.log.write(endpoint=self.endpoint, request_hash=self.request_hash, status=status, fault=self.fault,
+                       stream=self.stream, n=self.n, latency_s=round(time.monotonic() - self.start, 4), **fields)
+
+
+class OpenAIServing:
+    """Completions, chat completions and the model list over a BatchScheduler.
+
+    served_model_names: ids clients may ask for (the first is reported); default_max_tokens: the server's
+    max_tokens default (None: the API's: 16 for completions, the rest of the context for chat); request_log:
+    a RequestLog or None; faults: a FaultInjector or None; fault_stall_s: how long a 'stall' fault holds a request
+    before answering it normally (if the client is still there).
+    """
+
+    def __init__(self, scheduler, served_model_names, default_max_tokens=None, request_log=None, faults=None,
+                 fault_stall_s=30.0):
+        self.scheduler, self.engine = scheduler, scheduler.engine
+        self.served_model_names = list(served_model_names)
+        self.default_max_tokens = default_max_tokens
+        self.request_log, self.faults, self.fault_stall_s = request_log, faults, fault_stall_s
+        self.requests = 0
+
+    @property
+    def model_name(self):
+        return self.served_model_names[0]
+
+    def models(self):
+        return ModelList(data=[ModelCard(id=name, max_model_len=self.engine.max_model_len)
+                               for name in self.served_model_names])
+
+    def log_context(self, endpoint, body):
+        return LogContext(endpoint, request_hash(body), self.request_log)
+
+    # ------------------------------------------------------------------------------------- faults
+    async def inject_fault(self, ctx, is_disconnected):
+        """None to go on, or the ErrorResponse of an injected fault. A stall waits fault_stall_s (watching the
+        client) and then goes on; if the client left meanwhile it returns the 499 marker instead."""
+        kind = self.faults.draw(ctx.request_hash) if self.faults is not None else None
+        ctx.fault = kind
+        if kind == "500":
+            return ErrorResponse.make(500, "injected fault (--fault-rate): internal error", "server_error",
+                                      code="injected_fault")
+        if kind == "429":
+            return ErrorResponse.make(429, "injected fault (--fault-rate): too many requests", "rate_limit_error",
+                                      code="injected_fault")
+        if kind == "stall":
+            deadline = time.monotonic() + self.fault_stall_s
+            while time.monotonic() < deadline:
+                if await is_disconnected():
+                    return ErrorResponse.make(STATUS_CLIENT_CLOSED, "client went away during an injected stall",
+                                              "client_closed")
+                await asyncio.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
+        return None
+
+    # ------------------------------------------------------------------------------------- common checks
+    def _check(self, request):
+        if request.model not in self.served_model_names:
+            return ErrorResponse.make(404, f"The model `{request.model}` does not exist; this server serves "
+                                      f"{', '.join(repr(n) for n in self.served_model_names)}",
+                                      "invalid_request_error", "model", "model_not_found")
+        unsupported = request.unsupported()
+        if unsupported:
+            return bad_request(unsupported[1], unsupported[0])
+        return None
+
+    def _submit(self, prepared_list, stream):
+        specs = [spec for p in prepared_list for spec in p.specs]
+        if len(specs) > self.scheduler.max_queue:
+            return None, bad_request(f"this request asks for {len(specs)} sequences (prompts x n), more than the "
+                                     f"server admits at once (--max-queue {self.scheduler.max_queue}); lower n",
+                                     "n")
+        try:
+            return self.scheduler.submit(specs, stream=stream), None
+        except QueueFullError as e:
+            return None, ErrorResponse.make(429, str(e), "rate_limit_error", code="queue_full")
+
+    async def _collect(self, handle, ctx):
+        """Wait for every choice of a non-streaming request; returns (sequences, error or None)."""
+        seqs = [None] * handle.n
+        try:
+            async for kind, choice, payload in handle.events():
+                if kind == "error":
+                    handle.cancel()
+                    return None, ErrorResponse.make(500, payload, "server_error")
+                if kind == "finish":
+                    seqs[choice] = payload
+        except asyncio.CancelledError:  # the client went away (api_router cancels us)
+            handle.cancel()
+            ctx.done(STATUS_CLIENT_CLOSED)
+            raise
+        return seqs, None
+
+    # ------------------------------------------------------------------------------------- completions
+    async def create_completion(self, request, ctx):
+        """A CompletionResponse, an async iterator of SSE strings (stream), or an ErrorResponse."""
+        ctx.stream, ctx.n = request.stream, request.n
+        error = self._check(request)
+        if error:
+            return error
+        params = request.to_sampling_params(self.default_max_tokens)
+        prompts = request.prompts()
+        if not prompts:
+            return bad_request("prompt is an empty list; give at least one prompt", "prompt")
+        if request.suffix is not None and any(not isinstance(p, str) for p in prompts):
+            return bad_request("suffix needs text prompts", "suffix")
+        prepared = []
+        try:
+            for i, p in enumerate(prompts):
+                text = p if isinstance(p, str) else ""
+                gen = GenerationRequest(id=str(i), prompt=text, params=params, suffix=request.suffix)
+                prepared.append(self.engine.prepare(gen, None if isinstance(p, str) else p,
+                                                    ignore_eos=request.ignore_eos))
+        except BadRequestError as e:
+            return bad_request(str(e), "prompt")
+        handle, error = self._submit(prepared, request.stream)
+        if error:
+            return error
+        prompt_tokens = sum(len(p.prompt_ids) for p in prepared)
+        created, rid = int(time.time()), new_id("cmpl")
+        if request.stream:
+            include_usage = bool(request.stream_options and request.stream_options.include_usage)
+            return self._stream_completion(handle, ctx, rid, created, prompt_tokens, include_usage)
+        seqs, error = await self._collect(handle, ctx)
+        if error:
+            return error
+        usage = self._usage(prompt_tokens, seqs)
+        ctx.done(200, prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
+                 finish_reasons=[q.finish_reason for q in seqs], batch_sizes=sorted(handle.batch_sizes))
+        return CompletionResponse(id=rid, created=created, model=self.model_name, usage=usage,
+                                  system_fingerprint=self.engine.fingerprint,
+                                  choices=[CompletionChoice(index=i, text=q.text, finish_reason=q.finish_reason)
+                                           for i, q in enumerate(seqs)])
+
+    async def _stream_completion(self, handle, ctx, rid, created, prompt_tokens, include_usage):
+        def chunk(choices, usage=None):
+            return sse(CompletionChunk(id=rid, created=created, model=self.model_name, choices=choices,
+                                       usage=usage, system_fingerprint=self.engine.fingerprint))
+
+        async for item in self._stream(handle, ctx, prompt_tokens, include_usage, chunk, self._completion_choice):
+            yield item
+
+    @staticmethod
+    def _completion_choice(index, text=None, finish_reason=None):
+        return CompletionChoice(index=index, text=text or "", finish_reason=finish_reason)
+
+    async def _stream(self, handle, ctx, prompt_tokens, include_usage, chunk, make_choice, first=()):
+        """The SSE stream shared by both endpoints: `first` chunks, text deltas, one finish chunk per choice, the
+        usage chunk if asked, `data: [DONE]`. Logs 200 when complete, 499 when the client left midway."""
+        seqs = [None] * handle.n
+        completed = False
+        try:
+            for item in first:
+                yield item
+            async for kind, choice, payload in handle.events():
+                if kind == "delta":
+                    yield chunk([make_choice(choice, text=payload)])
+                elif kind == "finish":
+                    seqs[choice] = payload
+                    yield chunk([make_choice(choice, finish_reason=payload.finish_reason)])
+                else:
+                    handle.cancel()
+                    yield sse(ErrorResponse.make(500, payload, "server_error").model_dump())
+                    ctx.done(500, error=payload)
+                    return
+            usage = self._usage(prompt_tokens, seqs)
+            if include_usage:
+                yield chunk([], usage)
+            yield "data: [DONE]\n\n"
+            completed = True
+            ctx.done(200, prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
+                     finish_reasons=[q.finish_reason for q in seqs], batch_sizes=sorted(handle.batch_sizes))
+        finally:
+            if not completed:
+                handle.cancel()
+                ctx.done(STATUS_CLIENT_CLOSED)
+
+    @staticmethod
+    def _usage(prompt_tokens, seqs):
+        completion = sum(q.num_generated for q in seqs if q is not None)
+        return UsageInfo(prompt_tokens=prompt_tokens, completion_tokens=completion,
+                         total_tokens=prompt_tokens + completion)
+
+    # ------------------------------------------------------------------------------------- chat
+    async def create_chat_completion(self, request, ctx):
+        """A ChatCompletionResponse, an async iterator of SSE strings (stream), or an ErrorResponse."""
+        ctx.stream, ctx.n = request.stream, request.n
+        error = self._check(request)
+        if error:
+            return error
+        try:
+            messages = request.message_dicts()
+        except ValueError as e:
+            return bad_request(str(e), "messages")
+        try:
+            probe = GenerationRequest(id="0", messages=messages)
+            prompt_ids = self.engine.encode(self.engine.prompt_text(probe), add_bos=False)
+            context_left = self.engine.max_model_len - len(prompt_ids)
+            if context_left < 1:
+                raise BadRequestError(f"This model's maximum context length is {self.engine.max_model_len} tokens. "
+                                      f"However, your messages resulted in {len(prompt_ids)} tokens. Please reduce "
+                                      f"the length of the messages.")
+            params = request.to_sampling_params(self.default_max_tokens, context_left)
+            prepared = self.engine.prepare(GenerationRequest(id="0", messages=messages, params=params), prompt_ids,
+                                           ignore_eos=request.ignore_eos)
+        except BadRequestError as e:
+            return bad_request(str(e), "messages")
+        handle, error = self._submit([prepared], request.stream)
+        if error:
+            return error
+        prompt_tokens = len(prepared.prompt_ids)
+        created, rid = int(time.time()), new_id("chatcmpl")
+        if request.stream:
+            include_usage = bool(request.stream_options and request.stream_options.include_usage)
+            return self._stream_chat(handle, ctx, rid, created, prompt_tokens, include_usage)
+        seqs, error = await self._collect(handle, ctx)
+        if error:
+            return error
+        usage = self._usage(prompt_tokens, seqs)
+        ctx.done(200, prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
+                 finish_reasons=[q.finish_reason for q in seqs], batch_sizes=sorted(handle.batch_sizes))
+        return ChatCompletionResponse(
+            id=rid, created=created, model=self.model_name, usage=usage, system_fingerprint=self.engine.fingerprint,
+            choices=[ChatCompletionChoice(index=i, message=ChatCompletionMessage(content=q.text),
+                                          finish_reason=q.finish_reason) for i, q in enumerate(seqs)])
+
+    async def _stream_chat(self, handle, ctx, rid, created, prompt_tokens, include_usage):
+        def chunk(choices, usage=None):
+            return sse(ChatCompletionChunk(id=rid, created=created, model=self.model_name, choices=choices,
+                                           usage=usage, system_fingerprint=self.engine.fingerprint))
+
+        def make_choice(index, text=None, finish_reason=None):
+            delta = DeltaMessage(content=text) if text is not None else DeltaMessage()
+            return ChatCompletionStreamChoice(index=index, delta=delta, finish_reason=finish_reason)
+
+        first = [chunk([ChatCompletionStreamChoice(index=i, delta=DeltaMessage(role="assistant", content=""))])
+                 for i in range(handle.n)]
+        async for item in self._stream(handle, ctx, prompt_tokens, include_usage, chunk, make_choice, first):
+            yield item

@@ -1,0 +1,127 @@
+"""Synthesis config (dataclasses loaded from YAML by megasnow.config): seeds, prompt, sampling, backend,
+post-processing, output and execution. `python tools/synthesize.py --help` lists every key with its default."""
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+from megasnow.curate.config import DecontaminationConfig, FiltersConfig, NearDedupConfig
+from megasnow.generation.factory import BackendConfig
+
+
+@dataclass
+class SeedsConfig:
+    documents: list[str] = field(default_factory=list, metadata={
+        "help": "phase-2 document shards (JSONL/Parquet files, folders, globs): the selection output, or the "
+                "scored documents with `scores`"})
+    scores: Optional[str] = field(default=None, metadata={
+        "help": "annotate.py score output folder for `documents` (null: rank by score_field, else input order)"})
+    text_field: str = "text"
+    lang_field: str = "lang"
+    id_field: str = "id"
+    score_field: str = field(default="quality_score", metadata={"help": "score field of selection-output records"})
+    num_seeds: int = field(default=1000, metadata={"help": "seeds in total (requests = num_seeds x samples)"})
+    python_fraction: float = field(default=0.5, metadata={"help": "share of seeds in Python (the paper: ~half)"})
+    language_stats: Optional[str] = field(default=None, metadata={
+        "help": "phase-1 language mix for the other languages: curate stats.json or selection_report.json "
+                "(null: the mix of the seed documents)"})
+    languages: list[str] = field(default_factory=list, metadata={"help": "only these languages (empty: all)"})
+    mode: Literal["lines", "head"] = field(default="lines", metadata={
+        "help": "lines: OSS-Instruct's min_lines..max_lines consecutive lines from a random point of a random "
+                "file of the document; head: the document's first file up to head_tokens"})
+    min_lines: int = 1
+    max_lines: int = 15
+    head_tokens: int = 512
+    tokenizer: Optional[str] = field(default=None, metadata={
+        "help": "tokenizer for head_tokens (SentencePiece .model or tokenizer.json); null: words and symbols"})
+    seed: int = field(default=1234, metadata={"help": "random seed of the snippet choice"})
+
+    def __post_init__(self):
+        if not 0.0 <= self.python_fraction <= 1.0:
+            raise ValueError(f"seeds.python_fraction must be in [0, 1], got {self.python_fraction}")
+        if not 1 <= self.min_lines <= self.max_lines:
+            raise ValueError(f"seeds: need 1 <= min_lines ({self.min_lines}) <= max_lines ({self.max_lines})")
+        if self.num_seeds < 1 or self.head_tokens < 1:
+            raise ValueError(f"seeds.num_seeds ({self.num_seeds}) and seeds.head_tokens ({self.head_tokens}) "
+                             f"must be >= 1")
+
+
+@dataclass
+class PromptConfig:
+    template: str = field(default="default", metadata={
+        "help": "'default' (built in) or a template file with {{seed}} and {{language}} placeholders"})
+    style: Literal["chat", "completion"] = field(default="chat", metadata={
+        "help": "chat: the rendered template is the user message; completion: it is the raw prompt"})
+    system: Optional[str] = field(default=None, metadata={"help": "chat system message (text, or @file)"})
+    answer_prefix: str = field(default="", metadata={
+        "help": "put before every answer before post-processing, e.g. the code fence a completion template "
+                "opens ({{fence}}, {{language}}, {{lang}} are filled in)"})
+    answer_suffix: str = field(default="", metadata={"help": "put after every answer (e.g. the closing fence "
+                                                              "that a stop string cut)"})
+
+
+@dataclass
+class SamplingConfig:
+    max_tokens: int = 1024
+    temperature: float = 0.0
+    top_p: float = 1.0
+    stop: list[str] = field(default_factory=list)
+    seed: int = field(default=0, metadata={"help": "request k is sampled with seed + k (Magicoder's habit)"})
+    samples_per_seed: int = field(default=1, metadata={"help": "requests per seed (sample index 0..n-1)"})
+
+    def __post_init__(self):
+        if self.samples_per_seed < 1:
+            raise ValueError(f"sampling.samples_per_seed must be >= 1, got {self.samples_per_seed}")
+
+
+@dataclass
+class PostprocessConfig:
+    require_stop: bool = field(default=True, metadata={"help": "drop completions whose finish_reason is not stop"})
+    syntax_check: bool = field(default=True, metadata={"help": "Python: ast; others: tree-sitter grammars"})
+    seed_copy_ngram: int = field(default=5, metadata={"help": "word n-gram size of the seed-copy check"})
+    seed_copy_threshold: float = field(default=0.5, metadata={
+        "help": "drop an output when this fraction of its n-grams occur in its seed"})
+    exact_dedup: bool = True
+    near_dedup: NearDedupConfig = field(default_factory=NearDedupConfig)
+    reference: list[str] = field(default_factory=list, metadata={
+        "help": "phase-1/2 document shards whose files outputs must not duplicate (exact or near)"})
+    reference_text_field: str = "text"
+    filters: FiltersConfig = field(default_factory=FiltersConfig)
+    decontamination: DecontaminationConfig = field(default_factory=DecontaminationConfig)
+
+
+@dataclass
+class OutputConfig:
+    format: Literal["document", "plain"] = field(default="document", metadata={
+        "help": "document: the curated format (<repo_name>repo<file_sep>path + code); plain: the code only"})
+    repo_name: str = field(default="synthetic", metadata={"help": "repo marker of document-format outputs"})
+    shard_docs: int = field(default=10000, metadata={"help": "documents per output JSONL shard"})
+    flush_every: int = field(default=64, metadata={"help": "responses per cache chunk (written atomically)"})
+    flush_seconds: float = field(default=10.0, metadata={"help": "a partial cache chunk is written after this"})
+
+
+@dataclass
+class ExecutionConfig:
+    executor: Literal["local", "ray"] = field(default="local", metadata={
+        "help": "ray: one driver task per shard on a Ray cluster (each beside its own backend)"})
+    num_shards: int = field(default=1, metadata={"help": "split the requests into this many driver shards"})
+    shard_index: Optional[int] = field(default=None, metadata={
+        "help": "this driver's shard (0-based); null: every shard (in turn locally, in parallel on Ray)"})
+    ray_address: Optional[str] = None
+    ray_gpus_per_shard: float = field(default=0.0, metadata={"help": "GPUs each Ray driver task reserves"})
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.num_shards < 1:
+            raise ValueError(f"execution.num_shards must be >= 1, got {self.num_shards}")
+        if self.shard_index is not None and not 0 <= self.shard_index < self.num_shards:
+            raise ValueError(f"execution.shard_index must be in 0..{self.num_shards - 1}, got {self.shard_index}")
+
+
+@dataclass
+class SynthConfig:
+    seeds: SeedsConfig = field(default_factory=SeedsConfig)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    backend: BackendConfig = field(default_factory=BackendConfig)
+    postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    execution: ExecutionConfig = field(default_factory=ExecutionConfig)

@@ -1,0 +1,278 @@
+"""megasnow.serve as a real process on 127.0.0.1 (random port) with a tiny random model, driven by the official
+`openai` SDK: greedy text equals megasnow's own generate, streams concatenate to the same text, n and seeds,
+chat templates, stop strings, batching of concurrent requests, OpenAI-shaped errors, 400s that are not retried,
+a full queue (429), client disconnects, and the CLI rule."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import openai
+import pytest
+
+from megasnow.generation.local import LocalEngine
+from megasnow.generation.tiny_model import write_tiny_checkpoint
+from megasnow.model.generate import SequenceSpec, generate, generate_sequences
+from megasnow.serve.process import ServerProcess
+from megasnow.serve.request_log import request_hash
+
+PROMPTS = ["def add(a, b):\n    return", "import os\n", "class Stack:\n    def push(self, x):\n"]
+MODEL = "tiny"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tiny")
+    write_tiny_checkpoint(str(out), seed=1)
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def engine(tiny):
+    return LocalEngine.from_path(tiny)
+
+
+@pytest.fixture(scope="module")
+def server(tiny, tmp_path_factory):
+    log = tmp_path_factory.mktemp("log") / "requests.jsonl"
+    proc = ServerProcess(tiny, "--served-model-name", MODEL, "--batch-wait-ms", "100", "--request-log", log,
+                         "--threads", "1").start()
+    proc.request_log = log
+    yield proc
+    rc = proc.stop(signal.SIGINT)
+    assert rc == 130  # the CLI rule: Ctrl-C exits 130 with one line
+    assert proc.stderr_lines[-1].startswith("megasnow.serve: interrupted")
+    assert any(line.startswith("megasnow.serve: stopped after") for line in proc.stderr_lines)
+
+
+def client(server, **kw):
+    return openai.OpenAI(base_url=server.base_url, api_key="unused", **kw)
+
+
+def log_lines(server):
+    return [json.loads(line) for line in server.request_log.read_text().splitlines()]
+
+
+def expected(engine, text, max_tokens, **spec):
+    ids = engine.tokenizer.encode(text)
+    return generate_sequences(engine.model, [SequenceSpec(ids, max_tokens, stop_ids=engine.eos_ids, **spec)],
+                              engine.tokenizer)[0]
+
+
+def test_models_endpoint(server):
+    models = client(server).models.list()
+    assert [m.id for m in models.data] == [MODEL]
+    assert models.data[0].max_model_len == 1024
+
+
+def test_greedy_completions_equal_generate(server, engine):
+    c = client(server)
+    for p in PROMPTS:
+        r = c.completions.create(model=MODEL, prompt=p, max_tokens=12, temperature=0)
+        q = expected(engine, p, 12)
+        ids = engine.tokenizer.encode(p)
+        tokens = generate(engine.model, [ids], 12, stop_ids=engine.eos_ids)[0]
+        assert r.choices[0].text == q.text == engine.tokenizer.decode(tokens)
+        assert r.choices[0].finish_reason == q.finish_reason
+        assert (r.usage.prompt_tokens, r.usage.completion_tokens) == (len(ids), q.num_generated)
+        assert r.model == MODEL and r.object == "text_completion" and r.system_fingerprint.startswith("megasnow-")
+    # several prompts in one request: choices indexed prompt-major
+    r = c.completions.create(model=MODEL, prompt=PROMPTS[:2], max_tokens=5, temperature=0, n=2)
+    assert [ch.index for ch in r.choices] == [0, 1, 2, 3]
+    assert [ch.text for ch in r.choices] == [expected(engine, p, 5).text for p in PROMPTS[:2] for _ in range(2)]
+    # token-id prompts
+    ids = engine.tokenizer.encode(PROMPTS[0])
+    r = c.completions.create(model=MODEL, prompt=ids, max_tokens=12, temperature=0)
+    assert r.choices[0].text == expected(engine, PROMPTS[0], 12).text
+
+
+def test_streaming_concatenates_to_the_same_text(server, engine):
+    c = client(server)
+    stream = c.completions.create(model=MODEL, prompt=PROMPTS[2], max_tokens=16, temperature=0, stream=True,
+                                  stream_options={"include_usage": True})
+    chunks = list(stream)
+    text = "".join(ch.choices[0].text for ch in chunks if ch.choices)
+    q = expected(engine, PROMPTS[2], 16)
+    assert text == q.text
+    finishes = [ch.choices[0].finish_reason for ch in chunks if ch.choices and ch.choices[0].finish_reason]
+    assert finishes == [q.finish_reason]
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == q.num_generated
+    assert sum(1 for ch in chunks if ch.choices and ch.choices[0].text) >= 2  # really incremental
+    # the wire format ends with the SSE terminator
+    with httpx.stream("POST", server.base_url + "/completions", timeout=60,
+                      json={"model": MODEL, "prompt": PROMPTS[0], "max_tokens": 4, "stream": True}) as r:
+        events = [line for line in r.iter_lines() if line]
+    assert r.headers["content-type"].startswith("text/event-stream")
+    assert events[-1] == "data: [DONE]" and all(e.startswith("data: ") for e in events)
+
+
+def test_n_choices_and_seeds(server, engine):
+    c = client(server)
+    r = c.completions.create(model=MODEL, prompt=PROMPTS[0], max_tokens=10, temperature=1.0, top_p=0.95, n=2,
+                             seed=5)
+    assert len(r.choices) == 2 and r.choices[0].text != r.choices[1].text
+    for j, ch in enumerate(r.choices):
+        assert ch.text == expected(engine, PROMPTS[0], 10, temperature=1.0, top_p=0.95, seed=5 + j).text
+    again = c.completions.create(model=MODEL, prompt=PROMPTS[0], max_tokens=10, temperature=1.0, top_p=0.95, n=2,
+                                 seed=5)
+    assert [ch.text for ch in again.choices] == [ch.text for ch in r.choices]
+    assert r.usage.completion_tokens == 20
+
+
+def test_chat_completions_use_the_chat_template(server, engine):
+    from transformers import AutoTokenizer
+
+
+    messages = [{"role": "system", "content": "You write Python."}, {"role": "user", "content": "Sort a list."}]
+    rendered = AutoTokenizer.from_pretrained(os.path.dirname(engine.files.tokenizer.path)) \
+        .apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    c = client(server)
+    r = c.chat.completions.create(model=MODEL, messages=messages, max_tokens=12, temperature=0)
+    q = expected(engine, rendered, 12)
+    assert r.choices[0].message.content == q.text and r.choices[0].message.role == "assistant"
+    assert r.usage.prompt_tokens == len(engine.tokenizer.encode(rendered))
+    assert r.object == "chat.completion"
+    stream = c.chat.completions.create(model=MODEL, messages=messages, max_tokens=12, temperature=0, stream=True)
+    chunks = list(stream)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(ch.choices[0].delta.content or "" for ch in chunks) == q.text
+    assert chunks[-1].choices[0].finish_reason == q.finish_reason
+    # max_completion_tokens (what newer SDKs send) and the default: the rest of the context
+    r = c.chat.completions.create(model=MODEL, messages=messages, max_completion_tokens=3, temperature=0)
+    assert r.usage.completion_tokens <= 3
+
+
+def test_stop_strings(server, engine):
+    free = expected(engine, PROMPTS[1], 16).text
+    stop = free[6:8]
+    r = client(server).completions.create(model=MODEL, prompt=PROMPTS[1], max_tokens=16, temperature=0,
+                                          stop=[stop, "never-there"])
+    assert (r.choices[0].text, r.choices[0].finish_reason) == (free[:free.index(stop)], "stop")
+    chunks = client(server).completions.create(model=MODEL, prompt=PROMPTS[1], max_tokens=16, temperature=0,
+                                               stop=stop, stream=True)
+    assert "".join(ch.choices[0].text for ch in chunks if ch.choices) == free[:free.index(stop)]
+
+
+def test_concurrent_requests_share_a_batch_and_keep_their_answers(server, engine):
+    prompts = [f"def f{i}(x):\n    return x * {i}" for i in range(6)]
+    results = {}
+
+    def ask(i):
+        results[i] = client(server).completions.create(model=MODEL, prompt=prompts[i], max_tokens=8,
+                                                       temperature=0).choices[0].text
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert [results[i] for i in range(6)] == [expected(engine, p, 8).text for p in prompts]
+    lines = [x for x in log_lines(server) if x["status"] == 200 and x["completion_tokens"] == 8
+             and x["prompt_tokens"] == len(engine.tokenizer.encode(prompts[0]))]
+    assert max(max(x["batch_sizes"]) for x in lines) > 1  # arrivals within --batch-wait-ms shared a batch
+
+
+def test_errors_have_the_openai_shape(server):
+    c = client(server, max_retries=0)
+    with pytest.raises(openai.NotFoundError, match="does not exist"):
+        c.completions.create(model="other", prompt="x", max_tokens=2)
+    for kw, param in [({"temperature": 5}, "temperature"), ({"n": 0}, "n"), ({"top_p": 0}, "top_p"),
+                      ({"max_tokens": 0}, "max_tokens"), ({"logprobs": 3}, "logprobs"),
+                      ({"presence_penalty": 0.5}, "presence_penalty")]:
+        with pytest.raises(openai.BadRequestError) as e:
+            c.completions.create(model=MODEL, prompt="x", **{"max_tokens": 2, **kw})
+        assert e.value.status_code == 400 and e.value.body["param"] == param, kw
+        assert e.value.body["type"] == "invalid_request_error"
+    r = httpx.post(server.base_url + "/completions", content=b"{not json", timeout=30,
+                   headers={"content-type": "application/json"})
+    assert r.status_code == 400 and "error" in r.json()
+    r = httpx.post(server.base_url + "/completions", json={"model": MODEL, "prompt": []}, timeout=30)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "prompt"
+    r = httpx.post(server.base_url + "/chat/completions", json={"model": MODEL, "messages": []}, timeout=30)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "messages"
+
+
+def test_too_long_prompt_is_a_400_and_not_retried(server):
+    c = client(server, max_retries=3)
+    prompt = "x = 1\n" * 400  # > 1024 tokens
+    with pytest.raises(openai.BadRequestError, match="maximum context length is 1024 tokens"):
+        c.completions.create(model=MODEL, prompt=prompt, max_tokens=4)
+    body = {"model": MODEL, "prompt": prompt, "max_tokens": 4}
+    seen = [x for x in log_lines(server) if x["request_hash"] == request_hash(body)]
+    assert [x["status"] for x in seen] == [400]  # one arrival: the SDK did not retry
+
+
+def test_queue_limit_disconnects_api_key_and_sigterm(tmp_path):
+    """--max-queue 1: while one long stream runs (4000 tokens: seconds even on a fast machine), another request
+    gets 429 (with Retry-After); the stream's client leaves, the server stops generating for it (logged 499) and
+    answers the next request. A request that could never fit (n > --max-queue) is a 400. --api-key gives 401s.
+    SIGTERM stops the server gracefully (exit 0)."""
+    log = tmp_path / "log.jsonl"
+    write_tiny_checkpoint(str(tmp_path / "ckpt"), seed=1, max_seq_len=4096)
+    auth = {"Authorization": "Bearer sekret"}
+    with ServerProcess(tmp_path / "ckpt", "--served-model-name", MODEL, "--max-queue", "1", "--batch-wait-ms", "0",
+                       "--request-log", log, "--threads", "1", "--api-key", "sekret") as srv:
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=srv.base_url, api_key="wrong", max_retries=0).models.list()
+        c = openai.OpenAI(base_url=srv.base_url, api_key="sekret", max_retries=0)
+        with pytest.raises(openai.BadRequestError, match="--max-queue 1"):
+            c.completions.create(model=MODEL, prompt="x", max_tokens=2, n=2)
+        long_body = {"model": MODEL, "prompt": "def f():", "max_tokens": 4000, "ignore_eos": True, "stream": True}
+        with httpx.stream("POST", srv.base_url + "/completions", json=long_body, timeout=60, headers=auth) as stream:
+            lines = stream.iter_lines()  # (kept referenced: closing this iterator closes the connection)
+            assert next(lines).startswith("data: ")
+            r = httpx.post(srv.base_url + "/completions", json={"model": MODEL, "prompt": "x", "max_tokens": 2},
+                           timeout=30, headers=auth)
+            assert r.status_code == 429 and r.headers["retry-after"] == "1"
+            assert r.json()["error"]["code"] == "queue_full"
+        # the stream's client went away: the server frees the slot (poll; no timing asserted)
+        deadline, answer = time.time() + 60, None
+        while answer is None and time.time() < deadline:
+            try:
+                answer = c.completions.create(model=MODEL, prompt="x", max_tokens=2)
+            except openai.RateLimitError:
+                time.sleep(0.1)
+        assert answer is not None and answer.usage.completion_tokens == 2
+        # a non-streaming client that times out is cancelled too
+        with pytest.raises(httpx.TimeoutException):
+            httpx.post(srv.base_url + "/completions", timeout=0.5, headers=auth,
+                       json={"model": MODEL, "prompt": "y", "max_tokens": 4000, "ignore_eos": True})
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            statuses = [x["status"] for x in map(json.loads, log.read_text().splitlines())]
+            if statuses.count(499) == 2:
+                break
+            time.sleep(0.1)
+        port = srv.port
+        taken = subprocess.run([sys.executable, "-m", "megasnow.serve", str(tmp_path / "ckpt"), "--port", str(port)],
+                               capture_output=True, text=True, timeout=120)
+        assert taken.returncode == 2 and taken.stderr.strip().splitlines()[-1].startswith(
+            f"error: --host 127.0.0.1 --port {port}: cannot listen there")
+        assert srv.stop(signal.SIGTERM) == 0
+    lines = [json.loads(x) for x in log.read_text().splitlines()]
+    by_status = {}
+    for x in lines:
+        by_status.setdefault(x["status"], []).append(x)
+    assert len(by_status[499]) == 2  # the abandoned stream and the abandoned plain request
+    assert all(x.get("completion_tokens") is None for x in by_status[499])
+    assert len(by_status[200]) == 1 and len(by_status[400]) == 1
+    assert len(by_status[429]) >= 1  # (the polling above may meet the queue full once more)
+
+
+def test_cli_errors(tmp_path):
+    for args, message in [([str(tmp_path / "missing")], "does not exist"),
+                          ([str(tmp_path), "--fault-kinds", "500,boom"], "--fault-kinds: unknown kind 'boom'"),
+                          ([str(tmp_path), "--max-num-seqs", "0"], "--max-num-seqs must be >= 1")]:
+        res = subprocess.run([sys.executable, "-m", "megasnow.serve", *args, "--port", "0"], capture_output=True,
+                             text=True, timeout=120)
+        lines = res.stderr.strip().splitlines()
+        assert res.returncode == 2 and len(lines) == 1 and lines[0].startswith("error:") and message in lines[0]
+    from megasnow.generation import local
+    from megasnow.serve import cli_args
+
+    assert (cli_args.DEFAULT_MAX_NUM_SEQS, cli_args.DEFAULT_MAX_BATCH_TOKENS) == \
+        (local.DEFAULT_MAX_NUM_SEQS, local.DEFAULT_MAX_BATCH_TOKENS)

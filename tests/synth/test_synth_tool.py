@@ -1,0 +1,105 @@
+"""tools/synthesize.py end to end with a real (tiny, random) model in process, and its answers to bad input."""
+import json
+import os
+import subprocess
+import sys
+
+from tests.generation.test_openai_backend import free_port
+from tests.synth.conftest import LENIENT, ROOT, read_jsonl, run_tool
+
+
+def test_local_backend_run_resume_and_bad_seed_line(tmp_path, tiny_model, seed_shard):
+    seeds = tmp_path / "seeds.jsonl"
+    lines = open(seed_shard).read().splitlines()
+    lines.insert(3, '{"text": "unterminated')
+    seeds.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out"
+    args = ["--seeds", str(seeds), "--output", str(out), "backend.kind=local", f"backend.model={tiny_model}",
+            "seeds.num_seeds=8", "sampling.max_tokens=12", "output.flush_every=3", *LENIENT]
+    r = run_tool(*args)
+    assert r.returncode == 0, r.stderr
+    assert f"warning: seed record skipped: {seeds}:4: bad JSON" in r.stderr
+    assert "shard 0/1: 8 requests, 0 cached, 8 answered now, 0 failed" in r.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["seeds"]["read"]["skipped_records"] == 1
+    assert summary["requests"]["answered"] == 8 and summary["outputs"]["kept"] == 8
+    assert summary["language_mix"]["python"] == {"target_share": 0.5, "achieved_share": 0.5, "kept": 4,
+                                                 "requests": 4}
+    docs = read_jsonl(out / "data" / "part-00000.jsonl")
+    chunks = sorted(os.listdir(out / "responses" / "shard-00000-of-00001"))
+    assert chunks == ["chunk-000000.jsonl", "chunk-000001.jsonl", "chunk-000002.jsonl"]  # 3 + 3 + 2
+    # a rerun asks nothing and writes the same documents
+    r2 = run_tool(*args)
+    assert r2.returncode == 0, r2.stderr
+    assert "shard 0/1: 8 requests, 8 cached, 0 answered now" in r2.stdout
+    assert read_jsonl(out / "data" / "part-00000.jsonl") == docs
+    assert sorted(os.listdir(out / "responses" / "shard-00000-of-00001")) == chunks
+    # the output binarizes as it is
+    prefix = tmp_path / "phase3"
+    b = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "preprocess_data.py"), "--input",
+                        str(out / "data"), "--output-prefix", str(prefix), "--tokenizer-type", "HuggingFaceTokenizer",
+                        "--tokenizer-model", os.path.join(tiny_model, "tokenizer.json")], capture_output=True,
+                       text=True, env={**os.environ, "PYTHONPATH": ROOT}, timeout=120)
+    assert b.returncode == 0, b.stderr
+    from megasnow.data.indexed import IndexedDataset
+
+    assert len(IndexedDataset(str(prefix) + "_text_document")) == len(docs) == 8
+
+
+def test_template_without_seed_placeholder_is_refused_at_start(tmp_path, seed_shard):
+    template = tmp_path / "t.txt"
+    template.write_text("Write a good {{language}} file.\n")
+    out = tmp_path / "out"
+    r = run_tool("--seeds", seed_shard, "--output", str(out), f"prompt.template={template}",
+                 f"--base-url", f"http://127.0.0.1:{free_port()}/v1")
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [
+        f"error: prompt.template {template}: the template has no {{{{seed}}}} placeholder, so every request would "
+        f"be the same; add {{{{seed}}}} where the seed code goes"]
+    assert not out.exists()
+
+
+def test_unreachable_url_fails_after_bounded_retries_leaving_nothing(tmp_path, seed_shard):
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    out = tmp_path / "out"
+    r = run_tool("--seeds", seed_shard, "--output", str(out), "--base-url", url, "backend.max_retries=2",
+                 "backend.backoff_initial=0.01")
+    assert r.returncode == 2
+    (line,) = r.stderr.strip().splitlines()
+    assert line.startswith(f"error: {url}: unreachable after 3 attempt(s)")
+    assert not out.exists()
+
+
+def test_user_mistakes_are_one_line_errors(tmp_path, seed_shard):
+    cases = [
+        (["--seeds", str(tmp_path / "missing.jsonl")], "matches no file"),
+        (["--seeds", seed_shard, "seeds.colour=red"], "unknown config key seeds.'colour'"),
+        (["--seeds", seed_shard, "--shard", "3/2"], "--shard '3/2': write it as INDEX/COUNT"),
+        (["--seeds", seed_shard, "seeds.python_fraction=2"], "python_fraction must be in [0, 1]"),
+        ([], "seeds.documents is empty"),
+    ]
+    for args, message in cases:
+        r = run_tool("--output", str(tmp_path / "out"), *args)
+        assert r.returncode == 2, (args, r.stderr)
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], (args, lines)
+    assert not (tmp_path / "out").exists()
+
+
+def test_shard_drivers_merge_by_concatenation(tmp_path, tiny_model, seed_shard):
+    common = ["--seeds", seed_shard, "backend.kind=local", f"backend.model={tiny_model}", "seeds.num_seeds=6",
+              "sampling.max_tokens=8", *LENIENT]
+    whole = tmp_path / "whole"
+    assert run_tool(*common, "--output", str(whole)).returncode == 0
+    for i in range(2):
+        r = run_tool(*common, "--output", str(tmp_path / f"node{i}"), "--stage", "generate", "--shard", f"{i}/2")
+        assert r.returncode == 0, r.stderr
+        assert f"shard {i}/2: 3 requests, 0 cached, 3 answered now" in r.stdout
+        assert not (tmp_path / f"node{i}" / "data").exists()
+    merged = tmp_path / "merged"
+    r = run_tool(*common, "--output", str(merged), "--stage", "postprocess", "--responses",
+                 str(tmp_path / "node0"), str(tmp_path / "node1"))
+    assert r.returncode == 0, r.stderr
+    assert read_jsonl(merged / "data" / "part-00000.jsonl") == read_jsonl(whole / "data" / "part-00000.jsonl")
+    summary = json.loads((merged / "summary.json").read_text())
+    assert summary["requests"]["answered"] == 6 and summary["requests"]["drivers"] == 2

@@ -1,0 +1,133 @@
+"""megasnow/utils/cli.py and megasnow/utils/progress.py: one-line errors, defaults in --help, a suggestion for a
+mistyped flag, Ctrl-C -> 130; adaptive rate units and log-line progress without terminal escape sequences."""
+import io
+import os
+
+import pytest
+
+from megasnow.errors import UserError
+from megasnow.utils.cli import ArgumentParser, run_tool
+from megasnow.utils.progress import Progress, format_duration, format_rate
+
+
+def parser():
+    p = ArgumentParser(prog="tool.py")
+    p.add_argument("--workers", type=int, default=4)  # no help text: its default must still show
+    p.add_argument("--threads", type=int, default=0, help="torch threads")
+    p.add_argument("--json-keys", nargs="+", default=["text"])
+    p.add_argument("--stop", action="append", default=[], help="repeatable")
+    p.add_argument("--strict", action="store_true", help="stop at the first bad record")
+    p.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate")
+    return p
+
+
+def test_help_shows_every_default_also_without_help_text(capsys):
+    with pytest.raises(SystemExit) as info:
+        parser().parse_args(["--help"])
+    assert info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--workers WORKERS (default: 4)" in text
+    assert "torch threads (default: 0)" in text  # a zero default is shown too
+    assert "(default: ['text'])" in text and "tokens to generate (default: 64)" in text
+    assert "repeatable (default" not in text and "bad record (default" not in text  # empty lists, flags: none
+
+
+@pytest.mark.parametrize("argv,expected", [
+    (["--max-new-token", "3", "--bogus"], "error: unrecognized arguments: --bogus (see tool.py --help)"),
+    (["--max-new-tokns", "3"], "error: unrecognized arguments: --max-new-tokns 3; did you mean --max-new-tokens? "
+                               "(see tool.py --help)"),
+    (["--workers", "two"], "error: argument --workers: invalid int value: 'two' (see tool.py --help)"),
+])
+def test_argument_errors_are_one_line_exit_2(capsys, argv, expected):
+    with pytest.raises(SystemExit) as info:
+        parser().parse_args(argv)
+    assert info.value.code == 2
+    assert capsys.readouterr().err == expected + "\n"
+
+
+def test_run_tool_user_error_interrupt_and_debug(capsys):
+    def bad(argv):
+        raise UserError("input x.jsonl: no such file\nsecond line")
+
+    assert run_tool(bad, []) == 2
+    assert capsys.readouterr().err == "error: input x.jsonl: no such file second line\n"
+    assert run_tool(bad, ["--debug"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("Traceback (most recent call last)") and err.endswith("error: input x.jsonl: no such file second line\n")
+
+    def interrupted(argv):
+        raise KeyboardInterrupt
+
+    assert run_tool(interrupted, [], prog="tool.py") == 130  # argv given: returns (from the command line: exits)
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tool.py: interrupted (Ctrl-C)")
+    assert run_tool(lambda argv: None, []) == 0 and run_tool(lambda argv: 3, []) == 3
+
+
+@pytest.mark.parametrize("count,seconds,unit,text", [
+    (60, 124, "docs", "29.0 docs/min"),  # issue 11 §5: was "0 docs/s"
+    (1, 7200, "docs", "0.50 docs/h"),
+    (557, 133, "docs", "4.19 docs/s"),
+    (12345, 1, "tokens", "12.3k tokens/s"),
+    (3e6, 2, "tokens", "1.50M tokens/s"),
+    (999.6, 1, "x", "1.00k x/s"),
+    (0, 5, "docs", "0 docs/s"),
+    (5, 0, "docs", "- docs/s"),
+])
+def test_format_rate_adapts_its_unit(count, seconds, unit, text):
+    assert format_rate(count, seconds, unit) == text
+
+
+def test_format_duration():
+    assert [format_duration(s) for s in (0.4, 42, 65, 3600 + 7 * 60 + 5, None)] == ["0 s", "42 s", "1m05s", "1h07m", "?"]
+
+
+def test_log_mode_writes_whole_lines_only():
+    stream = io.StringIO()
+    with Progress(total=8, desc="score", unit="docs", mode="auto", interval=0, stream=stream) as p:  # not a TTY
+        for _ in range(4):
+            p.update(1.5)
+        p.rewind(2)  # a retried shard's part is taken back
+        p.advance_to(2)  # no change: no line
+    text = stream.getvalue()
+    assert "\r" not in text and "\x1b" not in text
+    lines = text.splitlines()
+    assert lines[0] == "score: 0/8 docs (0%)"
+    assert [line.split(" docs")[0] for line in lines[1:-1]] == ["score: 1/8", "score: 3/8", "score: 4/8", "score: 6/8",
+                                                                 "score: 2/8"]
+    assert all("docs/" in line and "ETA" in line for line in lines[1:-1])
+    assert lines[-1].startswith("score: done 2 of 8 docs in ")
+
+
+def test_failed_step_prints_no_done_line_and_off_prints_nothing():
+    stream = io.StringIO()
+    with pytest.raises(RuntimeError):
+        with Progress(total=3, desc="embed", unit="examples", mode="log", interval=100, stream=stream) as p:
+            p.update(1)
+            raise RuntimeError("boom")
+    assert stream.getvalue() == "embed: 0/3 examples (0%)\n"
+    quiet = io.StringIO()
+    with Progress(total=3, desc="x", mode=False, stream=quiet) as p:
+        p.update(3)
+    assert quiet.getvalue() == ""
+
+
+def test_removed_on_failure_cleans_only_what_the_failed_start_created(tmp_path):
+    from megasnow.utils.cli import removed_on_failure
+
+    out = tmp_path / "out"
+    with pytest.raises(UserError):
+        with removed_on_failure(out):
+            (out / "work").mkdir(parents=True)
+            (out / "config.yaml").write_text("x: 1\n")
+            raise UserError("input missing")
+    assert not out.exists()
+    out.mkdir()
+    (out / "done.jsonl").write_text("{}\n")
+    with pytest.raises(KeyboardInterrupt):
+        with removed_on_failure(out):
+            raise KeyboardInterrupt
+    assert (out / "done.jsonl").exists()  # it existed before: a rerun's outputs are never removed
+    with removed_on_failure(tmp_path / "ok") as path:
+        os.makedirs(path)
+    assert (tmp_path / "ok").is_dir()

@@ -1,0 +1,97 @@
+"""tools/generate.py under the CLI rule: bad sampling flags, an empty or too-long --prompt -> `error:` and exit 2,
+nothing written; in a --prompts-file each bad line is reported as FILE:LINE and skipped while the others are
+answered exactly as megasnow.model.generate answers them."""
+import importlib.util
+import json
+import os
+
+import pytest
+
+from megasnow.model.config import get_preset
+from megasnow.model.generate import generate
+from megasnow.utils.cli import run_tool
+from tests.convert.test_convert_hf_llama import REPO, save_model_checkpoint, sp_model  # noqa: F401 (fixture)
+
+MAX_SEQ_LEN = 48
+
+
+def load_tool():
+    spec = importlib.util.spec_from_file_location("generate_tool", os.path.join(REPO, "tools", "generate.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, sp_model):  # noqa: F811
+    root = tmp_path_factory.mktemp("gen")
+    save_model_checkpoint(root, get_preset("tiny", vocab_size=600, max_seq_len=MAX_SEQ_LEN), seed=3, tokenizer=sp_model)
+    return str(root / "ckpt")
+
+
+def errors(capsys):
+    return capsys.readouterr().err.splitlines()
+
+
+@pytest.mark.parametrize("flags,named", [
+    (["--top-p", "0"], "--top-p"),
+    (["--top-p", "1.5"], "--top-p"),
+    (["--max-new-tokens", "-1"], "--max-new-tokens"),
+    (["--temperature", "-0.5"], "--temperature"),
+    (["--batch-size", "0"], "--batch-size"),
+    (["--prompt", ""], "--prompt number 1 is empty"),
+])
+def test_bad_flags_are_one_error_line_before_any_model_loads(tmp_path, capsys, flags, named):
+    out = tmp_path / "out.jsonl"
+    args = ["--checkpoint", str(tmp_path), "--output", str(out)] + (["--prompt", "x"] if "--prompt" not in flags else [])
+    assert run_tool(load_tool().main, args + flags) == 2
+    lines = errors(capsys)
+    assert len(lines) == 1 and lines[0].startswith("error: ") and named in lines[0], lines
+    assert not out.exists()
+
+
+def test_too_long_prompt_is_an_error_naming_the_context(checkpoint, tmp_path, capsys):
+    out = tmp_path / "out.jsonl"
+    long_prompt = "def f(x):\n    return x\n" * 40
+    assert run_tool(load_tool().main, ["--checkpoint", checkpoint, "--prompt", "ok", "--prompt", long_prompt,
+                                       "--max-new-tokens", "8", "--device", "cpu", "--output", str(out)]) == 2
+    lines = errors(capsys)
+    assert len(lines) == 1 and lines[0].startswith("error: --prompt 2 is ") and f"context of {MAX_SEQ_LEN}" in lines[0]
+    assert not out.exists()
+
+
+def test_bad_lines_of_a_prompts_file_are_reported_and_skipped(checkpoint, tmp_path, capsys):
+    tool = load_tool()
+    good = ["def add(a, b):\n", "import json\n"]
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("\n".join([
+        json.dumps({"prompt": good[0]}),                         # 1
+        "{not json",                                              # 2
+        json.dumps({"text": "no prompt field"}),                  # 3
+        json.dumps({"prompt": ""}),                               # 4
+        json.dumps({"prompt": "x = 1\n" * 60}),                   # 5: too long for the context
+        json.dumps({"prompt": good[1]}),                          # 6
+    ]) + "\n")
+    out = tmp_path / "out.jsonl"
+    assert run_tool(tool.main, ["--checkpoint", checkpoint, "--prompts-file", str(prompts), "--max-new-tokens", "6",
+                                "--device", "cpu", "--output", str(out)]) == 0
+    captured = capsys.readouterr()
+    warnings = [line for line in captured.err.splitlines() if line.startswith("warning: ")]
+    assert sorted(int(w.split(f"{prompts}:")[1].split(":")[0]) for w in warnings) == [2, 3, 4, 5], warnings
+    assert "wrote 2 completions" in captured.out and "4 prompts skipped" in captured.out
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["prompt"] for r in rows] == good
+    model, tok = tool.load_model_and_tokenizer(checkpoint=checkpoint)
+    direct = generate(model, [tok.encode(p) for p in good], 6, stop_ids=[tok.eod_id])
+    assert [r["tokens"] for r in rows] == direct
+
+
+def test_a_prompts_file_with_no_usable_line_is_an_error(checkpoint, tmp_path, capsys):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"prompt": ""}) + "\n{broken\n")
+    out = tmp_path / "out.jsonl"
+    assert run_tool(load_tool().main, ["--checkpoint", checkpoint, "--prompts-file", str(prompts),
+                                       "--output", str(out)]) == 2
+    lines = errors(capsys)
+    assert lines[-1].startswith("error: no usable prompt in ") and str(prompts) in lines[-1]
+    assert sum(line.startswith("warning: ") for line in lines) == 2 and not out.exists()
