@@ -45,6 +45,8 @@ TOOLS = {
                              names=["no_such_op"]),
     "convert_checkpoint.py": Tool("serve", ["export", "--checkpoint", "{missing}", "--output", "{out}"]),
     "curate.py": Tool("curate", ["--input", "{missing}", "--output", "{out}"]),
+    "evaluate.py": Tool("evalh", ["score", "--benchmark", "humaneval", "--samples", "{missing}", "--output", "{out}"],
+                        help=["score", "--help"]),
     "generate.py": Tool("cli", ["--checkpoint", "{missing}", "--prompt", "def f():", "--output", "{out}/c.jsonl"]),
     "merge_datasets.py": Tool("data", ["--input", "{missing}", "--output-prefix", "{out}/merged"]),
     "preprocess_data.py": Tool("data", ["--input", "{missing}", "--tokenizer-model", "{tmp}/no_tokenizer.model",
