@@ -4,17 +4,20 @@
   python benchmarks/log_gaps.py --log qs.tsv -- bash scripts/quickstart.sh --fresh
   python benchmarks/log_gaps.py --read qs.tsv            # report on a log written before
 
-The command runs on a pseudo-terminal by default, so it prints what a user's terminal shows (progress bars
-included); a carriage return ends a line as a newline does (a bar's redraw counts as output). --pipe runs it on a
+The command runs on a pseudo-terminal (120 x 40) by default, so it prints what a user's terminal shows (progress
+bars included); a carriage return ends a line as a newline does (a bar's redraw counts as output). --pipe runs it on a
 plain pipe instead (what `cmd > file` gets). The log is tab-separated: seconds since start, then the line.
 Exit status: the command's.
 """
 import argparse
+import fcntl
 import os
 import pty
 import re
+import struct
 import subprocess
 import sys
+import termios
 import time
 
 ANSI = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]")
@@ -26,6 +29,8 @@ def run_logged(cmd, log_path, use_pty=True):
     t0 = time.monotonic()
     if use_pty:
         master, slave = pty.openpty()
+        # a terminal's size: without one, tqdm draws its bars zero columns wide (prints nothing)
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=slave, stderr=slave, close_fds=True)
         os.close(slave)
         fd = master

@@ -8,6 +8,7 @@ an HF export and a loss-curve PNG.
 Every stage skips work whose outputs exist, so a rerun resumes (training resumes from its last checkpoint).
 """
 import argparse
+import atexit
 import glob
 import hashlib
 import json
@@ -23,15 +24,15 @@ sys.path.insert(0, REPO)
 TINY_YAML = os.path.join(REPO, "examples", "snowcoder", "tiny-cpu.yaml")  # the three phases, scaled down
 SYNTH_YAML = os.path.join(REPO, "examples", "synthesis", "cpu_local.yaml")  # SmolLM2 on a CPU
 SETTINGS = {
-    # phase2_tokens: the selected high-quality budget; its 4 passes fix phase 2's length (about 65 steps of 16 x 256).
-    # Source files over max_file_kb are skipped and pseudo-repositories hold at most repo_kb, so the phase-1
-    # documents (the units the selection takes or leaves) are small next to that budget.
-    # synthesis: requests to the generator (one per seed, all in one server batch) and their max_tokens; sized to
-    # the time goal (benchmarks/results/quickstart.md).
-    "full": dict(corpus_mb=6.0, max_file_kb=16, repo_kb=8, vocab=2048, max_new_tokens=96, phase2_tokens=64_000,
-                 annotator=dict(max_length=256, stdlib=200, networkx=164, heldout=0.1), mix_tolerance_pp=5.0,
-                 synthesis=dict(name="smollm2", num_seeds=16, max_tokens=256),
-                 steps=(None, None, None), warmup=(16, 8, 3)),
+    # Sized to the time goal (under 10 minutes after the install on 2 cores beside a busy neighbour;
+    # benchmarks/results/quickstart.md). phase2_tokens: the selected high-quality budget; its 4 passes fix phase 2's
+    # length (about 47 steps of 16 x 256). Source files over max_file_kb are skipped and pseudo-repositories hold at
+    # most repo_kb, so the phase-1 documents (the units the selection takes or leaves) are small next to that
+    # budget. synthesis: requests to the generator (one per seed, all in one server batch) and their max_tokens.
+    "full": dict(corpus_mb=4.0, max_file_kb=16, repo_kb=8, vocab=2048, max_new_tokens=96, phase2_tokens=48_000,
+                 annotator=dict(max_length=256, stdlib=100, networkx=100, heldout=0.1), mix_tolerance_pp=5.0,
+                 synthesis=dict(name="smollm2", num_seeds=8, max_tokens=256),
+                 steps=(None, None, None), warmup=(12, 6, 3)),
     # --ci shrinks the corpus, documents, annotator, model and phase lengths of tiny-cpu.yaml, and synthesizes with
     # the tiny random model (about 45 s on 2 cores)
     "ci": dict(corpus_mb=0.8, max_file_kb=4, repo_kb=4, vocab=512, max_new_tokens=24, phase2_tokens=12_000,
@@ -311,30 +312,64 @@ def gguf_path():
     return path
 
 
-def synthesis_model(work, ci):
+class GeneratorImport:
     """The generator's checkpoint folder, made once per workdir: SmolLM2-135M-Instruct imported from its GGUF
-    (tools/convert_checkpoint.py import --gguf), or with --ci the tiny random model of
-    megasnow.generation.tiny_model (gibberish, but the same server and synthesis path in seconds)."""
-    folder = os.path.join(work, "models", "tiny-random" if ci else "smollm2")
-    if os.path.exists(os.path.join(folder, "latest")):
-        log(f"generator: {folder} (imported before)")
-        return folder
-    if ci:
-        from megasnow.generation.tiny_model import write_tiny_checkpoint
+    (tools/convert_checkpoint.py import --gguf) in a background process started before phase 2 (its ~30 s then
+    overlap the annotator), or with --ci the tiny random model of megasnow.generation.tiny_model (gibberish, but
+    the same server and synthesis path in seconds). `folder()` waits for it, logging every 15 s."""
 
-        write_tiny_checkpoint(folder, seed=0)
-        log(f"generator: tiny random model (megasnow.generation.tiny_model) in {folder}: --ci stands it in for "
-            "SmolLM2, so its outputs are gibberish and post-processing keeps none")
-    else:
-        t = time.time()
-        run([sys.executable, "tools/convert_checkpoint.py", "import", "--gguf", gguf_path(), "--output", folder],
-            stdout=subprocess.DEVNULL)
-        log(f"generator: SmolLM2-135M-Instruct imported from its GGUF into {folder} ({time.time() - t:.0f} s; "
-            "kept for reruns)")
-    return folder
+    def __init__(self, work, ci):
+        self.ci, self.proc, self.t0 = ci, None, time.time()
+        self.dir = os.path.join(work, "models", "tiny-random" if ci else "smollm2")
+        self.log_path = os.path.join(work, "models", "import.log")
+        if ci or os.path.exists(os.path.join(self.dir, "latest")):
+            return
+        os.makedirs(os.path.dirname(self.dir), exist_ok=True)
+        env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        cmd = [sys.executable, "tools/convert_checkpoint.py", "import", "--gguf", gguf_path(), "--output", self.dir]
+        log("generator: importing SmolLM2-135M-Instruct from its GGUF in the background ($ " + " ".join(cmd[1:])
+            + f" > {self.log_path})")
+        with open(self.log_path, "w") as out:
+            self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+        atexit.register(self.stop)  # a quickstart that fails before synthesis leaves no import running
+
+    def stop(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(30)
+
+    def folder(self):
+        if self.ci:
+            if not os.path.exists(os.path.join(self.dir, "latest")):
+                from megasnow.generation.tiny_model import write_tiny_checkpoint
+
+                write_tiny_checkpoint(self.dir, seed=0)
+            log(f"generator: tiny random model (megasnow.generation.tiny_model) in {self.dir}: --ci stands it in for "
+                "SmolLM2, so its outputs are gibberish and post-processing keeps none")
+        elif self.proc is None:
+            log(f"generator: {self.dir} (imported before)")
+        else:
+            while True:
+                try:
+                    rc = self.proc.wait(15)
+                    break
+                except subprocess.TimeoutExpired:
+                    log(f"generator: still importing SmolLM2 ({time.time() - self.t0:.0f} s; {self.log_path})")
+            if rc:
+                with open(self.log_path, encoding="utf-8", errors="replace") as f:
+                    tail = f.read()[-2000:]
+                raise SystemExit(f"quickstart: importing SmolLM2 failed (exit {rc}); {self.log_path}:\n{tail}")
+            log(f"generator: SmolLM2-135M-Instruct imported into {self.dir} ({time.time() - self.t0:.0f} s after the "
+                "import started; kept for reruns)")
+        return self.dir
 
 
-def synthesize(work, selection_dir, phase2, s, ci):
+def synthesis_done(work):
+    return (os.path.exists(os.path.join(work, "synthesis", "summary.json"))
+            and os.path.exists(os.path.join(work, "phases", "synthetic.jsonl.done")))
+
+
+def synthesize(work, selection_dir, phase2, s, generator):
     """The recipe's phase 3 with megasnow.synth: serve the generator with `python -m megasnow.serve` on
     127.0.0.1 (a random free port), ask it for code files seeded by the phase-2 selection (tools/synthesize.py
     with examples/synthesis/cpu_local.yaml and the sizes in SETTINGS), and collect the kept documents into
@@ -345,8 +380,8 @@ def synthesize(work, selection_dir, phase2, s, ci):
     out = os.path.join(work, "synthesis")
     kept_path = os.path.join(work, "phases", "synthetic.jsonl")
     summary_path = os.path.join(out, "summary.json")
-    if not (os.path.exists(summary_path) and os.path.exists(kept_path + ".done")):
-        model = synthesis_model(work, ci)
+    if not synthesis_done(work):
+        model = generator.folder()
         env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
         t = time.time()
         with ServerProcess(model, "--max-num-seqs", y["num_seeds"], "--served-model-name", y["name"],
@@ -462,10 +497,21 @@ def phase_end_benchmark_losses(bench):
 
 
 def write_recipe_report(work):
-    """The recipe report of issue 15 (loss per phase, benchmark-solution loss, the annotator's ROC curve, the
-    selected language mix) is written here once its module is on main; until then the quickstart's own figures
-    are its loss curve and summary."""
-    return None
+    """The quickstart ends by writing the recipe report of issue 15 (megasnow.recipe.report: loss and
+    benchmark-solution loss per phase, the annotator's ROC curve, the selected language mix; markdown + PNGs) into
+    the workdir. Returns the markdown path, or None where this checkout has no megasnow.recipe yet."""
+    try:
+        from megasnow.recipe.report import write_recipe_report as write
+    except ImportError:  # megasnow.recipe lands with issue 15's ablation runner
+        log("recipe report: megasnow.recipe is not in this checkout; skipped (the loss curve and summary below are "
+            "the quickstart's own)")
+        return None
+    t = time.time()
+    # 50 random phase-1 files against HumanEval's 164 solutions for the annotator's ROC-AUC (cached in
+    # quality/alignment.json): the report took 52 s with 100 files on 2 cores, most of it scoring them
+    out = write(work, os.path.join(work, "recipe_report.md"), compute_alignment=True, num_random=50)
+    log(f"recipe report: {out['markdown']} with {len(out['plots'])} plots ({time.time() - t:.0f} s)")
+    return out["markdown"]
 
 
 def main(argv=None):
@@ -503,6 +549,7 @@ def main(argv=None):
     phase1, valid = split_phases(docs_dir, os.path.join(work, "phases"))
 
     stage("3 phase 2")
+    generator = None if synthesis_done(work) else GeneratorImport(work, args.ci)
     log(f"3/8 phase 2: quality annotator -> scores -> per-language selection of {s['phase2_tokens']:,} tokens "
         "(megasnow.quality)")
     phase2, annotator_metrics, selection = select_phase2(phase1, os.path.join(work, "quality"), tokenizer,
@@ -514,7 +561,7 @@ def main(argv=None):
         f"{'a tiny random model (--ci)' if args.ci else 'SmolLM2-135M-Instruct'} served by megasnow.serve, seeded "
         "by the phase-2 selection (megasnow.synth)")
     synthetic, synth_summary = synthesize(work, os.path.join(work, "quality", "selection", "selected"), phase2, s,
-                                          args.ci)
+                                          generator)
 
     stage("5 binarize")
     log("5/8 binarize (tools/preprocess_data.py)")

@@ -34,4 +34,4 @@ def test_tiny_cpu_phases_parse():
     assert cfg.eval.benchmark_loss_interval > 0 and cfg.eval.benchmark_files == ["humaneval"]
     # the quickstart's budget (benchmarks/results/quickstart.md): steps of 16 x 256 tokens; phase 2's 4 passes over
     # the selected data fix its length
-    assert [p.steps for p in phases] == [144, None, 16] and cfg.train.global_batch_size * cfg.data.seq_len == 4096
+    assert [p.steps for p in phases] == [100, None, 16] and cfg.train.global_batch_size * cfg.data.seq_len == 4096
