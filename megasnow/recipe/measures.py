@@ -17,17 +17,21 @@ def heldout_samples(prefix, seq_len, cache_dir=None):
     return ds
 
 
-def heldout_loss(model, dataset, batch_size=8, device="cpu"):
-    """{"loss": mean next-token cross entropy (nats/token) over every token of `dataset`, "tokens"}."""
+def heldout_loss(model, dataset, batch_size=8, device="cpu", eod_id=None):
+    """{"loss": mean next-token cross entropy (nats/token) over every token of `dataset`, "tokens"}. With `eod_id`
+    (a model trained with model.document_mask), attention stays inside each packed document, as in training."""
     import numpy as np
     import torch
+
+    from megasnow.model.llama import document_ids_from_tokens
 
     total, count = 0.0, 0
     with torch.no_grad():
         for b in range(0, len(dataset), batch_size):
             x = torch.from_numpy(np.stack([np.asarray(dataset[i], dtype=np.int64)
                                            for i in range(b, min(b + batch_size, len(dataset)))])).to(device)
-            logits = model(x[:, :-1]).float()
+            docs = document_ids_from_tokens(x[:, :-1], eod_id) if eod_id is not None else None
+            logits = model(x[:, :-1], document_ids=docs).float()
             ce = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1),
                                                    reduction="sum")
             total += float(ce)
@@ -50,7 +54,8 @@ def measure_checkpoint(checkpoint, tokenizer_path, valid_prefix, seq_len, benchm
     model, step_dir = build_megasnow_model(checkpoint, device=device)
     tok = load_tokenizer(tokenizer_path)
     out = {"checkpoint": step_dir}
-    held = heldout_loss(model, heldout_samples(valid_prefix, seq_len, cache_dir), device=device)
+    eod = tok.eod_id if getattr(model.cfg, "document_mask", False) else None
+    held = heldout_loss(model, heldout_samples(valid_prefix, seq_len, cache_dir), device=device, eod_id=eod)
     out["heldout_loss"], out["heldout_tokens"] = held["loss"], held["tokens"]
     out["benchmark_loss"], out["benchmark_tokens"] = {}, {}
     logits_fn = megasnow_logits_fn(model)
