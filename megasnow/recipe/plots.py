@@ -70,7 +70,7 @@ def plot_benchmark_losses(path, bench, curves, finals, base_value, title):
         names = list(finals)
         for i, name in enumerate(names):
             vals = finals[name]
-            color = COLORS[(i + 1) % len(COLORS)] if name != "phase-1 checkpoint" else "black"
+            color = COLORS[i % len(COLORS)]  # the same order and colours as the curves on the left
             ax.plot([i] * len(vals), vals, "o", color=color, alpha=0.6, markersize=5)
             if vals:
                 mean = sum(vals) / len(vals)

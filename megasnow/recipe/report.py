@@ -178,7 +178,7 @@ def _ablation_report(workdir, stem, lines, plot_list):
         lines.append(f"  - `{a['name']}`: {a['description']}")
     lines.append("")
 
-    lines.append("## Comparisons (A − B; a difference counts only beyond 2 standard errors)\n")
+    lines.append("## Comparisons (A − B over seeds; a difference counts only where Welch's t-test gives p < 0.05)\n")
     rows = []
     for c in summary["comparisons"]:
         a = summary["arms"][c["a"]]
@@ -254,7 +254,7 @@ def _ablation_report(workdir, stem, lines, plot_list):
         i = arm_names.index(arm)
         first = name.endswith(f" seed {plan['seeds'][0]}")
         train = rec.get("train", [])
-        curves.append({"label": arm if first else None, "color": plots.COLORS[(i + 1) % len(plots.COLORS)],
+        curves.append({"label": arm if first else None, "color": plots.COLORS[i % len(plots.COLORS)],
                        "alpha": 0.6, "legend_eval": first,
                        "train": [(base_tokens + r["tokens"], r["loss"]) for r in train],
                        "eval": [(base_tokens + _tokens_at(train, r["step"]), r["loss"]) for r in rec.get("eval", [])]})

@@ -1,8 +1,9 @@
 """Spread over seeds and arm-vs-arm differences, with a plain verdict on whether a difference is above the noise."""
 import math
 
-# A difference counts as real when it exceeds this many standard errors (about a 95% two-sided interval).
-NOISE_SE = 2.0
+# A difference counts as real when Welch's two-sided t-test gives p below this (the seeds are few, so the t
+# distribution's heavy tails matter: with 3 seeds a side, 2 standard errors is only p ~ 0.1-0.2).
+ALPHA = 0.05
 
 
 def describe(values):
@@ -18,8 +19,8 @@ def describe(values):
 
 def compare(a, b, name_a="a", name_b="b"):
     """Difference of means a - b of two seed samples (lists of floats), its standard error
-    sqrt(s_a^2/n_a + s_b^2/n_b), Welch's t-test p-value (scipy; None with fewer than 2 seeds per side or no spread)
-    and a verdict: f"{name_a} lower" / f"{name_a} higher" when |diff| > NOISE_SE x se, else "within noise"."""
+    sqrt(s_a^2/n_a + s_b^2/n_b), Welch's t-test p-value (scipy; None with fewer than 2 seeds a side or no spread)
+    and a verdict: f"{name_a} lower" / f"{name_a} higher" when p < ALPHA, else "within noise"."""
     da, db = describe(a), describe(b)
     if not da["n"] or not db["n"]:
         return {"diff": None, "se": None, "p_welch": None, "verdict": "not measured", "n": [da["n"], db["n"]]}
@@ -32,7 +33,9 @@ def compare(a, b, name_a="a", name_b="b"):
         p = float(ttest_ind(da["values"], db["values"], equal_var=False).pvalue)
     if da["n"] < 2 or db["n"] < 2:
         verdict = "one seed: spread not measured"
-    elif abs(diff) > NOISE_SE * se:
+    elif p is None:
+        verdict = "within noise" if diff == 0 else (f"{name_a} lower" if diff < 0 else f"{name_a} higher")
+    elif p < ALPHA:
         verdict = f"{name_a} lower" if diff < 0 else f"{name_a} higher"
     else:
         verdict = "within noise"

@@ -93,7 +93,7 @@ def test_ablation_report_tables_match_the_run_folders(tiny_run, tmp_path):
     assert row[6] == f"{bench[-1]['humaneval_plus_mini_loss']:.4f}"
 
     # comparisons: selected vs random on the first benchmark, difference of the means
-    comp = tables["Comparisons (A − B; a difference counts only beyond 2 standard errors)"]
+    comp = tables["Comparisons (A − B over seeds; a difference counts only where Welch's t-test gives p < 0.05)"]
     row = next(r for r in comp[1:] if r[0] == "selected vs random" and r[1] == "humaneval_plus_mini solution loss")
     a = [float(x) for x in [r[5].split(" / ")[0] for r in runs[1:] if r[0] == "selected"]]
     b = [float(x) for x in [r[5].split(" / ")[0] for r in runs[1:] if r[0] == "random"]]
