@@ -58,7 +58,7 @@ def test_bad_config_is_one_line_exit_2_and_leaves_nothing(tiny_inputs, tmp_path,
 
 def test_dry_run_prints_the_matched_plan(tiny_inputs, tmp_path):
     cfg = write_config(str(tmp_path / "cfg.yaml"), tiny_config(tiny_inputs))
-    r = _run("run", cfg, "ablation.seeds=[0,1,2]", "--output", str(tmp_path / "out"), "--dry-run")
+    r = _run("run", cfg, "--output", str(tmp_path / "out"), "--dry-run", "ablation.seeds=[0,1,2]")
     assert r.returncode == 0, r.stderr
     plan = json.loads(r.stdout)
     assert plan["steps"] == 6 and plan["tokens_per_arm"] == 6 * 4 * 32
