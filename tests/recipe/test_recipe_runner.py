@@ -147,3 +147,59 @@ def test_alignment_auc_matches_sklearn_and_the_quality_report(tiny_run):
         assert al["benchmarks"][name]["roc_auc"] == pytest.approx(roc_auc(y, pos + neg), abs=1e-12)
         assert summary["alignment"]["tiny"]["roc_auc"][name] == al["benchmarks"][name]["roc_auc"]
     assert len(al["scores"]["benchmarks"]["humaneval_plus_mini"]) == 4
+
+
+def _stdlib_positives(root):
+    """Documented standard-library functions as code files and as instruction records (docstring -> problem)."""
+    import ast
+
+    files, instructions = [], []
+    for name in ("textwrap", "shlex", "fnmatch", "colorsys", "bisect", "heapq", "calendar", "difflib"):
+        path = os.path.join(os.path.dirname(os.__file__), name + ".py")
+        src = open(path, encoding="utf-8").read()
+        for node in ast.parse(src).body:
+            if isinstance(node, ast.FunctionDef) and ast.get_docstring(node) and not node.name.startswith("_"):
+                code = ast.get_source_segment(src, node)
+                files.append({"text": code})
+                instructions.append({"problem": ast.get_docstring(node), "solution": f"```python\n{code}\n```"})
+    paths = {}
+    for key, recs in (("files", files), ("instructions", instructions)):
+        paths[key] = os.path.join(root, f"{key}.jsonl")
+        with open(paths[key], "w") as f:
+            f.write("".join(json.dumps(r) + "\n" for r in recs))
+    return paths
+
+
+def test_annotator_trained_here_and_its_own_arm(tiny_run, tiny_inputs, tmp_path):
+    """An annotator trained by the runner from code files + instruction records (megasnow.quality's builder) gets
+    its selection, its ROC-AUC and a `selected@NAME` arm compared with the first annotator's `selected`."""
+    pos = _stdlib_positives(str(tmp_path))
+    cfg = tiny_config(tiny_inputs, **{"ablation.arms": ["selected", "selected@files-instr"], "ablation.seeds": [0, 1]})
+    cfg["annotators"].append({"name": "files-instr", "max_length": 32, "heldout_fraction": 0.25,
+                              "positives": [{"paths": [pos["files"]], "limit": 30},
+                                            {"paths": [pos["instructions"]], "kind": "instruction", "limit": 30}]})
+    cfg["base"] = {"checkpoint": os.path.join(tiny_run[0], "base", "ckpt")}
+    out = str(tmp_path / "out")
+    summary = run_ablation(cfg, out)
+    folder = os.path.join(out, "quality", "files-instr", "annotator")
+    with open(folder + ".training_data.json") as f:
+        stats = json.load(f)["stats"]
+    n = min(stats["positives_available"], stats["negatives_sampled"])  # balanced: the larger class is downsampled
+    assert stats["positives_available"] == 60 and n > 40 and stats["train"] + stats["heldout"] == 2 * n
+    with open(os.path.join(folder, "metrics.json")) as f:
+        assert json.load(f)["heldout"]["n"] == stats["heldout"] == 2 * round(n * 0.25)
+    assert set(summary["alignment"]) == {"tiny", "files-instr"}
+    res = _result(out, "selected-files-instr", 0)
+    assert res["annotator"] == "files-instr" and res["tokens"] == summary["plan"]["tokens_per_arm"]
+    assert res["dataset"].endswith("selected-files-instr-400_text_document")
+    assert [c["measure"] for c in summary["comparisons"] if c["a"] == "selected@files-instr"] == [
+        "humaneval_plus_mini solution loss", "mbpp_plus_mini solution loss", "held-out loss"]
+    # the phase-1 checkpoint was given: measured, not trained
+    with open(os.path.join(out, "base", "result.json")) as f:
+        assert json.load(f)["trained_here"] is False
+    assert not os.path.exists(os.path.join(out, "base", "ckpt"))
+    mtime = os.path.getmtime(os.path.join(folder, "metrics.json"))
+    lines = []
+    run_ablation(cfg, out, lines)  # a rerun trains no annotator and no arm
+    assert os.path.getmtime(os.path.join(folder, "metrics.json")) == mtime
+    assert not any("training" in msg and "skipped" not in msg for msg in lines)
