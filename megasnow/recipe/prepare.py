@@ -7,6 +7,7 @@ difference from the selected arm is which documents are taken.
 """
 import glob
 import hashlib
+import inspect
 import json
 import os
 import random
@@ -70,10 +71,11 @@ def dataset_tokens(prefix):
     return len(ds.document_indices) - 1, int(ds.sequence_lengths.sum())
 
 
-def train_annotator_stage(spec, phase1, folder, device, log, text_field="text"):
+def train_annotator_stage(spec, phase1, folder, device, log, text_field="text", benchmarks=()):
     """The annotator folder for `spec` (an AnnotatorSpec): spec.folder, or trained into `folder` from spec.positives
     vs random phase-1 documents with megasnow.quality (skipped when `folder` holds a finished annotator with the same
-    settings). Training-set counts go to <folder>.training_data.json."""
+    settings). Training-set counts go to <folder>.training_data.json. `benchmarks` (benchmark files; HumanEval is
+    always checked) go to the builder's benchmark check where it has one: positives matching them are dropped."""
     if spec.folder:
         return spec.folder
     from megasnow.quality.training_data import PositiveSource
@@ -84,6 +86,9 @@ def train_annotator_stage(spec, phase1, folder, device, log, text_field="text"):
     settings = {"positives": [dict(vars(s), state=_file_state(_expand(s.paths))) for s in sources],
                 "negatives": _file_state(_expand(phase1)), "mode": spec.mode, "encoder": spec.encoder,
                 "max_length": spec.max_length, "heldout_fraction": spec.heldout_fraction, "seed": spec.seed}
+    files = [os.path.abspath(b) for b in benchmarks if b.lower() != "humaneval"]
+    if files:
+        settings["benchmark_files"] = _file_state(files)
     stamp = folder.rstrip("/") + ".training_data.json"
     if os.path.exists(os.path.join(folder, "metrics.json")) and os.path.exists(stamp):
         with open(stamp, encoding="utf-8") as f:
@@ -93,8 +98,14 @@ def train_annotator_stage(spec, phase1, folder, device, log, text_field="text"):
     from megasnow.quality.training_data import build_training_set
 
     log(f"annotator {spec.name}: building the training set (positives vs random phase-1 documents)")
+    kwargs = {}
+    if files and "benchmarks" in inspect.signature(build_training_set).parameters:  # the builder's leakage check
+        kwargs["benchmarks"] = files
     train, heldout, stats = build_training_set(sources, phase1, heldout_fraction=spec.heldout_fraction, seed=spec.seed,
-                                               negative_text_field=text_field)
+                                               negative_text_field=text_field, **kwargs)
+    matches = stats.get("benchmark_matches") or {}
+    if matches.get("dropped"):
+        log(f"annotator {spec.name}: {matches['dropped']} positive(s) matching a benchmark dropped (never trained on)")
     log(f"annotator {spec.name}: {stats['train']} train / {stats['heldout']} held-out examples "
         f"({stats['positives_available']} positives); training ({spec.mode}, {spec.max_length}-token window)")
     metrics = train_annotator(train, heldout, folder, TrainConfig(mode=spec.mode, encoder=spec.encoder,

@@ -127,7 +127,7 @@ class AblationRunner:
         for spec in c.annotators:
             qdir = os.path.join(self.out, "quality", spec.name)
             folder = prepare.train_annotator_stage(spec, d.phase1, os.path.join(qdir, "annotator"), self.device,
-                                                   self.log, d.text_field)
+                                                   self.log, d.text_field, benchmarks=c.measure.benchmarks)
             self.annotator_folders[spec.name] = folder
             self.log(f"annotator {spec.name}: scoring the phase-1 documents ({folder})")
             self.scores_dirs[spec.name] = os.path.join(qdir, "scores")
