@@ -203,3 +203,20 @@ def test_annotator_trained_here_and_its_own_arm(tiny_run, tiny_inputs, tmp_path)
     run_ablation(cfg, out, lines)  # a rerun trains no annotator and no arm
     assert os.path.getmtime(os.path.join(folder, "metrics.json")) == mtime
     assert not any("training" in msg and "skipped" not in msg for msg in lines)
+
+
+def test_pass_at_1_measure_of_a_checkpoint(tiny_run):
+    """measure.pass_at_1 wires greedy pass@1 (generation + sandbox) into the measures: a 2-layer model passes nothing."""
+    from megasnow.eval.tasks import load_benchmark
+    from megasnow.recipe.measures import measure_checkpoint
+    from tests.recipe.tiny_setting import BENCHMARKS
+
+    out, cfg = tiny_run[0], tiny_run[1]
+    bench = load_benchmark(BENCHMARKS[0])
+    m = measure_checkpoint(os.path.join(out, "base", "ckpt"), cfg["data"]["tokenizer"],
+                           os.path.join(out, "data", "valid_text_document"), 32, [bench], pass_at_1=(2, 8))
+    assert m["pass@1"] == {"humaneval_plus_mini": 0.0} and m["pass@1_tasks"] == 2
+    with open(os.path.join(out, "base", "result.json")) as f:
+        base = json.load(f)["measures"]
+    assert m["heldout_loss"] == base["heldout_loss"]
+    assert m["benchmark_loss"]["humaneval_plus_mini"] == base["benchmark_loss"]["humaneval_plus_mini"]
