@@ -496,22 +496,19 @@ def phase_end_benchmark_losses(bench):
     return out
 
 
-def write_recipe_report(work):
-    """The quickstart ends by writing the recipe report of issue 15 (megasnow.recipe.report: loss and
-    benchmark-solution loss per phase, the annotator's ROC curve, the selected language mix; markdown + PNGs) into
-    the workdir. Returns the markdown path, or None where this checkout has no megasnow.recipe yet."""
-    try:
-        from megasnow.recipe.report import write_recipe_report as write
-    except ImportError:  # megasnow.recipe lands with issue 15's ablation runner
-        log("recipe report: megasnow.recipe is not in this checkout; skipped (the loss curve and summary below are "
-            "the quickstart's own)")
-        return None
+def recipe_report(work, ci):
+    """The quickstart ends by writing the recipe report (megasnow.recipe.report, docs/recipe.md): loss and HumanEval
+    solution loss per phase, the annotator's ROC curve on HumanEval's held-out solutions vs random phase-1 files,
+    the selected language mix; markdown + PNGs in the workdir. --ci skips the ROC measurement (scoring ~200 files).
+    Returns write_recipe_report's result."""
+    from megasnow.recipe.report import write_recipe_report
+
     t = time.time()
     # 50 random phase-1 files against HumanEval's 164 solutions for the annotator's ROC-AUC (cached in
-    # quality/alignment.json): the report took 52 s with 100 files on 2 cores, most of it scoring them
-    out = write(work, os.path.join(work, "recipe_report.md"), compute_alignment=True, num_random=50)
+    # quality/alignment.json; scoring them is most of the report's time)
+    out = write_recipe_report(work, os.path.join(work, "recipe_report.md"), compute_alignment=not ci, num_random=50)
     log(f"recipe report: {out['markdown']} with {len(out['plots'])} plots ({time.time() - t:.0f} s)")
-    return out["markdown"]
+    return out
 
 
 def main(argv=None):
@@ -601,7 +598,7 @@ def main(argv=None):
         log("8/8 export to a HuggingFace LlamaForCausalLM folder")
         run([sys.executable, "tools/convert_checkpoint.py", "export", "--checkpoint", os.path.join(work, "ckpt"),
              "--output", os.path.join(work, "hf")], stdout=subprocess.DEVNULL)
-    report = write_recipe_report(work)
+    report = recipe_report(work, args.ci)
     stage("end")
 
     first, last = train[0]["loss"], train[-1]["loss"]
@@ -623,7 +620,7 @@ def main(argv=None):
           + ", ".join(f"{phase} {loss:.3f} (step {step})" for phase, (step, loss) in ends.items()))
     print(f"loss curve: {png}\nsamples:    {samples}\ncheckpoint: {os.path.join(work, 'ckpt')}"
           + ("" if args.ci else f"\nHF export:  {os.path.join(work, 'hf')}")
-          + (f"\nreport:     {report}" if report else ""))
+          + f"\nreport:     {report['markdown']} ({len(report['plots'])} plots beside it)")
     names = list(stage_times)
     print("stage times: " + ", ".join(f"{a} {stage_times[b] - stage_times[a]:.0f} s" for a, b in zip(names, names[1:])))
     print(f"total time: {time.time() - t0:.0f} s")
