@@ -371,7 +371,7 @@ def synthesis_done(work):
 
 def synthesize(work, selection_dir, phase2, s, generator):
     """The recipe's phase 3 with megasnow.synth: serve the generator with `python -m megasnow.serve` on
-    127.0.0.1 (a random free port), ask it for code files seeded by the phase-2 selection (tools/synthesize.py
+    127.0.0.1 (a random free port; its request log in synthesis/server_requests.jsonl), ask it for code files seeded by the phase-2 selection (tools/synthesize.py
     with examples/synthesis/cpu_local.yaml and the sizes in SETTINGS), and collect the kept documents into
     phases/synthetic.jsonl. Returns (that path or None when nothing was kept, the synthesis summary)."""
     from megasnow.serve.process import ServerProcess
@@ -384,8 +384,10 @@ def synthesize(work, selection_dir, phase2, s, generator):
         model = generator.folder()
         env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
         t = time.time()
+        os.makedirs(out, exist_ok=True)
+        # the server's own record of what it answered (one line per request), beside the synthesis outputs
         with ServerProcess(model, "--max-num-seqs", y["num_seeds"], "--served-model-name", y["name"],
-                           env=env) as server:
+                           "--request-log", os.path.join(out, "server_requests.jsonl"), env=env) as server:
             log(f"megasnow.serve: {y['name']} on {server.base_url} ({time.time() - t:.0f} s to load)")
             run([sys.executable, "tools/synthesize.py", "--config", SYNTH_YAML, "--seeds", selection_dir,
                  "--output", out, "--base-url", server.base_url,

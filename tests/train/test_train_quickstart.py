@@ -27,6 +27,11 @@ def _jsonl(path):
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def _read_all(paths):
+    for p in paths:
+        yield from _jsonl(p)
+
+
 @pytest.fixture(scope="module")
 def quickstart_ci(tmp_path_factory):
     work = tmp_path_factory.mktemp("quickstart") / "qs"
@@ -135,6 +140,19 @@ def test_quickstart_ci_synthesis_runs_through_a_real_server(quickstart_ci):
     o = summary["outputs"]
     assert o["generated"] == 8 and o["kept"] == 0 and sum(o["dropped_by_reason"].values()) == 8
     assert re.search(r"megasnow\.serve: tiny-random on http://127\.0\.0\.1:\d+/v1", stdout)
+    # the responses synthesis cached are the ones the server says it answered: the server's request log holds 8
+    # answered requests whose completion lengths are those of the 8 cached responses
+    served = _jsonl(work / "synthesis" / "server_requests.jsonl")
+    assert [r["status"] for r in served] == [200] * 8 and all(r["endpoint"].startswith("/v1/") for r in served)
+    from megasnow.synth.cache import load_responses
+
+    cached = load_responses([str(work / "synthesis")])
+    assert len(cached) == 8 and {r["model"] for r in cached.values()} == {"tiny-random"}
+    assert sorted(r["completion_tokens"] for r in served) == sorted(r["completion_tokens"] for r in cached.values())
+    assert sum(r["completion_tokens"] for r in served) == gen["completion_tokens"]
+    # phase 3's documents are exactly what post-processing kept (none of the tiny model's gibberish)
+    kept = _jsonl(work / "phases" / "synthetic.jsonl")
+    assert kept == list(_read_all(sorted((work / "synthesis" / "data").glob("*.jsonl")))) == []
     assert "synthesis kept no document, so phase 3 trains on the phase-2 selection alone" in stdout
     assert "phase 3: 0 of 8 synthetic documents kept (tiny-random; dropped: " in stdout
     run = yaml.safe_load((work / "run.yaml").read_text())
@@ -199,10 +217,34 @@ def test_quickstart_positives_hold_no_benchmark(quickstart_ci):
     assert decon.match(qs.as_document("x", "a.py", humaneval_solutions()[7]))[0]["task_id"] == "HumanEval/7"
 
 
+def _positive_paths(node):
+    """Every string under a `positives` key of a config (the annotator's training sources)."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "positives":
+                yield from _strings(value)
+            else:
+                yield from _positive_paths(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _positive_paths(value)
+
+
+def _strings(node):
+    if isinstance(node, str):
+        yield node
+    elif isinstance(node, dict):
+        for value in node.values():
+            yield from _strings(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _strings(value)
+
+
 def test_shipped_configs_keep_benchmarks_out():
     """No shipped config turns benchmark decontamination off (curation, synthesis), and none names a benchmark
-    file as annotator training data."""
-    found = 0
+    file as annotator training data (any `positives` source)."""
+    found = positives = 0
     for path in sorted(glob.glob(os.path.join(REPO, "examples", "**", "*.yaml"), recursive=True)):
         with open(path, encoding="utf-8") as f:
             cfg = yaml.safe_load(f)
@@ -221,7 +263,45 @@ def test_shipped_configs_keep_benchmarks_out():
 
         walk(cfg, path)
         text = open(path, encoding="utf-8").read().lower()
-        assert "humaneval.jsonl" not in text and "positives" not in text, path
-    assert found >= 1
+        assert "humaneval.jsonl" not in text, path
+        for source in _positive_paths(cfg):
+            positives += 1
+            assert not any(b in source.lower() for b in ("humaneval", "mbpp", "evalplus", "benchmark")), (path, source)
+    assert found >= 1 and positives >= 3  # examples/recipe's annotators
     qs = open(os.path.join(REPO, "examples", "quickstart.py"), encoding="utf-8").read()
     assert "humaneval_solutions" not in qs
+
+
+def test_quickstart_ci_ends_with_the_recipe_report(quickstart_ci):
+    """Issue 15: the quickstart ends by writing megasnow.recipe's report into its workdir: loss and HumanEval
+    solution loss per phase (the numbers of metrics.jsonl), the selected language mix (the selection report's), each
+    plot a PNG beside the markdown; --ci skips the annotator's ROC measurement. The summary says where it is."""
+    work, stdout = quickstart_ci
+    md = work / "recipe_report.md"
+    text = md.read_text()
+    sections = [line for line in text.splitlines() if line.startswith("#")]
+    assert sections == ["# Recipe report: the quickstart's three phases", "## Loss per phase",
+                        "## Benchmark-solution loss per phase",
+                        "## Annotator alignment: held-out benchmark solutions vs random phase-1 files",
+                        "## Phase 2's language mix vs phase 1"]
+    assert "No alignment.json found" in text and not (work / "quality" / "alignment.json").exists()
+    pngs = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
+    assert pngs == ["recipe_report_loss.png", "recipe_report_benchmark_humaneval.png",
+                    "recipe_report_language_mix.png"]
+    for name in pngs:
+        data = (work / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5_000, name
+    assert f"report:     {md} (3 plots beside it)" in stdout
+    # the phase table holds each phase's last HumanEval solution loss and its training loss range
+    recs = [json.loads(l) for l in (work / "log" / "metrics.jsonl").read_text().splitlines()]
+    rows = {r.split("|")[2].strip(): [c.strip() for c in r.split("|")[1:-1]]
+            for r in text.splitlines() if r.startswith("| quickstart |")}
+    assert list(rows) == ["phase1-general", "phase2-quality", "phase3-synthetic"]
+    for phase, row in rows.items():
+        bench = [r for r in recs if r.get("kind") == "benchmark" and r["phase"] == phase]
+        train = [r for r in recs if r.get("kind", "train") == "train" and r["phase"] == phase]
+        assert row[-1] == f"{bench[-1]['humaneval_loss']:.4f}"
+        assert row[4] == f"{train[0]['loss']:.4f} → {train[-1]['loss']:.4f}"
+    selection = json.loads((work / "quality" / "selection" / "selection_report.json").read_text())
+    for lang, v in selection["languages"].items():
+        assert f"| {lang} | {100 * v['phase1_share']:.2f}% | {100 * v['selected_share']:.2f}% |" in text
