@@ -519,8 +519,9 @@ def main(argv=None):
     ap.add_argument("--ci", action="store_true", help="reduced setting (under a minute) for continuous integration; "
                     "synthesis uses a tiny random model instead of SmolLM2")
     ap.add_argument("--fresh", action="store_true", help="delete the workdir first")
-    # One thread by default: this model's matrices are small, and on a machine shared with other jobs 2 threads ran
-    # 3x slower than 1 (OpenMP threads spin-wait for a descheduled peer; benchmarks/results/quickstart.md).
+    # One thread by default: this model's matrices are small; beside a busy neighbour 1 thread trained at its idle
+    # rate (benchmarks/results/quickstart.md), and an earlier shared-machine record had 2 spin-waiting threads 3x
+    # slower than 1 (a descheduled peer).
     ap.add_argument("--threads", type=int, default=1, help="torch threads for training (more helps on an idle "
                     "machine with spare cores)")
     args = ap.parse_args(argv)
@@ -600,6 +601,7 @@ def main(argv=None):
         log("8/8 export to a HuggingFace LlamaForCausalLM folder")
         run([sys.executable, "tools/convert_checkpoint.py", "export", "--checkpoint", os.path.join(work, "ckpt"),
              "--output", os.path.join(work, "hf")], stdout=subprocess.DEVNULL)
+    stage("9 report")
     report = recipe_report(work, args.ci)
     stage("end")
 
