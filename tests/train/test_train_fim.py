@@ -10,6 +10,8 @@ from megasnow.config import ConfigError
 from megasnow.data.fim import FIMDataset, FIMTransform
 from megasnow.data.indexed import write_dataset
 from megasnow.data.tokenizer import load_tokenizer
+from megasnow.generation.local import LocalEngine
+from megasnow.generation.protocol import GenerationRequest, SamplingParams
 from megasnow.parallel import state
 from megasnow.train.config import load_train_config
 from megasnow.train.trainer import Trainer
@@ -40,7 +42,7 @@ def config(tmp_path, tokenizer, prefixes, fim, steps=3, model=None, **sections):
 
 def test_batches_are_the_fim_transform_of_the_blend(tmp_path, data):
     tokenizer, prefixes = data
-    fim = {"rate": 0.5, "spm_rate": 0.5, "level": "file", "mask_pad": True}
+    fim = {"rate": 0.5, "spm_rate": 1.0, "level": "file", "mask_pad": True}
     cfg = load_train_config(config(tmp_path, tokenizer, prefixes, fim, model={"document_mask": True},
                                    train={"calculate_per_token_loss": True}))
     try:
@@ -48,7 +50,7 @@ def test_batches_are_the_fim_transform_of_the_blend(tmp_path, data):
         train, _ = trainer.datasets[0]
         assert isinstance(train, FIMDataset)
         tok = load_tokenizer(tokenizer)
-        ref = FIMTransform(tok, 0.5, 0.5, "file", seed=cfg.data.seed)
+        ref = FIMTransform(tok, 0.5, 1.0, "file", seed=cfg.data.seed)
         raw = train.dataset
         for i in range(0, len(train), 7):
             assert np.array_equal(train[i], ref(raw[i], i))
@@ -64,6 +66,13 @@ def test_batches_are_the_fim_transform_of_the_blend(tmp_path, data):
         state.destroy_model_parallel()
     recs = losses(str(tmp_path / "log"))
     assert [r["step"] for r in recs] == [1, 2, 3] and all(np.isfinite(r["loss"]) for r in recs)
+    # generation lays out infilling prompts the way this checkpoint was trained: SPM only
+    engine = LocalEngine.from_path(str(tmp_path / "ckpt"))
+    assert engine.fim_format == "spm"
+    fim = tok.fim_tokens()
+    prepared = engine.prepare(GenerationRequest(id="f", prompt="def f(x):\n", suffix="\n    return y\n",
+                                                params=SamplingParams(max_tokens=8)))
+    assert list(prepared.prompt_ids[:2]) == [fim.prefix, fim.suffix]
 
 
 def test_fim_needs_a_tokenizer_and_per_token_loss_for_mask_pad(tmp_path, data):
