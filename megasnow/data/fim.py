@@ -27,27 +27,33 @@ LEVELS = ("file", "sample")
 FORMATS = ("psm", "spm")
 STREAMS = {"train": 0, "valid": 1}
 WINDOW_TOKENS = 8  # tokens re-encoded on each side of a cut inside a token, at most (to the nearest word start)
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-
+_GOLDEN = 0x9E3779B97F4A7C15
+_M64 = (1 << 64) - 1
+_EMPTY = np.zeros(0, dtype=np.int64)
 
 def _mix(z):
-    """splitmix64's finalizer on a uint64 array (Steele et al. 2014): a counter-based uniform hash."""
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return z ^ (z >> np.uint64(31))
+    """splitmix64's finalizer (Steele et al. 2014) on a 64-bit int: a counter-based uniform hash."""
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _M64
+    return z ^ (z >> 31)
+
+
+def sample_key(seed, stream, index):
+    """The 64-bit key of sample `index`'s draws: a pure function of (seed, stream, index)."""
+    key = _mix((int(seed) + _GOLDEN) & _M64)
+    key = _mix(key ^ ((int(stream) * _GOLDEN + 0x5F1) & _M64))
+    return _mix(key ^ int(index))
+
+
+def uniform(key, unit, k):
+    """Draw k (0: FIM?, 1: SPM?, 2 and 3: the cuts) of a sample's unit `unit`, in [0, 1) with 53 bits."""
+    return (_mix((key + (4 * unit + k + 1) * _GOLDEN) & _M64) >> 11) * (1.0 / (1 << 53))
 
 
 def unit_draws(seed, stream, index, num_units):
-    """float64 [num_units, 4] uniforms in [0, 1) for the units of sample `index`: (FIM?, SPM?, cut 1, cut 2).
-
-    A pure function of (seed, stream, index): no RNG state is carried from sample to sample."""
-    with np.errstate(over="ignore"):
-        key = _mix(np.array([seed], dtype=np.uint64) + _GOLDEN)
-        key = _mix(key ^ np.uint64(stream) * _GOLDEN + np.uint64(0x5F1))
-        key = _mix(key ^ np.uint64(index))
-        counters = key + np.arange(1, 4 * num_units + 1, dtype=np.uint64) * _GOLDEN
-        bits = _mix(counters) >> np.uint64(11)
-    return (bits.astype(np.float64) * (1.0 / (1 << 53))).reshape(num_units, 4)
+    """float64 [num_units, 4]: every draw of the units of sample `index` (what the transform uses, for tests)."""
+    key = sample_key(seed, stream, index)
+    return np.array([[uniform(key, u, k) for k in range(4)] for u in range(num_units)], dtype=np.float64)
 
 
 def fim_prompt_ids(fim, encode, prefix, suffix, fmt="psm"):
@@ -127,7 +133,9 @@ class FIMTransform:
     # ------------------------------------------------------------------ one sample
     def units(self, sample):
         """(starts, ends) of the non-empty runs of `sample` between separator ids."""
-        is_sep = np.isin(sample, self.separators)
+        is_sep = sample == self.separators[0]
+        for sep in self.separators[1:]:
+            is_sep |= sample == sep
         bounds = np.flatnonzero(is_sep)
         starts = np.concatenate([[0], bounds + 1])
         ends = np.concatenate([bounds, [len(sample)]])
@@ -141,14 +149,15 @@ class FIMTransform:
         starts, ends = self.units(sample)
         if len(starts) == 0:
             return sample
-        draws = unit_draws(self.seed, self.stream, index, len(starts))
-        chosen = np.flatnonzero(draws[:, 0] < self.rate)
+        key = sample_key(self.seed, self.stream, index)
         out = None
-        for u in chosen:
+        for u in range(len(starts)):
+            if uniform(key, u, 0) >= self.rate:
+                continue
             s, e = int(starts[u]), int(ends[u])
             if self.level == "file" and sample[s] == self.repo_name_id:
                 continue  # the repository header `<repo_name>owner/repo`
-            new = self.permute_unit(sample[s:e], draws[u])
+            new = self.permute_unit(sample[s:e], [uniform(key, u, k) for k in range(4)])
             if new is not None:
                 if out is None:
                     out = sample.copy()
@@ -163,6 +172,7 @@ class FIMTransform:
             return None
         prefix, middle, suffix = parts
         over = 3 + len(prefix) + len(middle) + len(suffix) - len(unit)
+        pad = _EMPTY
         if over > 0:  # the end of the suffix goes first, then the start of the prefix; the middle stays whole
             cut = min(over, len(suffix))
             suffix = suffix[:len(suffix) - cut]
@@ -170,19 +180,17 @@ class FIMTransform:
             if over > len(prefix):
                 return None
             prefix = prefix[over:]
-            over = 0
-        suffix = suffix + [self.fim.pad] * (-over)
+        elif over < 0:
+            pad = np.full(-over, self.fim.pad, dtype=np.int64)
         f = self.fim
         if draws[1] < self.spm_rate:
-            ids = [f.prefix, f.suffix, *suffix, f.middle, *prefix, *middle]
-        else:
-            ids = [f.prefix, *prefix, f.suffix, *suffix, f.middle, *middle]
-        return np.asarray(ids, dtype=np.int64)
+            return np.concatenate(([f.prefix, f.suffix], suffix, pad, [f.middle], prefix, middle))
+        return np.concatenate(([f.prefix], prefix, [f.suffix], suffix, pad, [f.middle], middle))
 
     def split_unit(self, unit, u1, u2):
-        """(prefix, middle, suffix) token id lists of `unit` cut at the character positions floor(u * (chars + 1))
-        of two uniforms, or None for a unit without characters. Decoding the three gives back the unit's text;
-        tokens away from the cuts keep their ids, those around a cut are re-encoded (WINDOW_TOKENS)."""
+        """(prefix, middle, suffix) np.int64 token arrays of `unit` cut at the character positions
+        floor(u * (chars + 1)) of two uniforms, or None for a unit without characters. Decoding the three gives back
+        the unit's text; tokens away from the cuts keep their ids, those around a cut are re-encoded."""
         unit = np.asarray(unit, dtype=np.int64)
         nchars = self.table.nchars[unit]
         cum = np.cumsum(nchars)
@@ -191,23 +199,21 @@ class FIMTransform:
             return None
         a, b = sorted((int(u1 * (total + 1)), int(u2 * (total + 1))))
         wa, wb = self._window(unit, cum, nchars, a), self._window(unit, cum, nchars, b)
-        ids = unit.tolist()
+        cat = np.concatenate
         if wb[0] < wa[1]:  # the two windows overlap: one window holding both cuts
             s, e = min(wa[0], wb[0]), max(wa[1], wb[1])
-            text, base = self._text(ids, s, e, cum)
+            text, base = self._text(unit, s, e, cum)
             if text is None:
-                return self._split_at_tokens(ids, cum, a, b)
-            p, m, x = text[:a - base], text[a - base:b - base], text[b - base:]
-            return ids[:s] + self._encode(p), self._encode(m), self._encode(x) + ids[e:]
+                return self._split_at_tokens(unit, cum, a, b)
+            p, m, x = self._encode(text[:a - base], text[a - base:b - base], text[b - base:])
+            return cat((unit[:s], p)), m, cat((x, unit[e:]))
         (sa, ea), (sb, eb) = wa, wb
-        ta, base_a = self._text(ids, sa, ea, cum)
-        tb, base_b = self._text(ids, sb, eb, cum)
+        ta, base_a = self._text(unit, sa, ea, cum)
+        tb, base_b = self._text(unit, sb, eb, cum)
         if ta is None or tb is None:
-            return self._split_at_tokens(ids, cum, a, b)
-        prefix = ids[:sa] + self._encode(ta[:a - base_a])
-        middle = self._encode(ta[a - base_a:]) + ids[ea:sb] + self._encode(tb[:b - base_b])
-        suffix = self._encode(tb[b - base_b:]) + ids[eb:]
-        return prefix, middle, suffix
+            return self._split_at_tokens(unit, cum, a, b)
+        pa, ma, mb, sb_ = self._encode(ta[:a - base_a], ta[a - base_a:], tb[:b - base_b], tb[b - base_b:])
+        return cat((unit[:sa], pa)), cat((ma, unit[ea:sb], mb)), cat((sb_, unit[eb:]))
 
     def _window(self, unit, cum, nchars, c):
         """[s, e): the tokens to re-encode for a cut before character c; s == e when c falls between tokens."""
@@ -231,25 +237,28 @@ class FIMTransform:
             e -= 1
         return s, e
 
-    def _text(self, ids, s, e, cum):
-        """(text of ids[s:e], characters before s), or (None, _) when those tokens do not decode alone."""
+    def _text(self, unit, s, e, cum):
+        """(text of unit[s:e], characters before s), or (None, _) when those tokens do not decode alone."""
         base = int(cum[s - 1]) if s > 0 else 0
         if s == e:
             return "", base
         try:
-            text = self.table.text_of(ids[s:e])
+            text = self.table.text_of(unit[s:e].tolist())
         except UnicodeDecodeError:
             return None, base
         return (text, base) if len(text) == int(cum[e - 1]) - base else (None, base)
 
-    def _split_at_tokens(self, ids, cum, a, b):
+    def _split_at_tokens(self, unit, cum, a, b):
         """Fallback for cuts whose tokens do not decode alone (bytes of a character cut by the sample boundary): cut
         before the tokens holding characters a and b instead."""
         ka, kb = int(np.searchsorted(cum, a, side="right")), int(np.searchsorted(cum, b, side="right"))
-        return ids[:ka], ids[ka:kb], ids[kb:]
+        return unit[:ka], unit[ka:kb], unit[kb:]
 
-    def _encode(self, text):
-        return list(self.tokenizer.encode(text)) if text else []
+    def _encode(self, *texts):
+        """Each text's ids as np.int64 (one call per text: SentencePiece's batch call costs more for a few short
+        texts)."""
+        encode = self.tokenizer.encode
+        return [np.asarray(encode(t), dtype=np.int64) if t else _EMPTY for t in texts]
 
 
 def _file_sep_names():

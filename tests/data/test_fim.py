@@ -58,7 +58,7 @@ def check_unit(transform, tok, original, new, draws):
     parsed = parse_fim_unit(new, fim)
     assert parsed is not None
     fmt, prefix_t, suffix_t, tail = parsed
-    prefix, middle, suffix = transform.split_unit(original, draws[2], draws[3])
+    prefix, middle, suffix = [x.tolist() for x in transform.split_unit(original, draws[2], draws[3])]
     text = tok.decode(original)
     assert tok.decode(prefix) + tok.decode(middle) + tok.decode(suffix) == text  # the exact inverse
     assert suffix_t == suffix[:len(suffix_t)]  # only the end of the suffix may be cut
