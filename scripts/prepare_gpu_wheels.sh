@@ -14,7 +14,11 @@ MEGATRON_TAG=${MEGATRON_TAG:-core_v0.16.1}
 # Keep in step with benchmarks/gpu/image_sim/modules.py (CARRIED). Exact versions: one version of each, no resolver
 # on the GPU machine. pydantic (+ core, annotated-types) is only for Megatron-LM's import chain (megatron.rl);
 # 2.10 needs typing-extensions >= 4.12.2, which the image's torch 2.11 already requires.
-WHEELS=(liger-kernel==0.8.5 pydantic==2.10.6 pydantic-core==2.27.2 annotated-types==0.7.0)
+# fastapi/starlette/uvicorn serve megasnow.serve (step 5) and openai (+ jiter, distro, sniffio) is its client: versions
+# that need nothing newer than the image's anyio/httpx/h11/click (checked: tests/serve and tests/synth's server tests
+# pass with exactly these).
+WHEELS=(liger-kernel==0.8.5 pydantic==2.10.6 pydantic-core==2.27.2 annotated-types==0.7.0
+        fastapi==0.115.6 starlette==0.41.3 uvicorn==0.32.1 openai==1.59.7 jiter==0.8.2 distro==1.9.0 sniffio==1.3.1)
 
 mkdir -p "$DEST"
 rm -f "$DEST"/*.whl "$DEST"/megatron-lm-*.tar.gz "$DEST"/megasnow-ext-*.tar.gz

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Sample code from a megasnow checkpoint or a HuggingFace Llama folder with megasnow's KV-cache generator.
+"""Sample code from a megasnow checkpoint or a HuggingFace Llama folder with megasnow's local generation engine.
 
   python tools/generate.py --checkpoint runs/x/ckpt --prompt 'def fibonacci(n):' --max-new-tokens 64
   python tools/generate.py --hf hf/x --prompts-file prompts.jsonl --output out.jsonl --temperature 0.8 --top-p 0.95
@@ -28,7 +28,6 @@ def build_parser():
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass, in (0, 1]")
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable), cut from the output")
     p.add_argument("--seed", type=int, default=None, help="sampling seed (greedy ignores it)")
-    p.add_argument("--no-cache", action="store_true", help="recompute the whole sequence each step (reference)")
     p.add_argument("--batch-size", type=int, default=16, help="prompts generated together")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto (cuda when available)")
     p.add_argument("--output", help="write JSONL {prompt, completion, tokens} here instead of printing")
@@ -81,51 +80,37 @@ def read_prompts(args):
     return prompts, skipped
 
 
-def load_model_and_tokenizer(checkpoint=None, hf=None, tokenizer=None, device="cpu"):
-    """(LlamaModel in eval mode, Tokenizer) from a megasnow checkpoint or a HF folder."""
-    import torch
+def load_engine(args, device):
+    """The LocalEngine (megasnow.generation.local: the one generation implementation the server, synthesis and
+    evaluation share) for --checkpoint / --hf, with the folder's tokenizer, EOS ids and BOS rule."""
+    from megasnow.generation.local import LocalEngine
 
-    from megasnow.convert import hf_llama
-    from megasnow.data.tokenizer import load_tokenizer
-    from megasnow.model.llama import LlamaModel
-    from megasnow.train import checkpoint as ckpt
-
-    if checkpoint:
-        model, folder = hf_llama.build_megasnow_model(checkpoint, device=device)
-    else:
-        config_path = os.path.join(hf, "config.json")
-        if not os.path.exists(config_path):
-            fail(f"--hf {hf}: no config.json there; give a HuggingFace LlamaForCausalLM folder")
-        with open(config_path, encoding="utf-8") as f:
-            model_cfg = hf_llama.model_config_from_hf(json.load(f), hf)
-        model = LlamaModel(model_cfg, init_seed=None)
-        ckpt.load_model_state(model, hf_llama.hf_to_megasnow(hf_llama.read_hf_state(hf), model_cfg, hf), hf)
-        model = model.to(device=device, dtype=torch.float32).eval()
-        folder = hf
-    if tokenizer is None:
-        for name in ("tokenizer.model", "tokenizer.json"):
-            if os.path.exists(os.path.join(folder, name)):
-                tokenizer = os.path.join(folder, name)
-                break
-    if tokenizer is None:
-        fail(f"{folder}: holds no tokenizer.model / tokenizer.json; pass --tokenizer")
-    return model, load_tokenizer(tokenizer)
+    return LocalEngine.from_path(args.checkpoint or args.hf, device=device, tokenizer=args.tokenizer,
+                                 max_num_seqs=args.batch_size)
 
 
-def encode_prompts(prompts, tok, max_seq_len, max_new_tokens):
-    """[(where, text, ids)] of the prompts that fit the context; a --prompt that does not is an error, a file
-    line that does not is warned about and skipped. Returns (kept, skipped)."""
+def prepare_prompts(prompts, engine, args):
+    """[(where, text, PreparedRequest)] of the prompts the model can run; a --prompt that it cannot is an error,
+    a file line that it cannot is warned about and skipped. Returns (kept, skipped)."""
+    from megasnow.generation.local import BadRequestError
+    from megasnow.generation.protocol import GenerationRequest, SamplingParams
+
+    params = SamplingParams(max_tokens=max(args.max_new_tokens, 1), temperature=args.temperature, top_p=args.top_p,
+                            stop=tuple(args.stop), seed=args.seed)
     kept, skipped = [], 0
     for where, text in prompts:
-        ids = tok.encode(text)
-        problem = None
-        if not ids:
-            problem = "encodes to no tokens"
-        elif len(ids) + max_new_tokens > max_seq_len:
-            problem = (f"is {len(ids)} tokens; with --max-new-tokens {max_new_tokens} that exceeds the model's "
-                       f"context of {max_seq_len} tokens (shorten it or lower --max-new-tokens)")
-        if problem is None:
-            kept.append((where, text, ids))
+        ids = engine.encode(text)
+        problem, prepared = None, None
+        if len(ids) + args.max_new_tokens > engine.max_model_len:
+            problem = (f"is {len(ids)} tokens; with --max-new-tokens {args.max_new_tokens} that exceeds the model's "
+                       f"context of {engine.max_model_len} tokens (shorten it or lower --max-new-tokens)")
+        else:
+            try:
+                prepared = engine.prepare(GenerationRequest(id=where, prompt=text, params=params), prompt_ids=ids)
+            except BadRequestError as e:
+                problem = f"cannot run: {e}"
+        if prepared is not None:
+            kept.append((where, text, prepared))
         elif where.startswith("--prompt"):
             fail(f"{where} {problem}")
         else:
@@ -146,40 +131,40 @@ def main(argv=None):
 
     import torch
 
-    from megasnow.data.special_tokens import EOD
-    from megasnow.model.generate import generate, truncate_at_stop_strings
     from megasnow.utils.progress import Progress, format_rate
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    model, tok = load_model_and_tokenizer(args.checkpoint, args.hf, args.tokenizer, device)
-    kept, too_long = encode_prompts(prompts, tok, model.cfg.max_seq_len, args.max_new_tokens)
-    skipped += too_long
+    engine = load_engine(args, device)
+    kept, unusable = prepare_prompts(prompts, engine, args)
+    skipped += unusable
     if not kept:
-        fail(f"no prompt of {args.prompts_file} fits the model's context of {model.cfg.max_seq_len} tokens")
-    stop_ids = [tok.eod_id] if tok.token_to_id(EOD) is not None else []
-    results, new_tokens, start = [], 0, time.perf_counter()
+        fail(f"no prompt of {args.prompts_file} fits the model's context of {engine.max_model_len} tokens")
+    specs = [prepared.specs[0] for _, _, prepared in kept]
+    outputs, new_tokens, start = [None] * len(kept), 0, time.perf_counter()
     with Progress(total=len(kept), desc="generate", unit="prompts", mode="auto") as progress:
-        for first in range(0, len(kept), args.batch_size):
-            batch = kept[first:first + args.batch_size]
-            outs = generate(model, [ids for _, _, ids in batch], args.max_new_tokens, temperature=args.temperature,
-                            top_p=args.top_p, stop_ids=stop_ids, stop_strings=args.stop or None, tokenizer=tok,
-                            use_cache=not args.no_cache, seed=args.seed)
-            for (_, prompt, _), ids in zip(batch, outs):
-                results.append({"prompt": prompt, "completion": truncate_at_stop_strings(tok.decode(ids), args.stop),
-                                "tokens": ids})
-                new_tokens += len(ids)
+        for batch in engine.plan_batches(specs):
+            sequences = []
+            if args.max_new_tokens > 0:
+                for sequences in engine.run_batch([specs[i] for i in batch]):
+                    pass
+            for k, i in enumerate(batch):
+                tokens = list(sequences[k].tokens) if sequences else []
+                text = sequences[k].text if sequences else ""
+                outputs[i] = {"prompt": kept[i][1], "completion": text, "tokens": tokens,
+                              "finish_reason": sequences[k].finish_reason if sequences else "length"}
+                new_tokens += len(tokens)
             progress.update(len(batch))
     seconds = time.perf_counter() - start
     if args.output:
         from megasnow.utils.atomic import atomic_write_text
 
-        atomic_write_text(args.output, "".join(json.dumps(r) + "\n" for r in results))
+        atomic_write_text(args.output, "".join(json.dumps(r) + "\n" for r in outputs))
     else:
-        for r in results:
+        for r in outputs:
             print(r["prompt"] + r["completion"])
             print("-" * 40)
     where = f" to {args.output}" if args.output else ""
-    print(f"wrote {len(results)} completions{where} ({new_tokens:,} new tokens, "
+    print(f"wrote {len(outputs)} completions{where} ({new_tokens:,} new tokens, "
           f"{format_rate(new_tokens, seconds, 'tokens')}); {skipped} prompts skipped",
           file=sys.stderr if not args.output else sys.stdout)
     return 0

@@ -18,6 +18,10 @@ class GenerationBackend(abc.ABC):
     def generate(self, requests):
         """Yield one GenerationResult per GenerationRequest in `requests` (any order)."""
 
+    def start(self):
+        """Connect and check before any request: resolve the served model name, check URLs and keys, load an
+        engine. Raises a UserError naming the URL or file. Idempotent; `generate` calls it if needed."""
+
     def close(self):
         """Release connections, processes or GPU memory."""
 

@@ -47,8 +47,7 @@ def read_run_model(folders):
 
 def drive_shard(cfg, output, shard, seeds, template, backend, extra_responses=()):
     """Ask every request of `shard` that has no answer in `output` or `extra_responses`; returns its stats."""
-    if hasattr(backend, "start"):  # connects, checks the URLs and resolves the served model name
-        backend.start()
+    backend.start()  # connects, checks the URLs and resolves the served model name
     model = backend.model_name
     recorded = read_run_model([output])
     if recorded is not None and recorded != model:
@@ -126,8 +125,7 @@ def start_backend(cfg):
     """Build the backend and connect it (URLs checked, model resolved): fails before any output is written."""
     backend = build_backend_from_config(cfg.backend)
     try:
-        if hasattr(backend, "start"):
-            backend.start()
+        backend.start()
     except BaseException:
         backend.close()
         raise

@@ -20,6 +20,10 @@ def main(argv=None):
     if not argv or argv[0] in ("-h", "--help"):
         print(help_text())
         return 0 if argv else EXIT_CONFIG
+    flags = [a for a in argv if a.startswith("--")]
+    if flags:
+        raise ConfigError(f"unknown flag {flags[0]}: megasnow.train takes CONFIG.yaml and key.sub=value overrides "
+                          f"(see python -m megasnow.train --help)")
     yaml_path, overrides = (None, argv) if "=" in argv[0] else (argv[0], argv[1:])
     if yaml_path is not None and not os.path.isfile(yaml_path):
         raise ConfigError(f"{yaml_path}: no such config file (usage: python -m megasnow.train CONFIG.yaml "

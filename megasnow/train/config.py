@@ -1,5 +1,5 @@
 """The training run's config: one dataclass per section (model, data, parallel, optim, schedule, train,
-checkpoint, log) plus the list of curriculum phases; YAML sets it, `key.sub=value` overrides it."""
+checkpoint, log, eval) plus the list of curriculum phases; YAML sets it, `key.sub=value` overrides it."""
 import dataclasses
 import math
 import os
@@ -167,6 +167,21 @@ class LogSection:
 
 
 @dataclass
+class EvalSection:
+    """Benchmark evaluation during training (megasnow.eval; docs/evaluation.md)."""
+    benchmark_loss_interval: int = _help(
+        "every N steps and at each phase end, log the loss on the canonical solutions of eval.benchmark_files "
+        "(any parallel layout; needs data.tokenizer; 0: never)", 0)
+    benchmark_files: list[str] = _help("benchmarks: 'humaneval' or files in the EvalPlus, HumanEval or MBPP schema",
+                                       factory=lambda: ["humaneval"])
+    pass_at_1_interval: int = _help(
+        "every N steps and at each phase end, log greedy pass@1 on the first eval.pass_at_1_tasks tasks of the first "
+        "benchmark (needs parallel.tensor = parallel.pipeline = 1 and data.tokenizer; 0: never)", 0)
+    pass_at_1_tasks: int = _help("tasks scored for pass@1 (0: all)", 20)
+    pass_at_1_max_tokens: int = _help("new tokens per pass@1 sample", 256)
+
+
+@dataclass
 class TrainConfig:
     model: ModelSection = field(default_factory=ModelSection)
     data: DataSection = field(default_factory=DataSection)
@@ -176,6 +191,7 @@ class TrainConfig:
     train: TrainSection = field(default_factory=TrainSection)
     checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
     log: LogSection = field(default_factory=LogSection)
+    eval: EvalSection = field(default_factory=EvalSection)
     phases: list[PhaseConfig] = _help("curriculum phases, run in order (empty: one phase from data.blend, "
                                       "train.steps/tokens and schedule)", factory=list)
 
@@ -196,6 +212,26 @@ def help_text():
     lines += describe_config(PhaseConfig, "phases[i]")
     lines += describe_config(BlendItem, "blend[j]")
     return "\n".join(lines)
+
+
+def check_eval_section(cfg):
+    ev = cfg.eval
+    for key in ("benchmark_loss_interval", "pass_at_1_interval", "pass_at_1_tasks"):
+        if getattr(ev, key) < 0:
+            raise ConfigError(f"eval.{key} must be >= 0, got {getattr(ev, key)}")
+    if ev.pass_at_1_max_tokens < 1:
+        raise ConfigError(f"eval.pass_at_1_max_tokens must be >= 1, got {ev.pass_at_1_max_tokens}")
+    for key in ("benchmark_loss_interval", "pass_at_1_interval"):
+        if getattr(ev, key) and not cfg.data.tokenizer:
+            raise ConfigError(f"eval.{key} needs data.tokenizer (the benchmarks are tokenized with the run's "
+                              f"tokenizer); set it or eval.{key}=0")
+        if getattr(ev, key) and not ev.benchmark_files:
+            raise ConfigError(f"eval.{key} is set but eval.benchmark_files is empty; name a benchmark ('humaneval' "
+                              f"or a file)")
+    if ev.pass_at_1_interval and (cfg.parallel.tensor > 1 or cfg.parallel.pipeline > 1):
+        raise ConfigError("eval.pass_at_1_interval needs the whole model on one rank (parallel.tensor = "
+                          "parallel.pipeline = 1) to generate; use eval.benchmark_loss_interval (any layout) and "
+                          "score saved checkpoints with tools/evaluate.py")
 
 
 def check_config(cfg):
@@ -227,6 +263,7 @@ def check_config(cfg):
                           "loss: set train.calculate_per_token_loss=true, or data.fim.mask_pad=false")
     if t.max_consecutive_nan < 1:
         raise ConfigError("train.max_consecutive_nan must be >= 1")
+    check_eval_section(cfg)
     for i, phase in enumerate(resolve_phases(cfg)):
         where = f"phases[{i}]" if cfg.phases else "data.blend"
         if not phase.blend:

@@ -35,7 +35,7 @@ PEAK_BF16_TFLOPS = [
 
 
 # Records written at a step before that step's checkpoint; the only ones with scalars worth plotting.
-BEFORE_CHECKPOINT_KINDS = TENSORBOARD_KINDS = ("train", "eval")
+BEFORE_CHECKPOINT_KINDS = TENSORBOARD_KINDS = ("train", "eval", "benchmark")
 
 
 def peak_bf16_tflops(device_name):

@@ -10,6 +10,7 @@ import torch
 import torch.distributed as dist
 
 from megasnow.config import ConfigError, dump_config, save_config
+from megasnow.errors import UserError
 from megasnow.train import checkpoint as ckpt
 from megasnow.train import resume
 from megasnow.train.config import build_model_config, check_parallel_layout, phase_steps, resolve_phases
@@ -109,8 +110,33 @@ class Trainer:
         # Work done every N steps, after the step and before its checkpoint: (interval, function). Benchmark
         # evaluation during training plugs in here as one more pair; each runs every `interval` steps and at
         # the end of each phase (an interval of 0 switches it off).
-        self.hooks = [(cfg.train.eval_interval, self.evaluate)]
+        self.hooks = [(cfg.train.eval_interval, self.evaluate)] + self._benchmark_hooks()
         return self
+
+    def _benchmark_hooks(self):
+        """megasnow.eval's benchmark evaluation (eval.* keys) as hooks; benchmarks are read and tokenized here."""
+        ev, cfg, hooks = self.cfg.eval, self.cfg, []
+        try:
+            if ev.benchmark_loss_interval:
+                from megasnow.eval.training import BenchmarkLoss
+
+                self.benchmark_loss = BenchmarkLoss(ev.benchmark_files, self.tokenizer, cfg.data.seq_len,
+                                                    cfg.train.micro_batch_size, self.device)
+                self.metrics.event({"kind": "note", "step": self.state.step,
+                                    "message": f"benchmark loss every {ev.benchmark_loss_interval} steps: "
+                                               f"{self.benchmark_loss.describe()}"})
+                hooks.append((ev.benchmark_loss_interval, self.evaluate_benchmark_loss))
+            if ev.pass_at_1_interval:
+                from megasnow.eval.training import GreedyPassAt1
+
+                self.pass_at_1 = None
+                if self.rank == 0:
+                    self.pass_at_1 = GreedyPassAt1(ev.benchmark_files[0], ev.pass_at_1_tasks, self.tokenizer_file,
+                                                   ev.pass_at_1_max_tokens)
+                hooks.append((ev.pass_at_1_interval, self.evaluate_pass_at_1))
+        except UserError as e:
+            raise ConfigError(f"eval.benchmark_files: {e}") from None
+        return hooks
 
     def _say(self, message):
         """A start-up progress line (before the metrics logger exists), from the logging rank."""
@@ -500,6 +526,30 @@ class Trainer:
         self.metrics.event({"kind": "eval", "step": self.state.step, "phase": phase, "loss": loss,
                             "message": f"eval  step {self.state.step:>6d} [{phase}] held-out loss {loss:.4f}"})
         return loss
+
+    def evaluate_benchmark_loss(self):
+        """The loss on the benchmarks' canonical solutions (a collective), logged as one 'benchmark' record."""
+        out = self.benchmark_loss.measure(self.model_chunks, self.num_micro_batches)
+        phase = self.phases[self.state.phase].name
+        record = {"kind": "benchmark", "step": self.state.step, "phase": phase,
+                  "tokens": {name: r["tokens"] for name, r in out.items()}}
+        record.update({f"{name}_loss": r["loss"] for name, r in out.items()})
+        losses = ", ".join(f"{name} {r['loss']:.4f}" for name, r in out.items())
+        record["message"] = f"bench step {self.state.step:>6d} [{phase}] solution loss: {losses}"
+        self.metrics.event(record)
+        return out
+
+    def evaluate_pass_at_1(self):
+        """Greedy pass@1 on a benchmark subset, generated and scored on rank 0 while the others wait."""
+        if self.pass_at_1 is not None:
+            out = self.pass_at_1.measure(ckpt.unwrap(self.model_chunks[0]))
+            name, phase = self.pass_at_1.bench.name, self.phases[self.state.phase].name
+            self.metrics.event({"kind": "benchmark", "step": self.state.step, "phase": phase,
+                                f"{name}_pass@1": out["pass@1"], f"{name}_tasks": out["tasks"],
+                                "message": f"bench step {self.state.step:>6d} [{phase}] {name} greedy pass@1 "
+                                           f"{100 * out['pass@1']:.1f}% ({out['passed']}/{out['tasks']})"})
+        if dist.is_available() and dist.is_initialized() and self.world > 1:
+            dist.barrier()
 
     def save(self, reason):
         """Collective checkpoint of the current state; returns its folder (None without checkpoint.dir)."""

@@ -1,5 +1,5 @@
-"""tools/generate.py: completions from a checkpoint and from its HF export agree, with and without the KV cache,
-and equal megasnow.model.generate called directly."""
+"""tools/generate.py: completions from a checkpoint and from its HF export agree, and equal
+megasnow.model.generate called directly with the engine's prompt ids and EOS ids."""
 import importlib.util
 import json
 import os
@@ -7,6 +7,7 @@ import os
 import pytest
 
 from megasnow.convert import hf_llama
+from megasnow.generation.local import LocalEngine
 from megasnow.model.config import get_preset
 from megasnow.model.generate import generate
 from tests.convert.test_convert_hf_llama import REPO, save_model_checkpoint, sp_model  # noqa: F401 (fixture)
@@ -27,15 +28,15 @@ def test_generate_tool_checkpoint_hf_and_cache_agree(tmp_path, sp_model):  # noq
     (tmp_path / "p.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
     results = {}
     for name, args in {"ckpt": ["--checkpoint", str(tmp_path / "ckpt")],
-                       "hf": ["--hf", str(tmp_path / "hf")],
-                       "nocache": ["--checkpoint", str(tmp_path / "ckpt"), "--no-cache"]}.items():
+                       "hf": ["--hf", str(tmp_path / "hf")]}.items():
         out = tmp_path / f"{name}.jsonl"
         assert tool.main(args + ["--prompts-file", str(tmp_path / "p.jsonl"), "--max-new-tokens", "12",
                                  "--device", "cpu", "--output", str(out)]) == 0
         results[name] = [json.loads(l) for l in out.read_text().splitlines()]
-    assert results["ckpt"] == results["hf"] == results["nocache"]
-    _, tok = tool.load_model_and_tokenizer(checkpoint=str(tmp_path / "ckpt"))
-    direct = generate(model, [tok.encode(p) for p in prompts], 12, stop_ids=[tok.eod_id])
+    assert results["ckpt"] == results["hf"]
+    engine = LocalEngine.from_path(str(tmp_path / "ckpt"))
+    tok = engine.tokenizer
+    direct = generate(model, [engine.encode(p) for p in prompts], 12, stop_ids=engine.eos_ids)
     assert [r["tokens"] for r in results["ckpt"]] == direct
     assert [r["completion"] for r in results["ckpt"]] == [tok.decode(d) for d in direct]
     assert all(len(r["tokens"]) > 0 for r in results["ckpt"])

@@ -88,7 +88,7 @@ def test_training_data_keeps_readable_records_of_a_damaged_shard(damaged_corpus,
                                                heldout_fraction=0.25, seed=0, on_damaged=seen.append)
     assert [d.path for d in seen] == [damaged_corpus["damaged"]]
     assert stats["damaged_shards"] == [{"path": damaged_corpus["damaged"], "records": damaged_corpus["readable"],
-                                        "error": seen[0].error}]
+                                        "error": seen[0].error, "byte_offset": seen[0].byte_offset}]
     report = ReadReport()
     negatives = sample_negatives([damaged_corpus["damaged"]], 1000, 0, report=report)
     assert sorted(e.source for e in negatives) == sorted(f"{damaged_corpus['damaged']}:{i}"

@@ -7,6 +7,7 @@ import os
 
 import pytest
 
+from megasnow.generation.local import LocalEngine
 from megasnow.model.config import get_preset
 from megasnow.model.generate import generate
 from megasnow.utils.cli import run_tool
@@ -81,8 +82,8 @@ def test_bad_lines_of_a_prompts_file_are_reported_and_skipped(checkpoint, tmp_pa
     assert "wrote 2 completions" in captured.out and "4 prompts skipped" in captured.out
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["prompt"] for r in rows] == good
-    model, tok = tool.load_model_and_tokenizer(checkpoint=checkpoint)
-    direct = generate(model, [tok.encode(p) for p in good], 6, stop_ids=[tok.eod_id])
+    engine = LocalEngine.from_path(checkpoint)
+    direct = generate(engine.model, [engine.encode(p) for p in good], 6, stop_ids=engine.eos_ids)
     assert [r["tokens"] for r in rows] == direct
 
 

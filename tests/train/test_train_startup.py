@@ -43,8 +43,8 @@ def test_eval_without_held_out_data_is_refused(tmp_path, prefix, small_prefix):
 
 
 def test_document_mask_needs_an_eod_id(tmp_path, prefix):
-    with pytest.raises(ConfigError, match=r"model\.document_mask needs the end-of-document token id: set "
-                                          r"data\.tokenizer .* or data\.eod_id"):
+    with pytest.raises(ConfigError, match=r"model\.document_mask needs the end-of-document token id: binarize "
+                                          r"with --append-eod, or set data\.tokenizer .* or data\.eod_id"):
         train_in_process(config(tmp_path, prefix, model={"document_mask": True}))
 
 

