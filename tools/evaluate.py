@@ -148,7 +148,8 @@ def build_backend(args):
 def generate(args, bench, out_path):
     from megasnow.eval.codegen import GenerationSettings, generate_samples
 
-    settings = GenerationSettings(style="infill" if args.infill else args.prompt_style, n=args.n, temperature=args.temperature, top_p=args.top_p,
+    style = "infill" if args.infill else args.prompt_style
+    settings = GenerationSettings(style=style, n=args.n, temperature=args.temperature, top_p=args.top_p,
                                   max_tokens=args.max_tokens, seed=args.seed)
     with build_backend(args) as backend:
         stats = generate_samples(backend, bench, settings, out_path)

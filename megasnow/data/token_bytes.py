@@ -104,8 +104,9 @@ def _huggingface_pieces(tokenizer, special):
     pieces = [b""] * n
     byte_level = "ByteLevel" in types
     if not byte_level and not types & {"Metaspace", "Replace", "ByteFallback", "Fuse", "Strip"}:
-        raise TokenizerError(f"{tokenizer.path}: fill-in-the-middle cannot map this tokenizer's tokens to text (decoder "
-                             f"{sorted(t for t in types if t) or 'none'}; supported: ByteLevel, Metaspace/ByteFallback)")
+        found = sorted(t for t in types if t) or "none"
+        raise TokenizerError(f"{tokenizer.path}: fill-in-the-middle cannot map this tokenizer's tokens to text "
+                             f"(decoder {found}; supported: ByteLevel, Metaspace/ByteFallback)")
     table = _gpt2_byte_decoder() if byte_level else None
     for token, i in tok.get_vocab(with_added_tokens=True).items():
         if i in atomic:

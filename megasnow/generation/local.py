@@ -2,8 +2,8 @@
 share (one implementation), and LocalBackend, the GenerationBackend over it.
 
 LocalEngine turns a GenerationRequest into token ids (chat template for `messages`, fill-in-the-middle for
-`suffix`, in the format the model was trained with: megasnow.data.fim), checks it against the context length, and runs batches of sequences with megasnow.model.generate's
-KV-cache generator. LocalBackend sorts requests by prompt length and runs them in batches of at most
+`suffix` in the format the model was trained with: megasnow.data.fim), checks it against the context length, and
+runs batches of sequences with megasnow.model.generate's KV-cache generator. LocalBackend sorts requests by prompt length and runs them in batches of at most
 `max_num_seqs` sequences and `max_batch_tokens` cache positions.
 """
 import os

@@ -82,7 +82,8 @@ def check_unit(transform, tok, original, new, draws):
 @pytest.mark.parametrize("spm_rate", [0.0, 1.0, 0.5])
 def test_every_fim_unit_undoes_to_the_original_text(corpus, level, spm_rate):
     tok, prefix, _ = corpus
-    ds = build_gpt_dataset(BlendEntry(prefix, repeat=1), None, SEQ_LEN, seed=5)  # one epoch: every document, so every non-ASCII file
+    # one epoch: every document, so every non-ASCII file
+    ds = build_gpt_dataset(BlendEntry(prefix, repeat=1), None, SEQ_LEN, seed=5)
     transform = FIMTransform(tok, 1.0, spm_rate, level, seed=11)
     fim = tok.fim_tokens()
     seps = transform.separators
@@ -106,7 +107,8 @@ def test_every_fim_unit_undoes_to_the_original_text(corpus, level, spm_rate):
                 continue
             fmt, kept = check_unit(transform, tok, unit, new, draws[u])
             seen[fmt] += 1
-            assert kept in b"".join(transform.table.pieces[t] for t in unit)  # in order; a cut suffix may end mid-character
+            # in order; a cut suffix may end inside a character
+            assert kept in b"".join(transform.table.pieces[t] for t in unit)
             nonascii += any(b > 127 for b in kept)
             if level == "file":
                 assert tok.file_sep_id not in new.tolist()

@@ -14,7 +14,8 @@ from megasnow.serve.process import ServerProcess
 
 MODEL = "tiny-fim"
 CASES = [("def add(a, b):\n    return ", "\n\nprint(add(1, 2))\n"),
-         ("class Stack:\n    def push(self, x):\n        ", "\n\n    def pop(self):\n        return self.items.pop()\n")]
+         ("class Stack:\n    def push(self, x):\n        ",
+          "\n\n    def pop(self):\n        return self.items.pop()\n")]
 
 
 @pytest.fixture(scope="module")
