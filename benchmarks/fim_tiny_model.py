@@ -53,7 +53,7 @@ def held_out(rel):
     return int(hashlib.sha256(rel.encode()).hexdigest(), 16) % 10 == 0
 
 
-def line_tasks(files, context, every=5, limit=2000):
+def line_tasks(files, context, every=5, limit=2000, min_chars=4, max_chars=40):
     """(prefix, line, suffix) of short code lines of held-out files: whole lines of context on both sides."""
     tasks, k = [], 0
     for rel, text in files:
@@ -61,7 +61,7 @@ def line_tasks(files, context, every=5, limit=2000):
         for i, line in enumerate(lines):
             body = line.rstrip("\n")
             stripped = body.strip()
-            if not 4 <= len(stripped) <= 40 or stripped.startswith("#") or not line.endswith("\n"):
+            if not min_chars <= len(stripped) <= max_chars or stripped.startswith("#") or not line.endswith("\n"):
                 continue
             k += 1
             if k % every:
@@ -191,6 +191,9 @@ def main():
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--context", type=int, default=300, help="characters of whole lines on each side of a task")
     p.add_argument("--tasks", type=int, default=400, help="line tasks scored")
+    p.add_argument("--line-chars", type=int, nargs=2, default=[4, 40], metavar=("MIN", "MAX"),
+                   help="masked lines have this many characters (indentation aside)")
+    p.add_argument("--every", type=int, default=5, help="take every N-th eligible line")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=os.path.join(HERE, "results", "fim_tiny_model.json"))
     args = p.parse_args()
@@ -200,7 +203,8 @@ def main():
     from megasnow.data.tokenizer import load_tokenizer
 
     tok = load_tokenizer(tokenizer)
-    candidates = line_tasks(test_files, args.context)
+    candidates = line_tasks(test_files, args.context, every=args.every, min_chars=args.line_chars[0],
+                            max_chars=args.line_chars[1])
     # every prompt (3 sentinels, prefix, suffix) and 24 new tokens fit in the trained length
     tasks = [t for t in candidates if 3 + len(tok.encode(t["prefix"])) + len(tok.encode(t["suffix"])) + 24
              <= args.seq_len][:args.tasks]
@@ -218,16 +222,23 @@ def main():
         results[f"{name} {mode}"], losses[f"{name} {mode}"] = hits, loss
         print(f"{name:8s} {mode}: exact match {sum(hits)}/{len(hits)} = {np.mean(hits):.3f}, masked-line loss "
               f"{loss:.3f} nats/token", flush=True)
-    a, b = np.array(results["control l2r"]), np.array(results["fim psm"])
-    only_fim, only_control = int((b & ~a).sum()), int((a & ~b).sum())
-    print(f"paired: FIM PSM right where control wrong {only_fim}, the reverse {only_control} (McNemar: "
-          f"{'p < 0.05' if (only_fim - only_control) ** 2 / max(1, only_fim + only_control) > 3.84 else 'n.s.'})")
+    paired = {}
+    control = np.array(results["control l2r"])
+    for mode in ("psm", "spm"):
+        fim = np.array(results[f"fim {mode}"])
+        only_fim, only_control = int((fim & ~control).sum()), int((control & ~fim).sum())
+        # McNemar's test (continuity-corrected chi-square, 1 dof) on the discordant pairs
+        chi2 = (abs(only_fim - only_control) - 1) ** 2 / max(1, only_fim + only_control)
+        paired[mode] = {"fim_only": only_fim, "control_only": only_control, "mcnemar_chi2": chi2,
+                        "p_below_0.05": chi2 > 3.84}
+        print(f"paired: FIM {mode.upper()} right where control wrong {only_fim}, the reverse {only_control} "
+              f"(McNemar chi2 {chi2:.2f}: {'p < 0.05' if chi2 > 3.84 else 'n.s.'})")
     from megasnow.utils.atomic import atomic_write_text
 
     atomic_write_text(args.out, json.dumps({
         "args": vars(args), "tasks": len(tasks),
         "exact_match": {k: float(np.mean(v)) for k, v in results.items()},
-        "hits": {k: int(sum(v)) for k, v in results.items()}, "fim_only": only_fim, "control_only": only_control,
+        "hits": {k: int(sum(v)) for k, v in results.items()}, "paired_vs_control": paired,
         "middle_loss": losses,
         "seconds": time.time() - t0}, indent=1))
 
