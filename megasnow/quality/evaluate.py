@@ -65,14 +65,17 @@ def benchmark_solutions(paths, fields=("text",), report=None, strict=False, on_d
 
 
 def alignment_report(annotator, benchmarks, corpus_inputs, num_random=1000, seed=0, batch_tokens=None,
-                     text_field="text", heldout_path=None, exclude_seen=True, strict=False, on_damaged=None):
+                     text_field="text", heldout_path=None, exclude_seen=True, strict=False, on_damaged=None,
+                     keep_scores=False, on_batch=None):
     """Dict with per-benchmark ROC-AUC vs random corpus files, plus held-out classification metrics.
 
     benchmarks: {name: list of solution texts}. With `exclude_seen` and a folder that records its
     training texts, benchmark solutions and random files the annotator saw are left out (and
     counted). Held-out metrics come from `heldout_path` (JSONL of text/label, scored on the first
     window like training) when given, else from the annotator's saved metrics.json. Corpus shards are read
-    with read_shards (damaged ones listed under "damaged_corpus_shards"; strict: ShardReadError).
+    with read_shards (damaged ones listed under "damaged_corpus_shards"; strict: ShardReadError). With
+    `keep_scores`, report["scores"] = {"random": [...], "benchmarks": {name: [...]}} (for ROC curves). on_batch(done,
+    total) is called after each encoder batch (windows of the random files, then of each benchmark).
     """
     folder = getattr(annotator, "folder", None)
     seen = read_seen_keys(folder) if exclude_seen and folder else None
@@ -83,7 +86,7 @@ def alignment_report(annotator, benchmarks, corpus_inputs, num_random=1000, seed
     if not negatives:
         raise EvaluationError(f"no usable documents in {corpus_inputs}" + (" not seen in training" if seen else ""))
     scorer = BatchedScorer(annotator, batch_tokens=batch_tokens)
-    neg_scores = np.asarray(scorer.score_texts(negatives)[0], dtype=np.float64)
+    neg_scores = np.asarray(scorer.score_texts(negatives, on_batch)[0], dtype=np.float64)
     report = {
         "random_files": len(negatives),
         "random_mean_score": float(neg_scores.mean()),
@@ -94,14 +97,18 @@ def alignment_report(annotator, benchmarks, corpus_inputs, num_random=1000, seed
         "benchmarks": {},
     }
     all_pos = []
+    if keep_scores:
+        report["scores"] = {"random": neg_scores.tolist(), "benchmarks": {}}
     for name, texts in benchmarks.items():
         unseen = [t for t in texts if text_key(t) not in seen] if seen is not None else list(texts)
         if not unseen:
             raise EvaluationError(f"benchmark {name!r} has no solutions" + (" the annotator did not train on" if texts else ""))
-        pos_scores = np.asarray(scorer.score_texts(unseen)[0], dtype=np.float64)
+        pos_scores = np.asarray(scorer.score_texts(unseen, on_batch)[0], dtype=np.float64)
         all_pos.append(pos_scores)
         report["benchmarks"][name] = _separation(pos_scores, neg_scores)
         report["benchmarks"][name]["excluded_seen"] = len(texts) - len(unseen) if seen is not None else None
+        if keep_scores:
+            report["scores"]["benchmarks"][name] = pos_scores.tolist()
     if len(all_pos) > 1:
         report["benchmarks"]["all"] = _separation(np.concatenate(all_pos), neg_scores)
     if heldout_path:

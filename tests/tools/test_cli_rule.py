@@ -53,6 +53,8 @@ TOOLS = {
                               defaults_marker=None),  # every option is required: no defaults to show
     "preprocess_data.py": Tool("data", ["--input", "{missing}", "--tokenizer-model", "{tmp}/no_tokenizer.model",
                                         "--output-prefix", "{out}/data"]),
+    "recipe_ablation.py": Tool("recipe", ["run", "{missing}", "--output", "{out}"], help=["run", "--help"],
+                               defaults_marker=None),  # run's options are required or flags: no defaults to show
     "synthesize.py": Tool("synth", ["--seeds", "{missing}", "--output", "{out}", "--base-url", "http://127.0.0.1:9"]),
     "train_tokenizer.py": Tool("data", ["--input", "{missing}", "--output-prefix", "{out}/tok", "--vocab-size", "300"]),
     "megasnow.train": Tool("train", ["{missing}", "log.dir={out}", "checkpoint.dir={out}/ckpt"],

@@ -1,0 +1,103 @@
+"""tools/recipe_ablation.py: one-line errors with exit 2 and nothing left behind, the plan, the subprocess launcher
+(one arm from a given phase-1 checkpoint, resumed by a rerun), and the report command."""
+import json
+import os
+import subprocess
+import sys
+
+from tests.recipe.tiny_setting import REPO, tiny_config, write_config
+
+TOOL = os.path.join(REPO, "tools", "recipe_ablation.py")
+
+
+def _run(*args, timeout=240):
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1",
+               HF_HUB_OFFLINE="1")
+    return subprocess.run([sys.executable, TOOL, *args], capture_output=True, text=True, timeout=timeout, env=env,
+                          cwd=REPO)
+
+
+def _tool_main():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("recipe_ablation_tool", TOOL)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.main
+
+
+def test_bad_config_is_one_line_exit_2_and_leaves_nothing(tiny_inputs, tmp_path, capsys):
+    from megasnow.utils.cli import run_tool
+
+    main = _tool_main()
+    cfg = write_config(str(tmp_path / "cfg.yaml"), tiny_config(tiny_inputs))
+    out = tmp_path / "out"
+    cases = [
+        (["ablation.budget_tokenz=5"], "unknown config key ablation.budget_tokenz; did you mean ablation.budget_tokens?"),
+        (["ablation.arms=[selected,best]"], "ablation.arms[1]: unknown arm 'best'"),
+        (["ablation.arms=[selected@nope]"], "names annotator 'nope'"),
+        (["trainer.phases=[]"], "trainer.phases: the runner writes this section"),
+        (["trainer.model.hidden_sise=8"], "trainer.model.hidden_sise"),
+        (["data.valid=[/no/such.jsonl]"], "data.valid"),
+        (["measure.benchmarks=[/no/bench.jsonl]"], "measure.benchmarks[0]"),
+        (["ablation.budget_tokens=10"], "less than one global batch"),
+        (["ablation.steps=99"], "ablation.steps=99 needs more data"),
+    ]
+    for overrides, message in cases:  # in this process: the CLI rule is run_tool's, tested for every tool elsewhere
+        rc = run_tool(main, ["run", cfg, *overrides, "--output", str(out)])
+        err = capsys.readouterr().err
+        assert rc == 2, (overrides, err)
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], (overrides, err)
+        assert not out.exists()
+    r = _run("run", str(tmp_path / "missing.yaml"), "--output", str(out))  # and once as a real command
+    assert r.returncode == 2 and r.stderr.strip() == f"error: {tmp_path / 'missing.yaml'}: no such config file " \
+                                                     f"(examples/recipe/*.yaml are examples)"
+    assert not out.exists()
+
+
+def test_dry_run_prints_the_matched_plan(tiny_inputs, tmp_path):
+    cfg = write_config(str(tmp_path / "cfg.yaml"), tiny_config(tiny_inputs))
+    r = _run("run", cfg, "--output", str(tmp_path / "out"), "--dry-run", "ablation.seeds=[0,1,2]")
+    assert r.returncode == 0, r.stderr
+    plan = json.loads(r.stdout)
+    assert plan["steps"] == 6 and plan["tokens_per_arm"] == 6 * 4 * 32
+    assert [(x["arm"], x["seed"]) for x in plan["runs"]][:4] == [("selected", 0), ("selected", 1), ("selected", 2),
+                                                                 ("random", 0)]
+    assert len({x["data"] for x in plan["runs"] if x["arm"] == "random"}) == 3  # one draw per seed
+    assert not (tmp_path / "out").exists()
+
+
+def test_subprocess_launcher_from_a_given_checkpoint_resumes(tiny_run, tiny_inputs, tmp_path):
+    """One arm run by `python -m megasnow.train` from the tiny run's phase-1 checkpoint; a rerun skips it."""
+    base_ckpt = os.path.join(tiny_run[0], "base", "ckpt")
+    cfg = tiny_config(tiny_inputs, **{"ablation.arms": ["random"], "ablation.seeds": [0]})
+    cfg["base"] = {"checkpoint": base_ckpt}
+    cfg["runner"]["launcher"] = "subprocess"
+    path = write_config(str(tmp_path / "cfg.yaml"), cfg)
+    out = str(tmp_path / "out")
+    r = _run("run", path, "--output", out)
+    assert r.returncode == 0, r.stderr[-2000:] + r.stdout[-2000:]
+    assert "random seed 0 (1/1): training 6 steps" in r.stdout
+    assert "random seed 0 (1/1): " in r.stdout and "step      6 |" in r.stdout  # the trainer's lines, labelled
+    assert os.path.exists(os.path.join(out, "arms", "random", "seed0", "train.log"))
+    with open(os.path.join(out, "arms", "random", "seed0", "result.json")) as f:
+        res = json.load(f)
+    with open(os.path.join(tiny_run[0], "arms", "random", "seed0", "result.json")) as f:
+        same = json.load(f)
+    # same checkpoint, data and seed as the in-process run: the same numbers
+    assert res["measures"]["heldout_loss"] == same["measures"]["heldout_loss"]
+    assert res["measures"]["benchmark_loss"] == same["measures"]["benchmark_loss"]
+    assert os.path.exists(os.path.join(out, "report.md"))
+    r2 = _run("run", path, "--output", out, "--no-report")
+    assert r2.returncode == 0 and "random seed 0 (1/1): finished earlier, skipped" in r2.stdout
+    assert "runs: 1 of 1 finished" in r2.stdout
+
+
+def test_report_command(tiny_run, tmp_path):
+    md = str(tmp_path / "r.md")
+    r = _run("report", tiny_run[0], "--output", md)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("report (ablation layout): " + md) and os.path.exists(md)
+    r = _run("report", str(tmp_path / "empty"))
+    assert r.returncode == 2 and r.stderr.startswith("error: ") and "neither an ablation folder" in r.stderr
