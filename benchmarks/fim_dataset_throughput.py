@@ -13,7 +13,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 
@@ -23,7 +22,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 
-from benchmarks.code_corpus import build_code_jsonl  # noqa: E402
+from benchmarks.code_corpus import build_code_jsonl, train_code_tokenizer  # noqa: E402
 
 
 def build_corpus(args):
@@ -36,15 +35,7 @@ def build_corpus(args):
     jsonl = os.path.join(args.data_dir, "fim_code.jsonl")
     docs, size = build_code_jsonl(jsonl, int(args.mb * 1e6))
     model = os.path.join(args.data_dir, f"fim{args.vocab_size // 1000}k.model")
-    if not os.path.exists(model):
-        sample = os.path.join(args.data_dir, "fim_train_sample.jsonl")
-        with open(jsonl, "rb") as f, open(sample, "wb") as g:
-            for i, line in enumerate(f):
-                if i % 5 == 0:
-                    g.write(line)
-        subprocess.run([sys.executable, "tools/train_tokenizer.py", "--input", sample, "--output-prefix",
-                        model[: -len(".model")], "--vocab-size", str(args.vocab_size),
-                        "--input-sentence-size", "100000"], check=True, cwd=ROOT)
+    train_code_tokenizer(jsonl, model, args.vocab_size, ROOT)
     prefix = os.path.join(args.data_dir, f"fim_repos_{args.vocab_size // 1000}k")
     if not os.path.exists(prefix + ".idx"):
         by_repo = {}
