@@ -66,6 +66,10 @@ def build_parser():
     t.add_argument("--solution-field", default="solution", help="solution field of --instructions records")
     t.add_argument("--comment-prefix", default="# ", help="prefix for the problem lines above the solution")
     t.add_argument("--max-positives", type=int, default=None, help="at most this many positives per source")
+    t.add_argument("--benchmark", nargs="*", default=[], help="benchmark files (JSONL/Parquet: task_id + prompt/"
+                   "canonical_solution/text/code) no positive may match, besides HumanEval (always checked)")
+    t.add_argument("--on-benchmark-match", choices=["drop", "refuse"], default="drop",
+                   help="a positive matching a benchmark: drop it (and report), or refuse to train")
     t.add_argument("--mode", choices=["frozen", "full"], default="frozen", help="train the head only, or everything")
     t.add_argument("--encoder", default=None, help="HF encoder folder (default: bundled all-MiniLM-L6-v2)")
     t.add_argument("--pooling", choices=["mean", "cls"], default="mean", help="how token states become one vector")
@@ -153,7 +157,12 @@ def cmd_train(args):
     if not sources:
         fail("train: give --positives and/or --instructions")
     train, heldout, stats = build_training_set(sources, args.negatives, args.heldout_fraction, args.seed,
-                                               args.negative_text_field, strict=args.strict, on_damaged=report_damaged)
+                                               args.negative_text_field, strict=args.strict, on_damaged=report_damaged,
+                                               benchmarks=args.benchmark, on_benchmark_match=args.on_benchmark_match)
+    leaked = stats["benchmark_matches"]
+    if leaked["dropped"]:
+        warn(f"dropped {leaked['dropped']} positives matching evaluation benchmarks ({leaked['tasks']}; first: "
+             f"{'; '.join(leaked['examples'][:3])}): benchmark solutions measure alignment, they are not training data")
     print(f"training data: {json.dumps(stats)}", flush=True)
     cfg = TrainConfig(mode=args.mode, encoder=args.encoder, pooling=args.pooling, max_length=args.max_length,
                       epochs=args.epochs, lr=args.lr, patience=args.patience, batch_size=args.batch_size,

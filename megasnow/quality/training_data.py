@@ -2,7 +2,9 @@
 
 Positives are high-quality code files (a text field) or instruction data (problem/solution fields,
 formatted as one code document); negatives are drawn uniformly at random (reservoir sampling) from
-phase-1 documents, as many as there are positives. Every input goes through the shared shard reader
+phase-1 documents, as many as there are positives. Positives never contain evaluation benchmarks: each is
+checked against HumanEval (always) and any user benchmark files with megasnow.curate's decontaminator, and a
+match is dropped and reported (or refused). Every input goes through the shared shard reader
 (megasnow.utils.records.read_shards): a damaged shard keeps its readable records and is reported, or with
 `strict` stops the run.
 """
@@ -21,6 +23,10 @@ from megasnow.utils.records import ReadReport, RecordError, iter_records, read_s
 
 class TrainingDataError(UserError, ValueError):
     """Training data that cannot make a balanced train/held-out split (a class missing, too few examples)."""
+
+
+class BenchmarkLeakError(TrainingDataError):
+    """Positives that match an evaluation benchmark, refused (on_benchmark_match="refuse")."""
 
 
 _FENCE = re.compile(r"```[^\n`]*\n(.*?)```", re.DOTALL)
@@ -184,14 +190,70 @@ def balanced_split(positives, negatives, heldout_fraction=0.1, seed=0):
     return train, heldout
 
 
+BENCHMARK_MATCH_ACTIONS = ("drop", "refuse")
+
+
+def benchmark_decontaminator(benchmarks=()):
+    """megasnow.curate's Decontaminator over HumanEval (always: prompt and canonical_solution) and the user
+    benchmark files `benchmarks` (JSONL/Parquet with task_id and prompt/canonical_solution/text/code fields), with
+    curation's defaults: a normalized substring of at least 50 characters, or half of a field's word 10-grams.
+    A missing or unusable benchmark file raises DecontaminationError (a UserError) naming it."""
+    from megasnow.curate.config import DecontaminationConfig
+    from megasnow.curate.decontaminate import get_decontaminator
+
+    return get_decontaminator(DecontaminationConfig(humaneval=True, benchmarks=[str(b) for b in benchmarks]))
+
+
+def decontaminate_positives(positives, benchmarks=(), on_benchmark_match="drop"):
+    """(clean positives, matches): each positive Example checked against HumanEval and `benchmarks`.
+
+    Held-out benchmark solutions are for measuring an annotator's alignment only; as positives they would teach it
+    to select the benchmark itself and contaminate every later benchmark figure. matches: one dict per dropped
+    positive, {"source": "file:line", "benchmark", "task_id", "field", "mode"} (its first match).
+    on_benchmark_match: "drop" removes them; "refuse" raises BenchmarkLeakError naming the first ones.
+    """
+    if on_benchmark_match not in BENCHMARK_MATCH_ACTIONS:
+        raise ValueError(f"on_benchmark_match must be one of {BENCHMARK_MATCH_ACTIONS}, got {on_benchmark_match!r}")
+    decon = benchmark_decontaminator(benchmarks)
+    clean, matches = [], []
+    for ex in positives:
+        hits = decon.match(ex.text)
+        if hits:
+            matches.append({"source": ex.source, **hits[0]})
+        else:
+            clean.append(ex)
+    if matches and on_benchmark_match == "refuse":
+        first = "; ".join(f"{m['source']} matches {m['benchmark']} {m['task_id']} ({m['field']}, {m['mode']})"
+                          for m in matches[:3])
+        raise BenchmarkLeakError(f"{len(matches)} of {len(positives)} positives match evaluation benchmarks ({first}"
+                                 f"{'; ...' if len(matches) > 3 else ''}): benchmark solutions are for measuring "
+                                 "alignment only; remove them from the positives (or drop them: on_benchmark_match="
+                                 "'drop', annotate.py train --on-benchmark-match drop)")
+    return clean, matches
+
+
+def summarize_matches(matches, examples=5):
+    """The stats entry for dropped benchmark matches: count, per-benchmark task counts, the first sources."""
+    per = {}
+    for m in matches:
+        per.setdefault(m["benchmark"], set()).add(m["task_id"])
+    return {"dropped": len(matches), "tasks": {b: len(t) for b, t in sorted(per.items())},
+            "examples": [f"{m['source']}: {m['benchmark']} {m['task_id']}" for m in matches[:examples]]}
+
+
 def build_training_set(sources, negative_inputs, heldout_fraction=0.1, seed=0, negative_text_field="text",
-                       strict=False, on_damaged=None):
+                       strict=False, on_damaged=None, benchmarks=(), on_benchmark_match="drop"):
     """(train, heldout, stats) from positive sources and phase-1 negatives, balanced and deduplicated
     (within each class and across the two: a text found in both is dropped from both). Damaged input shards
-    are listed in stats["damaged_shards"] (strict: ShardReadError)."""
+    are listed in stats["damaged_shards"] (strict: ShardReadError).
+
+    Positives matching HumanEval or a file of `benchmarks` are dropped and counted in stats["benchmark_matches"]
+    ({"dropped", "tasks", "examples"}), or with on_benchmark_match="refuse" raise BenchmarkLeakError
+    (decontaminate_positives)."""
     report = ReadReport()
     skips = report.skips
     positives = dedupe(load_positives(sources, report=report, strict=strict, on_damaged=on_damaged))
+    positives, matches = decontaminate_positives(positives, benchmarks, on_benchmark_match)
     negatives = dedupe(sample_negatives(negative_inputs, len(positives), seed, negative_text_field, report=report,
                                         strict=strict, on_damaged=on_damaged))
     positives, negatives, in_both = drop_cross_class(positives, negatives)
@@ -200,6 +262,7 @@ def build_training_set(sources, negative_inputs, heldout_fraction=0.1, seed=0, n
         "positives_available": len(positives),
         "negatives_sampled": len(negatives),
         "in_both_classes_dropped": in_both,
+        "benchmark_matches": summarize_matches(matches),
         "train": len(train),
         "heldout": len(heldout),
         "skipped": dict(skips.counts),

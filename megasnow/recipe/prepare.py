@@ -7,7 +7,6 @@ difference from the selected arm is which documents are taken.
 """
 import glob
 import hashlib
-import inspect
 import json
 import os
 import random
@@ -98,12 +97,10 @@ def train_annotator_stage(spec, phase1, folder, device, log, text_field="text", 
     from megasnow.quality.training_data import build_training_set
 
     log(f"annotator {spec.name}: building the training set (positives vs random phase-1 documents)")
-    kwargs = {}
-    if files and "benchmarks" in inspect.signature(build_training_set).parameters:  # the builder's leakage check
-        kwargs["benchmarks"] = files
+    # the builder checks positives against HumanEval always and against the benchmark files given (leakage)
     train, heldout, stats = build_training_set(sources, phase1, heldout_fraction=spec.heldout_fraction, seed=spec.seed,
-                                               negative_text_field=text_field, **kwargs)
-    matches = stats.get("benchmark_matches") or {}
+                                               negative_text_field=text_field, benchmarks=files)
+    matches = stats["benchmark_matches"]
     if matches.get("dropped"):
         log(f"annotator {spec.name}: {matches['dropped']} positive(s) matching a benchmark dropped (never trained on)")
     log(f"annotator {spec.name}: {stats['train']} train / {stats['heldout']} held-out examples "

@@ -5,20 +5,20 @@ import os
 import pytest
 import torch
 
-from tests.quality.machine_corpus import humaneval_solutions, machine_negatives, stdlib_functions, write_jsonl
+from tests.quality.machine_corpus import machine_negatives, stdlib_functions, write_jsonl
 
 TEST_MAX_LENGTH = 64  # the window rule is tested separately; small windows keep CPU time low
 
 
 @pytest.fixture(scope="session")
 def training_corpus(tmp_path_factory):
-    """Positives (HumanEval solutions + documented stdlib functions) and phase-1-style negatives as JSONL.
+    """Positives (documented stdlib functions) and phase-1-style negatives as JSONL.
 
-    Only HumanEval[:50] are training positives: alignment checks must score the other 114 (the annotator
-    folder records what it saw, and `eval` leaves those texts out).
+    No benchmark solution is a positive (the training-data builder drops them): alignment checks score all of
+    HumanEval, which the annotator never saw.
     """
     root = tmp_path_factory.mktemp("quality_corpus")
-    positives = [{"text": t} for t in humaneval_solutions()[:50] + stdlib_functions(50, seed=1)]
+    positives = [{"text": t} for t in stdlib_functions(100, seed=1)]
     negatives = [{"text": t, "lang": "misc", "id": f"neg{i}", "repo": "machine"} for i, t in
                  enumerate(machine_negatives(200, seed=2))]
     return {

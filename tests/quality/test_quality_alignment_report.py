@@ -31,13 +31,14 @@ def test_eval_reports_alignment_on_solutions_unseen_in_training(trained_annotato
     printed = capsys.readouterr().out
     report = json.load(open(report_path))
 
-    # HumanEval[:50] were training positives: only the other 114 are scored, and they still separate.
+    # No HumanEval solution was a training positive: all 164 are scored, and they separate.
     he = report["benchmarks"]["humaneval"]
     unseen_he = [t for t in humaneval_solutions() if t not in trained_on]
-    assert len(unseen_he) == 114
-    assert he["solutions"] == 114 and he["excluded_seen"] == 50
-    assert he["roc_auc"] >= 0.95  # easy negatives here (headers, configs): 1.0 when measured, unseen or not
-    assert he["mean_score"] > report["random_mean_score"] + 0.2
+    assert len(unseen_he) == 164
+    assert he["solutions"] == 164 and he["excluded_seen"] == 0
+    assert he["roc_auc"] >= 0.95  # easy negatives here (headers, configs)
+    # never trained on HumanEval, the annotator still scores its solutions higher (measured 0.58 vs 0.44)
+    assert he["mean_score"] > report["random_mean_score"] + 0.1
     user_seen = sum(f in trained_on for f in functions)
     assert user_seen > 0  # the exclusion is exercised on the user benchmark too
     assert report["benchmarks"]["user"]["solutions"] == 20 - user_seen
@@ -48,7 +49,7 @@ def test_eval_reports_alignment_on_solutions_unseen_in_training(trained_annotato
     assert report["random_files_seen_skipped"] == sum(e.label == 0 for e in train + heldout)
     # Held-out metrics come from the annotator's training record and are printed with the AUCs.
     assert report["heldout"]["roc_auc"] == pytest.approx(metrics["heldout"]["roc_auc"])
-    assert f"humaneval        ROC-AUC {he['roc_auc']:.4f}   (114 solutions, 50 seen in training left out" in printed
+    assert f"humaneval        ROC-AUC {he['roc_auc']:.4f}   (164 solutions, mean score" in printed
     assert "Held-out classification" in printed and "precision@0.5" in printed and "recall@0.5" in printed
 
     # Both AUCs recomputed independently from unseen solutions and unseen random files.

@@ -25,9 +25,13 @@ def test_snowcoder_1p3b_three_phases():
 def test_tiny_cpu_phases_parse():
     cfg = load_train_config(os.path.join(EXAMPLES, "tiny-cpu.yaml"))
     phases = resolve_phases(cfg)
-    assert [p.name for p in phases] == ["phase1-general", "phase2-quality", "phase3-synthetic-standin"]
+    assert [p.name for p in phases] == ["phase1-general", "phase2-quality", "phase3-synthetic"]
     assert [p.schedule.style for p in phases] == ["cosine", "linear", "linear"]
     assert phases[1].blend[0].repeat == 4
+    # phase 3: the synthetic files blended with the phase-2 selection (the paper's ~2B synthetic of 5B tokens)
+    assert [(os.path.basename(b.path), b.weight) for b in phases[2].blend] == [
+        ("synthetic_text_document", 0.4), ("phase2_text_document", 0.6)]
+    assert cfg.eval.benchmark_loss_interval > 0 and cfg.eval.benchmark_files == ["humaneval"]
     # the quickstart's budget (benchmarks/results/quickstart.md): steps of 16 x 256 tokens; phase 2's 4 passes over
     # the selected data fix its length
-    assert [p.steps for p in phases] == [144, None, 16] and cfg.train.global_batch_size * cfg.data.seq_len == 4096
+    assert [p.steps for p in phases] == [100, None, 16] and cfg.train.global_batch_size * cfg.data.seq_len == 4096

@@ -1,5 +1,9 @@
 """The quickstart in its reduced CI setting: curation -> tokenizer -> phase-2 quality annotator (train, score, select)
--> binarization -> three phases -> samples + PNG."""
+-> phase-3 synthesis (a real megasnow.serve process and tools/synthesize.py, with the tiny random model) ->
+binarization -> three phases with the HumanEval solution loss at each phase end -> samples + PNG. Also: no benchmark
+reaches annotator training (the quickstart's positives and the shipped configs)."""
+import glob
+import importlib.util
 import json
 import os
 import re
@@ -7,12 +11,25 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
 from tests.train.helpers import REPO, train_env
 
 
+def _quickstart_module():
+    spec = importlib.util.spec_from_file_location("quickstart_example", os.path.join(REPO, "examples", "quickstart.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def _jsonl(path):
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _read_all(paths):
+    for p in paths:
+        yield from _jsonl(p)
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +52,7 @@ def test_quickstart_ci_trains_three_phases(quickstart_ci):
     recs = [json.loads(l) for l in (work / "log" / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in recs if r.get("kind", "train") == "train"]
     assert [r["phase"] for r in train].count("phase1-general") == 40
-    assert {r["phase"] for r in train} == {"phase1-general", "phase2-quality", "phase3-synthetic-standin"}
+    assert {r["phase"] for r in train} == {"phase1-general", "phase2-quality", "phase3-synthetic"}
     first = sum(r["loss"] for r in train[:5]) / 5
     last = sum(r["loss"] for r in train[-5:]) / 5
     assert last < first - 0.5, (first, last)  # the loss visibly falls
@@ -53,7 +70,7 @@ def test_quickstart_ci_annotator_reports_heldout_auc(quickstart_ci):
     meta = json.loads((folder / "annotator.json").read_text())
     assert meta["format"] == "megasnow-quality-annotator" and meta["max_length"] == 64
     metrics = json.loads((folder / "metrics.json").read_text())
-    # balanced classes: positives (HumanEval + stdlib functions) vs as many random phase-1 documents
+    # balanced classes: positives (stdlib + networkx functions) vs as many random phase-1 documents
     assert metrics["heldout_examples"] == 40 and metrics["train_examples"] == 120
     logged = [float(x) for x in re.findall(r"annotator held-out ROC-AUC (\d\.\d+)", stdout)]
     assert logged and logged[0] == pytest.approx(metrics["heldout"]["roc_auc"], abs=1e-4)
@@ -109,3 +126,182 @@ def test_quickstart_ci_phase2_is_the_per_language_selection(quickstart_ci):
     ds = IndexedDataset(str(work / "data" / "phase2_text_document"))
     assert len(ds) == len(phase2)
     assert sum(len(ds[i]) - 1 for i in range(len(ds))) == report["selected_tokens"]  # + one EOD per document
+
+
+def test_quickstart_ci_synthesis_runs_through_a_real_server(quickstart_ci):
+    """Phase 3's data came from tools/synthesize.py against megasnow.serve (the tiny random model in --ci): every
+    request answered over HTTP, post-processing drops the gibberish, and phase 3 then trains on phase 2 alone."""
+    work, stdout = quickstart_ci
+    summary = json.loads((work / "synthesis" / "summary.json").read_text())
+    assert summary["model"] == "tiny-random" and summary["requests"] == {**summary["requests"], "planned": 8,
+                                                                           "answered": 8, "not_answered": 0}
+    (gen,) = summary["generation_this_run"]
+    assert gen["asked"] == 8 and gen["failed"] == {} and gen["completion_tokens"] > 0
+    o = summary["outputs"]
+    assert o["generated"] == 8 and o["kept"] == 0 and sum(o["dropped_by_reason"].values()) == 8
+    assert re.search(r"megasnow\.serve: tiny-random on http://127\.0\.0\.1:\d+/v1", stdout)
+    # the responses synthesis cached are the ones the server says it answered: the server's request log holds 8
+    # answered requests whose completion lengths are those of the 8 cached responses
+    served = _jsonl(work / "synthesis" / "server_requests.jsonl")
+    assert [r["status"] for r in served] == [200] * 8 and all(r["endpoint"].startswith("/v1/") for r in served)
+    from megasnow.synth.cache import load_responses
+
+    cached = load_responses([str(work / "synthesis")])
+    assert len(cached) == 8 and {r["model"] for r in cached.values()} == {"tiny-random"}
+    assert sorted(r["completion_tokens"] for r in served) == sorted(r["completion_tokens"] for r in cached.values())
+    assert sum(r["completion_tokens"] for r in served) == gen["completion_tokens"]
+    # phase 3's documents are exactly what post-processing kept (none of the tiny model's gibberish)
+    kept = _jsonl(work / "phases" / "synthetic.jsonl")
+    assert kept == list(_read_all(sorted((work / "synthesis" / "data").glob("*.jsonl")))) == []
+    assert "synthesis kept no document, so phase 3 trains on the phase-2 selection alone" in stdout
+    assert "phase 3: 0 of 8 synthetic documents kept (tiny-random; dropped: " in stdout
+    run = yaml.safe_load((work / "run.yaml").read_text())
+    assert run["phases"][2]["blend"] == [{"path": str(work / "data" / "phase2_text_document")}]
+    assert not (work / "data" / "synthetic_text_document.idx").exists()
+
+
+def test_quickstart_ci_reports_benchmark_loss_per_phase(quickstart_ci):
+    """The trainer's benchmark hook runs at every phase end; the summary prints those HumanEval solution losses."""
+    work, stdout = quickstart_ci
+    recs = [json.loads(l) for l in (work / "log" / "metrics.jsonl").read_text().splitlines()]
+    bench = [r for r in recs if r.get("kind") == "benchmark"]
+    ends = {}
+    for r in bench:
+        ends[r["phase"]] = r
+    assert [(p, r["step"]) for p, r in ends.items()] == [("phase1-general", 40), ("phase2-quality", 52),
+                                                         ("phase3-synthetic", 58)]
+    line = re.search(r"HumanEval solution loss .* at each phase's end: (.*)", stdout).group(1)
+    printed = re.findall(r"(\S+) (\d+\.\d+) \(step (\d+)\)", line)
+    assert printed == [(p, f"{r['humaneval_loss']:.3f}", str(r["step"])) for p, r in ends.items()]
+    assert all(r["tokens"]["humaneval"] > 1000 for r in bench)
+
+
+def test_quickstart_phase3_blends_kept_synthetic_documents(tmp_path):
+    """With kept synthetic documents phase 3 is the paper's blend: synthetic 0.4, phase-2 selection 0.6."""
+    from megasnow.train.config import load_train_config, resolve_phases
+
+    qs = _quickstart_module()
+    data = {name: str(tmp_path / f"{name}_text_document") for name in ("phase1", "phase2", "valid", "synthetic")}
+    for mode in ("ci", "full"):
+        cfg = qs.run_config(mode, str(tmp_path / mode), str(tmp_path / "code.model"), data)
+        assert cfg["phases"][2]["blend"] == [{"path": data["synthetic"], "weight": 0.4},
+                                             {"path": data["phase2"], "weight": 0.6}]
+        path = tmp_path / f"{mode}.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        phases = resolve_phases(load_train_config(str(path)))
+        assert [p.name for p in phases] == ["phase1-general", "phase2-quality", "phase3-synthetic"]
+        assert [b.weight for b in phases[2].blend] == [0.4, 0.6]
+
+
+def test_quickstart_positives_hold_no_benchmark(quickstart_ci):
+    """Issue 15: the quickstart's annotator positives (the full setting's 200 stdlib + 164 networkx functions, and
+    what the --ci run wrote) checked against HumanEval with megasnow.curate's decontaminator: no match; the log
+    says none was dropped."""
+    from megasnow.curate.config import DecontaminationConfig
+    from megasnow.curate.decontaminate import Decontaminator
+
+    work, stdout = quickstart_ci
+    decon = Decontaminator(DecontaminationConfig(humaneval=True))
+    assert len({r[1] for r in decon.rows}) == 164
+    qs = _quickstart_module()
+    a = qs.SETTINGS["full"]["annotator"]
+    full = qs.stdlib_functions(a["stdlib"]) + qs.networkx_functions(a["networkx"])
+    assert len(full) == a["stdlib"] + a["networkx"]
+    ci = [r["text"] for r in map(json.loads, (work / "quality" / "positives.jsonl").read_text().splitlines())]
+    assert len(ci) == 80
+    assert [t for t in full + ci if decon.match(t)] == []
+    assert "annotator positives: 80 documented functions (stdlib + networkx); 0 matched HumanEval" in stdout
+    # the check is live: a HumanEval solution written the same way is caught
+    from megasnow.quality.evaluate import humaneval_solutions
+
+    assert decon.match(qs.as_document("x", "a.py", humaneval_solutions()[7]))[0]["task_id"] == "HumanEval/7"
+
+
+def _positive_paths(node):
+    """Every string under a `positives` key of a config (the annotator's training sources)."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "positives":
+                yield from _strings(value)
+            else:
+                yield from _positive_paths(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _positive_paths(value)
+
+
+def _strings(node):
+    if isinstance(node, str):
+        yield node
+    elif isinstance(node, dict):
+        for value in node.values():
+            yield from _strings(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _strings(value)
+
+
+def test_shipped_configs_keep_benchmarks_out():
+    """No shipped config turns benchmark decontamination off (curation, synthesis), and none names a benchmark
+    file as annotator training data (any `positives` source)."""
+    found = positives = 0
+    for path in sorted(glob.glob(os.path.join(REPO, "examples", "**", "*.yaml"), recursive=True)):
+        with open(path, encoding="utf-8") as f:
+            cfg = yaml.safe_load(f)
+
+        def walk(node, where):
+            nonlocal found
+            if isinstance(node, dict):
+                for key, value in node.items():
+                    if key == "decontamination" and isinstance(value, dict):
+                        found += 1
+                        assert value.get("humaneval", True) is True and value.get("enabled", True) is True, where
+                    walk(value, f"{where}.{key}")
+            elif isinstance(node, list):
+                for i, value in enumerate(node):
+                    walk(value, f"{where}[{i}]")
+
+        walk(cfg, path)
+        text = open(path, encoding="utf-8").read().lower()
+        assert "humaneval.jsonl" not in text, path
+        for source in _positive_paths(cfg):
+            positives += 1
+            assert not any(b in source.lower() for b in ("humaneval", "mbpp", "evalplus", "benchmark")), (path, source)
+    assert found >= 1 and positives >= 3  # examples/recipe's annotators
+    qs = open(os.path.join(REPO, "examples", "quickstart.py"), encoding="utf-8").read()
+    assert "humaneval_solutions" not in qs
+
+
+def test_quickstart_ci_ends_with_the_recipe_report(quickstart_ci):
+    """Issue 15: the quickstart ends by writing megasnow.recipe's report into its workdir: loss and HumanEval
+    solution loss per phase (the numbers of metrics.jsonl), the selected language mix (the selection report's), each
+    plot a PNG beside the markdown; --ci skips the annotator's ROC measurement. The summary says where it is."""
+    work, stdout = quickstart_ci
+    md = work / "recipe_report.md"
+    text = md.read_text()
+    sections = [line for line in text.splitlines() if line.startswith("#")]
+    assert sections == ["# Recipe report: the quickstart's three phases", "## Loss per phase",
+                        "## Benchmark-solution loss per phase",
+                        "## Annotator alignment: held-out benchmark solutions vs random phase-1 files",
+                        "## Phase 2's language mix vs phase 1"]
+    assert "No alignment.json found" in text and not (work / "quality" / "alignment.json").exists()
+    pngs = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
+    assert pngs == ["recipe_report_loss.png", "recipe_report_benchmark_humaneval.png",
+                    "recipe_report_language_mix.png"]
+    for name in pngs:
+        data = (work / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5_000, name
+    assert f"report:     {md} (3 plots beside it)" in stdout
+    # the phase table holds each phase's last HumanEval solution loss and its training loss range
+    recs = [json.loads(l) for l in (work / "log" / "metrics.jsonl").read_text().splitlines()]
+    rows = {r.split("|")[2].strip(): [c.strip() for c in r.split("|")[1:-1]]
+            for r in text.splitlines() if r.startswith("| quickstart |")}
+    assert list(rows) == ["phase1-general", "phase2-quality", "phase3-synthetic"]
+    for phase, row in rows.items():
+        bench = [r for r in recs if r.get("kind") == "benchmark" and r["phase"] == phase]
+        train = [r for r in recs if r.get("kind", "train") == "train" and r["phase"] == phase]
+        assert row[-1] == f"{bench[-1]['humaneval_loss']:.4f}"
+        assert row[4] == f"{train[0]['loss']:.4f} → {train[-1]['loss']:.4f}"
+    selection = json.loads((work / "quality" / "selection" / "selection_report.json").read_text())
+    for lang, v in selection["languages"].items():
+        assert f"| {lang} | {100 * v['phase1_share']:.2f}% | {100 * v['selected_share']:.2f}% |" in text
