@@ -17,7 +17,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 
-from benchmarks.code_corpus import build_code_jsonl  # noqa: E402
+from benchmarks.code_corpus import build_code_jsonl, train_code_tokenizer  # noqa: E402
 
 
 def run_measured(cmd):
@@ -77,15 +77,7 @@ def main():
     jsonl = os.path.join(args.data_dir, "code.jsonl")
     docs, text_bytes = build_code_jsonl(jsonl, int(args.mb * 1e6))
     model = os.path.join(args.data_dir, f"code{args.vocab_size // 1000}k.model")
-    if not os.path.exists(model):
-        sample = os.path.join(args.data_dir, "train_sample.jsonl")
-        with open(jsonl, "rb") as f, open(sample, "wb") as g:
-            for i, line in enumerate(f):
-                if i % 5 == 0:
-                    g.write(line)
-        subprocess.run([sys.executable, "tools/train_tokenizer.py", "--input", sample, "--output-prefix",
-                        model[: -len(".model")], "--vocab-size", str(args.vocab_size),
-                        "--input-sentence-size", "100000"], check=True, cwd=ROOT)
+    train_code_tokenizer(jsonl, model, args.vocab_size, ROOT)
     print(f"corpus: {jsonl}: {docs} docs, {text_bytes / 1e6:.1f} MB of code text "
           f"({os.path.getsize(jsonl) / 1e6:.1f} MB JSONL); tokenizer {model}", flush=True)
 

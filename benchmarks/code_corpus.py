@@ -5,6 +5,7 @@ Each record is {"text": file contents, "path": ...}; files are read in sorted or
 import glob
 import json
 import os
+import subprocess
 import sys
 
 CODE_SUFFIXES = (".py", ".h", ".hpp", ".c", ".cc", ".cpp", ".pyi", ".js", ".ts", ".rs", ".go", ".java", ".sh")
@@ -61,3 +62,19 @@ if __name__ == "__main__":
     out = sys.argv[1] if len(sys.argv) > 1 else ".bench_data/code.jsonl"
     mb = float(sys.argv[2]) if len(sys.argv) > 2 else 110
     print(build_code_jsonl(out, int(mb * 1e6)))
+
+
+def train_code_tokenizer(jsonl, model, vocab_size, root):
+    """Train a SentencePiece model MODEL (`PREFIX.model`) with tools/train_tokenizer.py on every fifth document of
+    `jsonl` (skipped when MODEL exists); `root` is the repository root the tool runs from."""
+    if os.path.exists(model):
+        return model
+    sample = os.path.join(os.path.dirname(model), "tokenizer_train_sample.jsonl")
+    with open(jsonl, "rb") as f, open(sample, "wb") as g:
+        for i, line in enumerate(f):
+            if i % 5 == 0:
+                g.write(line)
+    subprocess.run([sys.executable, "tools/train_tokenizer.py", "--input", sample, "--output-prefix",
+                    model[: -len(".model")], "--vocab-size", str(vocab_size),
+                    "--input-sentence-size", "100000"], check=True, cwd=root)
+    return model

@@ -142,10 +142,11 @@ def _write_jsonl(path, records):
 
 
 # --------------------------------------------------------------------------------------------- 2. phase data
-def split_phases(docs_dir, out_dir):
+def split_phases(docs_dir, out_dir, unused_fraction=0.0):
     """phase1.jsonl (all but a held-out slice) and valid.jsonl (held-out evaluation documents, the same for every
     phase so the held-out curve is comparable across phases). Phase 2 is selected from phase 1 by the quality
-    annotator (select_phase2); phase 3 is synthesized from phase 2 (synthesize)."""
+    annotator (select_phase2); phase 3 is synthesized from phase 2 (synthesize). `unused_fraction` of the documents
+    (at least 2) go to neither file: examples/recipe/prepare_local.py keeps the split its recorded evidence used."""
     paths = [os.path.join(out_dir, f"{n}.jsonl") for n in ("phase1", "valid")]
     if all(os.path.exists(p) for p in paths):
         return paths
@@ -157,12 +158,14 @@ def split_phases(docs_dir, out_dir):
         return hashlib.sha256((d.get("id") or d["text"][:200]).encode()).hexdigest()
 
     docs.sort(key=key)
+    nu = max(2, round(len(docs) * unused_fraction)) if unused_fraction else 0
     nv = max(1, round(len(docs) * VALID_FRACTION))
-    valid, phase1 = docs[:nv], docs[nv:]
+    valid, phase1 = docs[nu:nu + nv], docs[nu + nv:]
     os.makedirs(out_dir, exist_ok=True)
     for p, part in zip(paths, (phase1, valid)):
         _write_jsonl(p, part)
-    log(f"phase data: {len(phase1)} phase-1 documents, {len(valid)} held out for evaluation")
+    log(f"phase data: {len(phase1)} phase-1 documents, {len(valid)} held out for evaluation"
+        + (f", {nu} unused" if nu else ""))
     return paths
 
 

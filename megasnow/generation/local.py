@@ -2,15 +2,16 @@
 share (one implementation), and LocalBackend, the GenerationBackend over it.
 
 LocalEngine turns a GenerationRequest into token ids (chat template for `messages`, fill-in-the-middle for
-`suffix`), checks it against the context length, and runs batches of sequences with megasnow.model.generate's
-KV-cache generator. LocalBackend sorts requests by prompt length and runs them in batches of at most
+`suffix` in the format the model was trained with: megasnow.data.fim), checks it against the context length, and
+runs batches of sequences with megasnow.model.generate's KV-cache generator. LocalBackend sorts requests by prompt length and runs them in batches of at most
 `max_num_seqs` sequences and `max_batch_tokens` cache positions.
 """
 import os
 import threading
 from dataclasses import dataclass
 
-from megasnow.data import special_tokens
+from megasnow.data.fim import FORMATS as FIM_FORMATS
+from megasnow.data.fim import fim_prompt_ids
 from megasnow.generation.base import GenerationBackend
 from megasnow.generation.chat_template import ChatTemplateError, render_chat
 from megasnow.generation.protocol import Choice, GenerationRequest, GenerationResult
@@ -40,13 +41,16 @@ class LocalEngine:
     model: a megasnow LlamaModel in eval mode; files: model_files.TokenizerFiles; model_name: the served id;
     fingerprint: recorded as `system_fingerprint`; max_num_seqs: sequences per batch; max_batch_tokens: cap on
     batch rows x (longest prompt + largest max_tokens), i.e. KV-cache positions, so long requests run in smaller
-    batches.
+    batches; fim_format: 'psm' or 'spm', how a request with `suffix` is laid out (megasnow.data.fim.fim_prompt_ids).
     """
 
     def __init__(self, model, files, model_name="", fingerprint=None, max_num_seqs=DEFAULT_MAX_NUM_SEQS,
-                 max_batch_tokens=DEFAULT_MAX_BATCH_TOKENS):
+                 max_batch_tokens=DEFAULT_MAX_BATCH_TOKENS, fim_format="psm"):
         if max_num_seqs < 1 or max_batch_tokens < 1:
             raise ValueError("max_num_seqs and max_batch_tokens must be >= 1")
+        if fim_format not in FIM_FORMATS:
+            raise ValueError(f"fim_format must be one of {FIM_FORMATS}, got {fim_format!r}")
+        self.fim_format = fim_format
         self.model, self.files = model, files
         self.tokenizer = files.tokenizer
         self.model_name, self.fingerprint = model_name, fingerprint
@@ -58,23 +62,26 @@ class LocalEngine:
 
     @classmethod
     def from_path(cls, path, *, device="cpu", dtype=None, tokenizer=None, chat_template=None, model_name=None,
-                  max_num_seqs=DEFAULT_MAX_NUM_SEQS, max_batch_tokens=DEFAULT_MAX_BATCH_TOKENS):
+                  max_num_seqs=DEFAULT_MAX_NUM_SEQS, max_batch_tokens=DEFAULT_MAX_BATCH_TOKENS, fim_format=None):
         """An engine for a megasnow checkpoint (run folder or step folder) or a HF Llama folder.
 
         tokenizer / chat_template override the folder's own files (model_files.read_tokenizer_files); dtype is a
-        torch dtype (default float32 on CPU, bfloat16 on CUDA); model_name defaults to the folder's name.
-        Raises ModelLoadError / CheckpointError / TokenizerError (UserErrors) naming the path.
+        torch dtype (default float32 on CPU, bfloat16 on CUDA); model_name defaults to the folder's name;
+        fim_format None: the checkpoint's trained format (model_files.trained_fim_format: 'spm' only for a model
+        trained with data.fim.spm_rate 1, else 'psm'). Raises ModelLoadError / CheckpointError / TokenizerError
+        (UserErrors) naming the path.
         """
-        from megasnow.generation.model_files import load_model, read_tokenizer_files
+        from megasnow.generation.model_files import load_model, read_tokenizer_files, trained_fim_format
 
         model, folder, fingerprint = load_model(path, device=device, dtype=dtype)
         files = read_tokenizer_files(folder, tokenizer, chat_template)
+        fim_format = fim_format or trained_fim_format(folder)
         if model_name is None:
             norm = os.path.normpath(os.path.abspath(path))
             model_name = os.path.basename(norm)
             if model_name.startswith("step_"):
                 model_name = os.path.basename(os.path.dirname(norm))
-        return cls(model, files, model_name, fingerprint, max_num_seqs, max_batch_tokens)
+        return cls(model, files, model_name, fingerprint, max_num_seqs, max_batch_tokens, fim_format)
 
     def warm_up(self):
         """Run one short generation (and load the chat-template renderer), so the first request is not slow."""
@@ -89,19 +96,42 @@ class LocalEngine:
 
     # ------------------------------------------------------------------------------------- requests -> tokens
     def prompt_text(self, request):
-        """The prompt string a request stands for (chat template applied to `messages`, FIM for `suffix`)."""
+        """The prompt string a request stands for (chat template applied to `messages`; for `suffix`, the FIM prompt
+        spelled with its sentinel names, for logs: the engine itself builds those prompts as ids)."""
         if request.messages is not None:
             try:
                 return render_chat(self.files.chat_template, request.messages, self.files.special_tokens)
             except ChatTemplateError as e:
                 raise BadRequestError(str(e)) from None
         if request.suffix is not None:
-            fim = (special_tokens.FIM_PREFIX, special_tokens.FIM_SUFFIX, special_tokens.FIM_MIDDLE)
-            if any(self.tokenizer.token_to_id(t) is None for t in fim):
-                raise BadRequestError("suffix (fill-in-the-middle) needs a tokenizer with the "
-                                      f"{', '.join(fim)} tokens; this model's has none: leave suffix out")
-            return f"{fim[0]}{request.prompt}{fim[1]}{request.suffix}{fim[2]}"
+            return self.tokenizer.decode(self.fim_prompt_ids(request.prompt, request.suffix, add_bos=False))
         return request.prompt
+
+    def fim_tokens(self):
+        """The tokenizer's FIM sentinels, or BadRequestError when it has none."""
+        fim = self.tokenizer.fim_tokens()
+        if fim is None:
+            raise BadRequestError("suffix (fill-in-the-middle) needs a tokenizer with FIM tokens (<fim_prefix>, "
+                                  "<fim_suffix>, <fim_middle> or another family's); this model's has none: leave "
+                                  "suffix out")
+        return fim
+
+    def fim_prompt_ids(self, prefix, suffix, add_bos=True, fmt=None):
+        """Token ids of an infilling prompt: prefix and suffix encoded apart and laid out as the model was trained
+        (self.fim_format, or `fmt`: 'psm' / 'spm'); the model's continuation is the middle."""
+        ids = fim_prompt_ids(self.fim_tokens(), self.tokenizer.encode, prefix, suffix, fmt or self.fim_format)
+        if add_bos and self.files.add_bos and self.files.bos_id is not None:
+            ids.insert(0, self.files.bos_id)
+        return ids
+
+    def fim_stop_ids(self):
+        """Ids that end a middle: the EOS ids, the file separator (file-level FIM puts one after a middle that ends
+        a file) and the FIM tokens themselves."""
+        fim = self.fim_tokens()
+        extra = {*fim.sentinels, fim.pad}
+        if self.tokenizer.file_sep_id is not None:
+            extra.add(self.tokenizer.file_sep_id)
+        return self.eos_ids | extra
 
     def encode(self, text, add_bos=True):
         ids = list(self.tokenizer.encode(text))
@@ -113,8 +143,10 @@ class LocalEngine:
         """A PreparedRequest, or BadRequestError saying what to change. `prompt_ids` (token ids) replaces the
         request's prompt text (OpenAI allows token-id prompts). Choice j samples with seed `seed + j`.
         ignore_eos: generate max_tokens even past EOS (vLLM's benchmark option)."""
+        fim = request.suffix is not None and request.messages is None
         if prompt_ids is None:
-            prompt_ids = self.encode(self.prompt_text(request), add_bos=request.messages is None)
+            prompt_ids = self.fim_prompt_ids(request.prompt, request.suffix) if fim else \
+                self.encode(self.prompt_text(request), add_bos=request.messages is None)
         prompt_ids = tuple(int(t) for t in prompt_ids)
         if not prompt_ids:
             raise BadRequestError("the prompt is empty (0 tokens); give at least one token")
@@ -128,9 +160,9 @@ class LocalEngine:
                 f"This model's maximum context length is {self.max_model_len} tokens. However, you requested "
                 f"{len(prompt_ids) + p.max_tokens} tokens ({len(prompt_ids)} in the prompt, {p.max_tokens} in the "
                 f"completion). Please reduce the length of the prompt or max_tokens.")
+        stop_ids = frozenset() if ignore_eos else (self.fim_stop_ids() if fim else self.eos_ids)
         specs = [SequenceSpec(prompt_ids, p.max_tokens, p.temperature, p.top_p,
-                              None if p.seed is None else p.seed + j, frozenset() if ignore_eos else self.eos_ids,
-                              p.stop) for j in range(p.n)]
+                              None if p.seed is None else p.seed + j, stop_ids, p.stop) for j in range(p.n)]
         return PreparedRequest(request, prompt_ids, specs)
 
     # ------------------------------------------------------------------------------------- batches

@@ -140,3 +140,20 @@ def read_tokenizer_files(folder, tokenizer=None, chat_template=None):
     eos_ids = tuple(sorted({int(i) for i in eos if i is not None}))
     bos_id = tok.token_to_id(special["bos_token"]) if "bos_token" in special else None
     return TokenizerFiles(tok, template, eos_ids, special, bool(config.get("add_bos_token")), bos_id)
+
+
+def trained_fim_format(folder):
+    """'spm' for a megasnow checkpoint trained with fill-in-the-middle in suffix-prefix-middle order only
+    (config.yaml: data.fim.rate > 0 and data.fim.spm_rate == 1), else 'psm' (StarCoder's default order, and what a
+    model trained with both orders or a HF folder gets)."""
+    import yaml
+
+    try:
+        with open(os.path.join(folder, "config.yaml"), encoding="utf-8") as f:
+            fim = ((yaml.safe_load(f) or {}).get("data") or {}).get("fim") or {}
+    except (OSError, yaml.YAMLError, AttributeError):
+        return "psm"
+    try:
+        return "spm" if float(fim.get("rate", 0)) > 0 and float(fim.get("spm_rate", 0)) >= 1.0 else "psm"
+    except (TypeError, ValueError):
+        return "psm"

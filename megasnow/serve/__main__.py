@@ -94,7 +94,8 @@ def main(argv=None):
     engine = LocalEngine.from_path(args.model, device=device, dtype=dtype, tokenizer=args.tokenizer,
                                    chat_template=args.chat_template,
                                    model_name=(args.served_model_name or [None])[0],
-                                   max_num_seqs=args.max_num_seqs, max_batch_tokens=args.max_batch_tokens)
+                                   max_num_seqs=args.max_num_seqs, max_batch_tokens=args.max_batch_tokens,
+                                   fim_format=args.fim_format)
     names = args.served_model_name or [engine.model_name]
     engine.warm_up()
     scheduler = BatchScheduler(engine, batch_wait_s=args.batch_wait_ms / 1000.0, max_queue=args.max_queue)

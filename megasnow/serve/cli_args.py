@@ -30,6 +30,10 @@ def make_parser():
     g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                    help="auto: float32 on CPU, bfloat16 on CUDA")
     g.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    g.add_argument("--fim-format", choices=["psm", "spm"], default=None,
+                   help="layout of fill-in-the-middle prompts (completions `suffix`): prefix-suffix-middle or "
+                        "suffix-prefix-middle (default: the checkpoint's trained format, psm unless it was trained "
+                        "with data.fim.spm_rate=1)")
     h = p.add_argument_group("HTTP")
     h.add_argument("--host", default="127.0.0.1")
     h.add_argument("--port", type=int, default=8000, help="0 picks a free port (printed when ready)")

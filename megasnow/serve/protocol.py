@@ -99,7 +99,8 @@ class CompletionRequest(_SamplingFields):
     prompt: Union[str, list[str], list[int], list[list[int]]] = Field(
         description="text, a list of texts, token ids, or a list of token-id lists")
     max_tokens: Optional[int] = Field(None, ge=1, description="new tokens per choice; API default 16")
-    suffix: Optional[str] = Field(None, description="fill-in-the-middle (needs the tokenizer's FIM tokens)")
+    suffix: Optional[str] = Field(None, description="fill-in-the-middle: the text after the insertion point; the "
+                                                    "completion is the middle (needs the tokenizer's FIM tokens)")
     echo: bool = Field(False, description="not supported")
     logprobs: Optional[int] = Field(None, description="not supported")
     best_of: Optional[int] = Field(None, description="only best_of == n (or unset) is supported")

@@ -162,20 +162,30 @@ class OpenAIServing:
         if error:
             return error
         prompt_tokens = sum(len(p.prompt_ids) for p in prepared)
-        created, rid = int(time.time()), new_id("cmpl")
+
+        def respond(rid, created, usage, seqs):
+            return CompletionResponse(id=rid, created=created, model=self.model_name, usage=usage,
+                                      system_fingerprint=self.engine.fingerprint,
+                                      choices=[CompletionChoice(index=i, text=q.text, finish_reason=q.finish_reason)
+                                               for i, q in enumerate(seqs)])
+
+        return await self._answer(handle, ctx, request, prompt_tokens, "cmpl", self._stream_completion, respond)
+
+    async def _answer(self, handle, ctx, request, prompt_tokens, id_prefix, stream, respond):
+        """What both endpoints return once their sequences are submitted: the SSE iterator `stream(handle, ctx,
+        rid, created, prompt_tokens, include_usage)` when the request streams, else `respond(rid, created, usage,
+        seqs)` over the collected sequences (or the ErrorResponse that ended them). Logs the finished request."""
+        created, rid = int(time.time()), new_id(id_prefix)
         if request.stream:
             include_usage = bool(request.stream_options and request.stream_options.include_usage)
-            return self._stream_completion(handle, ctx, rid, created, prompt_tokens, include_usage)
+            return stream(handle, ctx, rid, created, prompt_tokens, include_usage)
         seqs, error = await self._collect(handle, ctx)
         if error:
             return error
         usage = self._usage(prompt_tokens, seqs)
         ctx.done(200, prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
                  finish_reasons=[q.finish_reason for q in seqs], batch_sizes=sorted(handle.batch_sizes))
-        return CompletionResponse(id=rid, created=created, model=self.model_name, usage=usage,
-                                  system_fingerprint=self.engine.fingerprint,
-                                  choices=[CompletionChoice(index=i, text=q.text, finish_reason=q.finish_reason)
-                                           for i, q in enumerate(seqs)])
+        return respond(rid, created, usage, seqs)
 
     async def _stream_completion(self, handle, ctx, rid, created, prompt_tokens, include_usage):
         def chunk(choices, usage=None):
@@ -253,21 +263,16 @@ class OpenAIServing:
         handle, error = self._submit([prepared], request.stream)
         if error:
             return error
-        prompt_tokens = len(prepared.prompt_ids)
-        created, rid = int(time.time()), new_id("chatcmpl")
-        if request.stream:
-            include_usage = bool(request.stream_options and request.stream_options.include_usage)
-            return self._stream_chat(handle, ctx, rid, created, prompt_tokens, include_usage)
-        seqs, error = await self._collect(handle, ctx)
-        if error:
-            return error
-        usage = self._usage(prompt_tokens, seqs)
-        ctx.done(200, prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
-                 finish_reasons=[q.finish_reason for q in seqs], batch_sizes=sorted(handle.batch_sizes))
-        return ChatCompletionResponse(
-            id=rid, created=created, model=self.model_name, usage=usage, system_fingerprint=self.engine.fingerprint,
-            choices=[ChatCompletionChoice(index=i, message=ChatCompletionMessage(content=q.text),
-                                          finish_reason=q.finish_reason) for i, q in enumerate(seqs)])
+
+        def respond(rid, created, usage, seqs):
+            return ChatCompletionResponse(
+                id=rid, created=created, model=self.model_name, usage=usage,
+                system_fingerprint=self.engine.fingerprint,
+                choices=[ChatCompletionChoice(index=i, message=ChatCompletionMessage(content=q.text),
+                                              finish_reason=q.finish_reason) for i, q in enumerate(seqs)])
+
+        return await self._answer(handle, ctx, request, len(prepared.prompt_ids), "chatcmpl", self._stream_chat,
+                                  respond)
 
     async def _stream_chat(self, handle, ctx, rid, created, prompt_tokens, include_usage):
         def chunk(choices, usage=None):

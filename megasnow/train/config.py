@@ -46,6 +46,21 @@ class BlendItem:
 
 
 @dataclass
+class FIMSection:
+    """Fill-in-the-middle applied to samples as they are read (megasnow.data.fim; docs/datasets.md). Off by default;
+    StarCoder trained with rate 0.5, spm_rate 0.5 (the Arctic-SnowCoder paper does not mention FIM)."""
+    rate: float = _help("probability that a unit (a file, or a document's piece of a sample) is rearranged; 0: off "
+                        "(StarCoder: 0.5)", 0.0)
+    spm_rate: float = _help("probability that a rearranged unit is suffix-prefix-middle rather than prefix-suffix-"
+                            "middle (StarCoder: 0.5)", 0.5)
+    level: Literal["file", "sample"] = _help("file: units end at <file_sep> and the end of document (repository "
+                                             "documents, StarCoder2 style); sample: at the end of document only",
+                                             "file")
+    mask_pad: bool = _help("leave <fim_pad> labels out of the loss (needs train.calculate_per_token_loss); false "
+                           "trains on them as StarCoder did (they are rare)", False)
+
+
+@dataclass
 class DataSection:
     tokenizer: str | None = _help("SentencePiece .model, HF tokenizer.json, or an HF tokenizer folder holding "
                                   "tokenizer.json (sets the vocabulary size; copied into checkpoints and HF exports)")
@@ -58,6 +73,7 @@ class DataSection:
     blend: list[BlendItem] = _help("blend of the single phase used when `phases` is empty", factory=list)
     valid_blend: list[BlendItem] = _help("explicit held-out datasets (used instead of the valid split)",
                                          factory=list)
+    fim: FIMSection = field(default_factory=FIMSection)
 
 
 @dataclass
@@ -232,6 +248,19 @@ def check_config(cfg):
         raise ConfigError(f"data.seq_len must be >= 1, got {cfg.data.seq_len}")
     if not 0.0 <= cfg.data.valid_fraction < 1.0:
         raise ConfigError(f"data.valid_fraction must be in [0, 1), got {cfg.data.valid_fraction}")
+    fim = cfg.data.fim
+    for key in ("rate", "spm_rate"):
+        value = getattr(fim, key)
+        if not (isinstance(value, (int, float)) and 0.0 <= value <= 1.0):
+            raise ConfigError(f"data.fim.{key} must be a probability in [0, 1], got {value!r}")
+    if fim.level not in ("file", "sample"):
+        raise ConfigError(f"data.fim.level must be 'file' or 'sample', got {fim.level!r}")
+    if fim.rate > 0 and not cfg.data.tokenizer:
+        raise ConfigError("data.fim.rate > 0 needs data.tokenizer: fill-in-the-middle re-tokenizes the text it "
+                          "rearranges (set data.tokenizer, or data.fim.rate=0)")
+    if fim.rate > 0 and fim.mask_pad and not t.calculate_per_token_loss:
+        raise ConfigError("data.fim.mask_pad leaves <fim_pad> labels out of the loss, which needs the per-token "
+                          "loss: set train.calculate_per_token_loss=true, or data.fim.mask_pad=false")
     if t.max_consecutive_nan < 1:
         raise ConfigError("train.max_consecutive_nan must be >= 1")
     check_eval_section(cfg)

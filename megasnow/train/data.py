@@ -69,10 +69,12 @@ def to_blend_entries(items):
     return [BlendEntry(prefix=b.path, weight=b.weight, repeat=b.repeat) for b in items]
 
 
-def build_phase_datasets(phase, cfg, num_train_samples, num_valid_samples):
+def build_phase_datasets(phase, cfg, num_train_samples, num_valid_samples, fim=None):
     """(train dataset, held-out dataset or None) for one phase. `num_train_samples` None: the blend's explicit
-    repeat counts fix the size."""
+    repeat counts fix the size. fim: a function (split) -> megasnow.data.fim.FIMTransform, or None (data.fim off):
+    both datasets are then read through FIMDataset, the held-out one with its own draws."""
     from megasnow.data.blended_dataset import build_gpt_dataset
+    from megasnow.data.fim import FIMDataset
 
     d = cfg.data
     train = build_gpt_dataset(to_blend_entries(phase.blend), num_train_samples, d.seq_len, d.seed,
@@ -85,19 +87,46 @@ def build_phase_datasets(phase, cfg, num_train_samples, num_valid_samples):
         elif d.valid_fraction > 0:
             valid = build_gpt_dataset(to_blend_entries(phase.blend), num_valid_samples, d.seq_len, d.seed,
                                       split="valid", valid_fraction=d.valid_fraction, cache_dir=d.cache_dir)
+    if fim is not None:
+        train = FIMDataset(train, fim("train"))
+        valid = FIMDataset(valid, fim("valid")) if valid is not None else None
     return train, valid
+
+
+def build_fim_transforms(cfg, tokenizer, eod_id, bos_id=None):
+    """A function (split) -> FIMTransform for data.fim, or None when data.fim.rate is 0. Raises ConfigError naming
+    data.fim / data.tokenizer when the tokenizer has no FIM sentinels (or no file separator for level 'file'), or
+    its tokens do not spell the text exactly."""
+    f = cfg.data.fim
+    if f.rate == 0:
+        return None
+    from megasnow.data.fim import STREAMS, FIMTransform
+    from megasnow.data.tokenizer import TokenizerError
+
+    def make(split):
+        try:
+            return FIMTransform(tokenizer, f.rate, f.spm_rate, f.level, seed=cfg.data.seed, eod_id=eod_id,
+                                bos_id=bos_id, stream=STREAMS[split])
+        except TokenizerError as e:
+            raise ConfigError(f"data.fim.rate={f.rate} (data.fim.level={f.level}) with data.tokenizer: {e}; use a "
+                              f"tokenizer with these tokens (tools/train_tokenizer.py reserves them) or set "
+                              f"data.fim.rate=0") from None
+
+    make("train")  # fail at start-up, not at the first read
+    return make
 
 
 class MicroBatches:
     """Yields, per optimizer step, this data-parallel rank's list of micro-batches {tokens, labels} (plus
     document_ids when `eod_id` is given: model.document_mask keeps attention inside each packed document).
 
-    Labels of -100 are left out of the loss. Such a loss mask makes micro-batches count different numbers of
-    tokens, so it needs `per_token_loss` (train.calculate_per_token_loss); a masked batch without it is refused.
+    Labels of -100 are left out of the loss: those equal to an id in `ignore_label_ids` (data.fim.mask_pad: the
+    <fim_pad> id). Such a loss mask makes micro-batches count different numbers of tokens, so it needs
+    `per_token_loss` (train.calculate_per_token_loss); a masked batch without it is refused.
     """
 
     def __init__(self, dataset, consumed_samples, micro_batch_size, num_micro_batches, dp_rank, dp_size, device,
-                 eod_id=None, per_token_loss=False):
+                 eod_id=None, per_token_loss=False, ignore_label_ids=()):
         from megasnow.data.sampler import PretrainingSampler
 
         self.dataset = dataset
@@ -105,12 +134,16 @@ class MicroBatches:
         self.device = device
         self.eod_id = eod_id
         self.per_token_loss = per_token_loss
+        self.ignore_label_ids = torch.tensor(sorted({int(i) for i in ignore_label_ids}), dtype=torch.long)
         self._it = iter(PretrainingSampler(len(dataset), consumed_samples, micro_batch_size, dp_rank, dp_size))
 
     def labels(self, samples, indices):
         """Labels [B, S] of the samples [B, S+1] with dataset ids `indices`: the next tokens. A loss mask (such as
         fill-in-the-middle or document-level ignore masks) sets IGNORE_INDEX here."""
-        return samples[:, 1:]
+        labels = samples[:, 1:]
+        if len(self.ignore_label_ids):
+            labels = labels.masked_fill(torch.isin(labels, self.ignore_label_ids), IGNORE_INDEX)
+        return labels
 
     def next_step(self):
         return [self._collate(next(self._it)) for _ in range(self.num_micro_batches)]

@@ -10,6 +10,7 @@ from megasnow.config import ConfigError, from_dict
 # Keys whose change breaks exact resume: they fix which sample comes next (data order, split, batch), what the
 # saved tensors mean (tokenizer, model, dtype, parallel layout of the optimizer state), or what produced the weights.
 FIXED_KEYS = {"data.seq_len", "data.seed", "data.valid_fraction", "data.tokenizer", "data.eod_id",
+              "data.fim.rate", "data.fim.spm_rate", "data.fim.level",
               "train.global_batch_size", "train.seed", "train.dtype",
               "parallel.tensor", "parallel.pipeline", "parallel.virtual_pipeline",
               "parallel.use_distributed_optimizer"}

@@ -14,7 +14,8 @@ from megasnow.errors import UserError
 from megasnow.train import checkpoint as ckpt
 from megasnow.train import resume
 from megasnow.train.config import build_model_config, check_parallel_layout, phase_steps, resolve_phases
-from megasnow.train.data import MicroBatches, build_phase_datasets, check_blend_paths, load_run_tokenizer
+from megasnow.train.data import (MicroBatches, build_fim_transforms, build_phase_datasets, check_blend_paths,
+                                 load_run_tokenizer)
 from megasnow.train.metrics import MetricsLogger, format_eta
 from megasnow.train.schedules import lr_at
 
@@ -86,6 +87,7 @@ class Trainer:
 
         self.model_cfg = build_model_config(cfg, self.tokenizer.vocab_size if self.tokenizer else None)
         self.eod_id = self._document_mask_eod()
+        self.fim = self._fim_transforms()
         self._build_datasets()
         self.model_chunks = self._build_model()
         self.optimizer = self._build_optimizer()
@@ -166,14 +168,30 @@ class Trainer:
             self.state = _trainer_state(meta["trainer"])
         return latest
 
+    def _document_tokens(self):
+        """The blends' end-of-document (and BOS) ids: megasnow.data.dataset_meta.resolve_document_tokens."""
+        from megasnow.data.dataset_meta import resolve_document_tokens
+
+        paths = [b.path for phase in self.phases for b in (*phase.blend, *phase.valid_blend)]
+        return resolve_document_tokens(paths, eod_id=self.cfg.data.eod_id, tokenizer=self.tokenizer)
+
+    def _fim_transforms(self):
+        """data.fim's transform factory (None when off), checked against the tokenizer before anything is read."""
+        f = self.cfg.data.fim
+        if f.rate == 0:
+            return None
+        doc = self._document_tokens()
+        fim = build_fim_transforms(self.cfg, self.tokenizer, doc.eod_id, doc.bos_id)
+        names = self.tokenizer.fim_tokens().names
+        self._say(f"data: fill-in-the-middle on {f.level} units, rate {f.rate}, SPM share {f.spm_rate} "
+                  f"({', '.join(names)}; units end at id {fim('train').separators})")
+        return fim
+
     def _document_mask_eod(self):
         """The end-of-document id that splits packed samples into documents when model.document_mask is on."""
         if not self.model_cfg.document_mask:
             return None
-        from megasnow.data.dataset_meta import resolve_document_tokens
-
-        paths = [b.path for phase in self.phases for b in (*phase.blend, *phase.valid_blend)]
-        doc = resolve_document_tokens(paths, eod_id=self.cfg.data.eod_id, tokenizer=self.tokenizer)
+        doc = self._document_tokens()
         if doc.eod_id is None:
             raise ConfigError("model.document_mask needs the end-of-document token id: binarize with --append-eod, "
                               "or set data.tokenizer (its eod is used) or data.eod_id")
@@ -192,7 +210,8 @@ class Trainer:
             steps = asked = phase_steps(phase, cfg)
             t0 = time.perf_counter()
             try:
-                train, valid = build_phase_datasets(phase, cfg, None if steps is None else steps * gbs, n_valid)
+                train, valid = build_phase_datasets(phase, cfg, None if steps is None else steps * gbs, n_valid,
+                                                    fim=self.fim)
             except ValueError as e:
                 raise ConfigError(f"{where}: {e}") from None
             held_out = f", {len(valid):,} held-out" if valid is not None else ""
@@ -354,9 +373,12 @@ class Trainer:
 
     def _micro_batches(self, dataset, consumed_samples):
         c = self.cfg
+        ignore = ()
+        if self.fim is not None and c.data.fim.mask_pad:
+            ignore = (self.tokenizer.fim_tokens().pad,)
         return MicroBatches(dataset, consumed_samples, c.train.micro_batch_size, self.num_micro_batches, self.dp_rank,
                             self.dp_size, self.device, eod_id=self.eod_id,
-                            per_token_loss=c.train.calculate_per_token_loss)
+                            per_token_loss=c.train.calculate_per_token_loss, ignore_label_ids=ignore)
 
     def _stop_on_signal(self):
         st, sigint = self.state, self.stop_signal == signal.SIGINT

@@ -53,9 +53,11 @@ def tiny_config(tmp_path, phases, **sections):
 
 
 def write_config(path, cfg):
+    """Write cfg as YAML, atomically: ranks of a spawned test write the same config while another may be reading it."""
+    from megasnow.utils.atomic import atomic_write_text
+
     os.makedirs(os.path.dirname(str(path)), exist_ok=True)
-    with open(path, "w") as f:
-        yaml.safe_dump(cfg, f)
+    atomic_write_text(str(path), yaml.safe_dump(cfg))
     return str(path)
 
 

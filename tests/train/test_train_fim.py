@@ -1,0 +1,97 @@
+"""data.fim in the trainer: batches are the FIM transform of the blend's samples (with repetition, document masking
+and <fim_pad> labels left out of the per-token loss), and start-up refuses what cannot work, naming the key."""
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from megasnow.config import ConfigError
+from megasnow.data.fim import FIMDataset, FIMTransform
+from megasnow.data.indexed import write_dataset
+from megasnow.data.tokenizer import load_tokenizer
+from megasnow.generation.local import LocalEngine
+from megasnow.generation.protocol import GenerationRequest, SamplingParams
+from megasnow.parallel import state
+from megasnow.train.config import load_train_config
+from megasnow.train.trainer import Trainer
+from tests.data.code_fixtures import sentencepiece_model
+from tests.data.test_fim import repo_docs
+from tests.train.helpers import losses, tiny_config, train_in_process, write_config
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """(tokenizer file, two dataset prefixes) of repository documents of real code, EOD appended."""
+    model = sentencepiece_model()
+    tok = load_tokenizer(model)
+    docs = repo_docs()
+    out = tmp_path_factory.mktemp("fim")
+    prefixes = [write_dataset(str(out / f"part{k}"), [tok.encode(t) + [tok.eod_id] for t in docs[k::2]],
+                              dtype=np.int32) for k in range(2)]
+    return model, prefixes
+
+
+def config(tmp_path, tokenizer, prefixes, fim, steps=3, model=None, **sections):
+    blend = [{"path": prefixes[0], "repeat": 2}, {"path": prefixes[1], "repeat": 1}]
+    cfg = tiny_config(tmp_path, [{"name": "only", "blend": blend, "steps": steps}],
+                      model={"vocab_size": None, "max_seq_len": 128, **(model or {})},
+                      data={"tokenizer": tokenizer, "seq_len": 64, "fim": fim}, **sections)
+    return write_config(tmp_path / "run.yaml", cfg)
+
+
+def test_batches_are_the_fim_transform_of_the_blend(tmp_path, data):
+    tokenizer, prefixes = data
+    fim = {"rate": 0.5, "spm_rate": 1.0, "level": "file", "mask_pad": True}
+    cfg = load_train_config(config(tmp_path, tokenizer, prefixes, fim, model={"document_mask": True},
+                                   train={"calculate_per_token_loss": True}))
+    try:
+        trainer = Trainer(cfg).setup()
+        train, _ = trainer.datasets[0]
+        assert isinstance(train, FIMDataset)
+        tok = load_tokenizer(tokenizer)
+        ref = FIMTransform(tok, 0.5, 1.0, "file", seed=cfg.data.seed)
+        raw = train.dataset
+        for i in range(0, len(train), 7):
+            assert np.array_equal(train[i], ref(raw[i], i))
+        fim_pad = tok.fim_tokens().pad
+        batches = trainer._micro_batches(train, 0)
+        assert torch.equal(batches.ignore_label_ids, torch.tensor([fim_pad]))
+        (mb, *_) = batches.next_step()
+        assert "document_ids" in mb
+        rows = np.stack([train[i] for i in range(len(train))])
+        assert (rows == tok.fim_tokens().prefix).sum() > 0
+        trainer.run()
+    finally:
+        state.destroy_model_parallel()
+    recs = losses(str(tmp_path / "log"))
+    assert [r["step"] for r in recs] == [1, 2, 3] and all(np.isfinite(r["loss"]) for r in recs)
+    # generation lays out infilling prompts the way this checkpoint was trained: SPM only
+    engine = LocalEngine.from_path(str(tmp_path / "ckpt"))
+    assert engine.fim_format == "spm"
+    fim = tok.fim_tokens()
+    prepared = engine.prepare(GenerationRequest(id="f", prompt="def f(x):\n", suffix="\n    return y\n",
+                                                params=SamplingParams(max_tokens=8)))
+    assert list(prepared.prompt_ids[:2]) == [fim.prefix, fim.suffix]
+
+
+def test_fim_needs_a_tokenizer_and_per_token_loss_for_mask_pad(tmp_path, data):
+    tokenizer, prefixes = data
+    with pytest.raises(ConfigError, match=r"data\.fim\.rate > 0 needs data\.tokenizer"):
+        load_train_config(config(tmp_path, None, prefixes, {"rate": 0.5}))
+    with pytest.raises(ConfigError, match=r"data\.fim\.mask_pad .* set train\.calculate_per_token_loss=true"):
+        load_train_config(config(tmp_path, tokenizer, prefixes, {"rate": 0.5, "mask_pad": True}))
+    with pytest.raises(ConfigError, match=r"data\.fim\.spm_rate must be a probability in \[0, 1\], got 1\.5"):
+        load_train_config(config(tmp_path, tokenizer, prefixes, {"rate": 0.5, "spm_rate": 1.5}))
+
+
+def test_tokenizer_without_fim_tokens_refused_at_start_up(tmp_path, data, smollm2):
+    """SmolLM2's tokenizer (StarCoder-like special tokens, but no <fim_*>) cannot train with FIM: one line naming
+    data.fim.rate and data.tokenizer, before any data is read."""
+    _, prefixes = data
+    assert load_tokenizer(os.path.join(smollm2.step_dir, "tokenizer.json")).fim_tokens() is None
+    cfg = config(tmp_path, smollm2.step_dir, prefixes, {"rate": 0.5}, model={"vocab_size": 49152})
+    with pytest.raises(ConfigError, match=r"^data\.fim\.rate=0\.5 \(data\.fim\.level=file\) with data\.tokenizer: "
+                                          r".*has no fill-in-the-middle tokens.*or set data\.fim\.rate=0$"):
+        train_in_process(cfg)
+    assert not os.path.exists(tmp_path / "log" / "metrics.jsonl")
