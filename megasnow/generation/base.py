@@ -18,6 +18,11 @@ class GenerationBackend(abc.ABC):
     def generate(self, requests):
         """Yield one GenerationResult per GenerationRequest in `requests` (any order)."""
 
+    def check(self, request):
+        """The error message of a request this backend can tell, without generating, that it cannot run (a prompt
+        plus max_tokens longer than a local model's context), else None. Remote backends cannot tell: None."""
+        return None
+
     def start(self):
         """Connect and check before any request: resolve the served model name, check URLs and keys, load an
         engine. Raises a UserError naming the URL or file. Idempotent; `generate` calls it if needed."""

@@ -213,6 +213,13 @@ class LocalBackend(GenerationBackend):
         self.model_name = self.engine.model_name
         self.sort_window = sort_window or 8 * self.engine.max_num_seqs
 
+    def check(self, request):
+        try:
+            self.engine.prepare(request)
+        except BadRequestError as e:
+            return str(e)
+        return None
+
     def generate(self, requests):
         window = []
         for request in requests:

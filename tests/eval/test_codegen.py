@@ -2,6 +2,7 @@
 weights (completion and chat prompts, stop sequences), resumable, and code extraction from chat answers."""
 import json
 import os
+import re
 
 import pytest
 import torch
@@ -120,3 +121,57 @@ def test_requests_and_code_extraction(bench):
     assert stop_sequences(mbpp_like)[0] == '\n"""'
     with pytest.raises(Exception, match="identical greedy samples"):
         GenerationSettings(n=3, temperature=0.0)
+
+
+def test_interrupt_keeps_the_finished_tasks_of_an_unfinished_chunk(tiny, bench, tmp_path):
+    ckpt, _ = tiny
+    settings = GenerationSettings(max_tokens=8)  # one chunk of 64 requests holds all 4 tasks
+    out = str(tmp_path / "s.jsonl")
+    with LocalBackend(ckpt, max_num_seqs=1) as backend:
+        with pytest.raises(KeyboardInterrupt):
+            generate_samples(_StopAfter(backend, 2), bench, settings, out, progress=False)
+        assert len(read_jsonl(out + ".partial")) == 2  # the 2 tasks finished before the Ctrl-C
+        stats = generate_samples(backend, bench, settings, out, progress=False)
+        full = generate_samples(backend, bench, settings, str(tmp_path / "full.jsonl"), progress=False)
+    assert stats["resumed_tasks"] == 2 and stats["requests"] == 2 and full["requests"] == 4
+    assert read_jsonl(out) == read_jsonl(tmp_path / "full.jsonl")
+
+
+class _NoCheck:
+    """A real backend that cannot tell bad requests before generating (as a remote server): they fail when asked."""
+
+    def __init__(self, backend):
+        self.backend, self.model_name = backend, backend.model_name
+
+    def generate(self, requests):
+        return self.backend.generate(requests)
+
+
+def test_failed_requests_are_never_recorded_and_a_failed_run_leaves_nothing(tiny, bench, tmp_path):
+    from megasnow.eval.codegen import GenerationFailed
+
+    ckpt, _ = tiny
+    out = tmp_path / "new" / "s.jsonl"
+    settings = GenerationSettings(max_tokens=1020)  # the prompts + 1020 new tokens exceed the 1024-token context
+    with LocalBackend(ckpt) as backend:
+        with pytest.raises(GenerationFailed) as known:  # known before generating: refused up front
+            generate_samples(backend, bench, settings, str(out), progress=False)
+        assert not (tmp_path / "new").exists()
+        with pytest.raises(GenerationFailed) as failed:  # found while generating: every request failed
+            generate_samples(_NoCheck(backend), bench, settings, str(out), progress=False)
+        assert not (tmp_path / "new").exists()
+    assert str(known.value).startswith("4 of 4 generation requests cannot run on ckpt: This model's maximum "
+                                       "context length is 1024 tokens")
+    assert str(failed.value).startswith("all 4 generation requests failed: HumanEval/")
+    assert "maximum context length is 1024 tokens" in str(failed.value)
+
+
+def test_progress_lines_while_generating(tiny, bench, tmp_path):
+    ckpt, _ = tiny
+    lines = []
+    with LocalBackend(ckpt, max_num_seqs=1) as backend:
+        generate_samples(backend, bench, GenerationSettings(max_tokens=16), str(tmp_path / "s.jsonl"),
+                         log=lines.append, progress_interval=0.01)
+    beats = [x for x in lines if x.startswith("generating: ")]
+    assert beats and all(re.fullmatch(r"generating: [0-4]/4 tasks in \d+s \(\d+\.\d\d tasks/s, ETA (\d+s|unknown)\)",
+                                      x) for x in beats), lines
