@@ -106,24 +106,50 @@ def build_parser():
     return parser
 
 
+def validate(args):
+    """Check every flag and value before anything is loaded, generated or written (one-line UserError, exit 2).
+    Returns the parsed pass@k list (score/run) and the GenerationSettings (generate/run)."""
+    if args.limit < 0:
+        raise_usage(f"--limit must be >= 0 (0: all tasks), got {args.limit}")
+    if args.infill_per_task < 0:
+        raise_usage(f"--infill-per-task must be >= 0 (0: all), got {args.infill_per_task}")
+    if args.infill and getattr(args, "prompt_style", "completion") == "chat":
+        raise_usage("--infill asks the model to fill the middle (the OpenAI `suffix`); it has no --prompt-style "
+                    "chat: leave --prompt-style out")
+    if args.infill_per_task and not args.infill:
+        raise_usage("--infill-per-task needs --infill single-line or multi-line")
+    ks = settings = None
+    if args.command in ("generate", "run"):
+        settings = generation_settings(args)
+        if args.batch_size < 1:
+            raise_usage(f"--batch-size must be >= 1, got {args.batch_size}")
+        if args.backend == "local" and not args.model:
+            raise_usage("--backend local needs --model (a megasnow checkpoint or HF Llama folder)")
+        if args.backend == "vllm" and not args.model:
+            raise_usage("--backend vllm needs --model (a model folder)")
+    if args.command in ("score", "run"):
+        ks = parse_ks(args.k)
+        execution_config(args)  # its own checks (time limits > 0, workers >= 0, ...)
+        if args.loss_batch_size < 1:
+            raise_usage(f"--loss-batch-size must be >= 1, got {args.loss_batch_size}")
+    if args.command == "loss" and args.batch_size < 1:
+        raise_usage(f"--batch-size must be >= 1, got {args.batch_size}")
+    return ks, settings
+
+
 def load(args):
+    """(benchmark to evaluate, number of tasks in the benchmark before --limit)."""
     from megasnow.eval.tasks import load_benchmark
 
     bench = load_benchmark(args.benchmark)
-    if args.limit < 0:
-        raise_usage("--limit must be >= 0")
+    total = len(bench.tasks)
     if args.limit:
         bench = bench.subset([t.task_id for t in bench.tasks[:args.limit]])
     if args.infill:
         from megasnow.eval.infilling import infilling_benchmark
 
-        if getattr(args, "prompt_style", "completion") == "chat":
-            raise_usage("--infill asks the model to fill the middle (the OpenAI `suffix`); it has no --prompt-style "
-                        "chat: leave --prompt-style out")
         bench = infilling_benchmark(bench, args.infill, args.infill_per_task)
-    elif args.infill_per_task:
-        raise_usage("--infill-per-task needs --infill single-line or multi-line")
-    return bench
+    return bench, total
 
 
 def raise_usage(message):
@@ -136,8 +162,6 @@ def build_backend(args):
     from megasnow.generation.factory import build_backend as factory
 
     if args.backend == "local":
-        if not args.model:
-            raise_usage("--backend local needs --model (a megasnow checkpoint or HF Llama folder)")
         return factory("local", model=args.model, device=args.device, options={"max_num_seqs": args.batch_size})
     if args.backend == "vllm":
         return factory("vllm", model=args.model)
@@ -145,18 +169,25 @@ def build_backend(args):
                    concurrency=args.batch_size)
 
 
-def generate(args, bench, out_path):
-    from megasnow.eval.codegen import GenerationSettings, generate_samples
+def generation_settings(args):
+    from megasnow.eval.codegen import GenerationSettings
 
     style = "infill" if args.infill else args.prompt_style
-    settings = GenerationSettings(style=style, n=args.n, temperature=args.temperature, top_p=args.top_p,
-                                  max_tokens=args.max_tokens, seed=args.seed)
+    return GenerationSettings(style=style, n=args.n, temperature=args.temperature, top_p=args.top_p,
+                              max_tokens=args.max_tokens, seed=args.seed)
+
+
+def generate(args, bench, out_path, settings):
+    """Generate the samples into out_path; returns the stats. Raises GenerationFailed (every request failed: exit 2)
+    or IncompleteGeneration (some failed; the finished ones are kept for the rerun)."""
+    from megasnow.eval.codegen import generate_samples
+
     with build_backend(args) as backend:
         stats = generate_samples(backend, bench, settings, out_path)
-        stats["model"] = backend.model_name
     stats["settings"] = vars(settings)
     print(f"generated {stats['samples_written']} samples for {len(bench.tasks)} tasks in {stats['seconds']:.1f}s "
-          f"({stats['completion_tokens']} new tokens, {stats['errors']} failed requests) -> {out_path}", flush=True)
+          f"({stats['completion_tokens']} new tokens, {stats['resumed_tasks']} tasks resumed) -> {out_path}",
+          flush=True)
     return stats
 
 
@@ -179,7 +210,7 @@ def parse_ks(text):
     return ks
 
 
-def score(args, bench, samples_path, out_dir, extra=None):
+def score(args, bench, samples_path, out_dir, extra=None, samples=None):
     from megasnow.eval.correctness import check_samples, config_dict, ground_truth
     from megasnow.eval.report import write_report
     from megasnow.eval.samples import read_samples
@@ -187,8 +218,9 @@ def score(args, bench, samples_path, out_dir, extra=None):
 
     ks = parse_ks(args.k)
     cfg = execution_config(args)
-    samples = read_samples(samples_path, bench, allow_missing=args.allow_missing)
-    if args.allow_missing:
+    if samples is None:
+        samples = read_samples(samples_path, bench, allow_missing=args.allow_missing)
+    if args.allow_missing or extra and extra.get("generation_failed_tasks"):
         bench = bench.subset({s.task_id for s in samples})
     t0 = time.monotonic()
     with cfg.pool() as pool:
@@ -232,26 +264,86 @@ def solution_loss(args, bench, model_path):
     return out
 
 
+def finished_samples(partial, bench, n):
+    """Samples of the tasks finished in a partial samples file (benchmark order)."""
+    from megasnow.eval.codegen import read_partial
+    from megasnow.eval.samples import Sample
+
+    done = read_partial(partial, n)
+    return [Sample(t.task_id, j, rec.get("completion"), rec.get("solution"), partial)
+            for t in bench.tasks for j, rec in enumerate(done.get(t.task_id, []))]
+
+
+def check_old_samples(path):
+    """Refuse a samples.jsonl written by an older version with the failed requests' empty samples in it."""
+    failed = 0
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                failed += bool(json.loads(line).get("error"))
+            except (ValueError, AttributeError):
+                pass
+    if failed:
+        raise_usage(f"{path}: {failed} samples hold a failed generation ('error' field); delete the file to "
+                    f"generate them again")
+
+
+def run(args, bench, total, ks, settings):
+    from megasnow.eval.codegen import IncompleteGeneration
+
+    samples_path = os.path.join(args.output, "samples.jsonl")
+    stats = incomplete = samples = None
+    if os.path.exists(samples_path):
+        check_old_samples(samples_path)
+        print(f"{samples_path} exists: scoring it (delete it to generate again)", flush=True)
+    else:
+        try:
+            stats = generate(args, bench, samples_path, settings)
+        except IncompleteGeneration as e:
+            incomplete, stats = e, e.stats
+            print(f"warning: {e}", file=sys.stderr, flush=True)
+            samples = finished_samples(e.partial, bench, settings.n)
+    if args.backend == "local" and not args.no_loss and not args.loss_model and not args.infill:
+        args.loss_model = args.model  # (the solution loss is a left-to-right measure: not for infilling)
+    extra = {"model": args.model or (stats or {}).get("model", ""),  # openai without --model: the served name
+             "prompt_style": "infill" if args.infill else args.prompt_style, **limit_fields(args, total, bench)}
+    if stats:
+        extra["generation"] = stats
+    if incomplete:
+        extra.update(generation_failed_tasks=stats["failed_tasks"], generation_first_error=stats["first_error"])
+    score(args, bench, samples_path if samples is None else incomplete.partial, args.output, extra, samples)
+    if incomplete:
+        print(f"error: only {len(bench.tasks) - stats['failed_tasks']} of {len(bench.tasks)} tasks were generated "
+              f"and scored above ({stats['failed_tasks']} failed, first: {stats['first_error']}); rerun the same "
+              f"command to retry the failed ones", file=sys.stderr, flush=True)
+        return 1
+    return 0
+
+
+def limit_fields(args, total, bench):
+    """summary fields on the benchmark's size: its tasks before --limit, and the limit when one was given."""
+    out = {"tasks_in_benchmark": total}
+    if args.limit:
+        out.update(limit=args.limit, tasks_selected=min(args.limit, total))
+    return out
+
+
 def main(argv=None):
+    from megasnow.eval.codegen import IncompleteGeneration
+
     args = build_parser().parse_args(argv)
-    bench = load(args)
+    ks, settings = validate(args)
+    bench, total = load(args)
     if args.command == "generate":
-        generate(args, bench, args.output)
+        try:
+            generate(args, bench, args.output, settings)
+        except IncompleteGeneration as e:
+            print(f"error: {e}", file=sys.stderr, flush=True)
+            return 1
     elif args.command == "score":
-        score(args, bench, args.samples, args.output)
+        score(args, bench, args.samples, args.output, limit_fields(args, total, bench))
     elif args.command == "run":
-        samples_path = os.path.join(args.output, "samples.jsonl")
-        if os.path.exists(samples_path):
-            print(f"{samples_path} exists: scoring it (delete it to generate again)", flush=True)
-            stats = None
-        else:
-            stats = generate(args, bench, samples_path)
-        if args.backend == "local" and not args.no_loss and not args.loss_model and not args.infill:
-            args.loss_model = args.model  # (the solution loss is a left-to-right measure: not for infilling)
-        extra = {"model": args.model, "prompt_style": args.prompt_style}
-        if stats:
-            extra["generation"] = stats
-        score(args, bench, samples_path, args.output, extra)
+        return run(args, bench, total, ks, settings)
     else:
         out = solution_loss(args, bench, args.model)
         print(f"{bench.name}: solution loss {out['loss']:.4f} nats/token over {out['tokens']} tokens of "

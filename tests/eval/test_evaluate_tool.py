@@ -96,3 +96,31 @@ def test_run_generates_scores_and_measures_the_loss(tiny, tmp_path):
     assert summary["solution_loss"]["tokens"] > 0 and summary["generation"]["samples_written"] == 3
     proc = evaluate(*args)  # the samples exist: scored again, not regenerated
     assert proc.returncode == 0 and "exists: scoring it" in proc.stdout
+
+
+def test_run_refuses_bad_input_before_generating(tiny, tmp_path):
+    ckpt, _ = tiny
+    out = tmp_path / "out"
+    run = ["run", "--benchmark", os.path.join(FIXTURES, "mbpp_mini.jsonl"), "--backend", "local", "--model", ckpt]
+    cases = [
+        (["--k", "0,x"], "--k '0,x': give positive integers"),
+        (["--limit", "-1"], "--limit must be >= 0"),
+        (["--batch-size", "0"], "--batch-size must be >= 1"),
+        (["--n", "2"], "--n 2 with --temperature 0"),
+        (["--min-time-limit", "0"], "min_time_limit must be > 0"),
+        (["--loss-batch-size", "0"], "--loss-batch-size must be >= 1"),
+        # known before generating: prompt + max_tokens longer than the local model's context
+        (["--benchmark", "humaneval", "--limit", "3", "--max-tokens", "1020"],
+         "3 of 3 generation requests cannot run on ckpt: This model's maximum context length is 1024 tokens"),
+    ]
+    for args, message in cases:
+        proc = evaluate(*run, *args, "--output", str(out))
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1, (args, proc.stderr)
+        assert lines[0].startswith("error: ") and message in lines[0], proc.stderr
+        assert not out.exists()
+    out.mkdir()  # samples of an older version that recorded failed requests as samples: not scored as failures
+    (out / "samples.jsonl").write_text(json.dumps({"task_id": "1", "completion": "", "error": "bad_request: x"}) + "\n")
+    proc = evaluate(*run, "--output", str(out))
+    assert proc.returncode == 2 and "1 samples hold a failed generation" in proc.stderr
+    assert os.listdir(out) == ["samples.jsonl"]

@@ -104,6 +104,8 @@ def test_run_with_a_local_model_fills_middles(tiny, tmp_path):
     assert all(s["task_id"].startswith("MultiLineInfilling/HumanEval/0/") for s in samples)
     summary = json.load(open(out / "summary.json"))
     assert "solution_loss" not in summary and summary["generation"]["samples_written"] == 3
+    assert summary["prompt_style"] == "infill" and "| infill |" in open(out / "summary.md").read()
+    assert summary["tasks_in_benchmark"] == 164 and summary["limit"] == 1 and summary["tasks_selected"] == 1
     bench = infilling_benchmark(load_benchmark("humaneval").subset(["HumanEval/0"]), "multi-line", per_task=3)
     exact = [bench.by_id[s["task_id"]].exact_match(s["completion"]) for s in samples]
     assert summary["exact_match"] == sum(exact) / 3

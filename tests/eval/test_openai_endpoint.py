@@ -2,6 +2,7 @@
 local backend's for the same weights, and score the same."""
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -34,3 +35,50 @@ def test_openai_endpoint_samples_equal_local_samples(tiny, tmp_path):
             a = [{k: r.get(k) for k in fields} for r in map(json.loads, open(local))]
             b = [{k: r.get(k) for k in fields} for r in map(json.loads, open(remote))]
             assert len(a) == 4 and a == b, style
+
+
+def test_failed_requests_through_an_endpoint(tiny, tmp_path):
+    """A wrong --model (404 for every request): one line, exit 2, nothing left. Some requests failing (a prompt
+    longer than the context): the rest are scored, exit 1, and a rerun asks only the failed ones again. Without
+    --model the summary names the served model; --limit is reported beside the benchmark's size."""
+    pytest.importorskip("megasnow.generation.factory")
+    process = pytest.importorskip("megasnow.serve.process")
+    ckpt, _ = tiny
+    mbpp = os.path.join(FIXTURES, "mbpp_mini.jsonl")
+    bench = tmp_path / "bench.jsonl"
+    tasks = [json.loads(x) for x in open(mbpp)]
+    tasks.append(dict(tasks[0], task_id=4, text="Write a function. " + "word " * 3000))  # > the 1024-token context
+    bench.write_text("".join(json.dumps(t) + "\n" for t in tasks))
+    score = ["--k", "1", "--workers", "2", "--min-time-limit", "1", "--cache-dir", str(tmp_path / "cache")]
+    with process.ServerProcess(ckpt, "--threads", "1") as server:
+        common = ["run", "--backend", "openai", "--base-url", server.base_url, "--max-tokens", "8", *score]
+        out = tmp_path / "wrong"
+        proc = evaluate(*common, "--benchmark", mbpp, "--model", "nosuchmodel", "--output", str(out))
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+        assert re.match(r"error: all 3 generation requests failed: [123]: http://127\.0\.0\.1:\d+/v1: HTTP 404: .*"
+                        r"The model `nosuchmodel` does not exist", lines[0]), lines[0]
+        assert not out.exists()
+
+        out = tmp_path / "limited"
+        proc = evaluate(*common, "--benchmark", mbpp, "--limit", "2", "--output", str(out))
+        assert proc.returncode == 0, proc.stderr
+        summary = json.load(open(out / "summary.json"))
+        assert summary["model"] == "ckpt" and summary["generation"]["model"] == "ckpt"
+        assert summary["tasks"] == 2 and summary["tasks_selected"] == 2 and summary["tasks_in_benchmark"] == 3
+
+        out = tmp_path / "some"
+        for attempt in range(2):
+            proc = evaluate(*common, "--benchmark", str(bench), "--output", str(out))
+            assert proc.returncode == 1, proc.stderr
+            last = proc.stderr.strip().splitlines()[-1]
+            assert last.startswith("error: only 3 of 4 tasks were generated and scored above (1 failed, first: 4: ")
+            assert last.endswith("rerun the same command to retry the failed ones")
+            assert "maximum context length is 1024 tokens" in last
+            summary = json.load(open(out / "summary.json"))
+            assert summary["tasks"] == 3 and summary["generation_failed_tasks"] == 1
+            assert summary["generation"]["requests"] == (4 if attempt == 0 else 1)  # the rerun asks only task 4
+            assert not (out / "samples.jsonl").exists()
+            partial = [json.loads(x) for x in open(out / "samples.jsonl.partial")]
+            assert sorted(r["task_id"] for r in partial) == ["1", "2", "3"]
+        assert "resuming: 3 of 4 tasks" in proc.stderr
