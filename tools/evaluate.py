@@ -108,7 +108,7 @@ def build_parser():
 
 def validate(args):
     """Check every flag and value before anything is loaded, generated or written (one-line UserError, exit 2).
-    Returns the parsed pass@k list (score/run) and the GenerationSettings (generate/run)."""
+    Returns the GenerationSettings (generate/run; None otherwise)."""
     if args.limit < 0:
         raise_usage(f"--limit must be >= 0 (0: all tasks), got {args.limit}")
     if args.infill_per_task < 0:
@@ -118,7 +118,7 @@ def validate(args):
                     "chat: leave --prompt-style out")
     if args.infill_per_task and not args.infill:
         raise_usage("--infill-per-task needs --infill single-line or multi-line")
-    ks = settings = None
+    settings = None
     if args.command in ("generate", "run"):
         settings = generation_settings(args)
         if args.batch_size < 1:
@@ -128,13 +128,13 @@ def validate(args):
         if args.backend == "vllm" and not args.model:
             raise_usage("--backend vllm needs --model (a model folder)")
     if args.command in ("score", "run"):
-        ks = parse_ks(args.k)
+        parse_ks(args.k)
         execution_config(args)  # its own checks (time limits > 0, workers >= 0, ...)
         if args.loss_batch_size < 1:
             raise_usage(f"--loss-batch-size must be >= 1, got {args.loss_batch_size}")
     if args.command == "loss" and args.batch_size < 1:
         raise_usage(f"--batch-size must be >= 1, got {args.batch_size}")
-    return ks, settings
+    return settings
 
 
 def load(args):
@@ -288,7 +288,7 @@ def check_old_samples(path):
                     f"generate them again")
 
 
-def run(args, bench, total, ks, settings):
+def run(args, bench, total, settings):
     from megasnow.eval.codegen import IncompleteGeneration
 
     samples_path = os.path.join(args.output, "samples.jsonl")
@@ -332,7 +332,7 @@ def main(argv=None):
     from megasnow.eval.codegen import IncompleteGeneration
 
     args = build_parser().parse_args(argv)
-    ks, settings = validate(args)
+    settings = validate(args)
     bench, total = load(args)
     if args.command == "generate":
         try:
@@ -343,7 +343,7 @@ def main(argv=None):
     elif args.command == "score":
         score(args, bench, args.samples, args.output, limit_fields(args, total, bench))
     elif args.command == "run":
-        return run(args, bench, total, ks, settings)
+        return run(args, bench, total, settings)
     else:
         out = solution_loss(args, bench, args.model)
         print(f"{bench.name}: solution loss {out['loss']:.4f} nats/token over {out['tokens']} tokens of "
