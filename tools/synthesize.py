@@ -9,7 +9,7 @@ import os
 import re
 import sys
 
-from megasnow.config import describe_config, load_config
+from megasnow.config import describe_config
 from megasnow.utils.cli import ArgumentParser, fail, run_tool
 
 EXAMPLES = """examples:
@@ -64,7 +64,7 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    from megasnow.synth.config import SynthConfig
+    from megasnow.synth.config import load_synth_config
 
     overrides = list(args.overrides)
     args.seeds, args.base_url = split_overrides(args.seeds, overrides), split_overrides(args.base_url, overrides)
@@ -82,7 +82,7 @@ def main(argv=None):
         overrides.append(f"execution.executor={args.executor}")
     if args.config and not os.path.isfile(args.config):
         fail(f"--config {args.config}: no such file")
-    cfg = load_config(SynthConfig, args.config, overrides)
+    cfg = load_synth_config(args.config, overrides)  # YAML paths relative to its folder, flags' to the cwd
 
     from megasnow.generation.openai_backend import ModelNotServedError
     from megasnow.synth.pipeline import run_synthesis
