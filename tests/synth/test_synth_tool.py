@@ -22,6 +22,8 @@ def test_local_backend_run_resume_and_bad_seed_line(tmp_path, tiny_model, seed_s
     assert "shard 0/1: 8 requests, 0 cached, 8 answered now, 0 failed" in r.stdout
     summary = json.loads((out / "summary.json").read_text())
     assert summary["seeds"]["read"]["skipped_records"] == 1
+    assert (f"- seed records: {len(lines) - 1} read from 1 files, 1 skipped (first: {seeds}:4: "
+            f"bad JSON") in (out / "summary.md").read_text()
     assert summary["requests"]["answered"] == 8 and summary["outputs"]["kept"] == 8
     assert summary["language_mix"]["python"] == {"target_share": 0.5, "achieved_share": 0.5, "kept": 4,
                                                  "requests": 4}
@@ -96,6 +98,9 @@ def test_shard_drivers_merge_by_concatenation(tmp_path, tiny_model, seed_shard):
         assert r.returncode == 0, r.stderr
         assert f"shard {i}/2: 3 requests, 0 cached, 3 answered now" in r.stdout
         assert not (tmp_path / f"node{i}" / "data").exists()
+        tag = f"shard-{i:05d}-of-00002"
+        assert json.loads((tmp_path / f"node{i}" / f"summary-generate-{tag}.json").read_text())["stage"] == "generate"
+        assert "- seed records: " in (tmp_path / f"node{i}" / f"summary-generate-{tag}.md").read_text()
     merged = tmp_path / "merged"
     r = run_tool(*common, "--output", str(merged), "--stage", "postprocess", "--responses",
                  str(tmp_path / "node0"), str(tmp_path / "node1"))
