@@ -36,16 +36,18 @@ def main(argv=None):
     if args.command == "import" and args.gguf and args.tokenizer:
         parser.error("--tokenizer applies to --hf; a GGUF import takes the file's own tokenizer")
 
-    from megasnow.convert.hf_llama import export_to_hf, import_from_hf
+    if getattr(args, "gguf", None):  # (export has no --gguf)
+        from megasnow.convert.gguf import check_gguf_file, import_from_gguf
 
-    if args.command == "export":
-        summary = export_to_hf(args.checkpoint, args.output, args.dtype, args.tokenizer)
-    elif args.gguf:
-        from megasnow.convert.gguf import import_from_gguf
-
+        check_gguf_file(args.gguf)  # before torch and transformers load (seconds): a wrong path fails at once
         summary = import_from_gguf(args.gguf, args.output, log=lambda m: print(m, file=sys.stderr, flush=True))
     else:
-        summary = import_from_hf(args.hf, args.output, args.tokenizer)
+        from megasnow.convert.hf_llama import export_to_hf, import_from_hf
+
+        if args.command == "export":
+            summary = export_to_hf(args.checkpoint, args.output, args.dtype, args.tokenizer)
+        else:
+            summary = import_from_hf(args.hf, args.output, args.tokenizer)
     print(json.dumps(summary, indent=1))
     return 0
 

@@ -9,7 +9,7 @@ import os
 import re
 import sys
 
-from megasnow.config import describe_config, load_config
+from megasnow.config import describe_config
 from megasnow.utils.cli import ArgumentParser, fail, run_tool
 
 EXAMPLES = """examples:
@@ -64,7 +64,7 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    from megasnow.synth.config import SynthConfig
+    from megasnow.synth.config import load_synth_config
 
     overrides = list(args.overrides)
     args.seeds, args.base_url = split_overrides(args.seeds, overrides), split_overrides(args.base_url, overrides)
@@ -82,11 +82,17 @@ def main(argv=None):
         overrides.append(f"execution.executor={args.executor}")
     if args.config and not os.path.isfile(args.config):
         fail(f"--config {args.config}: no such file")
-    cfg = load_config(SynthConfig, args.config, overrides)
+    cfg = load_synth_config(args.config, overrides)  # YAML paths relative to its folder, flags' to the cwd
 
+    from megasnow.generation.openai_backend import ModelNotServedError
     from megasnow.synth.pipeline import run_synthesis
 
-    s = run_synthesis(cfg, args.output, stage=args.stage, extra_responses=args.responses)
+    try:
+        s = run_synthesis(cfg, args.output, stage=args.stage, extra_responses=args.responses)
+    except ModelNotServedError as e:
+        if args.model is None:
+            raise
+        fail(e.for_flag("--model"))  # name the flag the user typed
     for g in s["generation_this_run"]:
         print(f"shard {g['shard']}/{g['num_shards']}: {g['planned']} requests, {g['cached_before']} cached, "
               f"{g['answered']} answered now, {sum(g['failed'].values())} failed{' ' + str(g['failed']) if g['failed'] else ''}, "
@@ -100,10 +106,29 @@ def main(argv=None):
             for lang, m in s["language_mix"].items()))
         print(f"documents in {os.path.join(args.output, 'data')} ({len(s['output_shards'])} shards); summary in "
               f"{os.path.join(args.output, 'summary.md')}")
-    if s["generation_this_run"] and any(g["failed"] for g in s["generation_this_run"]):
-        print("some requests failed (not cached); rerun the same command to ask them again", file=sys.stderr)
+    failed = [g for g in s["generation_this_run"] if g["failed"]]
+    if failed:
+        print(failure_advice(failed), file=sys.stderr)
         return 1
     return 0
+
+
+def failure_advice(generation):
+    """The closing line(s) after failed requests: the server's first message and what to do about it."""
+    kinds = {}
+    for g in generation:
+        for k, n in g["failed"].items():
+            kinds[k] = kinds.get(k, 0) + n
+    examples = [e for g in generation for e in g.get("failed_examples", [])]
+    lines = [f"{sum(kinds.values())} requests failed {kinds} (not cached)"
+             + (f"; first: {examples[0]}" if examples else "")]
+    if any(k != "bad_request" for k in kinds):  # a 4xx is refused again; the others a rerun may cure
+        lines.append("the server was unavailable or too slow for some: rerun the same command to ask them again")
+    if kinds.get("bad_request"):
+        lines.append(f"{kinds['bad_request']} were refused as bad requests (HTTP 4xx): a plain rerun is refused the "
+                     f"same way; change what the message names (prompt length vs the model's context, "
+                     f"sampling.*, backend.model) and rerun")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

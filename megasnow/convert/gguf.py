@@ -5,37 +5,70 @@ the result, so we convert its state dict with hf_llama's name mapping. The check
 HF tokenizer files (tokenizer.json; tokenizer_config.json with the chat template, BOS/EOS; generation_config.json),
 so it loads as a tokenizer folder too.
 """
+import contextlib
 import json
 import os
+import struct
 import tempfile
+import threading
 import time
 
-from megasnow.convert.hf_llama import (ConversionError, hf_to_megasnow, model_config_from_hf,
-                                       write_single_rank_checkpoint)
+from megasnow.convert.errors import ConversionError  # light: the file is checked before torch loads
 from megasnow.utils.atomic import atomic_write_text
 
 GGUF_MAGIC = b"GGUF"
+HEARTBEAT_S = 15.0  # a slow step logs "still ..." this often (no step silent for more than ~30 s)
 
 
 def check_gguf_file(path):
-    """Refuse a path that is not a readable GGUF file, naming it."""
+    """Refuse a path that is not a readable GGUF file, naming it; returns its tensor count (from the header:
+    magic b"GGUF", uint32 version, uint64 tensor_count, little-endian; the GGUF spec in ggml's docs/gguf.md).
+    Imports nothing heavy. Raises ConversionError."""
     if not os.path.isfile(path):
         raise ConversionError(f"{path}: no such GGUF file")
     with open(path, "rb") as f:
-        magic = f.read(4)
-    if magic != GGUF_MAGIC:
-        raise ConversionError(f"{path}: not a GGUF file (starts with {magic!r}, expected {GGUF_MAGIC!r})")
+        header = f.read(16)
+    if header[:4] != GGUF_MAGIC:
+        raise ConversionError(f"{path}: not a GGUF file (starts with {header[:4]!r}, expected {GGUF_MAGIC!r})")
+    if len(header) < 16:
+        raise ConversionError(f"{path}: truncated GGUF file ({len(header)} bytes)")
+    return struct.unpack("<Q", header[8:16])[0]
 
 
-def load_gguf(path):
-    """(transformers model in fp32, eval mode; its tokenizer) read from a GGUF file (~30 s for SmolLM2-135M)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+@contextlib.contextmanager
+def heartbeat(log, what, every=HEARTBEAT_S):
+    """Log `still {what} (N s)` every `every` seconds while the block runs (a slow call without progress)."""
+    stop, start = threading.Event(), time.time()
 
-    check_gguf_file(path)
+    def beat():
+        while not stop.wait(every):
+            log(f"still {what} ({time.time() - start:.0f} s)")
+
+    thread = threading.Thread(target=beat, name="gguf-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def load_gguf(path, log=lambda message: None):
+    """(transformers model in fp32, eval mode; its tokenizer) read from a GGUF file (~30-60 s for SmolLM2-135M on
+    2 cores). `log` gets a line before each slow step and a heartbeat while it runs."""
+    tensors = check_gguf_file(path)
+    log(f"reading {path} with transformers: the tokenizer, then {tensors} tensors dequantized to fp32 "
+        f"(a minute or two for a 135M model on 2 cores)...")
+    with heartbeat(log, "loading transformers"):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
     folder, name = os.path.dirname(os.path.abspath(path)), os.path.basename(path)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name)  # dequantized to fp32
+        with heartbeat(log, "reading the GGUF tokenizer"):
+            tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+        log(f"tokenizer read ({len(tokenizer)} tokens); dequantizing {tensors} tensors...")
+        with heartbeat(log, f"dequantizing {tensors} tensors"):
+            model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name)  # dequantized to fp32
     except (ValueError, KeyError, OSError, NotImplementedError) as e:
         raise ConversionError(f"{path}: transformers cannot read it ({type(e).__name__}: {e})") from None
     return model.eval(), tokenizer
@@ -63,10 +96,11 @@ def import_from_gguf(gguf_path, out_dir, loaded=None, log=print):
     (source, out step folder, tensors, parameters, eos ids, whether a chat template was found).
     Raises ConversionError for a file that is not GGUF, not a Llama architecture, or unreadable.
     """
+    from megasnow.convert.hf_llama import hf_to_megasnow, model_config_from_hf, write_single_rank_checkpoint
+
     start = time.time()
     if loaded is None:
-        log(f"reading {gguf_path} with transformers (dequantizing to fp32)...")
-        loaded = load_gguf(gguf_path)
+        loaded = load_gguf(gguf_path, log)
     hf_model, hf_tokenizer = loaded
     hf_config = hf_model.config.to_dict()
     model_cfg = model_config_from_hf(hf_config, gguf_path)
@@ -84,6 +118,7 @@ def import_from_gguf(gguf_path, out_dir, loaded=None, log=print):
             {"bos_token_id": hf_config.get("bos_token_id"), "eos_token_id": eos_ids,
              "pad_token_id": hf_config.get("pad_token_id")}, indent=2))
         extra = {n: os.path.join(tmp, n) for n in ("tokenizer.json", "tokenizer_config.json", "generation_config.json")}
+        log(f"writing the checkpoint to {out_dir}...")
         step_dir = write_single_rank_checkpoint(out_dir, model_cfg, state, extra, source=os.path.abspath(gguf_path))
     summary = {"source": gguf_path, "out": step_dir, "tensors": len(state),
                "parameters": sum(t.numel() for k, t in hf_state.items() if k != "lm_head.weight" or

@@ -8,13 +8,9 @@ import shutil
 
 import torch
 
-from megasnow.errors import UserError
+from megasnow.convert.errors import ConversionError  # noqa: F401 - defined there (light), raised here
 from megasnow.train import checkpoint as ckpt
 from megasnow.utils.atomic import atomic_write_text
-
-
-class ConversionError(UserError, RuntimeError):
-    """A checkpoint or HF folder that cannot be converted; names the file and what is wrong."""
 
 
 # ----------------------------------------------------------------------------- megasnow checkpoint -> full state

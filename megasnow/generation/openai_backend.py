@@ -22,6 +22,21 @@ class EndpointError(UserError):
     """An endpoint that cannot serve any request: unreachable after its retries, or refusing our API key."""
 
 
+class ModelNotServedError(EndpointError):
+    """backend.model names a model that an endpoint's `GET /models` does not list (every request would fail 4xx).
+
+    model: the name asked for; url: the base URL; served: the model ids it lists. `for_flag(flag)` words the
+    message for the command-line flag that set the name (e.g. `--model`)."""
+
+    def __init__(self, model, url, served, flag="backend.model"):
+        self.model, self.url, self.served = model, url, list(served)
+        super().__init__(self.for_flag(flag))
+
+    def for_flag(self, flag):
+        return (f"{flag} {self.model}: the endpoint at {self.url} serves {self.served}; give one of these names "
+                f"(or leave the model unset for the first one)")
+
+
 def is_retryable(exc):
     """True for errors a retry may cure: 429, 5xx, timeouts and connection errors (never other 4xx)."""
     import openai
@@ -85,7 +100,8 @@ class OpenAIBackend(GenerationBackend):
     abort_after_failures: this many requests in a row failing after their retries (server gone) raise
         EndpointError instead of burning through the rest of the work.
     Raises EndpointError (a UserError naming the URL) when a URL is unreachable at start-up after the retries, or
-    answers 401/403 at any time. Any other failed request comes back as a result with `error` set.
+    answers 401/403 at any time; ModelNotServedError (an EndpointError) at start-up when `model` is set and a URL's
+    `GET /models` lists other models only. Any other failed request comes back as a result with `error` set.
     """
 
     def __init__(self, base_urls, model="", api_key_env="OPENAI_API_KEY", concurrency=64, timeout=600.0,
@@ -162,6 +178,10 @@ class OpenAIBackend(GenerationBackend):
 
     async def _probe_all(self):
         models = await asyncio.gather(*(self._probe(u) for u in self.base_urls))
+        if self.model_name:  # refused before any request (every one would fail 404); [] = no GET /models there
+            for url, served in zip(self.base_urls, models):
+                if served and self.model_name not in served:
+                    raise ModelNotServedError(self.model_name, url, served)
         if not self.model_name:
             if not models[0]:
                 raise EndpointError(f"{self.base_urls[0]}: GET /models lists no model; set backend.model")

@@ -9,7 +9,7 @@ import threading
 import time
 
 from megasnow.errors import UserError
-from megasnow.serve.cli_args import check_args, make_parser
+from megasnow.serve.cli_args import check_args, check_files, make_parser
 from megasnow.utils.cli import run_tool
 
 
@@ -71,8 +71,7 @@ def run_server(server, sock, ready_line):
 def main(argv=None):
     parser = make_parser()
     args = check_args(parser, parser.parse_args(argv))
-    if not os.path.exists(args.model):
-        raise UserError(f"{args.model}: does not exist; give a megasnow checkpoint folder or a HF Llama folder")
+    check_files(args)  # every file flag, before the slow load
     sock = bind_socket(args.host, args.port)  # before the slow load: a taken port fails at once
 
     import torch
@@ -127,4 +126,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(run_tool(main, prog="megasnow.serve"))
+    sys.exit(run_tool(main, prog="megasnow.serve", on_interrupt="server stopped"))

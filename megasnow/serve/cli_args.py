@@ -2,6 +2,9 @@
 
 Imports nothing heavy, so a bad flag is answered before torch loads.
 """
+import os
+
+from megasnow.errors import UserError
 from megasnow.utils.cli import ArgumentParser
 
 # LocalEngine's defaults (megasnow.generation.local), repeated so parsing flags does not import torch (tested equal).
@@ -85,3 +88,27 @@ def check_args(parser, args):
     except ValueError as e:
         parser.error(str(e))
     return args
+
+
+def check_files(args):
+    """Refuse a missing model, tokenizer, chat template file or request-log folder with one line naming the flag,
+    before the (slow) model load. Raises UserError."""
+    if not os.path.exists(args.model):
+        raise UserError(f"{args.model}: does not exist; give a megasnow checkpoint folder or a HF Llama folder")
+    if args.tokenizer is not None and not os.path.exists(args.tokenizer):
+        raise UserError(f"--tokenizer {args.tokenizer}: no such file or folder; give a tokenizer.json / "
+                        f"tokenizer.model file or the folder holding it")
+    # a file path or the template text itself: text has Jinja braces (model_files.read_tokenizer_files)
+    t = args.chat_template
+    if t is not None:
+        if os.path.isdir(t):
+            raise UserError(f"--chat-template {t}: is a folder; give a Jinja template file or the template text")
+        if not os.path.exists(t) and "{" not in t:
+            raise UserError(f"--chat-template {t}: no such file (nor Jinja template text); give a Jinja file or "
+                            f"the template itself")
+    if args.request_log is not None:
+        folder = os.path.dirname(os.path.abspath(args.request_log))
+        if os.path.isdir(args.request_log) or not os.path.isdir(folder):
+            raise UserError(f"--request-log {args.request_log}: "
+                            f"{'is a folder' if os.path.isdir(args.request_log) else f'no folder {folder}'}; give a "
+                            f"file path in an existing folder")

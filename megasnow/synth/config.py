@@ -1,8 +1,11 @@
 """Synthesis config (dataclasses loaded from YAML by megasnow.config): seeds, prompt, sampling, backend,
 post-processing, output and execution. `python tools/synthesize.py --help` lists every key with its default."""
+import glob
+import os
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
+from megasnow.config import load_config
 from megasnow.curate.config import DecontaminationConfig, FiltersConfig, NearDedupConfig
 from megasnow.generation.factory import BackendConfig
 
@@ -125,3 +128,59 @@ class SynthConfig:
     postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     execution: ExecutionConfig = field(default_factory=ExecutionConfig)
+
+
+def load_synth_config(yaml_path=None, overrides=()):
+    """SynthConfig from defaults, the YAML file, then `key.sub=value` overrides (megasnow.config.load_config).
+
+    A relative input path set in the YAML file is taken relative to the file's folder when it exists there (else
+    relative to the working directory, as before): shipped configs work from any folder. This is the convention of
+    megasnow.recipe.config.load_ablation_config. Paths given as overrides or flags stay relative to the working
+    directory. Raises ConfigError (a UserError) naming the key."""
+    cfg = load_config(SynthConfig, yaml_path, overrides)
+    if yaml_path:
+        resolve_yaml_paths(cfg, os.path.dirname(os.path.abspath(yaml_path)), overrides)
+    return cfg
+
+
+def _overridden(key, overrides):
+    """Whether an override `k=v` sets `key` (itself, a part of it, or a section holding it)."""
+    for item in overrides:
+        k = item.split("=", 1)[0].strip()
+        if k == key or key.startswith(k + ".") or k.startswith(key + "."):
+            return True
+    return False
+
+
+def _from_base(path, base):
+    """`path` joined to `base` when it is relative and exists there (a glob: matches there), else unchanged."""
+    if not path or os.path.isabs(path):
+        return path
+    joined = os.path.join(base, path)
+    if os.path.exists(joined) or (glob.has_magic(path) and glob.glob(joined)):
+        return joined
+    return path
+
+
+def resolve_yaml_paths(cfg, base, overrides=()):
+    """Resolve in place the input paths of `cfg` that came from the YAML file in folder `base` (see
+    load_synth_config); keys set by `overrides` are left alone."""
+    s, pr, pp, b = cfg.seeds, cfg.prompt, cfg.postprocess, cfg.backend
+    if not _overridden("seeds.documents", overrides):
+        s.documents = [_from_base(p, base) for p in s.documents]
+    for key in ("scores", "language_stats", "tokenizer"):
+        if not _overridden(f"seeds.{key}", overrides):
+            setattr(s, key, _from_base(getattr(s, key), base))
+    if pr.template != "default" and not _overridden("prompt.template", overrides):
+        pr.template = _from_base(pr.template, base)
+    if (pr.system or "").startswith("@") and not _overridden("prompt.system", overrides):
+        pr.system = "@" + _from_base(pr.system[1:], base)
+    if not _overridden("postprocess.reference", overrides):
+        pp.reference = [_from_base(p, base) for p in pp.reference]
+    if not _overridden("postprocess.decontamination.benchmarks", overrides):
+        pp.decontamination.benchmarks = [_from_base(p, base) for p in pp.decontamination.benchmarks]
+    if b.kind != "openai" and not _overridden("backend.model", overrides):  # vllm/local: a model folder
+        b.model = _from_base(b.model, base)
+    if isinstance(b.options.get("chat_template"), str) and not _overridden("backend.options.chat_template",
+                                                                            overrides):
+        b.options["chat_template"] = _from_base(b.options["chat_template"], base)

@@ -42,10 +42,22 @@ def _sum_dicts(dicts):
     return out
 
 
+def _seed_read_line(read):
+    """'- seed records: N read from F files, K skipped (first: FILE:LINE: reason), D damaged shards ...'."""
+    skipped = read.get("skipped_records", 0)
+    line = f"- seed records: {read.get('records', 0)} read from {read.get('files', 0)} files, {skipped} skipped"
+    if skipped and read.get("skipped_examples"):
+        line += f" (first: {read['skipped_examples'][0]})"
+    if read.get("damaged_shards"):
+        line += f", {len(read['damaged_shards'])} damaged shards (their readable records kept)"
+    return line
+
+
 def render_summary(s):
     """Markdown for summary.md."""
     lines = ["# Synthesis summary", "", f"- stage: {s['stage']}; output: `{s['output']}`",
-             f"- template: {s['template']} (sha {s['template_sha']}); seeds planned: {s['seeds']['planned']}"]
+             f"- template: {s['template']} (sha {s['template_sha']}); seeds planned: {s['seeds']['planned']}",
+             _seed_read_line(s["seeds"].get("read") or {})]
     for g in s.get("generation_this_run") or []:
         failed = sum(g["failed"].values())
         lines.append(f"- driver shard {g['shard']}/{g['num_shards']}: {g['planned']} requests, "

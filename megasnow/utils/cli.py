@@ -102,29 +102,33 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescrip
         return super()._get_help_string(action)  # adds " (default: ...)" unless the help already shows it
 
 
-def run_tool(main, argv=None, user_errors=(), prog=None):
+INTERRUPTED_RESUMABLE = "finished outputs are kept, rerun the same command to resume"
+
+
+def run_tool(main, argv=None, user_errors=(), prog=None, on_interrupt=INTERRUPTED_RESUMABLE):
     """Call `main(argv)` under the rule above and return the exit status (pass it to sys.exit).
 
     `user_errors` adds exception types that count as user mistakes besides UserError (e.g. library errors that
     do not derive from it yet). A `main` that returns None counts as success. Run from the command line
     (argv=None), Ctrl-C ends the process at once after the one line (see _exit_now) instead of returning.
+    `on_interrupt` ends that line, `PROG: interrupted (Ctrl-C); ON_INTERRUPT`: the default suits a tool that
+    resumes; a server says e.g. "server stopped".
     """
     prog = prog or os.path.basename(sys.argv[0] or "megasnow")
-    rc = _run(main, argv, user_errors, prog, debug_enabled(argv))
+    rc = _run(main, argv, user_errors, prog, debug_enabled(argv), on_interrupt)
     if rc == EXIT_INTERRUPTED and argv is None:
         _exit_now(rc)
     return rc
 
 
-def _run(main, argv, user_errors, prog, debug):
+def _run(main, argv, user_errors, prog, debug, on_interrupt=INTERRUPTED_RESUMABLE):
     try:
         rc = main(argv)
         return EXIT_OK if rc is None else rc
     except KeyboardInterrupt:
         if debug:
             traceback.print_exc()
-        print(f"{prog}: interrupted (Ctrl-C); finished outputs are kept, rerun the same command to resume",
-              file=sys.stderr, flush=True)
+        print(f"{prog}: interrupted (Ctrl-C); {on_interrupt}", file=sys.stderr, flush=True)
         return EXIT_INTERRUPTED
     except (UserError, *user_errors) as e:
         if debug:

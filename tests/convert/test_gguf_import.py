@@ -63,3 +63,34 @@ def test_import_refuses_a_file_that_is_not_gguf(tmp_path):
     assert res.stderr.strip().splitlines()[-1] == \
         f"error: {bad}: not a GGUF file (starts with b'not ', expected b'GGUF')"
     assert not (tmp_path / "out").exists()
+
+
+def test_missing_gguf_is_refused_before_anything_loads(tmp_path):
+    missing = tmp_path / "nosuch.gguf"
+    res = subprocess.run([sys.executable, "-X", "importtime", os.path.join(REPO, "tools", "convert_checkpoint.py"),
+                          "import", "--gguf", str(missing), "--output", str(tmp_path / "out")], capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 2
+    lines = [x for x in res.stderr.splitlines() if not x.startswith("import time:")]
+    assert lines == [f"error: {missing}: no such GGUF file"]  # no "reading ..." line first
+    imported = {x.split("|")[-1].strip() for x in res.stderr.splitlines() if x.startswith("import time:")}
+    assert "torch" not in imported and "transformers" not in imported  # checked before the slow imports
+    assert not (tmp_path / "out").exists()
+
+
+def test_gguf_header_tensor_count_and_heartbeat():
+    import threading
+
+    from megasnow.convert.gguf import check_gguf_file, heartbeat
+    from tests.smollm2 import gguf_path
+
+    assert check_gguf_file(gguf_path()) == 272  # SmolLM2-135M: 30 layers x 9 + embeddings + final norm
+    lines, beat = [], threading.Event()
+
+    def log(message):
+        lines.append(message)
+        beat.set()
+
+    with heartbeat(log, "dequantizing 272 tensors", every=0.01):
+        assert beat.wait(60)  # a slow step is not silent: the heartbeat speaks while it runs
+    assert lines[0].startswith("still dequantizing 272 tensors (") and lines[0].endswith(" s)")

@@ -45,7 +45,7 @@ def server(tiny, tmp_path_factory):
     yield proc
     rc = proc.stop(signal.SIGINT)
     assert rc == 130  # the CLI rule: Ctrl-C exits 130 with one line
-    assert proc.stderr_lines[-1].startswith("megasnow.serve: interrupted")
+    assert proc.stderr_lines[-1] == "megasnow.serve: interrupted (Ctrl-C); server stopped"  # nothing to resume
     assert any(line.startswith("megasnow.serve: stopped after") for line in proc.stderr_lines)
 
 
@@ -266,7 +266,14 @@ def test_queue_limit_disconnects_api_key_and_sigterm(tmp_path):
 def test_cli_errors(tmp_path):
     for args, message in [([str(tmp_path / "missing")], "does not exist"),
                           ([str(tmp_path), "--fault-kinds", "500,boom"], "--fault-kinds: unknown kind 'boom'"),
-                          ([str(tmp_path), "--max-num-seqs", "0"], "--max-num-seqs must be >= 1")]:
+                          ([str(tmp_path), "--max-num-seqs", "0"], "--max-num-seqs must be >= 1"),
+                          # file flags are checked before the model loads: one line, no "loading" line first
+                          ([str(tmp_path), "--chat-template", str(tmp_path / "nosuch.jinja")],
+                           f"--chat-template {tmp_path / 'nosuch.jinja'}: no such file"),
+                          ([str(tmp_path), "--tokenizer", str(tmp_path / "tok.json")],
+                           f"--tokenizer {tmp_path / 'tok.json'}: no such file or folder"),
+                          ([str(tmp_path), "--request-log", str(tmp_path / "no" / "log.jsonl")],
+                           f"--request-log {tmp_path / 'no' / 'log.jsonl'}: no folder {tmp_path / 'no'}")]:
         res = subprocess.run([sys.executable, "-m", "megasnow.serve", *args, "--port", "0"], capture_output=True,
                              text=True, timeout=120)
         lines = res.stderr.strip().splitlines()

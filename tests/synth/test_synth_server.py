@@ -146,13 +146,33 @@ def test_other_4xx_fail_at_once_and_are_counted(servers, seed_shard, tmp_path):
     out = tmp_path / "out"
     r = run_tool(*synth_args(seed_shard, out, url, 8, "seeds.mode=head", "seeds.head_tokens=3000"),
                  env={"OPENAI_API_KEY": API_KEY})
-    assert r.returncode == 1 and "some requests failed" in r.stderr
+    assert r.returncode == 1
     (gen,) = json.loads((out / "summary.json").read_text())["generation_this_run"]
     too_long = gen["failed"]["bad_request"]
+    # the server's own first message is shown, and no plain rerun is advised (it would be refused again)
+    assert f"{too_long} requests failed {{'bad_request': {too_long}}} (not cached); first: request " in r.stderr
+    assert "HTTP 400" in r.stderr.split("first: ", 1)[1].splitlines()[0]
+    assert "rerun the same command" not in r.stderr and "a plain rerun is refused the same way" in r.stderr
     assert too_long > 0 and gen["answered"] + too_long == gen["asked"] and gen["retries"] == 0
     statuses = [e["status"] for e in log_lines(log_path, before) if e["endpoint"] != "/v1/models"]
     assert statuses.count(400) == too_long  # each asked once, never retried
     assert "HTTP 400" in gen["failed_examples"][0]
+
+
+def test_unknown_model_is_refused_before_any_request(servers, seed_shard, tmp_path):
+    url, log_path = servers["clean"].base_url, servers["logs"]["clean"]
+    before = len(log_lines(log_path))
+    out = tmp_path / "out"
+    r = run_tool(*synth_args(seed_shard, out, url, 4), "--model", "nosuch", env={"OPENAI_API_KEY": API_KEY})
+    assert r.returncode == 2, r.stderr
+    (line,) = r.stderr.strip().splitlines()
+    assert not [e for e in log_lines(log_path, before) if e["endpoint"] != "/v1/models"]  # no request was sent
+    assert line.startswith(f"error: --model nosuch: the endpoint at {url} serves ['")
+    assert not out.exists()
+    # the same name from the config (not the flag) is named as the config key
+    r = run_tool(*synth_args(seed_shard, out, url, 4), "backend.model=nosuch", env={"OPENAI_API_KEY": API_KEY})
+    assert r.returncode == 2 and r.stderr.startswith(f"error: backend.model nosuch: the endpoint at {url} serves")
+    assert not out.exists()
 
 
 def test_several_base_urls_share_the_work(servers, seed_shard, tmp_path):

@@ -22,6 +22,8 @@ def test_local_backend_run_resume_and_bad_seed_line(tmp_path, tiny_model, seed_s
     assert "shard 0/1: 8 requests, 0 cached, 8 answered now, 0 failed" in r.stdout
     summary = json.loads((out / "summary.json").read_text())
     assert summary["seeds"]["read"]["skipped_records"] == 1
+    assert (f"- seed records: {len(lines) - 1} read from 1 files, 1 skipped (first: {seeds}:4: "
+            f"bad JSON") in (out / "summary.md").read_text()
     assert summary["requests"]["answered"] == 8 and summary["outputs"]["kept"] == 8
     assert summary["language_mix"]["python"] == {"target_share": 0.5, "achieved_share": 0.5, "kept": 4,
                                                  "requests": 4}
@@ -96,6 +98,9 @@ def test_shard_drivers_merge_by_concatenation(tmp_path, tiny_model, seed_shard):
         assert r.returncode == 0, r.stderr
         assert f"shard {i}/2: 3 requests, 0 cached, 3 answered now" in r.stdout
         assert not (tmp_path / f"node{i}" / "data").exists()
+        tag = f"shard-{i:05d}-of-00002"
+        assert json.loads((tmp_path / f"node{i}" / f"summary-generate-{tag}.json").read_text())["stage"] == "generate"
+        assert "- seed records: " in (tmp_path / f"node{i}" / f"summary-generate-{tag}.md").read_text()
     merged = tmp_path / "merged"
     r = run_tool(*common, "--output", str(merged), "--stage", "postprocess", "--responses",
                  str(tmp_path / "node0"), str(tmp_path / "node1"))
@@ -103,3 +108,48 @@ def test_shard_drivers_merge_by_concatenation(tmp_path, tiny_model, seed_shard):
     assert read_jsonl(merged / "data" / "part-00000.jsonl") == read_jsonl(whole / "data" / "part-00000.jsonl")
     summary = json.loads((merged / "summary.json").read_text())
     assert summary["requests"]["answered"] == 6 and summary["requests"]["drivers"] == 2
+
+
+def test_config_paths_are_relative_to_the_yaml_folder_and_flags_to_the_cwd(tmp_path, seed_shard):
+    """Run from another folder: the YAML's template and seed shard are found beside it; --seeds is taken from the
+    cwd even where a file of the same name lies beside the YAML."""
+    cfg_dir, cwd = tmp_path / "cfg", tmp_path / "elsewhere"
+    cfg_dir.mkdir()
+    cwd.mkdir()
+    (cfg_dir / "t.txt").write_text("Write a {{language}} file inspired by:\n{{seed}}\n")
+    full = open(seed_shard).read().splitlines()
+    (cfg_dir / "s.jsonl").write_text(full[0] + "\n")
+    (cwd / "s.jsonl").write_text("\n".join(full) + "\n")
+    (cfg_dir / "c.yaml").write_text("seeds:\n  documents: [s.jsonl]\n  num_seeds: 2\nprompt:\n  template: t.txt\n"
+                                    "backend:\n  model: m\n")
+    env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
+
+    def run(*args):
+        return subprocess.run([sys.executable, os.path.join(ROOT, "tools", "synthesize.py"), "--config",
+                               str(cfg_dir / "c.yaml"), "--stage", "postprocess", *args], capture_output=True,
+                              text=True, env=env, cwd=cwd, timeout=120)
+
+    r = run("--output", "out1")
+    assert r.returncode == 0, r.stderr
+    s = json.loads((cwd / "out1" / "summary.json").read_text())
+    assert s["template"] == str(cfg_dir / "t.txt") and s["seeds"]["read"]["records"] == 1
+    r = run("--output", "out2", "--seeds", "s.jsonl")
+    assert r.returncode == 0, r.stderr
+    assert json.loads((cwd / "out2" / "summary.json").read_text())["seeds"]["read"]["records"] == len(full) > 1
+
+
+def test_shipped_configs_resolve_from_any_folder(tmp_path, monkeypatch):
+    from megasnow.synth.config import load_synth_config
+    from megasnow.synth.templates import load_template
+
+    folder = os.path.join(ROOT, "examples", "synthesis")
+    monkeypatch.chdir(tmp_path)
+    names = sorted(n for n in os.listdir(folder) if n.endswith(".yaml"))
+    assert len(names) >= 4
+    templates = set()
+    for name in names:
+        cfg = load_synth_config(os.path.join(folder, name))
+        templates.add(load_template(cfg.prompt).name)
+        assert cfg.seeds.documents in ([], ["phase2/selected"])  # the user's data: relative to the cwd
+    assert {os.path.join(folder, "templates", "small_model.txt"),
+            os.path.join(folder, "templates", "file_completion.txt")} <= templates
