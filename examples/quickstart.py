@@ -43,6 +43,8 @@ SETTINGS = {
                data=dict(seq_len=128), train=dict(global_batch_size=8, micro_batch_size=8, eval_interval=20),
                steps=(40, 12, 6), warmup=(4, 3, 1)),
 }
+# The stages, in order: their `N/9` header lines and the closing `stage times` list name the same nine.
+STAGES = ["corpus", "tokenizer", "phase 2", "synthesis", "binarize", "training", "samples", "export", "report"]
 PHASE2_REPEATS = 4  # the recipe's "12.5B selected tokens repeated 4x" (the count is in tiny-cpu.yaml)
 VALID_FRACTION = 0.05  # documents set aside for the held-out loss
 SOURCE_EXTS = {".py": "python", ".h": "c", ".c": "c", ".js": "javascript"}
@@ -537,37 +539,34 @@ def main(argv=None):
     t0 = time.time()
     stage_times = {}
 
-    def stage(name):
-        stage_times[name] = time.time()
+    def stage(number, headline, skipped=False):
+        """Start stage `number` of STAGES: its `N/9` header line and its entry in the closing `stage times` list."""
+        stage_times[f"{number} {STAGES[number - 1]}" + (" (skipped)" if skipped else "")] = time.time()
+        log(f"{number}/{len(STAGES)} {headline}")
 
-    stage("1 corpus")
-    log(f"1/8 corpus: real code from this machine ({mode} mode, ~{s['corpus_mb']} MB)")
+    stage(1, f"corpus: real code from this machine ({mode} mode, ~{s['corpus_mb']} MB)")
     repos = os.path.join(work, "repos")
     stage_repositories(repos, int(s["corpus_mb"] * 1e6), s["max_file_kb"] * 1000, s["repo_kb"] * 1000)
     docs_dir = curate(repos, os.path.join(work, "curated"))
 
-    stage("2 tokenizer")
-    log("2/8 tokenizer and phase split")
+    stage(2, "tokenizer and phase split")
     tokenizer = train_tokenizer(docs_dir, os.path.join(work, "tokenizer", "code"), s["vocab"])
     phase1, valid = split_phases(docs_dir, os.path.join(work, "phases"))
 
-    stage("3 phase 2")
+    stage(3, f"phase 2: quality annotator -> scores -> per-language selection of {s['phase2_tokens']:,} tokens "
+             "(megasnow.quality)")
     generator = None if synthesis_done(work) else GeneratorImport(work, args.ci)
-    log(f"3/8 phase 2: quality annotator -> scores -> per-language selection of {s['phase2_tokens']:,} tokens "
-        "(megasnow.quality)")
     phase2, annotator_metrics, selection = select_phase2(phase1, os.path.join(work, "quality"), tokenizer,
                                                          s["phase2_tokens"], s["annotator"], s["mix_tolerance_pp"])
 
-    stage("4 synthesis")
     y = s["synthesis"]
-    log(f"4/8 phase 3: synthesis of {y['num_seeds']} code files (up to {y['max_tokens']} tokens each) by "
+    stage(4, f"phase 3: synthesis of {y['num_seeds']} code files (up to {y['max_tokens']} tokens each) by "
         f"{'a tiny random model (--ci)' if args.ci else 'SmolLM2-135M-Instruct'} served by megasnow.serve, seeded "
         "by the phase-2 selection (megasnow.synth)")
     synthetic, synth_summary = synthesize(work, os.path.join(work, "quality", "selection", "selected"), phase2, s,
                                           generator)
 
-    stage("5 binarize")
-    log("5/8 binarize (tools/preprocess_data.py)")
+    stage(5, "binarize (tools/preprocess_data.py)")
     data = {name: binarize(path, tokenizer, os.path.join(work, "data", name))
             for name, path in (("phase1", phase1), ("phase2", phase2), ("valid", valid), ("synthetic", synthetic))
             if path}
@@ -579,8 +578,7 @@ def main(argv=None):
         log("phase 3: synthesis kept no document, so phase 3 trains on the phase-2 selection alone (its synthetic "
             "blend entry is left out)")
 
-    stage("6 training")
-    log("6/8 train the three phases (python -m megasnow.train), with the HumanEval solution loss at each phase end")
+    stage(6, "train the three phases (python -m megasnow.train), with the HumanEval solution loss at each phase end")
     import yaml
 
     from megasnow.utils.atomic import atomic_write_text
@@ -589,8 +587,7 @@ def main(argv=None):
     atomic_write_text(cfg_path, yaml.safe_dump(run_config(mode, work, tokenizer, data), sort_keys=False))
     run([sys.executable, "-m", "megasnow.train", cfg_path, f"train.threads={args.threads}"])
 
-    stage("7 samples")
-    log("7/8 loss curve and code samples")
+    stage(7, "loss curve and code samples")
     png = os.path.join(work, "loss_curve.png")
     train, evals, bench = plot_losses(os.path.join(work, "log"), png)
     samples = os.path.join(work, "samples.jsonl")
@@ -599,14 +596,16 @@ def main(argv=None):
     run([sys.executable, "tools/generate.py", "--checkpoint", os.path.join(work, "ckpt"), "--prompts-file", prompts,
          "--max-new-tokens", s["max_new_tokens"], "--temperature", "0.7", "--top-p", "0.95", "--seed", "0",
          "--device", "cpu", "--output", samples])
-    stage("8 export")
-    if not args.ci:
-        log("8/8 export to a HuggingFace LlamaForCausalLM folder")
+    if args.ci:
+        stage(8, "export to a HuggingFace LlamaForCausalLM folder: skipped (--ci)", skipped=True)
+    else:
+        stage(8, "export to a HuggingFace LlamaForCausalLM folder")
         run([sys.executable, "tools/convert_checkpoint.py", "export", "--checkpoint", os.path.join(work, "ckpt"),
              "--output", os.path.join(work, "hf")], stdout=subprocess.DEVNULL)
-    stage("9 report")
+    stage(9, "recipe report (megasnow.recipe.report)" + (": the annotator's benchmark ROC-AUC is not measured "
+                                                         "in --ci" if args.ci else ""))
     report = recipe_report(work, args.ci)
-    stage("end")
+    stage_times["end"] = time.time()
 
     first, last = train[0]["loss"], train[-1]["loss"]
     print("\n" + "=" * 72)

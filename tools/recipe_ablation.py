@@ -13,6 +13,7 @@ EXAMPLES = """examples:
   recipe_ablation.py run examples/recipe/local-cpu.yaml --output runs/recipe/ablation
   recipe_ablation.py run examples/recipe/local-cpu.yaml --output runs/recipe/ablation ablation.seeds=[0,1,2,3,4]
   recipe_ablation.py run CONFIG.yaml --output OUT --dry-run       # the plan: arms, seeds, matched token counts
+  recipe_ablation.py run CONFIG.yaml --output OUT --dry-run --json   # the same plan as JSON
   recipe_ablation.py report runs/recipe/ablation --output recipe.md   # also a quickstart work folder
   recipe_ablation.py config-help                                  # every config key
 """
@@ -25,7 +26,9 @@ def build_parser():
     r.add_argument("config", help="ablation YAML (examples/recipe/*.yaml)")
     r.add_argument("overrides", nargs="*", help="key.sub=value overrides (values parsed as YAML)")
     r.add_argument("--output", required=True, help="output folder (a rerun skips finished parts)")
-    r.add_argument("--dry-run", action="store_true", help="print the plan and exit")
+    r.add_argument("--dry-run", action="store_true", help="print the plan (arms, seeds, steps, tokens per run, "
+                                                          "outputs) and exit; nothing is written")
+    r.add_argument("--json", action="store_true", help="with --dry-run: print the plan as JSON (plan.json's content)")
     r.add_argument("--no-report", action="store_true", help="skip report.md")
     s = sub.add_parser("report", help="write the markdown report (+ PNGs) of an ablation or quickstart folder")
     s.add_argument("folder", help="an ablation output folder or a quickstart work folder")
@@ -36,18 +39,51 @@ def build_parser():
     return p
 
 
+def _mean_spread(d):
+    """'mean ± std' of a stats.describe dict; with one seed the spread is not measured: 'mean ± n/a'."""
+    if not d.get("n"):
+        return "n/a"
+    if d["std"] is None:
+        return f"{d['mean']:.4f} ± n/a"
+    return f"{d['mean']:.4f} ± {d['std']:.4f}"
+
+
+def _plan_lines(runner, plan, out):
+    """The --dry-run plan in words: arms, seeds, steps and tokens per run, the phase-1 checkpoint, where outputs go."""
+    cfg = runner.cfg
+    n_arms, n_seeds = len(plan["arms"]), len(plan["seeds"])
+    base = (f"from the given checkpoint {cfg.base.checkpoint}" if cfg.base.checkpoint else
+            f"trained here on data.phase1 for {cfg.base.steps} steps x {plan['global_batch_size']} x "
+            f"{plan['seq_len']} = {cfg.base.steps * plan['global_batch_size'] * plan['seq_len']:,} tokens (base/)")
+    lines = [f"plan: {n_arms} arm(s) x {n_seeds} seed(s) = {len(plan['runs'])} continued-pretraining runs, each from "
+             f"one phase-1 checkpoint {base}",
+             f"every run: {plan['steps']} optimizer steps x {plan['global_batch_size']} sequences x {plan['seq_len']} "
+             f"tokens = {plan['tokens_per_arm']:,} tokens",
+             "arms:"]
+    lines += [f"  {a['name']:<16} {a['description']}" for a in plan["arms"]]
+    lines.append(f"seeds: {', '.join(str(s) for s in plan['seeds'])} (each sets the sample order and the random "
+                 f"arm's draw)")
+    lines.append(f"annotators: {', '.join(plan['annotators'])}; benchmarks: {', '.join(plan['benchmarks'])}")
+    lines.append(f"outputs: {out}/ (data/, quality/<annotator>/, base/, "
+                 f"arms/<arm>/seed<s>/ for each run, summary.json, report.md)")
+    lines.append("nothing was run or written (--dry-run); --json prints this plan as JSON")
+    return lines
+
+
 def _summary_lines(summary, out):
     lines = [f"runs: {summary['runs_finished']} of {summary['runs_planned']} finished; "
              f"{summary['plan']['token_matching']}; token counts matched: {summary['tokens_matched']}"]
     for name, al in summary["alignment"].items():
         lines.append(f"annotator {name}: ROC-AUC " + ", ".join(f"{k} {v:.4f}" for k, v in al["roc_auc"].items()))
     for name, s in summary["arms"].items():
-        bl = ", ".join(f"{b} {d['mean']:.4f} ± {d['std']:.4f}" for b, d in s["benchmark_loss"].items())
-        lines.append(f"{name:<16} held-out {s['heldout_loss']['mean']:.4f} ± {s['heldout_loss']['std']:.4f}; "
-                     f"solution loss {bl} ({len(s['seeds'])} seeds)")
+        bl = ", ".join(f"{b} {_mean_spread(d)}" for b, d in s["benchmark_loss"].items())
+        n = len(s["seeds"])
+        lines.append(f"{name:<16} held-out {_mean_spread(s['heldout_loss'])}; solution loss {bl} "
+                     f"({n} seed{'s' if n != 1 else ''})")
     for c in summary["comparisons"]:
         if c["diff"] is not None:
-            lines.append(f"{c['a']} - {c['b']} ({c['measure']}): {c['diff']:+.4f} (SE {c['se']:.4f}): {c['verdict']}")
+            se = "n/a" if c["se"] is None else f"{c['se']:.4f}"
+            lines.append(f"{c['a']} - {c['b']} ({c['measure']}): {c['diff']:+.4f} (SE {se}): {c['verdict']}")
     lines.append(f"outputs: {out} (summary.json, report.md)")
     return lines
 
@@ -74,6 +110,8 @@ def main(argv=None):
         print(f"report ({out['layout']} layout): {out['markdown']}; plots: {len(out['plots'])} "
               f"({', '.join(os.path.basename(p) for p in out['plots'])})")
         return 0
+    if args.json and not args.dry_run:
+        parser.error("--json goes with --dry-run (a run writes plan.json and summary.json in its output folder)")
     from megasnow.recipe.config import check_inputs, load_ablation_config
 
     with removed_on_failure(args.output):  # a bad config or input leaves nothing behind
@@ -81,9 +119,14 @@ def main(argv=None):
         check_inputs(cfg)
         from megasnow.recipe.runner import AblationRunner
 
-        runner = AblationRunner(cfg, args.output)
+        # with --json, stdout holds the JSON alone: progress lines go to stderr
+        log = (lambda msg: print(msg, file=sys.stderr, flush=True)) if args.json else None
+        runner = AblationRunner(cfg, args.output, **({"log": log} if log else {}))
+        runner.check_inputs()  # document counts, before anything is written or trained
         if args.dry_run:
-            print(json.dumps(runner.plan(), indent=1))
+            plan = runner.plan()
+            print(json.dumps(plan, indent=1) if args.json else "\n".join(_plan_lines(runner, plan,
+                                                                                     os.path.abspath(args.output))))
             return 0
     summary = runner.run(report=not args.no_report)
     print("\n".join(_summary_lines(summary, os.path.abspath(args.output))))

@@ -14,10 +14,12 @@ import subprocess
 import sys
 
 from megasnow.errors import UserError
+from megasnow.recipe.counts import MIN_EXAMPLES_PER_CLASS
 from megasnow.utils.atomic import atomic_write_text
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PREPROCESS = os.path.join(REPO, "tools", "preprocess_data.py")
+RELIABLE_HELDOUT_PER_CLASS = 10  # fewer held-out examples of a class: the annotator's own ROC-AUC is noted as rough
 
 
 class RecipeError(UserError, RuntimeError):
@@ -70,6 +72,15 @@ def dataset_tokens(prefix):
     return len(ds.document_indices) - 1, int(ds.sequence_lengths.sum())
 
 
+def positive_sources(spec):
+    """megasnow.quality PositiveSources of an AnnotatorSpec's `positives`."""
+    from megasnow.quality.training_data import PositiveSource
+
+    return [PositiveSource(paths=list(p.paths), kind=p.kind, text_field=p.text_field, problem_field=p.problem_field,
+                           solution_field=p.solution_field, comment_prefix=p.comment_prefix, limit=p.limit)
+            for p in spec.positives]
+
+
 def train_annotator_stage(spec, phase1, folder, device, log, text_field="text", benchmarks=()):
     """The annotator folder for `spec` (an AnnotatorSpec): spec.folder, or trained into `folder` from spec.positives
     vs random phase-1 documents with megasnow.quality (skipped when `folder` holds a finished annotator with the same
@@ -77,11 +88,7 @@ def train_annotator_stage(spec, phase1, folder, device, log, text_field="text", 
     always checked) go to the builder's benchmark check where it has one: positives matching them are dropped."""
     if spec.folder:
         return spec.folder
-    from megasnow.quality.training_data import PositiveSource
-
-    sources = [PositiveSource(paths=list(p.paths), kind=p.kind, text_field=p.text_field, problem_field=p.problem_field,
-                              solution_field=p.solution_field, comment_prefix=p.comment_prefix, limit=p.limit)
-               for p in spec.positives]
+    sources = positive_sources(spec)
     settings = {"positives": [dict(vars(s), state=_file_state(_expand(s.paths))) for s in sources],
                 "negatives": _file_state(_expand(phase1)), "mode": spec.mode, "encoder": spec.encoder,
                 "max_length": spec.max_length, "heldout_fraction": spec.heldout_fraction, "seed": spec.seed}
@@ -100,6 +107,12 @@ def train_annotator_stage(spec, phase1, folder, device, log, text_field="text", 
     # the builder checks positives against HumanEval always and against the benchmark files given (leakage)
     train, heldout, stats = build_training_set(sources, phase1, heldout_fraction=spec.heldout_fraction, seed=spec.seed,
                                                negative_text_field=text_field, benchmarks=files)
+    per_class = {label: sum(1 for e in train + heldout if e.label == label) for label in (0, 1)}
+    if min(per_class.values()) < MIN_EXAMPLES_PER_CLASS:
+        raise RecipeError(f"annotators[{spec.name}]: {per_class[1]} positive and {per_class[0]} negative examples "
+                          f"left after deduplication and the benchmark check (stats: {stats['positives_available']} "
+                          f"positives, {stats['negatives_sampled']} phase-1 negatives); an annotator needs at least "
+                          f"{MIN_EXAMPLES_PER_CLASS} per class: add positives or phase-1 documents")
     matches = stats["benchmark_matches"]
     if matches.get("dropped"):
         log(f"annotator {spec.name}: {matches['dropped']} positive(s) matching a benchmark dropped (never trained on)")
@@ -109,8 +122,18 @@ def train_annotator_stage(spec, phase1, folder, device, log, text_field="text", 
                                                                   max_length=spec.max_length, device=device,
                                                                   seed=spec.seed), progress="log")
     atomic_write_text(stamp, json.dumps({"fingerprint": fingerprint(settings), "stats": stats}, indent=1))
-    log(f"annotator {spec.name}: held-out ROC-AUC {metrics['heldout']['roc_auc']:.4f} (n={metrics['heldout']['n']})")
+    log(f"annotator {spec.name}: held-out ROC-AUC {metrics['heldout']['roc_auc']:.4f} (n={metrics['heldout']['n']})"
+        + heldout_caveat(heldout))
     return folder
+
+
+def heldout_caveat(heldout):
+    """A note for a held-out ROC-AUC over fewer than RELIABLE_HELDOUT_PER_CLASS examples of a class ('' otherwise)."""
+    n = min(sum(1 for e in heldout if e.label == label) for label in (0, 1))
+    if n >= RELIABLE_HELDOUT_PER_CLASS:
+        return ""
+    return (f"; only {n} held-out example(s) in the smaller class (< {RELIABLE_HELDOUT_PER_CLASS}): a rough figure, "
+            f"the benchmark ROC-AUC below is the measure to read")
 
 
 def _expand(paths):

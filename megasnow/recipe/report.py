@@ -72,8 +72,9 @@ def benchmark_names(records):
 
 
 def phase_rows(records):
-    """Per phase, in order: {"phase", "first_step", "last_step", "tokens", "train_first", "train_last", "eval_last",
-    "benchmark_last": {name: loss}} from one run's records (read_records)."""
+    """Per phase, in order: {"phase", "first_step", "last_step", "tokens" (the run's cumulative count at the phase's
+    last record), "phase_tokens" (trained in this phase: tokens minus the previous phase's), "train_first",
+    "train_last", "eval_last", "benchmark_last": {name: loss}} from one run's records (read_records)."""
     rows = {}
     for r in records.get("train", []):
         row = rows.setdefault(r["phase"], {"phase": r["phase"], "first_step": r["step"], "train_first": r["loss"],
@@ -87,27 +88,48 @@ def phase_rows(records):
             for k, v in r.items():
                 if k.endswith("_loss"):
                     rows[r["phase"]]["benchmark_last"][k[:-5]] = v
-    return list(rows.values())
+    out, before = list(rows.values()), 0
+    for row in out:
+        row["phase_tokens"] = row["tokens"] - before
+        before = row["tokens"]
+    return out
 
 
 def _phase_table(named_records, benches):
-    header = ["run", "phase", "steps", "tokens", "train loss first → last", "held-out loss (last in-run eval)"]
+    header = ["run", "phase", "steps", "tokens in this phase", "tokens since the run's start",
+              "train loss first → last", "held-out loss (last in-run eval)"]
     header += [f"{b} solution loss (last in-run)" for b in benches]
     rows = []
     for name, records in named_records:
         for p in phase_rows(records):
-            rows.append([name, p["phase"], f"{p['first_step']}–{p['last_step']}", f"{p['tokens']:,}",
+            rows.append([name, p["phase"], f"{p['first_step']}–{p['last_step']}", f"{p['phase_tokens']:,}",
+                         f"{p['tokens']:,}",
                          f"{p['train_first']:.4f} → {p['train_last']:.4f}", _f(p["eval_last"])]
                         + [_f(p["benchmark_last"].get(b)) for b in benches])
     return _table(header, rows)
 
 
 # ------------------------------------------------------------------------------------------------ shared sections
-def _alignment_section(entries, png, lines, plot_list):
-    """entries: list of (annotator name, alignment dict, annotator metrics.json dict or None)."""
+def _heldout_text(name, metrics):
+    held = (metrics or {}).get("heldout") or {}
+    if held.get("roc_auc") is None:
+        return None
+    return (f"`{name}`: the annotator's own held-out ROC-AUC (its training split: positives vs phase-1 documents, "
+            f"not benchmark solutions): {held['roc_auc']:.4f} (n={held.get('n', 'n/a')})")
+
+
+def _alignment_section(entries, png, lines, plot_list, why_missing="", annotators=()):
+    """entries: list of (annotator name, alignment dict, annotator metrics.json dict or None). With no entry,
+    `why_missing` says why the benchmark ROC-AUC was not measured and `annotators` ((name, metrics.json dict or None))
+    give each annotator's own held-out ROC-AUC where it was recorded."""
     lines.append("## Annotator alignment: held-out benchmark solutions vs random phase-1 files\n")
     if not entries:
-        lines.append("_No alignment.json found (the annotator's ROC-AUC was not measured)._\n")
+        lines.append(f"_The annotator's ROC-AUC on benchmark solutions was not measured (no alignment.json): "
+                     f"{why_missing or 'not computed'}._\n")
+        held = [t for t in (_heldout_text(n, m) for n, m in annotators) if t]
+        lines += [f"- {t}" for t in held]
+        if held:
+            lines.append("")
         return
     rows, curves = [], []
     for name, al, metrics in entries:
@@ -298,7 +320,14 @@ def _ablation_report(workdir, stem, lines, plot_list):
             mpath = os.path.join(qdir, "annotator", "metrics.json")
             entries.append((name, _read_json(os.path.join(qdir, "alignment.json")),
                             _read_json(mpath) if os.path.exists(mpath) else None))
-    _alignment_section(entries, f"{stem}_roc.png", lines, plot_list)
+    measured = [name for name, _, _ in entries]
+    held = []
+    for name in plan["annotators"]:
+        mpath = os.path.join(workdir, "quality", name, "annotator", "metrics.json")
+        held.append((name, _read_json(mpath) if os.path.exists(mpath) else None))
+    _alignment_section(entries, f"{stem}_roc.png", lines, plot_list,
+                       "the run has not reached it yet (tools/recipe_ablation.py run measures it after scoring)",
+                       [h for h in held if h[0] not in measured])
 
     selections, seen = [], set()
     for r in plan["runs"]:
@@ -370,16 +399,22 @@ def _quickstart_report(workdir, stem, lines, plot_list, compute_alignment, num_r
     annotator = os.path.join(qdir, "annotator")
     al_path = os.path.join(qdir, "alignment.json")
     corpus = os.path.join(workdir, "phases", "phase1.jsonl")
-    if (not os.path.exists(al_path) and compute_alignment and os.path.exists(os.path.join(annotator, "annotator.json"))
-            and os.path.exists(corpus)):
+    has_annotator = os.path.exists(os.path.join(annotator, "annotator.json"))
+    if not os.path.exists(al_path) and compute_alignment and has_annotator and os.path.exists(corpus):
         from megasnow.recipe.alignment import measure_alignment
 
         measure_alignment(annotator, [corpus], list(benchmarks), al_path, num_random=num_random)
-    entries = []
-    if os.path.exists(al_path):
-        mpath = os.path.join(annotator, "metrics.json")
-        entries.append(("annotator", _read_json(al_path), _read_json(mpath) if os.path.exists(mpath) else None))
-    _alignment_section(entries, f"{stem}_roc.png", lines, plot_list)
+    mpath = os.path.join(annotator, "metrics.json")
+    metrics = _read_json(mpath) if os.path.exists(mpath) else None
+    entries = [("annotator", _read_json(al_path), metrics)] if os.path.exists(al_path) else []
+    if not compute_alignment:
+        why = ("skipped on request (compute_alignment=False: the quickstart's --ci, or recipe_ablation.py report "
+               "--no-alignment); `tools/recipe_ablation.py report FOLDER` measures it (~30 s on 2 cores)")
+    elif not has_annotator:
+        why = f"no annotator in {annotator}"
+    else:
+        why = f"its phase-1 documents ({corpus}) are missing"
+    _alignment_section(entries, f"{stem}_roc.png", lines, plot_list, why, [("annotator", metrics)])
     sel = os.path.join(qdir, "selection", "selection_report.json")
     selections = [("phase 2 (selected)", _read_json(sel))] if os.path.exists(sel) else []
     _mix_section(selections, f"{stem}_language_mix.png", lines, plot_list, "Phase 2's language mix vs phase 1")

@@ -20,6 +20,7 @@ import time
 import yaml
 
 from megasnow.config import dump_config
+from megasnow.errors import UserError
 from megasnow.recipe import prepare
 from megasnow.recipe.arms import arm_data_seed, matched_steps, parse_arms, trainer_shape
 from megasnow.recipe.prepare import RecipeError, fingerprint
@@ -51,8 +52,18 @@ class AblationRunner:
         self.steps, self.tokens_per_arm = matched_steps(cfg)
         self.seq_len, self.gbs = trainer_shape(cfg)
         self.device = self._device()
+        self.input_counts = None
 
     # ------------------------------------------------------------------ plan
+    def check_inputs(self):
+        """Count the documents of every input set before anything is written (megasnow.recipe.counts: ConfigError
+        naming the key, the count and the minimum); malformed records are warned with FILE:LINE. Once per runner."""
+        if self.input_counts is None:
+            from megasnow.recipe.counts import check_document_counts
+
+            self.input_counts = check_document_counts(self.cfg, log=self.log)
+        return self.input_counts
+
     def _device(self):
         want = self.cfg.runner.device
         if want == "auto":
@@ -88,12 +99,19 @@ class AblationRunner:
         """Prepare, train and measure everything not finished yet; write summary.json (and the report).
         Returns the summary dict."""
         t0 = time.time()
+        self.check_inputs()
+        fresh = not os.path.lexists(self.out)
         os.makedirs(self.out, exist_ok=True)
         plan = self.plan()
         n_runs = len(plan["runs"])
         self.log(f"plan: {len(self.arms)} arm(s) x {len(self.cfg.ablation.seeds)} seed(s) = {n_runs} runs; "
                  f"{plan['token_matching']}")
-        self._prepare_data()
+        try:
+            self._prepare_data()
+        except UserError:
+            if fresh:  # bad data found while preparing: a new output folder is not left behind half-made
+                shutil.rmtree(self.out, ignore_errors=True)
+            raise
         self._check_finished_runs()
         atomic_write_text(os.path.join(self.out, "config.yaml"), dump_config(self.cfg))
         _write_json(os.path.join(self.out, "plan.json"), plan)
@@ -122,6 +140,7 @@ class AblationRunner:
         self.valid_prefix = prepare.binarize(d.valid, d.tokenizer, os.path.join(data_dir, "valid"), self.log,
                                              d.text_field)
         self.annotator_folders, self.scores_dirs, self.alignment = {}, {}, {}
+        from megasnow.quality.evaluate import EvaluationError
         from megasnow.recipe.alignment import measure_alignment
 
         for spec in c.annotators:
@@ -134,9 +153,13 @@ class AblationRunner:
             prepare.score_stage(folder, d.phase1, self.scores_dirs[spec.name], self.device, c.runner.threads, self.log,
                                 d.text_field)
             self.log(f"annotator {spec.name}: ROC-AUC of held-out benchmark solutions vs random phase-1 files")
-            al = measure_alignment(folder, d.phase1, c.measure.benchmarks, os.path.join(qdir, "alignment.json"),
-                                   c.measure.alignment_random_files, c.measure.alignment_seed, self.device,
-                                   d.text_field)
+            try:
+                al = measure_alignment(folder, d.phase1, c.measure.benchmarks, os.path.join(qdir, "alignment.json"),
+                                       c.measure.alignment_random_files, c.measure.alignment_seed, self.device,
+                                       d.text_field)
+            except EvaluationError as e:
+                raise RecipeError(f"annotator {spec.name}: its ROC-AUC cannot be measured ({e}): data.phase1 needs "
+                                  f"documents the annotator did not train on; add phase-1 documents") from None
             self.alignment[spec.name] = {k: v["roc_auc"] for k, v in al["benchmarks"].items()}
             self.log(f"annotator {spec.name}: ROC-AUC " + ", ".join(f"{k} {v:.4f}" for k, v in
                                                                    self.alignment[spec.name].items())

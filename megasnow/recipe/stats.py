@@ -7,27 +7,29 @@ ALPHA = 0.05
 
 
 def describe(values):
-    """{"n", "mean", "std" (sample, ddof=1; 0 for one value), "min", "max", "values"} of a list of floats."""
+    """{"n", "mean", "std" (sample, ddof=1; None for one value: no spread is measured), "min", "max", "values"} of a
+    list of floats."""
     vals = [float(v) for v in values if v is not None and not math.isnan(float(v))]
     n = len(vals)
     if not n:
         return {"n": 0, "mean": None, "std": None, "min": None, "max": None, "values": []}
     mean = sum(vals) / n
-    std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (n - 1)) if n > 1 else 0.0
+    std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (n - 1)) if n > 1 else None
     return {"n": n, "mean": mean, "std": std, "min": min(vals), "max": max(vals), "values": vals}
 
 
 def compare(a, b, name_a="a", name_b="b"):
     """Difference of means a - b of two seed samples (lists of floats), its standard error
-    sqrt(s_a^2/n_a + s_b^2/n_b), Welch's t-test p-value (scipy; None with fewer than 2 seeds a side or no spread)
-    and a verdict: f"{name_a} lower" / f"{name_a} higher" when p < ALPHA, else "within noise"."""
+    sqrt(s_a^2/n_a + s_b^2/n_b) (None with one seed on a side: no spread to estimate it from), Welch's t-test
+    p-value (scipy; None with fewer than 2 seeds a side or no spread) and a verdict: f"{name_a} lower" /
+    f"{name_a} higher" when p < ALPHA, else "within noise"."""
     da, db = describe(a), describe(b)
     if not da["n"] or not db["n"]:
         return {"diff": None, "se": None, "p_welch": None, "verdict": "not measured", "n": [da["n"], db["n"]]}
     diff = da["mean"] - db["mean"]
-    se = math.sqrt(da["std"] ** 2 / da["n"] + db["std"] ** 2 / db["n"])
+    se = math.sqrt(da["std"] ** 2 / da["n"] + db["std"] ** 2 / db["n"]) if da["n"] > 1 and db["n"] > 1 else None
     p = None
-    if da["n"] > 1 and db["n"] > 1 and se > 0:
+    if se:
         from scipy.stats import ttest_ind
 
         p = float(ttest_ind(da["values"], db["values"], equal_var=False).pvalue)

@@ -182,9 +182,12 @@ class Trainer:
             return None
         doc = self._document_tokens()
         fim = build_fim_transforms(self.cfg, self.tokenizer, doc.eod_id, doc.bos_id)
-        names = self.tokenizer.fim_tokens().names
-        self._say(f"data: fill-in-the-middle on {f.level} units, rate {f.rate}, SPM share {f.spm_rate} "
-                  f"({', '.join(names)}; units end at id {fim('train').separators})")
+        t = self.tokenizer.fim_tokens()
+        ids = ", ".join(f"{n}={i}" for n, i in zip(t.names, (t.prefix, t.middle, t.suffix, t.pad)))
+        self._say(f"data: fill-in-the-middle ON (data.fim): rate {f.rate} of {f.level}-level units rearranged, "
+                  f"spm_rate {f.spm_rate} of those in SPM order (the rest PSM), level {f.level}; tokens {ids}"
+                  f"{'; <fim_pad> labels left out of the loss' if f.mask_pad else ''}; units end at ids "
+                  f"{fim('train').separators}")
         return fim
 
     def _document_mask_eod(self):
@@ -604,9 +607,9 @@ def repeat_coverage_note(where, phase, asked, steps, samples, gbs):
     """How much of a repeat-count blend a phase really trains on: explicit steps/tokens cap (or the data
     shortens) the exact `repeat` passes the blend promises."""
     used = steps * gbs
-    frac = used / samples
-    passes = ", ".join(f"{frac * b.repeat:.2f} of {b.repeat} passes over {os.path.basename(b.path)}"
-                       for b in phase.blend)
+    frac = used / samples  # of all the samples the repeat counts give: each dataset is read frac x repeat times
+    passes = ", ".join(f"{frac * b.repeat:.2f} passes (epochs) over {os.path.basename(b.path)}, whose repeat asks "
+                       f"for {b.repeat}" for b in phase.blend)
     if asked is None:
         why = "as the repeat counts give"
     elif asked > steps:
@@ -615,7 +618,8 @@ def repeat_coverage_note(where, phase, asked, steps, samples, gbs):
         why = f"capped by its steps/tokens: the repeat counts give {samples} samples"
     else:
         why = "as the repeat counts give"
-    return f"{where}: {steps} steps x {gbs} = {used} samples ({why}) = {passes}"
+    return f"{where}: {steps} steps x {gbs} = {used} samples ({why}): the phase reads {frac:.0%} of its repeated " \
+           f"data = {passes}"
 
 
 def run_training(cfg):

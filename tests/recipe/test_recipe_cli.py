@@ -17,13 +17,32 @@ def _run(*args, timeout=240):
                           cwd=REPO)
 
 
-def _tool_main():
+def _tool_module():
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("recipe_ablation_tool", TOOL)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    return mod.main
+    return mod
+
+
+def _tool_main():
+    return _tool_module().main
+
+
+def test_one_seed_summary_prints_no_spread():
+    from megasnow.recipe.stats import compare, describe
+
+    arm = {"seeds": [0], "heldout_loss": describe([4.5]), "benchmark_loss": {"humaneval": describe([5.25])}}
+    summary = {"runs_finished": 2, "runs_planned": 2, "plan": {"token_matching": "every arm: 768 tokens"},
+               "tokens_matched": True, "alignment": {},
+               "arms": {"selected": arm, "random": dict(arm, heldout_loss=describe([4.75]))},
+               "comparisons": [{"a": "selected", "b": "random", "measure": "held-out loss",
+                                **compare([4.5], [4.75], "selected", "random")}]}
+    lines = _tool_module()._summary_lines(summary, "/out")
+    assert lines[1] == "selected         held-out 4.5000 ± n/a; solution loss humaneval 5.2500 ± n/a (1 seed)"
+    assert lines[3] == "selected - random (held-out loss): -0.2500 (SE n/a): one seed: spread not measured"
+    assert not any("0.0000" in x or "seeds)" in x for x in lines)
 
 
 def test_bad_config_is_one_line_exit_2_and_leaves_nothing(tiny_inputs, tmp_path, capsys):
@@ -56,9 +75,44 @@ def test_bad_config_is_one_line_exit_2_and_leaves_nothing(tiny_inputs, tmp_path,
     assert not out.exists()
 
 
-def test_dry_run_prints_the_matched_plan(tiny_inputs, tmp_path):
+def test_too_few_documents_fail_up_front_with_the_count_and_warn_malformed_lines(tiny_inputs, tmp_path, capsys):
+    from megasnow.recipe.counts import MIN_ALIGNMENT_FILES, MIN_EXAMPLES_PER_CLASS
+    from megasnow.utils.cli import run_tool
+
+    main = _tool_main()
+    phase1 = tmp_path / "phase1.jsonl"
+    phase1.write_text('{"text": "def f():\\n    return 1\\n"}\n{"text": broken\n'
+                      '{"text": "int main(void) { return 0; }\\n"}\nnot json at all\n')
     cfg = write_config(str(tmp_path / "cfg.yaml"), tiny_config(tiny_inputs))
-    r = _run("run", cfg, "--output", str(tmp_path / "out"), "--dry-run", "ablation.seeds=[0,1,2]")
+    out = tmp_path / "out"
+    rc = run_tool(main, ["run", cfg, f"data.phase1=[{phase1}]", "--output", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and not out.exists(), err
+    assert err[-1] == (f"error: data.phase1: 2 usable document(s) in 1 file(s); 2 malformed/unusable record(s) "
+                       f"skipped; the ablation needs at least {MIN_ALIGNMENT_FILES} ({MIN_ALIGNMENT_FILES} random "
+                       f"files for the annotators' ROC-AUC measure): add phase-1 documents")
+    warning = [x for x in err if x.startswith("warning: data.phase1: skipped 2 record(s)")]
+    assert len(warning) == 1 and f"{phase1}:2: bad JSON" in warning[0] and f"{phase1}:4: bad JSON" in warning[0]
+
+    # an annotator trained here: 5 positives are refused before any training, naming the key and the minimum
+    pos = tmp_path / "pos.jsonl"
+    pos.write_text("".join(json.dumps({"text": f"def f{i}():\n    return {i}\n"}) + "\n" for i in range(5)))
+    cfg2 = tiny_config(tiny_inputs, annotators=[{"name": "few", "positives": [{"paths": [str(pos)]}]}])
+    rc = run_tool(main, ["run", write_config(str(tmp_path / "cfg2.yaml"), cfg2), "--output", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and not out.exists() and len(err) == 1, err
+    assert err[0].startswith("error: annotators[0].positives: 5 usable document(s) in 1 file(s); annotator 'few' "
+                             f"needs at least {MIN_EXAMPLES_PER_CLASS} positives")
+
+
+def test_dry_run_prints_the_matched_plan(tiny_inputs, tmp_path):
+    cfg = write_config(str(tmp_path / "cfg.yaml"), tiny_config(tiny_inputs, **{"ablation.seeds": [0]}))
+    r = _run("run", cfg, "--output", str(tmp_path / "out"), "--dry-run")
+    assert r.returncode == 0, r.stderr
+    assert "plan: 3 arm(s) x 1 seed(s) = 3 continued-pretraining runs" in r.stdout
+    assert "every run: 6 optimizer steps x 4 sequences x 32 tokens = 768 tokens" in r.stdout
+    assert f"outputs: {tmp_path / 'out'}/" in r.stdout and "{" not in r.stdout
+    r = _run("run", cfg, "--output", str(tmp_path / "out"), "--dry-run", "--json", "ablation.seeds=[0,1,2]")
     assert r.returncode == 0, r.stderr
     plan = json.loads(r.stdout)
     assert plan["steps"] == 6 and plan["tokens_per_arm"] == 6 * 4 * 32

@@ -87,10 +87,12 @@ def test_ablation_report_tables_match_the_run_folders(tiny_run, tmp_path):
     train = [r for r in recs if r.get("kind") == "train"]
     evals = [r for r in recs if r.get("kind") == "eval"]
     bench = [r for r in recs if r.get("kind") == "benchmark"]
-    assert row[2] == f"1–{train[-1]['step']}" and row[3] == f"{train[-1]['tokens']:,}"
-    assert row[4] == f"{train[0]['loss']:.4f} → {train[-1]['loss']:.4f}"
-    assert row[5] == f"{evals[-1]['loss']:.4f}"
-    assert row[6] == f"{bench[-1]['humaneval_plus_mini_loss']:.4f}"
+    assert phases[0][3:5] == ["tokens in this phase", "tokens since the run's start"]
+    # one phase per arm run: its tokens are the run's (as in the Runs table)
+    assert row[2] == f"1–{train[-1]['step']}" and row[3] == row[4] == f"{train[-1]['tokens']:,}"
+    assert row[5] == f"{train[0]['loss']:.4f} → {train[-1]['loss']:.4f}"
+    assert row[6] == f"{evals[-1]['loss']:.4f}"
+    assert row[7] == f"{bench[-1]['humaneval_plus_mini_loss']:.4f}"
 
     # comparisons: selected vs random on the first benchmark, difference of the means
     comp = tables["Comparisons (A − B over seeds; a difference counts only where Welch's t-test gives p < 0.05)"]
@@ -161,14 +163,32 @@ def test_quickstart_folder_report(tiny_run, tiny_inputs, tmp_path):
         ev = [r for r in recs if r["kind"] == "eval" and r["phase"] == phase]
         bench = [r for r in recs if r["kind"] == "benchmark" and r["phase"] == phase]
         assert row[1] == phase and row[2] == f"{train[0]['step']}–{train[-1]['step']}"
-        assert row[4] == f"{train[0]['loss']:.4f} → {train[-1]['loss']:.4f}"
-        assert row[5] == f"{ev[-1]['loss']:.4f}" and row[6] == f"{bench[-1]['humaneval_loss']:.4f}"
+        # per phase (4 steps of 128 tokens) and cumulative over the run's three phases
+        assert row[3] == f"{4 * 128:,}" and row[4] == f"{train[-1]['tokens']:,}"
+        assert row[5] == f"{train[0]['loss']:.4f} → {train[-1]['loss']:.4f}"
+        assert row[6] == f"{ev[-1]['loss']:.4f}" and row[7] == f"{bench[-1]['humaneval_loss']:.4f}"
     align = tables["Annotator alignment: held-out benchmark solutions vs random phase-1 files"]
     assert align[1][2] == f"{al['benchmarks']['humaneval']['roc_auc']:.4f}"
     # a second report reads the cached alignment instead of scoring again
     mtime = os.path.getmtime(os.path.join(work, "quality", "alignment.json"))
     write_recipe_report(work, os.path.join(work, "again.md"), num_random=15)
     assert os.path.getmtime(os.path.join(work, "quality", "alignment.json")) == mtime
+
+
+def test_quickstart_report_without_alignment_says_why_and_shows_the_annotator_roc_auc(tiny_run, tiny_inputs,
+                                                                                    tmp_path):
+    work = str(tmp_path / "qs")
+    _quickstart_folder(tiny_run, tiny_inputs, work)
+    held = {"roc_auc": 0.8125, "n": 8, "accuracy": 0.75}
+    with open(os.path.join(work, "quality", "annotator", "metrics.json"), "w") as f:
+        json.dump({"heldout": held}, f)
+    result = write_recipe_report(work, os.path.join(work, "r.md"), compute_alignment=False)
+    text = open(result["markdown"]).read()
+    assert not os.path.exists(os.path.join(work, "quality", "alignment.json"))
+    assert ("The annotator's ROC-AUC on benchmark solutions was not measured (no alignment.json): skipped on request "
+            "(compute_alignment=False: the quickstart's --ci, or recipe_ablation.py report --no-alignment)") in text
+    assert ("- `annotator`: the annotator's own held-out ROC-AUC (its training split: positives vs phase-1 documents, "
+            "not benchmark solutions): 0.8125 (n=8)") in text
 
 
 def test_report_of_a_folder_without_runs_is_a_user_error(tmp_path):

@@ -11,7 +11,7 @@ def test_describe_values():
     d = describe([1.0, 2.0, 4.0])
     assert d["n"] == 3 and d["mean"] == pytest.approx(7 / 3) and d["min"] == 1.0 and d["max"] == 4.0
     assert d["std"] == pytest.approx(math.sqrt(((1 - 7 / 3) ** 2 + (2 - 7 / 3) ** 2 + (4 - 7 / 3) ** 2) / 2))
-    assert describe([5.0])["std"] == 0.0
+    assert describe([5.0])["std"] is None  # one seed: no spread measured (printed as n/a, never ± 0)
     assert describe([])["n"] == 0 and describe([float("nan")])["mean"] is None
 
 
@@ -28,5 +28,6 @@ def test_compare_verdicts_and_welch():
     # 2.4 standard errors apart with 3 seeds a side is still noise for Welch's test (p ~ 0.13)
     wide = compare([4.96, 4.91, 4.89], [4.98, 5.33, 5.29])
     assert 2 < abs(wide["diff"]) / wide["se"] < 3 and wide["p_welch"] > 0.05 and wide["verdict"] == "within noise"
-    assert compare([1.0], [2.0])["verdict"] == "one seed: spread not measured"
+    one = compare([1.0], [2.0])
+    assert one["verdict"] == "one seed: spread not measured" and one["se"] is None and one["diff"] == -1.0
     assert compare([], [1.0])["verdict"] == "not measured"

@@ -40,7 +40,7 @@ def config(tmp_path, tokenizer, prefixes, fim, steps=3, model=None, **sections):
     return write_config(tmp_path / "run.yaml", cfg)
 
 
-def test_batches_are_the_fim_transform_of_the_blend(tmp_path, data):
+def test_batches_are_the_fim_transform_of_the_blend(tmp_path, data, capsys):
     tokenizer, prefixes = data
     fim = {"rate": 0.5, "spm_rate": 1.0, "level": "file", "mask_pad": True}
     cfg = load_train_config(config(tmp_path, tokenizer, prefixes, fim, model={"document_mask": True},
@@ -50,6 +50,12 @@ def test_batches_are_the_fim_transform_of_the_blend(tmp_path, data):
         train, _ = trainer.datasets[0]
         assert isinstance(train, FIMDataset)
         tok = load_tokenizer(tokenizer)
+        t = tok.fim_tokens()
+        # start-up says FIM is on, with its settings and token ids
+        ids = ", ".join(f"{n}={i}" for n, i in zip(t.names, (t.prefix, t.middle, t.suffix, t.pad)))
+        assert (f"data: fill-in-the-middle ON (data.fim): rate 0.5 of file-level units rearranged, spm_rate 1.0 of "
+                f"those in SPM order (the rest PSM), level file; tokens {ids}; <fim_pad> labels left out of the "
+                f"loss; units end at ids [{tok.eod_id}, {tok.file_sep_id}]") in capsys.readouterr().out
         ref = FIMTransform(tok, 0.5, 1.0, "file", seed=cfg.data.seed)
         raw = train.dataset
         for i in range(0, len(train), 7):

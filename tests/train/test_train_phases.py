@@ -96,10 +96,12 @@ def test_repeat_blend_coverage_is_logged(tmp_path, data, capsys):
     out = capsys.readouterr().out
     passes = 4 * 3 * 4 / samples[0]
     assert (f"phases[0] (capped): 3 steps x 4 = 12 samples (capped by its steps/tokens: the repeat counts give "
-            f"{samples[0]} samples) = {passes:.2f} of 4 passes over quality") in out
+            f"{samples[0]} samples): the phase reads {12 / samples[0]:.0%} of its repeated data = {passes:.2f} "
+            f"passes (epochs) over quality, whose repeat asks for 4") in out
     exact = 2 * steps[1] * 4 / samples[1]
-    assert f"phases[1] (exact): {steps[1]} steps x 4 = {steps[1] * 4} samples (as the repeat counts give) = " \
-           f"{exact:.2f} of 2 passes over quality" in out
+    assert f"phases[1] (exact): {steps[1]} steps x 4 = {steps[1] * 4} samples (as the repeat counts give): the " \
+           f"phase reads {steps[1] * 4 / samples[1]:.0%} of its repeated data = {exact:.2f} passes (epochs) over " \
+           f"quality, whose repeat asks for 2" in out
     assert f"phases[2] (short): {steps[2]} steps x 4 = {steps[2] * 4} samples (shortened from the 1000 steps " \
            f"asked: the repeated data holds only {samples[2]} samples)" in out
     notes = [r["message"] for r in losses(str(tmp_path / "log"), kind="note")]

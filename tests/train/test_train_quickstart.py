@@ -284,7 +284,18 @@ def test_quickstart_ci_ends_with_the_recipe_report(quickstart_ci):
                         "## Benchmark-solution loss per phase",
                         "## Annotator alignment: held-out benchmark solutions vs random phase-1 files",
                         "## Phase 2's language mix vs phase 1"]
-    assert "No alignment.json found" in text and not (work / "quality" / "alignment.json").exists()
+    assert "was not measured (no alignment.json): skipped on request (compute_alignment=False: the quickstart's --ci" \
+        in text and not (work / "quality" / "alignment.json").exists()
+    held = json.loads((work / "quality" / "annotator" / "metrics.json").read_text())["heldout"]
+    assert "the annotator's own held-out ROC-AUC (its training split" in text and f"{held['roc_auc']:.4f}" in text
+    # the stage headers and the closing stage-time list name the same nine stages (export skipped in --ci)
+    headers = re.findall(r"^\[quickstart [\d:]+\] (\d)/(\d) ", stdout, re.M)
+    assert headers == [(str(i), "9") for i in range(1, 10)]
+    assert "8/9 export to a HuggingFace LlamaForCausalLM folder: skipped (--ci)" in stdout
+    times = re.search(r"stage times: (.*)", stdout).group(1).split(", ")
+    assert [t.rsplit(" ", 2)[0] for t in times] == ["1 corpus", "2 tokenizer", "3 phase 2", "4 synthesis",
+                                                     "5 binarize", "6 training", "7 samples", "8 export (skipped)",
+                                                     "9 report"]
     pngs = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
     assert pngs == ["recipe_report_loss.png", "recipe_report_benchmark_humaneval.png",
                     "recipe_report_language_mix.png"]
@@ -301,7 +312,8 @@ def test_quickstart_ci_ends_with_the_recipe_report(quickstart_ci):
         bench = [r for r in recs if r.get("kind") == "benchmark" and r["phase"] == phase]
         train = [r for r in recs if r.get("kind", "train") == "train" and r["phase"] == phase]
         assert row[-1] == f"{bench[-1]['humaneval_loss']:.4f}"
-        assert row[4] == f"{train[0]['loss']:.4f} → {train[-1]['loss']:.4f}"
+        assert row[5] == f"{train[0]['loss']:.4f} → {train[-1]['loss']:.4f}"
+        assert row[4] == f"{train[-1]['tokens']:,}"  # tokens since the run's start; row[3]: this phase's
     selection = json.loads((work / "quality" / "selection" / "selection_report.json").read_text())
     for lang, v in selection["languages"].items():
         assert f"| {lang} | {100 * v['phase1_share']:.2f}% | {100 * v['selected_share']:.2f}% |" in text
