@@ -6,7 +6,7 @@ import os
 import sys
 import time
 
-from megasnow.utils.cli import ArgumentParser, run_tool
+from megasnow.utils.cli import ArgumentParser, fail, run_tool
 
 EXAMPLES = """examples:
   evaluate.py generate --benchmark humaneval --backend local --model ckpt/ --output runs/he/samples.jsonl
@@ -181,9 +181,13 @@ def generate(args, bench, out_path, settings):
     """Generate the samples into out_path; returns the stats. Raises GenerationFailed (every request failed: exit 2)
     or IncompleteGeneration (some failed; the finished ones are kept for the rerun)."""
     from megasnow.eval.codegen import generate_samples
+    from megasnow.generation.openai_backend import ModelNotServedError
 
-    with build_backend(args) as backend:
-        stats = generate_samples(backend, bench, settings, out_path)
+    try:
+        with build_backend(args) as backend:
+            stats = generate_samples(backend, bench, settings, out_path)
+    except ModelNotServedError as e:  # refused at start-up, before any request or file
+        fail(e.for_flag("--model"))
     stats["settings"] = vars(settings)
     print(f"generated {stats['samples_written']} samples for {len(bench.tasks)} tasks in {stats['seconds']:.1f}s "
           f"({stats['completion_tokens']} new tokens, {stats['resumed_tasks']} tasks resumed) -> {out_path}",

@@ -56,8 +56,9 @@ def test_failed_requests_through_an_endpoint(tiny, tmp_path):
         proc = evaluate(*common, "--benchmark", mbpp, "--model", "nosuchmodel", "--output", str(out))
         lines = proc.stderr.strip().splitlines()
         assert proc.returncode == 2 and len(lines) == 1, proc.stderr
-        assert re.match(r"error: all 3 generation requests failed: [123]: http://127\.0\.0\.1:\d+/v1: HTTP 404: .*"
-                        r"The model `nosuchmodel` does not exist", lines[0]), lines[0]
+        # refused at start-up from the endpoint's GET /models, before any generation request
+        assert re.match(r"error: --model nosuchmodel: the endpoint at http://127\.0\.0\.1:\d+/v1 serves \['ckpt'\]",
+                        lines[0]), lines[0]
         assert not out.exists()
 
         out = tmp_path / "limited"
