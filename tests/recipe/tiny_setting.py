@@ -1,9 +1,10 @@
 """A tiny but real ablation setting for the recipe tests: documents from this machine's Python standard library and
 C headers, a small SentencePiece tokenizer, a 2-layer random-BERT annotator (fast scoring) and a 2-layer decoder."""
 import glob
-import json
 import os
 import sys
+
+from tests.quality.machine_corpus import write_jsonl
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FIXTURES = os.path.join(REPO, "tests", "eval", "fixtures")
@@ -27,14 +28,6 @@ def _real_files():
     return out
 
 
-def _write_jsonl(path, records):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(r) + "\n")
-    return path
-
-
 def tiny_annotator(folder):
     """A 2-layer, 32-wide random BERT with the MiniLM tokenizer saved as an annotator folder (its scores differ per
     document, which is all selection needs)."""
@@ -56,8 +49,8 @@ def tiny_annotator(folder):
 def build_inputs(root):
     """Documents, tokenizer and annotator under `root`; returns their paths."""
     docs = _real_files()
-    phase1 = _write_jsonl(os.path.join(root, "phase1.jsonl"), [d for i, d in enumerate(docs) if i % 8])
-    valid = _write_jsonl(os.path.join(root, "valid.jsonl"), [d for i, d in enumerate(docs) if i % 8 == 0])
+    phase1 = write_jsonl(os.path.join(root, "phase1.jsonl"), [d for i, d in enumerate(docs) if i % 8])
+    valid = write_jsonl(os.path.join(root, "valid.jsonl"), [d for i, d in enumerate(docs) if i % 8 == 0])
     sys.path.insert(0, os.path.join(REPO, "tools"))
     try:
         from train_tokenizer import train_tokenizer
