@@ -70,6 +70,9 @@ class DataSection:
                                "(None: the tokenizer's EOD)")
     valid_fraction: float = _help("fraction of each dataset's documents held out for evaluation", 0.0)
     cache_dir: str | None = _help("where dataset index arrays are cached (None: beside the data)")
+    num_workers: int | None = _help("DataLoader worker processes reading (and FIM-rearranging) samples ahead of "
+                                    "the step (Megatron's --num-workers); None: 2 when training on a GPU, 0 on "
+                                    "CPU, where workers would take cores from the step")
     blend: list[BlendItem] = _help("blend of the single phase used when `phases` is empty", factory=list)
     valid_blend: list[BlendItem] = _help("explicit held-out datasets (used instead of the valid split)",
                                          factory=list)
@@ -244,6 +247,11 @@ def check_config(cfg):
     if t.global_batch_size % t.micro_batch_size:
         raise ConfigError(f"train.global_batch_size ({t.global_batch_size}) must be a multiple of "
                           f"train.micro_batch_size ({t.micro_batch_size})")
+    if cfg.data.num_workers is not None and (isinstance(cfg.data.num_workers, bool)
+                                             or not isinstance(cfg.data.num_workers, int)
+                                             or cfg.data.num_workers < 0):
+        raise ConfigError(f"data.num_workers must be an integer >= 0 (0: read in the training process), got "
+                          f"{cfg.data.num_workers!r}")
     if cfg.data.seq_len < 1:
         raise ConfigError(f"data.seq_len must be >= 1, got {cfg.data.seq_len}")
     if not 0.0 <= cfg.data.valid_fraction < 1.0:

@@ -123,10 +123,15 @@ class MicroBatches:
     Labels of -100 are left out of the loss: those equal to an id in `ignore_label_ids` (data.fim.mask_pad: the
     <fim_pad> id). Such a loss mask makes micro-batches count different numbers of tokens, so it needs
     `per_token_loss` (train.calculate_per_token_loss); a masked batch without it is refused.
+
+    With `num_workers` > 0 (data.num_workers, Megatron's --num-workers) samples are read, and fill-in-the-middle
+    rearranged, by that many torch DataLoader worker processes ahead of the step (two micro-batches each), so
+    the reading overlaps the forward and backward passes. Samples depend only on their index, so the batches are
+    the same with any number of workers and on resume.
     """
 
     def __init__(self, dataset, consumed_samples, micro_batch_size, num_micro_batches, dp_rank, dp_size, device,
-                 eod_id=None, per_token_loss=False, ignore_label_ids=()):
+                 eod_id=None, per_token_loss=False, ignore_label_ids=(), num_workers=0):
         from megasnow.data.sampler import PretrainingSampler
 
         self.dataset = dataset
@@ -135,7 +140,24 @@ class MicroBatches:
         self.eod_id = eod_id
         self.per_token_loss = per_token_loss
         self.ignore_label_ids = torch.tensor(sorted({int(i) for i in ignore_label_ids}), dtype=torch.long)
-        self._it = iter(PretrainingSampler(len(dataset), consumed_samples, micro_batch_size, dp_rank, dp_size))
+
+        def sampler():
+            return PretrainingSampler(len(dataset), consumed_samples, micro_batch_size, dp_rank, dp_size)
+
+        self._indices = iter(sampler())
+        self._samples = map(lambda ids: stack_samples([dataset[int(i)] for i in ids]), sampler())
+        if num_workers > 0:
+            from torch.utils.data import DataLoader
+
+            # A second sampler over the same ids feeds the workers; the first one tells us which ids came back.
+            # fork shares the memory-mapped datasets and the tokenizer with the workers instead of pickling them
+            self._samples = iter(DataLoader(dataset, batch_sampler=sampler(), num_workers=num_workers,
+                                            collate_fn=stack_samples, pin_memory=device.type == "cuda",
+                                            multiprocessing_context="fork", worker_init_fn=_leave_signals_to_main))
+
+    def close(self):
+        """Stop the worker processes now (they also stop when this object is garbage-collected)."""
+        self._samples = self._indices = None
 
     def labels(self, samples, indices):
         """Labels [B, S] of the samples [B, S+1] with dataset ids `indices`: the next tokens. A loss mask (such as
@@ -146,10 +168,9 @@ class MicroBatches:
         return labels
 
     def next_step(self):
-        return [self._collate(next(self._it)) for _ in range(self.num_micro_batches)]
+        return [self._to_batch(next(self._indices), next(self._samples)) for _ in range(self.num_micro_batches)]
 
-    def _collate(self, indices):
-        x = torch.from_numpy(np.stack([np.asarray(self.dataset[int(i)], dtype=np.int64) for i in indices]))
+    def _to_batch(self, indices, x):
         labels = self.labels(x, indices)
         if not self.per_token_loss and bool((labels == IGNORE_INDEX).any()):  # on the host, before the copy
             raise ConfigError(f"samples {[int(i) for i in indices]} have masked labels ({IGNORE_INDEX}): a loss mask "
@@ -161,3 +182,17 @@ class MicroBatches:
 
             batch["document_ids"] = document_ids_from_tokens(batch["tokens"], self.eod_id)
         return batch
+
+
+def stack_samples(samples):
+    """One micro-batch [B, S+1] int64 tensor from B samples (the DataLoader collate_fn)."""
+    return torch.from_numpy(np.stack([np.asarray(x, dtype=np.int64) for x in samples]))
+
+
+def _leave_signals_to_main(worker_id):
+    """DataLoader worker start-up: Ctrl-C and SIGTERM reach the whole process group, but only the trainer decides
+    what they mean (finish the step, save, stop); a worker killed by them would break the step in progress."""
+    import signal
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)

@@ -59,6 +59,8 @@ class Trainer:
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         self.device = self._pick_device()
+        self.data_workers = cfg.data.num_workers if cfg.data.num_workers is not None else \
+            (2 if self.device.type == "cuda" else 0)
         self.dtype = self._pick_dtype()
         pc = cfg.parallel
         if not ps.model_parallel_is_initialized():
@@ -207,7 +209,9 @@ class Trainer:
         n_valid = cfg.train.eval_iters * gbs if cfg.train.eval_interval > 0 else 0
         self.datasets, self.phase_lengths = [], []
         self._say(f"data: building the sample indices of {len(self.phases)} phase(s) (cached beside the data, or "
-                  f"in data.cache_dir, for the next run)")
+                  f"in data.cache_dir, for the next run); read by "
+                  + (f"{self.data_workers} DataLoader worker(s) per rank (data.num_workers)" if self.data_workers
+                     else "the training process (data.num_workers=0)"))
         for i, phase in enumerate(self.phases):
             where = f"phases[{i}] ({phase.name})"
             steps = asked = phase_steps(phase, cfg)
@@ -381,7 +385,8 @@ class Trainer:
             ignore = (self.tokenizer.fim_tokens().pad,)
         return MicroBatches(dataset, consumed_samples, c.train.micro_batch_size, self.num_micro_batches, self.dp_rank,
                             self.dp_size, self.device, eod_id=self.eod_id,
-                            per_token_loss=c.train.calculate_per_token_loss, ignore_label_ids=ignore)
+                            per_token_loss=c.train.calculate_per_token_loss, ignore_label_ids=ignore,
+                            num_workers=self.data_workers)
 
     def _stop_on_signal(self):
         st, sigint = self.state, self.stop_signal == signal.SIGINT
@@ -524,6 +529,7 @@ class Trainer:
         for _ in range(n):
             micro = batches.next_step()
             total = total + self._loss_total(forward_backward(self.model_chunks, micro, forward_only=True), micro)
+        batches.close()
         loss = total.mean
         phase = self.phases[self.state.phase].name
         self.metrics.event({"kind": "eval", "step": self.state.step, "phase": phase, "loss": loss,

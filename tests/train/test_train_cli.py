@@ -119,14 +119,16 @@ def test_what_a_resume_may_change():
     assert verdicts("checkpoint.allow_config_change=true") == ([], [], False)
 
 
-def test_ctrl_c_finishes_the_step_saves_and_exits_130(tmp_path, prefix):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_ctrl_c_finishes_the_step_saves_and_exits_130(tmp_path, prefix, workers):
+    """Ctrl-C as a terminal sends it: to the whole process group, DataLoader workers (data.num_workers) included."""
     path = config(tmp_path, prefix, steps=200, checkpoint={"interval": 0, "keep_last": 0})
-    proc = subprocess.Popen(train_command(path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=train_env(), cwd=REPO)
+    proc = subprocess.Popen(train_command(path, f"data.num_workers={workers}"), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=train_env(), cwd=REPO, start_new_session=True)
     try:
         for line in proc.stdout:
             if line.startswith("step      2 |"):
-                proc.send_signal(signal.SIGINT)
+                os.killpg(proc.pid, signal.SIGINT)
                 break
         rest = proc.communicate(timeout=120)[0]
     finally:

@@ -32,11 +32,12 @@ def data(tmp_path_factory):
     return model, prefixes
 
 
-def config(tmp_path, tokenizer, prefixes, fim, steps=3, model=None, **sections):
+def config(tmp_path, tokenizer, prefixes, fim, steps=3, model=None, data_workers=None, **sections):
     blend = [{"path": prefixes[0], "repeat": 2}, {"path": prefixes[1], "repeat": 1}]
     cfg = tiny_config(tmp_path, [{"name": "only", "blend": blend, "steps": steps}],
                       model={"vocab_size": None, "max_seq_len": 128, **(model or {})},
-                      data={"tokenizer": tokenizer, "seq_len": 64, "fim": fim}, **sections)
+                      data={"tokenizer": tokenizer, "seq_len": 64, "fim": fim, "num_workers": data_workers},
+                      **sections)
     return write_config(tmp_path / "run.yaml", cfg)
 
 
@@ -101,3 +102,39 @@ def test_tokenizer_without_fim_tokens_refused_at_start_up(tmp_path, data, smollm
                                           r".*has no fill-in-the-middle tokens.*or set data\.fim\.rate=0$"):
         train_in_process(cfg)
     assert not os.path.exists(tmp_path / "log" / "metrics.jsonl")
+
+
+def test_data_workers_give_the_same_batches_and_losses(tmp_path, data):
+    """data.num_workers (DataLoader worker processes reading and FIM-rearranging ahead of the step): the same
+    micro-batches as reading in the training process, from the start and from a resume point, and the same losses
+    bit for bit."""
+    tokenizer, prefixes = data
+    fim = {"rate": 0.5, "spm_rate": 0.5, "level": "file"}
+    runs = {}
+    for workers in (0, 2):
+        out = tmp_path / f"w{workers}"
+        out.mkdir()
+        cfg = load_train_config(config(out, tokenizer, prefixes, fim, data_workers=workers))
+        try:
+            trainer = Trainer(cfg).setup()
+            assert trainer.data_workers == workers
+            train, _ = trainer.datasets[0]
+            for consumed in (0, 6):  # a resume point inside the data
+                batches = trainer._micro_batches(train, consumed)
+                steps = [batches.next_step() for _ in range(3)]
+                batches.close()
+                runs.setdefault(consumed, []).append([mb["tokens"] for step in steps for mb in step])
+            trainer.run()
+        finally:
+            state.destroy_model_parallel()
+        runs.setdefault("losses", []).append([r["loss"] for r in losses(str(out / "log"))])
+    for consumed in (0, 6):
+        plain, workers = runs[consumed]
+        assert len(plain) == len(workers) and all(torch.equal(a, b) for a, b in zip(plain, workers))
+    assert runs["losses"][0] == runs["losses"][1] and len(runs["losses"][0]) == 3
+
+
+def test_data_num_workers_must_be_a_count(tmp_path, data):
+    tokenizer, prefixes = data
+    with pytest.raises(ConfigError, match=r"^data\.num_workers must be an integer >= 0 .*got -1$"):
+        load_train_config(config(tmp_path, tokenizer, prefixes, {"rate": 0.0}, data_workers=-1))
