@@ -36,10 +36,10 @@ def main(argv=None):
     if args.command == "import" and args.gguf and args.tokenizer:
         parser.error("--tokenizer applies to --hf; a GGUF import takes the file's own tokenizer")
 
+    check_paths(args)  # before torch loads (seconds): a wrong path fails at once
     if getattr(args, "gguf", None):  # (export has no --gguf)
-        from megasnow.convert.gguf import check_gguf_file, import_from_gguf
+        from megasnow.convert.gguf import import_from_gguf
 
-        check_gguf_file(args.gguf)  # before torch and transformers load (seconds): a wrong path fails at once
         summary = import_from_gguf(args.gguf, args.output, log=lambda m: print(m, file=sys.stderr, flush=True))
     else:
         from megasnow.convert.hf_llama import export_to_hf, import_from_hf
@@ -50,6 +50,28 @@ def main(argv=None):
             summary = import_from_hf(args.hf, args.output, args.tokenizer)
     print(json.dumps(summary, indent=1))
     return 0
+
+
+def check_paths(args):
+    """Refuse a missing source or an --output that is a file, naming the flag (ConversionError)."""
+    from megasnow.convert.errors import ConversionError
+
+    if os.path.isfile(args.output):
+        raise ConversionError(f"--output {args.output} is a file; give a folder to write the "
+                              f"{'HF model' if args.command == 'export' else 'checkpoint'} into")
+    if args.command == "export" and not os.path.isdir(args.checkpoint):
+        raise ConversionError(f"--checkpoint {args.checkpoint}: no such folder (give a run's checkpoint.dir or one "
+                              f"of its step folders)")
+    if getattr(args, "hf", None):
+        if not os.path.isdir(args.hf):
+            raise ConversionError(f"--hf {args.hf}: no such folder (give a HuggingFace LlamaForCausalLM folder)")
+        if not os.path.isfile(os.path.join(args.hf, "config.json")):
+            raise ConversionError(f"--hf {args.hf}: no config.json in it (give a HuggingFace LlamaForCausalLM "
+                                  f"folder)")
+    if getattr(args, "gguf", None):
+        from megasnow.convert.gguf import check_gguf_file
+
+        check_gguf_file(args.gguf)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from megasnow.convert.hf_llama import load_full_state
 from megasnow.data.tokenizer import load_tokenizer
 from megasnow.generation.local import LocalEngine
@@ -65,17 +67,31 @@ def test_import_refuses_a_file_that_is_not_gguf(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_missing_gguf_is_refused_before_anything_loads(tmp_path):
-    missing = tmp_path / "nosuch.gguf"
+@pytest.mark.parametrize("case", ["gguf", "hf", "hf-no-config", "export", "output-is-a-file"])
+def test_wrong_paths_are_refused_before_anything_loads(tmp_path, case):
+    """Every source flag (and --output) is checked before torch and transformers load (seconds)."""
+    missing, out = tmp_path / "nosuch", tmp_path / "out"
+    (tmp_path / "empty").mkdir()
+    argv, expected = {
+        "gguf": (["import", "--gguf", f"{missing}.gguf", "--output", out], f"{missing}.gguf: no such GGUF file"),
+        "hf": (["import", "--hf", missing, "--output", out],
+               f"--hf {missing}: no such folder (give a HuggingFace LlamaForCausalLM folder)"),
+        "hf-no-config": (["import", "--hf", tmp_path / "empty", "--output", out],
+                         f"--hf {tmp_path / 'empty'}: no config.json in it (give a HuggingFace LlamaForCausalLM "
+                         f"folder)"),
+        "export": (["export", "--checkpoint", missing, "--output", out],
+                   f"--checkpoint {missing}: no such folder (give a run's checkpoint.dir or one of its step folders)"),
+        "output-is-a-file": (["export", "--checkpoint", tmp_path / "empty", "--output", REPO + "/README.md"],
+                             f"--output {REPO}/README.md is a file; give a folder to write the HF model into"),
+    }[case]
     res = subprocess.run([sys.executable, "-X", "importtime", os.path.join(REPO, "tools", "convert_checkpoint.py"),
-                          "import", "--gguf", str(missing), "--output", str(tmp_path / "out")], capture_output=True,
-                         text=True, timeout=120)
+                          *map(str, argv)], capture_output=True, text=True, timeout=120)
     assert res.returncode == 2
     lines = [x for x in res.stderr.splitlines() if not x.startswith("import time:")]
-    assert lines == [f"error: {missing}: no such GGUF file"]  # no "reading ..." line first
+    assert lines == [f"error: {expected}"]  # no "reading ..." line first
     imported = {x.split("|")[-1].strip() for x in res.stderr.splitlines() if x.startswith("import time:")}
     assert "torch" not in imported and "transformers" not in imported  # checked before the slow imports
-    assert not (tmp_path / "out").exists()
+    assert not out.exists()
 
 
 def test_gguf_header_tensor_count_and_heartbeat():
