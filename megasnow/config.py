@@ -7,6 +7,8 @@ saved beside every output.
 import copy
 import dataclasses
 import difflib
+import glob
+import os
 import types
 import typing
 
@@ -32,6 +34,18 @@ def load_config(cls, yaml_path=None, overrides=()):
             raise ConfigError(f"{yaml_path}: top level must be a mapping of config sections")
     data = apply_overrides(data, overrides)
     return from_dict(cls, data)
+
+
+def path_from_yaml_folder(path, yaml_folder, suffix=""):
+    """`path` joined to `yaml_folder` (the folder of the YAML file that set it) when it is relative and exists there
+    (`path + suffix` exists: a dataset prefix's ".idx"; a glob: matches there), else unchanged, so relative to the
+    working directory. Every stage resolves YAML paths this way, so a shipped config works from any folder."""
+    if not path or os.path.isabs(path):
+        return path
+    joined = os.path.join(yaml_folder, path)
+    if os.path.exists(joined + suffix) or (glob.has_magic(path) and glob.glob(joined + suffix)):
+        return joined
+    return path
 
 
 def apply_overrides(data, overrides):

@@ -5,7 +5,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from megasnow.config import ConfigError, describe_config, load_config
+from megasnow.config import ConfigError, describe_config, load_config, path_from_yaml_folder
 from megasnow.errors import UserError
 from megasnow.train.config import ScheduleSection
 
@@ -139,8 +139,8 @@ def load_ablation_config(yaml_path=None, overrides=()):
 
 
 def _resolve(path, base):
-    if path and not os.path.isabs(path) and os.path.exists(os.path.join(base, path)):
-        return os.path.join(base, path)
+    """Absolute: the runner hands paths to subprocesses started in other folders."""
+    path = path_from_yaml_folder(path, base)
     return os.path.abspath(path) if path else path
 
 

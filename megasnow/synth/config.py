@@ -1,11 +1,10 @@
 """Synthesis config (dataclasses loaded from YAML by megasnow.config): seeds, prompt, sampling, backend,
 post-processing, output and execution. `python tools/synthesize.py --help` lists every key with its default."""
-import glob
 import os
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
-from megasnow.config import load_config
+from megasnow.config import load_config, path_from_yaml_folder
 from megasnow.curate.config import DecontaminationConfig, FiltersConfig, NearDedupConfig
 from megasnow.generation.factory import BackendConfig
 
@@ -152,35 +151,25 @@ def _overridden(key, overrides):
     return False
 
 
-def _from_base(path, base):
-    """`path` joined to `base` when it is relative and exists there (a glob: matches there), else unchanged."""
-    if not path or os.path.isabs(path):
-        return path
-    joined = os.path.join(base, path)
-    if os.path.exists(joined) or (glob.has_magic(path) and glob.glob(joined)):
-        return joined
-    return path
-
-
 def resolve_yaml_paths(cfg, base, overrides=()):
     """Resolve in place the input paths of `cfg` that came from the YAML file in folder `base` (see
     load_synth_config); keys set by `overrides` are left alone."""
     s, pr, pp, b = cfg.seeds, cfg.prompt, cfg.postprocess, cfg.backend
     if not _overridden("seeds.documents", overrides):
-        s.documents = [_from_base(p, base) for p in s.documents]
+        s.documents = [path_from_yaml_folder(p, base) for p in s.documents]
     for key in ("scores", "language_stats", "tokenizer"):
         if not _overridden(f"seeds.{key}", overrides):
-            setattr(s, key, _from_base(getattr(s, key), base))
+            setattr(s, key, path_from_yaml_folder(getattr(s, key), base))
     if pr.template != "default" and not _overridden("prompt.template", overrides):
-        pr.template = _from_base(pr.template, base)
+        pr.template = path_from_yaml_folder(pr.template, base)
     if (pr.system or "").startswith("@") and not _overridden("prompt.system", overrides):
-        pr.system = "@" + _from_base(pr.system[1:], base)
+        pr.system = "@" + path_from_yaml_folder(pr.system[1:], base)
     if not _overridden("postprocess.reference", overrides):
-        pp.reference = [_from_base(p, base) for p in pp.reference]
+        pp.reference = [path_from_yaml_folder(p, base) for p in pp.reference]
     if not _overridden("postprocess.decontamination.benchmarks", overrides):
-        pp.decontamination.benchmarks = [_from_base(p, base) for p in pp.decontamination.benchmarks]
+        pp.decontamination.benchmarks = [path_from_yaml_folder(p, base) for p in pp.decontamination.benchmarks]
     if b.kind != "openai" and not _overridden("backend.model", overrides):  # vllm/local: a model folder
-        b.model = _from_base(b.model, base)
+        b.model = path_from_yaml_folder(b.model, base)
     if isinstance(b.options.get("chat_template"), str) and not _overridden("backend.options.chat_template",
                                                                             overrides):
-        b.options["chat_template"] = _from_base(b.options["chat_template"], base)
+        b.options["chat_template"] = path_from_yaml_folder(b.options["chat_template"], base)

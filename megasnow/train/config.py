@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Literal
 
-from megasnow.config import ConfigError, describe_config, load_config
+from megasnow.config import ConfigError, describe_config, load_config, path_from_yaml_folder
 
 
 def _help(text, default=None, factory=None):
@@ -337,13 +337,11 @@ def phase_steps(phase, cfg):
 
 
 def resolve_data_paths(cfg, base_dir):
-    """Make relative blend paths absolute against `base_dir` (the YAML's folder) when they exist there."""
+    """Take relative blend paths relative to `base_dir` (the YAML's folder) when they exist there
+    (megasnow.config.path_from_yaml_folder)."""
     def fix(items):
         for b in items:
-            if b.path and not os.path.isabs(b.path):
-                cand = os.path.join(base_dir, b.path)
-                if not os.path.exists(b.path + ".idx") and os.path.exists(cand + ".idx"):
-                    b.path = cand
+            b.path = path_from_yaml_folder(b.path, base_dir, suffix=".idx")
     fix(cfg.data.blend)
     fix(cfg.data.valid_blend)
     for p in cfg.phases:
