@@ -58,7 +58,8 @@ def load_gguf(path, log=lambda message: None):
     2 cores). `log` gets a line before each slow step and a heartbeat while it runs."""
     tensors = check_gguf_file(path)
     log(f"reading {path} with transformers: the tokenizer, then {tensors} tensors dequantized to fp32 "
-        f"(a minute or two for a 135M model on 2 cores)...")
+        f"(about a minute for a 135M model on 2 idle cores, 2-4 beside other jobs; a line every "
+        f"{HEARTBEAT_S:.0f} s meanwhile)...")
     with heartbeat(log, "loading transformers"):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
