@@ -5,9 +5,12 @@ Repository documents (StarCoder2 format) of real source files on this machine, a
 on them, samples of --seq-len tokens read in the training order. Variants, interleaved per repeat (median reported):
 plain reads; FIM at file and sample level (megasnow.data.fim: only the tokens at the cuts are re-encoded); the same
 FIM with the three pieces fully decoded and re-encoded (the reference implementations' way, for comparison); and the
-trainer's read path (MicroBatches: stacking and tensors) plain and with FIM.
+trainer's read path (MicroBatches: stacking and tensors) plain and with FIM; and the training loop as an accelerator
+sees it: a step of --step-ms milliseconds during which the host waits (time.sleep, as it waits on a GPU), fed by
+MicroBatches reading in the loop (data.num_workers 0) or by 2 DataLoader workers ahead of it (data.num_workers 2).
 
 Usage: python benchmarks/fim_dataset_throughput.py [--mb 20] [--seq-len 8192] [--samples 300] [--repeats 5]
+           [--step-ms 2 20 100]
 """
 import argparse
 import json
@@ -86,6 +89,25 @@ def trainer_rate(ds, n, batch):
     return (n // batch) * batch / (time.perf_counter() - t0)
 
 
+def loop_rate(ds, n, batch, workers, step_s):
+    """Samples/s of a training loop whose step takes `step_s` seconds of host waiting (an accelerator computing),
+    fed by MicroBatches with `workers` DataLoader workers; the first batch (worker start-up) is not timed."""
+    import torch
+
+    from megasnow.train.data import MicroBatches
+
+    mb = MicroBatches(ds, 0, batch, 1, 0, 1, torch.device("cpu"), num_workers=workers)
+    mb.next_step()
+    steps = n // batch - 1
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        mb.next_step()
+        time.sleep(step_s)
+    rate = steps * batch / (time.perf_counter() - t0)
+    mb.close()
+    return rate
+
+
 def stats(ds, transform, n):
     """FIM units per sample and the share of <fim_pad> tokens."""
     fim = transform.fim
@@ -105,6 +127,8 @@ def main():
     p.add_argument("--seq-len", type=int, default=8192)
     p.add_argument("--samples", type=int, default=300, help="samples read per variant and repeat")
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--step-ms", type=float, nargs="*", default=[2.0, 20.0, 100.0],
+                   help="simulated accelerator step times (ms per batch of 4) for the training-loop variants")
     p.add_argument("--out", default=os.path.join(HERE, "results", "fim_throughput.json"))
     args = p.parse_args()
 
@@ -130,6 +154,11 @@ def main():
         "trainer read path (MicroBatches, batch 4), plain": lambda: trainer_rate(base, n, 4),
         "trainer read path (MicroBatches, batch 4), FIM 0.5 file": lambda: trainer_rate(fim_file, n, 4),
     }
+    for step_ms in args.step_ms:
+        for workers in (0, 2):
+            for label, ds in (("plain", base), ("FIM 0.5 file", fim_file)):
+                variants[f"training loop, step {step_ms:g} ms, data.num_workers {workers}, {label}"] = \
+                    (lambda ds=ds, w=workers, s=step_ms / 1e3: loop_rate(ds, n, 4, w, s))
     for run in variants.values():  # warm the page cache and the token table
         run()
     runs = {name: [] for name in variants}
@@ -145,7 +174,11 @@ def main():
     print("| variant | samples/s (median) | vs plain | µs/sample | runs |")
     print("|---|---|---|---|---|")
     for name, v in medians.items():
-        ref = plain if "trainer" not in name else medians["trainer read path (MicroBatches, batch 4), plain"]
+        ref = plain
+        if name.startswith("trainer read path"):
+            ref = medians["trainer read path (MicroBatches, batch 4), plain"]
+        elif name.startswith("training loop"):
+            ref = medians[name.replace("FIM 0.5 file", "plain")]
         print(f"| {name} | {v:,.0f} | {v / ref:.3f} | {1e6 / v:,.0f} | {', '.join(f'{x:,.0f}' for x in runs[name])} |")
     extra = {"file": stats(fim_file, fim_file.transform, n), "sample": stats(fim_sample, fim_sample.transform, n)}
     print(f"\nFIM units per sample / <fim_pad> share of tokens: {json.dumps(extra)}")
