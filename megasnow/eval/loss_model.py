@@ -23,7 +23,8 @@ class _HFTokenizer:
 
 
 def load_loss_model(path, tokenizer=None, device="cpu"):
-    """(logits_fn, tokenizer with encode/decode, bos_id or None, context length, name) for `path`.
+    """(logits_fn, tokenizer with encode/decode, bos_id or None, context length (tokens the model reads), name) for
+    `path`.
 
     A megasnow checkpoint uses its own tokenizer file (or `tokenizer`) and no BOS (megasnow documents have none);
     a HF folder uses AutoTokenizer and the BOS its tokenizer adds by default."""
@@ -62,10 +63,10 @@ def load_loss_model(path, tokenizer=None, device="cpu"):
 
 def benchmark_solution_loss(benchmark, path, tokenizer=None, device="cpu", batch_size=8):
     """The solution loss of `benchmark` for the model at `path` (see solution_loss.solution_loss_per_task)."""
-    from megasnow.eval.solution_loss import solution_loss_per_task, tokenize_solutions
+    from megasnow.eval.solution_loss import sequence_limit, solution_loss_per_task, tokenize_solutions
 
     logits_fn, tok, bos, ctx, name = load_loss_model(path, tokenizer, device)
-    st = tokenize_solutions(benchmark.tasks, tok, ctx, bos_id=bos)
+    st = tokenize_solutions(benchmark.tasks, tok, sequence_limit(ctx), bos_id=bos)
     out = solution_loss_per_task(logits_fn, st, batch_size=batch_size, device=device)
     out["model"] = name
     return out

@@ -11,6 +11,7 @@ aligned with the downstream task). Two ways to compute it, equal up to float rou
 Tokens: prompt + solution is tokenized as one text (as a training document would be); the solution's tokens are
 those that end past the prompt (a token straddling the boundary counts as solution). A sequence longer than the
 limit loses prompt tokens from the left (at least one is kept), then solution tokens from the right; counted.
+The limit is `sequence_limit(context)`: one rule for the trainer's hook and `evaluate.py loss`.
 """
 from dataclasses import dataclass, field
 
@@ -31,6 +32,14 @@ class SolutionTokens:
     @property
     def solution_tokens(self):
         return sum(len(x) - s for x, s in zip(self.ids, self.starts))
+
+
+def sequence_limit(context):
+    """Tokens of the longest (prompt + solution) sequence a model reading `context` tokens scores in full: context + 1
+    (its inputs are the first `context` tokens; its labels the last `context`). The trainer passes data.seq_len (its
+    rows), evaluate.py the model's max_seq_len (HF: max_position_embeddings); equal for a model trained at its full
+    context."""
+    return int(context) + 1
 
 
 def prompt_token_count(tokenizer, ids, prompt):

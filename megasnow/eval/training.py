@@ -11,7 +11,7 @@ class BenchmarkLoss:
     [micro_batch_size, seq_len]; `measure` is a collective: every rank calls it at the same step."""
 
     def __init__(self, specs, tokenizer, seq_len, micro_batch_size, device="cpu", pad_id=0):
-        from megasnow.eval.solution_loss import packed_micro_batches, tokenize_solutions
+        from megasnow.eval.solution_loss import packed_micro_batches, sequence_limit, tokenize_solutions
         from megasnow.eval.tasks import load_benchmark
 
         if not specs:
@@ -22,7 +22,7 @@ class BenchmarkLoss:
             bench = load_benchmark(spec)
             name = bench.name if bench.name not in names else f"{bench.name}_{len(names)}"
             names.add(name)
-            st = tokenize_solutions(bench.tasks, tokenizer, seq_len + 1)
+            st = tokenize_solutions(bench.tasks, tokenizer, sequence_limit(seq_len))
             batches = packed_micro_batches(st, seq_len, micro_batch_size, pad_id, device)
             self.sets.append({"name": name, "batches": batches, "tasks": len(st.ids), "tokens": st.solution_tokens,
                               "truncated": st.truncated})

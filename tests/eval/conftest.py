@@ -13,3 +13,14 @@ def tiny(tmp_path_factory):
     step_dir = write_tiny_checkpoint(str(root / "ckpt"), seed=3)
     export_to_hf(step_dir, str(root / "hf"))
     return str(root / "ckpt"), str(root / "hf")
+
+
+@pytest.fixture(scope="session")
+def tiny_short(tmp_path_factory):
+    """A tiny random megasnow checkpoint folder with a short context (max_seq_len 160: most HumanEval prompts do not
+    fit, as with the quickstart's model of 256)."""
+    from megasnow.generation.tiny_model import write_tiny_checkpoint
+
+    root = tmp_path_factory.mktemp("tiny_short")
+    write_tiny_checkpoint(str(root / "ckpt"), seed=5, max_seq_len=160)
+    return str(root / "ckpt")

@@ -62,3 +62,31 @@ def test_greedy_pass_at_1_matches_generate_then_score(tiny, tmp_path):
                                 ground_truth(bench, pool, cfg, progress=False), progress=False)
     assert got["statuses"] == [(r["base_status"], r.get("base_exception")) for r in results]
     assert got["passed"] == sum(r["base_status"] == "passed" for r in results)
+
+
+def test_trainer_hook_and_evaluate_loss_agree_on_tokens_and_loss(tiny_short):
+    """One length rule (solution_loss.sequence_limit): the trainer's hook at data.seq_len = the model's max_seq_len
+    and `evaluate.py loss` (benchmark_solution_loss) count the same tokens and truncations and give the same loss
+    (they once differed by one token per truncated task)."""
+    from megasnow.convert.hf_llama import build_megasnow_model
+    from megasnow.data.tokenizer import load_tokenizer
+    from megasnow.eval.loss_model import benchmark_solution_loss
+    from megasnow.eval.tasks import load_benchmark
+    from megasnow.parallel import state
+    from megasnow.parallel.parallelize import ParallelConfig, build_model
+    from megasnow.train.checkpoint import load_model_state
+
+    model, step_dir = build_megasnow_model(tiny_short)
+    tok = load_tokenizer(os.path.join(step_dir, "tokenizer.json"))
+    spec = os.path.join(FIXTURES, "humaneval_plus_mini.jsonl")
+    hook = BenchmarkLoss([spec], tok, seq_len=model.cfg.max_seq_len, micro_batch_size=2)
+    try:
+        chunks = build_model(model.cfg, ParallelConfig(micro_batch_size=2), seed=0)
+        load_model_state(chunks[0].module, model.state_dict())
+        got = hook.measure(chunks, num_micro_batches=2)["humaneval_plus_mini"]
+    finally:
+        state.destroy_model_parallel()
+    ref = benchmark_solution_loss(load_benchmark(spec), tiny_short)
+    assert hook.sets[0]["truncated"] == ref["truncated"] >= 1  # the short context truncates some
+    assert hook.sets[0]["tokens"] == got["tokens"] == ref["tokens"]
+    assert got["loss"] == pytest.approx(ref["loss"], abs=1e-4)
