@@ -48,6 +48,9 @@ def add_generation(p):
     g.add_argument("--device", default="cpu", help="local: torch device")
     g.add_argument("--batch-size", type=int, default=16, help="local: sequences generated together; openai: "
                                                               "requests in flight")
+    g.add_argument("--skip-too-long", action="store_true",
+                   help="tasks whose prompt + --max-tokens exceed the model's context are not generated and are scored "
+                        "as failed (pass@k stays over every task; counted in the summary); without it they are refused")
 
 
 def add_execution(p):
@@ -177,6 +180,24 @@ def generation_settings(args):
                               max_tokens=args.max_tokens, seed=args.seed)
 
 
+def run_identity(args, bench, settings):
+    """What makes samples this run's: the benchmark's tasks (after --limit and --infill), backend, model, prompt
+    style, sampling and --skip-too-long. Saved beside the samples (codegen.identity_path) and compared before a
+    partial file is resumed or a finished one reused (codegen.check_identity); flat, so differing keys can be named."""
+    model = os.path.abspath(args.model) if args.backend in ("local", "vllm") and args.model else args.model
+    ident = {"benchmark": bench.fingerprint(), "limit": args.limit, "infill": args.infill,
+             "infill_per_task": args.infill_per_task, "backend": args.backend, "model": model,
+             "skip_too_long": args.skip_too_long}
+    ident.update({k: v for k, v in vars(settings).items() if k != "chunk"})
+    ident["prompt_style"] = ident.pop("style")
+    return ident
+
+
+def other_run_advice(args):
+    target = "--output" if args.command == "run" else "--output file"
+    return f"give another {target}, or delete {args.output} to start over"
+
+
 def generate(args, bench, out_path, settings):
     """Generate the samples into out_path; returns the stats. Raises GenerationFailed (every request failed: exit 2)
     or IncompleteGeneration (some failed; the finished ones are kept for the rerun)."""
@@ -185,13 +206,15 @@ def generate(args, bench, out_path, settings):
 
     try:
         with build_backend(args) as backend:
-            stats = generate_samples(backend, bench, settings, out_path)
+            stats = generate_samples(backend, bench, settings, out_path, identity=run_identity(args, bench, settings),
+                                     skip_too_long=args.skip_too_long, advice=other_run_advice(args))
     except ModelNotServedError as e:  # refused at start-up, before any request or file
         fail(e.for_flag("--model"))
     stats["settings"] = vars(settings)
     print(f"generated {stats['samples_written']} samples for {len(bench.tasks)} tasks in {stats['seconds']:.1f}s "
-          f"({stats['completion_tokens']} new tokens, {stats['resumed_tasks']} tasks resumed) -> {out_path}",
-          flush=True)
+          f"({stats['completion_tokens']} new tokens, {stats['resumed_tasks']} tasks resumed"
+          + (f", {stats['too_long_tasks']} too long for the context: not generated" if stats["too_long_tasks"] else "")
+          + f") -> {out_path}", flush=True)
     return stats
 
 
@@ -226,13 +249,17 @@ def score(args, bench, samples_path, out_dir, extra=None, samples=None):
         samples = read_samples(samples_path, bench, allow_missing=args.allow_missing)
     if args.allow_missing or extra and extra.get("generation_failed_tasks"):
         bench = bench.subset({s.task_id for s in samples})
+    skipped = [s for s in samples if s.skipped]
+    runnable = [s for s in samples if not s.skipped]
     t0 = time.monotonic()
     with cfg.pool() as pool:
-        truth = ground_truth(bench, pool, cfg)
+        run_bench = bench.subset({s.task_id for s in runnable})
+        truth = ground_truth(run_bench, pool, cfg) if runnable else {}
         t1 = time.monotonic()
-        results = check_samples(bench, samples, pool, cfg, truth)
+        results = check_samples(run_bench, runnable, pool, cfg, truth) if runnable else []
         t2 = time.monotonic()
         isolation = pool.isolation
+    results += [too_long_result(bench.by_id[s.task_id], s) for s in skipped]
     per_task, summary = score_results(bench, results, ks)
     if args.infill:
         from megasnow.eval.infilling import add_exact_match
@@ -240,7 +267,9 @@ def score(args, bench, samples_path, out_dir, extra=None, samples=None):
         add_exact_match(bench, samples, per_task, summary)
     summary.update(samples_file=os.path.abspath(samples_path), isolation=isolation,
                    seconds={"ground_truth": round(t1 - t0, 3), "execution": round(t2 - t1, 3)},
-                   samples_per_second=round(len(samples) / max(t2 - t1, 1e-9), 2), **(extra or {}))
+                   samples_per_second=round(len(runnable) / max(t2 - t1, 1e-9), 2), **(extra or {}))
+    if skipped:
+        summary["too_long"] = too_long_summary(skipped)
     loss_model = getattr(args, "loss_model", None)
     if loss_model:
         summary["solution_loss"] = solution_loss(args, bench, loss_model)
@@ -253,8 +282,33 @@ def score(args, bench, samples_path, out_dir, extra=None, samples=None):
         line += f", exact match {100 * summary['exact_match']:.1f}%"
     print(f"{bench.name}: {summary['samples']} samples of {summary['tasks']} tasks scored in {t2 - t1:.1f}s "
           f"({summary['samples_per_second']:.1f}/s): {line}"
-          + (f"; solution loss {loss['loss']:.4f}" if loss else "") + f" -> {paths['summary.json']}", flush=True)
+          + (f"; solution loss {loss['loss']:.4f}" if loss else "")
+          + (f"; {too_long_note(summary['too_long'])}" if skipped else "") + f" -> {paths['summary.json']}",
+          flush=True)
     return summary
+
+
+def too_long_result(task, sample):
+    """The result of a sample not generated because its prompt did not fit the context: failed, never run."""
+    rec = {"task_id": sample.task_id, "completion_id": sample.completion_id, "base_status": "too_long",
+           "skipped": sample.skipped}
+    if task.has_plus:
+        rec["plus_status"] = "too_long"
+    return rec
+
+
+def too_long_summary(skipped):
+    from megasnow.eval.codegen import context_tokens
+
+    tasks = list(dict.fromkeys(s.task_id for s in skipped))
+    return {"tasks": len(tasks), "context_tokens": context_tokens(skipped[0].skipped), "task_ids": tasks,
+            "first_reason": skipped[0].skipped}
+
+
+def too_long_note(t):
+    """The sentence summary.md and the final line give for tasks skipped by --skip-too-long."""
+    return (f"{t['tasks']} tasks did not fit the model's context of {t['context_tokens'] or '?'} tokens: scored as "
+            f"failed")
 
 
 def solution_loss(args, bench, model_path):
@@ -274,7 +328,7 @@ def finished_samples(partial, bench, n):
     from megasnow.eval.samples import Sample
 
     done = read_partial(partial, n)
-    return [Sample(t.task_id, j, rec.get("completion"), rec.get("solution"), partial)
+    return [Sample(t.task_id, j, rec.get("completion"), rec.get("solution"), partial, rec.get("skipped"))
             for t in bench.tasks for j, rec in enumerate(done.get(t.task_id, []))]
 
 
@@ -295,11 +349,16 @@ def check_old_samples(path):
 def run(args, bench, total, settings):
     from megasnow.eval.codegen import IncompleteGeneration
 
+    from megasnow.eval.codegen import check_identity, failure_advice
+
     samples_path = os.path.join(args.output, "samples.jsonl")
     stats = incomplete = samples = None
+    # samples of another run (model, backend, settings) are refused, never scored as this one's
+    check_identity(samples_path, run_identity(args, bench, settings), other_run_advice(args))
     if os.path.exists(samples_path):
         check_old_samples(samples_path)
-        print(f"{samples_path} exists: scoring it (delete it to generate again)", flush=True)
+        print(f"{samples_path} exists, generated with the same settings: scoring it (delete it to generate again)",
+              flush=True)
     else:
         try:
             stats = generate(args, bench, samples_path, settings)
@@ -318,8 +377,8 @@ def run(args, bench, total, settings):
     score(args, bench, samples_path if samples is None else incomplete.partial, args.output, extra, samples)
     if incomplete:
         print(f"error: only {len(bench.tasks) - stats['failed_tasks']} of {len(bench.tasks)} tasks were generated "
-              f"and scored above ({stats['failed_tasks']} failed, first: {stats['first_error']}); rerun the same "
-              f"command to retry the failed ones", file=sys.stderr, flush=True)
+              f"and scored above ({stats['failed_tasks']} failed, first: {stats['first_error']}); "
+              f"{failure_advice(stats)}", file=sys.stderr, flush=True)
         return 1
     return 0
 

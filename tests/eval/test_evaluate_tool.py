@@ -94,8 +94,39 @@ def test_run_generates_scores_and_measures_the_loss(tiny, tmp_path):
     summary = json.load(open(out / "summary.json"))
     assert set(summary["pass_at_k"]["base"]) == {"pass@1"} and summary["model"] == ckpt
     assert summary["solution_loss"]["tokens"] > 0 and summary["generation"]["samples_written"] == 3
-    proc = evaluate(*args)  # the samples exist: scored again, not regenerated
-    assert proc.returncode == 0 and "exists: scoring it" in proc.stdout
+    proc = evaluate(*args)  # the samples exist, from the same settings: scored again, not regenerated
+    assert proc.returncode == 0 and "exists, generated with the same settings: scoring it" in proc.stdout
+
+
+def test_run_refuses_samples_of_another_run(tiny, tiny_short, tmp_path):
+    """An --output holding samples (finished or partial) of another model or settings is refused (one line naming
+    the keys that differ, exit 2, nothing written), never scored as this run's; the same settings reuse them."""
+    pytest.importorskip("megasnow.generation.factory")
+    ckpt, _ = tiny
+    out = tmp_path / "run"
+    common = ["run", "--benchmark", os.path.join(FIXTURES, "mbpp_mini.jsonl"), "--backend", "local", "--output",
+              str(out), "--k", "1", "--workers", "2", "--min-time-limit", "1", "--cache-dir", str(tmp_path / "cache"),
+              "--no-loss"]
+    proc = evaluate(*common, "--model", ckpt, "--max-tokens", "8")
+    assert proc.returncode == 0, proc.stderr
+    before = {p: open(out / p, "rb").read() for p in sorted(os.listdir(out))}
+    assert "samples.jsonl.meta.json" in before
+    for other, keys in ((["--model", tiny_short, "--max-tokens", "8"], ["model ("]),
+                        (["--model", ckpt, "--max-tokens", "9"], ["max_tokens (8 there, 9 now)"]),
+                        (["--model", ckpt, "--max-tokens", "8", "--prompt-style", "chat"],
+                         ["prompt_style ('completion' there, 'chat' now)"]),
+                        (["--model", ckpt, "--max-tokens", "8", "--limit", "2"], ["benchmark (", "limit (0 there, 2 now)"])):
+        proc = evaluate(*common, *other)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1, (other, proc.stderr)
+        assert lines[0].startswith(f"error: {out / 'samples.jsonl'}: holds samples of another run: "), lines[0]
+        assert all(k in lines[0] for k in keys), lines[0]
+        assert lines[0].endswith(f"give another --output, or delete {out} to start over")
+        assert {p: open(out / p, "rb").read() for p in sorted(os.listdir(out))} == before  # nothing written
+    # a partial file of another run is refused the same way (one mechanism), not silently started over
+    os.rename(out / "samples.jsonl", out / "samples.jsonl.partial")
+    proc = evaluate(*common, "--model", ckpt, "--max-tokens", "9")
+    assert proc.returncode == 2 and "samples.jsonl.partial: holds samples of another run: max_tokens" in proc.stderr
 
 
 def test_run_refuses_bad_input_before_generating(tiny, tmp_path):
@@ -119,8 +150,8 @@ def test_run_refuses_bad_input_before_generating(tiny, tmp_path):
         assert proc.returncode == 2 and len(lines) == 1, (args, proc.stderr)
         assert lines[0].startswith("error: ") and message in lines[0], proc.stderr
         assert not out.exists()
-    out.mkdir()  # samples of an older version that recorded failed requests as samples: not scored as failures
+    out.mkdir()  # samples without the record of the run that wrote them (an older version, or made elsewhere)
     (out / "samples.jsonl").write_text(json.dumps({"task_id": "1", "completion": "", "error": "bad_request: x"}) + "\n")
     proc = evaluate(*run, "--output", str(out))
-    assert proc.returncode == 2 and "1 samples hold a failed generation" in proc.stderr
+    assert proc.returncode == 2 and "holds samples without a readable record of the run" in proc.stderr
     assert os.listdir(out) == ["samples.jsonl"]
