@@ -175,3 +175,20 @@ def test_progress_lines_while_generating(tiny, bench, tmp_path):
     beats = [x for x in lines if x.startswith("generating: ")]
     assert beats and all(re.fullmatch(r"generating: [0-4]/4 tasks in \d+s \(\d+\.\d\d tasks/s, ETA (\d+s|unknown)\)",
                                       x) for x in beats), lines
+
+
+def test_failure_advice_by_error_kind():
+    """A rerun may cure an unavailable server or a timeout; a 4xx is refused again, so the advice names what to
+    change (as tools/synthesize.py words it)."""
+    from megasnow.eval.codegen import failure_advice
+
+    assert failure_advice({"error_kinds": {"unavailable": 2, "timeout": 1}}) == (
+        "3 failed for reasons a rerun may cure (unavailable, timeout): rerun the same command to retry the failed ones")
+    bad = failure_advice({"error_kinds": {"bad_request": 1}, "first_errors": {"bad_request": "7: temperature < 0"}})
+    assert bad == ("1 were refused as bad requests (HTTP 4xx; first: 7: temperature < 0): a plain rerun is refused "
+                   "the same way; change what the message names (--model, --prompt-style, sampling flags, "
+                   "--max-tokens) and rerun")
+    both = failure_advice({"error_kinds": {"bad_request": 1, "unavailable": 1}, "first_errors": {
+        "bad_request": "3: This model's maximum context length is 256 tokens. However, you requested 300 tokens"}})
+    assert "lower --max-tokens, or pass --skip-too-long" in both and both.endswith("rerun the same command to retry "
+                                                                                  "the failed ones")

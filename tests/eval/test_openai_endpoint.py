@@ -74,7 +74,10 @@ def test_failed_requests_through_an_endpoint(tiny, tmp_path):
             assert proc.returncode == 1, proc.stderr
             last = proc.stderr.strip().splitlines()[-1]
             assert last.startswith("error: only 3 of 4 tasks were generated and scored above (1 failed, first: 4: ")
-            assert last.endswith("rerun the same command to retry the failed ones")
+            # a 400 for the context length is refused again by a rerun: the advice says what to change instead
+            assert last.endswith("a plain rerun is refused the same way; lower --max-tokens, or pass --skip-too-long "
+                                 "to score the tasks that do not fit the model's context as failed and rerun"), last
+            assert "rerun the same command" not in last
             assert "maximum context length is 1024 tokens" in last
             summary = json.load(open(out / "summary.json"))
             assert summary["tasks"] == 3 and summary["generation_failed_tasks"] == 1
@@ -83,3 +86,12 @@ def test_failed_requests_through_an_endpoint(tiny, tmp_path):
             partial = [json.loads(x) for x in open(out / "samples.jsonl.partial")]
             assert sorted(r["task_id"] for r in partial) == ["1", "2", "3"]
         assert "resuming: 3 of 4 tasks" in proc.stderr
+
+        # --skip-too-long through a server, which can tell only by its 400: the task is scored as failed
+        out = tmp_path / "skip"
+        proc = evaluate(*common, "--benchmark", str(bench), "--skip-too-long", "--output", str(out))
+        assert proc.returncode == 0, proc.stderr
+        summary = json.load(open(out / "summary.json"))
+        assert summary["tasks"] == 4 and summary["too_long"]["tasks"] == 1 and summary["too_long"]["task_ids"] == ["4"]
+        assert summary["too_long"]["context_tokens"] == 1024
+        assert "1 tasks did not fit the model's context of 1024 tokens" in proc.stdout.strip().splitlines()[-1]
