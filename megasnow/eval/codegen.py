@@ -74,9 +74,6 @@ class RunMismatch(UserError):
     """An output that holds samples (finished or partial) of a run with another identity than this one."""
 
 
-#: error kinds (GenerationResult.error_kind) a rerun may cure; the others ('bad_request', 'auth') it does not
-RETRYABLE_KINDS = ("unavailable", "timeout", "bad_response", "error")
-
 _CONTEXT = re.compile(r"context (length|size|window)|too many tokens|prompt is too long", re.I)
 _CONTEXT_TOKENS = re.compile(r"(?:maximum context length|context (?:length|size|window)) (?:is|of) (\d+)", re.I)
 
@@ -152,8 +149,9 @@ def failure_advice(stats):
         parts.append(f"{bad} were refused as bad requests (HTTP 4xx; first: {first}): a plain rerun is refused the "
                      f"same way; {todo} and rerun")
     if retry:
-        parts.append(f"{retry} failed for reasons a rerun may cure ({', '.join(k for k in kinds if k not in ('bad_request', 'auth'))}): "
-                     f"rerun the same command to retry the failed ones")
+        curable = ", ".join(k for k in kinds if k not in ("bad_request", "auth"))
+        parts.append(f"{retry} failed for reasons a rerun may cure ({curable}): rerun the same command to retry the "
+                     f"failed ones")
     return "; ".join(parts) or "rerun the same command to retry the failed ones"
 
 
@@ -290,7 +288,8 @@ def generate_samples(backend, benchmark, settings, out_path, progress=True, log=
     identity_path(out_path) and must equal the saved one to resume a partial file (RunMismatch otherwise, with
     `advice` on what to do). skip_too_long: tasks whose requests exceed the model's context (refused up front, or
     answered with a context-length error) are written as `skipped` records (skipped_record), not failed.
-    Raises GenerationFailed (a UserError) when requests are known to fail before generating (`precheck`) or when every request of the run failed (nothing is left behind then), and
+    Raises GenerationFailed (a UserError) when requests are known to fail before generating (`precheck`) or when
+    every request of the run failed (nothing is left behind then), and
     IncompleteGeneration (a UserError carrying the stats and the partial file) when only some failed: the finished
     tasks stay in `<out_path>.partial` and `out_path` is not written.
     """
@@ -384,7 +383,8 @@ def generate_samples(backend, benchmark, settings, out_path, progress=True, log=
     if missing and not done:
         _remove_if_empty(partial, meta_path, settings.n, created_dir)
         raise GenerationFailed(f"all {stats['requests']} generation requests failed: "
-                               f"{stats['first_error'] or 'the backend returned no result'}; " + failure_advice(stats))
+                               f"{stats['first_error'] or 'the backend returned no result'}; "
+                               + failure_advice(stats))
     if missing:
         raise IncompleteGeneration(
             f"{len(missing)} of {len(benchmark.tasks)} tasks failed to generate (first: "

