@@ -77,7 +77,7 @@ def first_checks(planned, answered, cfg, template, tally, dropped, progress=Fals
     pp = cfg.postprocess
     decon = get_decontaminator(pp.decontamination) if pp.decontamination.enabled else None
     survivors = []
-    for p in tqdm(planned, desc="post-process", unit="req", disable=not progress, mininterval=5, leave=False):
+    for p in tqdm(planned, desc="post-process", unit="req", disable=not progress, mininterval=5):
         lang = p.seed.lang
         counts = tally.lang(lang)
         counts["requests"] += 1
