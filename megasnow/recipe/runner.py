@@ -342,15 +342,40 @@ class AblationRunner:
             proc = subprocess.Popen(command + [cfg_path], stdout=subprocess.PIPE,
                                     stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO)
             try:
-                for line in proc.stdout:
-                    logf.write(line)
-                    logf.flush()
-                    if line.strip():
-                        self.log(f"  {label}: {line.rstrip()}")
+                self._relay(proc, logf, label)
                 return proc.wait()
             except KeyboardInterrupt:  # the child got the same Ctrl-C: let it save its checkpoint
-                proc.wait()
+                self._interrupted(proc, logf, label)
                 raise
+
+    def _relay(self, proc, logf, label):
+        """Copy the child's output lines into train.log and echo them with the run's label, until it closes."""
+        for line in proc.stdout:
+            logf.write(line)
+            logf.flush()
+            if line.strip():
+                self.log(f"  {label}: {line.rstrip()}")
+
+    def _interrupted(self, proc, logf, label):
+        """Ctrl-C reached the process group: say so at once (here and in train.log), keep relaying the child's
+        lines while it finishes its step and saves (its own "interrupted" line included), and wait for it. A second
+        Ctrl-C stops the child at once (megasnow.train's own rule), and this wait with it."""
+        note = ("Ctrl-C: the training run is finishing its step and saving a checkpoint (Ctrl-C again to stop at "
+                "once)")
+        self.log(f"{label}: {note}")
+        logf.write(f"[{time.strftime('%Y-%m-%d %H:%M:%S')}] recipe_ablation: {note}\n")
+        logf.flush()
+        try:
+            self._relay(proc, logf, label)
+            proc.wait()
+        except KeyboardInterrupt:
+            logf.write(f"[{time.strftime('%Y-%m-%d %H:%M:%S')}] recipe_ablation: second Ctrl-C: stopped at once\n")
+            logf.flush()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
     def _check_tokens(self, run_dir, steps, label):
         """The run's trained steps and tokens read back from its metrics.jsonl; must equal steps x gbs x seq_len."""
