@@ -64,6 +64,18 @@ class AblationRunner:
             self.input_counts = check_document_counts(self.cfg, log=self.log)
         return self.input_counts
 
+    def schedule_warnings(self):
+        """Warmups longer than the runs they belong to, named by this config's keys (the trainer repeats them per
+        run, named by the generated train.yaml's)."""
+        from megasnow.train.schedules import warmup_warning
+
+        c, out = self.cfg, []
+        if c.base.checkpoint is None:
+            out.append(warmup_warning("base", "phase 1", c.base.schedule, c.base.steps, "base.schedule.warmup_steps"))
+        out.append(warmup_warning("ablation", "every arm", c.ablation.schedule, self.steps,
+                                  "ablation.schedule.warmup_steps"))
+        return [line for line in out if line]
+
     def _device(self):
         want = self.cfg.runner.device
         if want == "auto":
@@ -106,6 +118,8 @@ class AblationRunner:
         n_runs = len(plan["runs"])
         self.log(f"plan: {len(self.arms)} arm(s) x {len(self.cfg.ablation.seeds)} seed(s) = {n_runs} runs; "
                  f"{plan['token_matching']}")
+        for line in self.schedule_warnings():
+            self.log(line)
         try:
             self._prepare_data()
         except UserError:

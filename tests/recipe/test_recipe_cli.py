@@ -120,6 +120,16 @@ def test_dry_run_prints_the_matched_plan(tiny_inputs, tmp_path):
                                                                  ("random", 0)]
     assert len({x["data"] for x in plan["runs"] if x["arm"] == "random"}) == 3  # one draw per seed
     assert not (tmp_path / "out").exists()
+    assert "warning" not in r.stderr
+    # warmups longer than the runs (a new-user trial: the LR never reached max_lr, silently)
+    r = _run("run", cfg, "--output", str(tmp_path / "out"), "--dry-run", "base.schedule.warmup_steps=16",
+             "ablation.schedule.warmup_steps=8")
+    assert r.returncode == 0, r.stderr
+    assert [line for line in r.stderr.splitlines() if line.startswith("warning:")] == [
+        "warning: base (phase 1) warms up for 16 steps (base.schedule.warmup_steps) but runs 4: the LR never reaches "
+        "max_lr 0.003 (peaks at 0.00075); lower base.schedule.warmup_steps or lengthen the phase",
+        "warning: ablation (every arm) warms up for 8 steps (ablation.schedule.warmup_steps) but runs 6: the LR never "
+        "reaches max_lr 0.003 (peaks at 0.00225); lower ablation.schedule.warmup_steps or lengthen the phase"]
 
 
 def test_subprocess_launcher_from_a_given_checkpoint_resumes(tiny_run, tiny_inputs, tmp_path):
