@@ -59,7 +59,10 @@ def apply_overrides(data, overrides):
             raise ConfigError(f"override {item!r} must look like key.sub=value")
         key, raw = item.split("=", 1)
         key = key.strip()
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:  # not YAML (e.g. "@file"): the text itself
+            value = raw
         parts = key.split(".")
         node, where = data, ""
         for p, nxt_part in zip(parts[:-1], parts[1:]):

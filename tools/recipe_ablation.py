@@ -127,6 +127,8 @@ def main(argv=None):
             plan = runner.plan()
             print(json.dumps(plan, indent=1) if args.json else "\n".join(_plan_lines(runner, plan,
                                                                                      os.path.abspath(args.output))))
+            for line in runner.schedule_warnings():
+                print(line, file=sys.stderr)
             return 0
     summary = runner.run(report=not args.no_report)
     print("\n".join(_summary_lines(summary, os.path.abspath(args.output))))

@@ -88,7 +88,8 @@ def main(argv=None):
     from megasnow.synth.pipeline import run_synthesis
 
     try:
-        s = run_synthesis(cfg, args.output, stage=args.stage, extra_responses=args.responses)
+        s = run_synthesis(cfg, args.output, stage=args.stage, extra_responses=args.responses,
+                          names={"seeds.documents": "--seeds"} if args.seeds else None)
     except ModelNotServedError as e:
         if args.model is None:
             raise

@@ -64,6 +64,18 @@ class AblationRunner:
             self.input_counts = check_document_counts(self.cfg, log=self.log)
         return self.input_counts
 
+    def schedule_warnings(self):
+        """Warmups longer than the runs they belong to, named by this config's keys (the trainer repeats them per
+        run, named by the generated train.yaml's)."""
+        from megasnow.train.schedules import warmup_warning
+
+        c, out = self.cfg, []
+        if c.base.checkpoint is None:
+            out.append(warmup_warning("base", "phase 1", c.base.schedule, c.base.steps, "base.schedule.warmup_steps"))
+        out.append(warmup_warning("ablation", "every arm", c.ablation.schedule, self.steps,
+                                  "ablation.schedule.warmup_steps"))
+        return [line for line in out if line]
+
     def _device(self):
         want = self.cfg.runner.device
         if want == "auto":
@@ -106,6 +118,8 @@ class AblationRunner:
         n_runs = len(plan["runs"])
         self.log(f"plan: {len(self.arms)} arm(s) x {len(self.cfg.ablation.seeds)} seed(s) = {n_runs} runs; "
                  f"{plan['token_matching']}")
+        for line in self.schedule_warnings():
+            self.log(line)
         try:
             self._prepare_data()
         except UserError:
@@ -342,15 +356,40 @@ class AblationRunner:
             proc = subprocess.Popen(command + [cfg_path], stdout=subprocess.PIPE,
                                     stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO)
             try:
-                for line in proc.stdout:
-                    logf.write(line)
-                    logf.flush()
-                    if line.strip():
-                        self.log(f"  {label}: {line.rstrip()}")
+                self._relay(proc, logf, label)
                 return proc.wait()
             except KeyboardInterrupt:  # the child got the same Ctrl-C: let it save its checkpoint
-                proc.wait()
+                self._interrupted(proc, logf, label)
                 raise
+
+    def _relay(self, proc, logf, label):
+        """Copy the child's output lines into train.log and echo them with the run's label, until it closes."""
+        for line in proc.stdout:
+            logf.write(line)
+            logf.flush()
+            if line.strip():
+                self.log(f"  {label}: {line.rstrip()}")
+
+    def _interrupted(self, proc, logf, label):
+        """Ctrl-C reached the process group: say so at once (here and in train.log), keep relaying the child's
+        lines while it finishes its step and saves (its own "interrupted" line included), and wait for it. A second
+        Ctrl-C stops the child at once (megasnow.train's own rule), and this wait with it."""
+        note = ("Ctrl-C: the training run is finishing its step and saving a checkpoint (Ctrl-C again to stop at "
+                "once)")
+        self.log(f"{label}: {note}")
+        logf.write(f"[{time.strftime('%Y-%m-%d %H:%M:%S')}] recipe_ablation: {note}\n")
+        logf.flush()
+        try:
+            self._relay(proc, logf, label)
+            proc.wait()
+        except KeyboardInterrupt:
+            logf.write(f"[{time.strftime('%Y-%m-%d %H:%M:%S')}] recipe_ablation: second Ctrl-C: stopped at once\n")
+            logf.flush()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
     def _check_tokens(self, run_dir, steps, label):
         """The run's trained steps and tokens read back from its metrics.jsonl; must equal steps x gbs x seq_len."""

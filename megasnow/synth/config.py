@@ -78,6 +78,10 @@ class SamplingConfig:
 class PostprocessConfig:
     require_stop: bool = field(default=True, metadata={"help": "drop completions whose finish_reason is not stop"})
     syntax_check: bool = field(default=True, metadata={"help": "Python: ast; others: tree-sitter grammars"})
+    min_lines: int = field(default=3, metadata={
+        "help": "drop an output with fewer non-blank lines (a fragment, not a pretraining file); 0: off"})
+    min_chars: int = field(default=20, metadata={
+        "help": "drop an output with fewer non-whitespace characters; 0: off"})
     seed_copy_ngram: int = field(default=5, metadata={"help": "word n-gram size of the seed-copy check"})
     seed_copy_threshold: float = field(default=0.5, metadata={
         "help": "drop an output when this fraction of its n-grams occur in its seed"})
@@ -88,6 +92,11 @@ class PostprocessConfig:
     reference_text_field: str = "text"
     filters: FiltersConfig = field(default_factory=FiltersConfig)
     decontamination: DecontaminationConfig = field(default_factory=DecontaminationConfig)
+
+    def __post_init__(self):
+        if self.min_lines < 0 or self.min_chars < 0:
+            raise ValueError(f"postprocess.min_lines ({self.min_lines}) and postprocess.min_chars "
+                             f"({self.min_chars}) must be >= 0 (0: off)")
 
 
 @dataclass

@@ -132,8 +132,28 @@ def start_backend(cfg):
     return backend
 
 
-def run_synthesis(cfg, output, stage="all", extra_responses=()):
-    """Run `stage` ('all', 'generate' or 'postprocess') into `output`; returns the summary dict."""
+def check_postprocess_inputs(cfg, names=None):
+    """The reference shards and benchmark files of the post-processing exist (UserError naming the key)."""
+    from megasnow.utils.records import expand_inputs
+
+    names = names or {}
+    pp = cfg.postprocess
+    if pp.reference:
+        try:
+            expand_inputs(pp.reference)
+        except UserError as e:
+            raise UserError(f"{names.get('postprocess.reference', 'postprocess.reference')}: {e}") from None
+    if pp.decontamination.enabled:
+        for path in pp.decontamination.benchmarks:
+            if not os.path.isfile(path):
+                raise UserError(f"postprocess.decontamination.benchmarks: {path!r} is not a file; check the path")
+
+
+def run_synthesis(cfg, output, stage="all", extra_responses=(), names=None):
+    """Run `stage` ('all', 'generate' or 'postprocess') into `output`; returns the summary dict.
+
+    Every input path is checked before anything is written or asked; `names` maps a config key to the flag the
+    user set it with (e.g. {"seeds.documents": "--seeds"}) so that the error names what they typed."""
     if stage not in STAGES:
         raise UserError(f"stage must be one of {STAGES}, got {stage!r}")
     if cfg.execution.shard_index is not None and stage == "postprocess":
@@ -141,7 +161,9 @@ def run_synthesis(cfg, output, stage="all", extra_responses=()):
                         "pass the drivers' folders with --responses)")
     start = time.perf_counter()
     template = load_template(cfg.prompt)  # refused before anything else happens
-    check_inputs(cfg.seeds)
+    check_inputs(cfg.seeds, names)
+    if stage in ("all", "postprocess"):
+        check_postprocess_inputs(cfg, names)
     for folder in extra_responses:
         if not os.path.isdir(folder):
             raise UserError(f"--responses {folder}: not a folder (give the --output folder of another driver)")

@@ -1,7 +1,9 @@
 """Turn cached responses into training documents, counting every drop by reason and language.
 
 Checks, in order (the first one an output fails is its reason): finish_reason_<x> (not 'stop'), no_code_block /
-unclosed_code_block / wrong_language / empty_code_block (extract.py), syntax_error (syntax.py), copies_seed
+unclosed_code_block / wrong_language / empty_code_block (extract.py), syntax_error (syntax.py), too_short (fewer
+than min_lines non-blank lines or min_chars non-whitespace characters: a fragment, which the StarCoder filters let
+through), copies_seed
 (word n-gram overlap with the seed), filter_<name> (StarCoder filters of megasnow.curate), contaminated (benchmark
 decontamination of megasnow.curate), duplicate_exact / duplicate_near (among outputs, earliest kept),
 reference_exact / reference_near (a file of the phase-1/2 corpus). Requests never answered count as not_answered.
@@ -34,6 +36,14 @@ def seed_overlap(code, seed, ngram):
     if len(out) == 0:
         return 0.0
     return sorted_intersection_size(out, shingle_set(seed, ngram)) / len(out)
+
+
+def too_short(code, min_lines, min_chars):
+    """Whether `code` has fewer than `min_lines` non-blank lines or `min_chars` non-whitespace characters (0: that
+    bound is off): too small to be a useful pretraining document, e.g. two lines cut out of a function."""
+    if min_lines and sum(1 for line in code.splitlines() if line.strip()) < min_lines:
+        return True
+    return bool(min_chars) and len("".join(code.split())) < min_chars
 
 
 def file_extension(lang):
@@ -77,7 +87,7 @@ def first_checks(planned, answered, cfg, template, tally, dropped, progress=Fals
     pp = cfg.postprocess
     decon = get_decontaminator(pp.decontamination) if pp.decontamination.enabled else None
     survivors = []
-    for p in tqdm(planned, desc="post-process", unit="req", disable=not progress, mininterval=5, leave=False):
+    for p in tqdm(planned, desc="post-process", unit="req", disable=not progress, mininterval=5):
         lang = p.seed.lang
         counts = tally.lang(lang)
         counts["requests"] += 1
@@ -114,6 +124,10 @@ def first_checks(planned, answered, cfg, template, tally, dropped, progress=Fals
                     continue
                 if ok is None:
                     tally.note(f"syntax_unchecked_{lang}")
+            if too_short(code, pp.min_lines, pp.min_chars):
+                reject("too_short", {"lines": sum(1 for line in code.splitlines() if line.strip()),
+                                     "chars": len("".join(code.split()))})
+                continue
             overlap = seed_overlap(code, p.seed.text, pp.seed_copy_ngram)
             if overlap >= pp.seed_copy_threshold:
                 reject("copies_seed", round(overlap, 3))

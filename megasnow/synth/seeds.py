@@ -180,8 +180,8 @@ def scan_candidates(cfg, report, progress=True):
     wanted = {canonical_language(lang) or lang for lang in cfg.languages}
     cands, current, scores = [], None, {}
     records = read_shards(cfg.documents, report, on_damaged=lambda d: warn(d.describe()))
-    for path, pos, rec in tqdm(records, desc="seed documents", unit="doc", disable=not progress, mininterval=5,
-                               leave=False):
+    # leave=True: the closing line keeps the count read (a log shows the bar's first frame, "0doc", otherwise)
+    for path, pos, rec in tqdm(records, desc="seed documents", unit="doc", disable=not progress, mininterval=5):
         where = f"{path}:{pos}"
         if score_files and path != current:
             current, scores = path, _read_scores(score_files[os.path.abspath(path)])
@@ -280,9 +280,28 @@ def _extract(cfg, picks, report):
     return seeds
 
 
-def check_inputs(cfg):
-    """Fail at start-up (UserError) when seeds.documents names no file."""
+def check_inputs(cfg, names=None):
+    """Fail at start-up (UserError naming the flag or key) when an input path of the seeds section names nothing:
+    documents, scores, language_stats, tokenizer. `names` maps a key (e.g. "seeds.documents") to what the user
+    typed instead (e.g. "--seeds") where it came from a flag."""
+    names = names or {}
+
+    def name(key):
+        return names.get(key, key)
+
     if not cfg.documents:
         raise UserError("seeds.documents is empty: give the phase-2 documents (e.g. the selection output folder) "
                         "with --seeds or seeds.documents=[...]")
-    expand_inputs(cfg.documents)
+    try:
+        expand_inputs(cfg.documents)
+    except UserError as e:
+        raise UserError(f"{name('seeds.documents')}: {e}") from None
+    if cfg.scores and not os.path.isdir(cfg.scores):
+        raise UserError(f"{name('seeds.scores')}: {cfg.scores} is not a folder (give the output folder of "
+                        f"`tools/annotate.py score`, or null)")
+    if cfg.language_stats and not os.path.isfile(cfg.language_stats):
+        raise UserError(f"{name('seeds.language_stats')}: {cfg.language_stats} is not a file (give curate's "
+                        f"stats.json or a selection_report.json, or null)")
+    if cfg.mode == "head" and cfg.tokenizer and not os.path.exists(cfg.tokenizer):
+        raise UserError(f"{name('seeds.tokenizer')}: {cfg.tokenizer} does not exist (give a SentencePiece .model "
+                        f"or a tokenizer.json, or null)")

@@ -1,10 +1,12 @@
-"""Does generated code parse? Python with the standard `ast` module; the other recipe languages with tree-sitter
+"""Does generated code parse? Python with the built-in compiler; the other recipe languages with tree-sitter
 grammars from tree-sitter-language-pack (the 0.x wheels bundle them; no download at run time).
 
 tree-sitter parsers recover from errors, so "parses" means the tree has no ERROR or MISSING node. Grammars do
-not expand macros: macro-heavy C/C++ can be flagged though a compiler would accept it.
+not expand macros: macro-heavy C/C++ can be flagged though a compiler would accept it. Some grammars accept
+statements at the top level (to parse snippets); a top-level `return` is refused where the language forbids it
+(ECMAScript scripts and modules, Java, C, C++, Go, Rust): such a "file" is a fragment cut out of a function.
+Python is compiled (not only parsed), which refuses `return`/`yield`/`await` outside a function the same way.
 """
-import ast
 import functools
 import warnings
 
@@ -13,6 +15,9 @@ GRAMMARS = {"java": "java", "cpp": "cpp", "c": "c", "javascript": "javascript", 
             "go": "go", "typescript": "typescript", "sql": "sql", "ruby": "ruby", "rust": "rust", "scala": "scala",
             "kotlin": "kotlin", "shell": "bash", "dart": "dart", "swift": "swift"}
 PYTHON_LIKE = ("python", "jupyter")
+# languages whose files cannot hold a top-level return (C# 9 top-level statements, PHP, Ruby, shell, Scala and
+# Kotlin scripts can); Rust's grammar wraps it as expression_statement(return_expression)
+NO_TOP_LEVEL_RETURN = ("javascript", "typescript", "java", "c", "cpp", "go", "rust")
 
 
 @functools.lru_cache(maxsize=None)
@@ -29,9 +34,9 @@ def python_ok(code):
     try:
         with warnings.catch_warnings():  # invalid escape sequences etc. are warnings, not errors
             warnings.simplefilter("ignore")
-            ast.parse(code)
+            compile(code, "<synthesized>", "exec", dont_inherit=True)  # also 'return' outside function etc.
         return True
-    except (SyntaxError, ValueError, RecursionError, MemoryError):
+    except (SyntaxError, ValueError, OverflowError, RecursionError, MemoryError):
         return False
 
 
@@ -45,7 +50,15 @@ def syntax_ok(code, lang):
         return None
     if lang == "php" and "<?php" not in code and "<?=" not in code:
         code = "<?php\n" + code  # the grammar reads text before the opening tag as inline HTML
-    return not parser.parse(code.encode("utf-8")).root_node.has_error
+    root = parser.parse(code.encode("utf-8")).root_node
+    if root.has_error:
+        return False
+    if lang in NO_TOP_LEVEL_RETURN:
+        for node in root.children:
+            if node.type == "return_statement" or (node.type == "expression_statement" and node.named_child_count
+                                                   and node.named_children[0].type == "return_expression"):
+                return False
+    return True
 
 
 def checkable_languages():

@@ -36,3 +36,15 @@ def lr_at(step, schedule, total_steps):
     if s.style == "linear":
         return s.min_lr + (s.max_lr - s.min_lr) * (1.0 - progress)
     raise ValueError(f"schedule.style: unknown schedule {s.style!r}")
+
+
+def warmup_warning(where, name, schedule, total_steps, key):
+    """A one-line warning when a phase of `total_steps` steps is shorter than its warmup, so that its LR never
+    reaches max_lr (it peaks at lr_at(total_steps - 1)); None when the warmup fits. `where`/`name` name the phase
+    (e.g. "phases[1]", "arm") and `key` the warmup's config key (e.g. "phases[1].schedule.warmup_steps")."""
+    warmup = schedule.warmup_steps
+    if total_steps is None or warmup <= total_steps:
+        return None
+    peak = lr_at(total_steps - 1, schedule, total_steps)
+    return (f"warning: {where} ({name}) warms up for {warmup} steps ({key}) but runs {total_steps}: the LR never "
+            f"reaches max_lr {schedule.max_lr:g} (peaks at {peak:.3g}); lower {key} or lengthen the phase")

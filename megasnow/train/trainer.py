@@ -91,6 +91,7 @@ class Trainer:
         self.eod_id = self._document_mask_eod()
         self.fim = self._fim_transforms()
         self._build_datasets()
+        self._warnings = self._schedule_warnings()
         self.model_chunks = self._build_model()
         self.optimizer = self._build_optimizer()
 
@@ -109,6 +110,8 @@ class Trainer:
                                 "message": f"resumed from {self.resume_from} at step {self.state.step}"})
         for note in self._notes:
             self.metrics.event({"kind": "note", "step": self.state.step, "message": note})
+        for line in self._warnings:
+            self.metrics.event({"kind": "warning", "step": self.state.step, "message": line})
         # Work done every N steps, after the step and before its checkpoint: (interval, function). Benchmark
         # evaluation during training plugs in here as one more pair; each runs every `interval` steps and at
         # the end of each phase (an interval of 0 switches it off).
@@ -139,6 +142,20 @@ class Trainer:
         except UserError as e:
             raise ConfigError(f"eval.benchmark_files: {e}") from None
         return hooks
+
+    def _schedule_warnings(self):
+        """Start-up warnings about the LR schedules: a phase shorter than its warmup never reaches max_lr."""
+        from megasnow.train.schedules import warmup_warning
+
+        out = []
+        for i, (phase, steps) in enumerate(zip(self.phases, self.phase_lengths)):
+            where = f"phases[{i}]" if self.cfg.phases else "train"
+            own = self.cfg.phases and self.cfg.phases[i].schedule is not None
+            key = f"phases[{i}].schedule.warmup_steps" if own else "schedule.warmup_steps"
+            line = warmup_warning(where, phase.name, phase.schedule, steps, key)
+            if line:
+                out.append(line)
+        return out
 
     def _say(self, message):
         """A start-up progress line (before the metrics logger exists), from the logging rank."""

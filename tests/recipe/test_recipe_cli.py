@@ -120,6 +120,16 @@ def test_dry_run_prints_the_matched_plan(tiny_inputs, tmp_path):
                                                                  ("random", 0)]
     assert len({x["data"] for x in plan["runs"] if x["arm"] == "random"}) == 3  # one draw per seed
     assert not (tmp_path / "out").exists()
+    assert "warning" not in r.stderr
+    # warmups longer than the runs (a new-user trial: the LR never reached max_lr, silently)
+    r = _run("run", cfg, "--output", str(tmp_path / "out"), "--dry-run", "base.schedule.warmup_steps=16",
+             "ablation.schedule.warmup_steps=8")
+    assert r.returncode == 0, r.stderr
+    assert [line for line in r.stderr.splitlines() if line.startswith("warning:")] == [
+        "warning: base (phase 1) warms up for 16 steps (base.schedule.warmup_steps) but runs 4: the LR never reaches "
+        "max_lr 0.003 (peaks at 0.00075); lower base.schedule.warmup_steps or lengthen the phase",
+        "warning: ablation (every arm) warms up for 8 steps (ablation.schedule.warmup_steps) but runs 6: the LR never "
+        "reaches max_lr 0.003 (peaks at 0.00225); lower ablation.schedule.warmup_steps or lengthen the phase"]
 
 
 def test_subprocess_launcher_from_a_given_checkpoint_resumes(tiny_run, tiny_inputs, tmp_path):
@@ -155,3 +165,47 @@ def test_report_command(tiny_run, tmp_path):
     assert r.stdout.startswith("report (ablation layout): " + md) and os.path.exists(md)
     r = _run("report", str(tmp_path / "empty"))
     assert r.returncode == 2 and r.stderr.startswith("error: ") and "neither an ablation folder" in r.stderr
+
+
+def test_ctrl_c_during_a_subprocess_run_says_so_at_once_logs_it_and_resumes(tiny_run, tiny_inputs, tmp_path):
+    """Ctrl-C (SIGINT to the process group) while `python -m megasnow.train` runs an arm: the runner prints its
+    line before the trainer's own "interrupted" line, both reach the run's train.log, exit 130, and a rerun
+    resumes from the saved checkpoint."""
+    import signal
+
+    base_ckpt = os.path.join(tiny_run[0], "base", "ckpt")
+    cfg = tiny_config(tiny_inputs, **{"ablation.arms": ["random"], "ablation.seeds": [0],
+                                      "ablation.budget_tokens": 400 * 40})
+    cfg["base"] = {"checkpoint": base_ckpt}
+    cfg["runner"]["launcher"] = "subprocess"
+    path = write_config(str(tmp_path / "cfg.yaml"), cfg)
+    out = str(tmp_path / "out")
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1",
+               HF_HUB_OFFLINE="1")
+    proc = subprocess.Popen([sys.executable, TOOL, "run", path, "--output", out, "--no-report"], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO, start_new_session=True)
+    lines = []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if "random seed 0 (1/1): step " in line:  # the trainer is stepping: Ctrl-C as a terminal sends it
+                os.killpg(proc.pid, signal.SIGINT)
+                break
+        lines += proc.stdout.readlines()
+        rc = proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    text = "".join(lines)
+    assert rc == 130, text
+    note = "Ctrl-C: the training run is finishing its step and saving a checkpoint (Ctrl-C again to stop at once)"
+    assert f"random seed 0 (1/1): {note}" in text
+    assert text.index(note) < text.index("interrupted (Ctrl-C): saved a checkpoint at step"), text
+    assert text.rstrip().splitlines()[-1].startswith("recipe_ablation.py: interrupted (Ctrl-C)"), text
+    with open(os.path.join(out, "arms", "random", "seed0", "train.log")) as f:
+        log = f.read()
+    assert f"recipe_ablation: {note}" in log and "interrupted (Ctrl-C): saved a checkpoint at step" in log
+    assert log.index(note) < log.index("interrupted (Ctrl-C): saved")
+    r = _run("run", path, "--output", out, "--no-report")
+    assert r.returncode == 0, r.stderr[-2000:] + r.stdout[-2000:]
+    assert "resum" in r.stdout.lower() and "runs: 1 of 1 finished" in r.stdout

@@ -43,4 +43,4 @@ def read_jsonl(path):
 # checks that gibberish from a random tiny model cannot pass: off where a test needs outputs to compare
 LENIENT = ["prompt.style=completion", 'prompt.answer_prefix="```{{fence}}\\n"', 'prompt.answer_suffix="\\n```\\n"',
            "postprocess.syntax_check=false", "postprocess.require_stop=false", "postprocess.filters.enabled=false",
-           "postprocess.decontamination.enabled=false"]
+           "postprocess.decontamination.enabled=false", "postprocess.min_lines=0", "postprocess.min_chars=0"]

@@ -18,6 +18,7 @@ VALID = {
     "go": "package main\n\nimport \"fmt\"\n\nfunc area(w, h int) int {\n\treturn w * h\n}\n\nfunc main() {\n"
           "\tfmt.Println(area(2, 3))\n}\n",
     "sql": "CREATE TABLE boxes (id INTEGER PRIMARY KEY, w INTEGER, h INTEGER);\n\n"
+           "INSERT INTO boxes (w, h) VALUES (2, 3);\n"
            "SELECT id, w * h AS area FROM boxes WHERE w > 0 ORDER BY area DESC;\n",
     "ruby": "def area(w, h)\n  w * h\nend\n\nputs area(2, 3)\n",
     "rust": "fn area(w: u32, h: u32) -> u32 {\n    w * h\n}\n\nfn main() {\n    println!(\"{}\", area(2, 3));\n}\n",
@@ -48,4 +49,26 @@ BROKEN = {
     "shell": "area() {\n  echo $(( $1 * $2 ))\n\narea 2 3\n",
     "dart": "int area(int w, int h) {\n  return w * (h;\n}\n",
     "swift": "func area(_ w: Int, _ h: Int) -> Int {\n    return w * (h\n}\n",
+}
+
+# a valid file of two non-blank lines per recipe language: too short to keep (postprocess.min_lines, default 3)
+SHORT = {
+    "python": "import math\nprint(math.pi)\n",
+    "jupyter": "import math\nprint(math.pi)\n",
+    "java": "class Area {\n}\n",
+    "cpp": "#include <cstdio>\nint main() { return 0; }\n",
+    "c": "#include <stdio.h>\nint main(void) { return 0; }\n",
+    "javascript": "const a = 1;\nconsole.log(a);\n",
+    "typescript": "const a: number = 1;\nconsole.log(a);\n",
+    "php": "<?php\necho 1;\n",
+    "csharp": "using System;\nclass Area { }\n",
+    "go": "package main\nfunc main() {}\n",
+    "sql": "SELECT 1;\nSELECT 2;\n",
+    "ruby": "x = 1\nputs x\n",
+    "rust": "fn main() {\n}\n",
+    "scala": "object Area {\n}\n",
+    "kotlin": "fun main() {\n}\n",
+    "shell": "#!/bin/bash\necho hi\n",
+    "dart": "void main() {\n}\n",
+    "swift": "let a = 1\nprint(a)\n",
 }

@@ -3,7 +3,7 @@ import pytest
 
 from megasnow.synth.extract import code_blocks, fence_language, select_code
 from megasnow.synth.syntax import checkable_languages, syntax_ok
-from tests.synth.programs import BROKEN, VALID
+from tests.synth.programs import BROKEN, SHORT, VALID
 
 LANGS = sorted(VALID)
 
@@ -12,6 +12,17 @@ LANGS = sorted(VALID)
 def test_syntax_valid_and_broken_per_language(lang):
     assert syntax_ok(VALID[lang], lang) is True
     assert syntax_ok(BROKEN[lang], lang) is False
+    assert syntax_ok(SHORT[lang], lang) is True  # dropped as too_short, not as a syntax error
+
+
+@pytest.mark.parametrize("lang", ["python", "javascript", "typescript", "java", "c", "cpp", "go", "rust"])
+def test_top_level_return_is_a_syntax_error(lang):
+    """A fragment cut out of a function (the grammars, and Python's ast.parse, accept it to parse snippets)."""
+    assert syntax_ok("return 1\n" if lang == "python" else "return 1;\n", lang) is False
+    if lang == "javascript":
+        assert syntax_ok("  return out.join('')\n  .trim()\n", lang) is False
+    if lang == "python":
+        assert syntax_ok("for x in y:\n    pass\nbreak\n", lang) is False
 
 
 def test_every_recipe_language_is_checkable_offline():

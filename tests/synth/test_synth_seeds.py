@@ -9,7 +9,7 @@ from megasnow.config import from_dict
 from megasnow.curate.documents import repo_documents
 from megasnow.errors import UserError
 from megasnow.synth.config import SeedsConfig
-from megasnow.synth.seeds import (head_snippet, language_shares, largest_remainder, load_language_weights,
+from megasnow.synth.seeds import (check_inputs, head_snippet, language_shares, largest_remainder, load_language_weights,
                                   plan_seeds, split_document, TokenCounter)
 from tests.curate.corpus import stdlib_file
 
@@ -155,6 +155,27 @@ def test_bad_records_are_skipped_and_reported_with_file_and_line(tmp_path, seed_
     assert f"{path}:6: unknown language in field 'lang': 'brainfork'" in plan.read["skipped_examples"]
     err = capsys.readouterr().err
     assert f"warning: seed record skipped: {path}:3: bad JSON" in err
+
+
+def test_progress_line_ends_with_the_count_read(tmp_path, seed_docs, capsys):
+    plan = plan_seeds(seeds_cfg(tmp_path, num_seeds=4), progress=True)
+    err = capsys.readouterr().err
+    # the bar's last frame stays (a log used to show only its first one, "0doc")
+    assert plan.read["records"] == 18
+    assert err.split("\r")[-1].startswith(f"seed documents: {plan.read['records']}doc ["), err
+
+
+def test_missing_seed_inputs_name_the_key_or_flag(tmp_path, seed_docs):
+    cases = [({"documents": [str(tmp_path / "nope")]}, "seeds.documents: input "),
+             ({"scores": str(tmp_path / "nope")}, "seeds.scores: "),
+             ({"language_stats": str(tmp_path / "nope")}, "seeds.language_stats: "),
+             ({"mode": "head", "tokenizer": str(tmp_path / "nope")}, "seeds.tokenizer: ")]
+    for kw, start in cases:
+        with pytest.raises(UserError) as e:
+            check_inputs(seeds_cfg(tmp_path, **kw))
+        assert str(e.value).startswith(start) and str(tmp_path / "nope") in str(e.value), str(e.value)
+    with pytest.raises(UserError, match=r"^--seeds: input '.*nope' matches no file"):
+        check_inputs(seeds_cfg(tmp_path, documents=[str(tmp_path / "nope")]), {"seeds.documents": "--seeds"})
 
 
 def test_no_usable_documents_is_a_user_error(tmp_path):

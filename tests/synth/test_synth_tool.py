@@ -74,7 +74,12 @@ def test_unreachable_url_fails_after_bounded_retries_leaving_nothing(tmp_path, s
 
 def test_user_mistakes_are_one_line_errors(tmp_path, seed_shard):
     cases = [
-        (["--seeds", str(tmp_path / "missing.jsonl")], "matches no file"),
+        (["--seeds", str(tmp_path / "missing.jsonl")], f"--seeds: input '{tmp_path / 'missing.jsonl'}' matches no"),
+        ([f"seeds.documents=[{tmp_path / 'missing.jsonl'}]"], "seeds.documents: input "),
+        (["--seeds", seed_shard, "prompt.system=@/no/such/file"], "prompt.system: /no/such/file is not a file"),
+        (["--seeds", seed_shard, "postprocess.reference=[/no/such]"], "postprocess.reference: input '/no/such'"),
+        (["--seeds", seed_shard, "postprocess.decontamination.benchmarks=[/no/such]"],
+         "postprocess.decontamination.benchmarks: '/no/such' is not a file"),
         (["--seeds", seed_shard, "seeds.colour=red"], "unknown config key seeds.colour"),
         (["--seeds", seed_shard, "--shard", "3/2"], "--shard '3/2': write it as INDEX/COUNT"),
         (["--seeds", seed_shard, "seeds.python_fraction=2"], "python_fraction must be in [0, 1]"),

@@ -57,3 +57,35 @@ def test_explicit_decay_steps():
     s = ScheduleSection(style="linear", max_lr=1.0, min_lr=0.0, warmup_steps=0, decay_steps=10)
     assert lr_at(5, s, 1000) == pytest.approx(0.5)
     assert lr_at(20, s, 1000) == 0.0
+
+
+def test_warmup_longer_than_the_phase_is_named_with_its_key():
+    from megasnow.train.schedules import warmup_warning
+
+    s = ScheduleSection(style="linear", max_lr=1e-3, min_lr=0.0, warmup_steps=8)
+    line = warmup_warning("phases[1]", "arm", s, 7, "phases[1].schedule.warmup_steps")
+    assert line == ("warning: phases[1] (arm) warms up for 8 steps (phases[1].schedule.warmup_steps) but runs 7: "
+                    "the LR never reaches max_lr 0.001 (peaks at 0.000875); lower phases[1].schedule.warmup_steps "
+                    "or lengthen the phase")
+    assert lr_at(6, s, 7) == pytest.approx(0.000875)
+    assert warmup_warning("phases[1]", "arm", s, 8, "k") is None  # max_lr at the last step: fits
+    assert warmup_warning("train", "main", s, None, "k") is None
+
+
+def test_trainer_warns_at_start_up_per_phase(tmp_path, capsys):
+    """Phase 0 inherits the top-level schedule (warmup 16 > 3 steps), phase 1 has its own (warmup 2 <= 2 steps)."""
+    from tests.train.helpers import losses, real_code_files, tiny_config, train_in_process, write_byte_dataset, \
+        write_config
+
+    prefix = write_byte_dataset(str(tmp_path / "code"), real_code_files(limit=8))
+    own = {"style": "linear", "max_lr": 1e-3, "min_lr": 0.0, "warmup_steps": 2}
+    cfg = tiny_config(tmp_path, [{"name": "base", "blend": [{"path": prefix}], "steps": 3},
+                                 {"name": "arm", "blend": [{"path": prefix}], "steps": 2, "schedule": own}],
+                      schedule={"style": "cosine", "max_lr": 3e-3, "min_lr": 3e-4, "warmup_steps": 16},
+                      checkpoint={"dir": None})
+    train_in_process(write_config(tmp_path / "run.yaml", cfg))
+    want = ("warning: phases[0] (base) warms up for 16 steps (schedule.warmup_steps) but runs 3: the LR never "
+            "reaches max_lr 0.003 (peaks at 0.000563); lower schedule.warmup_steps or lengthen the phase")
+    out = capsys.readouterr().out
+    assert [line for line in out.splitlines() if "warning" in line] == [want]  # phase 1's warmup fits
+    assert [r["message"] for r in losses(str(tmp_path / "log"), "warning")] == [want]
