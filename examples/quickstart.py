@@ -7,13 +7,13 @@ an HF export and a loss-curve PNG.
   python examples/quickstart.py [--workdir runs/quickstart] [--ci] [--threads N]
 Every stage skips work whose outputs exist, so a rerun resumes (training resumes from its last checkpoint).
 """
-import argparse
 import atexit
 import glob
 import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -52,6 +52,10 @@ SOURCE_EXTS = {".py": "python", ".h": "c", ".c": "c", ".js": "javascript"}
 # phase-1 language mix) do real work; Python leads because the sample prompts are Python.
 LANGUAGE_SHARES = {"python": 0.5, "c": 0.35, "javascript": 0.15}
 PROMPTS = ["def fibonacci(n):\n", "import os\n\n\ndef ", "class Stack:\n    def __init__(self):\n"]
+# The samples may not end (EOS) before a quarter of their max_new_tokens (tools/generate.py --min-new-tokens, HF's
+# min_new_tokens): this small model often puts EOS right after a prompt's trailing newline, and 2 of the 3 samples
+# showed a bare prompt.
+SHOWCASE_MIN_PART = 4
 
 
 def log(msg):
@@ -59,9 +63,46 @@ def log(msg):
 
 
 def run(cmd, **kw):
+    """Run one step's tool in this process group (a terminal's Ctrl-C reaches it too, and it saves what it can).
+    Its Ctrl-C exit (130, or death by SIGINT) becomes a KeyboardInterrupt here, so run_tool prints the one
+    "interrupted" line; after a Ctrl-C the tool is waited for and stopped (stop_child). Any other failure: SystemExit with one line (the tool has printed its error)."""
     log("$ " + " ".join(str(c) for c in cmd))
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    subprocess.run([str(c) for c in cmd], check=True, cwd=REPO, env=env, **kw)
+    proc = subprocess.Popen([str(c) for c in cmd], cwd=REPO, env=env, **kw)
+    try:
+        rc = proc.wait()
+    except KeyboardInterrupt:
+        stop_child(proc)
+        raise
+    if rc in (130, -signal.SIGINT):
+        raise KeyboardInterrupt
+    if rc:
+        raise SystemExit(f"quickstart: {os.path.basename(str(cmd[1 if cmd[1] != '-m' else 2]))} failed (exit {rc}); "
+                         "its error is above")
+
+
+CHILD_STOP_S = 60  # a tool given Ctrl-C finishes its step and saves (the trainer: one optimizer step) within this
+
+
+def stop_child(proc):
+    """After a Ctrl-C: give `proc` a moment to see the same SIGINT (a terminal sends it to the whole group), send
+    it SIGTERM if it is still running (the trainer: finish the step and save; the other tools: stop, their outputs
+    are atomic), wait up to CHILD_STOP_S for it to exit, then kill it."""
+    try:
+        proc.wait(5)
+        return
+    except subprocess.TimeoutExpired:
+        pass
+    except KeyboardInterrupt:  # a second Ctrl-C: stop waiting
+        proc.kill()
+        proc.wait()
+        return
+    try:  # SIGTERM, not a second SIGINT: that would make the trainer stop without finishing its step and saving
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(CHILD_STOP_S)
+    except (subprocess.TimeoutExpired, KeyboardInterrupt):
+        proc.kill()
+        proc.wait()
 
 
 # --------------------------------------------------------------------------------------------- 1. corpus
@@ -391,14 +432,20 @@ def synthesize(work, selection_dir, phase2, s, generator):
         t = time.time()
         os.makedirs(out, exist_ok=True)
         # the server's own record of what it answered (one line per request), beside the synthesis outputs
-        with ServerProcess(model, "--max-num-seqs", y["num_seeds"], "--served-model-name", y["name"],
-                           "--request-log", os.path.join(out, "server_requests.jsonl"), env=env) as server:
+        server = ServerProcess(model, "--max-num-seqs", y["num_seeds"], "--served-model-name", y["name"],
+                               "--request-log", os.path.join(out, "server_requests.jsonl"), env=env)
+        try:
+            server.start()
             log(f"megasnow.serve: {y['name']} on {server.base_url} ({time.time() - t:.0f} s to load)")
             run([sys.executable, "tools/synthesize.py", "--config", SYNTH_YAML, "--seeds", selection_dir,
                  "--output", out, "--base-url", server.base_url,
                  f"seeds.num_seeds={y['num_seeds']}", f"seeds.language_stats={os.path.dirname(selection_dir)}"
                  "/selection_report.json", f"sampling.max_tokens={y['max_tokens']}",
                  f"backend.concurrency={y['num_seeds']}", f"postprocess.reference=[{phase2}]"])
+        finally:
+            # SIGTERM: a graceful stop (exit 0). After a Ctrl-C the server has its SIGINT from the terminal already,
+            # and a second SIGINT would force it down mid-shutdown.
+            server.stop(signal.SIGTERM)
         kept = list(_read_jsonl(glob.glob(os.path.join(out, "data", "*.jsonl"))))
         _write_jsonl(kept_path, kept)
         open(kept_path + ".done", "w").close()
@@ -519,8 +566,14 @@ def recipe_report(work, ci):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--workdir", default=os.path.join(REPO, "runs", "quickstart"))
+    from megasnow.utils.cli import ArgumentParser
+
+    ap = ArgumentParser(prog="examples/quickstart.py", description=__doc__.split("\n\n  python")[0],
+                        epilog="Every stage skips work whose outputs exist, so a rerun (also after Ctrl-C) resumes; "
+                               "training resumes from its last checkpoint.")
+    ap.add_argument("--workdir", default=os.path.join(REPO, "runs", "quickstart"),
+                    help="folder for every output (corpus, data, checkpoints, samples, report); an existing one is "
+                         "resumed")
     ap.add_argument("--ci", action="store_true", help="reduced setting (under a minute) for continuous integration; "
                     "synthesis uses a tiny random model instead of SmolLM2")
     ap.add_argument("--fresh", action="store_true", help="delete the workdir first")
@@ -594,7 +647,8 @@ def main(argv=None):
     prompts = os.path.join(work, "prompts.jsonl")
     _write_jsonl(prompts, [{"prompt": p} for p in PROMPTS])
     run([sys.executable, "tools/generate.py", "--checkpoint", os.path.join(work, "ckpt"), "--prompts-file", prompts,
-         "--max-new-tokens", s["max_new_tokens"], "--temperature", "0.7", "--top-p", "0.95", "--seed", "0",
+         "--max-new-tokens", s["max_new_tokens"], "--min-new-tokens", s["max_new_tokens"] // SHOWCASE_MIN_PART,
+         "--temperature", "0.7", "--top-p", "0.95", "--seed", "0",
          "--device", "cpu", "--output", samples])
     if args.ci:
         stage(8, "export to a HuggingFace LlamaForCausalLM folder: skipped (--ci)", skipped=True)
@@ -634,4 +688,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from megasnow.utils.cli import run_tool
+
+    sys.exit(run_tool(main, prog="examples/quickstart.py",
+                      on_interrupt="finished stages are kept in the workdir, rerun the same command to resume"))

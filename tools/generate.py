@@ -24,6 +24,8 @@ def build_parser():
     p.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
     p.add_argument("--prompts-file", help="JSONL (.gz/.zst too) with a 'prompt' string field per line")
     p.add_argument("--max-new-tokens", type=int, default=64, help="tokens generated per prompt at most (>= 0)")
+    p.add_argument("--min-new-tokens", type=int, default=0,
+                   help="no EOS before this many new tokens (HF's min_new_tokens), so no completion is empty")
     p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature, 0 = greedy (>= 0)")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass, in (0, 1]")
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable), cut from the output")
@@ -38,6 +40,8 @@ def check_sampling_args(args):
     """Flag values the generator would reject, as one-line errors naming the flag (before any model loads)."""
     if args.max_new_tokens < 0:
         fail(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
+    if not 0 <= args.min_new_tokens <= max(args.max_new_tokens, 1):
+        fail(f"--min-new-tokens must be in [0, --max-new-tokens {args.max_new_tokens}], got {args.min_new_tokens}")
     if args.temperature < 0:
         fail(f"--temperature must be >= 0 (0 = greedy), got {args.temperature}")
     if not 0.0 < args.top_p <= 1.0:
@@ -96,7 +100,8 @@ def prepare_prompts(prompts, engine, args):
     from megasnow.generation.protocol import GenerationRequest, SamplingParams
 
     params = SamplingParams(max_tokens=max(args.max_new_tokens, 1), temperature=args.temperature, top_p=args.top_p,
-                            stop=tuple(args.stop), seed=args.seed)
+                            stop=tuple(args.stop), seed=args.seed,
+                            min_tokens=min(args.min_new_tokens, max(args.max_new_tokens, 1)))
     kept, skipped = [], 0
     for where, text in prompts:
         ids = engine.encode(text)

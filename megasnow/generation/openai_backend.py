@@ -77,6 +77,8 @@ def request_body(req, model):
         body["stop"] = list(p.stop)
     if p.seed is not None:
         body["seed"] = p.seed
+    if p.min_tokens:  # vLLM's extension field (OpenAI has none)
+        body["min_tokens"] = p.min_tokens
     if req.messages is not None:
         body["messages"] = list(req.messages)
     else:

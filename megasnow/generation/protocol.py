@@ -14,7 +14,8 @@ class SamplingParams:
 
     max_tokens: new tokens per choice; temperature 0 is greedy; top_p in (0, 1]; stop: strings that end a choice
     (cut from its text); seed: makes sampling reproducible per request (whatever else shares the batch);
-    n: choices per request.
+    n: choices per request; min_tokens: no EOS (stop token) before this many new tokens (vLLM's extension
+    field; HF's min_new_tokens), e.g. so a showcase sample is never empty.
     """
 
     max_tokens: int = 256
@@ -23,6 +24,7 @@ class SamplingParams:
     stop: tuple = ()
     seed: Optional[int] = None
     n: int = 1
+    min_tokens: int = 0
 
     def __post_init__(self):
         if self.max_tokens < 1:
@@ -31,6 +33,8 @@ class SamplingParams:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
         if not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if not 0 <= self.min_tokens <= self.max_tokens:
+            raise ValueError(f"min_tokens must be in [0, max_tokens={self.max_tokens}], got {self.min_tokens}")
         if self.n < 1:
             raise ValueError(f"n must be >= 1, got {self.n}")
         object.__setattr__(self, "stop", tuple(self.stop or ()))

@@ -36,6 +36,8 @@ def sampling_kwargs(params):
               "top_p": params.top_p, "stop": list(params.stop), "include_stop_str_in_output": False}
     if params.seed is not None:
         kwargs["seed"] = params.seed
+    if params.min_tokens:
+        kwargs["min_tokens"] = params.min_tokens
     return kwargs
 
 

@@ -23,7 +23,8 @@ class SequenceSpec:
     prompt: token ids (non-empty); max_new_tokens: budget of generated tokens (a stop id counts);
     temperature 0 is greedy; top_p in (0, 1]; seed: this row's sampling stream (None: a random one);
     stop_ids: tokens that end the row (left out of its output, e.g. the tokenizer's EOS);
-    stop_strings: strings that end the row (cut from its text; need a tokenizer).
+    stop_strings: strings that end the row (cut from its text; need a tokenizer); min_new_tokens: the stop ids
+    cannot be sampled before this many tokens were generated (HF's min_new_tokens, vLLM's min_tokens).
     """
 
     prompt: tuple
@@ -33,6 +34,7 @@ class SequenceSpec:
     seed: Optional[int] = None
     stop_ids: frozenset = frozenset()
     stop_strings: tuple = ()
+    min_new_tokens: int = 0
 
     def __post_init__(self):
         object.__setattr__(self, "prompt", tuple(int(t) for t in self.prompt))
@@ -163,6 +165,8 @@ def check_specs(model, specs, tokenizer):
             raise ValueError(f"generate: prompt {i} is empty; every prompt needs at least one token")
         if s.max_new_tokens < 0:
             raise ValueError(f"generate: max_new_tokens must be >= 0, got {s.max_new_tokens}")
+        if s.min_new_tokens < 0:
+            raise ValueError(f"generate: min_new_tokens must be >= 0, got {s.min_new_tokens}")
         if s.temperature < 0 or not 0.0 < s.top_p <= 1.0:
             raise ValueError(f"generate: need temperature >= 0 and 0 < top_p <= 1, got {s.temperature}, {s.top_p}")
         if s.stop_strings and tokenizer is None:
@@ -226,7 +230,14 @@ def generate_stream(model, specs, tokenizer=None, use_cache=True, pad_id=0):
                 uniforms = torch.tensor([float(torch.rand((), generator=g, dtype=torch.float64))
                                          if g is not None and not seqs[r].finished else 0.0
                                          for g, r in zip(generators, rows)], dtype=torch.float64, device=device)
-            next_tokens = sample_tokens(logits[:, -1], temperature, top_p, uniforms).tolist()
+            last = logits[:, -1]
+            early = [(b, sorted(seqs[r].spec.stop_ids)) for b, r in enumerate(rows)
+                     if seqs[r].num_generated < seqs[r].spec.min_new_tokens and seqs[r].spec.stop_ids]
+            if early:  # a row under its min_new_tokens may not stop yet: its stop ids get no probability
+                last = last.clone()
+                for b, ids in early:
+                    last[b, ids] = float("-inf")
+            next_tokens = sample_tokens(last, temperature, top_p, uniforms).tolist()
             live = []
             for b, r in enumerate(rows):
                 q = seqs[r]

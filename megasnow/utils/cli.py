@@ -70,9 +70,35 @@ class ArgumentParser(argparse.ArgumentParser):
             action.help = "(default: %(default)s)"  # argparse shows no default for an option without help
         return action
 
+    def parse_known_args(self, args=None, namespace=None):
+        self._argv = list(sys.argv[1:] if args is None else args)  # for error(): the words this parser was given
+        return super().parse_known_args(args, namespace)
+
     def error(self, message):
+        if message.startswith("the following arguments are required"):
+            # argparse checks required arguments before it reports unknown ones, so `--outptu X` would read as
+            # "--output is required": a mistyped option is the likelier cause, so name it (with its suggestion)
+            unknown = self._unknown_options()
+            if unknown:
+                message = "unrecognized arguments: " + " ".join(unknown)
         print(f"error: {message}{self._suggestion(message)} (see {self.prog} --help)", file=sys.stderr)
         sys.exit(EXIT_USAGE)
+
+    def _unknown_options(self):
+        """The `--words` of this parser's arguments (before a bare `--`) that no option of it or of its
+        subcommands' parsers accepts (abbreviations count as accepted where argparse allows them)."""
+        known = _option_strings(self)
+        unknown = []
+        for word in getattr(self, "_argv", []):
+            if word == "--":
+                break
+            name = word.split("=", 1)[0]
+            if not name.startswith("--") or name in known:
+                continue
+            if self.allow_abbrev and any(k.startswith(name) for k in known):
+                continue
+            unknown.append(name)
+        return unknown
 
     def _suggestion(self, message):
         """'; did you mean --max-new-tokens?' for an unrecognized option close to a real one."""
@@ -84,6 +110,17 @@ class ArgumentParser(argparse.ArgumentParser):
             if word.startswith("--") and match:
                 return f"; did you mean {match[0]}?"
         return ""
+
+
+def _option_strings(parser):
+    """Every option string of `parser` and, recursively, of its subcommands' parsers."""
+    known = set()
+    for action in parser._actions:
+        known.update(action.option_strings)
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                known |= _option_strings(sub)
+    return known
 
 
 def _shows_default(action):

@@ -45,6 +45,30 @@ def test_argument_errors_are_one_line_exit_2(capsys, argv, expected):
     assert capsys.readouterr().err == expected + "\n"
 
 
+def test_a_mistyped_option_is_reported_before_a_missing_required_one(capsys):
+    """argparse checks required arguments first: `--outptu X` read as "--output is required" (issue 11)."""
+    p = ArgumentParser(prog="tool.py")
+    sub = p.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run")
+    run.add_argument("config")
+    run.add_argument("--output", required=True)
+    run.add_argument("--seed", type=int, default=0)
+    for argv, expected in [
+        (["run", "c.yaml", "--outptu", "x"], "error: unrecognized arguments: --outptu; did you mean --output? "
+                                             "(see tool.py run --help)"),
+        (["run", "c.yaml", "--outptu=x", "--seed", "1"], "error: unrecognized arguments: --outptu; did you mean "
+                                                         "--output? (see tool.py run --help)"),
+        (["run", "c.yaml", "--seed", "1"], "error: the following arguments are required: --output "
+                                           "(see tool.py run --help)"),
+        (["run", "c.yaml", "--se", "1"], "error: the following arguments are required: --output "
+                                         "(see tool.py run --help)"),  # an accepted abbreviation is no typo
+    ]:
+        with pytest.raises(SystemExit) as info:
+            p.parse_args(argv)
+        assert info.value.code == 2
+        assert capsys.readouterr().err == expected + "\n", argv
+
+
 def test_run_tool_user_error_interrupt_and_debug(capsys):
     def bad(argv):
         raise UserError("input x.jsonl: no such file\nsecond line")

@@ -177,6 +177,27 @@ def test_unknown_flag_is_one_error_line(name, tmp_path):
     assert not os.path.exists(out)
 
 
+# A mistyped option in place of a required one: argparse would report the required one missing and never name the
+# typo; the shared parser names it with the option it resembles. Rows: (tool, args, the typo, the real option).
+MISTYPED_REQUIRED = [
+    ("recipe_ablation.py", ["run", "{missing}", "--outptu", "{out}"], "--outptu", "--output"),
+    ("merge_datasets.py", ["--input", "{missing}", "--output-prefx", "{out}/merged"], "--output-prefx",
+     "--output-prefix"),
+    ("preprocess_data.py", ["--input", "{missing}", "--tokenizer-modle", "t.model", "--output-prefix", "{out}/d"],
+     "--tokenizer-modle", "--tokenizer-model"),
+]
+
+
+@pytest.mark.parametrize("name,args,typo,option", MISTYPED_REQUIRED, ids=[r[0] for r in MISTYPED_REQUIRED])
+def test_a_mistyped_required_option_is_named_with_a_suggestion(name, args, typo, option, tmp_path):
+    values = {"missing": str(tmp_path / "does-not-exist.jsonl"), "out": str(tmp_path / "out")}
+    proc = run(name, [a.format(**values) for a in args])
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    line = _one_error_line(proc)
+    assert line.startswith(f"error: unrecognized arguments: {typo}; did you mean {option}?"), line
+    assert not os.path.exists(values["out"])
+
+
 @pytest.mark.parametrize("name", params("debug"))
 def test_debug_shows_the_traceback(name, tmp_path):
     args, names, out = bad_invocation(name, tmp_path)

@@ -9,7 +9,7 @@ import pytest
 
 from megasnow.generation.local import LocalEngine
 from megasnow.model.config import get_preset
-from megasnow.model.generate import generate
+from megasnow.model.generate import SequenceSpec, generate, generate_sequences
 from megasnow.utils.cli import run_tool
 from tests.convert.test_convert_hf_llama import REPO, save_model_checkpoint, sp_model  # noqa: F401 (fixture)
 
@@ -40,6 +40,8 @@ def errors(capsys):
     (["--max-new-tokens", "-1"], "--max-new-tokens"),
     (["--temperature", "-0.5"], "--temperature"),
     (["--batch-size", "0"], "--batch-size"),
+    (["--min-new-tokens", "-1"], "--min-new-tokens"),
+    (["--min-new-tokens", "9", "--max-new-tokens", "8"], "--min-new-tokens"),
     (["--prompt", ""], "--prompt number 1 is empty"),
 ])
 def test_bad_flags_are_one_error_line_before_any_model_loads(tmp_path, capsys, flags, named):
@@ -96,3 +98,32 @@ def test_a_prompts_file_with_no_usable_line_is_an_error(checkpoint, tmp_path, ca
     lines = errors(capsys)
     assert lines[-1].startswith("error: no usable prompt in ") and str(prompts) in lines[-1]
     assert sum(line.startswith("warning: ") for line in lines) == 2 and not out.exists()
+
+
+def test_min_new_tokens_keeps_the_stop_ids_out_of_the_first_tokens(checkpoint, tmp_path):
+    """--min-new-tokens (SamplingParams.min_tokens, SequenceSpec.min_new_tokens; HF's min_new_tokens): no stop id
+    is sampled before that many tokens, so a showcase completion is never empty (the quickstart's samples were);
+    other rows of the batch are untouched and the stop ids end a row again afterwards."""
+    engine = LocalEngine.from_path(checkpoint)
+    ids = tuple(engine.encode("def add(a, b):\n"))
+    half = frozenset(range(0, engine.model.cfg.vocab_size, 2))  # every even id stops a row
+    free = [SequenceSpec(ids, 8, 1.0, 1.0, seed, half) for seed in range(8)]
+    held = [SequenceSpec(ids, 8, 1.0, 1.0, seed, half, min_new_tokens=4) for seed in range(8)]
+    out = generate_sequences(engine.model, free + held, engine.tokenizer)
+    assert sum(q.tokens == [] for q in out[:8]) >= 2  # without it: stops at once
+    for q in out[8:]:
+        assert len(q.tokens) >= 4 and all(t % 2 == 1 for t in q.tokens), q.tokens
+        assert q.finish_reason == ("length" if len(q.tokens) == 8 else "stop")
+    assert any(q.finish_reason == "stop" for q in out[8:])  # a stop id ends the row once the minimum is met
+    alone = generate_sequences(engine.model, free, engine.tokenizer)
+    assert [q.tokens for q in alone] == [q.tokens for q in out[:8]]  # the other rows sample exactly as alone
+
+    tool = load_tool()
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"prompt": "def add(a, b):\n"}) + "\n")
+    out_file = tmp_path / "out.jsonl"
+    assert run_tool(tool.main, ["--checkpoint", checkpoint, "--prompts-file", str(prompts), "--max-new-tokens", "6",
+                                "--min-new-tokens", "6", "--temperature", "0.7", "--seed", "1", "--device", "cpu",
+                                "--output", str(out_file)]) == 0
+    (row,) = [json.loads(line) for line in out_file.read_text().splitlines()]
+    assert len(row["tokens"]) == 6 and not set(row["tokens"]) & engine.eos_ids and row["finish_reason"] == "length"
