@@ -70,13 +70,14 @@ else
   echo "install: megasnow and its C++ extensions up to date"
 fi
 if [[ -n "$pip_ran" ]]; then  # which torch pip left (read from torch/version.py: importing torch takes seconds)
-  $PY - <<'PYEOF'
+  $PY - <<'PYEOF' || true  # informational: never fails the install
 import importlib.util, os, re
 spec = importlib.util.find_spec("torch")
 text = open(os.path.join(os.path.dirname(spec.origin), "version.py"), encoding="utf-8").read()
-version = re.search(r"__version__\s*=\s*'([^']+)'", text).group(1)
-cuda = re.search(r"^cuda(?::[^=]*)?=\s*'([^']+)'", text, re.M)
-print(f"install: torch {version}: " + (f"the CUDA {cuda.group(1)} wheel" if cuda else "the CPU wheel (no CUDA)"))
+version = re.search(r"__version__\s*=\s*['\"]([^'\"]+)", text)
+cuda = re.search(r"^cuda(?::[^=]*)?=\s*['\"]([^'\"]+)", text, re.M)
+print(f"install: torch {version.group(1) if version else '(version unknown)'}: "
+      + (f"the CUDA {cuda.group(1)} wheel" if cuda else "the CPU wheel (no CUDA)"))
 PYEOF
 fi
 mkdir -p "$(dirname "$STAMP")"
