@@ -321,19 +321,19 @@ def generate_samples(backend, benchmark, settings, out_path, progress=True, log=
     atomic_write_text(meta_path, json.dumps(identity, sort_keys=True) + "\n")
     stats = {"requests": 0, "samples": 0, "errors": 0, "completion_tokens": 0, "prompt_tokens": 0,
              "finish_reasons": {}, "error_kinds": {}, "first_error": None, "first_errors": {}}
-    todo_ids = {f"{i}" for i, _ in todo}
-    skipped_now = {k: v for k, v in too_long.items() if k in todo_ids}
-    todo = [(i, t) for i, t in todo if f"{i}" not in skipped_now]
+    todo = [(i, t) for i, t in todo if f"{i}" not in too_long]  # (too_long's ids are those of todo's requests)
     begin = time.monotonic()
     bar = _Progress(len(todo), log, progress_interval, enabled=progress)
+
+    def write_skipped(out, task, reason):
+        for j in range(settings.n):
+            out.write(json.dumps(skipped_record(task, settings.style, j, reason), ensure_ascii=False) + "\n")
+
     try:
         with open(partial, "a", encoding="utf-8") as out:
             try:
-                for rid, reason in skipped_now.items():
-                    task = benchmark.tasks[int(rid)]
-                    for j in range(settings.n):
-                        out.write(json.dumps(skipped_record(task, settings.style, j, reason), ensure_ascii=False)
-                                  + "\n")
+                for rid, reason in too_long.items():
+                    write_skipped(out, benchmark.tasks[int(rid)], reason)
                 for c in range(0, len(todo), settings.chunk):
                     chunk = todo[c:c + settings.chunk]
                     by_id = {f"{i}": (i, t) for i, t in chunk}
@@ -345,9 +345,7 @@ def generate_samples(backend, benchmark, settings, out_path, progress=True, log=
                         stats["completion_tokens"] += result.completion_tokens
                         bar.update(1)
                         if not result.ok and skip_too_long and is_context_length_error(result.error):
-                            for j in range(settings.n):  # a server's 400 for the context length
-                                out.write(json.dumps(skipped_record(task, settings.style, j, result.error),
-                                                     ensure_ascii=False) + "\n")
+                            write_skipped(out, task, result.error)  # a server's 400 for the context length
                             out.flush()
                             continue
                         if not result.ok:
@@ -378,7 +376,7 @@ def generate_samples(backend, benchmark, settings, out_path, progress=True, log=
     missing = [t.task_id for t in benchmark.tasks if t.task_id not in done]
     skipped = [t.task_id for t in benchmark.tasks if t.task_id in done and done[t.task_id][0].get("skipped")]
     stats.update(seconds=time.monotonic() - begin, model=model,
-                 resumed_tasks=len(benchmark.tasks) - len(todo) - len(skipped_now), failed_tasks=len(missing),
+                 resumed_tasks=len(benchmark.tasks) - len(todo) - len(too_long), failed_tasks=len(missing),
                  too_long_tasks=len(skipped), too_long_task_ids=skipped)
     if missing and not done:
         _remove_if_empty(partial, meta_path, settings.n, created_dir)
