@@ -38,12 +38,16 @@ def seed_overlap(code, seed, ngram):
     return sorted_intersection_size(out, shingle_set(seed, ngram)) / len(out)
 
 
+def code_size(code):
+    """{"lines": non-blank lines, "chars": non-whitespace characters} of `code` (what too_short measures)."""
+    return {"lines": sum(1 for line in code.splitlines() if line.strip()), "chars": len("".join(code.split()))}
+
+
 def too_short(code, min_lines, min_chars):
     """Whether `code` has fewer than `min_lines` non-blank lines or `min_chars` non-whitespace characters (0: that
     bound is off): too small to be a useful pretraining document, e.g. two lines cut out of a function."""
-    if min_lines and sum(1 for line in code.splitlines() if line.strip()) < min_lines:
-        return True
-    return bool(min_chars) and len("".join(code.split())) < min_chars
+    size = code_size(code)
+    return bool(min_lines) and size["lines"] < min_lines or bool(min_chars) and size["chars"] < min_chars
 
 
 def file_extension(lang):
@@ -125,8 +129,7 @@ def first_checks(planned, answered, cfg, template, tally, dropped, progress=Fals
                 if ok is None:
                     tally.note(f"syntax_unchecked_{lang}")
             if too_short(code, pp.min_lines, pp.min_chars):
-                reject("too_short", {"lines": sum(1 for line in code.splitlines() if line.strip()),
-                                     "chars": len("".join(code.split()))})
+                reject("too_short", code_size(code))
                 continue
             overlap = seed_overlap(code, p.seed.text, pp.seed_copy_ngram)
             if overlap >= pp.seed_copy_threshold:
