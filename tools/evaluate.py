@@ -184,13 +184,11 @@ def run_identity(args, bench, settings):
     """What makes samples this run's: the benchmark's tasks (after --limit and --infill), backend, model, prompt
     style, sampling and --skip-too-long. Saved beside the samples (codegen.identity_path) and compared before a
     partial file is resumed or a finished one reused (codegen.check_identity); flat, so differing keys can be named."""
+    from megasnow.eval.codegen import default_identity
+
     model = os.path.abspath(args.model) if args.backend in ("local", "vllm") and args.model else args.model
-    ident = {"benchmark": bench.fingerprint(), "limit": args.limit, "infill": args.infill,
-             "infill_per_task": args.infill_per_task, "backend": args.backend, "model": model,
-             "skip_too_long": args.skip_too_long}
-    ident.update({k: v for k, v in vars(settings).items() if k != "chunk"})
-    ident["prompt_style"] = ident.pop("style")
-    return ident
+    return {**default_identity(bench, settings, model, args.skip_too_long), "limit": args.limit,
+            "infill": args.infill, "infill_per_task": args.infill_per_task, "backend": args.backend}
 
 
 def other_run_advice(args):

@@ -98,7 +98,8 @@ def identity_path(out_path):
 def default_identity(benchmark, settings, model, skip_too_long=False):
     """The identity generate_samples saves when its caller gives none: benchmark, sampling settings and model."""
     ident = {"benchmark": benchmark.fingerprint(), "model": model, "skip_too_long": skip_too_long}
-    ident.update({k: v for k, v in asdict(settings).items() if k != "chunk"})
+    ident.update({k: v for k, v in asdict(settings).items() if k != "chunk"})  # (chunk: how, not what)
+    ident["prompt_style"] = ident.pop("style")  # the flag's name, for messages naming what differs
     return ident
 
 
