@@ -104,13 +104,18 @@ class GPTDataset:
         bounds = np.asarray(self.indexed.document_indices, dtype=np.int64)
         lengths = np.asarray(self.indexed.sequence_lengths)
         self.documents, self.tokens_per_epoch = split_documents_and_tokens(self.indexed, self.valid_fraction, split)
-        if self.tokens_per_epoch < self.seq_len + 1:
-            raise GPTDatasetError(f"{self.prefix}: split {split!r} has {self.tokens_per_epoch} tokens, fewer than "
-                                  f"one sample of seq_len + 1 = {self.seq_len + 1}")
+        if self.tokens_per_epoch == 0:
+            raise GPTDatasetError(f"{self.prefix}: split {split!r} has no tokens")
         if num_epochs is not None:
             self.num_epochs = _check_int("num_epochs", num_epochs, 1)
             self.num_samples = samples_in_epochs(self.num_epochs, self.tokens_per_epoch, self.seq_len)
+            if self.num_samples < 1:
+                raise GPTDatasetError(f"{self.prefix}: split {split!r} has {self.tokens_per_epoch} tokens, fewer than "
+                                      f"one sample of seq_len + 1 = {self.seq_len + 1} in {self.num_epochs} "
+                                      f"epoch(s); give it more data, more repeats, or a shorter seq_length")
         else:
+            # As Megatron-core's GPTDataset._get_num_epochs: as many epochs as the samples need, even when the split
+            # is shorter than one sample (a small synthetic set in a blend); samples then span epochs.
             self.num_samples = _check_int("num_samples", num_samples, 1)
             self.num_epochs = num_epochs_for(self.num_samples, self.tokens_per_epoch, self.seq_len)
 

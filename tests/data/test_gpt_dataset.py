@@ -285,13 +285,27 @@ def test_pickle_remaps_cached_indices(tmp_path, corpus):
     assert all(np.array_equal(ds[i], clone[i]) for i in range(40))
 
 
+def test_a_split_shorter_than_one_sample_spans_epochs(tmp_path, corpus):
+    """With num_samples, a split of fewer than seq_len + 1 tokens (a small synthetic set in a blend) is read over as
+    many epochs as the samples need, each sample spanning epochs (Megatron-core's GPTDataset._get_num_epochs), and
+    equals the reference; with num_epochs it stays an error (see below)."""
+    prefix, docs = corpus
+    tokens = sum(len(s) for d in docs for s in d)
+    seq_len = tokens + tokens // 2  # one and a half epochs per sample
+    ds = GPTDataset(prefix, seq_len=seq_len, seed=3, num_samples=4, cache_dir=tmp_path / "c")
+    expected, epochs = reference_samples(docs, list(range(len(docs))), seq_len, 3, 4)
+    assert len(ds) == 4 and ds.num_epochs == epochs == 6  # (4 x 1.5 epochs + 1 token) -> 6
+    assert [ds[i].tolist() for i in range(4)] == expected
+
+
 # ---- bad inputs --------------------------------------------------------------------------------------------------
 def test_bad_inputs_raise_clear_errors(tmp_path, corpus):
     prefix, docs = corpus
     tokens = sum(len(s) for d in docs for s in d)
     c = tmp_path / "c"
-    with pytest.raises(GPTDatasetError, match=f"{tokens} tokens, fewer than one sample"):
-        GPTDataset(prefix, seq_len=tokens, seed=0, num_samples=1, cache_dir=c)
+    with pytest.raises(GPTDatasetError, match=f"{tokens} tokens, fewer than one sample of seq_len \\+ 1 = "
+                                              f"{tokens + 1} in 1 epoch"):
+        GPTDataset(prefix, seq_len=tokens, seed=0, num_epochs=1, cache_dir=c)
     with pytest.raises(GPTDatasetError, match="num_samples must be an integer >= 1"):
         GPTDataset(prefix, seq_len=8, seed=0, num_samples=0, cache_dir=c)
     with pytest.raises(GPTDatasetError, match="seq_len must be an integer >= 1"):
