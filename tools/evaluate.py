@@ -296,7 +296,7 @@ def too_long_result(task, sample):
 
 
 def too_long_summary(skipped):
-    from megasnow.eval.codegen import context_tokens
+    from megasnow.generation.protocol import context_tokens
 
     tasks = list(dict.fromkeys(s.task_id for s in skipped))
     return {"tasks": len(tasks), "context_tokens": context_tokens(skipped[0].skipped), "task_ids": tasks,
@@ -344,20 +344,26 @@ def check_old_samples(path):
                     f"generate them again")
 
 
-def run(args, bench, total, settings):
-    from megasnow.eval.codegen import IncompleteGeneration
+def generated_before(args, bench, settings, samples_path, then):
+    """True when samples_path holds this run's finished samples (printing that they are reused, and `then`);
+    samples of another run (model, backend, settings) are refused, never reused as this one's."""
+    from megasnow.eval.codegen import check_identity
 
-    from megasnow.eval.codegen import check_identity, failure_advice
+    check_identity(samples_path, run_identity(args, bench, settings), other_run_advice(args))
+    if not os.path.exists(samples_path):
+        return False
+    check_old_samples(samples_path)
+    print(f"{samples_path} exists, generated with the same settings: {then} (delete it to generate again)",
+          flush=True)
+    return True
+
+
+def run(args, bench, total, settings):
+    from megasnow.eval.codegen import IncompleteGeneration, failure_advice
 
     samples_path = os.path.join(args.output, "samples.jsonl")
     stats = incomplete = samples = None
-    # samples of another run (model, backend, settings) are refused, never scored as this one's
-    check_identity(samples_path, run_identity(args, bench, settings), other_run_advice(args))
-    if os.path.exists(samples_path):
-        check_old_samples(samples_path)
-        print(f"{samples_path} exists, generated with the same settings: scoring it (delete it to generate again)",
-              flush=True)
-    else:
+    if not generated_before(args, bench, settings, samples_path, "scoring it"):
         try:
             stats = generate(args, bench, samples_path, settings)
         except IncompleteGeneration as e:
@@ -396,6 +402,8 @@ def main(argv=None):
     settings = validate(args)
     bench, total = load(args)
     if args.command == "generate":
+        if generated_before(args, bench, settings, args.output, "nothing to do"):
+            return 0
         try:
             generate(args, bench, args.output, settings)
         except IncompleteGeneration as e:

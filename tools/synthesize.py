@@ -10,6 +10,7 @@ import re
 import sys
 
 from megasnow.config import describe_config
+from megasnow.generation.protocol import failure_advice as protocol_failure_advice
 from megasnow.utils.cli import ArgumentParser, fail, run_tool
 
 EXAMPLES = """examples:
@@ -115,21 +116,19 @@ def main(argv=None):
 
 
 def failure_advice(generation):
-    """The closing line(s) after failed requests: the server's first message and what to do about it."""
-    kinds = {}
+    """The closing lines after failed requests: the counts by kind, the first message, and what to do about it."""
+    kinds, firsts = {}, {}
     for g in generation:
         for k, n in g["failed"].items():
             kinds[k] = kinds.get(k, 0) + n
+        for k, message in g.get("first_errors", {}).items():
+            firsts.setdefault(k, message)
     examples = [e for g in generation for e in g.get("failed_examples", [])]
-    lines = [f"{sum(kinds.values())} requests failed {kinds} (not cached)"
-             + (f"; first: {examples[0]}" if examples else "")]
-    if any(k != "bad_request" for k in kinds):  # a 4xx is refused again; the others a rerun may cure
-        lines.append("the server was unavailable or too slow for some: rerun the same command to ask them again")
-    if kinds.get("bad_request"):
-        lines.append(f"{kinds['bad_request']} were refused as bad requests (HTTP 4xx): a plain rerun is refused the "
-                     f"same way; change what the message names (prompt length vs the model's context, "
-                     f"sampling.*, backend.model) and rerun")
-    return "\n".join(lines)
+    return (f"{sum(kinds.values())} requests failed {kinds} (not cached)"
+            + (f"; first: {examples[0]}" if examples else "") + "\n"
+            + protocol_failure_advice(kinds, firsts, change="sampling.*, backend.model, the template",
+                                      too_long_fix="lower sampling.max_tokens or the seed length (seeds.max_lines, "
+                                                   "seeds.head_tokens) to fit the model's context"))
 
 
 if __name__ == "__main__":

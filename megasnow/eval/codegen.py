@@ -12,7 +12,6 @@ another run are refused, never resumed or scored as this one's.
 """
 import json
 import os
-import re
 import sys
 import threading
 import time
@@ -21,7 +20,8 @@ from dataclasses import asdict, dataclass, replace
 from megasnow.errors import UserError
 from megasnow.eval.prompts import STYLES, build_request, sample_record
 from megasnow.eval.samples import write_samples
-from megasnow.generation.protocol import SamplingParams
+from megasnow.generation.protocol import SamplingParams, context_tokens, is_context_length_error
+from megasnow.generation.protocol import failure_advice as protocol_failure_advice
 from megasnow.utils.atomic import atomic_write_text
 
 
@@ -74,22 +74,6 @@ class RunMismatch(UserError):
     """An output that holds samples (finished or partial) of a run with another identity than this one."""
 
 
-_CONTEXT = re.compile(r"context (length|size|window)|too many tokens|prompt is too long", re.I)
-_CONTEXT_TOKENS = re.compile(r"(?:maximum context length|context (?:length|size|window)) (?:is|of) (\d+)", re.I)
-
-
-def is_context_length_error(message):
-    """True for a request refused because prompt + max_tokens exceed the model's context: megasnow's local backend
-    and server and vLLM word it "This model's maximum context length is N tokens"; SGLang and llama.cpp similarly."""
-    return bool(message) and bool(_CONTEXT.search(message))
-
-
-def context_tokens(message):
-    """The context length (tokens) a context-length error names, or None."""
-    m = _CONTEXT_TOKENS.search(message or "")
-    return int(m.group(1)) if m else None
-
-
 def identity_path(out_path):
     """Where the identity of the run that writes `out_path` (and `<out_path>.partial`) is saved."""
     return out_path + ".meta.json"
@@ -132,28 +116,12 @@ def check_identity(out_path, identity, advice):
 
 
 def failure_advice(stats):
-    """What to do after failed requests, by error kind (as tools/synthesize.py words it): a rerun may cure an
-    unavailable server or a timeout (it asks the failed tasks again); a request refused as bad (HTTP 4xx, a prompt
-    longer than the context) is refused the same way by a plain rerun, so the advice names what to change."""
-    kinds = stats.get("error_kinds", {})
-    firsts = stats.get("first_errors", {})
-    bad = kinds.get("bad_request", 0) + kinds.get("auth", 0)
-    retry = sum(n for k, n in kinds.items() if k not in ("bad_request", "auth"))
-    parts = []
-    if bad:
-        first = firsts.get("bad_request") or firsts.get("auth") or ""
-        if is_context_length_error(first):
-            todo = ("lower --max-tokens, or pass --skip-too-long to score the tasks that do not fit the model's "
-                    "context as failed")
-        else:
-            todo = "change what the message names (--model, --prompt-style, sampling flags, --max-tokens)"
-        parts.append(f"{bad} were refused as bad requests (HTTP 4xx; first: {first}): a plain rerun is refused the "
-                     f"same way; {todo} and rerun")
-    if retry:
-        curable = ", ".join(k for k in kinds if k not in ("bad_request", "auth"))
-        parts.append(f"{retry} failed for reasons a rerun may cure ({curable}): rerun the same command to retry the "
-                     f"failed ones")
-    return "; ".join(parts) or "rerun the same command to retry the failed ones"
+    """What to do after failed generation requests (generation.protocol.failure_advice in this tool's flags)."""
+    return protocol_failure_advice(
+        stats.get("error_kinds", {}), stats.get("first_errors", {}),
+        change="--model, --prompt-style, sampling flags, --max-tokens",
+        too_long_fix="lower --max-tokens, or pass --skip-too-long to score the tasks that do not fit the model's "
+                     "context as failed")
 
 
 def read_partial(path, n):

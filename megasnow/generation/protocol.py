@@ -2,6 +2,7 @@
 
 Plain dataclasses with no torch import, so drivers (synthesis, evaluation) stay light.
 """
+import re
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -88,3 +89,43 @@ class GenerationResult:
     @property
     def ok(self):
         return self.error is None
+
+
+_CONTEXT = re.compile(r"context (length|size|window)|too many tokens|prompt is too long", re.I)
+_CONTEXT_TOKENS = re.compile(r"(?:maximum context length|context (?:length|size|window)) (?:is|of) (\d+)", re.I)
+
+
+def is_context_length_error(message):
+    """True for a request refused because prompt + max_tokens exceed the model's context: megasnow's local backend
+    and server and vLLM word it "This model's maximum context length is N tokens"; SGLang and llama.cpp similarly."""
+    return bool(message) and bool(_CONTEXT.search(message))
+
+
+def context_tokens(message):
+    """The context length (tokens) a context-length error names, or None."""
+    m = _CONTEXT_TOKENS.search(message or "")
+    return int(m.group(1)) if m else None
+
+NOT_CURED_BY_RERUN = ("bad_request", "auth")  # error kinds a plain rerun meets again
+
+
+def failure_advice(kinds, first_errors, change, too_long_fix=None):
+    """What to do after failed requests, by error kind (GenerationResult.error_kind): a rerun may cure an
+    unavailable server or a timeout (it asks the failed requests again); a request refused as bad (HTTP 4xx, auth,
+    a prompt longer than the context) is refused the same way by a plain rerun, so the advice names what to
+    change: `too_long_fix` when the first refusal is a context-length error and the tool has a fix for it, else
+    `change` (the tool's flags or keys). `kinds`: {kind: count}; `first_errors`: {kind: first message}."""
+    bad = sum(kinds.get(k, 0) for k in NOT_CURED_BY_RERUN)
+    retry = sum(n for k, n in kinds.items() if k not in NOT_CURED_BY_RERUN)
+    parts = []
+    if bad:
+        first = next((first_errors[k] for k in NOT_CURED_BY_RERUN if first_errors.get(k)), "")
+        todo = (too_long_fix if too_long_fix and is_context_length_error(first)
+                else f"change what the message names ({change})")
+        parts.append(f"{bad} were refused as bad requests (HTTP 4xx{'; first: ' + first if first else ''}): a plain "
+                     f"rerun is refused the same way; {todo} and rerun")
+    if retry:
+        curable = ", ".join(k for k in kinds if k not in NOT_CURED_BY_RERUN)
+        parts.append(f"{retry} failed for reasons a rerun may cure ({curable}): rerun the same command to retry the "
+                     f"failed ones")
+    return "; ".join(parts) or "rerun the same command to retry the failed ones"

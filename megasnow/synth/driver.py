@@ -26,7 +26,7 @@ def run_requests(todo, backend, writer, progress=True, desc="requests"):
     by_id = {}
     for p in todo:
         by_id.setdefault(p.id, p)
-    stats = {"asked": len(by_id), "answered": 0, "failed": {}, "failed_examples": [], "retries": 0,
+    stats = {"asked": len(by_id), "answered": 0, "failed": {}, "failed_examples": [], "first_errors": {}, "retries": 0,
              "prompt_tokens": 0, "completion_tokens": 0}
     start = time.perf_counter()
     bar = tqdm(total=len(by_id), desc=desc, unit="req", disable=not progress, mininterval=1.0, smoothing=0.1)
@@ -47,6 +47,7 @@ def run_requests(todo, backend, writer, progress=True, desc="requests"):
                 kind = result.error_kind or "error"
                 stats["failed"][kind] = stats["failed"].get(kind, 0) + 1
                 failed = sum(stats["failed"].values())
+                stats["first_errors"].setdefault(kind, f"request {planned.index}: {result.error}")
                 if len(stats["failed_examples"]) < MAX_ERROR_EXAMPLES:
                     stats["failed_examples"].append(f"request {planned.index} ({planned.id}): {result.error}")
                 if failed <= WARN_ERRORS:

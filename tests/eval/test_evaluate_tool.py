@@ -98,6 +98,26 @@ def test_run_generates_scores_and_measures_the_loss(tiny, tmp_path):
     assert proc.returncode == 0 and "exists, generated with the same settings: scoring it" in proc.stdout
 
 
+def test_generate_reuses_its_finished_samples(tiny, tmp_path):
+    """`generate` into a samples file this run already finished does nothing (as `run` scores it without
+    generating); other settings are refused (test_run_refuses_samples_of_another_run)."""
+    pytest.importorskip("megasnow.generation.factory")
+    ckpt, _ = tiny
+    out = tmp_path / "samples.jsonl"
+    args = ["generate", "--benchmark", os.path.join(FIXTURES, "mbpp_mini.jsonl"), "--backend", "local", "--model",
+            ckpt, "--max-tokens", "8", "--output", str(out)]
+    proc = evaluate(*args)
+    assert proc.returncode == 0 and "generated 3 samples for 3 tasks" in proc.stdout, proc.stderr
+    before = out.read_bytes(), os.stat(out).st_mtime_ns
+    proc = evaluate(*args)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"{out} exists, generated with the same settings: nothing to do (delete it to " \
+                                  f"generate again)"
+    assert (out.read_bytes(), os.stat(out).st_mtime_ns) == before
+    proc = evaluate(*args[:-3], "9", "--output", str(out))
+    assert proc.returncode == 2 and "holds samples of another run: max_tokens (8 there, 9 now)" in proc.stderr
+
+
 def test_run_refuses_samples_of_another_run(tiny, tiny_short, tmp_path):
     """An --output holding samples (finished or partial) of another model or settings is refused (one line naming
     the keys that differ, exit 2, nothing written), never scored as this run's; the same settings reuse them."""
