@@ -65,6 +65,7 @@ class _SamplingFields(OpenAIBaseModel):
     frequency_penalty: float = Field(0.0, description="only 0 is supported")
     logit_bias: Optional[dict] = Field(None, description="not supported")
     ignore_eos: bool = Field(False, description="(vLLM extension) generate max_tokens even past EOS: benchmarks")
+    min_tokens: int = Field(0, ge=0, description="(vLLM extension) no end of text before this many new tokens")
 
     @field_validator("stop")
     @classmethod
@@ -90,7 +91,7 @@ class _SamplingFields(OpenAIBaseModel):
         temperature = 1.0 if self.temperature is None else self.temperature
         top_p = 1.0 if self.top_p is None else self.top_p
         return SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p,
-                              stop=self.stop_strings(), seed=self.seed, n=self.n)
+                              stop=self.stop_strings(), seed=self.seed, n=self.n, min_tokens=self.min_tokens)
 
 
 class CompletionRequest(_SamplingFields):

@@ -143,7 +143,10 @@ class OpenAIServing:
         error = self._check(request)
         if error:
             return error
-        params = request.to_sampling_params(self.default_max_tokens)
+        try:
+            params = request.to_sampling_params(self.default_max_tokens)
+        except ValueError as e:  # the one check pydantic cannot make alone: min_tokens <= max_tokens
+            return bad_request(str(e), "min_tokens")
         prompts = request.prompts()
         if not prompts:
             return bad_request("prompt is an empty list; give at least one prompt", "prompt")
@@ -260,6 +263,8 @@ class OpenAIServing:
                                            ignore_eos=request.ignore_eos)
         except BadRequestError as e:
             return bad_request(str(e), "messages")
+        except ValueError as e:  # min_tokens > max_tokens
+            return bad_request(str(e), "min_tokens")
         handle, error = self._submit([prepared], request.stream)
         if error:
             return error

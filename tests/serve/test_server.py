@@ -123,6 +123,27 @@ def test_n_choices_and_seeds(server, engine):
     assert r.usage.completion_tokens == 20
 
 
+def test_min_tokens_holds_off_the_end_of_text(server, engine):
+    """vLLM's `min_tokens` extension: no end of text before that many tokens; the served text equals generate's
+    with min_new_tokens, for a seed whose sample would otherwise end within 3 tokens; min_tokens > max_tokens is a
+    400 naming min_tokens."""
+    c = client(server, max_retries=0)
+    sampling = {"temperature": 2.0, "top_p": 1.0}
+    seed = next(s for s in range(500) if len(expected(engine, PROMPTS[0], 16, seed=s, **sampling).tokens) < 3
+                and expected(engine, PROMPTS[0], 16, seed=s, **sampling).finish_reason == "stop")
+    free = c.completions.create(model=MODEL, prompt=PROMPTS[0], max_tokens=16, seed=seed, **sampling)
+    assert free.choices[0].finish_reason == "stop" and free.usage.completion_tokens < 3
+    held = c.completions.create(model=MODEL, prompt=PROMPTS[0], max_tokens=16, seed=seed, extra_body={"min_tokens": 3},
+                                **sampling)
+    ref = expected(engine, PROMPTS[0], 16, seed=seed, min_new_tokens=3, **sampling)
+    assert held.choices[0].text == ref.text and held.usage.completion_tokens == len(ref.tokens) >= 3
+    for create, kw in [(c.completions.create, {"prompt": "x"}),
+                       (c.chat.completions.create, {"messages": [{"role": "user", "content": "x"}]})]:
+        with pytest.raises(openai.BadRequestError) as e:
+            create(model=MODEL, max_tokens=2, extra_body={"min_tokens": 3}, **kw)
+        assert e.value.body["param"] == "min_tokens" and "min_tokens must be in [0, max_tokens=2]" in str(e.value)
+
+
 def test_chat_completions_use_the_chat_template(server, engine):
     from transformers import AutoTokenizer
 
