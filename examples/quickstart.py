@@ -625,8 +625,12 @@ def main(argv=None):
             if path}
     data.setdefault("synthetic", None)
     if synthetic:
-        log(f"phase 3: the {synth_summary['outputs']['kept']} synthetic documents blended with the phase-2 selection "
-            "(weights 0.4 / 0.6, examples/snowcoder/tiny-cpu.yaml)")
+        from megasnow.data.indexed import IndexedDataset
+
+        tokens = int(IndexedDataset(data["synthetic"]).sequence_lengths.sum())
+        log(f"phase 3: the {synth_summary['outputs']['kept']} synthetic documents ({tokens:,} tokens) blended with "
+            "the phase-2 selection (weights 0.4 / 0.6, examples/snowcoder/tiny-cpu.yaml; a small set is read over "
+            "as many epochs as its share needs)")
     else:
         log("phase 3: synthesis kept no document, so phase 3 trains on the phase-2 selection alone (its synthetic "
             "blend entry is left out)")
