@@ -56,6 +56,20 @@ def test_blending_matches_megatron():
         np.testing.assert_array_equal(local, m_local)
 
 
+def test_weighted_blend_with_a_dataset_shorter_than_one_sample(tmp_path, three):
+    """A weighted blend with a dataset of fewer tokens than one sample (the quickstart's phase 3 with 2 kept
+    synthetic files of 210 tokens and seq_len 256) builds: that dataset's samples repeat its tokens over epochs."""
+    prefixes, _ = three
+    tiny = write_documents(tmp_path / "tiny", [[[5000 + i for i in range(7)]], [[5100 + i for i in range(5)]]])
+    ds = build_gpt_dataset([BlendEntry(prefixes[0], 0.6), BlendEntry(tiny, 0.4)], 50, 16, 0, cache_dir=tmp_path / "c")
+    from_tiny = [ds[i] for i in range(len(ds)) if ds.dataset_index[i] == 1]
+    assert len(ds) == 50 and len(from_tiny) == 20
+    for sample in from_tiny:  # 17 consecutive tokens of the tiny set's epochs: documents whole and in order
+        assert sample.shape == (17,)
+        for a, b in zip(sample[:-1].tolist(), sample[1:].tolist()):
+            assert b == a + 1 or (a in (5006, 5104) and b in (5000, 5100)), sample
+
+
 def test_weighted_blend_contents_and_proportions(tmp_path, three):
     prefixes, _ = three
     weights = [2.0, 1.0, 1.0]
