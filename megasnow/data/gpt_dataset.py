@@ -63,6 +63,9 @@ def split_documents_and_tokens(indexed, valid_fraction, split):
     return documents, int(tokens_per_document[documents].sum())
 
 
+MAX_DOCUMENT_INDEX = 2**31 - 1  # entries of the document index (epochs x documents), as in Megatron's int32 array
+
+
 def num_epochs_for(num_samples, tokens_per_epoch, seq_len):
     """Fewest epochs E whose token stream holds num_samples samples: (E * T - 1) // seq_len >= num_samples."""
     return -(-(num_samples * seq_len + 1) // tokens_per_epoch)
@@ -118,6 +121,10 @@ class GPTDataset:
             # is shorter than one sample (a small synthetic set in a blend); samples then span epochs.
             self.num_samples = _check_int("num_samples", num_samples, 1)
             self.num_epochs = num_epochs_for(self.num_samples, self.tokens_per_epoch, self.seq_len)
+            if self.num_epochs * len(self.documents) > MAX_DOCUMENT_INDEX:  # the int32 document index
+                raise GPTDatasetError(f"{self.prefix}: split {split!r} has {self.tokens_per_epoch} tokens, so "
+                                      f"{self.num_samples} samples of seq_len {self.seq_len} would read it "
+                                      f"{self.num_epochs} times; give it more data or a smaller weight")
 
         self.description = {
             "dataset": dataset_fingerprint(self.prefix), "seq_len": self.seq_len, "seed": self.seed,

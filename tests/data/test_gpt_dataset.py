@@ -306,6 +306,9 @@ def test_bad_inputs_raise_clear_errors(tmp_path, corpus):
     with pytest.raises(GPTDatasetError, match=f"{tokens} tokens, fewer than one sample of seq_len \\+ 1 = "
                                               f"{tokens + 1} in 1 epoch"):
         GPTDataset(prefix, seq_len=tokens, seed=0, num_epochs=1, cache_dir=c)
+    with pytest.raises(GPTDatasetError, match=f"has {tokens} tokens, so 10000000000 samples of seq_len 8192 would "
+                                              f"read it \\d+ times; give it more data or a smaller weight"):
+        GPTDataset(prefix, seq_len=8192, seed=0, num_samples=10**10, cache_dir=c)
     with pytest.raises(GPTDatasetError, match="num_samples must be an integer >= 1"):
         GPTDataset(prefix, seq_len=8, seed=0, num_samples=0, cache_dir=c)
     with pytest.raises(GPTDatasetError, match="seq_len must be an integer >= 1"):
