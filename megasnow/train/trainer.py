@@ -18,6 +18,7 @@ from megasnow.train.data import (MicroBatches, build_fim_transforms, build_phase
                                  load_run_tokenizer)
 from megasnow.train.metrics import MetricsLogger, format_eta
 from megasnow.train.schedules import lr_at
+from megasnow.utils.device import resolve_device
 
 
 class TrainingStopped(RuntimeError):
@@ -269,12 +270,8 @@ class Trainer:
                                   self.phase_lengths[st.phase], self.resume_from)
 
     def _pick_device(self):
-        want = self.cfg.train.device
-        if want == "cuda" or (want == "auto" and torch.cuda.is_available()):
-            if not torch.cuda.is_available():
-                raise ConfigError("train.device is cuda but no CUDA device is available")
-            return torch.device("cuda", torch.cuda.current_device())
-        return torch.device("cpu")
+        device = resolve_device(self.cfg.train.device, "train.device")
+        return torch.device("cuda", torch.cuda.current_device()) if device.type == "cuda" else device
 
     def _pick_dtype(self):
         want = self.cfg.train.dtype
