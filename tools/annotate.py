@@ -31,11 +31,10 @@ def parse_token_count(text):
 
 
 def resolve_device(name):
-    if name != "auto":
-        return name
-    import torch
+    """The --device value as a string ('auto' resolved); a device this machine lacks is one error line."""
+    from megasnow.utils.device import resolve_device as resolve
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return str(resolve(name, "--device"))
 
 
 def add_executor_args(p):
@@ -147,6 +146,7 @@ def cmd_train(args):
     from megasnow.quality.train import TrainConfig, train_annotator
     from megasnow.quality.training_data import PositiveSource, build_training_set, write_examples
 
+    device = resolve_device(args.device)  # a missing CUDA is refused before any work
     sources = []
     if args.positives:
         sources.append(PositiveSource(args.positives, "code", text_field=args.text_field, limit=args.max_positives))
@@ -166,7 +166,7 @@ def cmd_train(args):
     print(f"training data: {json.dumps(stats)}", flush=True)
     cfg = TrainConfig(mode=args.mode, encoder=args.encoder, pooling=args.pooling, max_length=args.max_length,
                       epochs=args.epochs, lr=args.lr, patience=args.patience, batch_size=args.batch_size,
-                      device=args.device, seed=args.seed)
+                      device=device, seed=args.seed)
     # The splits are cheap to write again: a run that fails (bad encoder folder, Ctrl-C) leaves none behind.
     with removed_on_failure(args.save_splits) if args.save_splits else contextlib.nullcontext():
         if args.save_splits:

@@ -134,11 +134,10 @@ def main(argv=None):
     if not prompts:
         fail(f"no usable prompt in {args.prompts_file} (every line was skipped)")
 
-    import torch
-
+    from megasnow.utils.device import resolve_device
     from megasnow.utils.progress import Progress, format_rate
 
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    device = resolve_device(args.device, "--device")
     engine = load_engine(args, device)
     kept, unusable = prepare_prompts(prompts, engine, args)
     skipped += unusable

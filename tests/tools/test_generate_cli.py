@@ -6,6 +6,7 @@ import json
 import os
 
 import pytest
+import torch
 
 from megasnow.generation.local import LocalEngine
 from megasnow.model.config import get_preset
@@ -43,6 +44,9 @@ def errors(capsys):
     (["--min-new-tokens", "-1"], "--min-new-tokens"),
     (["--min-new-tokens", "9", "--max-new-tokens", "8"], "--min-new-tokens"),
     (["--prompt", ""], "--prompt number 1 is empty"),
+    (["--device", "gpu0"], "--device 'gpu0' is not a torch device"),
+    pytest.param(["--device", "cuda"], "--device is cuda but this machine has no CUDA device",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")),
 ])
 def test_bad_flags_are_one_error_line_before_any_model_loads(tmp_path, capsys, flags, named):
     out = tmp_path / "out.jsonl"
