@@ -2,6 +2,7 @@
 import httpx2
 import openai
 import pytest
+import torch
 
 from megasnow.config import from_dict
 from megasnow.errors import UserError
@@ -29,6 +30,16 @@ def test_bad_settings_are_user_errors(kwargs, match):
     kind = kwargs.pop("kind")
     with pytest.raises(UserError, match=match):
         build_backend(kind, **kwargs)
+
+
+@pytest.mark.parametrize("device,match", [
+    ("gpu", "backend.device 'gpu' is not a torch device"),
+    pytest.param("cuda", "backend.device is cuda but this machine has no CUDA device",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")),
+])
+def test_local_backend_device_is_resolved_naming_the_key(device, match):
+    with pytest.raises(UserError, match=match):  # before any model load: the model folder need not exist
+        build_backend("local", model="no/such/model", device=device)
 
 
 def status_error(code):

@@ -13,6 +13,7 @@ import time
 import httpx
 import openai
 import pytest
+import torch
 
 from megasnow.generation.local import LocalEngine
 from megasnow.generation.tiny_model import write_tiny_checkpoint
@@ -294,7 +295,12 @@ def test_cli_errors(tmp_path):
                           ([str(tmp_path), "--tokenizer", str(tmp_path / "tok.json")],
                            f"--tokenizer {tmp_path / 'tok.json'}: no such file or folder"),
                           ([str(tmp_path), "--request-log", str(tmp_path / "no" / "log.jsonl")],
-                           f"--request-log {tmp_path / 'no' / 'log.jsonl'}: no folder {tmp_path / 'no'}")]:
+                           f"--request-log {tmp_path / 'no' / 'log.jsonl'}: no folder {tmp_path / 'no'}"),
+                          # resolve_device, before the model loads
+                          ([str(tmp_path), "--device", "gpu"], "--device 'gpu' is not a torch device"),
+                          *([] if torch.cuda.is_available() else
+                            [([str(tmp_path), "--device", "cuda"],
+                              "--device is cuda but this machine has no CUDA device")])]:
         res = subprocess.run([sys.executable, "-m", "megasnow.serve", *args, "--port", "0"], capture_output=True,
                              text=True, timeout=120)
         lines = res.stderr.strip().splitlines()
