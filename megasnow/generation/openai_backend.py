@@ -225,17 +225,23 @@ class OpenAIBackend(GenerationBackend):
 
     async def _probe_all(self):
         models = await asyncio.gather(*(self._probe(u) for u in self.base_urls))
-        if self.model_name:  # refused before any request (every one would fail 404); [] = no GET /models there
+        if self.model_name:  # refused before any request (every one would fail 404); None = no GET /models there
             for url, served in zip(self.base_urls, models):
                 if served and self.model_name not in served:
                     raise ModelNotServedError(self.model_name, url, served)
         if not self.model_name:
+            url = self.base_urls[0]
+            if models[0] is None:
+                raise EndpointError(f"{url}: GET {url}/models answered HTTP 404 (not found): is this an "
+                                    f"OpenAI-compatible server at that path? Check the URL (it usually ends in /v1); "
+                                    f"for a server without /models, set backend.model")
             if not models[0]:
-                raise EndpointError(f"{self.base_urls[0]}: GET /models lists no model; set backend.model")
+                raise EndpointError(f"{url}: GET {url}/models lists no model; set backend.model")
             self.model_name = models[0][0]
 
     async def _probe(self, url):
-        """The model ids `url` serves; EndpointError when it stays unreachable or refuses the key."""
+        """The model ids `url` serves (None: GET /models answered 404); EndpointError when it stays unreachable or
+        refuses the key."""
         import openai
 
         attempts = 0
@@ -249,7 +255,7 @@ class OpenAIBackend(GenerationBackend):
             if e.status_code in (401, 403):
                 raise self._auth_error(url, e) from None
             if e.status_code == 404:  # a server without /models (some proxies): fine if backend.model is set
-                return []
+                return None
             raise EndpointError(f"{url}: {describe_error(e)} after {attempts} attempt(s); check the server") from None
         except (openai.APIConnectionError, openai.APITimeoutError) as e:
             raise EndpointError(f"{url}: unreachable after {attempts} attempt(s) ({describe_error(e)}); check "

@@ -1,6 +1,8 @@
 """OpenAIBackend against real sockets on 127.0.0.1: unreachable URLs fail after bounded retries, naming the URL, and
 say so at the first retry."""
+import http.server
 import socket
+import threading
 
 import pytest
 
@@ -39,3 +41,31 @@ def test_long_retries_are_never_silent(capsys):
     assert capsys.readouterr().err.splitlines() == [
         f"warning: {url}: connection failed (APIConnectionError); retrying up to 4 attempts with backoff "
         f"(backend.max_retries = 3)", still.format(2), still.format(3)]
+
+
+class NotFound(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_error(404)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_404_on_models_says_so():
+    """Something answers at the URL, but not the OpenAI API (e.g. the /v1 suffix is missing): the error says it
+    was a 404 and what to check, instead of "lists no model"."""
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NotFound)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    try:
+        backend = OpenAIBackend([url], max_retries=1, backoff_initial=0.01, timeout=10)
+        with pytest.raises(EndpointError) as e:
+            backend.start()
+        backend.close()
+        assert str(e.value) == (f"{url}: GET {url}/models answered HTTP 404 (not found): is this an OpenAI-compatible "
+                                f"server at that path? Check the URL (it usually ends in /v1); for a server without "
+                                f"/models, set backend.model")
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
