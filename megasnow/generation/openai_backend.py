@@ -8,6 +8,7 @@ import asyncio
 import itertools
 import os
 import queue
+import re
 import threading
 import time
 
@@ -17,6 +18,7 @@ from megasnow.generation.protocol import Choice, GenerationResult
 from megasnow.utils.cli import warn
 
 RETRY_STATUS = 429  # and every status >= 500
+_SDK_STATUS_PREFIX = re.compile(r"^Error code: \d+(?: - )?")  # the openai SDK's start of a status error's text
 NOTICE_INTERVAL_S = 15.0  # while retrying, a line at least this often (the CLI rule: no step silent > ~30 s)
 _DONE = object()
 
@@ -65,9 +67,14 @@ def error_kind(exc):
 
 
 def describe_error(exc):
-    """One line: the HTTP status (when there is one) and the server's message."""
+    """One line: the HTTP status (when there is one) and the server's message, once: the body's `message` when the
+    server sent an OpenAI (or vLLM) error body, else the SDK's text without its own "Error code: N - " prefix."""
     status = getattr(exc, "status_code", None)
-    text = " ".join(str(exc).split())[:300] or type(exc).__name__
+    body = getattr(exc, "body", None)
+    message = body.get("message") if isinstance(body, dict) else None
+    if not (isinstance(message, str) and message.strip()):
+        message = _SDK_STATUS_PREFIX.sub("", str(exc), count=1)
+    text = " ".join(message.split())[:300] or type(exc).__name__
     return f"HTTP {status}: {text}" if status else f"{type(exc).__name__}: {text}"
 
 
