@@ -84,8 +84,9 @@ def build_backend_from_config(cfg):
                            gpu_memory_utilization=cfg.gpu_memory_utilization, max_model_len=cfg.max_model_len,
                            seed=cfg.seed, batch_size=cfg.batch_size, engine_kwargs=cfg.options)
     from megasnow.generation.local import LocalBackend
+    from megasnow.utils.device import resolve_device
 
-    kwargs = {"device": cfg.device, **cfg.options}
+    kwargs = {"device": resolve_device(cfg.device, "backend.device"), **cfg.options}
     if cfg.dtype not in ("", "auto"):
         import torch
 

@@ -8,13 +8,18 @@ import asyncio
 import itertools
 import os
 import queue
+import re
 import threading
+import time
 
 from megasnow.errors import UserError
 from megasnow.generation.base import GenerationBackend
 from megasnow.generation.protocol import Choice, GenerationResult
+from megasnow.utils.cli import warn
 
 RETRY_STATUS = 429  # and every status >= 500
+_SDK_STATUS_PREFIX = re.compile(r"^Error code: \d+(?: - )?")  # the openai SDK's start of a status error's text
+NOTICE_INTERVAL_S = 15.0  # while retrying, a line at least this often (the CLI rule: no step silent > ~30 s)
 _DONE = object()
 
 
@@ -62,10 +67,28 @@ def error_kind(exc):
 
 
 def describe_error(exc):
-    """One line: the HTTP status (when there is one) and the server's message."""
+    """One line: the HTTP status (when there is one) and the server's message, once: the body's `message` when the
+    server sent an OpenAI (or vLLM) error body, else the SDK's text without its own "Error code: N - " prefix."""
     status = getattr(exc, "status_code", None)
-    text = " ".join(str(exc).split())[:300] or type(exc).__name__
+    body = getattr(exc, "body", None)
+    message = body.get("message") if isinstance(body, dict) else None
+    if not (isinstance(message, str) and message.strip()):
+        message = _SDK_STATUS_PREFIX.sub("", str(exc), count=1)
+    text = " ".join(message.split())[:300] or type(exc).__name__
     return f"HTTP {status}: {text}" if status else f"{type(exc).__name__}: {text}"
+
+
+def failure_words(exc):
+    """What went wrong in a few words, for the retry warning: 'connection failed (APIConnectionError)'."""
+    import openai
+
+    if isinstance(exc, openai.APITimeoutError):
+        return f"no answer within the timeout ({type(exc).__name__})"
+    if isinstance(exc, openai.APIStatusError):
+        return f"HTTP {exc.status_code} ({type(exc).__name__})"
+    if isinstance(exc, openai.APIConnectionError):
+        return f"connection failed ({type(exc).__name__})"
+    return type(exc).__name__
 
 
 def request_body(req, model):
@@ -125,6 +148,9 @@ class OpenAIBackend(GenerationBackend):
         self.abort_after_failures = abort_after_failures
         self.headers = dict(headers or {})
         self.retries = 0  # retried attempts over the backend's life (progress reports read it)
+        self.retry_setting = "backend.max_retries"  # named in the retry warning (a tool with a flag may set its own)
+        self.notice_interval_s = NOTICE_INTERVAL_S
+        self._retry_warned, self._last_notice = False, 0.0
         self.failures = {}  # error_kind -> requests that failed after their retries
         self._loop = self._thread = None
         self._clients = {}
@@ -171,31 +197,63 @@ class OpenAIBackend(GenerationBackend):
                 default_headers=self.headers or None)
         return client
 
-    def _retrying(self):
+    def _retrying(self, url_of):
+        """tenacity's retry loop; `url_of()` is the URL the last attempt went to (named in the notices)."""
         from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
         return AsyncRetrying(stop=stop_after_attempt(self.max_retries + 1),
                              wait=wait_random_exponential(multiplier=self.backoff_initial, max=self.backoff_max),
-                             retry=retry_if_exception(is_retryable), reraise=True)
+                             retry=retry_if_exception(is_retryable), reraise=True,
+                             before_sleep=lambda state: self._note_retry(url_of(), state),
+                             sleep=lambda seconds: self._sleep(url_of(), seconds))
+
+    def _note_retry(self, url, state):
+        """The first retry of this backend is a warning line (the run is not stuck: it waits for the server);
+        later retries a line at most every `notice_interval_s` seconds (all requests together)."""
+        exc, now = state.outcome.exception(), time.monotonic()
+        if not self._retry_warned:
+            self._retry_warned, self._last_notice = True, now
+            warn(f"{url}: {failure_words(exc)}; retrying up to {self.max_retries + 1} attempts with backoff "
+                 f"({self.retry_setting} = {self.max_retries})")
+        elif now - self._last_notice >= self.notice_interval_s:
+            self._last_notice = now
+            warn(f"{url}: still failing, {failure_words(exc)} at attempt {state.attempt_number} of "
+                 f"{self.max_retries + 1}; next attempt in {state.next_action.sleep:.0f} s")
+
+    async def _sleep(self, url, seconds):
+        """The backoff wait, in pieces, so that a long wait (up to backoff_max) is not silent either."""
+        end = time.monotonic() + seconds
+        while (left := end - time.monotonic()) > 0:
+            await asyncio.sleep(min(left, max(self.notice_interval_s, 1.0)))
+            now = time.monotonic()
+            if end - now > 0 and now - self._last_notice >= self.notice_interval_s:
+                self._last_notice = now
+                warn(f"{url}: waiting {end - now:.0f} s more before the next attempt (backoff)")
 
     async def _probe_all(self):
         models = await asyncio.gather(*(self._probe(u) for u in self.base_urls))
-        if self.model_name:  # refused before any request (every one would fail 404); [] = no GET /models there
+        if self.model_name:  # refused before any request (every one would fail 404); None = no GET /models there
             for url, served in zip(self.base_urls, models):
                 if served and self.model_name not in served:
                     raise ModelNotServedError(self.model_name, url, served)
         if not self.model_name:
+            url = self.base_urls[0]
+            if models[0] is None:
+                raise EndpointError(f"{url}: GET {url}/models answered HTTP 404 (not found): is this an "
+                                    f"OpenAI-compatible server at that path? Check the URL (it usually ends in /v1); "
+                                    f"for a server without /models, set backend.model")
             if not models[0]:
-                raise EndpointError(f"{self.base_urls[0]}: GET /models lists no model; set backend.model")
+                raise EndpointError(f"{url}: GET {url}/models lists no model; set backend.model")
             self.model_name = models[0][0]
 
     async def _probe(self, url):
-        """The model ids `url` serves; EndpointError when it stays unreachable or refuses the key."""
+        """The model ids `url` serves (None: GET /models answered 404); EndpointError when it stays unreachable or
+        refuses the key."""
         import openai
 
         attempts = 0
         try:
-            async for attempt in self._retrying():
+            async for attempt in self._retrying(lambda: url):
                 with attempt:
                     attempts += 1
                     page = await self._client(url).models.list()
@@ -204,7 +262,7 @@ class OpenAIBackend(GenerationBackend):
             if e.status_code in (401, 403):
                 raise self._auth_error(url, e) from None
             if e.status_code == 404:  # a server without /models (some proxies): fine if backend.model is set
-                return []
+                return None
             raise EndpointError(f"{url}: {describe_error(e)} after {attempts} attempt(s); check the server") from None
         except (openai.APIConnectionError, openai.APITimeoutError) as e:
             raise EndpointError(f"{url}: unreachable after {attempts} attempt(s) ({describe_error(e)}); check "
@@ -280,7 +338,7 @@ class OpenAIBackend(GenerationBackend):
 
         attempts, url, last_url = 0, None, None
         try:
-            async for attempt in self._retrying():
+            async for attempt in self._retrying(lambda: url):
                 with attempt:
                     attempts += 1
                     if attempts > 1:

@@ -109,12 +109,13 @@ def context_tokens(message):
 NOT_CURED_BY_RERUN = ("bad_request", "auth")  # error kinds a plain rerun meets again
 
 
-def failure_advice(kinds, first_errors, change, too_long_fix=None):
+def failure_advice(kinds, first_errors, change, too_long_fix=None, show_first=True):
     """What to do after failed requests, by error kind (GenerationResult.error_kind): a rerun may cure an
     unavailable server or a timeout (it asks the failed requests again); a request refused as bad (HTTP 4xx, auth,
     a prompt longer than the context) is refused the same way by a plain rerun, so the advice names what to
     change: `too_long_fix` when the first refusal is a context-length error and the tool has a fix for it, else
-    `change` (the tool's flags or keys). `kinds`: {kind: count}; `first_errors`: {kind: first message}."""
+    `change` (the tool's flags or keys). `kinds`: {kind: count}; `first_errors`: {kind: first message};
+    show_first False: the first refusal's message is not quoted (the caller's own line already shows it)."""
     bad = sum(kinds.get(k, 0) for k in NOT_CURED_BY_RERUN)
     retry = sum(n for k, n in kinds.items() if k not in NOT_CURED_BY_RERUN)
     parts = []
@@ -122,7 +123,8 @@ def failure_advice(kinds, first_errors, change, too_long_fix=None):
         first = next((first_errors[k] for k in NOT_CURED_BY_RERUN if first_errors.get(k)), "")
         todo = (too_long_fix if too_long_fix and is_context_length_error(first)
                 else f"change what the message names ({change})")
-        parts.append(f"{bad} were refused as bad requests (HTTP 4xx{'; first: ' + first if first else ''}): a plain "
+        quoted = f"; first: {first}" if first and show_first else ""
+        parts.append(f"{bad} were refused as bad requests (HTTP 4xx{quoted}): a plain "
                      f"rerun is refused the same way; {todo} and rerun")
     if retry:
         curable = ", ".join(k for k in kinds if k not in NOT_CURED_BY_RERUN)

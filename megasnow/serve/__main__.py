@@ -72,6 +72,9 @@ def main(argv=None):
     parser = make_parser()
     args = check_args(parser, parser.parse_args(argv))
     check_files(args)  # every file flag, before the slow load
+    from megasnow.utils.device import resolve_device
+
+    device = resolve_device(args.device, "--device")  # a device this machine lacks: one line, before the load
     sock = bind_socket(args.host, args.port)  # before the slow load: a taken port fails at once
 
     import torch
@@ -86,7 +89,6 @@ def main(argv=None):
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = None if args.dtype == "auto" else getattr(torch, args.dtype)
     start = time.time()
     print(f"megasnow.serve: loading {args.model} on {device}...", file=sys.stderr, flush=True)

@@ -4,9 +4,10 @@ Field names, defaults and shapes follow the OpenAI API reference (completions, c
 as vLLM's `vllm/entrypoints/openai/protocol.py` does. Each request converts itself with `to_sampling_params`:
 request value, then server default, then API default.
 """
+import json
 import time
 import uuid
-from typing import Literal, Optional, Union
+from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -15,6 +16,59 @@ from megasnow.generation.protocol import SamplingParams
 MAX_N = 128
 MAX_STOP = 16
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # the OpenAI completions API default
+
+# Fields (OpenAI's and vLLM's extensions, vllm/entrypoints/openai/protocol.py) that would change the answer and are
+# not implemented here: accepted only at a value that leaves the answer as this server gives it, else a 400 naming
+# the field. (field, accepted values, what it asks for). Checked in this order; both endpoints.
+NEUTRAL_ONLY = (
+    ("presence_penalty", (None, 0.0), "presence penalties"),
+    ("frequency_penalty", (None, 0.0), "frequency penalties"),
+    ("repetition_penalty", (None, 1.0), "repetition penalties"),
+    ("logit_bias", (None, {}), "logit biases"),
+    ("top_k", (None, -1, 0), "top-k sampling (-1 or 0: all tokens)"),
+    ("min_p", (None, 0.0), "min-p sampling"),
+    ("use_beam_search", (None, False), "beam search"),
+    ("length_penalty", (None, 1.0), "beam search length penalties"),
+    ("prompt_logprobs", (None,), "prompt logprobs"),
+    ("echo", (None, False), "echoing the prompt"),
+    ("bad_words", (None, []), "bad words"),
+    ("stop_token_ids", (None, []), "stop token ids"),
+    ("allowed_token_ids", (None, []), "allowed token ids"),
+    ("logits_processors", (None, []), "logits processors"),
+    ("include_stop_str_in_output", (None, False), "stop strings in the output (they are cut)"),
+    ("skip_special_tokens", (None, False), "skipping special tokens (the text keeps them, as with false)"),
+    ("spaces_between_special_tokens", (None, True), "other spacing of special tokens"),
+    ("truncate_prompt_tokens", (None,), "prompt truncation"),
+    ("return_tokens_as_token_ids", (None, False), "token ids as text"),
+    ("guided_json", (None,), "guided decoding"),
+    ("guided_regex", (None,), "guided decoding"),
+    ("guided_choice", (None,), "guided decoding"),
+    ("guided_grammar", (None,), "guided decoding"),
+    ("structured_outputs", (None,), "structured outputs"),
+    ("response_format", (None, {"type": "text"}), "a response format other than text"),
+)
+CHAT_NEUTRAL_ONLY = (
+    ("logprobs", (None, False), "logprobs"),
+    ("top_logprobs", (None, 0), "logprobs"),
+    ("tools", (None, []), "tools (function calling)"),
+    ("add_generation_prompt", (None, True), "a prompt without the generation prompt"),
+    ("continue_final_message", (None, False), "continuing the final message"),
+    ("chat_template", (None,), "a per-request chat template (use the server's --chat-template)"),
+    ("chat_template_kwargs", (None, {}), "chat template arguments"),
+    ("documents", (None, []), "documents"),
+)
+COMPLETION_NEUTRAL_ONLY = (("logprobs", (None,), "logprobs"),)
+
+
+def first_unsupported(request, table):
+    """(param, message) for the first field of `table` set to a value this server cannot honour, else None."""
+    for name, accepted, what in table:
+        value = getattr(request, name)
+        if not any(value == a and (a is None) == (value is None) for a in accepted):
+            shown = " or ".join("unset" if a is None else json.dumps(a) for a in accepted)
+            return name, (f"{name}={json.dumps(value, default=str)} is not supported: this server implements no "
+                          f"{what}; leave it {shown}")
+    return None
 
 
 class OpenAIBaseModel(BaseModel):
@@ -61,11 +115,35 @@ class _SamplingFields(OpenAIBaseModel):
     seed: Optional[int] = Field(None, description="choice j samples with seed + j; same output in any batch")
     stream: bool = False
     stream_options: Optional[StreamOptions] = None
-    presence_penalty: float = Field(0.0, description="only 0 is supported")
-    frequency_penalty: float = Field(0.0, description="only 0 is supported")
+    presence_penalty: Optional[float] = Field(None, description="only 0 is supported")
+    frequency_penalty: Optional[float] = Field(None, description="only 0 is supported")
     logit_bias: Optional[dict] = Field(None, description="not supported")
     ignore_eos: bool = Field(False, description="(vLLM extension) generate max_tokens even past EOS: benchmarks")
     min_tokens: int = Field(0, ge=0, description="(vLLM extension) no end of text before this many new tokens")
+    best_of: Optional[int] = Field(None, description="only best_of == n (or unset) is supported")
+    echo: Optional[bool] = Field(None, description="not supported")
+    response_format: Optional[dict] = Field(None, description="only {'type': 'text'} is supported")
+    # vLLM's sampling extensions: only their neutral values (NEUTRAL_ONLY) are accepted
+    top_k: Optional[int] = None
+    min_p: Optional[float] = None
+    repetition_penalty: Optional[float] = None
+    length_penalty: Optional[float] = None
+    use_beam_search: Optional[bool] = None
+    prompt_logprobs: Optional[int] = None
+    bad_words: Optional[list[str]] = None
+    stop_token_ids: Optional[list[int]] = None
+    allowed_token_ids: Optional[list[int]] = None
+    logits_processors: Optional[list[Any]] = None
+    include_stop_str_in_output: Optional[bool] = None
+    skip_special_tokens: Optional[bool] = None
+    spaces_between_special_tokens: Optional[bool] = None
+    truncate_prompt_tokens: Optional[int] = None
+    return_tokens_as_token_ids: Optional[bool] = None
+    guided_json: Optional[Any] = None
+    guided_regex: Optional[str] = None
+    guided_choice: Optional[list[str]] = None
+    guided_grammar: Optional[str] = None
+    structured_outputs: Optional[Any] = None
 
     @field_validator("stop")
     @classmethod
@@ -77,11 +155,9 @@ class _SamplingFields(OpenAIBaseModel):
 
     def unsupported(self):
         """(param, message) for a set field this server cannot honour, else None (answered with a 400)."""
-        if self.presence_penalty or self.frequency_penalty:
-            return "presence_penalty", "presence_penalty and frequency_penalty are not supported; leave them at 0"
-        if self.logit_bias:
-            return "logit_bias", "logit_bias is not supported"
-        return None
+        if self.best_of not in (None, self.n):
+            return "best_of", f"best_of={self.best_of} is not supported: only best_of == n ({self.n}) or unset"
+        return first_unsupported(self, NEUTRAL_ONLY)
 
     def stop_strings(self):
         stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
@@ -102,9 +178,7 @@ class CompletionRequest(_SamplingFields):
     max_tokens: Optional[int] = Field(None, ge=1, description="new tokens per choice; API default 16")
     suffix: Optional[str] = Field(None, description="fill-in-the-middle: the text after the insertion point; the "
                                                     "completion is the middle (needs the tokenizer's FIM tokens)")
-    echo: bool = Field(False, description="not supported")
     logprobs: Optional[int] = Field(None, description="not supported")
-    best_of: Optional[int] = Field(None, description="only best_of == n (or unset) is supported")
 
     def prompts(self):
         """The prompts as a list of str or list-of-int items (OpenAI's four prompt forms)."""
@@ -116,13 +190,7 @@ class CompletionRequest(_SamplingFields):
         return list(p)
 
     def unsupported(self):
-        if self.echo:
-            return "echo", "echo is not supported"
-        if self.logprobs:
-            return "logprobs", "logprobs are not supported"
-        if self.best_of not in (None, self.n):
-            return "best_of", "best_of other than n is not supported"
-        return super().unsupported()
+        return first_unsupported(self, COMPLETION_NEUTRAL_ONLY) or super().unsupported()
 
     def to_sampling_params(self, server_default_max_tokens=None):
         """SamplingParams: max_tokens from the request, else the server's default, else the API's (16)."""
@@ -153,18 +221,18 @@ class ChatCompletionRequest(_SamplingFields):
     max_tokens: Optional[int] = Field(None, ge=1, description="deprecated name of max_completion_tokens")
     max_completion_tokens: Optional[int] = Field(None, ge=1, description="new tokens per choice; API default: "
                                                                         "the rest of the context")
-    logprobs: bool = Field(False, description="not supported")
+    logprobs: Optional[bool] = Field(None, description="not supported")
+    top_logprobs: Optional[int] = Field(None, description="not supported")
     tools: Optional[list] = Field(None, description="not supported")
-    response_format: Optional[dict] = Field(None, description="only {'type': 'text'} is supported")
+    # vLLM's chat extensions: only their neutral values (CHAT_NEUTRAL_ONLY) are accepted
+    add_generation_prompt: Optional[bool] = None
+    continue_final_message: Optional[bool] = None
+    chat_template: Optional[str] = None
+    chat_template_kwargs: Optional[dict] = None
+    documents: Optional[list] = None
 
     def unsupported(self):
-        if self.logprobs:
-            return "logprobs", "logprobs are not supported"
-        if self.tools:
-            return "tools", "tools (function calling) are not supported"
-        if self.response_format and self.response_format.get("type") != "text":
-            return "response_format", "response_format other than text is not supported"
-        return super().unsupported()
+        return first_unsupported(self, CHAT_NEUTRAL_ONLY) or super().unsupported()
 
     def message_dicts(self):
         return [{"role": m.role, "content": m.text()} for m in self.messages]

@@ -1,5 +1,8 @@
-"""OpenAIBackend against real sockets on 127.0.0.1: unreachable URLs fail after bounded retries, naming the URL."""
+"""OpenAIBackend against real sockets on 127.0.0.1: unreachable URLs fail after bounded retries, naming the URL, and
+say so at the first retry."""
+import http.server
 import socket
+import threading
 
 import pytest
 
@@ -12,9 +15,57 @@ def free_port():
         return s.getsockname()[1]
 
 
-def test_unreachable_url_fails_after_bounded_retries_naming_it():
+def test_unreachable_url_fails_after_bounded_retries_naming_it(capsys):
     url = f"http://127.0.0.1:{free_port()}/v1"
     backend = OpenAIBackend([url], max_retries=2, backoff_initial=0.01, backoff_max=0.05, timeout=5)
     with pytest.raises(EndpointError, match=rf"{url}: unreachable after 3 attempt\(s\)"):
         backend.start()
     backend.close()
+    # the first retry says what is happening (once per backend, not per attempt): the run is not silent
+    assert capsys.readouterr().err.splitlines() == [
+        f"warning: {url}: connection failed (APIConnectionError); retrying up to 3 attempts with backoff "
+        f"(backend.max_retries = 2)"]
+
+
+def test_long_retries_are_never_silent(capsys):
+    """Later retries (and long backoff waits) print a line at most every notice_interval_s (here 0, so each retry
+    does; the default is 15 s)."""
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    backend = OpenAIBackend([url], max_retries=3, backoff_initial=0.05, backoff_max=0.05, timeout=5)
+    backend.notice_interval_s = 0.0
+    with pytest.raises(EndpointError, match=rf"{url}: unreachable after 4 attempt\(s\)"):
+        backend.start()
+    backend.close()
+    still = f"warning: {url}: still failing, connection failed (APIConnectionError) at attempt {{}} of 4; next " \
+            f"attempt in 0 s"
+    assert capsys.readouterr().err.splitlines() == [
+        f"warning: {url}: connection failed (APIConnectionError); retrying up to 4 attempts with backoff "
+        f"(backend.max_retries = 3)", still.format(2), still.format(3)]
+
+
+class NotFound(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_error(404)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_404_on_models_says_so():
+    """Something answers at the URL, but not the OpenAI API (e.g. the /v1 suffix is missing): the error says it
+    was a 404 and what to check, instead of "lists no model"."""
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NotFound)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    try:
+        backend = OpenAIBackend([url], max_retries=1, backoff_initial=0.01, timeout=10)
+        with pytest.raises(EndpointError) as e:
+            backend.start()
+        backend.close()
+        assert str(e.value) == (f"{url}: GET {url}/models answered HTTP 404 (not found): is this an OpenAI-compatible "
+                                f"server at that path? Check the URL (it usually ends in /v1); for a server without "
+                                f"/models, set backend.model")
+    finally:
+        httpd.shutdown()
+        httpd.server_close()

@@ -13,6 +13,7 @@ import time
 import httpx
 import openai
 import pytest
+import torch
 
 from megasnow.generation.local import LocalEngine
 from megasnow.generation.tiny_model import write_tiny_checkpoint
@@ -217,6 +218,63 @@ def test_errors_have_the_openai_shape(server):
     assert r.status_code == 400 and r.json()["error"]["param"] == "messages"
 
 
+# vLLM's (and OpenAI's) fields this server does not implement: each non-neutral value is a 400 naming it
+REFUSED = [("completions", "top_k", 5), ("completions", "min_p", 0.1), ("completions", "repetition_penalty", 1.2),
+           ("completions", "length_penalty", 0.5), ("completions", "use_beam_search", True),
+           ("completions", "best_of", 3), ("completions", "prompt_logprobs", 1), ("completions", "logprobs", 0),
+           ("completions", "echo", True), ("completions", "presence_penalty", 0.5),
+           ("completions", "frequency_penalty", 0.5), ("completions", "logit_bias", {"5": 10}),
+           ("completions", "bad_words", ["x"]), ("completions", "stop_token_ids", [3]),
+           ("completions", "allowed_token_ids", [3]), ("completions", "include_stop_str_in_output", True),
+           ("completions", "skip_special_tokens", True), ("completions", "spaces_between_special_tokens", False),
+           ("completions", "truncate_prompt_tokens", 8), ("completions", "return_tokens_as_token_ids", True),
+           ("completions", "guided_json", {"type": "object"}), ("completions", "guided_regex", "[a-z]+"),
+           ("completions", "guided_choice", ["a", "b"]), ("completions", "guided_grammar", "root ::= 'a'"),
+           ("completions", "response_format", {"type": "json_object"}),
+           ("chat", "top_k", 40), ("chat", "min_p", 0.05), ("chat", "repetition_penalty", 1.1),
+           ("chat", "logprobs", True), ("chat", "top_logprobs", 2), ("chat", "best_of", 2),
+           ("chat", "use_beam_search", True), ("chat", "echo", True), ("chat", "continue_final_message", True),
+           ("chat", "add_generation_prompt", False), ("chat", "chat_template", "{{ messages }}"),
+           ("chat", "chat_template_kwargs", {"enable_thinking": True}),
+           ("chat", "response_format", {"type": "json_object"}), ("chat", "guided_choice", ["a"])]
+NEUTRAL = {"top_k": -1, "min_p": 0.0, "repetition_penalty": 1.0, "length_penalty": 1.0, "use_beam_search": False,
+           "best_of": 1, "presence_penalty": 0, "frequency_penalty": 0, "logit_bias": {}, "bad_words": [],
+           "stop_token_ids": [], "include_stop_str_in_output": False, "skip_special_tokens": False,
+           "spaces_between_special_tokens": True, "response_format": {"type": "text"}, "echo": False}
+CHAT_NEUTRAL = {"logprobs": False, "top_logprobs": 0, "add_generation_prompt": True,
+                "continue_final_message": False}
+
+
+@pytest.mark.parametrize("endpoint,field,value", REFUSED, ids=[f"{e}-{f}" for e, f, _ in REFUSED])
+def test_unimplemented_fields_are_a_400_naming_them(server, endpoint, field, value):
+    c = client(server, max_retries=0)
+    with pytest.raises(openai.BadRequestError) as e:
+        if endpoint == "chat":
+            c.chat.completions.create(model=MODEL, max_tokens=2, messages=[{"role": "user", "content": "hi"}],
+                                      extra_body={field: value})
+        else:
+            c.completions.create(model=MODEL, prompt="x", max_tokens=2, extra_body={field: value})
+    assert e.value.status_code == 400 and e.value.body["param"] == field
+    assert e.value.body["type"] == "invalid_request_error"
+    assert e.value.body["message"].startswith(f"{field}={json.dumps(value)} is not supported")
+
+
+def test_neutral_values_of_unimplemented_fields_change_nothing(server):
+    c = client(server)
+    for top_k in (-1, 0):  # both mean "all tokens" in vLLM
+        plain = c.completions.create(model=MODEL, prompt=PROMPTS[0], max_tokens=6, temperature=0.8, seed=5)
+        same = c.completions.create(model=MODEL, prompt=PROMPTS[0], max_tokens=6, temperature=0.8, seed=5,
+                                    extra_body={**NEUTRAL, "top_k": top_k})
+        assert same.choices[0].text == plain.choices[0].text
+    messages = [{"role": "user", "content": "hello"}]
+    plain = c.chat.completions.create(model=MODEL, messages=messages, max_tokens=6, temperature=0)
+    same = c.chat.completions.create(model=MODEL, messages=messages, max_tokens=6, temperature=0,
+                                     extra_body={**NEUTRAL, **CHAT_NEUTRAL})
+    assert same.choices[0].message.content == plain.choices[0].message.content
+    assert same.usage.completion_tokens == plain.usage.completion_tokens == 6 or \
+        same.choices[0].finish_reason == plain.choices[0].finish_reason == "stop"
+
+
 def test_too_long_prompt_is_a_400_and_not_retried(server):
     c = client(server, max_retries=3)
     prompt = "x = 1\n" * 400  # > 1024 tokens
@@ -294,7 +352,12 @@ def test_cli_errors(tmp_path):
                           ([str(tmp_path), "--tokenizer", str(tmp_path / "tok.json")],
                            f"--tokenizer {tmp_path / 'tok.json'}: no such file or folder"),
                           ([str(tmp_path), "--request-log", str(tmp_path / "no" / "log.jsonl")],
-                           f"--request-log {tmp_path / 'no' / 'log.jsonl'}: no folder {tmp_path / 'no'}")]:
+                           f"--request-log {tmp_path / 'no' / 'log.jsonl'}: no folder {tmp_path / 'no'}"),
+                          # resolve_device, before the model loads
+                          ([str(tmp_path), "--device", "gpu"], "--device 'gpu' is not a torch device"),
+                          *([] if torch.cuda.is_available() else
+                            [([str(tmp_path), "--device", "cuda"],
+                              "--device is cuda but this machine has no CUDA device")])]:
         res = subprocess.run([sys.executable, "-m", "megasnow.serve", *args, "--port", "0"], capture_output=True,
                              text=True, timeout=120)
         lines = res.stderr.strip().splitlines()

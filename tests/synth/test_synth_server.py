@@ -4,6 +4,7 @@ without asking a stored request again and ends equal to an uninterrupted run; 40
 several base URLs share the work."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -157,6 +158,16 @@ def test_other_4xx_fail_at_once_and_are_counted(servers, seed_shard, tmp_path):
     statuses = [e["status"] for e in log_lines(log_path, before) if e["endpoint"] != "/v1/models"]
     assert statuses.count(400) == too_long  # each asked once, never retried
     assert "HTTP 400" in gen["failed_examples"][0]
+    # the two closing lines, exactly: the server's message once (not again in the advice, no SDK "Error code" echo)
+    example = gen["failed_examples"][0]
+    assert re.fullmatch(r"request \d+ \([0-9a-f]+\): http://127\.0\.0\.1:\d+/v1: HTTP 400: This model's maximum "
+                        r"context length is 1024 tokens\. However, you requested \d+ tokens \(\d+ in the prompt, 16 "
+                        r"in the completion\)\. Please reduce the length of the prompt or max_tokens\.", example)
+    assert r.stderr.strip().splitlines()[-2:] == [
+        f"{too_long} requests failed {{'bad_request': {too_long}}} (not cached); first: {example}",
+        f"{too_long} were refused as bad requests (HTTP 4xx): a plain rerun is refused the same way; lower "
+        f"sampling.max_tokens or the seed length (seeds.max_lines, seeds.head_tokens) to fit the model's context "
+        f"and rerun"]
 
 
 def test_unknown_model_is_refused_before_any_request(servers, seed_shard, tmp_path):

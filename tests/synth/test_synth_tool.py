@@ -67,7 +67,9 @@ def test_unreachable_url_fails_after_bounded_retries_leaving_nothing(tmp_path, s
     r = run_tool("--seeds", seed_shard, "--output", str(out), "--base-url", url, "backend.max_retries=2",
                  "backend.backoff_initial=0.01")
     assert r.returncode == 2
-    (line,) = r.stderr.strip().splitlines()
+    warning, line = r.stderr.strip().splitlines()  # the first retry says so; then the one error line
+    assert warning == (f"warning: {url}: connection failed (APIConnectionError); retrying up to 3 attempts with "
+                       f"backoff (backend.max_retries = 2)")
     assert line.startswith(f"error: {url}: unreachable after 3 attempt(s)")
     assert not out.exists()
 
