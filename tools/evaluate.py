@@ -444,7 +444,10 @@ def run(args, bench, total, settings):
             samples = finished_samples(e.partial, bench, settings.n)
     if will_measure_loss(args) and not args.loss_model:
         args.loss_model = args.model  # (the solution loss is a left-to-right measure: not for infilling)
-    extra = {"model": args.model or (stats or {}).get("model", ""),  # openai without --model: the served name
+    from megasnow.eval.codegen import served_model
+
+    # openai without --model: the served name (this run's, or the one recorded beside reused samples)
+    extra = {"model": args.model or (stats or {}).get("model") or served_model(samples_path),
              "prompt_style": "infill" if args.infill else args.prompt_style, **limit_fields(args, total, bench)}
     if stats:
         extra["generation"] = stats

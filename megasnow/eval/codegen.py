@@ -8,7 +8,8 @@ order once every task has its samples.
 
 The run's identity (benchmark, backend, model, prompt style, sampling parameters, ...) is saved beside the samples in
 `<out>.meta.json` and compared (`check_identity`) before a partial file is resumed or a finished one reused: files of
-another run are refused, never resumed or scored as this one's.
+another run are refused, never resumed or scored as this one's. Beside it the meta file records the model name the
+backend resolved (`served_model`: the served name when the OpenAI backend was given no model), reported on reuse.
 """
 import json
 import os
@@ -92,10 +93,29 @@ def _show(key, value):
     return text[:14] + "..." if key == "benchmark" and len(text) > 17 else text
 
 
-def check_identity(out_path, identity, advice):
+SERVED_MODEL = "served_model"  # meta-file key beside the identity: the model name the backend resolved and used
+
+
+def served_model(out_path):
+    """The model name the backend reported when it generated `out_path` (for `--backend openai` without --model:
+    the name the server serves), from identity_path(out_path); "" when not recorded (an older version's file)."""
+    try:
+        with open(identity_path(out_path), encoding="utf-8") as f:
+            saved = json.load(f)
+    except (OSError, ValueError):
+        return ""
+    return saved.get(SERVED_MODEL) or "" if isinstance(saved, dict) else ""
+
+
+def check_identity(out_path, identity, advice, served=None):
     """Compare `identity` (a flat dict) with the one saved beside `out_path` when samples of an earlier run are there
     (`out_path` or `<out_path>.partial`). Returns True when they are (same identity: resume or reuse them), False
-    when there are none. Raises RunMismatch naming the keys that differ (or the missing record), plus `advice`."""
+    when there are none. Raises RunMismatch naming the keys that differ (or the missing record), plus `advice`.
+
+    `served` (the model name the started backend resolved; None when no backend was started) is compared with the
+    served name saved beside the identity (SERVED_MODEL, not part of the identity: the identity holds the --model
+    given, which may be '' = whatever the server serves) when both are known, so samples of one served model are
+    never resumed with another's behind the same URL."""
     held = [p for p in (out_path, out_path + ".partial") if os.path.exists(p)]
     if not held:
         return False
@@ -106,10 +126,14 @@ def check_identity(out_path, identity, advice):
     except (OSError, ValueError):
         raise RunMismatch(f"{held[0]}: holds samples without a readable record of the run that wrote them ({meta}), "
                           f"so they cannot be told to be this run's; {advice}") from None
-    if saved == identity:
-        return True
     if not isinstance(saved, dict):
         saved = {}
+    saved_served = saved.pop(SERVED_MODEL, None)
+    if saved == identity:
+        if served and saved_served and served != saved_served:
+            raise RunMismatch(f"{held[0]}: holds samples of another run: {SERVED_MODEL} ({saved_served!r} there, "
+                              f"{served!r} now: the endpoint serves another model); {advice}")
+        return True
     keys = [k for k in sorted(set(saved) | set(identity)) if saved.get(k) != identity.get(k)]
     diff = ", ".join(f"{k} ({_show(k, saved.get(k))} there, {_show(k, identity.get(k))} now)" for k in keys)
     raise RunMismatch(f"{held[0]}: holds samples of another run: {diff}; {advice}")
@@ -272,7 +296,7 @@ def generate_samples(backend, benchmark, settings, out_path, progress=True, log=
     if identity is None:
         identity = default_identity(benchmark, settings, model, skip_too_long)
     check_identity(out_path, identity, advice or f"give another output, or delete {out_path} and {partial} to "
-                                                 f"generate again")
+                                                 f"generate again", served=model)
     done = read_partial(partial, settings.n)
     todo = [(i, t) for i, t in enumerate(benchmark.tasks) if t.task_id not in done]
     too_long = precheck(backend, [build_request(t, settings.style, settings.params(i), f"{i}") for i, t in todo],
@@ -287,7 +311,7 @@ def generate_samples(backend, benchmark, settings, out_path, progress=True, log=
     if not os.path.isdir(folder):
         created_dir = folder
         os.makedirs(folder)
-    atomic_write_text(meta_path, json.dumps(identity, sort_keys=True) + "\n")
+    atomic_write_text(meta_path, json.dumps({**identity, SERVED_MODEL: model}, sort_keys=True) + "\n")
     stats = {"requests": 0, "samples": 0, "errors": 0, "completion_tokens": 0, "prompt_tokens": 0,
              "finish_reasons": {}, "error_kinds": {}, "first_error": None, "first_errors": {}}
     todo = [(i, t) for i, t in todo if f"{i}" not in too_long]  # (too_long's ids are those of todo's requests)
