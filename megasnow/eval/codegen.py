@@ -88,9 +88,15 @@ def default_identity(benchmark, settings, model, skip_too_long=False):
     return ident
 
 
+_SHOWN_CHARS = {"benchmark": 12}  # keys whose long values (fingerprints) messages cut to their first characters
+
+
 def _show(key, value):
-    text = repr(value)
-    return text[:14] + "..." if key == "benchmark" and len(text) > 17 else text
+    """`value` as a message shows it: repr; a long fingerprint cut inside its quotes ('c66702654004...')."""
+    cut = _SHOWN_CHARS.get(key)
+    if cut and isinstance(value, str) and len(value) > cut + 3:
+        return repr(value[:cut] + "...")
+    return repr(value)
 
 
 SERVED_MODEL = "served_model"  # meta-file key beside the identity: the model name the backend resolved and used

@@ -33,3 +33,15 @@ def test_a_meta_file_without_the_served_name_still_matches(tmp_path):
     assert served_model(out) == ""
     assert check_identity(out, dict(IDENTITY), "ADVICE", served="smollm2") is True
 
+
+def test_mismatch_message_cuts_fingerprints_inside_their_quotes(tmp_path):
+    out = _write(tmp_path, {**IDENTITY, "served_model": "smollm2"})
+    now = dict(IDENTITY, benchmark="4c0ae5768a65f9e8d7c6b5a4", max_tokens=9)
+    with pytest.raises(RunMismatch) as e:
+        check_identity(out, now, "ADVICE")
+    assert str(e.value) == (f"{out}: holds samples of another run: benchmark ('c66702654004...' there, "
+                            f"'4c0ae5768a65...' now), max_tokens (16 there, 9 now); ADVICE")
+    short = dict(IDENTITY, benchmark="abc")
+    with pytest.raises(RunMismatch) as e:
+        check_identity(out, short, "ADVICE")
+    assert "benchmark ('c66702654004...' there, 'abc' now)" in str(e.value)
