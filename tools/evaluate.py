@@ -457,7 +457,7 @@ def run(args, bench, total, settings):
     if incomplete:
         print(f"error: only {len(bench.tasks) - stats['failed_tasks']} of {len(bench.tasks)} tasks were generated "
               f"and scored above ({stats['failed_tasks']} failed, first: {stats['first_error']}); "
-              f"{failure_advice(stats)}", file=sys.stderr, flush=True)
+              f"{failure_advice(stats, bool(args.infill))}", file=sys.stderr, flush=True)
         return 1
     return 0
 

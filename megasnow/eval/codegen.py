@@ -145,11 +145,19 @@ def check_identity(out_path, identity, advice, served=None):
     raise RunMismatch(f"{held[0]}: holds samples of another run: {diff}; {advice}")
 
 
-def failure_advice(stats):
-    """What to do after failed generation requests (generation.protocol.failure_advice in this tool's flags)."""
+NO_FIM_ADVICE = ("--infill asks for fill-in-the-middle (the OpenAI `suffix`), which needs a model whose tokenizer has "
+                 "FIM tokens (<fim_prefix>, <fim_suffix>, <fim_middle> or another family's)")
+
+
+def failure_advice(stats, infill=False):
+    """What to do after failed generation requests (generation.protocol.failure_advice in this tool's flags);
+    `infill`: the run sent `suffix` (--infill), which a model without FIM tokens refuses."""
+    change = "--model, --prompt-style, sampling flags, --max-tokens"
+    if infill:
+        change = ("--infill: drop it if the model has no FIM tokens (or use a model trained with fill-in-the-middle, "
+                  "data.fim); --model, sampling flags, --max-tokens")
     return protocol_failure_advice(
-        stats.get("error_kinds", {}), stats.get("first_errors", {}),
-        change="--model, --prompt-style, sampling flags, --max-tokens",
+        stats.get("error_kinds", {}), stats.get("first_errors", {}), change=change,
         too_long_fix="lower --max-tokens, or pass --skip-too-long to score the tasks that do not fit the model's "
                      "context as failed")
 
@@ -197,6 +205,11 @@ def precheck(backend, requests, skip_too_long=False):
     too_long = {r.id: e for r, e in bad if is_context_length_error(e)}
     other = [(r, e) for r, e in bad if r.id not in too_long]
     name = getattr(backend, "model_name", "") or "this model"
+    no_fim = [r for r, e in other if r.suffix is not None and check(replace(r, suffix=None)) is None]
+    if no_fim:  # refused for its suffix alone: the model cannot infill (the user asked --infill, not a suffix)
+        raise GenerationFailed(f"{len(no_fim)} of {len(requests)} generation requests cannot run on {name}: "
+                               f"{NO_FIM_ADVICE}, and this model's has none: drop --infill, or use a model trained "
+                               f"with fill-in-the-middle (data.fim)")
     if other:
         raise GenerationFailed(f"{len(other)} of {len(requests)} generation requests cannot run on {name}: "
                                f"{other[0][1]}")
@@ -381,12 +394,12 @@ def generate_samples(backend, benchmark, settings, out_path, progress=True, log=
         _remove_if_empty(partial, meta_path, settings.n, created_dir)
         raise GenerationFailed(f"all {stats['requests']} generation requests failed: "
                                f"{stats['first_error'] or 'the backend returned no result'}; "
-                               + failure_advice(stats))
+                               + failure_advice(stats, settings.style == "infill"))
     if missing:
         raise IncompleteGeneration(
             f"{len(missing)} of {len(benchmark.tasks)} tasks failed to generate (first: "
             f"{stats['first_error'] or missing[0] + ': the backend returned no result'}); the {len(done)} finished "
-            f"are kept in {partial}; " + failure_advice(stats), stats, partial)
+            f"are kept in {partial}; " + failure_advice(stats, settings.style == "infill"), stats, partial)
     total = write_samples(out_path, (rec for t in benchmark.tasks for rec in done[t.task_id]))
     os.remove(partial)  # the identity file stays beside the samples: a later run compares with it
     stats["samples_written"] = total
