@@ -214,13 +214,25 @@ def precheck(backend, requests, skip_too_long=False):
         raise GenerationFailed(f"{len(other)} of {len(requests)} generation requests cannot run on {name}: "
                                f"{other[0][1]}")
     if too_long and not skip_too_long:
-        fit = min(_largest_fitting(check, r) for r, e in bad)
-        first = bad[0][1]
-        advice = (f"--max-tokens {fit} makes every task fit" if fit >= 1 else
-                  "no --max-tokens makes every task fit (some prompts alone fill the context)")
+        fits = [_largest_fitting(check, r) for r, e in bad]
+        fit, first, fitting = min(fits), bad[0][1], len(requests) - len(bad)
+        skip = ("pass --skip-too-long to generate the {} that fit and score the others as failed, pass@k staying over "
+                "every task")
+        if fit >= 1:
+            advice = f"--max-tokens {fit} makes every task fit" + (f"; or {skip.format(fitting)}" if fitting else "")
+        elif fitting:
+            advice = (f"no --max-tokens makes every task fit (some prompts alone fill the context); or "
+                      f"{skip.format(fitting)}")
+        elif max(fits) >= 1:  # none fits now, and some prompts alone fill the context: offer what makes any fit
+            some = sum(f >= max(fits) for f in fits)
+            advice = (f"no --max-tokens makes every task fit (some prompts alone fill the context), and none fits at "
+                      f"this one; at --max-tokens {max(fits)} {some} do: pass that with --skip-too-long to generate "
+                      f"those and score the others as failed")
+        else:
+            advice = ("no task fits at any --max-tokens: every prompt alone fills the context; use a model with a "
+                      "longer one")
         raise GenerationFailed(f"{len(bad)} of {len(requests)} generation requests cannot run on {name}: {first} "
-                               f"({advice}; or pass --skip-too-long to generate the {len(requests) - len(bad)} that "
-                               f"fit and score the others as failed, pass@k staying over every task)")
+                               f"({advice})")
     return too_long
 
 

@@ -212,6 +212,22 @@ def test_tasks_too_long_for_the_context(tiny_short, tmp_path):
     assert "1 of 3 generation requests cannot run on ckpt: This model's maximum context length is 160" in lines[0]
     assert "(--max-tokens 39 makes every task fit; or pass --skip-too-long to generate the 2 that fit" in lines[0]
     assert not out.exists()
+    # none fits at this --max-tokens: --skip-too-long (which would generate none) is not offered
+    proc = evaluate(*common, "--benchmark", fits, "--max-tokens", "9000", "--output", str(out))
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and not out.exists(), proc.stderr
+    assert lines[0].startswith("error: 3 of 3 generation requests cannot run on ckpt: ")
+    assert lines[0].endswith("(--max-tokens 39 makes every task fit)"), lines[0]
+    for indices, advice in (([0, 13], "(no --max-tokens makes every task fit (some prompts alone fill the context), "
+                                      "and none fits at this one; at --max-tokens 39 1 do: pass that with "
+                                      "--skip-too-long to generate those and score the others as failed)"),
+                            ([0], "(no task fits at any --max-tokens: every prompt alone fills the context; use a "
+                                  "model with a longer one)")):
+        bench = _humaneval_file(tmp_path / f"b{len(indices)}.jsonl", indices)
+        proc = evaluate(*common, "--benchmark", bench, "--max-tokens", "9000", "--output", str(out))
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1 and not out.exists(), proc.stderr
+        assert lines[0].endswith(advice) and "skip-too-long to generate the 0" not in lines[0], lines[0]
     proc = evaluate(*common, "--benchmark", fits, "--max-tokens", "39", "--output", str(out))  # the advice works
     assert proc.returncode == 0 and "generated 3 samples for 3 tasks" in proc.stdout, proc.stderr
 
