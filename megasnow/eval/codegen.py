@@ -346,6 +346,7 @@ def generate_samples(backend, benchmark, settings, out_path, progress=True, log=
     stats = {"requests": 0, "samples": 0, "errors": 0, "completion_tokens": 0, "prompt_tokens": 0,
              "finish_reasons": {}, "error_kinds": {}, "first_error": None, "first_errors": {}}
     todo = [(i, t) for i, t in todo if f"{i}" not in too_long]  # (too_long's ids are those of todo's requests)
+    first_failed = {}  # {error kind, or None for any: the lowest task index that failed with it}
     begin = time.monotonic()
     bar = _Progress(len(todo), log, progress_interval, enabled=progress)
 
@@ -376,9 +377,12 @@ def generate_samples(backend, benchmark, settings, out_path, progress=True, log=
                             stats["errors"] += 1
                             kind = result.error_kind or "error"
                             stats["error_kinds"][kind] = stats["error_kinds"].get(kind, 0) + 1
-                            if stats["first_error"] is None:
-                                stats["first_error"] = f"{task.task_id}: {result.error}"
-                            stats["first_errors"].setdefault(kind, f"{task.task_id}: {result.error}")
+                            # "first" in benchmark order (the lowest task index), not in completion order
+                            message = f"{task.task_id}: {result.error}"
+                            if i < first_failed.get(None, len(benchmark.tasks)):
+                                first_failed[None], stats["first_error"] = i, message
+                            if i < first_failed.get(kind, len(benchmark.tasks)):
+                                first_failed[kind], stats["first_errors"][kind] = i, message
                             continue
                         for j, ch in enumerate(result.choices):
                             rec = sample_record(task, settings.style, ch.text, j, ch.finish_reason)
