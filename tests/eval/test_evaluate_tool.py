@@ -373,3 +373,28 @@ def test_devices_this_machine_lacks_are_refused_before_a_model_loads(refuse, tmp
     args = tool.build_parser().parse_args(["run", "--benchmark", "humaneval", "--backend", "openai", "--output",
                                            str(out), "--device", "cuda:7"])
     tool.check_devices(args)
+
+
+def test_max_retries_reaches_the_openai_backend(tmp_path):
+    """--max-retries is the OpenAI backend's max_retries (default: the backend's own); against a port nothing listens
+    on, the run says how many attempts it made: one line, exit 2, nothing left."""
+    import socket
+
+    from megasnow.generation.factory import BackendConfig
+
+    tool = load_tool()
+    args = tool.build_parser().parse_args(["run", "--benchmark", "humaneval", "--backend", "openai", "--output", "x"])
+    assert args.max_retries == BackendConfig.max_retries
+    args.max_retries = 3
+    assert tool.build_backend(args).max_retries == 3
+    with socket.socket() as s:  # a free port, closed again: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "out"
+    for retries, attempts in (("0", 1), ("1", 2)):
+        proc = evaluate("run", "--benchmark", "humaneval", "--limit", "1", "--backend", "openai", "--base-url",
+                        f"http://127.0.0.1:{port}/v1", "--max-retries", retries, "--output", str(out))
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and lines[-1].startswith(
+            f"error: http://127.0.0.1:{port}/v1: unreachable after {attempts} attempt(s) ("), proc.stderr
+        assert list(tmp_path.iterdir()) == []
