@@ -154,7 +154,7 @@ NUMBER_RULES = (
     ("--gt-time-limit-factor", lambda v: v > 0, "> 0"),
     ("--timeout-per-task", lambda v: v > 0, "> 0 seconds"),
     ("--memory-mb", lambda v: v >= 0, ">= 0 (0: 4096 or RAM)"),
-    ("--file-size-mb", lambda v: v >= 1, ">= 1"),
+    ("--file-size-mb", lambda v: v >= 0, ">= 0 (0: programs write no file)"),
     ("--loss-batch-size", lambda v: v >= 1, ">= 1"),
 )
 

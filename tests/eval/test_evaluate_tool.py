@@ -293,7 +293,7 @@ def refuse(monkeypatch, capsys):
     ("--limit", "-1", "error: --limit must be >= 0 (0: all tasks), got -1"),
     ("--workers", "-2", "error: --workers must be >= 0 (0: one per core), got -2"),
     ("--timeout-per-task", "inf", "error: --timeout-per-task must be > 0 seconds, got inf"),
-    ("--file-size-mb", "0", "error: --file-size-mb must be >= 1, got 0"),
+    ("--file-size-mb", "-1", "error: --file-size-mb must be >= 0 (0: programs write no file), got -1"),
     ("--loss-batch-size", "0", "error: --loss-batch-size must be >= 1, got 0"),
 ])
 def test_every_numeric_flag_is_checked_before_anything_loads(refuse, tmp_path, flag, value, message):
