@@ -32,12 +32,17 @@ def add_benchmark(p):
 
 
 def add_generation(p):
+    from megasnow.generation.factory import BackendConfig  # (dataclasses only: light)
+
     g = p.add_argument_group("generation")
     g.add_argument("--backend", choices=["local", "openai", "vllm"], default="local",
                    help="local: a megasnow checkpoint or HF Llama folder in this process; openai: an "
                         "OpenAI-compatible server (vLLM, SGLang, llama.cpp, megasnow.serve); vllm: vLLM's engine")
     g.add_argument("--model", default="", help="local/vllm: model folder; openai: served model name ('' = first)")
     g.add_argument("--base-url", action="append", default=None, help="openai: endpoint (repeat for replicas)")
+    g.add_argument("--max-retries", type=int, default=BackendConfig.max_retries,
+                   help="openai: retries of a request after its first attempt (429, 5xx, timeouts, connection errors; "
+                        "exponential backoff); 0 fails fast, e.g. against a server that may not be up")
     g.add_argument("--prompt-style", choices=["completion", "chat"], default="completion",
                    help="completion: the prompt verbatim (base models); chat: an instruction message (instruct models)")
     g.add_argument("--n", type=int, default=1, help="samples per task")
@@ -110,34 +115,101 @@ def build_parser():
 
 
 def validate(args):
-    """Check every flag and value before anything is loaded, generated or written (one-line UserError, exit 2).
-    Returns the GenerationSettings (generate/run; None otherwise)."""
-    if args.limit < 0:
-        raise_usage(f"--limit must be >= 0 (0: all tasks), got {args.limit}")
-    if args.infill_per_task < 0:
-        raise_usage(f"--infill-per-task must be >= 0 (0: all), got {args.infill_per_task}")
+    """Check every flag and value before anything is loaded, generated or written (one-line UserError naming the flag,
+    exit 2). Returns the GenerationSettings (generate/run; None otherwise)."""
+    check_numbers(args)
     if args.infill and getattr(args, "prompt_style", "completion") == "chat":
         raise_usage("--infill asks the model to fill the middle (the OpenAI `suffix`); it has no --prompt-style "
                     "chat: leave --prompt-style out")
     if args.infill_per_task and not args.infill:
         raise_usage("--infill-per-task needs --infill single-line or multi-line")
+    check_outputs(args)
     settings = None
     if args.command in ("generate", "run"):
-        settings = generation_settings(args)
-        if args.batch_size < 1:
-            raise_usage(f"--batch-size must be >= 1, got {args.batch_size}")
         if args.backend == "local" and not args.model:
             raise_usage("--backend local needs --model (a megasnow checkpoint or HF Llama folder)")
         if args.backend == "vllm" and not args.model:
             raise_usage("--backend vllm needs --model (a model folder)")
+        settings = generation_settings(args)
     if args.command in ("score", "run"):
         parse_ks(args.k)
-        execution_config(args)  # its own checks (time limits > 0, workers >= 0, ...)
-        if args.loss_batch_size < 1:
-            raise_usage(f"--loss-batch-size must be >= 1, got {args.loss_batch_size}")
-    if args.command == "loss" and args.batch_size < 1:
-        raise_usage(f"--batch-size must be >= 1, got {args.batch_size}")
+        execution_config(args)  # its own checks (those of check_numbers, in the config's terms)
+    check_devices(args)
     return settings
+
+
+# (flag, test, what it must be): every numeric flag, by subcommand where it exists (a flag absent is skipped)
+NUMBER_RULES = (
+    ("--limit", lambda v: v >= 0, ">= 0 (0: all tasks)"),
+    ("--infill-per-task", lambda v: v >= 0, ">= 0 (0: all)"),
+    ("--n", lambda v: v >= 1, ">= 1"),
+    ("--temperature", lambda v: v >= 0, ">= 0 (0: greedy)"),
+    ("--top-p", lambda v: 0 < v <= 1, "in (0, 1]"),
+    ("--max-tokens", lambda v: v >= 1, ">= 1"),
+    ("--seed", lambda v: v >= 0, ">= 0"),
+    ("--batch-size", lambda v: v >= 1, ">= 1"),
+    ("--max-retries", lambda v: v >= 0, ">= 0 (0: no retry)"),
+    ("--workers", lambda v: v >= 0, ">= 0 (0: one per core)"),
+    ("--min-time-limit", lambda v: v > 0, "> 0 seconds"),
+    ("--gt-time-limit-factor", lambda v: v > 0, "> 0"),
+    ("--timeout-per-task", lambda v: v > 0, "> 0 seconds"),
+    ("--memory-mb", lambda v: v >= 0, ">= 0 (0: 4096 or RAM)"),
+    ("--file-size-mb", lambda v: v >= 0, ">= 0 (0: programs write no file)"),
+    ("--loss-batch-size", lambda v: v >= 1, ">= 1"),
+)
+
+
+def check_numbers(args):
+    """UserError naming the first numeric flag out of its range (NaN and infinities included)."""
+    import math
+
+    for flag, ok, rule in NUMBER_RULES:
+        value = getattr(args, flag[2:].replace("-", "_"), None)
+        if value is None:
+            continue
+        if not math.isfinite(value) or not ok(value):
+            raise_usage(f"{flag} must be {rule}, got {value}")
+
+
+def check_outputs(args):
+    """Refuse, before any work, an --output that cannot be written as what this subcommand writes there: a file
+    (generate: the samples JSONL; loss: the result JSON) or a folder (run, score); and a path under an existing file."""
+    path = getattr(args, "output", None)
+    if not path:
+        return
+    want_file = args.command in ("generate", "loss")
+    what = "a samples JSONL file" if args.command == "generate" else "a JSON file" if want_file else "a folder"
+    if want_file and (os.path.isdir(path) or path.endswith(("/", os.sep))):
+        kind = "an existing folder" if os.path.isdir(path) else "a folder name (it ends with /)"
+        name = "samples.jsonl" if args.command == "generate" else "loss.json"
+        raise_usage(f"--output {path} is {kind}; `{args.command}` writes {what} there: give a file path, e.g. "
+                    f"{os.path.join(path, name)}")
+    if not want_file and os.path.exists(path) and not os.path.isdir(path):
+        raise_usage(f"--output {path} is an existing file; `{args.command}` writes a folder of results there: give "
+                    f"a folder path (new or existing)")
+    parent = os.path.dirname(os.path.abspath(path.rstrip("/" + os.sep) or path))
+    while parent and not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if parent and not os.path.isdir(parent):
+        raise_usage(f"--output {path}: {parent} is a file, not a folder: give a path whose folders are folders")
+
+
+def check_devices(args):
+    """Every --device / --loss-device this run will use names a device this machine has (resolve_device: one error
+    line naming the flag, before a model loads)."""
+    from megasnow.utils.device import resolve_device
+
+    if args.command == "loss" or args.command in ("generate", "run") and args.backend == "local":
+        resolve_device(args.device, "--device")
+    if args.command in ("score", "run") and will_measure_loss(args):
+        resolve_device(args.loss_device, "--loss-device")
+
+
+def will_measure_loss(args):
+    """score/run: whether the benchmark-solution loss is measured (--loss-model, or run's local model)."""
+    if getattr(args, "loss_model", None):
+        return True
+    return args.command == "run" and args.backend == "local" and not args.no_loss and not args.infill
 
 
 def load(args):
@@ -169,7 +241,7 @@ def build_backend(args):
     if args.backend == "vllm":
         return factory("vllm", model=args.model)
     return factory("openai", model=args.model, base_urls=args.base_url or ["http://127.0.0.1:8000/v1"],
-                   concurrency=args.batch_size)
+                   concurrency=args.batch_size, max_retries=args.max_retries)
 
 
 def generation_settings(args):
@@ -370,9 +442,12 @@ def run(args, bench, total, settings):
             incomplete, stats = e, e.stats
             print(f"warning: {e}", file=sys.stderr, flush=True)
             samples = finished_samples(e.partial, bench, settings.n)
-    if args.backend == "local" and not args.no_loss and not args.loss_model and not args.infill:
+    if will_measure_loss(args) and not args.loss_model:
         args.loss_model = args.model  # (the solution loss is a left-to-right measure: not for infilling)
-    extra = {"model": args.model or (stats or {}).get("model", ""),  # openai without --model: the served name
+    from megasnow.eval.codegen import served_model
+
+    # openai without --model: the served name (this run's, or the one recorded beside reused samples)
+    extra = {"model": args.model or (stats or {}).get("model") or served_model(samples_path),
              "prompt_style": "infill" if args.infill else args.prompt_style, **limit_fields(args, total, bench)}
     if stats:
         extra["generation"] = stats
@@ -382,7 +457,7 @@ def run(args, bench, total, settings):
     if incomplete:
         print(f"error: only {len(bench.tasks) - stats['failed_tasks']} of {len(bench.tasks)} tasks were generated "
               f"and scored above ({stats['failed_tasks']} failed, first: {stats['first_error']}); "
-              f"{failure_advice(stats)}", file=sys.stderr, flush=True)
+              f"{failure_advice(stats, bool(args.infill))}", file=sys.stderr, flush=True)
         return 1
     return 0
 

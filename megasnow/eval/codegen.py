@@ -8,7 +8,8 @@ order once every task has its samples.
 
 The run's identity (benchmark, backend, model, prompt style, sampling parameters, ...) is saved beside the samples in
 `<out>.meta.json` and compared (`check_identity`) before a partial file is resumed or a finished one reused: files of
-another run are refused, never resumed or scored as this one's.
+another run are refused, never resumed or scored as this one's. Beside it the meta file records the model name the
+backend resolved (`served_model`: the served name when the OpenAI backend was given no model), reported on reuse.
 """
 import json
 import os
@@ -87,15 +88,40 @@ def default_identity(benchmark, settings, model, skip_too_long=False):
     return ident
 
 
+_SHOWN_CHARS = {"benchmark": 12}  # keys whose long values (fingerprints) messages cut to their first characters
+
+
 def _show(key, value):
-    text = repr(value)
-    return text[:14] + "..." if key == "benchmark" and len(text) > 17 else text
+    """`value` as a message shows it: repr; a long fingerprint cut inside its quotes ('c66702654004...')."""
+    cut = _SHOWN_CHARS.get(key)
+    if cut and isinstance(value, str) and len(value) > cut + 3:
+        return repr(value[:cut] + "...")
+    return repr(value)
 
 
-def check_identity(out_path, identity, advice):
+SERVED_MODEL = "served_model"  # meta-file key beside the identity: the model name the backend resolved and used
+
+
+def served_model(out_path):
+    """The model name the backend reported when it generated `out_path` (for `--backend openai` without --model:
+    the name the server serves), from identity_path(out_path); "" when not recorded (an older version's file)."""
+    try:
+        with open(identity_path(out_path), encoding="utf-8") as f:
+            saved = json.load(f)
+    except (OSError, ValueError):
+        return ""
+    return saved.get(SERVED_MODEL) or "" if isinstance(saved, dict) else ""
+
+
+def check_identity(out_path, identity, advice, served=None):
     """Compare `identity` (a flat dict) with the one saved beside `out_path` when samples of an earlier run are there
     (`out_path` or `<out_path>.partial`). Returns True when they are (same identity: resume or reuse them), False
-    when there are none. Raises RunMismatch naming the keys that differ (or the missing record), plus `advice`."""
+    when there are none. Raises RunMismatch naming the keys that differ (or the missing record), plus `advice`.
+
+    `served` (the model name the started backend resolved; None when no backend was started) is compared with the
+    served name saved beside the identity (SERVED_MODEL, not part of the identity: the identity holds the --model
+    given, which may be '' = whatever the server serves) when both are known, so samples of one served model are
+    never resumed with another's behind the same URL."""
     held = [p for p in (out_path, out_path + ".partial") if os.path.exists(p)]
     if not held:
         return False
@@ -106,20 +132,32 @@ def check_identity(out_path, identity, advice):
     except (OSError, ValueError):
         raise RunMismatch(f"{held[0]}: holds samples without a readable record of the run that wrote them ({meta}), "
                           f"so they cannot be told to be this run's; {advice}") from None
-    if saved == identity:
-        return True
     if not isinstance(saved, dict):
         saved = {}
+    saved_served = saved.pop(SERVED_MODEL, None)
+    if saved == identity:
+        if served and saved_served and served != saved_served:
+            raise RunMismatch(f"{held[0]}: holds samples of another run: {SERVED_MODEL} ({saved_served!r} there, "
+                              f"{served!r} now: the endpoint serves another model); {advice}")
+        return True
     keys = [k for k in sorted(set(saved) | set(identity)) if saved.get(k) != identity.get(k)]
     diff = ", ".join(f"{k} ({_show(k, saved.get(k))} there, {_show(k, identity.get(k))} now)" for k in keys)
     raise RunMismatch(f"{held[0]}: holds samples of another run: {diff}; {advice}")
 
 
-def failure_advice(stats):
-    """What to do after failed generation requests (generation.protocol.failure_advice in this tool's flags)."""
+NO_FIM_ADVICE = ("--infill asks for fill-in-the-middle (the OpenAI `suffix`), which needs a model whose tokenizer has "
+                 "FIM tokens (<fim_prefix>, <fim_suffix>, <fim_middle> or another family's)")
+
+
+def failure_advice(stats, infill=False):
+    """What to do after failed generation requests (generation.protocol.failure_advice in this tool's flags);
+    `infill`: the run sent `suffix` (--infill), which a model without FIM tokens refuses."""
+    change = "--model, --prompt-style, sampling flags, --max-tokens"
+    if infill:
+        change = ("--infill: drop it if the model has no FIM tokens (or use a model trained with fill-in-the-middle, "
+                  "data.fim); --model, sampling flags, --max-tokens")
     return protocol_failure_advice(
-        stats.get("error_kinds", {}), stats.get("first_errors", {}),
-        change="--model, --prompt-style, sampling flags, --max-tokens",
+        stats.get("error_kinds", {}), stats.get("first_errors", {}), change=change,
         too_long_fix="lower --max-tokens, or pass --skip-too-long to score the tasks that do not fit the model's "
                      "context as failed")
 
@@ -167,17 +205,34 @@ def precheck(backend, requests, skip_too_long=False):
     too_long = {r.id: e for r, e in bad if is_context_length_error(e)}
     other = [(r, e) for r, e in bad if r.id not in too_long]
     name = getattr(backend, "model_name", "") or "this model"
+    no_fim = [r for r, e in other if r.suffix is not None and check(replace(r, suffix=None)) is None]
+    if no_fim:  # refused for its suffix alone: the model cannot infill (the user asked --infill, not a suffix)
+        raise GenerationFailed(f"{len(no_fim)} of {len(requests)} generation requests cannot run on {name}: "
+                               f"{NO_FIM_ADVICE}, and this model's has none: drop --infill, or use a model trained "
+                               f"with fill-in-the-middle (data.fim)")
     if other:
         raise GenerationFailed(f"{len(other)} of {len(requests)} generation requests cannot run on {name}: "
                                f"{other[0][1]}")
     if too_long and not skip_too_long:
-        fit = min(_largest_fitting(check, r) for r, e in bad)
-        first = bad[0][1]
-        advice = (f"--max-tokens {fit} makes every task fit" if fit >= 1 else
-                  "no --max-tokens makes every task fit (some prompts alone fill the context)")
+        fits = [_largest_fitting(check, r) for r, e in bad]
+        fit, first, fitting = min(fits), bad[0][1], len(requests) - len(bad)
+        skip = ("pass --skip-too-long to generate the {} that fit and score the others as failed, pass@k staying over "
+                "every task")
+        if fit >= 1:
+            advice = f"--max-tokens {fit} makes every task fit" + (f"; or {skip.format(fitting)}" if fitting else "")
+        elif fitting:
+            advice = (f"no --max-tokens makes every task fit (some prompts alone fill the context); or "
+                      f"{skip.format(fitting)}")
+        elif max(fits) >= 1:  # none fits now, and some prompts alone fill the context: offer what makes any fit
+            some = sum(f >= max(fits) for f in fits)
+            advice = (f"no --max-tokens makes every task fit (some prompts alone fill the context), and none fits at "
+                      f"this one; at --max-tokens {max(fits)} {some} do: pass that with --skip-too-long to generate "
+                      f"those and score the others as failed")
+        else:
+            advice = ("no task fits at any --max-tokens: every prompt alone fills the context; use a model with a "
+                      "longer one")
         raise GenerationFailed(f"{len(bad)} of {len(requests)} generation requests cannot run on {name}: {first} "
-                               f"({advice}; or pass --skip-too-long to generate the {len(requests) - len(bad)} that "
-                               f"fit and score the others as failed, pass@k staying over every task)")
+                               f"({advice})")
     return too_long
 
 
@@ -272,7 +327,7 @@ def generate_samples(backend, benchmark, settings, out_path, progress=True, log=
     if identity is None:
         identity = default_identity(benchmark, settings, model, skip_too_long)
     check_identity(out_path, identity, advice or f"give another output, or delete {out_path} and {partial} to "
-                                                 f"generate again")
+                                                 f"generate again", served=model)
     done = read_partial(partial, settings.n)
     todo = [(i, t) for i, t in enumerate(benchmark.tasks) if t.task_id not in done]
     too_long = precheck(backend, [build_request(t, settings.style, settings.params(i), f"{i}") for i, t in todo],
@@ -287,10 +342,11 @@ def generate_samples(backend, benchmark, settings, out_path, progress=True, log=
     if not os.path.isdir(folder):
         created_dir = folder
         os.makedirs(folder)
-    atomic_write_text(meta_path, json.dumps(identity, sort_keys=True) + "\n")
+    atomic_write_text(meta_path, json.dumps({**identity, SERVED_MODEL: model}, sort_keys=True) + "\n")
     stats = {"requests": 0, "samples": 0, "errors": 0, "completion_tokens": 0, "prompt_tokens": 0,
              "finish_reasons": {}, "error_kinds": {}, "first_error": None, "first_errors": {}}
     todo = [(i, t) for i, t in todo if f"{i}" not in too_long]  # (too_long's ids are those of todo's requests)
+    first_failed = {}  # {error kind, or None for any: the lowest task index that failed with it}
     begin = time.monotonic()
     bar = _Progress(len(todo), log, progress_interval, enabled=progress)
 
@@ -321,9 +377,12 @@ def generate_samples(backend, benchmark, settings, out_path, progress=True, log=
                             stats["errors"] += 1
                             kind = result.error_kind or "error"
                             stats["error_kinds"][kind] = stats["error_kinds"].get(kind, 0) + 1
-                            if stats["first_error"] is None:
-                                stats["first_error"] = f"{task.task_id}: {result.error}"
-                            stats["first_errors"].setdefault(kind, f"{task.task_id}: {result.error}")
+                            # "first" in benchmark order (the lowest task index), not in completion order
+                            message = f"{task.task_id}: {result.error}"
+                            if i < first_failed.get(None, len(benchmark.tasks)):
+                                first_failed[None], stats["first_error"] = i, message
+                            if i < first_failed.get(kind, len(benchmark.tasks)):
+                                first_failed[kind], stats["first_errors"][kind] = i, message
                             continue
                         for j, ch in enumerate(result.choices):
                             rec = sample_record(task, settings.style, ch.text, j, ch.finish_reason)
@@ -351,12 +410,12 @@ def generate_samples(backend, benchmark, settings, out_path, progress=True, log=
         _remove_if_empty(partial, meta_path, settings.n, created_dir)
         raise GenerationFailed(f"all {stats['requests']} generation requests failed: "
                                f"{stats['first_error'] or 'the backend returned no result'}; "
-                               + failure_advice(stats))
+                               + failure_advice(stats, settings.style == "infill"))
     if missing:
         raise IncompleteGeneration(
             f"{len(missing)} of {len(benchmark.tasks)} tasks failed to generate (first: "
             f"{stats['first_error'] or missing[0] + ': the backend returned no result'}); the {len(done)} finished "
-            f"are kept in {partial}; " + failure_advice(stats), stats, partial)
+            f"are kept in {partial}; " + failure_advice(stats, settings.style == "infill"), stats, partial)
     total = write_samples(out_path, (rec for t in benchmark.tasks for rec in done[t.task_id]))
     os.remove(partial)  # the identity file stays beside the samples: a later run compares with it
     stats["samples_written"] = total

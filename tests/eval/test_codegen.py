@@ -192,3 +192,30 @@ def test_failure_advice_by_error_kind():
         "bad_request": "3: This model's maximum context length is 256 tokens. However, you requested 300 tokens"}})
     assert "lower --max-tokens, or pass --skip-too-long" in both and both.endswith("rerun the same command to retry "
                                                                                   "the failed ones")
+
+
+class _LastFirst:
+    """A real backend whose results of each call arrive last-first, as concurrent requests may finish, and that
+    cannot tell up front which requests will fail (no `check`, like a remote server)."""
+
+    def __init__(self, backend):
+        self.backend, self.model_name = backend, backend.model_name
+
+    def generate(self, requests):
+        return reversed(list(self.backend.generate(requests)))
+
+
+def test_the_first_failure_named_is_the_first_in_benchmark_order(tiny_short, bench, tmp_path):
+    """HumanEval/2 and /13 fail (prompt + max_tokens past the 160-token context) and /2 is reported last: the
+    message still names /2 (the lowest task index), not the first to complete."""
+    from megasnow.eval.codegen import GenerationFailed
+
+    out = tmp_path / "s.jsonl"
+    with LocalBackend(tiny_short) as backend:
+        with pytest.raises(GenerationFailed) as e:
+            generate_samples(_LastFirst(backend), bench.subset(["HumanEval/2", "HumanEval/13"]),
+                             GenerationSettings(max_tokens=100), str(out), progress=False)
+    assert str(e.value).startswith("all 2 generation requests failed: HumanEval/2: This model's maximum context "
+                                   "length is 160 tokens"), str(e.value)
+    assert "first: HumanEval/2: " in str(e.value)  # the advice's first refusal: the same task
+    assert list(tmp_path.iterdir()) == []

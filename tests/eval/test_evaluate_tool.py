@@ -11,6 +11,16 @@ TOOL = os.path.join(REPO, "tools", "evaluate.py")
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 
 
+def load_tool():
+    """tools/evaluate.py as a module (its main runs in this process: the refusals below need no model)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("evaluate_tool", TOOL)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def evaluate(*args):
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
     return subprocess.run([sys.executable, TOOL, *args], capture_output=True, text=True, env=env, timeout=300)
@@ -159,7 +169,7 @@ def test_run_refuses_bad_input_before_generating(tiny, tmp_path):
         (["--limit", "-1"], "--limit must be >= 0"),
         (["--batch-size", "0"], "--batch-size must be >= 1"),
         (["--n", "2"], "--n 2 with --temperature 0"),
-        (["--min-time-limit", "0"], "min_time_limit must be > 0"),
+        (["--min-time-limit", "0"], "--min-time-limit must be > 0 seconds, got 0.0"),
         (["--loss-batch-size", "0"], "--loss-batch-size must be >= 1"),
         # known before generating: prompt + max_tokens longer than the local model's context
         (["--benchmark", "humaneval", "--limit", "3", "--max-tokens", "1020"],
@@ -202,6 +212,22 @@ def test_tasks_too_long_for_the_context(tiny_short, tmp_path):
     assert "1 of 3 generation requests cannot run on ckpt: This model's maximum context length is 160" in lines[0]
     assert "(--max-tokens 39 makes every task fit; or pass --skip-too-long to generate the 2 that fit" in lines[0]
     assert not out.exists()
+    # none fits at this --max-tokens: --skip-too-long (which would generate none) is not offered
+    proc = evaluate(*common, "--benchmark", fits, "--max-tokens", "9000", "--output", str(out))
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and not out.exists(), proc.stderr
+    assert lines[0].startswith("error: 3 of 3 generation requests cannot run on ckpt: ")
+    assert lines[0].endswith("(--max-tokens 39 makes every task fit)"), lines[0]
+    for indices, advice in (([0, 13], "(no --max-tokens makes every task fit (some prompts alone fill the context), "
+                                      "and none fits at this one; at --max-tokens 39 1 do: pass that with "
+                                      "--skip-too-long to generate those and score the others as failed)"),
+                            ([0], "(no task fits at any --max-tokens: every prompt alone fills the context; use a "
+                                  "model with a longer one)")):
+        bench = _humaneval_file(tmp_path / f"b{len(indices)}.jsonl", indices)
+        proc = evaluate(*common, "--benchmark", bench, "--max-tokens", "9000", "--output", str(out))
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1 and not out.exists(), proc.stderr
+        assert lines[0].endswith(advice) and "skip-too-long to generate the 0" not in lines[0], lines[0]
     proc = evaluate(*common, "--benchmark", fits, "--max-tokens", "39", "--output", str(out))  # the advice works
     assert proc.returncode == 0 and "generated 3 samples for 3 tasks" in proc.stdout, proc.stderr
 
@@ -229,3 +255,146 @@ def test_tasks_too_long_for_the_context(tiny_short, tmp_path):
     proc = evaluate(*common, "--benchmark", mixed, "--max-tokens", "16", "--skip-too-long", "--output", str(out))
     assert proc.returncode == 0 and "generated with the same settings" in proc.stdout  # reused, same scores
     assert json.load(open(out / "summary.json"))["too_long"]["tasks"] == 1
+
+
+@pytest.fixture
+def refuse(monkeypatch, capsys):
+    """refuse(args) -> the one `error:` line of evaluate.py `args`, asserting exit 2 and that nothing was loaded
+    (the benchmark, a model) or generated: validate() refuses it first."""
+    from megasnow.utils.cli import run_tool
+
+    tool = load_tool()
+
+    def loaded(*a, **k):
+        raise AssertionError("loaded before the flags were checked")
+
+    monkeypatch.setattr(tool, "load", loaded)
+
+    def run(args):
+        rc = run_tool(tool.main, list(args))
+        err = capsys.readouterr().err
+        lines = err.strip().splitlines()
+        assert rc == 2 and len(lines) == 1 and lines[0].startswith("error: "), (args, err)
+        return lines[0]
+
+    return run
+
+
+@pytest.mark.parametrize("flag,value,message", [
+    ("--temperature", "-1", "error: --temperature must be >= 0 (0: greedy), got -1.0"),
+    ("--temperature", "nan", "error: --temperature must be >= 0 (0: greedy), got nan"),
+    ("--top-p", "0", "error: --top-p must be in (0, 1], got 0.0"),
+    ("--top-p", "1.5", "error: --top-p must be in (0, 1], got 1.5"),
+    ("--max-tokens", "0", "error: --max-tokens must be >= 1, got 0"),
+    ("--n", "0", "error: --n must be >= 1, got 0"),
+    ("--seed", "-1", "error: --seed must be >= 0, got -1"),
+    ("--batch-size", "0", "error: --batch-size must be >= 1, got 0"),
+    ("--max-retries", "-1", "error: --max-retries must be >= 0 (0: no retry), got -1"),
+    ("--limit", "-1", "error: --limit must be >= 0 (0: all tasks), got -1"),
+    ("--workers", "-2", "error: --workers must be >= 0 (0: one per core), got -2"),
+    ("--timeout-per-task", "inf", "error: --timeout-per-task must be > 0 seconds, got inf"),
+    ("--file-size-mb", "-1", "error: --file-size-mb must be >= 0 (0: programs write no file), got -1"),
+    ("--loss-batch-size", "0", "error: --loss-batch-size must be >= 1, got 0"),
+])
+def test_every_numeric_flag_is_checked_before_anything_loads(refuse, tmp_path, flag, value, message):
+    out = tmp_path / "out"
+    args = ["run", "--benchmark", "humaneval", "--backend", "openai", "--output", str(out), flag, value]
+    assert refuse(args) == message
+    assert not out.exists()
+    if flag in ("--temperature", "--max-tokens", "--n", "--seed", "--batch-size"):  # generate's flags too
+        assert refuse(["generate", "--benchmark", "humaneval", "--backend", "openai", "--output",
+                       str(out / "s.jsonl"), flag, value]) == message
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_output_paths_of_the_wrong_kind_are_refused_before_any_work(refuse, tmp_path):
+    """generate/loss write a file, run/score a folder: an existing folder (or a path ending in /) where a file is
+    expected, a file where a folder is expected, or a path under a file: one line naming --output, exit 2."""
+    folder, file = tmp_path / "folder", tmp_path / "file.jsonl"
+    folder.mkdir()
+    file.write_text("x\n")
+    before = sorted(os.listdir(tmp_path)), file.read_text()
+    model = str(tmp_path / "absent-model")
+    loss = ["loss", "--benchmark", "humaneval", "--model", model, "--output"]
+    generate = ["generate", "--benchmark", "humaneval", "--backend", "local", "--model", model, "--output"]
+    for args, message in [
+        (loss + [str(folder)], f"error: --output {folder} is an existing folder; `loss` writes a JSON file there: "
+                               f"give a file path, e.g. {folder / 'loss.json'}"),
+        (loss + [str(tmp_path / "new") + "/"],
+         f"error: --output {tmp_path / 'new'}/ is a folder name (it ends with /); `loss` writes a JSON file there: "
+         f"give a file path, e.g. {tmp_path / 'new' / 'loss.json'}"),
+        (generate + [str(folder)], f"error: --output {folder} is an existing folder; `generate` writes a samples "
+                                   f"JSONL file there: give a file path, e.g. {folder / 'samples.jsonl'}"),
+        (["run", "--benchmark", "humaneval", "--backend", "local", "--model", model, "--output", str(file)],
+         f"error: --output {file} is an existing file; `run` writes a folder of results there: give a folder path "
+         f"(new or existing)"),
+        (["score", "--benchmark", "humaneval", "--samples", str(file), "--output", str(file)],
+         f"error: --output {file} is an existing file; `score` writes a folder of results there: give a folder "
+         f"path (new or existing)"),
+        (["score", "--benchmark", "humaneval", "--samples", str(file), "--output", str(file / "sub")],
+         f"error: --output {file / 'sub'}: {file} is a file, not a folder: give a path whose folders are folders"),
+        (generate + [str(file / "a" / "s.jsonl")],
+         f"error: --output {file / 'a' / 's.jsonl'}: {file} is a file, not a folder: give a path whose folders are "
+         f"folders"),
+    ]:
+        assert refuse(args) == message
+        assert (sorted(os.listdir(tmp_path)), file.read_text()) == before and os.listdir(folder) == []
+
+
+def test_devices_this_machine_lacks_are_refused_before_a_model_loads(refuse, tmp_path):
+    import torch
+
+    out = tmp_path / "out"
+    model = str(tmp_path / "absent-model")
+    cases = [
+        (["run", "--benchmark", "humaneval", "--backend", "local", "--model", model, "--output", str(out),
+          "--device", "gpu0"], "error: --device 'gpu0' is not a torch device: give cpu, cuda, cuda:N or auto"),
+        (["generate", "--benchmark", "humaneval", "--backend", "local", "--model", model, "--output",
+          str(out / "s.jsonl"), "--device", "gpu0"], "error: --device 'gpu0' is not a torch device"),
+        (["loss", "--benchmark", "humaneval", "--model", model, "--device", "gpu0"],
+         "error: --device 'gpu0' is not a torch device"),
+        (["run", "--benchmark", "humaneval", "--backend", "local", "--model", model, "--output", str(out),
+          "--loss-device", "gpu0"], "error: --loss-device 'gpu0' is not a torch device"),
+        (["score", "--benchmark", "humaneval", "--samples", str(tmp_path / "s.jsonl"), "--output", str(out),
+          "--loss-model", model, "--loss-device", "gpu0"], "error: --loss-device 'gpu0' is not a torch device"),
+    ]
+    if not torch.cuda.is_available():  # (on a GPU machine cuda is a device it has)
+        cases += [
+            (["run", "--benchmark", "humaneval", "--backend", "local", "--model", model, "--output", str(out),
+              "--device", "cuda"], "error: --device is cuda but this machine has no CUDA device ("),
+            (["loss", "--benchmark", "humaneval", "--model", model, "--device", "cuda"],
+             "error: --device is cuda but this machine has no CUDA device ("),
+        ]
+    for args, message in cases:
+        assert refuse(args).startswith(message), args
+    assert list(tmp_path.iterdir()) == []
+    # a --device the openai backend does not use is not checked (a remote model runs where it is served)
+    tool = load_tool()
+    args = tool.build_parser().parse_args(["run", "--benchmark", "humaneval", "--backend", "openai", "--output",
+                                           str(out), "--device", "cuda:7"])
+    tool.check_devices(args)
+
+
+def test_max_retries_reaches_the_openai_backend(tmp_path):
+    """--max-retries is the OpenAI backend's max_retries (default: the backend's own); against a port nothing listens
+    on, the run says how many attempts it made: one line, exit 2, nothing left."""
+    import socket
+
+    from megasnow.generation.factory import BackendConfig
+
+    tool = load_tool()
+    args = tool.build_parser().parse_args(["run", "--benchmark", "humaneval", "--backend", "openai", "--output", "x"])
+    assert args.max_retries == BackendConfig.max_retries
+    args.max_retries = 3
+    assert tool.build_backend(args).max_retries == 3
+    with socket.socket() as s:  # a free port, closed again: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "out"
+    for retries, attempts in (("0", 1), ("1", 2)):
+        proc = evaluate("run", "--benchmark", "humaneval", "--limit", "1", "--backend", "openai", "--base-url",
+                        f"http://127.0.0.1:{port}/v1", "--max-retries", retries, "--output", str(out))
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and lines[-1].startswith(
+            f"error: http://127.0.0.1:{port}/v1: unreachable after {attempts} attempt(s) ("), proc.stderr
+        assert list(tmp_path.iterdir()) == []

@@ -125,3 +125,49 @@ def test_refusals(tmp_path):
             proc.stderr
         assert not out.exists()
     assert os.path.exists(os.path.dirname(str(out)))
+
+
+def _without_fim(hf_dir, folder):
+    """A copy of an HF model folder whose tokenizer has no FIM tokens (theirs renamed: the same model otherwise)."""
+    import shutil
+
+    shutil.copytree(hf_dir, folder)
+    for name in os.listdir(folder):
+        if name.endswith(".json"):
+            path = os.path.join(folder, name)
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(text.replace("<fim_", "<nofim_"))
+    return str(folder)
+
+
+def test_infill_on_a_model_without_fim_tokens(tiny, tmp_path):
+    """--infill with a model that cannot infill: the error names --infill (the user gave no suffix) and says to drop
+    it; refused before generating by the local backend (exit 2, nothing left), and through a server (which can only
+    answer 400 to every request) the advice names --infill too."""
+    _, hf = tiny
+    model = _without_fim(hf, tmp_path / "nofim")
+    out = tmp_path / "out"
+    common = ["run", "--benchmark", "humaneval", "--limit", "1", "--infill", "single-line", "--infill-per-task", "2",
+              "--max-tokens", "4", "--k", "1", "--workers", "1", "--cache-dir", str(tmp_path / "cache")]
+    proc = evaluate(*common, "--backend", "local", "--model", model, "--output", str(out))
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert lines[0] == ("error: 2 of 2 generation requests cannot run on nofim: --infill asks for fill-in-the-middle "
+                        "(the OpenAI `suffix`), which needs a model whose tokenizer has FIM tokens (<fim_prefix>, "
+                        "<fim_suffix>, <fim_middle> or another family's), and this model's has none: drop --infill, "
+                        "or use a model trained with fill-in-the-middle (data.fim)")
+    assert not out.exists()
+
+    process = pytest.importorskip("megasnow.serve.process")
+    with process.ServerProcess(model, "--threads", "1") as server:
+        proc = evaluate(*common, "--backend", "openai", "--base-url", server.base_url, "--max-retries", "0",
+                        "--output", str(out))
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: all 2 generation requests failed"), \
+        proc.stderr
+    assert lines[0].endswith("a plain rerun is refused the same way; change what the message names (--infill: drop it "
+                             "if the model has no FIM tokens (or use a model trained with fill-in-the-middle, "
+                             "data.fim); --model, sampling flags, --max-tokens) and rerun"), lines[0]
+    assert not out.exists()

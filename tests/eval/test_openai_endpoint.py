@@ -67,6 +67,15 @@ def test_failed_requests_through_an_endpoint(tiny, tmp_path):
         summary = json.load(open(out / "summary.json"))
         assert summary["model"] == "ckpt" and summary["generation"]["model"] == "ckpt"
         assert summary["tasks"] == 2 and summary["tasks_selected"] == 2 and summary["tasks_in_benchmark"] == 3
+        assert json.load(open(out / "samples.jsonl.meta.json"))["served_model"] == "ckpt"
+        # the identical rerun reuses the samples without generating: the served name read back from beside them
+        proc = evaluate(*common, "--benchmark", mbpp, "--limit", "2", "--output", str(out))
+        assert proc.returncode == 0 and "exists, generated with the same settings: scoring it" in proc.stdout
+        summary = json.load(open(out / "summary.json"))
+        assert summary["model"] == "ckpt" and "generation" not in summary
+        assert "| mbpp_mini | ckpt | completion |" in open(out / "summary.md").read()
+        meta = json.load(open(out / "samples.jsonl.meta.json"))
+        assert meta["served_model"] == "ckpt" and meta["model"] == ""  # the identity holds the --model given
 
         out = tmp_path / "some"
         for attempt in range(2):
