@@ -15,6 +15,7 @@ from tests.train.helpers import REPO, losses, real_code_files, tiny_config, writ
 
 sys.path.insert(0, os.path.join(REPO, "tools"))
 import preprocess_data  # noqa: E402
+from megasnow.data.megatron_tokenizers import TokenizerOptions  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +91,7 @@ def test_a_model_vocabulary_smaller_than_the_datas_ids_is_refused(tmp_path, bina
     assert code == 2
     assert err == ("error: model.vocab_size is 256, smaller than the vocabulary the data was binarized with (1200, "
                    "recorded in its .meta.json): set data.tokenizer to that tokenizer (model.vocab_size follows it) "
-                   "or model.vocab_size >= 1200\n")
+                   "or set model.vocab_size >= 1200\n")
     code, _, err = cli(capsys, config(tmp_path, prefix, vocab_size=1000), f"data.tokenizer={model}")
     assert code == 2
     assert err == ("error: model.vocab_size is 1000, smaller than data.tokenizer's vocabulary (1200): remove "
@@ -98,3 +99,26 @@ def test_a_model_vocabulary_smaller_than_the_datas_ids_is_refused(tmp_path, bina
     code, _, err = cli(capsys, config(tmp_path, prefix))  # no tokenizer: the preset's vocabulary (tiny: 512)
     assert code == 2 and err.startswith("error: model.vocab_size (the model preset's) is 512, smaller than the "
                                         "vocabulary the data was binarized with (1200,")
+
+
+def test_legacy_sentencepiece_data_matches_its_model_and_needs_room_for_the_added_ids(tmp_path, binarized, capsys):
+    """Megatron's legacy SentencePieceTokenizer ends documents with <EOD>, an id past the .model's pieces: the same
+    .model matches (its pieces are the data's less the added tokens), and the model must hold the added ids."""
+    model, prefix = binarized
+    src = tmp_path / "code.jsonl"
+    with open(src, "w", encoding="utf-8") as f:
+        for path in real_code_files(limit=4):
+            f.write(json.dumps({"text": open(path, encoding="utf-8").read()[:2000]}) + "\n")
+    preprocess_data.preprocess([str(src)], str(tmp_path / "legacy"), model, append_eod=True, progress=False,
+                               tokenizer_options=TokenizerOptions(model, "SentencePieceTokenizer",
+                                                                  legacy_tokenizer=True))
+    legacy = str(tmp_path / "legacy_text_document")
+    meta = json.load(open(legacy + ".meta.json"))
+    n = 1200 + len(meta["added_tokens"])
+    assert meta["vocab_size"] == n and meta["eod_token"] == "<EOD>" and meta["eod_id"] >= 1200
+    code, _, err = cli(capsys, config(tmp_path, legacy), f"data.tokenizer={model}")
+    assert code == 2
+    assert err == (f"error: model.vocab_size (data.tokenizer's) is 1200, smaller than the vocabulary the data was "
+                   f"binarized with ({n}, recorded in its .meta.json): set model.vocab_size >= {n}\n")
+    code, _, err = cli(capsys, config(tmp_path, legacy, vocab_size=n), f"data.tokenizer={model}")
+    assert code == 0, err
