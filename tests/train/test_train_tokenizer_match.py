@@ -1,6 +1,6 @@
 """data.tokenizer must be the tokenizer the data was binarized with (its PREFIX.meta.json's vocabulary size and
 end-of-document id): another one is refused at start-up in one line; a copy of the right one trains. The model's
-vocabulary must hold the data's ids."""
+vocabulary must hold the data's ids. A YAML's relative tokenizer and dataset paths are relative to its folder."""
 import json
 import os
 import shutil
@@ -99,6 +99,39 @@ def test_a_model_vocabulary_smaller_than_the_datas_ids_is_refused(tmp_path, bina
     code, _, err = cli(capsys, config(tmp_path, prefix))  # no tokenizer: the preset's vocabulary (tiny: 512)
     assert code == 2 and err.startswith("error: model.vocab_size (the model preset's) is 512, smaller than the "
                                         "vocabulary the data was binarized with (1200,")
+
+
+def test_relative_tokenizer_and_data_paths_of_a_yaml_elsewhere_train_from_another_cwd(tmp_path, binarized, capsys,
+                                                                                      monkeypatch):
+    """The YAML names `tok/code.model` and `data/code_text_document` relative to its own folder; the run starts in
+    another folder. A `key=value` override stays relative to the working directory."""
+    model, prefix = binarized
+    project = tmp_path / "project"
+    (project / "tok").mkdir(parents=True)
+    (project / "data").mkdir()
+    shutil.copyfile(model, project / "tok" / "code.model")
+    for ext in (".bin", ".idx", ".meta.json"):
+        shutil.copyfile(prefix + ext, project / "data" / ("code_text_document" + ext))
+    cfg = tiny_config(tmp_path, [{"name": "only", "blend": [{"path": "data/code_text_document"}], "steps": 2}],
+                      model={"vocab_size": None}, data={"seq_len": 32, "tokenizer": "tok/code.model"})
+    path = write_config(project / "run.yaml", cfg)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    code, _, err = cli(capsys, path)
+    assert code == 0, err
+    assert [r["step"] for r in losses(str(tmp_path / "log"))] == [1, 2]
+    saved = yaml_load(tmp_path / "log" / "config.yaml")
+    assert saved["data"]["tokenizer"] == str(project / "tok" / "code.model")
+    assert saved["phases"][0]["blend"][0]["path"] == str(project / "data" / "code_text_document")
+    code, _, err = cli(capsys, path, "data.tokenizer=tok/code.model")
+    assert (code, err) == (2, "error: data.tokenizer: tok/code.model does not exist\n")
+
+
+def yaml_load(path):
+    import yaml
+
+    return yaml.safe_load(open(path))
 
 
 def test_legacy_sentencepiece_data_matches_its_model_and_needs_room_for_the_added_ids(tmp_path, binarized, capsys):
