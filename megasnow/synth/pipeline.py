@@ -220,7 +220,7 @@ def cached_answers(cfg, seeds, template, output, extra_responses=(), postprocess
     answered = load_responses(folders, ids_by_folder=ids_by_folder)
     wanted = {p.id for p in planned}
     stale = {f: ids for f, ids in ids_by_folder.items() if ids and not ids & wanted}
-    total = sum(len(ids) for ids in ids_by_folder.values())
+    total = len(answered)  # distinct ids: a folder copied into another counts once
     if postprocess_only and planned and total and not wanted & set(answered):
         where = ", ".join(stale)
         raise UserError(f"none of the {total} cached answers in {where} was made with this config (the {len(planned)} "
