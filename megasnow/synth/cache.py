@@ -28,18 +28,25 @@ def response_record(planned, result):
             "system_fingerprint": result.system_fingerprint, "attempts": result.attempts}
 
 
-def load_responses(folders, report=None):
-    """{content id: record} from every chunk under `folders` (the first record of an id wins, in file order)."""
+def load_responses(folders, report=None, ids_by_folder=None):
+    """{content id: record} from every chunk under `folders` (the first record of an id wins, in file order).
+    `ids_by_folder`: a dict that receives {folder: set of the content ids cached there} (every folder a key)."""
     report = ReadReport() if report is None else report
-    files = []
+    files, folder_of = [], {}
     for folder in folders:
-        files += sorted(glob.glob(os.path.join(glob.escape(folder), RESPONSES_DIR, "**", "chunk-*.jsonl"),
-                                  recursive=True))
+        found = sorted(glob.glob(os.path.join(glob.escape(folder), RESPONSES_DIR, "**", "chunk-*.jsonl"),
+                                 recursive=True))
+        folder_of.update((f, folder) for f in found)
+        files += found
+        if ids_by_folder is not None:
+            ids_by_folder.setdefault(folder, set())
     answered = {}
     if files:
-        for _, _, rec in read_shards(files, report):
+        for path, _, rec in read_shards(files, report):
             if isinstance(rec.get("id"), str) and isinstance(rec.get("choices"), list):
                 answered.setdefault(rec["id"], rec)
+                if ids_by_folder is not None and path in folder_of:
+                    ids_by_folder[folder_of[path]].add(rec["id"])
     return answered
 
 

@@ -22,6 +22,7 @@ from megasnow.synth.report import render_summary, summarize
 from megasnow.synth.seeds import check_inputs, plan_seeds
 from megasnow.synth.templates import load_template
 from megasnow.utils.atomic import atomic_write_text
+from megasnow.utils.cli import warn
 
 RUN_FILE = "run.json"
 STAGES = ("all", "generate", "postprocess")
@@ -175,6 +176,9 @@ def run_synthesis(cfg, output, stage="all", extra_responses=(), names=None):
     backend = start_backend(cfg) if generating and not _uses_ray(cfg) else None
     try:
         seed_plan = plan_seeds(cfg.seeds, progress=cfg.execution.progress)
+        if stage == "postprocess":  # nothing to ask: the cached answers must fit this config, checked before writing
+            planned, answered, model = cached_answers(cfg, seed_plan.seeds, template, output, extra_responses,
+                                                      postprocess_only=True)
         _prepare_output(cfg, output)
         generation = generate(cfg, output, seed_plan.seeds, template, backend, extra_responses) if generating \
             else []
@@ -187,11 +191,8 @@ def run_synthesis(cfg, output, stage="all", extra_responses=(), names=None):
                                                        "target_shares": seed_plan.shares, "read": seed_plan.read},
                "generation_this_run": generation}
     if stage in ("all", "postprocess"):
-        model = read_run_model([output, *extra_responses]) or cfg.backend.model
-        planned = plan_requests(seed_plan.seeds, template, cfg.sampling, model)
-        if cfg.execution.shard_index is not None:  # stage all on one shard: its own requests only
-            planned = [p for p in planned if shard_of(p, cfg.execution.num_shards) == cfg.execution.shard_index]
-        answered = load_responses([output, *extra_responses])
+        if stage == "all":
+            planned, answered, model = cached_answers(cfg, seed_plan.seeds, template, output, extra_responses)
         post = postprocess(planned, answered, cfg, template, output, progress=cfg.execution.progress)
         summary.update(summarize(post, seed_plan, _generation_files([output, *extra_responses]), model))
     summary["seconds"] = round(time.perf_counter() - start, 3)
@@ -199,6 +200,72 @@ def run_synthesis(cfg, output, stage="all", extra_responses=(), names=None):
     atomic_write_text(os.path.join(output, name + ".json"), json.dumps(summary, indent=1))
     atomic_write_text(os.path.join(output, name + ".md"), render_summary(summary))
     return summary
+
+
+def cached_answers(cfg, seeds, template, output, extra_responses=(), postprocess_only=False):
+    """(planned requests, {content id: cached record}, model) for post-processing `output` with the answers cached
+    in it and in `extra_responses`.
+
+    A folder whose cached answers all have content ids this config does not plan (another model, template, system
+    message, sampling or seed selection) is named in a warning, with the keys its config.yaml sets otherwise. When
+    the stage only post-processes and folders hold answers but none fits, that is an error (UserError) before
+    anything is written: the run would keep nothing and exit 0, which reads as "the model's answers were all
+    dropped" rather than "the wrong answers were given". Folders without any answers only get a warning then."""
+    folders = [output, *extra_responses]
+    model = read_run_model(folders) or cfg.backend.model
+    planned = plan_requests(seeds, template, cfg.sampling, model)
+    if cfg.execution.shard_index is not None:  # stage all on one shard: its own requests only
+        planned = [p for p in planned if shard_of(p, cfg.execution.num_shards) == cfg.execution.shard_index]
+    ids_by_folder = {}
+    answered = load_responses(folders, ids_by_folder=ids_by_folder)
+    wanted = {p.id for p in planned}
+    stale = {f: ids for f, ids in ids_by_folder.items() if ids and not ids & wanted}
+    total = len(answered)  # distinct ids: a folder copied into another counts once
+    if postprocess_only and planned and total and not wanted & set(answered):
+        where = ", ".join(stale)
+        raise UserError(f"none of the {total} cached answers in {where} was made with this config (the {len(planned)} "
+                        f"planned requests' content ids hash the model, the rendered prompt, sampling and the seed "
+                        f"selection; {_differences(cfg, model, stale)}); post-process with the config of the run "
+                        f"that made them, or run the generate stage to ask again; nothing written")
+    if postprocess_only and planned and not total:
+        warn(f"no cached answers in {', '.join(folders)}: nothing to post-process (run the generate stage first, or "
+             f"pass the generating drivers' folders with --responses)")
+    for folder, ids in stale.items():
+        warn(f"{len(ids)} answers in {folder} were made with another config (model/template/sampling/seeds differ: "
+             f"{_differences(cfg, model, {folder: ids})}), none used")
+    return planned, answered, model
+
+
+# The config sections that enter a request's content id (megasnow.synth.plan.content_id) or choose its seed.
+ID_SECTIONS = ("seeds", "prompt", "sampling")
+
+
+def _differences(cfg, model, folders):
+    """What to check for answers cached in `folders` under other content ids: the keys their config.yaml (and the
+    model of their run.json) set otherwise than this config, or the list of keys that enter the ids."""
+    import yaml
+
+    here = to_dict(cfg)
+    found = []
+    for folder in folders:
+        there_model = read_run_model([folder])
+        if there_model is not None and there_model != model:
+            found.append(f"model {there_model!r} there, {model!r} here")
+        try:
+            with open(os.path.join(folder, "config.yaml"), encoding="utf-8") as f:
+                there = yaml.safe_load(f) or {}
+        except (OSError, yaml.YAMLError):
+            continue
+        for section in ID_SECTIONS:
+            a, b = there.get(section) or {}, here[section]
+            for key in b:
+                if key in a and a[key] != b[key]:
+                    found.append(f"{section}.{key} {a[key]!r} there, {b[key]!r} here")
+    found = list(dict.fromkeys(found))
+    if not found:
+        return ("check backend.model, prompt.template/system, sampling.* and seeds.* against the run that made "
+                "them")
+    return "; ".join(found[:4]) + (f"; and {len(found) - 4} more" if len(found) > 4 else "")
 
 
 def _prepare_output(cfg, output):

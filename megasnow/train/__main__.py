@@ -15,7 +15,7 @@ EXIT_CONFIG, EXIT_STOPPED = 2, 3
 
 def main(argv=None):
     argv = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--debug"]  # run_tool reads --debug
-    from megasnow.train.config import help_text, load_train_config, resolve_data_paths
+    from megasnow.train.config import help_text, load_train_config
 
     if not argv or argv[0] in ("-h", "--help"):
         print(help_text())
@@ -28,9 +28,7 @@ def main(argv=None):
     if yaml_path is not None and not os.path.isfile(yaml_path):
         raise ConfigError(f"{yaml_path}: no such config file (usage: python -m megasnow.train CONFIG.yaml "
                           f"[key.sub=value ...])")
-    cfg = load_train_config(yaml_path, overrides)
-    if yaml_path:
-        resolve_data_paths(cfg, os.path.dirname(os.path.abspath(yaml_path)))
+    cfg = load_train_config(yaml_path, overrides)  # the YAML's relative input paths resolved against its folder
 
     from megasnow.parallel import state
 

@@ -6,7 +6,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Literal
 
-from megasnow.config import ConfigError, describe_config, load_config, path_from_yaml_folder
+from megasnow.config import (ConfigError, apply_overrides, describe_config, from_dict, load_config,
+                             path_from_yaml_folder, to_dict)
 
 
 def _help(text, default=None, factory=None):
@@ -200,9 +201,14 @@ class TrainConfig:
 
 
 def load_train_config(yaml_path=None, overrides=()):
-    """Parse and check a training config; a relative data path is taken relative to the YAML file's folder
-    when it exists there (so example configs work from any working directory)."""
-    cfg = load_config(TrainConfig, yaml_path, overrides)
+    """Parse and check a training config. The YAML's relative input paths are taken relative to its folder where
+    they exist there (resolve_input_paths; so example configs work from any working directory); paths given as
+    `key=value` overrides stay relative to the working directory, like every path typed on a command line."""
+    cfg = load_config(TrainConfig, yaml_path)
+    if yaml_path is not None:
+        resolve_input_paths(cfg, os.path.dirname(os.path.abspath(yaml_path)))
+    if overrides:  # applied after the YAML's paths are resolved, so that they are not
+        cfg = from_dict(TrainConfig, apply_overrides(to_dict(cfg), overrides))
     check_config(cfg)
     return cfg
 
@@ -336,9 +342,12 @@ def phase_steps(phase, cfg):
     return max(1, math.ceil(phase.tokens / per_step))
 
 
-def resolve_data_paths(cfg, base_dir):
-    """Take relative blend paths relative to `base_dir` (the YAML's folder) when they exist there
-    (megasnow.config.path_from_yaml_folder)."""
+def resolve_input_paths(cfg, base_dir):
+    """Take the config's relative input paths relative to `base_dir` (the YAML's folder) when they exist there
+    (megasnow.config.path_from_yaml_folder, the rule of every stage): the blends' dataset prefixes (PREFIX.idx),
+    data.tokenizer, checkpoint.init_from and eval.benchmark_files (except the name 'humaneval'). Outputs
+    (checkpoint.dir, log.dir, data.cache_dir) stay relative to the working directory. Returns `cfg`, changed in
+    place."""
     def fix(items):
         for b in items:
             b.path = path_from_yaml_folder(b.path, base_dir, suffix=".idx")
@@ -347,6 +356,10 @@ def resolve_data_paths(cfg, base_dir):
     for p in cfg.phases:
         fix(p.blend)
         fix(p.valid_blend)
+    cfg.data.tokenizer = path_from_yaml_folder(cfg.data.tokenizer, base_dir)
+    cfg.checkpoint.init_from = path_from_yaml_folder(cfg.checkpoint.init_from, base_dir)
+    cfg.eval.benchmark_files = [f if f == "humaneval" else path_from_yaml_folder(f, base_dir)
+                                for f in cfg.eval.benchmark_files]
     return cfg
 
 

@@ -63,6 +63,75 @@ def load_run_tokenizer(path):
         raise ConfigError(f"data.tokenizer: {e}") from None
 
 
+def check_data_tokenizer(blends, tokenizer, tokenizer_path):
+    """Refuse a run tokenizer whose ids mean something else than the datasets' ids. `blends`: [(config key of the
+    list, [BlendItem])]. Each dataset's PREFIX.meta.json (tools/preprocess_data.py) records the vocabulary size and
+    the end-of-document id (with its token text) it was binarized with; data.tokenizer must have the same vocabulary
+    size (less the tokens Megatron's legacy SentencePieceTokenizer adds, recorded as added_tokens) and give that token
+    the same id. The tokenizer's path is not compared (a copied file is the same
+    tokenizer); datasets without metadata (Megatron-LM's preprocess_data.py) are not checked.
+
+    Returns the largest recorded vocabulary size over all datasets (None when none records one), which the caller
+    compares with the model's. Raises ConfigError naming data.tokenizer, the dataset's key and both values."""
+    from megasnow.data.dataset_meta import meta_path, read_dataset_meta
+    from megasnow.data.tokenizer import TokenizerError
+
+    largest, seen = None, set()
+    for where, items in blends:
+        for j, item in enumerate(items):
+            if item.path in seen:
+                continue
+            seen.add(item.path)
+            meta = read_dataset_meta(item.path)
+            if meta is None:
+                continue
+            recorded = meta.get("vocab_size")
+            if recorded is not None:
+                largest = max(largest or 0, int(recorded))
+            if tokenizer is None:
+                continue
+            diffs = []
+            # Megatron's legacy SentencePieceTokenizer adds tokens past the model's pieces (<CLS>, <EOD>, ...): the
+            # tokenizer file itself defines the rest (the model's vocabulary must still hold them: check_model_vocab)
+            added = meta.get("added_tokens") or {}
+            if recorded is not None and int(recorded) - len(added) != tokenizer.vocab_size:
+                extra = f" ({recorded} with {len(added)} added by Megatron's tokenizer)" if added else ""
+                diffs.append(f"vocab_size {tokenizer.vocab_size} here, {int(recorded) - len(added)} in the data{extra}")
+            if meta.get("append_eod") and meta.get("eod_id") is not None and meta.get("eod_token") not in added:
+                token = meta.get("eod_token")
+                try:
+                    here = tokenizer.token_to_id(token) if token else tokenizer.eod_id
+                except TokenizerError:
+                    here = None
+                if here != meta["eod_id"]:
+                    name = f"{token!r}" if token else "end-of-document token"
+                    diffs.append(f"end-of-document id ({name}) {here} here, {meta['eod_id']} in the data")
+            if diffs:
+                made_with = f" ({meta['tokenizer_model']})" if meta.get("tokenizer_model") else ""
+                raise ConfigError(
+                    f"data.tokenizer: {tokenizer_path} is not the tokenizer {where}[{j}].path ({item.path}) was "
+                    f"binarized with: {'; '.join(diffs)} ({meta_path(item.path)}); point data.tokenizer at the "
+                    f"tokenizer the data was binarized with{made_with}, or re-binarize the data with this one "
+                    f"(tools/preprocess_data.py --tokenizer-model {tokenizer_path})")
+    return largest
+
+
+def check_model_vocab(model_vocab, explicit, tokenizer, data_vocab):
+    """Refuse a model vocabulary smaller than the ids it will be fed: data.tokenizer's vocabulary, or the largest
+    recorded for the datasets (ids >= model.vocab_size would index past the embedding). `explicit`: whether
+    model.vocab_size was set (else it is the tokenizer's, or the preset's without a tokenizer)."""
+    where = ("model.vocab_size" if explicit else "model.vocab_size (data.tokenizer's)" if tokenizer is not None
+             else "model.vocab_size (the model preset's)")
+    if tokenizer is not None and model_vocab < tokenizer.vocab_size:
+        raise ConfigError(f"{where} is {model_vocab}, smaller than data.tokenizer's vocabulary ({tokenizer.vocab_size}"
+                          f"): remove model.vocab_size (it defaults to the tokenizer's) or set it >= "
+                          f"{tokenizer.vocab_size}")
+    if data_vocab is not None and model_vocab < data_vocab:
+        fix = "" if tokenizer is not None else "set data.tokenizer to that tokenizer (model.vocab_size follows it) or "
+        raise ConfigError(f"{where} is {model_vocab}, smaller than the vocabulary the data was binarized with "
+                          f"({data_vocab}, recorded in its .meta.json): {fix}set model.vocab_size >= {data_vocab}")
+
+
 def to_blend_entries(items):
     from megasnow.data.blended_dataset import BlendEntry
 

@@ -15,7 +15,7 @@ from megasnow.train import checkpoint as ckpt
 from megasnow.train import resume
 from megasnow.train.config import build_model_config, check_parallel_layout, phase_steps, resolve_phases
 from megasnow.train.data import (MicroBatches, build_fim_transforms, build_phase_datasets, check_blend_paths,
-                                 load_run_tokenizer)
+                                 check_data_tokenizer, check_model_vocab, load_run_tokenizer)
 from megasnow.train.metrics import MetricsLogger, format_eta
 from megasnow.train.schedules import lr_at
 from megasnow.utils.device import resolve_device
@@ -87,8 +87,13 @@ class Trainer:
             where = f"phases[{i}]" if cfg.phases else "data"
             check_blend_paths(p.blend, f"{where}.blend")
             check_blend_paths(p.valid_blend, f"{where}.valid_blend")
+        data_vocab = check_data_tokenizer(
+            [(f"{'phases[%d]' % i if cfg.phases else 'data'}.{key}", getattr(p, key))
+             for i, p in enumerate(self.phases) for key in ("blend", "valid_blend")],
+            self.tokenizer, cfg.data.tokenizer)
 
         self.model_cfg = build_model_config(cfg, self.tokenizer.vocab_size if self.tokenizer else None)
+        check_model_vocab(self.model_cfg.vocab_size, cfg.model.vocab_size is not None, self.tokenizer, data_vocab)
         self.eod_id = self._document_mask_eod()
         self.fim = self._fim_transforms()
         self._build_datasets()

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from megasnow.config import ConfigError
-from megasnow.train.config import (TrainConfig, help_text, load_train_config, phase_steps, resolve_data_paths,
+from megasnow.train.config import (TrainConfig, help_text, load_train_config, phase_steps,
                                    resolve_phases)
 
 YAML = """
@@ -65,9 +65,38 @@ def test_relative_paths_resolve_against_yaml_folder(tmp_path):
     (tmp_path / "d" / "a.idx").write_bytes(b"")
     p = tmp_path / "run.yaml"
     p.write_text(YAML)
-    cfg = resolve_data_paths(load_train_config(p), str(tmp_path))
+    cfg = load_train_config(p)
     assert cfg.phases[0].blend[0].path == str(tmp_path / "d" / "a")
     assert cfg.phases[0].blend[1].path == "d/b"  # not there: left as given
+
+
+def test_every_input_path_of_the_yaml_resolves_against_its_folder_but_overrides_stay_cwd_relative(tmp_path):
+    """data.tokenizer, the blends, data.valid_blend, checkpoint.init_from and eval.benchmark_files follow one rule
+    (megasnow.config.path_from_yaml_folder); outputs and `key=value` overrides stay relative to the working
+    directory."""
+    for name in ("d/a.idx", "d/v.idx", "tok/code.model", "ckpt/step_00000004/meta.json", "bench/he.jsonl"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "humaneval").write_bytes(b"")  # the benchmark name stays a name
+    p = tmp_path / "run.yaml"
+    p.write_text(YAML.replace("tokenizer: null", "tokenizer: tok/code.model, valid_blend: [{path: d/v}], "
+                              "cache_dir: d") +
+                 "checkpoint: {dir: ckpt, init_from: ckpt/step_00000004}\n"
+                 "log: {dir: d}\n"
+                 "eval: {benchmark_files: [humaneval, bench/he.jsonl, bench/missing.jsonl]}\n")
+    cfg = load_train_config(p)
+    assert cfg.data.tokenizer == str(tmp_path / "tok" / "code.model")
+    assert [b.path for b in cfg.data.valid_blend] == [str(tmp_path / "d" / "v")]
+    assert cfg.phases[0].blend[0].path == str(tmp_path / "d" / "a")
+    assert cfg.checkpoint.init_from == str(tmp_path / "ckpt" / "step_00000004")
+    assert cfg.eval.benchmark_files == ["humaneval", str(tmp_path / "bench" / "he.jsonl"), "bench/missing.jsonl"]
+    assert (cfg.checkpoint.dir, cfg.log.dir, cfg.data.cache_dir) == ("ckpt", "d", "d")  # outputs: the cwd's
+    cfg = load_train_config(p, ["data.tokenizer=tok/code.model", "phases.0.blend.0.path=d/a",
+                                "checkpoint.init_from=ckpt/step_00000004", "phases.1.steps=9"])
+    assert (cfg.data.tokenizer, cfg.phases[0].blend[0].path, cfg.checkpoint.init_from) == \
+        ("tok/code.model", "d/a", "ckpt/step_00000004")
+    assert cfg.phases[0].blend[1].path == "d/b" and cfg.phases[1].steps == 9
+    assert cfg.data.valid_blend[0].path == str(tmp_path / "d" / "v")  # not overridden: still the YAML's
 
 
 @pytest.mark.parametrize("overrides,match", [
