@@ -217,5 +217,6 @@ def test_the_first_failure_named_is_the_first_in_benchmark_order(tiny_short, ben
                              GenerationSettings(max_tokens=100), str(out), progress=False)
     assert str(e.value).startswith("all 2 generation requests failed: HumanEval/2: This model's maximum context "
                                    "length is 160 tokens"), str(e.value)
-    assert "first: HumanEval/2: " in str(e.value)  # the advice's first refusal: the same task
+    assert str(e.value).count("maximum context length") == 1  # the advice does not quote the same refusal again
+    assert "HumanEval/13" not in str(e.value) and str(e.value).endswith("as failed and rerun")
     assert list(tmp_path.iterdir()) == []
