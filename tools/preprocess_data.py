@@ -17,7 +17,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
-from megasnow.data.dataset_meta import meta_path, read_dataset_meta, token_settings, write_dataset_meta  # noqa: E402
+from megasnow.data.dataset_meta import (meta_path, read_dataset_meta, token_settings, tokenizer_sha256,  # noqa: E402
+                                        write_dataset_meta)
 from megasnow.data.indexed import IndexedDatasetBuilder, best_dtype  # noqa: E402
 from megasnow.data.megatron_tokenizers import (  # noqa: E402
     HUGGINGFACE_TYPES,
@@ -284,7 +285,8 @@ def preprocess(inputs, output_prefix, tokenizer_model, tokenizer_type=None, json
         if docs == 0 and strict:
             raise EmptyInputError(f"no documents in the input ({_describe_files(files)}); nothing written")
         settings = dict(encoder.settings(), tokenizer_model=os.path.abspath(opts.tokenizer_model),
-                        append_eod=bool(append_eod), eod_id=eod, eod_token=eod_text)
+                        tokenizer_sha256=tokenizer_sha256(opts.tokenizer_model), append_eod=bool(append_eod),
+                        eod_id=eod, eod_token=eod_text)
         for k in keys:  # the metadata first, so a dataset whose .idx is in place always has it
             meta = write_dataset_meta(output_paths(output_prefix, k)[0][: -len(".bin")], dict(
                 settings, json_key=k, documents=docs, tokens=tokens[k], dtype=str(np.dtype(dtype))))
@@ -465,7 +467,8 @@ def main(argv=None):
         encoder = build_document_encoder(options)
         eod, text, _ = end_of_document(encoder, args.eod_token) if args.append_eod else (None, None, None)
         wanted = dict(encoder.settings(), tokenizer_model=os.path.abspath(args.tokenizer_model),
-                      append_eod=args.append_eod, eod_id=eod, eod_token=text)
+                      tokenizer_sha256=tokenizer_sha256(args.tokenizer_model), append_eod=args.append_eod,
+                      eod_id=eod, eod_token=text)
         if outputs_complete(args.output_prefix, args.json_keys, wanted):
             print(f"outputs for {args.output_prefix} exist and validate; skipping (--skip-existing)")
             return 0

@@ -18,8 +18,9 @@ META_SUFFIX = ".meta.json"
 META_FORMAT = "megasnow-dataset-meta"
 META_VERSION = 1
 # Keys that say how the ids were produced; two datasets with equal values here hold ids that mean the same thing.
-TOKEN_KEYS = ("tokenizer_type", "tokenizer_model", "semantics", "vocab_size", "append_eod", "eod_id", "eod_token",
-              "bos_id", "prefix_ids", "suffix_ids", "hf_include_special_tokens", "hf_use_fast", "added_tokens")
+TOKEN_KEYS = ("tokenizer_type", "tokenizer_model", "tokenizer_sha256", "semantics", "vocab_size", "append_eod",
+              "eod_id", "eod_token", "bos_id", "prefix_ids", "suffix_ids", "hf_include_special_tokens", "hf_use_fast",
+              "added_tokens")
 
 
 class DatasetMetaError(UserError, ValueError):
@@ -52,6 +53,20 @@ def read_dataset_meta(prefix):
     if not isinstance(meta, dict) or meta.get("format") != META_FORMAT:
         raise DatasetMetaError(f"{path}: not a megasnow dataset metadata file (no format {META_FORMAT!r})")
     return meta
+
+
+def tokenizer_sha256(path):
+    """SHA-256 (hex) of a tokenizer file's bytes (a SentencePiece .model, a tokenizer.json), or None for a folder or
+    a name that is not a file: a content fingerprint that a copied file keeps and a retrained one does not."""
+    import hashlib
+
+    if not path or not os.path.isfile(path):
+        return None
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def token_settings(meta):

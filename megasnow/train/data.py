@@ -68,12 +68,13 @@ def check_data_tokenizer(blends, tokenizer, tokenizer_path):
     list, [BlendItem])]. Each dataset's PREFIX.meta.json (tools/preprocess_data.py) records the vocabulary size and
     the end-of-document id (with its token text) it was binarized with; data.tokenizer must have the same vocabulary
     size (less the tokens Megatron's legacy SentencePieceTokenizer adds, recorded as added_tokens) and give that token
-    the same id. The tokenizer's path is not compared (a copied file is the same
-    tokenizer); datasets without metadata (Megatron-LM's preprocess_data.py) are not checked.
+    the same id; when both are files of one kind (.model, .json), the file's SHA-256 must equal the recorded
+    tokenizer_sha256 (a retrained tokenizer of the same size). The tokenizer's path is not compared (a copied file is
+    the same tokenizer); datasets without metadata (Megatron-LM's preprocess_data.py) are not checked.
 
     Returns the largest recorded vocabulary size over all datasets (None when none records one), which the caller
     compares with the model's. Raises ConfigError naming data.tokenizer, the dataset's key and both values."""
-    from megasnow.data.dataset_meta import meta_path, read_dataset_meta
+    from megasnow.data.dataset_meta import meta_path, read_dataset_meta, tokenizer_sha256
     from megasnow.data.tokenizer import TokenizerError
 
     largest, seen = None, set()
@@ -106,6 +107,12 @@ def check_data_tokenizer(blends, tokenizer, tokenizer_path):
                 if here != meta["eod_id"]:
                     name = f"{token!r}" if token else "end-of-document token"
                     diffs.append(f"end-of-document id ({name}) {here} here, {meta['eod_id']} in the data")
+            recorded_sha = meta.get("tokenizer_sha256")
+            if not diffs and recorded_sha and _same_kind_of_file(tokenizer_path, meta.get("tokenizer_model")):
+                here_sha = tokenizer_sha256(tokenizer_path)  # same size and end of document: compare the bytes
+                if here_sha != recorded_sha:
+                    diffs.append(f"same vocabulary size and end of document, but another file (sha256 "
+                                 f"{here_sha[:12]}... here, {recorded_sha[:12]}... in the data)")
             if diffs:
                 made_with = f" ({meta['tokenizer_model']})" if meta.get("tokenizer_model") else ""
                 raise ConfigError(
@@ -114,6 +121,13 @@ def check_data_tokenizer(blends, tokenizer, tokenizer_path):
                     f"tokenizer the data was binarized with{made_with}, or re-binarize the data with this one "
                     f"(tools/preprocess_data.py --tokenizer-model {tokenizer_path})")
     return largest
+
+
+def _same_kind_of_file(path, recorded):
+    """Both tokenizers are files of one kind (same extension: .model, .json), so their bytes can be compared (a
+    SentencePiece .model and the tokenizer.json converted from it hold the same tokenizer in other bytes)."""
+    return (bool(path) and bool(recorded) and os.path.isfile(path)
+            and os.path.splitext(path)[1] == os.path.splitext(recorded)[1])
 
 
 def check_model_vocab(model_vocab, explicit, tokenizer, data_vocab):

@@ -1,6 +1,7 @@
 """data.tokenizer must be the tokenizer the data was binarized with (its PREFIX.meta.json's vocabulary size and
 end-of-document id): another one is refused at start-up in one line; a copy of the right one trains. The model's
 vocabulary must hold the data's ids. A YAML's relative tokenizer and dataset paths are relative to its folder."""
+import hashlib
 import json
 import os
 import shutil
@@ -83,6 +84,27 @@ def test_a_copy_of_the_datas_tokenizer_trains_and_travels_with_the_checkpoint(tm
     assert [r["step"] for r in losses(str(tmp_path / "log"))] == [1, 2]
     saved = tmp_path / "ckpt" / "step_00000002" / "tokenizer.model"
     assert saved.read_bytes() == open(model, "rb").read()
+
+
+def test_a_changed_tokenizer_file_with_the_same_size_and_end_of_document_is_refused(tmp_path, binarized, capsys):
+    """The data's .meta.json records the tokenizer file's SHA-256: a SentencePiece model of the same vocabulary and
+    end-of-document id but other contents (one piece's score changed, as a retrained model differs) is refused."""
+    from sentencepiece import sentencepiece_model_pb2
+
+    model, prefix = binarized
+    meta = json.load(open(prefix + ".meta.json"))
+    assert meta["tokenizer_sha256"] == hashlib.sha256(open(model, "rb").read()).hexdigest()
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString(open(model, "rb").read())
+    proto.pieces[100].score += 1.0
+    changed = tmp_path / "retrained.model"
+    changed.write_bytes(proto.SerializeToString())
+    code, _, err = cli(capsys, config(tmp_path, prefix), f"data.tokenizer={changed}")
+    assert code == 2
+    assert (f"binarized with: same vocabulary size and end of document, but another file (sha256 "
+            f"{hashlib.sha256(changed.read_bytes()).hexdigest()[:12]}... here, {meta['tokenizer_sha256'][:12]}... in "
+            f"the data) ({prefix}.meta.json)") in err, err
+    assert not os.path.exists(tmp_path / "ckpt")
 
 
 def test_a_model_vocabulary_smaller_than_the_datas_ids_is_refused(tmp_path, binarized, capsys):
