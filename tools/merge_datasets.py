@@ -10,7 +10,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from megasnow.data.dataset_meta import read_dataset_meta, token_settings, write_dataset_meta  # noqa: E402
+from megasnow.data.dataset_meta import (read_dataset_meta, token_settings, token_settings_differ,  # noqa: E402
+                                        write_dataset_meta)
 from megasnow.data.indexed import (  # noqa: E402
     IndexedDataset,
     IndexedDatasetBuilder,
@@ -45,8 +46,8 @@ def merged_metadata(prefixes):
     first = token_settings(metas[0])
     for p, m in zip(prefixes[1:], metas[1:]):
         other = token_settings(m)
-        if other != first:
-            key = next(k for k in sorted(set(first) | set(other)) if first.get(k) != other.get(k))
+        key = token_settings_differ(metas[0], m)
+        if key:
             return None, (f"{prefixes[0]} and {p} were binarized with different {key} ({first.get(key)!r} vs "
                           f"{other.get(key)!r}); the merged dataset gets no metadata, so its ids may not mean one "
                           f"thing (document masking then needs data.eod_id)")

@@ -17,8 +17,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
-from megasnow.data.dataset_meta import (meta_path, read_dataset_meta, token_settings, tokenizer_sha256,  # noqa: E402
-                                        write_dataset_meta)
+from megasnow.data.dataset_meta import (meta_path, read_dataset_meta, token_settings_differ,  # noqa: E402
+                                        tokenizer_sha256, write_dataset_meta)
 from megasnow.data.indexed import IndexedDatasetBuilder, best_dtype  # noqa: E402
 from megasnow.data.megatron_tokenizers import (  # noqa: E402
     HUGGINGFACE_TYPES,
@@ -342,7 +342,7 @@ def outputs_complete(output_prefix, keys, settings=None):
             return False
         if settings is not None:
             meta = read_dataset_meta(prefix)
-            if meta is not None and token_settings(meta) != token_settings(settings):
+            if meta is not None and token_settings_differ(meta, settings):
                 return False
     return True
 

@@ -74,6 +74,20 @@ def token_settings(meta):
     return {k: meta.get(k) for k in TOKEN_KEYS if k in meta}
 
 
+RECORDED_SINCE_LATER = ("tokenizer_sha256",)  # keys newer files record: one missing on a side is no difference
+
+
+def token_settings_differ(a, b):
+    """The first TOKEN_KEYS key whose values differ between two metadata dicts, else None. A key that only newer
+    files record (RECORDED_SINCE_LATER) counts only when both record it, so older datasets still match."""
+    sa, sb = token_settings(a), token_settings(b)
+    for k in RECORDED_SINCE_LATER:
+        if k not in sa or k not in sb:
+            sa.pop(k, None)
+            sb.pop(k, None)
+    return next((k for k in sorted(set(sa) | set(sb)) if sa.get(k) != sb.get(k)), None)
+
+
 def infer_eod_id(prefix, max_documents=512):
     """The id that ends every sampled document and occurs inside none of them, or None.
 

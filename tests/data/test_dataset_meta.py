@@ -115,3 +115,28 @@ def test_merge_carries_metadata_only_when_inputs_agree(corpus, tmp_path, capsys)
                                   on_warning=warnings.append)
     assert read_dataset_meta(str(tmp_path / "mixed")) is None
     assert len(warnings) == 1 and "different eod_id (2 vs 3)" in warnings[0]
+
+
+def test_a_dataset_recorded_before_tokenizer_sha256_still_matches(corpus, tmp_path):
+    """tokenizer_sha256 (the tokenizer file's SHA-256) is recorded since 2026-12-01: a dataset whose metadata
+    predates it still merges with a newer one and still counts as complete for --skip-existing; two different
+    fingerprints do differ."""
+    import hashlib
+    import shutil
+
+    from megasnow.data.dataset_meta import token_settings_differ, write_dataset_meta
+
+    meta = read_dataset_meta(corpus["megatron"])
+    assert meta["tokenizer_sha256"] == hashlib.sha256(open(sentencepiece_model(), "rb").read()).hexdigest()
+    old = str(tmp_path / "legacy_text_document")
+    for ext in (".bin", ".idx"):
+        shutil.copyfile(corpus["megatron"] + ext, old + ext)
+    older = {k: v for k, v in meta.items() if k not in ("tokenizer_sha256", "format", "version")}
+    write_dataset_meta(old, older)
+    assert token_settings_differ(meta, older) is None
+    assert token_settings_differ(meta, dict(meta, tokenizer_sha256="0" * 64)) == "tokenizer_sha256"
+    warnings = []
+    merge_datasets.merge_datasets([corpus["megatron"], old], str(tmp_path / "merged"), on_warning=warnings.append)
+    assert warnings == [] and read_dataset_meta(str(tmp_path / "merged"))["documents"] == 60
+    assert preprocess_data.outputs_complete(str(tmp_path / "legacy"), ["text"], meta)  # --skip-existing: no rebuild
+    assert not preprocess_data.outputs_complete(str(tmp_path / "legacy"), ["text"], dict(meta, eod_id=3))
