@@ -10,7 +10,6 @@ import re
 import sys
 
 from megasnow.config import describe_config
-from megasnow.generation.protocol import NOT_CURED_BY_RERUN
 from megasnow.generation.protocol import failure_advice as protocol_failure_advice
 from megasnow.utils.cli import ArgumentParser, fail, run_tool
 
@@ -125,16 +124,13 @@ def failure_advice(generation):
         for k, message in g.get("first_errors", {}).items():
             firsts.setdefault(k, message)
     examples = [e for g in generation for e in g.get("failed_examples", [])]
-    # the advice quotes the first refused request's message unless the first line already shows that message
-    # (driver: first_errors "request N: MESSAGE", failed_examples "request N (ID): MESSAGE")
-    refused = next((firsts[k] for k in NOT_CURED_BY_RERUN if firsts.get(k)), "")
-    shown = bool(examples) and bool(refused) and examples[0].endswith(refused.split(": ", 1)[-1])
-    return (f"{sum(kinds.values())} requests failed {kinds} (not cached)"
-            + (f"; first: {examples[0]}" if examples else "") + "\n"
-            + protocol_failure_advice(kinds, firsts, change="sampling.*, backend.model, the template",
-                                      too_long_fix="lower sampling.max_tokens or the seed length (seeds.max_lines, "
-                                                   "seeds.head_tokens) to fit the model's context",
-                                      show_first=not shown))
+    first_line = (f"{sum(kinds.values())} requests failed {kinds} (not cached)"
+                  + (f"; first: {examples[0]}" if examples else ""))
+    return first_line + "\n" + protocol_failure_advice(
+        kinds, firsts, change="sampling.*, backend.model, the template",
+        too_long_fix="lower sampling.max_tokens or the seed length (seeds.max_lines, seeds.head_tokens) to fit the "
+                     "model's context",
+        already_shown=first_line)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ from megasnow.errors import UserError
 from megasnow.eval.prompts import STYLES, build_request, sample_record
 from megasnow.eval.samples import write_samples
 from megasnow.generation.protocol import SamplingParams, context_tokens, is_context_length_error
-from megasnow.generation.protocol import NOT_CURED_BY_RERUN
 from megasnow.generation.protocol import failure_advice as protocol_failure_advice
 from megasnow.utils.atomic import atomic_write_text
 
@@ -157,13 +156,11 @@ def failure_advice(stats, infill=False):
     if infill:
         change = ("--infill: drop it if the model has no FIM tokens (or use a model trained with fill-in-the-middle, "
                   "data.fim); --model, sampling flags, --max-tokens")
-    firsts = stats.get("first_errors", {})
-    refused = next((firsts[k] for k in NOT_CURED_BY_RERUN if firsts.get(k)), None)
     return protocol_failure_advice(
-        stats.get("error_kinds", {}), firsts, change=change,
+        stats.get("error_kinds", {}), stats.get("first_errors", {}), change=change,
         too_long_fix="lower --max-tokens, or pass --skip-too-long to score the tasks that do not fit the model's "
                      "context as failed",
-        show_first=refused != stats.get("first_error"))  # the caller's line already quotes first_error
+        already_shown=stats.get("first_error"))  # every caller's line quotes first_error
 
 
 def read_partial(path, n):

@@ -106,16 +106,17 @@ def context_tokens(message):
     m = _CONTEXT_TOKENS.search(message or "")
     return int(m.group(1)) if m else None
 
+
 NOT_CURED_BY_RERUN = ("bad_request", "auth")  # error kinds a plain rerun meets again
 
 
-def failure_advice(kinds, first_errors, change, too_long_fix=None, show_first=True):
+def failure_advice(kinds, first_errors, change, too_long_fix=None, already_shown=None):
     """What to do after failed requests, by error kind (GenerationResult.error_kind): a rerun may cure an
     unavailable server or a timeout (it asks the failed requests again); a request refused as bad (HTTP 4xx, auth,
     a prompt longer than the context) is refused the same way by a plain rerun, so the advice names what to
     change: `too_long_fix` when the first refusal is a context-length error and the tool has a fix for it, else
-    `change` (the tool's flags or keys). `kinds`: {kind: count}; `first_errors`: {kind: first message};
-    show_first False: the first refusal's message is not quoted (the caller's own line already shows it)."""
+    `change` (the tool's flags or keys). `kinds`: {kind: count}; `first_errors`: {kind: "WHERE: message"};
+    `already_shown`: the text of the caller's own line, which quotes the first refusal's message when it holds it."""
     bad = sum(kinds.get(k, 0) for k in NOT_CURED_BY_RERUN)
     retry = sum(n for k, n in kinds.items() if k not in NOT_CURED_BY_RERUN)
     parts = []
@@ -123,7 +124,8 @@ def failure_advice(kinds, first_errors, change, too_long_fix=None, show_first=Tr
         first = next((first_errors[k] for k in NOT_CURED_BY_RERUN if first_errors.get(k)), "")
         todo = (too_long_fix if too_long_fix and is_context_length_error(first)
                 else f"change what the message names ({change})")
-        quoted = f"; first: {first}" if first and show_first else ""
+        shown = bool(already_shown) and first.split(": ", 1)[-1] in already_shown
+        quoted = f"; first: {first}" if first and not shown else ""
         parts.append(f"{bad} were refused as bad requests (HTTP 4xx{quoted}): a plain "
                      f"rerun is refused the same way; {todo} and rerun")
     if retry:
