@@ -10,8 +10,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from megasnow.data.dataset_meta import (read_dataset_meta, token_settings, token_settings_differ,  # noqa: E402
-                                        write_dataset_meta)
+from megasnow.data.dataset_meta import read_dataset_meta, token_settings_differ, write_dataset_meta  # noqa: E402
 from megasnow.data.indexed import (  # noqa: E402
     IndexedDataset,
     IndexedDatasetBuilder,
@@ -43,13 +42,11 @@ def merged_metadata(prefixes):
     metas = [read_dataset_meta(p) for p in prefixes]
     if any(m is None for m in metas):
         return None, None
-    first = token_settings(metas[0])
     for p, m in zip(prefixes[1:], metas[1:]):
-        other = token_settings(m)
         key = token_settings_differ(metas[0], m)
         if key:
-            return None, (f"{prefixes[0]} and {p} were binarized with different {key} ({first.get(key)!r} vs "
-                          f"{other.get(key)!r}); the merged dataset gets no metadata, so its ids may not mean one "
+            return None, (f"{prefixes[0]} and {p} were binarized with different {key} ({metas[0].get(key)!r} vs "
+                          f"{m.get(key)!r}); the merged dataset gets no metadata, so its ids may not mean one "
                           f"thing (document masking then needs data.eod_id)")
     meta = {k: v for k, v in metas[0].items() if k not in ("format", "version")}
     for count in ("documents", "tokens"):

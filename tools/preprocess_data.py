@@ -284,9 +284,7 @@ def preprocess(inputs, output_prefix, tokenizer_model, tokenizer_type=None, json
             bytes_done_before += sizes[path]
         if docs == 0 and strict:
             raise EmptyInputError(f"no documents in the input ({_describe_files(files)}); nothing written")
-        settings = dict(encoder.settings(), tokenizer_model=os.path.abspath(opts.tokenizer_model),
-                        tokenizer_sha256=tokenizer_sha256(opts.tokenizer_model), append_eod=bool(append_eod),
-                        eod_id=eod, eod_token=eod_text)
+        settings = id_settings(encoder, opts.tokenizer_model, append_eod, eod, eod_text)
         for k in keys:  # the metadata first, so a dataset whose .idx is in place always has it
             meta = write_dataset_meta(output_paths(output_prefix, k)[0][: -len(".bin")], dict(
                 settings, json_key=k, documents=docs, tokens=tokens[k], dtype=str(np.dtype(dtype))))
@@ -327,6 +325,14 @@ def _describe_files(files):
     empty = sum(1 for f in files if os.path.getsize(f) == 0)
     head = files[0] if len(files) == 1 else f"{len(files)} files, first {files[0]}"
     return head + (f"; {empty} of them zero bytes" if empty else "")
+
+
+def id_settings(encoder, tokenizer_model, append_eod, eod_id, eod_token):
+    """What the written ids mean, as PREFIX.meta.json records it (dataset_meta.TOKEN_KEYS and the tokenizer file's
+    path and SHA-256); the same dict decides whether --skip-existing may keep earlier outputs."""
+    return dict(encoder.settings(), tokenizer_model=os.path.abspath(tokenizer_model),
+                tokenizer_sha256=tokenizer_sha256(tokenizer_model), append_eod=bool(append_eod), eod_id=eod_id,
+                eod_token=eod_token)
 
 
 def outputs_complete(output_prefix, keys, settings=None):
@@ -466,9 +472,7 @@ def main(argv=None):
     if args.skip_existing and outputs_complete(args.output_prefix, args.json_keys):
         encoder = build_document_encoder(options)
         eod, text, _ = end_of_document(encoder, args.eod_token) if args.append_eod else (None, None, None)
-        wanted = dict(encoder.settings(), tokenizer_model=os.path.abspath(args.tokenizer_model),
-                      tokenizer_sha256=tokenizer_sha256(args.tokenizer_model), append_eod=args.append_eod,
-                      eod_id=eod, eod_token=text)
+        wanted = id_settings(encoder, args.tokenizer_model, args.append_eod, eod, text)
         if outputs_complete(args.output_prefix, args.json_keys, wanted):
             print(f"outputs for {args.output_prefix} exist and validate; skipping (--skip-existing)")
             return 0
