@@ -83,14 +83,11 @@ class Trainer:
         self.resume_from = self._check_resume()
         if self.finished_at is not None:
             return self
-        for i, p in enumerate(self.phases):
-            where = f"phases[{i}]" if cfg.phases else "data"
-            check_blend_paths(p.blend, f"{where}.blend")
-            check_blend_paths(p.valid_blend, f"{where}.valid_blend")
-        data_vocab = check_data_tokenizer(
-            [(f"{'phases[%d]' % i if cfg.phases else 'data'}.{key}", getattr(p, key))
-             for i, p in enumerate(self.phases) for key in ("blend", "valid_blend")],
-            self.tokenizer, cfg.data.tokenizer)
+        blends = [(f"{f'phases[{i}]' if cfg.phases else 'data'}.{key}", getattr(p, key))
+                  for i, p in enumerate(self.phases) for key in ("blend", "valid_blend")]
+        for where, items in blends:
+            check_blend_paths(items, where)
+        data_vocab = check_data_tokenizer(blends, self.tokenizer, cfg.data.tokenizer)
 
         self.model_cfg = build_model_config(cfg, self.tokenizer.vocab_size if self.tokenizer else None)
         check_model_vocab(self.model_cfg.vocab_size, cfg.model.vocab_size is not None, self.tokenizer, data_vocab)
