@@ -431,7 +431,7 @@ def generated_before(args, bench, settings, samples_path, then):
 
 
 def run(args, bench, total, settings):
-    from megasnow.eval.codegen import IncompleteGeneration, failure_advice
+    from megasnow.eval.codegen import IncompleteGeneration, failure_advice, served_model
 
     samples_path = os.path.join(args.output, "samples.jsonl")
     stats = incomplete = samples = None
@@ -444,8 +444,6 @@ def run(args, bench, total, settings):
             samples = finished_samples(e.partial, bench, settings.n)
     if will_measure_loss(args) and not args.loss_model:
         args.loss_model = args.model  # (the solution loss is a left-to-right measure: not for infilling)
-    from megasnow.eval.codegen import served_model
-
     # openai without --model: the served name (this run's, or the one recorded beside reused samples)
     extra = {"model": args.model or (stats or {}).get("model") or served_model(samples_path),
              "prompt_style": "infill" if args.infill else args.prompt_style, **limit_fields(args, total, bench)}

@@ -101,7 +101,7 @@ def prepare_prompts(prompts, engine, args):
 
     params = SamplingParams(max_tokens=max(args.max_new_tokens, 1), temperature=args.temperature, top_p=args.top_p,
                             stop=tuple(args.stop), seed=args.seed,
-                            min_tokens=min(args.min_new_tokens, max(args.max_new_tokens, 1)))
+                            min_tokens=args.min_new_tokens)  # (check_sampling_args: <= max(max_new_tokens, 1))
     kept, skipped = [], 0
     for where, text in prompts:
         ids = engine.encode(text)
