@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Callable
 
 from megasnow.utils.cli import ArgumentParser, fail, run_tool
+from megasnow.utils.device import resolve_device
 
 # torch, triton and megasnow.kernels are imported inside the functions that use them, so that `--help` and
 # argument mistakes answer in well under a second (importing torch alone takes seconds).
@@ -408,10 +409,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     import torch
 
-    if args.device == "cuda" and not torch.cuda.is_available():
-        fail("--device cuda: no CUDA device is visible (torch.cuda.is_available() is False); use --device cpu")
-    use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
-    device = torch.device("cuda" if use_cuda else "cpu")
+    device = resolve_device(args.device, "--device")
     shapes = Shapes(hidden=64, ffn=176, vocab=1000, heads=2, head_dim=32, seq_len=16) if args.quick else Shapes()
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
     want_compile = (device.type == "cuda") if args.compile is None else args.compile

@@ -17,6 +17,7 @@ from megasnow.quality.annotator import build_annotator, default_batch_tokens, sa
 from megasnow.quality.metrics import classification_metrics
 from megasnow.quality.score import length_sorted_batches
 from megasnow.quality.training_data import text_key
+from megasnow.utils.device import resolve_device
 from megasnow.utils.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -52,8 +53,7 @@ class TrainConfig:
         for k, v in MODE_DEFAULTS[self.mode].items():
             if getattr(cfg, k) is None:
                 setattr(cfg, k, v)
-        if cfg.device == "auto":
-            cfg.device = "cuda" if torch.cuda.is_available() else "cpu"
+        cfg.device = str(resolve_device(cfg.device, "device"))  # 'auto' -> cuda when available
         if cfg.embed_batch_tokens is None:
             cfg.embed_batch_tokens = default_batch_tokens(cfg.device)
         return cfg

@@ -77,12 +77,9 @@ class AblationRunner:
         return [line for line in out if line]
 
     def _device(self):
-        want = self.cfg.runner.device
-        if want == "auto":
-            import torch
+        from megasnow.utils.device import resolve_device
 
-            return "cuda" if torch.cuda.is_available() else "cpu"
-        return want
+        return str(resolve_device(self.cfg.runner.device, "runner.device"))
 
     def plan(self):
         """What will run: every arm x seed with its data, passes and token count (all equal)."""
