@@ -162,7 +162,7 @@ class LocalEngine:
                 f"completion). Please reduce the length of the prompt or max_tokens.")
         stop_ids = frozenset() if ignore_eos else (self.fim_stop_ids() if fim else self.eos_ids)
         specs = [SequenceSpec(prompt_ids, p.max_tokens, p.temperature, p.top_p,
-                              None if p.seed is None else p.seed + j, stop_ids, p.stop, p.min_tokens)
+                              None if p.seed is None else p.seed + j, stop_ids, p.stop, p.min_tokens, p.top_k, p.min_p)
                  for j in range(p.n)]
         return PreparedRequest(request, prompt_ids, specs)
 

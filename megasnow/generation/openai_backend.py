@@ -100,8 +100,13 @@ def request_body(req, model):
         body["stop"] = list(p.stop)
     if p.seed is not None:
         body["seed"] = p.seed
-    if p.min_tokens:  # vLLM's extension field (OpenAI has none)
+    # vLLM's extension fields (OpenAI has none): sent only when they change something
+    if p.min_tokens:
         body["min_tokens"] = p.min_tokens
+    if p.top_k:
+        body["top_k"] = p.top_k
+    if p.min_p:
+        body["min_p"] = p.min_p
     if req.messages is not None:
         body["messages"] = list(req.messages)
     else:

@@ -16,7 +16,9 @@ class SamplingParams:
     max_tokens: new tokens per choice; temperature 0 is greedy; top_p in (0, 1]; stop: strings that end a choice
     (cut from its text); seed: makes sampling reproducible per request (whatever else shares the batch);
     n: choices per request; min_tokens: no EOS (stop token) before this many new tokens (vLLM's extension
-    field; HF's min_new_tokens), e.g. so a showcase sample is never empty.
+    field; HF's min_new_tokens), e.g. so a showcase sample is never empty; top_k: keep the k most likely tokens
+    (0 or -1: all, vLLM's convention; stored as 0); min_p: drop tokens less likely than min_p x the most likely
+    one's probability (vLLM's and HF's min-p, Nguyen et al. 2024), in [0, 1].
     """
 
     max_tokens: int = 256
@@ -26,6 +28,8 @@ class SamplingParams:
     seed: Optional[int] = None
     n: int = 1
     min_tokens: int = 0
+    top_k: int = 0
+    min_p: float = 0.0
 
     def __post_init__(self):
         if self.max_tokens < 1:
@@ -38,6 +42,11 @@ class SamplingParams:
             raise ValueError(f"min_tokens must be in [0, max_tokens={self.max_tokens}], got {self.min_tokens}")
         if self.n < 1:
             raise ValueError(f"n must be >= 1, got {self.n}")
+        if self.top_k < -1:
+            raise ValueError(f"top_k must be -1 or 0 (all tokens) or >= 1, got {self.top_k}")
+        if not 0.0 <= self.min_p <= 1.0:
+            raise ValueError(f"min_p must be in [0, 1], got {self.min_p}")
+        object.__setattr__(self, "top_k", max(int(self.top_k), 0))
         object.__setattr__(self, "stop", tuple(self.stop or ()))
 
 

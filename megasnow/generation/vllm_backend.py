@@ -38,6 +38,10 @@ def sampling_kwargs(params):
         kwargs["seed"] = params.seed
     if params.min_tokens:
         kwargs["min_tokens"] = params.min_tokens
+    if params.top_k:
+        kwargs["top_k"] = params.top_k
+    if params.min_p:
+        kwargs["min_p"] = params.min_p
     return kwargs
 
 

@@ -1,4 +1,4 @@
-"""Batched autoregressive generation with a KV cache: greedy, temperature and top-p sampling, stop ids/strings.
+"""Batched autoregressive generation with a KV cache: greedy, temperature, top-p/top-k/min-p sampling, stops.
 
 Every row of a batch has its own prompt, token budget, sampling settings, seed and stops (`SequenceSpec`).
 Prompts are left-padded; each sequence keeps its own positions (0 at its first token) and padding is masked
@@ -24,7 +24,8 @@ class SequenceSpec:
     temperature 0 is greedy; top_p in (0, 1]; seed: this row's sampling stream (None: a random one);
     stop_ids: tokens that end the row (left out of its output, e.g. the tokenizer's EOS);
     stop_strings: strings that end the row (cut from its text; need a tokenizer); min_new_tokens: the stop ids
-    cannot be sampled before this many tokens were generated (HF's min_new_tokens, vLLM's min_tokens).
+    cannot be sampled before this many tokens were generated (HF's min_new_tokens, vLLM's min_tokens);
+    top_k (0: all tokens) and min_p (0: off) filter what is sampled, as in vLLM (see sample_tokens).
     """
 
     prompt: tuple
@@ -35,6 +36,8 @@ class SequenceSpec:
     stop_ids: frozenset = frozenset()
     stop_strings: tuple = ()
     min_new_tokens: int = 0
+    top_k: int = 0
+    min_p: float = 0.0
 
     def __post_init__(self):
         object.__setattr__(self, "prompt", tuple(int(t) for t in self.prompt))
@@ -114,12 +117,15 @@ class Sequence:
         self.finish_reason = reason
 
 
-def sample_tokens(logits, temperature, top_p, uniforms):
-    """Next token ids [B] from logits [B, V] by inverse-CDF nucleus sampling, one uniform draw per row.
+def sample_tokens(logits, temperature, top_p, uniforms, top_k=None, min_p=None):
+    """Next token ids [B] from logits [B, V] by inverse-CDF sampling of the filtered distribution, one uniform
+    draw per row.
 
-    temperature [B] (rows with 0 take the argmax), top_p [B] in (0, 1], uniforms [B] in [0, 1). The nucleus is
-    the smallest prefix of the sorted distribution whose mass reaches top_p (the most likely token always stays;
-    Holtzman et al. 2019). Each row depends only on its own logits and draw, so batching never changes a sample.
+    temperature [B] (rows with 0 take the argmax), top_p [B] in (0, 1], uniforms [B] in [0, 1); optional top_k
+    [B] long (0: all tokens) and min_p [B] in [0, 1]. Filters apply in vLLM's order (its v1 sampler): min-p
+    (drop tokens below min_p x the top probability; Nguyen et al. 2024), top-k, then the nucleus: the smallest
+    prefix of what is left, renormalized, whose mass reaches top_p (Holtzman et al. 2019). The most likely token
+    always stays. Each row depends only on its own logits and draw, so batching never changes a sample.
     """
     greedy = logits.argmax(dim=-1)
     sampled_rows = temperature > 0
@@ -129,7 +135,20 @@ def sample_tokens(logits, temperature, top_p, uniforms):
     lg = logits[rows].float() / temperature[rows, None].float()
     probs = torch.softmax(lg, dim=-1)
     sorted_probs, order = probs.sort(dim=-1, descending=True)
-    drop = sorted_probs.cumsum(dim=-1) - sorted_probs >= top_p[rows, None]
+    threshold = top_p[rows, None]
+    if top_k is not None or min_p is not None:
+        keep = torch.ones_like(sorted_probs, dtype=torch.bool)
+        if min_p is not None:
+            keep &= sorted_probs >= min_p[rows, None].to(sorted_probs.dtype) * sorted_probs[:, :1]
+        if top_k is not None:
+            k = top_k[rows, None]
+            keep &= (torch.arange(sorted_probs.shape[-1], device=k.device)[None, :] < k) | (k <= 0)
+        filtered = bool((~keep).any())
+        if filtered:  # the nucleus is taken over what min-p and top-k left, renormalized (rows untouched: mass 1)
+            sorted_probs = sorted_probs.masked_fill(~keep, 0.0)
+            mass = sorted_probs.sum(dim=-1, keepdim=True)
+            threshold = torch.where(keep.all(dim=-1, keepdim=True), threshold, threshold * mass)
+    drop = sorted_probs.cumsum(dim=-1) - sorted_probs >= threshold
     cdf = sorted_probs.masked_fill(drop, 0.0).cumsum(dim=-1)
     u = uniforms[rows].to(cdf.dtype) * cdf[:, -1]
     pick = torch.searchsorted(cdf, u[:, None], right=True).clamp(max=cdf.shape[-1] - 1)
@@ -138,15 +157,17 @@ def sample_tokens(logits, temperature, top_p, uniforms):
     return out
 
 
-def sample_next_token(logits, temperature=0.0, top_p=1.0, generator=None):
-    """Next token ids [B] from logits [B, V]: argmax when temperature == 0, else nucleus sampling with draws from
-    `generator` (one per row)."""
+def sample_next_token(logits, temperature=0.0, top_p=1.0, generator=None, top_k=0, min_p=0.0):
+    """Next token ids [B] from logits [B, V]: argmax when temperature == 0, else sampling filtered by min_p,
+    top_k (0: all) and top_p (see sample_tokens) with draws from `generator` (one per row)."""
     batch = logits.shape[0]
     temps = torch.full((batch,), float(temperature), device=logits.device)
     if temperature == 0.0:
         return sample_tokens(logits, temps, None, None)
     uniforms = torch.rand(batch, generator=generator, dtype=torch.float64).to(logits.device)
-    return sample_tokens(logits, temps, torch.full((batch,), float(top_p), device=logits.device), uniforms)
+    return sample_tokens(logits, temps, torch.full((batch,), float(top_p), device=logits.device), uniforms,
+                         torch.full((batch,), int(top_k), dtype=torch.long, device=logits.device) if top_k else None,
+                         torch.full((batch,), float(min_p), device=logits.device) if min_p else None)
 
 
 def truncate_at_stop_strings(text, stop_strings):
@@ -169,6 +190,8 @@ def check_specs(model, specs, tokenizer):
             raise ValueError(f"generate: min_new_tokens must be >= 0, got {s.min_new_tokens}")
         if s.temperature < 0 or not 0.0 < s.top_p <= 1.0:
             raise ValueError(f"generate: need temperature >= 0 and 0 < top_p <= 1, got {s.temperature}, {s.top_p}")
+        if s.top_k < 0 or not 0.0 <= s.min_p <= 1.0:
+            raise ValueError(f"generate: need top_k >= 0 (0: all) and 0 <= min_p <= 1, got {s.top_k}, {s.min_p}")
         if s.stop_strings and tokenizer is None:
             raise ValueError("generate: stop_strings need a tokenizer (to decode the generated tokens)")
         if len(s.prompt) + s.max_new_tokens > limit:
@@ -211,6 +234,9 @@ def generate_stream(model, specs, tokenizer=None, use_cache=True, pad_id=0):
     positions = (torch.arange(total, device=device)[None, :] - pad_counts[:, None]).clamp(min=0)
     temperature = torch.tensor([s.temperature for s in specs], device=device)
     top_p = torch.tensor([s.top_p for s in specs], device=device)
+    # top-k / min-p tensors only when a row asks for them, so plain sampling keeps its exact arithmetic
+    top_k = torch.tensor([s.top_k for s in specs], device=device) if any(s.top_k for s in specs) else None
+    min_p = torch.tensor([s.min_p for s in specs], device=device) if any(s.min_p for s in specs) else None
     # One CPU generator per sampled row, so a row's draws never depend on the rest of the batch (or the device).
     generators = [torch.Generator().manual_seed(secrets.randbits(63) if s.seed is None else int(s.seed))
                   if s.temperature > 0 else None for s in specs]
@@ -237,7 +263,7 @@ def generate_stream(model, specs, tokenizer=None, use_cache=True, pad_id=0):
                 last = last.clone()
                 for b, ids in early:
                     last[b, ids] = float("-inf")
-            next_tokens = sample_tokens(last, temperature, top_p, uniforms).tolist()
+            next_tokens = sample_tokens(last, temperature, top_p, uniforms, top_k, min_p).tolist()
             live = []
             for b, r in enumerate(rows):
                 q = seqs[r]
@@ -258,6 +284,8 @@ def generate_stream(model, specs, tokenizer=None, use_cache=True, pad_id=0):
                 index = torch.tensor(keep, device=device)
                 tokens, valid, positions = tokens[index], valid[index], positions[index]
                 temperature, top_p = temperature[index], top_p[index]
+                top_k = None if top_k is None else top_k[index]
+                min_p = None if min_p is None else min_p[index]
                 if cache is not None:
                     cache.keep_rows(index)
                 rows = [rows[b] for b in keep]
@@ -278,7 +306,7 @@ def generate_sequences(model, specs, tokenizer=None, use_cache=True, pad_id=0):
 
 
 def generate(model, prompts, max_new_tokens, temperature=0.0, top_p=1.0, stop_ids=None, stop_strings=None,
-             tokenizer=None, use_cache=True, seed=None, pad_id=0):
+             tokenizer=None, use_cache=True, seed=None, pad_id=0, top_k=0, min_p=0.0):
     """Continue each prompt (a list of token ids) with the same settings; returns the new tokens of each.
 
     A sequence stops at max_new_tokens, at a token in `stop_ids` (not included in its output) or once its
@@ -287,7 +315,7 @@ def generate(model, prompts, max_new_tokens, temperature=0.0, top_p=1.0, stop_id
     tokens alone or in a batch; greedy (temperature 0) ignores it.
     """
     specs = [SequenceSpec(tuple(p), max_new_tokens, temperature, top_p, seed, frozenset(stop_ids or ()),
-                          tuple(stop_strings or ())) for p in prompts]
+                          tuple(stop_strings or ()), top_k=top_k, min_p=min_p) for p in prompts]
     if not specs:
         raise ValueError("generate: every prompt needs at least one token (got no prompts)")
     return [q.tokens for q in generate_sequences(model, specs, tokenizer, use_cache, pad_id)]

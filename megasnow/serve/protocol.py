@@ -25,8 +25,6 @@ NEUTRAL_ONLY = (
     ("frequency_penalty", (None, 0.0), "frequency penalties"),
     ("repetition_penalty", (None, 1.0), "repetition penalties"),
     ("logit_bias", (None, {}), "logit biases"),
-    ("top_k", (None, -1, 0), "top-k sampling (-1 or 0: all tokens)"),
-    ("min_p", (None, 0.0), "min-p sampling"),
     ("use_beam_search", (None, False), "beam search"),
     ("length_penalty", (None, 1.0), "beam search length penalties"),
     ("prompt_logprobs", (None,), "prompt logprobs"),
@@ -123,9 +121,11 @@ class _SamplingFields(OpenAIBaseModel):
     best_of: Optional[int] = Field(None, description="only best_of == n (or unset) is supported")
     echo: Optional[bool] = Field(None, description="not supported")
     response_format: Optional[dict] = Field(None, description="only {'type': 'text'} is supported")
-    # vLLM's sampling extensions: only their neutral values (NEUTRAL_ONLY) are accepted
-    top_k: Optional[int] = None
-    min_p: Optional[float] = None
+    top_k: Optional[int] = Field(None, ge=-1, description="(vLLM extension) keep the k most likely tokens; "
+                                                          "-1 or 0: all")
+    min_p: Optional[float] = Field(None, ge=0.0, le=1.0, description="(vLLM extension) drop tokens below min_p x "
+                                                                     "the top token's probability")
+    # vLLM's other sampling extensions: only their neutral values (NEUTRAL_ONLY) are accepted
     repetition_penalty: Optional[float] = None
     length_penalty: Optional[float] = None
     use_beam_search: Optional[bool] = None
@@ -167,7 +167,8 @@ class _SamplingFields(OpenAIBaseModel):
         temperature = 1.0 if self.temperature is None else self.temperature
         top_p = 1.0 if self.top_p is None else self.top_p
         return SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p,
-                              stop=self.stop_strings(), seed=self.seed, n=self.n, min_tokens=self.min_tokens)
+                              stop=self.stop_strings(), seed=self.seed, n=self.n, min_tokens=self.min_tokens,
+                              top_k=self.top_k or 0, min_p=self.min_p or 0.0)
 
 
 class CompletionRequest(_SamplingFields):

@@ -6,7 +6,8 @@ import threading
 
 import pytest
 
-from megasnow.generation.openai_backend import EndpointError, OpenAIBackend
+from megasnow.generation.openai_backend import EndpointError, OpenAIBackend, request_body
+from megasnow.generation.protocol import GenerationRequest, SamplingParams
 
 
 def free_port():
@@ -69,3 +70,16 @@ def test_a_404_on_models_says_so():
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+def test_request_body_sends_vllm_extensions_only_when_they_change_something():
+    """A plain OpenAI endpoint refuses unknown fields, so vLLM's extensions are sent only when set."""
+    plain = request_body(GenerationRequest("a", prompt="x", params=SamplingParams(max_tokens=4)), "m")
+    assert plain == {"model": "m", "max_tokens": 4, "temperature": 0.0, "top_p": 1.0, "n": 1, "prompt": "x"}
+    assert request_body(GenerationRequest("a", prompt="x", params=SamplingParams(top_k=-1)), "m") == \
+        {**plain, "max_tokens": 256}
+    extended = request_body(GenerationRequest("a", messages=[{"role": "user", "content": "hi"}], params=SamplingParams(
+        max_tokens=4, temperature=0.8, top_k=40, min_p=0.05, min_tokens=2, seed=7)), "m")
+    assert extended == {"model": "m", "max_tokens": 4, "temperature": 0.8, "top_p": 1.0, "n": 1, "seed": 7,
+                        "min_tokens": 2, "top_k": 40, "min_p": 0.05,
+                        "messages": [{"role": "user", "content": "hi"}]}

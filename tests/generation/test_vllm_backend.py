@@ -15,6 +15,10 @@ def test_sampling_kwargs_follow_openai_semantics():
     assert sampling_kwargs(p) == {"n": 2, "max_tokens": 64, "temperature": 0.7, "top_p": 0.9,
                                   "stop": ["\n\n", "```"], "include_stop_str_in_output": False, "seed": 5}
     assert "seed" not in sampling_kwargs(SamplingParams())
+    # vLLM's own extensions pass through when set; -1 (vLLM's old "all tokens") is the same as unset
+    assert sampling_kwargs(SamplingParams(top_k=40, min_p=0.05, min_tokens=3)).items() >= \
+        {"top_k": 40, "min_p": 0.05, "min_tokens": 3}.items()
+    assert "top_k" not in sampling_kwargs(SamplingParams(top_k=-1)) and "min_p" not in sampling_kwargs(SamplingParams())
 
 
 def test_request_output_becomes_a_generation_result():

@@ -6,7 +6,7 @@ import torch
 from megasnow.model import LlamaModel, get_preset
 from megasnow.model.detokenize import IncrementalDetokenizer, find_stop, partial_stop_length
 from megasnow.model.generate import (SequenceSpec, generate, generate_sequences, generate_stream, sample_next_token,
-                                     truncate_at_stop_strings)
+                                     sample_tokens, truncate_at_stop_strings)
 
 PROMPTS = [[5, 17, 42, 8, 99, 3, 61], [7, 7], [150, 2, 33, 4]]
 
@@ -70,6 +70,50 @@ def test_top_p_keeps_the_smallest_nucleus():
     draws = {sample_next_token(logits, 1.0, 0.7, gen).item() for _ in range(300)}
     assert draws == {0, 1}  # 0.5 + 0.3 reaches 0.7; tokens 2 and 3 are never drawn
     assert sample_next_token(logits, 0.0).item() == 0
+
+
+def _inverse_cdf_picks(probs, uniforms):
+    """Reference: token drawn by inverse CDF from an explicit distribution over tokens sorted by probability."""
+    cdf = torch.tensor(probs, dtype=torch.float64).cumsum(0)
+    return [int(torch.searchsorted(cdf, u * cdf[-1], right=True).clamp(max=len(probs) - 1)) for u in uniforms]
+
+
+@pytest.mark.parametrize("top_k,min_p,top_p,kept", [
+    (2, 0.0, 1.0, [0.5, 0.3]),                # the two most likely tokens
+    (0, 0.25, 1.0, [0.5, 0.3, 0.15]),         # 0.05 < 0.25 x 0.5 is dropped
+    (0, 0.2, 0.83, [0.5, 0.3]),               # vLLM's order: the nucleus over what min-p left, renormalized
+    (3, 0.0, 0.83, [0.5, 0.3]),               # (0.5 + 0.3) / 0.95 = 0.842 reaches 0.83; HF's order keeps 0.15 too
+    (1, 0.0, 1.0, [0.5]),                     # top_k 1 is greedy
+    (0, 1.0, 1.0, [0.5]),                     # min_p 1 keeps only the top token
+    (4, 0.05, 1.0, [0.5, 0.3, 0.15, 0.05]),   # nothing filtered: plain sampling
+])
+def test_top_k_and_min_p_filter_then_renormalize(top_k, min_p, top_p, kept):
+    """Each uniform draw picks the token the inverse CDF of the expected (filtered, renormalized) distribution
+    gives; rows with other settings in the same batch are unaffected."""
+    probs = torch.tensor([0.05, 0.5, 0.15, 0.3])  # sorted order: token 1, 3, 2, 0
+    order = [1, 3, 2, 0]
+    uniforms = torch.linspace(0.0, 0.999, 41, dtype=torch.float64)
+    batch = len(uniforms)
+    logits = torch.log(probs).expand(batch, -1)
+    got = sample_tokens(logits, torch.ones(batch), torch.full((batch,), top_p), uniforms,
+                        torch.full((batch,), top_k, dtype=torch.long), torch.full((batch,), min_p))
+    assert got.tolist() == [order[i] for i in _inverse_cdf_picks(kept, uniforms.tolist())]
+    # mixed with unfiltered rows: those rows sample the full distribution as before
+    plain = sample_tokens(logits, torch.ones(batch), torch.ones(batch), uniforms)
+    mixed = sample_tokens(logits, torch.ones(batch), torch.cat([torch.full((20,), top_p), torch.ones(21)]), uniforms,
+                          torch.tensor([top_k] * 20 + [0] * 21), torch.tensor([min_p] * 20 + [0.0] * 21))
+    assert mixed[:20].tolist() == got[:20].tolist() and mixed[20:].tolist() == plain[20:].tolist()
+
+
+def test_top_k_and_min_p_rows_are_the_same_alone_or_batched(model):
+    specs = [SequenceSpec(PROMPTS[0], 8, 1.0, 1.0, seed=3, top_k=5), SequenceSpec(PROMPTS[1], 6, 1.0, 0.9, seed=4),
+             SequenceSpec(PROMPTS[2], 8, 1.2, 1.0, seed=5, min_p=0.1), SequenceSpec(PROMPTS[0], 8, 1.0, seed=3)]
+    batched = _run(model, specs)
+    for spec, q in zip(specs, batched):
+        assert q.tokens == _run(model, [spec])[0].tokens
+    assert generate(model, PROMPTS, 6, temperature=1.0, seed=1, top_k=1) == generate(model, PROMPTS, 6)
+    with pytest.raises(ValueError, match="top_k >= 0"):
+        generate(model, PROMPTS, 2, temperature=1.0, top_k=-1)
 
 
 def test_stop_ids_and_stop_strings(model):

@@ -219,7 +219,7 @@ def test_errors_have_the_openai_shape(server):
 
 
 # vLLM's (and OpenAI's) fields this server does not implement: each non-neutral value is a 400 naming it
-REFUSED = [("completions", "top_k", 5), ("completions", "min_p", 0.1), ("completions", "repetition_penalty", 1.2),
+REFUSED = [("completions", "repetition_penalty", 1.2),
            ("completions", "length_penalty", 0.5), ("completions", "use_beam_search", True),
            ("completions", "best_of", 3), ("completions", "prompt_logprobs", 1), ("completions", "logprobs", 0),
            ("completions", "echo", True), ("completions", "presence_penalty", 0.5),
@@ -231,7 +231,7 @@ REFUSED = [("completions", "top_k", 5), ("completions", "min_p", 0.1), ("complet
            ("completions", "guided_json", {"type": "object"}), ("completions", "guided_regex", "[a-z]+"),
            ("completions", "guided_choice", ["a", "b"]), ("completions", "guided_grammar", "root ::= 'a'"),
            ("completions", "response_format", {"type": "json_object"}),
-           ("chat", "top_k", 40), ("chat", "min_p", 0.05), ("chat", "repetition_penalty", 1.1),
+           ("chat", "repetition_penalty", 1.1),
            ("chat", "logprobs", True), ("chat", "top_logprobs", 2), ("chat", "best_of", 2),
            ("chat", "use_beam_search", True), ("chat", "echo", True), ("chat", "continue_final_message", True),
            ("chat", "add_generation_prompt", False), ("chat", "chat_template", "{{ messages }}"),
@@ -273,6 +273,27 @@ def test_neutral_values_of_unimplemented_fields_change_nothing(server):
     assert same.choices[0].message.content == plain.choices[0].message.content
     assert same.usage.completion_tokens == plain.usage.completion_tokens == 6 or \
         same.choices[0].finish_reason == plain.choices[0].finish_reason == "stop"
+
+
+def test_top_k_and_min_p_sample_as_vllm(server):
+    """vLLM's top_k / min_p extensions: top_k 1 or min_p 1 at temperature 1 is greedy decoding; a wider top_k
+    stays seeded-reproducible; out-of-range values are a 400 naming the field."""
+    c = client(server)
+    greedy = c.completions.create(model=MODEL, prompt=PROMPTS[0], max_tokens=8, temperature=0).choices[0].text
+    for extra in ({"top_k": 1}, {"min_p": 1.0}):
+        got = c.completions.create(model=MODEL, prompt=PROMPTS[0], max_tokens=8, temperature=1.0, seed=3,
+                                   extra_body=extra)
+        assert got.choices[0].text == greedy, extra
+    messages = [{"role": "user", "content": "hello"}]
+    chat = [c.chat.completions.create(model=MODEL, messages=messages, max_tokens=8, temperature=1.2, seed=9,
+                                      extra_body={"top_k": 20, "min_p": 0.05}).choices[0].message.content
+            for _ in range(2)]
+    assert chat[0] == chat[1]
+    strict = client(server, max_retries=0)
+    for field, value in (("top_k", -2), ("min_p", 1.5), ("min_p", -0.1)):
+        with pytest.raises(openai.BadRequestError) as e:
+            strict.completions.create(model=MODEL, prompt="x", max_tokens=2, extra_body={field: value})
+        assert e.value.body["param"] == field
 
 
 def test_too_long_prompt_is_a_400_and_not_retried(server):
