@@ -55,12 +55,21 @@ def read_dataset_meta(prefix):
     return meta
 
 
+def tokenizer_file(path):
+    """The file that holds a tokenizer: `path` itself, the `tokenizer.json` of a HF tokenizer folder, else None."""
+    if path and os.path.isdir(path):
+        path = os.path.join(path, "tokenizer.json")
+    return path if path and os.path.isfile(path) else None
+
+
 def tokenizer_sha256(path):
-    """SHA-256 (hex) of a tokenizer file's bytes (a SentencePiece .model, a tokenizer.json), or None for a folder or
-    a name that is not a file: a content fingerprint that a copied file keeps and a retrained one does not."""
+    """SHA-256 (hex) of a tokenizer file's bytes (a SentencePiece .model, a tokenizer.json, the tokenizer.json of a
+    HF tokenizer folder), or None when there is no such file: a content fingerprint that a copy keeps and a
+    retrained tokenizer does not."""
     import hashlib
 
-    if not path or not os.path.isfile(path):
+    path = tokenizer_file(path)
+    if path is None:
         return None
     digest = hashlib.sha256()
     with open(path, "rb") as f:

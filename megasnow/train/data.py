@@ -124,10 +124,15 @@ def check_data_tokenizer(blends, tokenizer, tokenizer_path):
 
 
 def _same_kind_of_file(path, recorded):
-    """Both tokenizers are files of one kind (same extension: .model, .json), so their bytes can be compared (a
-    SentencePiece .model and the tokenizer.json converted from it hold the same tokenizer in other bytes)."""
-    return (bool(path) and bool(recorded) and os.path.isfile(path)
-            and os.path.splitext(path)[1] == os.path.splitext(recorded)[1])
+    """Both tokenizers are files of one kind (same extension: .model, .json; a HF folder counts as its
+    tokenizer.json), so their bytes can be compared (a SentencePiece .model and the tokenizer.json converted from it
+    hold the same tokenizer in other bytes)."""
+    from megasnow.data.dataset_meta import tokenizer_file
+
+    def kind(p):
+        return ".json" if os.path.isdir(p) else os.path.splitext(p)[1]
+
+    return bool(recorded) and tokenizer_file(path) is not None and kind(path) == kind(recorded)
 
 
 def check_model_vocab(model_vocab, explicit, tokenizer, data_vocab):

@@ -177,3 +177,33 @@ def test_legacy_sentencepiece_data_matches_its_model_and_needs_room_for_the_adde
                    f"binarized with ({n}, recorded in its .meta.json): set model.vocab_size >= {n}\n")
     code, _, err = cli(capsys, config(tmp_path, legacy, vocab_size=n), f"data.tokenizer={model}")
     assert code == 0, err
+
+
+def test_a_hf_tokenizer_folder_is_fingerprinted_by_its_tokenizer_json(tmp_path, capsys):
+    """Binarized with a HF tokenizer folder: the same folder or its tokenizer.json trains; another folder with the
+    same vocabulary size and end of document but another tokenizer.json is refused, naming both fingerprints."""
+    folder = tmp_path / "tok"
+    folder.mkdir()
+    word_level_tokenizer(folder / "tokenizer.json", 400)
+    (folder / "tokenizer_config.json").write_text(json.dumps({"eos_token": "</s>"}))
+    src = tmp_path / "words.jsonl"
+    src.write_text("".join(json.dumps({"text": " ".join(f"w{(i * 7 + j) % 398 + 2}" for j in range(60))}) + "\n"
+                           for i in range(40)))
+    preprocess_data.preprocess([str(src)], str(tmp_path / "words"), str(folder), append_eod=True, progress=False)
+    prefix = str(tmp_path / "words_text_document")
+    recorded = json.load(open(prefix + ".meta.json"))["tokenizer_sha256"]
+    assert recorded == hashlib.sha256((folder / "tokenizer.json").read_bytes()).hexdigest()
+
+    other = tmp_path / "retrained"
+    shutil.copytree(folder, other)
+    spec = json.loads((other / "tokenizer.json").read_text())
+    vocab = spec["model"]["vocab"]
+    vocab["w2"], vocab["w3"] = vocab["w3"], vocab["w2"]  # same size, same "</s>": another tokenizer
+    (other / "tokenizer.json").write_text(json.dumps(spec))
+    code, _, err = cli(capsys, config(tmp_path, prefix), f"data.tokenizer={other}")
+    assert code == 2 and "same vocabulary size and end of document, but another file (sha256 " in err, err
+    assert recorded[:12] in err and not os.path.exists(tmp_path / "ckpt")
+    for same in (folder, folder / "tokenizer.json"):
+        code, _, err = cli(capsys, config(tmp_path, prefix, steps=1), f"data.tokenizer={same}")
+        assert code == 0, err
+        shutil.rmtree(tmp_path / "ckpt")
