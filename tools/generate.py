@@ -3,6 +3,10 @@
 
   python tools/generate.py --checkpoint runs/x/ckpt --prompt 'def fibonacci(n):' --max-new-tokens 64
   python tools/generate.py --hf hf/x --prompts-file prompts.jsonl --output out.jsonl --temperature 0.8 --top-p 0.95
+  python tools/generate.py --checkpoint runs/x/ckpt --prompt 'def area(w, h):' --suffix $'\nprint(area(2, 3))\n'
+
+--suffix (or a 'suffix' field in --prompts-file) asks for fill-in-the-middle: the output is the middle between the
+prompt and the suffix, laid out in the format the checkpoint was trained with (--fim-format to override).
 
 A bad --prompt (empty, or too long for the model's context with --max-new-tokens) is an error (exit 2); a bad line
 of --prompts-file is reported as a warning naming file:line and skipped, and the other prompts are still answered.
@@ -22,7 +26,13 @@ def build_parser():
     src.add_argument("--hf", help="HuggingFace LlamaForCausalLM folder")
     p.add_argument("--tokenizer", help="tokenizer file (default: the one stored with the checkpoint / HF folder)")
     p.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
-    p.add_argument("--prompts-file", help="JSONL (.gz/.zst too) with a 'prompt' string field per line")
+    p.add_argument("--suffix", action="append", default=[],
+                   help="fill-in-the-middle: the text after the gap, for the --prompt of the same position "
+                        "(repeatable; the model writes the middle)")
+    p.add_argument("--prompts-file", help="JSONL (.gz/.zst too) with a 'prompt' string field per line "
+                                          "(and an optional 'suffix' string: fill-in-the-middle)")
+    p.add_argument("--fim-format", choices=["psm", "spm"], default=None,
+                   help="layout of fill-in-the-middle prompts (default: the format the checkpoint was trained with)")
     p.add_argument("--max-new-tokens", type=int, default=64, help="tokens generated per prompt at most (>= 0)")
     p.add_argument("--min-new-tokens", type=int, default=0,
                    help="no EOS before this many new tokens (HF's min_new_tokens), so no completion is empty")
@@ -48,6 +58,9 @@ def check_sampling_args(args):
         fail(f"--top-p must be in (0, 1] (1 = no nucleus cut), got {args.top_p}")
     if args.batch_size < 1:
         fail(f"--batch-size must be >= 1, got {args.batch_size}")
+    if len(args.suffix) > len(args.prompt):
+        fail(f"--suffix given {len(args.suffix)} times for {len(args.prompt)} --prompt: each --suffix belongs to the "
+             f"--prompt of the same position")
     for flag, path in (("--checkpoint", args.checkpoint), ("--hf", args.hf), ("--tokenizer", args.tokenizer),
                        ("--prompts-file", args.prompts_file)):
         if path and not os.path.exists(path):
@@ -55,10 +68,11 @@ def check_sampling_args(args):
 
 
 def read_prompts(args):
-    """[(where, prompt text)]: --prompt values first ("--prompt N"), then the file's lines ("FILE:LINE").
+    """[(where, prompt text, suffix or None)]: --prompt values first ("--prompt N", with the --suffix of the same
+    position), then the file's lines ("FILE:LINE").
 
-    Malformed file lines (not JSON, no 'prompt' string, empty) are warned about and skipped; the skipped count
-    is returned too. An empty --prompt is an error: the user typed it.
+    Malformed file lines (not JSON, no 'prompt' string, empty, a 'suffix' that is not a string) are warned about
+    and skipped; the skipped count is returned too. An empty --prompt is an error: the user typed it.
     """
     from megasnow.utils.records import ReadReport, read_shards
 
@@ -66,18 +80,19 @@ def read_prompts(args):
     for i, text in enumerate(args.prompt, 1):
         if not text:
             fail(f"--prompt number {i} is empty: give at least one character of prompt")
-        prompts.append((f"--prompt {i}", text))
+        prompts.append((f"--prompt {i}", text, args.suffix[i - 1] if i <= len(args.suffix) else None))
     skipped = 0
     if args.prompts_file:
         report = ReadReport()
         for path, line, rec in read_shards([args.prompts_file], report, on_damaged=lambda d: warn(d.describe())):
-            text = rec.get("prompt")
-            if not isinstance(text, str) or not text:
-                what = "an empty 'prompt'" if text == "" else "no 'prompt' string field"
+            text, suffix = rec.get("prompt"), rec.get("suffix")
+            if not isinstance(text, str) or not text or not isinstance(suffix, (str, type(None))):
+                what = "an empty 'prompt'" if text == "" else "no 'prompt' string field" \
+                    if not isinstance(text, str) else f"a 'suffix' that is not a string ({type(suffix).__name__})"
                 warn(f"{path}:{line}: {what}; skipped")
                 skipped += 1
                 continue
-            prompts.append((f"{path}:{line}", text))
+            prompts.append((f"{path}:{line}", text, suffix))
         for example in report.skips.examples:
             warn(f"{example}; skipped")
         skipped += report.skips.total
@@ -90,12 +105,12 @@ def load_engine(args, device):
     from megasnow.generation.local import LocalEngine
 
     return LocalEngine.from_path(args.checkpoint or args.hf, device=device, tokenizer=args.tokenizer,
-                                 max_num_seqs=args.batch_size)
+                                 max_num_seqs=args.batch_size, fim_format=args.fim_format)
 
 
 def prepare_prompts(prompts, engine, args):
-    """[(where, text, PreparedRequest)] of the prompts the model can run; a --prompt that it cannot is an error,
-    a file line that it cannot is warned about and skipped. Returns (kept, skipped)."""
+    """[(where, text, suffix, PreparedRequest)] of the prompts the model can run; a --prompt that it cannot is an
+    error, a file line that it cannot is warned about and skipped. Returns (kept, skipped)."""
     from megasnow.generation.local import BadRequestError
     from megasnow.generation.protocol import GenerationRequest, SamplingParams
 
@@ -103,19 +118,20 @@ def prepare_prompts(prompts, engine, args):
                             stop=tuple(args.stop), seed=args.seed,
                             min_tokens=args.min_new_tokens)  # (check_sampling_args: <= max(max_new_tokens, 1))
     kept, skipped = [], 0
-    for where, text in prompts:
-        ids = engine.encode(text)
+    for where, text, suffix in prompts:
         problem, prepared = None, None
-        if len(ids) + args.max_new_tokens > engine.max_model_len:
-            problem = (f"is {len(ids)} tokens; with --max-new-tokens {args.max_new_tokens} that exceeds the model's "
-                       f"context of {engine.max_model_len} tokens (shorten it or lower --max-new-tokens)")
-        else:
-            try:
-                prepared = engine.prepare(GenerationRequest(id=where, prompt=text, params=params), prompt_ids=ids)
-            except BadRequestError as e:
-                problem = f"cannot run: {e}"
+        try:
+            ids = engine.encode(text) if suffix is None else engine.fim_prompt_ids(text, suffix)
+            if len(ids) + args.max_new_tokens > engine.max_model_len:
+                problem = (f"is {len(ids)} tokens; with --max-new-tokens {args.max_new_tokens} that exceeds the "
+                           f"model's context of {engine.max_model_len} tokens (shorten it or lower --max-new-tokens)")
+            else:
+                prepared = engine.prepare(GenerationRequest(id=where, prompt=text, suffix=suffix, params=params),
+                                          prompt_ids=ids)
+        except BadRequestError as e:
+            problem = f"cannot run: {e}"
         if prepared is not None:
-            kept.append((where, text, prepared))
+            kept.append((where, text, suffix, prepared))
         elif where.startswith("--prompt"):
             fail(f"{where} {problem}")
         else:
@@ -139,11 +155,16 @@ def main(argv=None):
 
     device = resolve_device(args.device, "--device")
     engine = load_engine(args, device)
+    infill = next((where for where, _, suffix in prompts if suffix is not None), None)
+    if infill is not None and engine.tokenizer.fim_tokens() is None:
+        fail(f"{infill}: a suffix asks for fill-in-the-middle, which needs a tokenizer with FIM tokens (<fim_prefix>, "
+             f"<fim_suffix>, <fim_middle> or another family's); the tokenizer of {args.checkpoint or args.hf} has "
+             f"none: leave the suffix out")
     kept, unusable = prepare_prompts(prompts, engine, args)
     skipped += unusable
     if not kept:
         fail(f"no prompt of {args.prompts_file} fits the model's context of {engine.max_model_len} tokens")
-    specs = [prepared.specs[0] for _, _, prepared in kept]
+    specs = [prepared.specs[0] for *_, prepared in kept]
     outputs, new_tokens, start = [None] * len(kept), 0, time.perf_counter()
     with Progress(total=len(kept), desc="generate", unit="prompts", mode="auto") as progress:
         for batch in engine.plan_batches(specs):
@@ -156,6 +177,8 @@ def main(argv=None):
                 text = sequences[k].text if sequences else ""
                 outputs[i] = {"prompt": kept[i][1], "completion": text, "tokens": tokens,
                               "finish_reason": sequences[k].finish_reason if sequences else "length"}
+                if kept[i][2] is not None:
+                    outputs[i]["suffix"] = kept[i][2]
                 new_tokens += len(tokens)
             progress.update(len(batch))
     seconds = time.perf_counter() - start
@@ -164,8 +187,8 @@ def main(argv=None):
 
         atomic_write_text(args.output, "".join(json.dumps(r) + "\n" for r in outputs))
     else:
-        for r in outputs:
-            print(r["prompt"] + r["completion"])
+        for r in outputs:  # a fill-in-the-middle answer is shown in place, between its prompt and suffix
+            print(r["prompt"] + r["completion"] + r.get("suffix", ""))
             print("-" * 40)
     where = f" to {args.output}" if args.output else ""
     print(f"wrote {len(outputs)} completions{where} ({new_tokens:,} new tokens, "

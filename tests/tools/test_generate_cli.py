@@ -131,3 +131,50 @@ def test_min_new_tokens_keeps_the_stop_ids_out_of_the_first_tokens(checkpoint, t
                                 "--output", str(out_file)]) == 0
     (row,) = [json.loads(line) for line in out_file.read_text().splitlines()]
     assert len(row["tokens"]) == 6 and not set(row["tokens"]) & engine.eos_ids and row["finish_reason"] == "length"
+
+
+def test_suffix_asks_for_the_middle_in_the_trained_layout(tmp_path, capsys):
+    """--suffix (and a 'suffix' field of --prompts-file) is fill-in-the-middle: the output equals the generator run
+    on LocalEngine's FIM prompt with the FIM stops, in PSM or --fim-format spm; a tokenizer without FIM tokens is
+    one error line naming the prompt."""
+    from megasnow.generation.tiny_model import write_tiny_checkpoint
+
+    tiny = write_tiny_checkpoint(str(tmp_path / "tiny"), seed=5)
+    prefix, suffix = "def area(w, h):\n    return ", "\n\nprint(area(2, 3))\n"
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"prompt": prefix, "suffix": suffix}) + "\n" + json.dumps({"prompt": prefix}) + "\n"
+                       + json.dumps({"prompt": prefix, "suffix": 3}) + "\n")
+    engine = LocalEngine.from_path(tiny)
+    middles = {}
+    for fmt in ("psm", "spm"):
+        out = tmp_path / f"{fmt}.jsonl"
+        assert run_tool(load_tool().main, ["--checkpoint", tiny, "--prompts-file", str(prompts), "--max-new-tokens",
+                                           "10", "--fim-format", fmt, "--output", str(out)]) == 0
+        assert "not a string (int); skipped" in capsys.readouterr().err
+        rows = [json.loads(line) for line in out.read_text().splitlines()]
+        assert [r.get("suffix") for r in rows] == [suffix, None]
+        fim = generate_sequences(engine.model, [SequenceSpec(engine.fim_prompt_ids(prefix, suffix, fmt=fmt), 10,
+                                                             stop_ids=engine.fim_stop_ids())], engine.tokenizer)[0]
+        plain = generate(engine.model, [engine.encode(prefix)], 10, stop_ids=engine.eos_ids)[0]
+        assert (rows[0]["tokens"], rows[0]["completion"], rows[1]["tokens"]) == (fim.tokens, fim.text, plain)
+        middles[fmt] = rows[0]["completion"]
+    assert run_tool(load_tool().main, ["--checkpoint", tiny, "--prompt", prefix, "--suffix", suffix,
+                                       "--max-new-tokens", "10"]) == 0
+    assert capsys.readouterr().out.startswith(prefix + middles["psm"] + suffix)  # shown in place (trained: PSM)
+
+
+def test_suffix_without_fim_tokens_is_one_error_line(tmp_path, capsys):
+    import sentencepiece as spm
+
+    text = tmp_path / "code.txt"
+    text.write_text("".join(f"def f{i}(x):\n    return x + {i}\n" for i in range(200)))
+    spm.SentencePieceTrainer.train(input=str(text), model_prefix=str(tmp_path / "plain"), vocab_size=120,
+                                   minloglevel=2)  # a plain SentencePiece model: no FIM pieces
+    save_model_checkpoint(tmp_path, get_preset("tiny", vocab_size=120, max_seq_len=MAX_SEQ_LEN),
+                          tokenizer=str(tmp_path / "plain.model"))
+    out = tmp_path / "out.jsonl"
+    assert run_tool(load_tool().main, ["--checkpoint", str(tmp_path / "ckpt"), "--prompt", "a = ", "--suffix", "\n",
+                                       "--max-new-tokens", "4", "--output", str(out)]) == 2
+    lines = errors(capsys)
+    assert lines[-1].startswith("error: --prompt 1: a suffix asks for fill-in-the-middle, which needs a tokenizer "
+                                "with FIM tokens") and not out.exists()
