@@ -38,6 +38,9 @@ def build_parser():
                    help="no EOS before this many new tokens (HF's min_new_tokens), so no completion is empty")
     p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature, 0 = greedy (>= 0)")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass, in (0, 1]")
+    p.add_argument("--top-k", type=int, default=0, help="sample from the k most likely tokens (0: all)")
+    p.add_argument("--min-p", type=float, default=0.0,
+                   help="drop tokens less likely than min-p x the most likely one's probability, in [0, 1]")
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable), cut from the output")
     p.add_argument("--seed", type=int, default=None, help="sampling seed (greedy ignores it)")
     p.add_argument("--batch-size", type=int, default=16, help="prompts generated together")
@@ -56,6 +59,10 @@ def check_sampling_args(args):
         fail(f"--temperature must be >= 0 (0 = greedy), got {args.temperature}")
     if not 0.0 < args.top_p <= 1.0:
         fail(f"--top-p must be in (0, 1] (1 = no nucleus cut), got {args.top_p}")
+    if args.top_k < 0:
+        fail(f"--top-k must be >= 0 (0 = all tokens), got {args.top_k}")
+    if not 0.0 <= args.min_p <= 1.0:
+        fail(f"--min-p must be in [0, 1] (0 = off), got {args.min_p}")
     if args.batch_size < 1:
         fail(f"--batch-size must be >= 1, got {args.batch_size}")
     if len(args.suffix) > len(args.prompt):
@@ -115,7 +122,7 @@ def prepare_prompts(prompts, engine, args):
     from megasnow.generation.protocol import GenerationRequest, SamplingParams
 
     params = SamplingParams(max_tokens=max(args.max_new_tokens, 1), temperature=args.temperature, top_p=args.top_p,
-                            stop=tuple(args.stop), seed=args.seed,
+                            stop=tuple(args.stop), seed=args.seed, top_k=args.top_k, min_p=args.min_p,
                             min_tokens=args.min_new_tokens)  # (check_sampling_args: <= max(max_new_tokens, 1))
     kept, skipped = [], 0
     for where, text, suffix in prompts:

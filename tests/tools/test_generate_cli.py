@@ -41,6 +41,8 @@ def errors(capsys):
     (["--max-new-tokens", "-1"], "--max-new-tokens"),
     (["--temperature", "-0.5"], "--temperature"),
     (["--batch-size", "0"], "--batch-size"),
+    (["--top-k", "-1"], "--top-k"),
+    (["--min-p", "1.5"], "--min-p"),
     (["--min-new-tokens", "-1"], "--min-new-tokens"),
     (["--min-new-tokens", "9", "--max-new-tokens", "8"], "--min-new-tokens"),
     (["--prompt", ""], "--prompt number 1 is empty"),
@@ -178,3 +180,15 @@ def test_suffix_without_fim_tokens_is_one_error_line(tmp_path, capsys):
     lines = errors(capsys)
     assert lines[-1].startswith("error: --prompt 1: a suffix asks for fill-in-the-middle, which needs a tokenizer "
                                 "with FIM tokens") and not out.exists()
+
+
+def test_top_k_1_and_min_p_1_sample_the_greedy_tokens(checkpoint, tmp_path):
+    rows = {}
+    for name, flags in (("greedy", []), ("top_k", ["--temperature", "1", "--top-k", "1", "--seed", "4"]),
+                        ("min_p", ["--temperature", "1", "--min-p", "1", "--seed", "4"]),
+                        ("free", ["--temperature", "1", "--seed", "4"])):
+        out = tmp_path / f"{name}.jsonl"
+        assert run_tool(load_tool().main, ["--checkpoint", checkpoint, "--prompt", "def add(a, b):\n",
+                                           "--max-new-tokens", "12", "--output", str(out)] + flags) == 0
+        rows[name] = json.loads(out.read_text())["tokens"]
+    assert rows["top_k"] == rows["min_p"] == rows["greedy"] != rows["free"]
