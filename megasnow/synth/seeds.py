@@ -255,15 +255,19 @@ def plan_seeds(cfg, progress=True):
 
 
 def _extract(cfg, picks, report):
-    """Pass 2: read the picked documents again (only those) and cut their snippets."""
+    """Pass 2: read the picked documents again (only those) and cut their snippets. Each file is read up to its
+    last picked record, so a damaged shard (pass 1 kept the records before the damage) is not read past it."""
     wanted = {}
     for c, _ in picks:
         wanted.setdefault(c.path, set()).add(c.pos)
     texts = {}
     for path in sorted(wanted):
+        last = max(wanted[path])
         for pos, rec in iter_records(path):
             if pos in wanted[path]:
                 texts[(path, pos)] = rec[cfg.text_field]
+            if pos >= last:
+                break
     counter = TokenCounter(cfg.tokenizer) if cfg.mode == "head" else None
     seeds = []
     for c, occ in picks:

@@ -204,3 +204,24 @@ def test_split_document():
     assert split_document("<repo_name>o/r<file_sep>a.py\nx = 1\n<file_sep>b/c.py\ny\n") == [("a.py", "x = 1\n"),
                                                                                           ("b/c.py", "y\n")]
     assert split_document("plain code\n") == [("", "plain code\n")]
+
+
+def test_a_truncated_compressed_seed_shard_keeps_its_readable_records(tmp_path, capsys):
+    """A .jsonl.gz cut mid-stream (a copy that died): the records before the cut are seeds, the damage is one
+    warning naming the file, and the seeds drawn are those an intact file of just those records gives."""
+    import gzip
+
+    docs = write_seed_docs(tmp_path / "full.jsonl", bad_lines=False)
+    whole = gzip.compress((tmp_path / "full.jsonl").read_bytes())
+    (tmp_path / "seeds.jsonl.gz").write_bytes(whole[:len(whole) * 2 // 3])
+    cfg = from_dict(SeedsConfig, {"documents": [str(tmp_path / "seeds.jsonl.gz")], "num_seeds": 4})
+    plan = plan_seeds(cfg)
+    err = capsys.readouterr().err
+    damaged = [line for line in err.splitlines() if str(tmp_path / "seeds.jsonl.gz") in line]
+    assert len(damaged) == 1 and damaged[0].startswith("warning: "), err
+    readable = plan.read["records"]
+    assert 0 < readable < len(docs)
+    with open(tmp_path / "intact.jsonl", "w") as f:  # the same readable records, undamaged
+        f.write("".join(json.dumps(d) + "\n" for d in docs[:readable]))
+    intact = plan_seeds(from_dict(SeedsConfig, {"documents": [str(tmp_path / "intact.jsonl")], "num_seeds": 4}))
+    assert [s.text for s in plan.seeds] == [s.text for s in intact.seeds]
