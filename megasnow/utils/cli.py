@@ -26,8 +26,14 @@ def debug_enabled(argv=None):
 
 
 def warn(message):
-    """Print `warning: message` on stderr (one line, never fatal)."""
-    print(f"warning: {message}", file=sys.stderr, flush=True)
+    """Print `warning: message` on stderr (one line, never fatal). A tqdm bar being drawn is cleared first and
+    redrawn after (tqdm's external_write_mode), so the warning gets a line of its own instead of the bar's tail."""
+    tqdm = sys.modules.get("tqdm")  # only when a tool already uses it: warn() itself stays light
+    if tqdm is None:
+        print(f"warning: {message}", file=sys.stderr, flush=True)
+        return
+    with tqdm.tqdm.external_write_mode(file=sys.stderr):
+        print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
 @contextlib.contextmanager

@@ -6,7 +6,7 @@ import os
 import pytest
 
 from megasnow.errors import UserError
-from megasnow.utils.cli import ArgumentParser, run_tool
+from megasnow.utils.cli import ArgumentParser, run_tool, warn
 from megasnow.utils.progress import Progress, format_duration, format_rate
 
 
@@ -155,3 +155,16 @@ def test_removed_on_failure_cleans_only_what_the_failed_start_created(tmp_path):
     with removed_on_failure(tmp_path / "ok") as path:
         os.makedirs(path)
     assert (tmp_path / "ok").is_dir()
+
+
+def test_a_warning_during_a_tqdm_bar_gets_its_own_line(capsys):
+    """The bar is cleared before the warning and redrawn after: the warning never lands on the bar's tail."""
+    from tqdm import tqdm
+
+    with tqdm(total=3, desc="reading", file=None) as bar:  # file=None: sys.stderr, as the tools' bars
+        bar.update(1)
+        warn("x.jsonl:2: bad JSON; skipped")
+        bar.update(2)
+    lines = capsys.readouterr().err.splitlines()  # "\r" ends a line here, as on a terminal
+    assert "warning: x.jsonl:2: bad JSON; skipped" in lines
+    assert lines[-1].startswith("reading: 100%")
