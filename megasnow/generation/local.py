@@ -14,6 +14,7 @@ from megasnow.data.fim import FORMATS as FIM_FORMATS
 from megasnow.data.fim import fim_prompt_ids
 from megasnow.generation.base import GenerationBackend
 from megasnow.generation.chat_template import ChatTemplateError, render_chat
+from megasnow.generation.logprobs import completion_logprobs
 from megasnow.generation.protocol import Choice, GenerationRequest, GenerationResult
 from megasnow.model.generate import SequenceSpec, generate_stream
 
@@ -28,11 +29,13 @@ class BadRequestError(ValueError):
 
 @dataclass
 class PreparedRequest:
-    """A request ready for the engine: its prompt token ids and one SequenceSpec per choice (n of them)."""
+    """A request ready for the engine: its prompt token ids, one SequenceSpec per choice (n of them) and, with
+    echo, the prompt text each choice's text starts with."""
 
     request: object  # GenerationRequest
     prompt_ids: tuple
     specs: list
+    echo_text: str = ""
 
 
 class LocalEngine:
@@ -142,8 +145,16 @@ class LocalEngine:
     def prepare(self, request, prompt_ids=None, ignore_eos=False):
         """A PreparedRequest, or BadRequestError saying what to change. `prompt_ids` (token ids) replaces the
         request's prompt text (OpenAI allows token-id prompts). Choice j samples with seed `seed + j`.
-        ignore_eos: generate max_tokens even past EOS (vLLM's benchmark option)."""
+        ignore_eos: generate max_tokens even past EOS (vLLM's benchmark option). With echo the prompt text is the
+        request's prompt, or the decoded ids when `prompt_ids` are given (as vLLM)."""
         fim = request.suffix is not None and request.messages is None
+        p = request.params
+        if p.echo and (request.messages is not None or request.suffix is not None):
+            raise BadRequestError("echo works with completion prompts only (not with messages or suffix); "
+                                  "leave echo out")
+        echo_text = ""
+        if p.echo:
+            echo_text = request.prompt if prompt_ids is None else self.tokenizer.decode(list(prompt_ids))
         if prompt_ids is None:
             prompt_ids = self.fim_prompt_ids(request.prompt, request.suffix) if fim else \
                 self.encode(self.prompt_text(request), add_bos=request.messages is None)
@@ -154,17 +165,18 @@ class LocalEngine:
         bad = next((t for t in prompt_ids if not 0 <= t < vocab), None)
         if bad is not None:
             raise BadRequestError(f"prompt token id {bad} is outside the vocabulary [0, {vocab})")
-        p = request.params
         if len(prompt_ids) + p.max_tokens > self.max_model_len:
             raise BadRequestError(
                 f"This model's maximum context length is {self.max_model_len} tokens. However, you requested "
                 f"{len(prompt_ids) + p.max_tokens} tokens ({len(prompt_ids)} in the prompt, {p.max_tokens} in the "
                 f"completion). Please reduce the length of the prompt or max_tokens.")
         stop_ids = frozenset() if ignore_eos else (self.fim_stop_ids() if fim else self.eos_ids)
+        prompt_logprobs = p.logprobs if p.echo else None
         specs = [SequenceSpec(prompt_ids, p.max_tokens, p.temperature, p.top_p,
-                              None if p.seed is None else p.seed + j, stop_ids, p.stop, p.min_tokens, p.top_k, p.min_p)
+                              None if p.seed is None else p.seed + j, stop_ids, p.stop, p.min_tokens, p.top_k, p.min_p,
+                              p.logprobs, prompt_logprobs)
                  for j in range(p.n)]
-        return PreparedRequest(request, prompt_ids, specs)
+        return PreparedRequest(request, prompt_ids, specs, echo_text)
 
     # ------------------------------------------------------------------------------------- batches
     def plan_batches(self, specs):
@@ -191,9 +203,19 @@ class LocalEngine:
         with self._lock:
             yield from generate_stream(self.model, specs, tokenizer=self.tokenizer, pad_id=self.pad_id)
 
+    @staticmethod
+    def choice_logprobs(prepared, sequence):
+        """A finished Sequence's logprobs in the OpenAI completions shape (echoed prompt tokens first), or None
+        when the request asked for none (megasnow.generation.logprobs.completion_logprobs)."""
+        if sequence.logprobs is None:
+            return None
+        records = (sequence.prompt_logprobs or []) + sequence.logprobs
+        return completion_logprobs(records)[0]
+
     def result(self, prepared, sequences):
         """The GenerationResult of a request from its finished Sequences (in choice order)."""
-        choices = [Choice(q.text, q.finish_reason, q.num_generated) for q in sequences]
+        choices = [Choice(prepared.echo_text + q.text, q.finish_reason, q.num_generated,
+                          self.choice_logprobs(prepared, q)) for q in sequences]
         return GenerationResult(request_id=prepared.request.id, choices=choices,
                                 prompt_tokens=len(prepared.prompt_ids),
                                 completion_tokens=sum(c.completion_tokens for c in choices), model=self.model_name,

@@ -109,11 +109,38 @@ def request_body(req, model):
         body["min_p"] = p.min_p
     if req.messages is not None:
         body["messages"] = list(req.messages)
+        if p.logprobs is not None:
+            body["logprobs"] = True
+            if p.logprobs:
+                body["top_logprobs"] = p.logprobs
     else:
         body["prompt"] = req.prompt
         if req.suffix is not None:
             body["suffix"] = req.suffix
+        if p.logprobs is not None:
+            body["logprobs"] = p.logprobs
+        if p.echo:
+            body["echo"] = True
     return body
+
+
+def choice_logprobs(choice, chat):
+    """A response choice's logprobs in the completions shape of Choice.logprobs (a chat choice's
+    `logprobs.content` converted: tokens, token_logprobs, top_logprobs {token: logprob}, text_offset), or None."""
+    lp = getattr(choice, "logprobs", None)
+    if lp is None:
+        return None
+    if not chat:
+        return {"tokens": list(lp.tokens or []), "token_logprobs": list(lp.token_logprobs or []),
+                "top_logprobs": list(lp.top_logprobs or []), "text_offset": list(lp.text_offset or [])}
+    content = lp.content or []
+    offsets, offset = [], 0
+    for x in content:
+        offsets.append(offset)
+        offset += len(x.token)
+    return {"tokens": [x.token for x in content], "token_logprobs": [x.logprob for x in content],
+            "top_logprobs": [{t.token: t.logprob for t in x.top_logprobs or []} for x in content],
+            "text_offset": offsets}
 
 
 class OpenAIBackend(GenerationBackend):
@@ -379,7 +406,9 @@ class OpenAIBackend(GenerationBackend):
         choices = []
         for c in sorted(response.choices, key=lambda c: c.index):
             text = c.message.content if req.messages is not None else c.text
-            choices.append(Choice(text=text or "", finish_reason=c.finish_reason or ""))
+            choices.append(Choice(text=text or "", finish_reason=c.finish_reason or "",
+                                  logprobs=choice_logprobs(c, req.messages is not None) if req.params.logprobs
+                                  is not None else None))
         usage = response.usage
         completion_tokens = usage.completion_tokens if usage else 0
         if len(choices) == 1:

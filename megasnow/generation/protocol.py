@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 FINISH_STOP, FINISH_LENGTH = "stop", "length"
+MAX_LOGPROBS = 20  # OpenAI's limit on logprobs / top_logprobs (vLLM's default --max-logprobs is also 20)
 
 
 @dataclass(frozen=True)
@@ -18,7 +19,11 @@ class SamplingParams:
     n: choices per request; min_tokens: no EOS (stop token) before this many new tokens (vLLM's extension
     field; HF's min_new_tokens), e.g. so a showcase sample is never empty; top_k: keep the k most likely tokens
     (0 or -1: all, vLLM's convention; stored as 0); min_p: drop tokens less likely than min_p x the most likely
-    one's probability (vLLM's and HF's min-p, Nguyen et al. 2024), in [0, 1].
+    one's probability (vLLM's and HF's min-p, Nguyen et al. 2024), in [0, 1]; logprobs: None (off) or N in
+    [0, 20]: each choice carries its tokens' logprobs and the N most likely alternatives (Choice.logprobs; raw:
+    the model's distribution before temperature and the filters, as vLLM's default); echo: the prompt is
+    prepended to each choice's text (completion prompts only) and, with logprobs, its tokens' logprobs come
+    first; with echo, max_tokens may be 0 (score the prompt only).
     """
 
     max_tokens: int = 256
@@ -30,10 +35,12 @@ class SamplingParams:
     min_tokens: int = 0
     top_k: int = 0
     min_p: float = 0.0
+    logprobs: Optional[int] = None
+    echo: bool = False
 
     def __post_init__(self):
-        if self.max_tokens < 1:
-            raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
+        if self.max_tokens < (0 if self.echo else 1):
+            raise ValueError(f"max_tokens must be >= 1 (or 0 with echo), got {self.max_tokens}")
         if self.temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
         if not 0.0 < self.top_p <= 1.0:
@@ -46,6 +53,8 @@ class SamplingParams:
             raise ValueError(f"top_k must be -1 or 0 (all tokens) or >= 1, got {self.top_k}")
         if not 0.0 <= self.min_p <= 1.0:
             raise ValueError(f"min_p must be in [0, 1], got {self.min_p}")
+        if self.logprobs is not None and not 0 <= self.logprobs <= MAX_LOGPROBS:
+            raise ValueError(f"logprobs must be in [0, {MAX_LOGPROBS}], got {self.logprobs}")
         object.__setattr__(self, "top_k", max(int(self.top_k), 0))
         object.__setattr__(self, "stop", tuple(self.stop or ()))
 
@@ -71,11 +80,15 @@ class GenerationRequest:
 
 @dataclass
 class Choice:
-    """One generated continuation: its text (stop string cut), why it ended ('stop' or 'length'), its tokens."""
+    """One generated continuation: its text (stop string cut; the prompt first with echo), why it ended ('stop'
+    or 'length'), its tokens, and with SamplingParams.logprobs its logprobs in the OpenAI completions shape:
+    {"tokens": [str], "token_logprobs": [float or None], "top_logprobs": [{str: float} or None],
+    "text_offset": [int]} (megasnow.generation.logprobs.completion_logprobs)."""
 
     text: str
     finish_reason: str
     completion_tokens: int = 0
+    logprobs: Optional[dict] = None
 
 
 @dataclass

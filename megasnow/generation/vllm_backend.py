@@ -32,6 +32,9 @@ def import_vllm():
 def sampling_kwargs(params):
     """Keyword arguments of `vllm.SamplingParams` for a megasnow SamplingParams (OpenAI semantics kept: the stop
     string is cut from the text, temperature 0 is greedy, `seed` makes one request reproducible)."""
+    if params.logprobs is not None or params.echo:
+        raise UserError("the vllm backend does not return logprobs or echo the prompt; use backend.kind=openai "
+                        "against a vLLM server (or the local backend) for logprobs / echo")
     kwargs = {"n": params.n, "max_tokens": params.max_tokens, "temperature": params.temperature,
               "top_p": params.top_p, "stop": list(params.stop), "include_stop_str_in_output": False}
     if params.seed is not None:

@@ -1,4 +1,5 @@
-"""Batched autoregressive generation with a KV cache: greedy, temperature, top-p/top-k/min-p sampling, stops.
+"""Batched autoregressive generation with a KV cache: greedy, temperature, top-p/top-k/min-p sampling, stops,
+and (on request) the logprobs of generated and prompt tokens.
 
 Every row of a batch has its own prompt, token budget, sampling settings, seed and stops (`SequenceSpec`).
 Prompts are left-padded; each sequence keeps its own positions (0 at its first token) and padding is masked
@@ -25,7 +26,11 @@ class SequenceSpec:
     stop_ids: tokens that end the row (left out of its output, e.g. the tokenizer's EOS);
     stop_strings: strings that end the row (cut from its text; need a tokenizer); min_new_tokens: the stop ids
     cannot be sampled before this many tokens were generated (HF's min_new_tokens, vLLM's min_tokens);
-    top_k (0: all tokens) and min_p (0: off) filter what is sampled, as in vLLM (see sample_tokens).
+    top_k (0: all tokens) and min_p (0: off) filter what is sampled, as in vLLM (see sample_tokens);
+    logprobs: None (off) or N >= 0: record each generated token's logprob and the N most likely alternatives
+    (Sequence.logprobs); prompt_logprobs: None (off) or N >= 0: the same for every prompt token after the first
+    (Sequence.prompt_logprobs). Logprobs are of the model's raw distribution: log_softmax of the logits before
+    temperature, top-p/top-k/min-p and min_new_tokens masking (vLLM v1's default `raw_logprobs`).
     """
 
     prompt: tuple
@@ -38,11 +43,27 @@ class SequenceSpec:
     min_new_tokens: int = 0
     top_k: int = 0
     min_p: float = 0.0
+    logprobs: Optional[int] = None
+    prompt_logprobs: Optional[int] = None
 
     def __post_init__(self):
         object.__setattr__(self, "prompt", tuple(int(t) for t in self.prompt))
         object.__setattr__(self, "stop_ids", frozenset(int(t) for t in self.stop_ids or ()))
         object.__setattr__(self, "stop_strings", tuple(s for s in (self.stop_strings or ()) if s))
+
+
+@dataclass(eq=False)
+class TokenLogprob:
+    """One token's record: token_id; logprob (float, natural log of the raw probability; None for the first prompt
+    token, which has no context); text: the token's text as it appears in the sequence's text (its incremental
+    detokenizer delta, so the texts of consecutive records join to the text; "" for a token that completes no
+    character yet; "" without a tokenizer); top: ((token_id, logprob, text), ...) the N most likely tokens at
+    this position, most likely first (text decoded in the same context; None without a tokenizer)."""
+
+    token_id: int
+    logprob: Optional[float]
+    text: str = ""
+    top: tuple = ()
 
 
 @dataclass(eq=False)
@@ -53,6 +74,11 @@ class Sequence:
     model produced (including a stop id: what a server bills); text: the decoded output (cut before a stop
     string), "" without a tokenizer; finish_reason: None while running, then 'stop' (stop id or string),
     'length' (max_new_tokens reached) or 'abort' (cancel() was called, e.g. the client went away).
+    logprobs (spec.logprobs set): TokenLogprob per generated token whose text is in `text` (a stop id is left out;
+    at a stop string the token whose text straddles the cut keeps its logprob with its text clipped to the part
+    before the cut, and tokens wholly inside or after the stop string are left out), so the records' texts join
+    to `text`; prompt_logprobs (spec.prompt_logprobs set): TokenLogprob per prompt token, the first with logprob
+    None; their texts join to the prompt's decoded text.
     """
 
     spec: SequenceSpec
@@ -61,7 +87,10 @@ class Sequence:
     text: str = ""
     finish_reason: Optional[str] = None
     detokenizer: Optional[IncrementalDetokenizer] = None
+    logprobs: Optional[list] = None
+    prompt_logprobs: Optional[list] = None
     _streamed: int = 0
+    _streamed_logprobs: int = 0
     _cancelled: bool = False
 
     @property
@@ -86,22 +115,48 @@ class Sequence:
         self._streamed = len(text)
         return delta
 
-    def _append(self, token):
-        """Record one generated token and decide whether the row ends."""
+    def take_stream_logprobs(self):
+        """The logprob records of the text returned by take_stream_delta so far and not returned by an earlier call:
+        each record once its whole text was streamed (a record without text goes with the next one that has
+        text), all the rest once finished. Concatenated over a stream they equal `logprobs`."""
+        records = self.logprobs
+        if records is None:
+            return None
+        start = self._streamed_logprobs
+        if self.finished:
+            end = len(records)
+        else:
+            end, offset = start, sum(len(r.text) for r in records[:start])
+            for k in range(start, len(records)):
+                offset += len(records[k].text)
+                if offset > self._streamed:
+                    break
+                if records[k].text:
+                    end = k + 1
+        self._streamed_logprobs = end
+        return records[start:end]
+
+    def _append(self, token, record=None):
+        """Record one generated token (and its TokenLogprob when logprobs are on) and decide whether the row ends."""
         self.num_generated += 1
         if token in self.spec.stop_ids:
             self._finish(FINISH_STOP)
             return
         self.tokens.append(token)
+        if record is not None:
+            self.logprobs.append(record)
         if self.detokenizer is not None:
             before = len(self.text)
             delta = self.detokenizer.push(token)
             if delta:
                 self.text += delta
+                if record is not None:
+                    record.text = delta
                 if self.spec.stop_strings:
                     cut = find_stop(self.text, self.spec.stop_strings, before)
                     if cut >= 0:
                         self.text = self.text[:cut]
+                        self._clip_logprobs()
                         self.finish_reason = FINISH_STOP
                         return
         if self.num_generated >= self.spec.max_new_tokens:
@@ -109,12 +164,30 @@ class Sequence:
 
     def _finish(self, reason):
         if self.detokenizer is not None:
-            self.text += self.detokenizer.flush()
+            flushed = self.detokenizer.flush()
+            self.text += flushed
+            if flushed and self.logprobs:  # the held-back bytes are the text of the last tokens
+                self.logprobs[-1].text += flushed
             if self.spec.stop_strings:  # a stop string completed by the flushed bytes still ends the text
                 cut = find_stop(self.text, self.spec.stop_strings)
                 if cut >= 0:
                     self.text, reason = self.text[:cut], FINISH_STOP
+                    self._clip_logprobs()
         self.finish_reason = reason
+
+    def _clip_logprobs(self):
+        """After a stop-string cut: drop the records of text past the cut, clip the one that straddles it."""
+        if not self.logprobs:
+            return
+        excess = sum(len(r.text) for r in self.logprobs) - len(self.text)
+        while excess > 0 and self.logprobs:
+            last = self.logprobs[-1]
+            if len(last.text) <= excess:
+                excess -= len(last.text)
+                self.logprobs.pop()
+            else:
+                last.text = last.text[:len(last.text) - excess]
+                excess = 0
 
 
 def sample_tokens(logits, temperature, top_p, uniforms, top_k=None, min_p=None):
@@ -190,6 +263,9 @@ def check_specs(model, specs, tokenizer):
             raise ValueError(f"generate: min_new_tokens must be >= 0, got {s.min_new_tokens}")
         if s.temperature < 0 or not 0.0 < s.top_p <= 1.0:
             raise ValueError(f"generate: need temperature >= 0 and 0 < top_p <= 1, got {s.temperature}, {s.top_p}")
+        if (s.logprobs is not None and s.logprobs < 0) or (s.prompt_logprobs is not None and s.prompt_logprobs < 0):
+            raise ValueError(f"generate: logprobs and prompt_logprobs must be None or >= 0, got {s.logprobs}, "
+                             f"{s.prompt_logprobs}")
         if s.top_k < 0 or not 0.0 <= s.min_p <= 1.0:
             raise ValueError(f"generate: need top_k >= 0 (0: all) and 0 <= min_p <= 1, got {s.top_k}, {s.min_p}")
         if s.stop_strings and tokenizer is None:
@@ -200,6 +276,67 @@ def check_specs(model, specs, tokenizer):
         bad = [t for t in s.prompt if not 0 <= t < vocab]
         if bad:
             raise ValueError(f"generate: prompt {i} has token id {bad[0]} outside the vocabulary [0, {vocab})")
+
+
+def _candidate_texts(detokenizer, ids):
+    """Text each token of `ids` would add as the detokenizer's next token (same context as its next push)."""
+    if detokenizer is None:
+        return [None] * len(ids)
+    context = detokenizer.ids[detokenizer.prefix_offset:]
+    base = detokenizer.tokenizer.decode(context)
+    return [detokenizer.tokenizer.decode(context + [i])[len(base):] for i in ids]
+
+
+def _top(lp, n):
+    """(ids, logprobs) of the n largest entries of lp [..., V], most likely first (lists)."""
+    if n <= 0:
+        return [[] for _ in range(lp.shape[0])], [[] for _ in range(lp.shape[0])]
+    values, ids = lp.topk(min(n, lp.shape[-1]), dim=-1)
+    return ids.tolist(), values.tolist()
+
+
+def _token_records(logits, tokens, ns, detokenizers):
+    """TokenLogprob per row of logits [R, V] (raw: log_softmax in float32) for the chosen `tokens` [R] with each
+    row's ns[i] most likely alternatives, texts decoded by the row's detokenizer before it receives the token."""
+    lp = torch.log_softmax(logits.float(), dim=-1)
+    chosen = lp.gather(-1, torch.as_tensor(tokens, device=lp.device)[:, None]).squeeze(-1).tolist()
+    top_ids, top_lps = _top(lp, max(ns))
+    return [TokenLogprob(int(t), float(c), "", tuple(zip(ids[:n], vals[:n], _candidate_texts(d, ids[:n]))))
+            for t, c, ids, vals, n, d in zip(tokens, chosen, top_ids, top_lps, ns, detokenizers)]
+
+
+def _record_prompt_logprobs(seqs, rows, logits, prompt_len, tokenizer):
+    """Fill Sequence.prompt_logprobs of rows that ask for them from the prefill logits [B, prompt_len, V]
+    (left-padded: a prompt of length L sits at prompt_len - L ... prompt_len - 1)."""
+    for b, r in enumerate(rows):
+        q = seqs[r]
+        n = q.spec.prompt_logprobs
+        if n is None:
+            continue
+        prompt = list(q.spec.prompt)
+        pad = prompt_len - len(prompt)
+        detok = IncrementalDetokenizer(tokenizer, ()) if tokenizer is not None else None
+        records = [TokenLogprob(prompt[0], None)]
+        texts = []
+        if len(prompt) > 1:
+            # (texts of the alternatives need the context before each token: one detokenizer walks the prompt)
+            lp = torch.log_softmax(logits[b, pad:prompt_len - 1].float(), dim=-1)
+            chosen = lp.gather(-1, torch.tensor(prompt[1:], device=lp.device)[:, None]).squeeze(-1).tolist()
+            top_ids, top_lps = _top(lp, n)
+            records += [TokenLogprob(t, float(c), "", tuple(zip(ids, vals)))
+                        for t, c, ids, vals in zip(prompt[1:], chosen, top_ids, top_lps)]
+        for rec in records:
+            if detok is not None:
+                if rec.logprob is not None:
+                    alt = _candidate_texts(detok, [i for i, _ in rec.top])
+                    rec.top = tuple((i, v, a) for (i, v), a in zip(rec.top, alt))
+                rec.text = detok.push(rec.token_id)
+                texts.append(rec.text)
+            elif rec.logprob is not None:
+                rec.top = tuple((i, v, None) for i, v in rec.top)
+        if detok is not None:
+            records[-1].text += detok.flush()
+        q.prompt_logprobs = records
 
 
 @torch.no_grad()
@@ -214,12 +351,15 @@ def generate_stream(model, specs, tokenizer=None, use_cache=True, pad_id=0):
     specs = list(specs)
     check_specs(model, specs, tokenizer)
     device = model.embed.weight.device
-    seqs = [Sequence(s, detokenizer=IncrementalDetokenizer(tokenizer, s.prompt) if tokenizer is not None else None)
-            for s in specs]
+    seqs = [Sequence(s, detokenizer=IncrementalDetokenizer(tokenizer, s.prompt) if tokenizer is not None else None,
+                     logprobs=[] if s.logprobs is not None else None) for s in specs]
     for q in seqs:
         if q.spec.max_new_tokens == 0:
             q._finish(FINISH_LENGTH)
-    if all(q.finished for q in seqs):
+    want_prompt_logprobs = any(s.prompt_logprobs is not None for s in specs)
+    # rows (batch index, TokenLogprob top-N) whose generated tokens' logprobs are recorded; empty: no cost
+    logprob_rows = [(b, s.logprobs) for b, s in enumerate(specs) if s.logprobs is not None]
+    if all(q.finished for q in seqs) and not want_prompt_logprobs:
         yield seqs
         return
 
@@ -242,15 +382,26 @@ def generate_stream(model, specs, tokenizer=None, use_cache=True, pad_id=0):
                   if s.temperature > 0 else None for s in specs]
     rows = list(range(batch))  # batch row -> index into seqs (rows are dropped as sequences finish)
 
-    cache = model.new_kv_cache(batch, total) if use_cache else None
     was_training = model.training
     model.eval()
+    if all(q.finished for q in seqs):  # max_new_tokens 0 everywhere: only the prompt logprobs (one prefill)
+        try:
+            logits = model.forward_inference(tokens[:, :prompt_len], positions[:, :prompt_len],
+                                             valid[:, :prompt_len])
+            _record_prompt_logprobs(seqs, rows, logits, prompt_len, tokenizer)
+        finally:
+            model.train(was_training)
+        yield seqs
+        return
+    cache = model.new_kv_cache(batch, total) if use_cache else None
     try:
         for step in range(total - prompt_len):
             cur = prompt_len + step
             start = (0 if step == 0 else cur - 1) if use_cache else 0
             logits = model.forward_inference(tokens[:, start:cur], positions[:, start:cur], valid[:, start:cur],
                                              kv_cache=cache)
+            if step == 0 and want_prompt_logprobs:
+                _record_prompt_logprobs(seqs, rows, logits, prompt_len, tokenizer)
             uniforms = None
             if any(g is not None for g in generators):
                 uniforms = torch.tensor([float(torch.rand((), generator=g, dtype=torch.float64))
@@ -264,7 +415,14 @@ def generate_stream(model, specs, tokenizer=None, use_cache=True, pad_id=0):
                 for b, ids in early:
                     last[b, ids] = float("-inf")
             next_tokens = sample_tokens(last, temperature, top_p, uniforms, top_k, min_p).tolist()
-            live = []
+            records = {}
+            if logprob_rows:  # raw logprobs: the logits before min_new_tokens masking and sampling filters
+                want = [(b, n) for b, n in logprob_rows if not seqs[rows[b]].finished]
+                if want:
+                    index = [b for b, _ in want]
+                    made = _token_records(logits[index, -1], [next_tokens[b] for b in index], [n for _, n in want],
+                                          [seqs[rows[b]].detokenizer for b in index])
+                    records = dict(zip(index, made))
             for b, r in enumerate(rows):
                 q = seqs[r]
                 if not q.finished and q._cancelled:
@@ -272,8 +430,7 @@ def generate_stream(model, specs, tokenizer=None, use_cache=True, pad_id=0):
                 if q.finished:
                     next_tokens[b] = pad_id
                     continue
-                q._append(next_tokens[b])
-                live.append(not q.finished)
+                q._append(next_tokens[b], records.get(b))
             tokens[:, cur] = torch.tensor(next_tokens, dtype=torch.long, device=device)
             valid[:, cur] = torch.tensor([not seqs[r].finished for r in rows], device=device)
             yield seqs
@@ -290,6 +447,7 @@ def generate_stream(model, specs, tokenizer=None, use_cache=True, pad_id=0):
                     cache.keep_rows(index)
                 rows = [rows[b] for b in keep]
                 generators = [generators[b] for b in keep]
+                logprob_rows = [(keep.index(b), n) for b, n in logprob_rows if b in keep]
         for q in seqs:  # only reachable with budgets exhausted; kept for safety
             if not q.finished:
                 q._finish(FINISH_LENGTH)

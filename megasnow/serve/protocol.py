@@ -11,7 +11,7 @@ from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from megasnow.generation.protocol import SamplingParams
+from megasnow.generation.protocol import MAX_LOGPROBS, SamplingParams
 
 MAX_N = 128
 MAX_STOP = 16
@@ -27,8 +27,7 @@ NEUTRAL_ONLY = (
     ("logit_bias", (None, {}), "logit biases"),
     ("use_beam_search", (None, False), "beam search"),
     ("length_penalty", (None, 1.0), "beam search length penalties"),
-    ("prompt_logprobs", (None,), "prompt logprobs"),
-    ("echo", (None, False), "echoing the prompt"),
+    ("prompt_logprobs", (None,), "prompt logprobs (use echo with logprobs)"),
     ("bad_words", (None, []), "bad words"),
     ("stop_token_ids", (None, []), "stop token ids"),
     ("allowed_token_ids", (None, []), "allowed token ids"),
@@ -46,8 +45,7 @@ NEUTRAL_ONLY = (
     ("response_format", (None, {"type": "text"}), "a response format other than text"),
 )
 CHAT_NEUTRAL_ONLY = (
-    ("logprobs", (None, False), "logprobs"),
-    ("top_logprobs", (None, 0), "logprobs"),
+    ("echo", (None, False), "echoing the last message"),
     ("tools", (None, []), "tools (function calling)"),
     ("add_generation_prompt", (None, True), "a prompt without the generation prompt"),
     ("continue_final_message", (None, False), "continuing the final message"),
@@ -55,7 +53,6 @@ CHAT_NEUTRAL_ONLY = (
     ("chat_template_kwargs", (None, {}), "chat template arguments"),
     ("documents", (None, []), "documents"),
 )
-COMPLETION_NEUTRAL_ONLY = (("logprobs", (None,), "logprobs"),)
 
 
 def first_unsupported(request, table):
@@ -119,7 +116,8 @@ class _SamplingFields(OpenAIBaseModel):
     ignore_eos: bool = Field(False, description="(vLLM extension) generate max_tokens even past EOS: benchmarks")
     min_tokens: int = Field(0, ge=0, description="(vLLM extension) no end of text before this many new tokens")
     best_of: Optional[int] = Field(None, description="only best_of == n (or unset) is supported")
-    echo: Optional[bool] = Field(None, description="not supported")
+    echo: Optional[bool] = Field(None, description="(completions) prepend the prompt to each choice's text; with "
+                                                   "logprobs its tokens' logprobs come first")
     response_format: Optional[dict] = Field(None, description="only {'type': 'text'} is supported")
     top_k: Optional[int] = Field(None, ge=-1, description="(vLLM extension) keep the k most likely tokens; "
                                                           "-1 or 0: all")
@@ -163,12 +161,12 @@ class _SamplingFields(OpenAIBaseModel):
         stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
         return tuple(s for s in stops if s)
 
-    def _sampling_params(self, max_tokens):
+    def _sampling_params(self, max_tokens, logprobs=None, echo=False):
         temperature = 1.0 if self.temperature is None else self.temperature
         top_p = 1.0 if self.top_p is None else self.top_p
         return SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p,
                               stop=self.stop_strings(), seed=self.seed, n=self.n, min_tokens=self.min_tokens,
-                              top_k=self.top_k or 0, min_p=self.min_p or 0.0)
+                              top_k=self.top_k or 0, min_p=self.min_p or 0.0, logprobs=logprobs, echo=echo)
 
 
 class CompletionRequest(_SamplingFields):
@@ -176,10 +174,12 @@ class CompletionRequest(_SamplingFields):
 
     prompt: Union[str, list[str], list[int], list[list[int]]] = Field(
         description="text, a list of texts, token ids, or a list of token-id lists")
-    max_tokens: Optional[int] = Field(None, ge=1, description="new tokens per choice; API default 16")
+    max_tokens: Optional[int] = Field(None, ge=0, description="new tokens per choice (0 only with echo: score the "
+                                                              "prompt); API default 16")
     suffix: Optional[str] = Field(None, description="fill-in-the-middle: the text after the insertion point; the "
                                                     "completion is the middle (needs the tokenizer's FIM tokens)")
-    logprobs: Optional[int] = Field(None, description="not supported")
+    logprobs: Optional[int] = Field(None, ge=0, le=MAX_LOGPROBS,
+                                    description="the sampled tokens' logprobs and the N most likely alternatives")
 
     def prompts(self):
         """The prompts as a list of str or list-of-int items (OpenAI's four prompt forms)."""
@@ -190,13 +190,12 @@ class CompletionRequest(_SamplingFields):
             return [list(p)]
         return list(p)
 
-    def unsupported(self):
-        return first_unsupported(self, COMPLETION_NEUTRAL_ONLY) or super().unsupported()
-
     def to_sampling_params(self, server_default_max_tokens=None):
-        """SamplingParams: max_tokens from the request, else the server's default, else the API's (16)."""
-        max_tokens = self.max_tokens or server_default_max_tokens or COMPLETIONS_DEFAULT_MAX_TOKENS
-        return self._sampling_params(max_tokens)
+        """SamplingParams: max_tokens from the request, else the server's default, else the API's (16).
+        Raises ValueError starting with the field's name (max_tokens 0 without echo, min_tokens > max_tokens)."""
+        max_tokens = self.max_tokens if self.max_tokens is not None else \
+            server_default_max_tokens or COMPLETIONS_DEFAULT_MAX_TOKENS
+        return self._sampling_params(max_tokens, self.logprobs, bool(self.echo))
 
 
 class ChatMessage(OpenAIBaseModel):
@@ -222,8 +221,9 @@ class ChatCompletionRequest(_SamplingFields):
     max_tokens: Optional[int] = Field(None, ge=1, description="deprecated name of max_completion_tokens")
     max_completion_tokens: Optional[int] = Field(None, ge=1, description="new tokens per choice; API default: "
                                                                         "the rest of the context")
-    logprobs: Optional[bool] = Field(None, description="not supported")
-    top_logprobs: Optional[int] = Field(None, description="not supported")
+    logprobs: Optional[bool] = Field(None, description="each choice carries its tokens' logprobs")
+    top_logprobs: Optional[int] = Field(None, ge=0, le=MAX_LOGPROBS,
+                                        description="the N most likely alternatives per token (needs logprobs)")
     tools: Optional[list] = Field(None, description="not supported")
     # vLLM's chat extensions: only their neutral values (CHAT_NEUTRAL_ONLY) are accepted
     add_generation_prompt: Optional[bool] = None
@@ -233,6 +233,9 @@ class ChatCompletionRequest(_SamplingFields):
     documents: Optional[list] = None
 
     def unsupported(self):
+        if self.top_logprobs and not self.logprobs:  # OpenAI's and vLLM's rule
+            return "top_logprobs", (f"top_logprobs={self.top_logprobs} needs logprobs: true; set logprobs to true "
+                                    f"or leave top_logprobs out")
         return first_unsupported(self, CHAT_NEUTRAL_ONLY) or super().unsupported()
 
     def message_dicts(self):
@@ -242,7 +245,7 @@ class ChatCompletionRequest(_SamplingFields):
         """SamplingParams: max_completion_tokens / max_tokens from the request, else the server's default, else the
         API's (the rest of the context: `context_left`)."""
         max_tokens = self.max_completion_tokens or self.max_tokens or server_default_max_tokens or context_left
-        return self._sampling_params(max(1, int(max_tokens)))
+        return self._sampling_params(max(1, int(max_tokens)), (self.top_logprobs or 0) if self.logprobs else None)
 
 
 # ---------------------------------------------------------------------------------------------- responses
@@ -254,10 +257,19 @@ def new_id(prefix):
     return f"{prefix}-{uuid.uuid4().hex}"
 
 
+class CompletionLogProbs(OpenAIBaseModel):
+    """The legacy completions `logprobs` object (megasnow.generation.logprobs.completion_logprobs)."""
+
+    text_offset: list[int] = Field(default_factory=list)
+    token_logprobs: list[Optional[float]] = Field(default_factory=list)
+    tokens: list[str] = Field(default_factory=list)
+    top_logprobs: list[Optional[dict[str, float]]] = Field(default_factory=list)
+
+
 class CompletionChoice(OpenAIBaseModel):
     index: int
     text: str
-    logprobs: None = None
+    logprobs: Optional[CompletionLogProbs] = None
     finish_reason: Optional[Literal["stop", "length"]] = None
 
 
@@ -276,10 +288,26 @@ class ChatCompletionMessage(OpenAIBaseModel):
     content: str
 
 
+class ChatCompletionLogProb(OpenAIBaseModel):
+    token: str
+    logprob: float = -9999.0
+    bytes: Optional[list[int]] = None
+
+
+class ChatCompletionLogProbsContent(ChatCompletionLogProb):
+    top_logprobs: list[ChatCompletionLogProb] = Field(default_factory=list)
+
+
+class ChatCompletionLogProbs(OpenAIBaseModel):
+    """The chat `logprobs` object (megasnow.generation.logprobs.chat_logprobs_content)."""
+
+    content: Optional[list[ChatCompletionLogProbsContent]] = None
+
+
 class ChatCompletionChoice(OpenAIBaseModel):
     index: int
     message: ChatCompletionMessage
-    logprobs: None = None
+    logprobs: Optional[ChatCompletionLogProbs] = None
     finish_reason: Optional[Literal["stop", "length"]] = None
 
 
@@ -301,7 +329,7 @@ class DeltaMessage(OpenAIBaseModel):
 class ChatCompletionStreamChoice(OpenAIBaseModel):
     index: int
     delta: DeltaMessage
-    logprobs: None = None
+    logprobs: Optional[ChatCompletionLogProbs] = None
     finish_reason: Optional[Literal["stop", "length"]] = None
 
 

@@ -30,7 +30,8 @@ class _Entry:
 
 
 class RequestHandle:
-    """The events of one submitted request, read in the asyncio loop: ('delta', choice, text) while streaming,
+    """The events of one submitted request, read in the asyncio loop: ('delta', choice, (text, logprob records or
+    None, Sequence)) while streaming (the records of the tokens whose text this delta completes),
     ('finish', choice, Sequence) once per choice, ('error', choice, message) if its batch failed."""
 
     def __init__(self, loop, n, stream, scheduler=None):
@@ -195,9 +196,9 @@ class BatchScheduler:
                 if entry.handle.cancelled and not seq.finished:
                     seq.cancel()
                 if entry.handle.stream:
-                    delta = seq.take_stream_delta()
-                    if delta:
-                        entry.handle._emit(("delta", entry.choice, delta))
+                    delta, records = seq.take_stream_delta(), seq.take_stream_logprobs()
+                    if delta or records:
+                        entry.handle._emit(("delta", entry.choice, (delta, records, seq)))
                 if seq.finished:
                     self._finish(entry, ("finish", entry.choice, seq))
         for entry in batch:  # (aborted before its first step)

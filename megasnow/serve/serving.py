@@ -7,11 +7,12 @@ import time
 from dataclasses import dataclass, field
 
 from megasnow.generation.local import BadRequestError
+from megasnow.generation.logprobs import chat_logprobs_content, completion_logprobs
 from megasnow.generation.protocol import GenerationRequest
-from megasnow.serve.protocol import (ChatCompletionChoice, ChatCompletionChunk, ChatCompletionMessage,
-                                     ChatCompletionResponse, ChatCompletionStreamChoice, CompletionChoice,
-                                     CompletionChunk, CompletionResponse, DeltaMessage, ErrorResponse, ModelCard,
-                                     ModelList, UsageInfo, new_id)
+from megasnow.serve.protocol import (ChatCompletionChoice, ChatCompletionChunk, ChatCompletionLogProbs,
+                                     ChatCompletionMessage, ChatCompletionResponse, ChatCompletionStreamChoice,
+                                     CompletionChoice, CompletionChunk, CompletionResponse, DeltaMessage,
+                                     ErrorResponse, ModelCard, ModelList, UsageInfo, new_id)
 from megasnow.serve.request_log import request_hash
 from megasnow.serve.scheduler import QueueFullError
 
@@ -145,13 +146,16 @@ class OpenAIServing:
             return error
         try:
             params = request.to_sampling_params(self.default_max_tokens)
-        except ValueError as e:  # the one check pydantic cannot make alone: min_tokens <= max_tokens
-            return bad_request(str(e), "min_tokens")
+        except ValueError as e:  # checks pydantic cannot make alone: max_tokens 0 without echo, min_tokens
+            return bad_request(str(e), str(e).split()[0])
         prompts = request.prompts()
         if not prompts:
             return bad_request("prompt is an empty list; give at least one prompt", "prompt")
         if request.suffix is not None and any(not isinstance(p, str) for p in prompts):
             return bad_request("suffix needs text prompts", "suffix")
+        if request.suffix is not None and request.echo:
+            return bad_request("echo cannot be combined with suffix (the completion is a middle); leave echo out",
+                               "echo")
         prepared = []
         try:
             for i, p in enumerate(prompts):
@@ -165,14 +169,20 @@ class OpenAIServing:
         if error:
             return error
         prompt_tokens = sum(len(p.prompt_ids) for p in prepared)
+        owners = [p for p in prepared for _ in p.specs]  # choice index -> its PreparedRequest (prompt-major)
 
         def respond(rid, created, usage, seqs):
             return CompletionResponse(id=rid, created=created, model=self.model_name, usage=usage,
                                       system_fingerprint=self.engine.fingerprint,
-                                      choices=[CompletionChoice(index=i, text=q.text, finish_reason=q.finish_reason)
+                                      choices=[CompletionChoice(index=i, text=owners[i].echo_text + q.text,
+                                                                finish_reason=q.finish_reason,
+                                                                logprobs=self.engine.choice_logprobs(owners[i], q))
                                                for i, q in enumerate(seqs)])
 
-        return await self._answer(handle, ctx, request, prompt_tokens, "cmpl", self._stream_completion, respond)
+        def stream(handle, ctx, rid, created, prompt_tokens, include_usage):
+            return self._stream_completion(handle, ctx, rid, created, prompt_tokens, include_usage, owners)
+
+        return await self._answer(handle, ctx, request, prompt_tokens, "cmpl", stream, respond)
 
     async def _answer(self, handle, ctx, request, prompt_tokens, id_prefix, stream, respond):
         """What both endpoints return once their sequences are submitted: the SSE iterator `stream(handle, ctx,
@@ -190,21 +200,34 @@ class OpenAIServing:
                  finish_reasons=[q.finish_reason for q in seqs], batch_sizes=sorted(handle.batch_sizes))
         return respond(rid, created, usage, seqs)
 
-    async def _stream_completion(self, handle, ctx, rid, created, prompt_tokens, include_usage):
+    async def _stream_completion(self, handle, ctx, rid, created, prompt_tokens, include_usage, owners):
         def chunk(choices, usage=None):
             return sse(CompletionChunk(id=rid, created=created, model=self.model_name, choices=choices,
                                        usage=usage, system_fingerprint=self.engine.fingerprint))
 
-        async for item in self._stream(handle, ctx, prompt_tokens, include_usage, chunk, self._completion_choice):
+        offsets = [0] * handle.n  # per choice: characters streamed so far (text_offset of its next token)
+        echoed = [False] * handle.n
+
+        def make_choice(index, text=None, finish_reason=None, records=None, seq=None):
+            text = text or ""
+            if seq is not None and not echoed[index]:  # echo: the prompt (and its logprobs) come first, once
+                echoed[index] = True
+                if owners[index].echo_text:
+                    text = owners[index].echo_text + text
+                    records = (seq.prompt_logprobs or []) + (records or [])
+            logprobs = None
+            if records:
+                logprobs, _ = completion_logprobs(records, offsets[index])
+            offsets[index] += len(text)
+            return CompletionChoice(index=index, text=text, finish_reason=finish_reason, logprobs=logprobs)
+
+        async for item in self._stream(handle, ctx, prompt_tokens, include_usage, chunk, make_choice):
             yield item
 
-    @staticmethod
-    def _completion_choice(index, text=None, finish_reason=None):
-        return CompletionChoice(index=index, text=text or "", finish_reason=finish_reason)
-
     async def _stream(self, handle, ctx, prompt_tokens, include_usage, chunk, make_choice, first=()):
-        """The SSE stream shared by both endpoints: `first` chunks, text deltas, one finish chunk per choice, the
-        usage chunk if asked, `data: [DONE]`. Logs 200 when complete, 499 when the client left midway."""
+        """The SSE stream shared by both endpoints: `first` chunks, text deltas (with the logprobs of the tokens
+        whose text they carry), one finish chunk per choice, the usage chunk if asked, `data: [DONE]`.
+        make_choice(index, text=, finish_reason=, records=, seq=) builds one choice. Logs 200 when complete, 499 when the client left midway."""
         seqs = [None] * handle.n
         completed = False
         try:
@@ -212,10 +235,11 @@ class OpenAIServing:
                 yield item
             async for kind, choice, payload in handle.events():
                 if kind == "delta":
-                    yield chunk([make_choice(choice, text=payload)])
+                    text, records, seq = payload
+                    yield chunk([make_choice(choice, text=text, records=records, seq=seq)])
                 elif kind == "finish":
                     seqs[choice] = payload
-                    yield chunk([make_choice(choice, finish_reason=payload.finish_reason)])
+                    yield chunk([make_choice(choice, finish_reason=payload.finish_reason, seq=payload)])
                 else:
                     handle.cancel()
                     yield sse(ErrorResponse.make(500, payload, "server_error").model_dump())
@@ -264,7 +288,7 @@ class OpenAIServing:
         except BadRequestError as e:
             return bad_request(str(e), "messages")
         except ValueError as e:  # min_tokens > max_tokens
-            return bad_request(str(e), "min_tokens")
+            return bad_request(str(e), str(e).split()[0])
         handle, error = self._submit([prepared], request.stream)
         if error:
             return error
@@ -274,19 +298,26 @@ class OpenAIServing:
                 id=rid, created=created, model=self.model_name, usage=usage,
                 system_fingerprint=self.engine.fingerprint,
                 choices=[ChatCompletionChoice(index=i, message=ChatCompletionMessage(content=q.text),
-                                              finish_reason=q.finish_reason) for i, q in enumerate(seqs)])
+                                              finish_reason=q.finish_reason, logprobs=self._chat_logprobs(q.logprobs))
+                         for i, q in enumerate(seqs)])
 
         return await self._answer(handle, ctx, request, len(prepared.prompt_ids), "chatcmpl", self._stream_chat,
                                   respond)
+
+    @staticmethod
+    def _chat_logprobs(records):
+        """The chat `logprobs` object of a choice's records, or None when the request asked for none."""
+        return None if records is None else ChatCompletionLogProbs(content=chat_logprobs_content(records))
 
     async def _stream_chat(self, handle, ctx, rid, created, prompt_tokens, include_usage):
         def chunk(choices, usage=None):
             return sse(ChatCompletionChunk(id=rid, created=created, model=self.model_name, choices=choices,
                                            usage=usage, system_fingerprint=self.engine.fingerprint))
 
-        def make_choice(index, text=None, finish_reason=None):
+        def make_choice(index, text=None, finish_reason=None, records=None, seq=None):
             delta = DeltaMessage(content=text) if text is not None else DeltaMessage()
-            return ChatCompletionStreamChoice(index=index, delta=delta, finish_reason=finish_reason)
+            return ChatCompletionStreamChoice(index=index, delta=delta, finish_reason=finish_reason,
+                                              logprobs=self._chat_logprobs(records) if records else None)
 
         first = [chunk([ChatCompletionStreamChoice(index=i, delta=DeltaMessage(role="assistant", content=""))])
                  for i in range(handle.n)]

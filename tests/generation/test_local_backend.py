@@ -127,3 +127,36 @@ def test_a_failed_batch_fails_only_its_requests(engine, monkeypatch):
     assert results["0"].error == "generation failed: RuntimeError: out of memory"
     assert results["0"].error_kind == "unavailable"
     assert results["1"].ok and results["2"].ok and calls == [1, 1, 1]
+
+
+def test_logprobs_and_echo_through_the_backend(engine):
+    """SamplingParams.logprobs / echo: each Choice carries the generator's records in the OpenAI completions shape
+    (echoed prompt tokens first, the first with logprob None), its text starts with the prompt, max_tokens 0 with
+    echo scores the prompt alone; bad values are ValueErrors naming the field, echo with messages a bad request."""
+    prompt = "def add(a, b):\n    return"
+    ids = engine.tokenizer.encode(prompt)
+    requests = [req("lp", prompt, max_tokens=5, logprobs=2), req("echo", prompt, max_tokens=5, logprobs=1, echo=True),
+                req("score", prompt, max_tokens=0, logprobs=0, echo=True), req("plain", prompt, max_tokens=5),
+                req("chat", messages=[{"role": "user", "content": "hi"}], max_tokens=2, echo=True)]
+    results = {r.request_id: r for r in LocalBackend(engine).generate(requests)}
+    q = generate_sequences(engine.model, [SequenceSpec(ids, 5, stop_ids=engine.eos_ids, logprobs=2,
+                                                       prompt_logprobs=1)], engine.tokenizer)[0]
+    lp = results["lp"].choices[0].logprobs
+    assert results["lp"].choices[0].text == q.text == "".join(lp["tokens"])
+    assert lp["token_logprobs"] == pytest.approx([r.logprob for r in q.logprobs], abs=1e-5)
+    assert lp["text_offset"] == [sum(len(r.text) for r in q.logprobs[:k]) for k in range(len(q.logprobs))]
+    echo = results["echo"].choices[0]
+    assert echo.text == prompt + q.text and echo.logprobs["token_logprobs"][0] is None
+    assert echo.logprobs["token_logprobs"][1:] == pytest.approx(
+        [r.logprob for r in q.prompt_logprobs[1:] + q.logprobs], abs=1e-5)
+    assert "".join(echo.logprobs["tokens"]) == echo.text
+    score = results["score"]
+    assert score.choices[0].text == prompt and score.completion_tokens == 0
+    assert score.choices[0].logprobs["token_logprobs"] == echo.logprobs["token_logprobs"][:len(ids)]
+    assert results["plain"].choices[0].logprobs is None
+    assert results["chat"].error_kind == "bad_request" and "echo" in results["chat"].error
+    for kw, message in [({"logprobs": 21}, "logprobs must be in [0, 20], got 21"),
+                        ({"logprobs": -1}, "logprobs must be in [0, 20]"),
+                        ({"max_tokens": 0}, "max_tokens must be >= 1 (or 0 with echo), got 0")]:
+        with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
+            SamplingParams(**kw)

@@ -83,3 +83,33 @@ def test_request_body_sends_vllm_extensions_only_when_they_change_something():
     assert extended == {"model": "m", "max_tokens": 4, "temperature": 0.8, "top_p": 1.0, "n": 1, "seed": 7,
                         "min_tokens": 2, "top_k": 40, "min_p": 0.05,
                         "messages": [{"role": "user", "content": "hi"}]}
+
+
+def test_logprobs_and_echo_are_sent_and_read_back():
+    """logprobs / echo go out under OpenAI's names (chat: logprobs true + top_logprobs); a response's logprobs come
+    back in Choice.logprobs' completions shape (a chat choice's content converted)."""
+    import openai
+
+    from megasnow.generation.openai_backend import choice_logprobs
+
+    completion = request_body(GenerationRequest("a", prompt="x", params=SamplingParams(max_tokens=1, logprobs=1,
+                                                                                       echo=True)), "m")
+    assert (completion["logprobs"], completion["echo"]) == (1, True)
+    chat = request_body(GenerationRequest("a", messages=[{"role": "user", "content": "hi"}],
+                                          params=SamplingParams(logprobs=3)), "m")
+    assert (chat["logprobs"], chat["top_logprobs"]) == (True, 3) and "echo" not in chat
+    lp = {"tokens": ["a", "b"], "token_logprobs": [-1.5, -0.5], "top_logprobs": [{"a": -1.5}, {"b": -0.5}],
+          "text_offset": [0, 1]}
+    c = openai.types.Completion.model_validate({"id": "x", "object": "text_completion", "created": 0, "model": "m",
+                                                "choices": [{"index": 0, "text": "ab", "finish_reason": "length",
+                                                             "logprobs": lp}]})
+    assert choice_logprobs(c.choices[0], chat=False) == lp
+    top = [{"token": "é", "logprob": -0.1, "bytes": [195, 169]}, {"token": "e", "logprob": -2.5, "bytes": [101]}]
+    r = openai.types.chat.ChatCompletion.model_validate(
+        {"id": "x", "object": "chat.completion", "created": 0, "model": "m",
+         "choices": [{"index": 0, "finish_reason": "length", "message": {"role": "assistant", "content": "xé"},
+                      "logprobs": {"content": [{"token": "x", "logprob": -1.0, "bytes": [120], "top_logprobs": []},
+                                               {**top[0], "top_logprobs": top}]}}]})
+    assert choice_logprobs(r.choices[0], chat=True) == {
+        "tokens": ["x", "é"], "token_logprobs": [-1.0, -0.1], "top_logprobs": [{}, {"é": -0.1, "e": -2.5}],
+        "text_offset": [0, 1]}

@@ -19,6 +19,9 @@ def test_sampling_kwargs_follow_openai_semantics():
     assert sampling_kwargs(SamplingParams(top_k=40, min_p=0.05, min_tokens=3)).items() >= \
         {"top_k": 40, "min_p": 0.05, "min_tokens": 3}.items()
     assert "top_k" not in sampling_kwargs(SamplingParams(top_k=-1)) and "min_p" not in sampling_kwargs(SamplingParams())
+    for p in (SamplingParams(logprobs=1), SamplingParams(echo=True)):  # not translated: refused, never dropped
+        with pytest.raises(UserError, match="does not return logprobs"):
+            sampling_kwargs(p)
 
 
 def test_request_output_becomes_a_generation_result():

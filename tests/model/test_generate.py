@@ -254,3 +254,77 @@ def test_stop_string_checks_decode_a_bounded_window():
     assert find_stop("xxabc", ["abc"], start=4) == 2  # a match straddling `start` is found
     assert partial_stop_length("x = 1\n\n#", ["\n\n\n", "#end"]) == 1
     assert partial_stop_length("x = 1\n\n", ["\n\n\n", "#end"]) == 2
+
+
+def reference_logprobs(model, ids):
+    """log_softmax of the model's logits over `ids` (one full forward, no cache): [len(ids), V]."""
+    with torch.no_grad():
+        return torch.log_softmax(model(torch.tensor([ids]))[0].float(), dim=-1)
+
+
+def test_logprob_records_equal_log_softmax_and_batched_equals_alone(model):
+    """Generated tokens' records: the sampled token's raw logprob (log_softmax of the logits, before temperature
+    and top-p) and the top-N sorted, most likely first; prompt records: None first, then each prompt token's
+    logprob given the tokens before it. A row's records are the same alone or in a batch, and rows without
+    logprobs record nothing."""
+    tok = LetterTokenizer()
+    specs = [SequenceSpec(PROMPTS[0], 6, logprobs=3, prompt_logprobs=2),
+             SequenceSpec(PROMPTS[1], 5, temperature=1.3, top_p=0.8, seed=4, logprobs=0),
+             SequenceSpec(PROMPTS[2], 4, logprobs=5),
+             SequenceSpec(PROMPTS[2], 4)]
+    batched = generate_sequences(model, specs, tok)
+    for spec, q in zip(specs, batched):
+        alone = generate_sequences(model, [spec], tok)[0]
+        assert alone.tokens == q.tokens
+        if spec.logprobs is None:
+            assert q.logprobs is None and q.prompt_logprobs is None
+            continue
+        assert [r.token_id for r in q.logprobs] == q.tokens and "".join(r.text for r in q.logprobs) == q.text
+        ref = reference_logprobs(model, list(spec.prompt) + q.tokens)[len(spec.prompt) - 1:-1]
+        for k, (r, a) in enumerate(zip(q.logprobs, alone.logprobs)):
+            assert r.logprob == pytest.approx(ref[k, r.token_id].item(), abs=1e-4)
+            assert r.logprob == pytest.approx(a.logprob, abs=1e-5) and [t[0] for t in r.top] == [t[0] for t in a.top]
+            assert len(r.top) == spec.logprobs
+            values, ids = ref[k].topk(spec.logprobs) if spec.logprobs else (torch.zeros(0), torch.zeros(0))
+            assert [t[0] for t in r.top] == ids.tolist()
+            assert [t[1] for t in r.top] == pytest.approx(values.tolist(), abs=1e-4)
+            assert [t[2] for t in r.top] == [tok.decode([t[0]]) for t in r.top]
+    prompt = batched[0].prompt_logprobs
+    ref = reference_logprobs(model, PROMPTS[0])
+    assert [r.token_id for r in prompt] == PROMPTS[0] and prompt[0].logprob is None
+    assert [r.logprob for r in prompt[1:]] == pytest.approx([ref[j - 1, t].item() for j, t in enumerate(PROMPTS[0])
+                                                             if j], abs=1e-4)
+    assert all(len(r.top) == 2 for r in prompt[1:]) and "".join(r.text for r in prompt) == tok.decode(PROMPTS[0])
+
+
+def test_logprobs_are_raw_and_stop_strings_clip_them(model):
+    """min_new_tokens masks the stop id from sampling but not from the raw logprobs; a zero budget still records
+    the prompt's logprobs (echo scoring); at a stop string the records keep the text before the cut."""
+    tok = LetterTokenizer()
+    free = generate_sequences(model, [SequenceSpec(PROMPTS[0], 8, logprobs=1)], tok)[0]
+    stop_id = free.tokens[0]
+    held = generate_sequences(model, [SequenceSpec(PROMPTS[0], 8, stop_ids={stop_id}, min_new_tokens=1,
+                                                   logprobs=1)], tok)[0]
+    assert held.tokens[0] != stop_id and held.logprobs[0].top[0][0] == stop_id  # masked, yet reported as raw
+    assert held.logprobs[0].top[0][1] == pytest.approx(free.logprobs[0].logprob, abs=1e-5)
+    only_prompt = generate_sequences(model, [SequenceSpec(PROMPTS[1], 0, prompt_logprobs=0, logprobs=0)], tok)[0]
+    assert only_prompt.tokens == [] and only_prompt.logprobs == []
+    ref = reference_logprobs(model, PROMPTS[1])
+    assert [r.logprob for r in only_prompt.prompt_logprobs] == [None, pytest.approx(ref[0, 7].item(), abs=1e-4)]
+    text = free.text  # one letter per token: cut two letters into the text
+    cut = generate_sequences(model, [SequenceSpec(PROMPTS[0], 8, stop_strings=(text[2:4],), logprobs=2)], tok)[0]
+    assert cut.text == text[:2] and "".join(r.text for r in cut.logprobs) == cut.text
+    assert [r.logprob for r in cut.logprobs] == pytest.approx([r.logprob for r in free.logprobs[:2]], abs=1e-5)
+
+
+def test_stream_logprobs_follow_the_streamed_text(model):
+    tok = LetterTokenizer()
+    spec = SequenceSpec(PROMPTS[2], 10, logprobs=1, stop_strings=("zz",))
+    texts, records = [], []
+    for seqs in generate_stream(model, [spec], tok):
+        texts.append(seqs[0].take_stream_delta())
+        got = seqs[0].take_stream_logprobs()
+        records += got
+        assert "".join(r.text for r in got) == texts[-1]  # one letter per token: a record goes with its text
+    final = seqs[0]
+    assert "".join(texts) == final.text and records == final.logprobs

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from megasnow.generation.local import LocalEngine
+from megasnow.generation.protocol import GenerationRequest
 from megasnow.generation.tiny_model import write_tiny_checkpoint
 from megasnow.model.generate import SequenceSpec, generate, generate_sequences
 from megasnow.serve.process import ServerProcess
@@ -203,7 +204,7 @@ def test_errors_have_the_openai_shape(server):
     with pytest.raises(openai.NotFoundError, match="does not exist"):
         c.completions.create(model="other", prompt="x", max_tokens=2)
     for kw, param in [({"temperature": 5}, "temperature"), ({"n": 0}, "n"), ({"top_p": 0}, "top_p"),
-                      ({"max_tokens": 0}, "max_tokens"), ({"logprobs": 3}, "logprobs"),
+                      ({"max_tokens": 0}, "max_tokens"), ({"logprobs": 21}, "logprobs"),
                       ({"presence_penalty": 0.5}, "presence_penalty")]:
         with pytest.raises(openai.BadRequestError) as e:
             c.completions.create(model=MODEL, prompt="x", **{"max_tokens": 2, **kw})
@@ -221,8 +222,8 @@ def test_errors_have_the_openai_shape(server):
 # vLLM's (and OpenAI's) fields this server does not implement: each non-neutral value is a 400 naming it
 REFUSED = [("completions", "repetition_penalty", 1.2),
            ("completions", "length_penalty", 0.5), ("completions", "use_beam_search", True),
-           ("completions", "best_of", 3), ("completions", "prompt_logprobs", 1), ("completions", "logprobs", 0),
-           ("completions", "echo", True), ("completions", "presence_penalty", 0.5),
+           ("completions", "best_of", 3), ("completions", "prompt_logprobs", 1),
+           ("completions", "presence_penalty", 0.5),
            ("completions", "frequency_penalty", 0.5), ("completions", "logit_bias", {"5": 10}),
            ("completions", "bad_words", ["x"]), ("completions", "stop_token_ids", [3]),
            ("completions", "allowed_token_ids", [3]), ("completions", "include_stop_str_in_output", True),
@@ -232,7 +233,7 @@ REFUSED = [("completions", "repetition_penalty", 1.2),
            ("completions", "guided_choice", ["a", "b"]), ("completions", "guided_grammar", "root ::= 'a'"),
            ("completions", "response_format", {"type": "json_object"}),
            ("chat", "repetition_penalty", 1.1),
-           ("chat", "logprobs", True), ("chat", "top_logprobs", 2), ("chat", "best_of", 2),
+           ("chat", "best_of", 2),
            ("chat", "use_beam_search", True), ("chat", "echo", True), ("chat", "continue_final_message", True),
            ("chat", "add_generation_prompt", False), ("chat", "chat_template", "{{ messages }}"),
            ("chat", "chat_template_kwargs", {"enable_thinking": True}),
@@ -294,6 +295,156 @@ def test_top_k_and_min_p_sample_as_vllm(server):
         with pytest.raises(openai.BadRequestError) as e:
             strict.completions.create(model=MODEL, prompt="x", max_tokens=2, extra_body={field: value})
         assert e.value.body["param"] == field
+
+
+def reference_logprobs(engine, ids):
+    """log_softmax of the model's logits over `ids` in this process (one full forward): [len(ids), V]."""
+    with torch.no_grad():
+        return torch.log_softmax(engine.model(torch.tensor([list(ids)]))[0].float(), dim=-1)
+
+
+def check_completion_logprobs(lp, text, ref, ids, first, n):
+    """A choice's legacy `logprobs` against the reference: token i (ids[first + i]) has logprob
+    ref[first + i - 1, id]; top_logprobs holds the n most likely plus the sampled token, sorted; tokens join to
+    the text and text_offset counts their characters."""
+    assert "".join(lp.tokens) == text
+    assert lp.text_offset == [sum(len(t) for t in lp.tokens[:i]) for i in range(len(lp.tokens))]
+    for i, (logprob, top) in enumerate(zip(lp.token_logprobs, lp.top_logprobs)):
+        pos = first + i
+        if pos == 0:
+            assert logprob is None and top is None
+            continue
+        row = ref[pos - 1]
+        assert logprob == pytest.approx(row[ids[pos]].item(), abs=1e-4)
+        # (the tiny model's byte tokens may share a string, e.g. "" or "\ufffd": a dict keeps the larger value)
+        values, best = list(top.values()), row.topk(n).values.tolist() if n else []
+        assert values == sorted(values, reverse=True) and 1 <= len(top) <= n + 1
+        assert values[0] == pytest.approx(max(best[:1] + [logprob]), abs=1e-4)  # most likely first
+        assert all(v == pytest.approx(logprob, abs=1e-4) or any(v == pytest.approx(b, abs=1e-4) for b in best)
+                   for v in values)  # only the top n and the sampled token
+        assert top[lp.tokens[i]] >= logprob - 1e-4  # the sampled token is always there
+
+
+def test_completion_logprobs_equal_the_models_log_softmax(server, engine):
+    """logprobs: N: each generated token's raw logprob (log_softmax of the logits, before temperature and top-p:
+    vLLM v1's default) and the N most likely tokens, equal to an in-process forward pass to 1e-4; the token
+    strings join to the text, also when a stop string cuts it; with echo the prompt's tokens come first."""
+    c = client(server)
+    ids = engine.tokenizer.encode(PROMPTS[0])
+    for sampling in ({"temperature": 0}, {"temperature": 1.3, "top_p": 0.7, "seed": 11}):
+        r = c.completions.create(model=MODEL, prompt=PROMPTS[0], max_tokens=10, logprobs=3, **sampling)
+        spec = {"temperature": sampling["temperature"], "top_p": sampling.get("top_p", 1.0),
+                "seed": sampling.get("seed")}
+        q = expected(engine, PROMPTS[0], 10, **spec)
+        full = ids + q.tokens
+        assert r.choices[0].text == q.text and len(r.choices[0].logprobs.tokens) == len(q.tokens)
+        check_completion_logprobs(r.choices[0].logprobs, q.text, reference_logprobs(engine, full), full, len(ids), 3)
+    # echo: prompt text first, then the completion; the first prompt token has no logprob
+    r = c.completions.create(model=MODEL, prompt=PROMPTS[0], max_tokens=6, temperature=0, logprobs=2, echo=True)
+    q = expected(engine, PROMPTS[0], 6)
+    full = ids + q.tokens
+    assert r.choices[0].text == PROMPTS[0] + q.text and r.usage.prompt_tokens == len(ids)
+    check_completion_logprobs(r.choices[0].logprobs, PROMPTS[0] + q.text, reference_logprobs(engine, full), full, 0,
+                              2)
+    # a stop string: the tokens up to the one completing it, that one clipped to the text before the cut
+    free = expected(engine, PROMPTS[1], 16)
+    stop = free.text[6:8]
+    r = c.completions.create(model=MODEL, prompt=PROMPTS[1], max_tokens=16, temperature=0, stop=stop, logprobs=0)
+    lp = r.choices[0].logprobs
+    assert r.choices[0].text == free.text[:6] == "".join(lp.tokens)
+    assert lp.token_logprobs == pytest.approx(
+        [reference_logprobs(engine, engine.tokenizer.encode(PROMPTS[1]) + free.tokens)[
+            len(engine.tokenizer.encode(PROMPTS[1])) - 1 + k, t].item() for k, t in enumerate(free.tokens)][
+            :len(lp.tokens)], abs=1e-4)
+    # no logprobs asked: none sent
+    assert c.completions.create(model=MODEL, prompt="x", max_tokens=2).choices[0].logprobs is None
+
+
+def test_lm_eval_loglikelihood_request(server, engine):
+    """lm-evaluation-harness's `local-completions` loglikelihood request (token-id prompts, max_tokens 1,
+    logprobs 1, echo): the sum of token_logprobs[ctxlen:-1] is the continuation's log-likelihood computed in
+    this process, and its is_greedy check reads top_logprobs. max_tokens 0 with echo scores the prompt alone."""
+    tok = engine.tokenizer
+    pairs = [("def add(a, b):\n    return", " a + b"), ("import", " os\nimport sys")]
+    prompts = [tok.encode(ctx) + tok.encode(cont) for ctx, cont in pairs]
+    ctxlens = [len(tok.encode(ctx)) for ctx, _ in pairs]
+    r = client(server).completions.create(model=MODEL, prompt=prompts, max_tokens=1, temperature=0, logprobs=1,
+                                          echo=True, seed=1234)
+    assert len(r.choices) == 2
+    for choice, ids, ctxlen in zip(r.choices, prompts, ctxlens):
+        ref = reference_logprobs(engine, ids)
+        expect = sum(ref[j - 1, ids[j]].item() for j in range(ctxlen, len(ids)))
+        lp = choice.logprobs
+        assert len(lp.token_logprobs) == len(ids) + 1 and lp.token_logprobs[0] is None
+        assert sum(lp.token_logprobs[ctxlen:-1]) == pytest.approx(expect, abs=1e-4)
+        greedy = all(max(top, key=top.get) == token
+                     for token, top in zip(lp.tokens[ctxlen:-1], lp.top_logprobs[ctxlen:-1]))
+        assert greedy == all(int(ref[j - 1].argmax()) == ids[j] for j in range(ctxlen, len(ids)))
+        assert choice.text.startswith(tok.decode(ids)) and "".join(lp.tokens) == choice.text
+    scored = client(server).completions.create(model=MODEL, prompt=prompts[0], max_tokens=0, logprobs=0, echo=True)
+    assert scored.choices[0].text == tok.decode(prompts[0]) and scored.usage.completion_tokens == 0
+    assert scored.choices[0].logprobs.token_logprobs == r.choices[0].logprobs.token_logprobs[:-1]
+
+
+def test_streamed_logprobs_equal_the_plain_ones(server):
+    """Each streamed chunk carries the logprobs of the tokens whose text it carries: concatenated they equal the
+    non-streamed answer (completions with echo and a stop string, chat)."""
+    c = client(server)
+    kw = {"model": MODEL, "prompt": PROMPTS[2], "max_tokens": 14, "temperature": 0, "logprobs": 2, "echo": True,
+          "stop": ["never", "\n\n\n"]}
+    plain = c.completions.create(**kw).choices[0]
+    chunks = [ch.choices[0] for ch in c.completions.create(stream=True, **kw) if ch.choices]
+    assert "".join(ch.text for ch in chunks) == plain.text
+    got = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+    for ch in chunks:
+        for key in got:
+            got[key] += getattr(ch.logprobs, key) if ch.logprobs else []
+    assert got == plain.logprobs.model_dump()
+    assert sum(1 for ch in chunks if ch.logprobs) >= 2
+    messages = [{"role": "user", "content": "Write a loop."}]
+    plain = c.chat.completions.create(model=MODEL, messages=messages, max_tokens=10, temperature=0, logprobs=True,
+                                      top_logprobs=3).choices[0]
+    streamed = [ch.choices[0] for ch in c.chat.completions.create(model=MODEL, messages=messages, max_tokens=10,
+                                                                  temperature=0, logprobs=True, top_logprobs=3,
+                                                                  stream=True)]
+    content = [item for ch in streamed if ch.logprobs for item in ch.logprobs.content]
+    assert [x.model_dump() for x in content] == [x.model_dump() for x in plain.logprobs.content]
+
+
+def test_chat_logprobs_shape(server, engine):
+    """Chat `logprobs: true, top_logprobs: N`: content[i] = {token, logprob, bytes, top_logprobs: N entries
+    sorted} with values equal to the in-process reference; tokens join to the message; top_logprobs without
+    logprobs and out-of-range values are 400s naming the field."""
+    c = client(server, max_retries=0)
+    messages = [{"role": "user", "content": "Sort a list."}]
+    r = c.chat.completions.create(model=MODEL, messages=messages, max_tokens=8, temperature=0, logprobs=True,
+                                  top_logprobs=4)
+    rendered = engine.prompt_text(GenerationRequest(id="x", messages=messages))
+    prompt_ids = engine.encode(rendered, add_bos=False)
+    q = expected(engine, rendered, 8)
+    ref = reference_logprobs(engine, prompt_ids + q.tokens)
+    content = r.choices[0].logprobs.content
+    assert "".join(x.token for x in content) == r.choices[0].message.content == q.text
+    assert len(content) == len(q.tokens)
+    for k, (x, t) in enumerate(zip(content, q.tokens)):
+        row = ref[len(prompt_ids) - 1 + k]
+        assert x.logprob == pytest.approx(row[t].item(), abs=1e-4) and x.bytes == list(x.token.encode())
+        assert [y.logprob for y in x.top_logprobs] == pytest.approx(row.topk(4).values.tolist(), abs=1e-4)
+        assert all(y.bytes == list(y.token.encode()) for y in x.top_logprobs)
+    plain = c.chat.completions.create(model=MODEL, messages=messages, max_tokens=3, temperature=0, logprobs=True)
+    assert all(x.top_logprobs == [] for x in plain.choices[0].logprobs.content)
+    assert c.chat.completions.create(model=MODEL, messages=messages, max_tokens=2).choices[0].logprobs is None
+    for extra, param in [({"top_logprobs": 2}, "top_logprobs"), ({"logprobs": True, "top_logprobs": 21},
+                                                                  "top_logprobs"),
+                         ({"logprobs": True, "top_logprobs": -1}, "top_logprobs")]:
+        with pytest.raises(openai.BadRequestError) as e:
+            c.chat.completions.create(model=MODEL, messages=messages, max_tokens=2, extra_body=extra)
+        assert e.value.body["param"] == param, extra
+    for extra, param in [({"logprobs": -1}, "logprobs"), ({"logprobs": 21}, "logprobs"),
+                         ({"max_tokens": 0}, "max_tokens")]:
+        with pytest.raises(openai.BadRequestError) as e:
+            c.completions.create(model=MODEL, prompt="x", **{"max_tokens": 2, **extra})
+        assert e.value.body["param"] == param, extra
 
 
 def test_too_long_prompt_is_a_400_and_not_retried(server):
