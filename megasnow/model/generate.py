@@ -13,6 +13,7 @@ from typing import Optional
 import torch
 
 from megasnow.model.detokenize import IncrementalDetokenizer, find_stop, partial_stop_length
+from megasnow.model.token_logprobs import TokenLogprob, record_prompt_logprobs, token_records  # noqa: F401 (TokenLogprob: part of this API)
 
 FINISH_STOP, FINISH_LENGTH, FINISH_ABORT = "stop", "length", "abort"
 
@@ -50,20 +51,6 @@ class SequenceSpec:
         object.__setattr__(self, "prompt", tuple(int(t) for t in self.prompt))
         object.__setattr__(self, "stop_ids", frozenset(int(t) for t in self.stop_ids or ()))
         object.__setattr__(self, "stop_strings", tuple(s for s in (self.stop_strings or ()) if s))
-
-
-@dataclass(eq=False)
-class TokenLogprob:
-    """One token's record: token_id; logprob (float, natural log of the raw probability; None for the first prompt
-    token, which has no context); text: the token's text as it appears in the sequence's text (its incremental
-    detokenizer delta, so the texts of consecutive records join to the text; "" for a token that completes no
-    character yet; "" without a tokenizer); top: ((token_id, logprob, text), ...) the N most likely tokens at
-    this position, most likely first (text decoded in the same context; None without a tokenizer)."""
-
-    token_id: int
-    logprob: Optional[float]
-    text: str = ""
-    top: tuple = ()
 
 
 @dataclass(eq=False)
@@ -278,67 +265,6 @@ def check_specs(model, specs, tokenizer):
             raise ValueError(f"generate: prompt {i} has token id {bad[0]} outside the vocabulary [0, {vocab})")
 
 
-def _candidate_texts(detokenizer, ids):
-    """Text each token of `ids` would add as the detokenizer's next token (same context as its next push)."""
-    if detokenizer is None:
-        return [None] * len(ids)
-    context = detokenizer.ids[detokenizer.prefix_offset:]
-    base = detokenizer.tokenizer.decode(context)
-    return [detokenizer.tokenizer.decode(context + [i])[len(base):] for i in ids]
-
-
-def _top(lp, n):
-    """(ids, logprobs) of the n largest entries of lp [..., V], most likely first (lists)."""
-    if n <= 0:
-        return [[] for _ in range(lp.shape[0])], [[] for _ in range(lp.shape[0])]
-    values, ids = lp.topk(min(n, lp.shape[-1]), dim=-1)
-    return ids.tolist(), values.tolist()
-
-
-def _token_records(logits, tokens, ns, detokenizers):
-    """TokenLogprob per row of logits [R, V] (raw: log_softmax in float32) for the chosen `tokens` [R] with each
-    row's ns[i] most likely alternatives, texts decoded by the row's detokenizer before it receives the token."""
-    lp = torch.log_softmax(logits.float(), dim=-1)
-    chosen = lp.gather(-1, torch.as_tensor(tokens, device=lp.device)[:, None]).squeeze(-1).tolist()
-    top_ids, top_lps = _top(lp, max(ns))
-    return [TokenLogprob(int(t), float(c), "", tuple(zip(ids[:n], vals[:n], _candidate_texts(d, ids[:n]))))
-            for t, c, ids, vals, n, d in zip(tokens, chosen, top_ids, top_lps, ns, detokenizers)]
-
-
-def _record_prompt_logprobs(seqs, rows, logits, prompt_len, tokenizer):
-    """Fill Sequence.prompt_logprobs of rows that ask for them from the prefill logits [B, prompt_len, V]
-    (left-padded: a prompt of length L sits at prompt_len - L ... prompt_len - 1)."""
-    for b, r in enumerate(rows):
-        q = seqs[r]
-        n = q.spec.prompt_logprobs
-        if n is None:
-            continue
-        prompt = list(q.spec.prompt)
-        pad = prompt_len - len(prompt)
-        detok = IncrementalDetokenizer(tokenizer, ()) if tokenizer is not None else None
-        records = [TokenLogprob(prompt[0], None)]
-        texts = []
-        if len(prompt) > 1:
-            # (texts of the alternatives need the context before each token: one detokenizer walks the prompt)
-            lp = torch.log_softmax(logits[b, pad:prompt_len - 1].float(), dim=-1)
-            chosen = lp.gather(-1, torch.tensor(prompt[1:], device=lp.device)[:, None]).squeeze(-1).tolist()
-            top_ids, top_lps = _top(lp, n)
-            records += [TokenLogprob(t, float(c), "", tuple(zip(ids, vals)))
-                        for t, c, ids, vals in zip(prompt[1:], chosen, top_ids, top_lps)]
-        for rec in records:
-            if detok is not None:
-                if rec.logprob is not None:
-                    alt = _candidate_texts(detok, [i for i, _ in rec.top])
-                    rec.top = tuple((i, v, a) for (i, v), a in zip(rec.top, alt))
-                rec.text = detok.push(rec.token_id)
-                texts.append(rec.text)
-            elif rec.logprob is not None:
-                rec.top = tuple((i, v, None) for i, v in rec.top)
-        if detok is not None:
-            records[-1].text += detok.flush()
-        q.prompt_logprobs = records
-
-
 @torch.no_grad()
 def generate_stream(model, specs, tokenizer=None, use_cache=True, pad_id=0):
     """Generate every SequenceSpec in one left-padded batch; yields the list of Sequences (in spec order) after
@@ -388,7 +314,7 @@ def generate_stream(model, specs, tokenizer=None, use_cache=True, pad_id=0):
         try:
             logits = model.forward_inference(tokens[:, :prompt_len], positions[:, :prompt_len],
                                              valid[:, :prompt_len])
-            _record_prompt_logprobs(seqs, rows, logits, prompt_len, tokenizer)
+            record_prompt_logprobs(seqs, rows, logits, prompt_len, tokenizer)
         finally:
             model.train(was_training)
         yield seqs
@@ -401,7 +327,7 @@ def generate_stream(model, specs, tokenizer=None, use_cache=True, pad_id=0):
             logits = model.forward_inference(tokens[:, start:cur], positions[:, start:cur], valid[:, start:cur],
                                              kv_cache=cache)
             if step == 0 and want_prompt_logprobs:
-                _record_prompt_logprobs(seqs, rows, logits, prompt_len, tokenizer)
+                record_prompt_logprobs(seqs, rows, logits, prompt_len, tokenizer)
             uniforms = None
             if any(g is not None for g in generators):
                 uniforms = torch.tensor([float(torch.rand((), generator=g, dtype=torch.float64))
@@ -420,7 +346,7 @@ def generate_stream(model, specs, tokenizer=None, use_cache=True, pad_id=0):
                 want = [(b, n) for b, n in logprob_rows if not seqs[rows[b]].finished]
                 if want:
                     index = [b for b, _ in want]
-                    made = _token_records(logits[index, -1], [next_tokens[b] for b in index], [n for _, n in want],
+                    made = token_records(logits[index, -1], [next_tokens[b] for b in index], [n for _, n in want],
                                           [seqs[rows[b]].detokenizer for b in index])
                     records = dict(zip(index, made))
             for b, r in enumerate(rows):
