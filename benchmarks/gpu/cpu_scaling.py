@@ -19,8 +19,6 @@ import sys
 import tempfile
 import time
 
-import numpy as np
-
 from benchmarks.binarize import encode_limit, run_measured
 from benchmarks.gpu.data import repeated
 from benchmarks.minhash import megasnow_signatures

@@ -87,8 +87,8 @@ class Runner:
         missing = self.missing_modules(task)
         if missing:  # a wheel not carried: say so in one line instead of spending the task's cap on an ImportError
             wheels = sorted({task.requires[m] for m in missing})
-            rec.update(status="not-run", note=f"wheels not in {self.p.wheels}: {', '.join(wheels)} (the GPU image lacks "
-                                              "them; scripts/prepare_gpu_wheels.sh downloads them)")
+            rec.update(status="not-run", note=f"wheels not in {self.p.wheels}: {', '.join(wheels)} (the GPU image "
+                                              "lacks them; scripts/prepare_gpu_wheels.sh downloads them)")
             self.say(f"step {task.step} {STEPS[task.step]} > {task.name}: NOT RUN ({rec['note']})")
             return rec
         timeout = min(task.cap_s, remaining)

@@ -1,6 +1,6 @@
 """Top-level modules importable on the GPU machine: its image's packages (the device tool's KINDS.md list of
-2026-11-17, translated to import names), the wheels actually present in the carried folder (scripts/prepare_gpu_wheels.sh
-fills it), and this repository."""
+2026-11-17, translated to import names), the wheels actually present in the carried folder
+(scripts/prepare_gpu_wheels.sh fills it), and this repository."""
 import os
 
 IMAGE = """

@@ -19,7 +19,6 @@ from modules import allowed  # noqa: E402
 del sys.path[0]
 
 _REPO = os.path.dirname(os.path.dirname(os.path.dirname(_HERE))) + os.sep
-_REPO = os.path.dirname(os.path.dirname(os.path.dirname(_HERE))) + os.sep
 # the carried wheels: the folder the suite was given (GPU_IMAGE_SIM_WHEELS, set by --dry-run), else the repository's
 _WHEELS = os.environ.get("GPU_IMAGE_SIM_WHEELS") or os.path.join(_REPO, ".whl")
 _ALLOWED = (allowed(sys.stdlib_module_names, _WHEELS)
