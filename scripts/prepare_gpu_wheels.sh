@@ -2,7 +2,7 @@
 # Fills .whl/ (git-ignored) on a machine WITH network for the GPU machine WITHOUT it (benchmarks/gpu_suite.sh):
 # the wheels the GPU suite needs that the GPU image lacks (Python 3.12, x86-64), Megatron-LM's own source for its
 # tools/preprocess_data.py, and the annotator encoder's config + tokenizer (its 87 MB of weights cannot travel).
-# About 5 MB in all; the whole carried tree (tracked files + .whl) must stay under 64 MiB: checked at the end.
+# About 6.3 MB in all; the whole carried tree (tracked files + .whl) must stay under 64 MiB: checked at the end.
 #
 #   bash scripts/prepare_gpu_wheels.sh                      # Megatron-LM cloned from GitHub (tag below)
 #   MEGATRON_LM_DIR=/path/to/Megatron-LM bash scripts/prepare_gpu_wheels.sh   # or archived from a local checkout
@@ -11,9 +11,11 @@ cd "$(dirname "$0")/.."
 DEST=.whl
 PY=${PYTHON:-python3}
 MEGATRON_TAG=${MEGATRON_TAG:-core_v0.16.1}
-# Keep in step with benchmarks/gpu/image_sim/modules.py (CARRIED). Exact versions: one version of each, no resolver
-# on the GPU machine. pydantic (+ core, annotated-types) is only for Megatron-LM's import chain (megatron.rl);
-# 2.10 needs typing-extensions >= 4.12.2, which the image's torch 2.11 already requires.
+# The suite treats as carried exactly what is in this folder (its dry run: benchmarks/gpu/image_sim/modules.py), and
+# step 5 names these wheels when they are missing (SERVE_REQUIRES in benchmarks/gpu/plan.py: keep it in step).
+# Exact versions: one version of each, no resolver on the GPU machine. pydantic (+ core, annotated-types) serves
+# FastAPI and Megatron-LM's import chain (megatron.rl); 2.10 needs typing-extensions >= 4.12.2, which the image's
+# torch 2.11 already requires.
 # fastapi/starlette/uvicorn serve megasnow.serve (step 5) and openai (+ jiter, distro, sniffio) is its client: versions
 # that need nothing newer than the image's anyio/httpx/h11/click (checked: tests/serve and tests/synth's server tests
 # pass with exactly these).

@@ -1,6 +1,7 @@
 """CPU scaling on a many-core machine: binarization (tools/preprocess_data.py) with 1..N workers against the
 single-thread SentencePiece limit on the same text, Megatron-LM's own tools/preprocess_data.py beside it when its
-source was carried, and the MinHash signature stage at 1..N threads.
+source was carried (same flags, so its .bin/.idx must be byte-identical to megasnow's), and the MinHash signature
+stage at 1..N threads.
 
 The limit is SentencePiece's own encode of the corpus, preloaded, one thread (benchmarks/binarize.py's
 `encode_limit`). A worker count is "at the limit" when its MB/s reaches workers x the limit's MB/s (vs_limit 1.0;
@@ -18,13 +19,12 @@ import sys
 import tempfile
 import time
 
-import numpy as np
-
 from benchmarks.binarize import encode_limit, run_measured
 from benchmarks.gpu.data import repeated
 from benchmarks.minhash import megasnow_signatures
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TOKENIZER_TYPE = "GPTSentencePieceTokenizer"  # both tools, same flags: Megatron's usual type for a .model
 
 
 def log(msg):
@@ -39,22 +39,14 @@ def cpu_model():
         return "unknown"
 
 
-def tokens_equal_except_eod(ours, theirs):
-    """(same document boundaries and tokens everywhere but at one token id, number of differing tokens).
+def identical_output(ours, theirs):
+    """Whether two datasets' .bin and .idx are byte-identical (cmp), e.g. megasnow's and Megatron-LM's
+    preprocess_data.py with the same flags: for the SentencePiece tokenizer types both write encode_as_ids(text)
+    and, with --append-eod, the model's eos (`</s>`, id 2 for megasnow's tokenizers) after each document
+    (docs/data.md, "What each --tokenizer-type writes")."""
+    import filecmp
 
-    megasnow appends the tokenizer's <|endoftext|> as EOD, Megatron's GPTSentencePieceTokenizer its </s>."""
-    from megasnow.data.indexed import IndexedDataset
-
-    if open(ours + ".idx", "rb").read() != open(theirs + ".idx", "rb").read():
-        return False, None
-    dtype = IndexedDataset(ours).dtype  # validates both index and data file, reads the token dtype
-    x = np.memmap(ours + ".bin", dtype=dtype, mode="r")
-    y = np.memmap(theirs + ".bin", dtype=dtype, mode="r")
-    if x.shape != y.shape:
-        return False, None
-    diff = np.flatnonzero(x != y)
-    values = set(np.asarray(x[diff]).tolist()) if diff.size else set()
-    return len(values) <= 1, int(diff.size)
+    return all(filecmp.cmp(ours + ext, theirs + ext, shallow=False) for ext in (".bin", ".idx"))
 
 
 def binarization(args, out_dir):
@@ -69,11 +61,14 @@ def binarization(args, out_dir):
     for w in args.workers:
         src, times = (args.jsonl, 1) if w == 1 else (big, args.repeat)
         prefix = os.path.join(out_dir, f"ours{w}")
+        # Megatron's flags (below), so that the two outputs can be compared byte for byte
         cmd = [sys.executable, os.path.join(ROOT, "tools", "preprocess_data.py"), "--input", src, "--output-prefix",
-               prefix, "--tokenizer-model", args.tokenizer, "--workers", str(w), "--append-eod", "--no-progress"]
+               prefix, "--tokenizer-type", TOKENIZER_TYPE, "--tokenizer-model", args.tokenizer, "--workers", str(w),
+               "--append-eod", "--no-progress"]
         wall, cpu, rss = run_measured(cmd)
         mbs = times * nbytes / wall / 1e6
-        rows.append(dict(tool="megasnow", workers=w, input_mb=round(times * nbytes / 1e6, 2), wall_s=round(wall, 3),
+        rows.append(dict(tool="megasnow", workers=w, input=src, input_mb=round(times * nbytes / 1e6, 2),
+                         wall_s=round(wall, 3),
                          text_mb_s=round(mbs, 3), cpu_s=round(cpu, 2), peak_rss_mb=round(rss),
                          vs_limit=round(mbs / (w * limit), 3)))
         log(f"megasnow preprocess_data, {w:2d} workers: {mbs:7.2f} MB/s = {mbs / (w * limit):.2f} x (workers x limit)"
@@ -83,7 +78,7 @@ def binarization(args, out_dir):
         for w in args.megatron_workers:
             prefix = os.path.join(out_dir, f"megatron{w}")
             cmd = [sys.executable, "-W", "ignore", meg, "--input", big, "--output-prefix", prefix,
-                   "--tokenizer-type", "GPTSentencePieceTokenizer", "--tokenizer-model", args.tokenizer,
+                   "--tokenizer-type", TOKENIZER_TYPE, "--tokenizer-model", args.tokenizer,
                    "--workers", str(w), "--append-eod", "--log-interval", "1000000000"]
             env_path = os.environ.get("PYTHONPATH", "")
             os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (args.megatron_lm, env_path) if p)
@@ -97,15 +92,15 @@ def binarization(args, out_dir):
                 os.environ["PYTHONPATH"] = env_path
             mbs = args.repeat * nbytes / wall / 1e6
             ours = next((r for r in rows if r["tool"] == "megasnow" and r["workers"] == w), None)
-            same, ndiff = (tokens_equal_except_eod(os.path.join(out_dir, f"ours{w}_text_document"),
-                                                   prefix + "_text_document") if ours else (None, None))
+            same = (identical_output(os.path.join(out_dir, f"ours{w}_text_document"), prefix + "_text_document")
+                    if ours and ours["input"] == big else None)  # None: no megasnow run on the same input
             rows.append(dict(tool="megatron-lm", workers=w, input_mb=round(args.repeat * nbytes / 1e6, 2),
                              wall_s=round(wall, 3), text_mb_s=round(mbs, 3), cpu_s=round(cpu, 2),
                              peak_rss_mb=round(rss), vs_limit=round(mbs / (w * limit), 3),
                              megasnow_speedup=round(ours["text_mb_s"] / mbs, 3) if ours else None,
-                             tokens_equal_except_eod=same, eod_tokens_differing=ndiff))
+                             tokenizer_type=TOKENIZER_TYPE, identical_output=same))
             log(f"Megatron-LM preprocess_data.py, {w:2d} workers: {mbs:7.2f} MB/s ({wall:.1f}s incl. its imports); "
-                f"megasnow {rows[-1]['megasnow_speedup']}x; same tokens except EOD: {same}")
+                f"megasnow {rows[-1]['megasnow_speedup']}x; .bin/.idx byte-identical: {same}")
     else:
         log("Megatron-LM's preprocess_data.py: source not carried (scripts/prepare_gpu_wheels.sh puts it in .whl/)")
     return rows, limit

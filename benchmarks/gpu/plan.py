@@ -18,6 +18,10 @@ GPU_DEADLINE_S = 540  # the whole suite, build included: 9 minutes
 DRY_DEADLINE_S = 900  # generous: the dry run is sized to take under 3 minutes on 2 cores
 
 SERVE_SCRIPT = os.path.join("benchmarks", "serve_throughput.py")
+# megasnow.serve (FastAPI on uvicorn) and its client (the openai SDK): not on the GPU image, carried as wheels
+SERVE_REQUIRES = {"fastapi": "fastapi", "starlette": "starlette", "uvicorn": "uvicorn", "pydantic": "pydantic",
+                  "pydantic_core": "pydantic-core", "openai": "openai", "jiter": "jiter", "distro": "distro",
+                  "sniffio": "sniffio"}
 
 
 @dataclass
@@ -30,6 +34,8 @@ class Task:
     env: dict = field(default_factory=dict)
     image_sim: bool = True  # run under the GPU-image import check in --dry-run
     note: str = ""
+    # modules the task cannot run without that the GPU image lacks: {module: wheel}; missing ones make it NOT RUN
+    requires: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -146,7 +152,7 @@ def build_plan(dry_run: bool, p: Paths, cores: int):
     if os.path.exists(os.path.join(p.repo, SERVE_SCRIPT)):
         model = ["--model", "tiny", "--max-tokens", "16", "--repeats", "1"] if dry_run else ["--model", "random-135m"]
         serve = [py, SERVE_SCRIPT, "--device", dev, "--concurrency", "1,32", *model, "--out", r("serve.json")]
-    add(5, "serve", serve, cap=90, expected=60, dry_cap=300,
+    add(5, "serve", serve, cap=90, expected=60, dry_cap=300, requires=SERVE_REQUIRES,
         note="" if serve else f"{SERVE_SCRIPT} does not exist yet")
 
     # 6 CPU scaling on this machine's cores

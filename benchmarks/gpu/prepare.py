@@ -24,7 +24,11 @@ def log(msg):
 
 
 def install_wheels(args):
-    info = {"wheels": [], "megatron_lm": None, "encoder": None, "notes": []}
+    from benchmarks.gpu.image_sim.modules import carried
+
+    # what the folder carries (import names), whether or not this Python can install it: the summary's reasons
+    info = {"wheels": [], "megatron_lm": None, "encoder": None, "notes": [], "wheels_dir": args.wheels,
+            "carried": sorted(carried(args.wheels))}
     for stale in (args.site, args.megatron_dest, args.encoder_dest):  # a previous run's, in a reused work folder
         shutil.rmtree(stale, ignore_errors=True)
     wheels = sorted(glob.glob(os.path.join(args.wheels, "*.whl")))
@@ -46,7 +50,7 @@ def install_wheels(args):
             + ", ".join(w.split("-")[0] + " " + w.split("-")[1] for w in info["wheels"]))
     elif not foreign:
         info["notes"].append(f"no wheels in {args.wheels} (scripts/prepare_gpu_wheels.sh fills it): the Liger-Kernel "
-                             "rows are skipped")
+                             "and serving rows are NOT RUN")
         log(info["notes"][-1])
     tars = sorted(glob.glob(os.path.join(args.wheels, "megatron-lm-*.tar.gz")))
     if tars:

@@ -17,6 +17,7 @@ import threading
 import time
 
 from benchmarks.gpu import summary
+from benchmarks.gpu.image_sim.modules import allowed
 from benchmarks.gpu.plan import DRY_DEADLINE_S, GPU_DEADLINE_S, STEPS, Paths, build_plan, select
 from megasnow.utils.cli import ArgumentParser, fail, run_tool
 
@@ -59,6 +60,7 @@ class Runner:
         paths = [ROOT, self.p.site]
         if self.dry and task.image_sim and not self.args.no_image_sim:
             paths.insert(0, os.path.join(ROOT, "benchmarks", "gpu", "image_sim"))
+            env["GPU_IMAGE_SIM_WHEELS"] = self.p.wheels  # carried = what is in this folder
         env["PYTHONPATH"] = os.pathsep.join(paths + [x for x in [env.get("PYTHONPATH", "")] if x])
         env.update(PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
                    MPLBACKEND="Agg", PYTHONDONTWRITEBYTECODE="1")
@@ -80,6 +82,13 @@ class Runner:
             return rec
         if remaining < 10:
             rec.update(status="not-run", note=f"the suite's {self.deadline}s deadline came first")
+            self.say(f"step {task.step} {STEPS[task.step]} > {task.name}: NOT RUN ({rec['note']})")
+            return rec
+        missing = self.missing_modules(task)
+        if missing:  # a wheel not carried: say so in one line instead of spending the task's cap on an ImportError
+            wheels = sorted({task.requires[m] for m in missing})
+            rec.update(status="not-run", note=f"wheels not in {self.p.wheels}: {', '.join(wheels)} (the GPU image "
+                                              "lacks them; scripts/prepare_gpu_wheels.sh downloads them)")
             self.say(f"step {task.step} {STEPS[task.step]} > {task.name}: NOT RUN ({rec['note']})")
             return rec
         timeout = min(task.cap_s, remaining)
@@ -104,6 +113,24 @@ class Runner:
         word = {"ok": "done", "failed": f"FAILED (exit status {rc})", "timeout": f"TIMED OUT after {timeout:.0f}s"}
         self.say(f"step {task.step} {STEPS[task.step]} > {task.name}: {word[status]} in {rec['seconds']:.0f}s")
         return rec
+
+    def missing_modules(self, task):
+        """The task's required modules that its environment cannot import: on the GPU, what neither the image nor
+        the installed wheels hold; in the dry run, what the GPU-image check refuses for this wheels folder."""
+        if not task.requires:
+            return []
+        if self.dry:  # what the GPU image would lack; this machine's own versions may need other modules
+            if self.args.no_image_sim or not task.image_sim:
+                return []
+            ok = allowed(sys.stdlib_module_names, self.p.wheels)
+            return [m for m in task.requires if m not in ok]
+        code = ("import importlib.util, sys\n"
+                "print(' '.join(m for m in sys.argv[1:] if importlib.util.find_spec(m) is None))")
+        res = subprocess.run([sys.executable, "-c", code, *task.requires], cwd=ROOT, env=self.env_for(task),
+                             capture_output=True, text=True, timeout=60)
+        if res.returncode != 0:  # the check itself failed: let the task run and show its own error
+            return []
+        return res.stdout.split()
 
     def _pump(self, stream, task_log):
         for chunk in iter(lambda: stream.read1(65536), b""):

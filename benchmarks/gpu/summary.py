@@ -18,6 +18,7 @@ DRY = "CPU-DRY-RUN"
 STATUSES = (PASS, MISS, ERROR, NOT_RUN, NOT_BUILT, INFO, DRY)
 COLUMNS = ("id", "step", "check", "figure", "target", "status", "note")
 KERNEL_TARGET_TOKENS = 32768
+TARGET_MEGATRON = "faster, byte-identical .bin/.idx"
 
 
 def _load_json(path):
@@ -46,8 +47,8 @@ def _num(x):
 class Rows:
     """Collects rows; knows whether a verdict may be PASS/MISS (a GPU run) and why a figure is missing."""
 
-    def __init__(self, tasks, gpu):
-        self.tasks, self.gpu, self.rows = tasks, gpu, []
+    def __init__(self, tasks, gpu, res=""):
+        self.tasks, self.gpu, self.res, self.rows = tasks, gpu, res, []
 
     def add(self, id, step, check, figure, target, status, note=""):
         if not self.gpu and status in (PASS, MISS):
@@ -74,6 +75,14 @@ class Rows:
     def absent(self, id, step, check, target, task_name, what="no figure in its output"):
         status, note = self.missing(task_name, what)
         self.add(id, step, check, "-", target, status, note)
+
+
+def not_carried(res, module, wheel):
+    """Why `module` is missing when its wheel was not in the carried folder (setup.json), else None."""
+    s = _load_json(os.path.join(res, "setup.json"))
+    if s is None or "carried" not in s or module in s["carried"]:
+        return None
+    return f"{wheel} not carried: no {wheel} wheel in {s.get('wheels_dir', '.whl')} (scripts/prepare_gpu_wheels.sh)"
 
 
 def setup_rows(R, res):
@@ -168,7 +177,11 @@ def kernel_rows(R, res):
     ours, liger = get("cross_entropy", "fwdbwd", "megasnow"), get("cross_entropy", "fwdbwd", "liger")
     vocab = ours["shape"].split(",")[-1].rstrip("]") if ours else "?"
     check = f"cross entropy fwd+bwd vs Liger ({tokens} tokens, vocab {vocab})"
-    if ours and ours["status"] == "ok" and liger and liger["status"] == "ok":
+    no_liger = not_carried(R.res, "liger_kernel", "liger-kernel")
+    if no_liger and not (liger and liger["status"] == "ok"):
+        R.add("2.ce_vs_liger", 2, check, f"megasnow {float(ours['median_ms']):.3f} ms" if ours and
+              ours["status"] == "ok" else "-", "no slower than Liger", NOT_RUN, no_liger)
+    elif ours and ours["status"] == "ok" and liger and liger["status"] == "ok":
         a, b = float(ours["median_ms"]), float(liger["median_ms"])
         R.add("2.ce_vs_liger", 2, check, f"megasnow {a:.3f} ms vs Liger {b:.3f} ms ({b / a:.2f}x)",
               "no slower than Liger", R.verdict(a <= b))
@@ -245,7 +258,10 @@ def train_rows(R, res):
     for impl, rid, check in (("hf-sdpa-liger", "3.hf_liger", "HF + SDPA + Liger-Kernel tokens/s"),
                              ("megasnow.train", "3.trainer", "python -m megasnow.train tokens/s and MFU")):
         r = next((x for x in rows if x["impl"].startswith(impl)), None)
-        if r and r.get("tokens_per_s"):
+        no_liger = impl == "hf-sdpa-liger" and not_carried(R.res, "liger_kernel", "liger-kernel")
+        if no_liger and not (r and r.get("tokens_per_s")) and tt is not None:
+            R.add(rid, 3, check, "-", "-", NOT_RUN, no_liger)
+        elif r and r.get("tokens_per_s"):
             mfu = f", MFU {r['mfu']:.1%}" if r.get("mfu") is not None else ""
             R.add(rid, 3, check, f"{r['tokens_per_s']:,.0f} tok/s{mfu} (micro-batch {r.get('micro_batch')})", "-", INFO)
         elif r:
@@ -296,7 +312,8 @@ def cpu_rows(R, res):
     if cs is None:
         R.absent("6.binarize", 6, "binarization vs the single-thread SentencePiece limit", ">= 0.9 x workers x limit",
                  "cpu-scaling")
-        R.absent("6.megatron", 6, "binarization vs Megatron-LM's tools/preprocess_data.py", "faster", "cpu-scaling")
+        R.absent("6.megatron", 6, "binarization vs Megatron-LM's tools/preprocess_data.py", TARGET_MEGATRON,
+                 "cpu-scaling")
         R.absent("6.minhash", 6, "MinHash signature stage, threads", "-", "cpu-scaling")
         return
     limit = cs["limit_mb_s"]
@@ -309,19 +326,21 @@ def cpu_rows(R, res):
               ">= 0.9", R.verdict(r["vs_limit"] >= 0.9), f"CPU {r['cpu_s']}s, peak RSS {r.get('peak_rss_mb')} MB")
     meg = [r for r in cs["binarize"] if r["tool"] == "megatron-lm"]
     if not meg:
-        R.add("6.megatron", 6, "binarization vs Megatron-LM's tools/preprocess_data.py", "-", "faster, same tokens",
-              NOT_RUN, "Megatron-LM source not carried (scripts/prepare_gpu_wheels.sh puts it in .whl/)")
+        s = _load_json(os.path.join(res, "setup.json")) or {}
+        R.add("6.megatron", 6, "binarization vs Megatron-LM's tools/preprocess_data.py", "-", TARGET_MEGATRON,
+              NOT_RUN, f"Megatron-LM source not carried: no megatron-lm-*.tar.gz in {s.get('wheels_dir', '.whl/')} "
+              "(scripts/prepare_gpu_wheels.sh)")
     for r in meg:
         check = f"binarization vs Megatron-LM's tools/preprocess_data.py, {r['workers']} workers"
         if "error" in r:
-            R.add("6.megatron", 6, check, "-", "faster, same tokens", ERROR, r["error"][-300:])
+            R.add("6.megatron", 6, check, "-", TARGET_MEGATRON, ERROR, r["error"][-300:])
             continue
-        same = r.get("tokens_equal_except_eod")
+        same = r.get("identical_output")
         fig = f"megasnow {r['megasnow_speedup']:.2f}x ({r['text_mb_s']:.1f} MB/s for Megatron, its imports included)"
-        R.add("6.megatron", 6, check, fig, "faster, same tokens",
+        R.add("6.megatron", 6, check, fig, TARGET_MEGATRON,
               R.verdict((r["megasnow_speedup"] or 0) > 1 and bool(same)),
-              f"tokens identical except the EOD id: {same} ({r.get('eod_tokens_differing')} EOD tokens differ: "
-              "megasnow <|endoftext|>, Megatron </s>)")
+              f".bin/.idx byte-identical: {same} (same flags: {r.get('tokenizer_type', 'GPTSentencePieceTokenizer')}, "
+              "--append-eod: both append the model's eos </s>)")
     mh = cs.get("minhash", [])
     fig = ", ".join(f"{r['threads']}: {r['speedup']:.2f}x" for r in mh)
     R.add("6.minhash", 6, f"MinHash signatures, speedup over 1 thread ({cs['cores']} cores)", fig or "-", "-",
@@ -349,7 +368,7 @@ def build(results_dir, tasks, dry_run, deadline_s=None, elapsed_s=0.0):
     """(header dict, rows) from the results folder and the runner's task records {name: record}."""
     env = _load_json(os.path.join(results_dir, "env.json"))
     gpu = (not dry_run) and bool(env and env.get("cuda_available")) and env.get("mode") == "gpu"
-    R = Rows(tasks, gpu)
+    R = Rows(tasks, gpu, results_dir)
     for part in (setup_rows, correctness_rows, kernel_rows, train_rows, annotator_rows, serve_rows, cpu_rows):
         try:
             part(R, results_dir)

@@ -59,7 +59,7 @@ def gpu_results(tmp_path):
         {"tool": "megasnow", "workers": 1, "vs_limit": 1.01, "text_mb_s": 4.04, "cpu_s": 8},
         {"tool": "megasnow", "workers": 16, "vs_limit": 0.85, "text_mb_s": 54.4, "cpu_s": 9},
         {"tool": "megatron-lm", "workers": 16, "megasnow_speedup": 1.6, "text_mb_s": 34.0,
-         "tokens_equal_except_eod": True, "eod_tokens_differing": 100}],
+         "tokenizer_type": "GPTSentencePieceTokenizer", "identical_output": True}],
         "minhash": [{"threads": 1, "speedup": 1.0, "mb_s": 30.0}, {"threads": 16, "speedup": 14.1, "mb_s": 423}]}))
     tasks = {"build": {"status": "ok"}, "train": {"status": "ok"},
              "serve": {"status": "timeout", "seconds": 90.0, "rc": None}}
@@ -123,3 +123,32 @@ def test_missing_outputs_say_why(tmp_path):
     assert s["5.serve"]["status"] == "not built"
     md = summary.to_markdown(summary.header(None, tasks, 540, 1.0, False), rows)
     assert md.count("\n| ") == len(rows) + 1  # header row + one line per row
+
+
+def test_wheels_not_carried_are_not_run_with_the_reason(gpu_results):
+    """A GPU run without liger-kernel, the serving wheels and the Megatron-LM archive in .whl/: those rows say NOT RUN
+    and which wheel is missing, never ERROR (the runner marks the serve task not-run before starting it)."""
+    results, tasks = gpu_results
+    (results / "setup.json").write_text(json.dumps({"wheels": [], "wheels_dir": "/repo/.whl", "carried": [],
+                                                    "notes": []}))
+    rows = [kernel_row("cross_entropy", "fwdbwd", "megasnow", "2.0", mem="4000", shape="logits[32768,64000]"),
+            kernel_row("cross_entropy", "fwdbwd", "liger", "", status="skipped", note="Liger-Kernel not installed")]
+    with open(results / "kernels.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+        w.writeheader()
+        w.writerows(rows)
+    train = json.loads((results / "train_throughput.json").read_text())
+    train["rows"][-1] = {"impl": "hf-sdpa-liger", "seq": 8192, "note": "skipped: liger-kernel not installed"}
+    (results / "train_throughput.json").write_text(json.dumps(train))
+    cs = json.loads((results / "cpu_scaling.json").read_text())
+    cs["binarize"] = [r for r in cs["binarize"] if r["tool"] != "megatron-lm"]
+    (results / "cpu_scaling.json").write_text(json.dumps(cs))
+    tasks["serve"] = {"status": "not-run", "note": "wheels not in /repo/.whl: fastapi, openai, uvicorn (...)"}
+    s = by_id(summary.build(str(results), tasks, dry_run=False)[1])
+    for rid in ("2.ce_vs_liger", "3.hf_liger"):
+        assert s[rid]["status"] == "NOT RUN", s[rid]
+        assert s[rid]["note"] == "liger-kernel not carried: no liger-kernel wheel in /repo/.whl " \
+                                 "(scripts/prepare_gpu_wheels.sh)"
+    assert s["2.ce_vs_liger"]["figure"] == "megasnow 2.000 ms"
+    assert s["5.serve"]["status"] == "NOT RUN" and s["5.serve"]["note"].startswith("wheels not in /repo/.whl: fastapi")
+    assert s["6.megatron"]["status"] == "NOT RUN" and "no megatron-lm-*.tar.gz in /repo/.whl" in s["6.megatron"]["note"]

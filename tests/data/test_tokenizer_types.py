@@ -13,6 +13,7 @@ from megasnow.data.megatron_tokenizers import TokenizerOptions, build_document_e
 from megasnow.data.special_tokens import EOD
 from megasnow.data.tokenizer import TokenizerError, load_tokenizer
 from megasnow.utils.cli import run_tool
+from tests.conftest import require_anchor
 from tests.data.code_fixtures import hf_tokenizer_json, real_code_files, sentencepiece_model
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "tools"))
@@ -26,13 +27,8 @@ TEXTS = [t for _, t in real_code_files()[:12]] + ["", "x = '<s>' + '</s>'\n", f"
 
 
 def _anchor(module):
-    """megatron-core is the reference these tests compare with: it must be there under CI (CI=true)."""
-    try:
-        return pytest.importorskip(module)
-    except pytest.skip.Exception:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{module} (the reference) is missing; install requirements-test.txt")
-        raise
+    """megatron-core is the reference these tests compare with: skipped locally, a failure under CI (CI=true/1/yes)."""
+    return require_anchor(module, "megatron-core")
 
 
 @pytest.fixture(scope="module")

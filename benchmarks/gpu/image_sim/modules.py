@@ -1,5 +1,7 @@
 """Top-level modules importable on the GPU machine: its image's packages (the device tool's KINDS.md list of
-2026-11-17, translated to import names), the wheels scripts/prepare_gpu_wheels.sh carries, and this repository."""
+2026-11-17, translated to import names), the wheels actually present in the carried folder
+(scripts/prepare_gpu_wheels.sh fills it), and this repository."""
+import os
 
 IMAGE = """
 absl accelerate aiofiles aiohappyeyeballs aiohttp aiosignal annotated_doc anyio attr attrs botorch build certifi
@@ -25,12 +27,48 @@ urllib3 uvloop wadler_lindig werkzeug wheel wrapt xarray xxhash yarl zipp
 SETUPTOOLS_VENDORED = ("jaraco more_itertools backports platformdirs autocommand inflect typeguard tomli "
                        "importlib_metadata")
 
-# what scripts/prepare_gpu_wheels.sh puts in .whl/ (keep the two in step) and the Megatron-LM source it carries
-CARRIED = ("liger_kernel pydantic pydantic_core annotated_types typing_inspection megatron fastapi starlette uvicorn "
-           "openai jiter distro sniffio")
+# Carried: only what is in the wheels folder given to the run (scripts/prepare_gpu_wheels.sh fills .whl/), so that a
+# dry run with a missing or incomplete folder refuses the same imports the GPU machine would.
+MEGATRON_ARCHIVE = "megatron-lm-"  # .whl/megatron-lm-<tag>.tar.gz: Megatron-LM's source, imported as `megatron`
 
 THIS_REPO = "megasnow benchmarks tools tests"
 
 
-def allowed(stdlib_names):
-    return set((IMAGE + SETUPTOOLS_VENDORED + " " + CARRIED + " " + THIS_REPO).split()) | set(stdlib_names)
+def wheel_modules(wheel_path):
+    """Top-level import names a wheel installs (its files outside *.dist-info / *.data), e.g. {"liger_kernel"}."""
+    import zipfile
+
+    names = set()
+    try:
+        with zipfile.ZipFile(wheel_path) as z:
+            for member in z.namelist():
+                top, sep, _ = member.partition("/")
+                if sep:  # a package folder (not the wheel's metadata)
+                    if not top.endswith((".dist-info", ".data")):
+                        names.add(top)
+                elif top.endswith((".py", ".so")):  # a top-level module: x.py, x.cpython-312-....so
+                    names.add(top.split(".", 1)[0])
+    except (OSError, zipfile.BadZipFile):
+        pass
+    return names
+
+
+def carried(wheels_dir):
+    """Import names the wheels folder provides: each *.whl's top-level modules, and `megatron` when the
+    Megatron-LM archive is there. An absent folder carries nothing."""
+    names = set()
+    try:
+        files = os.listdir(wheels_dir)
+    except OSError:
+        return names
+    for name in files:
+        if name.endswith(".whl"):
+            names |= wheel_modules(os.path.join(wheels_dir, name))
+        elif name.startswith(MEGATRON_ARCHIVE) and name.endswith(".tar.gz"):
+            names.add("megatron")
+    return names
+
+
+def allowed(stdlib_names, wheels_dir):
+    return (set((IMAGE + SETUPTOOLS_VENDORED + " " + THIS_REPO).split()) | carried(wheels_dir)
+            | set(stdlib_names))

@@ -3,7 +3,8 @@
 Active in every process whose PYTHONPATH starts with this folder: the GPU suite's --dry-run puts it there, so an
 import that the GPU machine cannot satisfy fails on CPU the way it would fail there (ModuleNotFoundError, and
 importlib.util.find_spec returns None) instead of being found in the ten minutes on the GPU. Only imports made by
-this repository's files (and `python -c` snippets) are checked: what an installed library imports for itself
+this repository's files (and `python -c` snippets) are checked; a carried package counts only when its wheel is in
+the wheels folder the suite was given (GPU_IMAGE_SIM_WHEELS): what an installed library imports for itself
 depends on its version, which differs between this machine and the image.
 """
 import importlib.abc
@@ -18,7 +19,10 @@ from modules import allowed  # noqa: E402
 del sys.path[0]
 
 _REPO = os.path.dirname(os.path.dirname(os.path.dirname(_HERE))) + os.sep
-_ALLOWED = allowed(sys.stdlib_module_names) | set(filter(None, os.environ.get("GPU_IMAGE_SIM_EXTRA", "").split(",")))
+# the carried wheels: the folder the suite was given (GPU_IMAGE_SIM_WHEELS, set by --dry-run), else the repository's
+_WHEELS = os.environ.get("GPU_IMAGE_SIM_WHEELS") or os.path.join(_REPO, ".whl")
+_ALLOWED = (allowed(sys.stdlib_module_names, _WHEELS)
+            | set(filter(None, os.environ.get("GPU_IMAGE_SIM_EXTRA", "").split(","))))
 _MARK = "[not on the GPU image]"
 _IMPORT_MACHINERY = (os.path.dirname(importlib.__file__), __file__)
 
