@@ -143,9 +143,9 @@ def build_plan(dry_run: bool, p: Paths, cores: int):
 
     # 4 annotator scoring: megasnow's batched scorer vs the plain HF loop (random weights: see encoder_skeleton)
     ann = (["--files", "6", "--slice", "3", "--repeats", "1", "--threads", "1", "--max-length", "128"] if dry_run
-           else ["--files", "256", "--slice", "64", "--repeats", "3", "--threads", "8", "--batch-tokens", "16384"])
+           else ["--files", "256", "--slice", "64", "--repeats", "2", "--threads", "8", "--batch-tokens", "16384"])
     add(4, "annotator", [py, "benchmarks/annotate_throughput.py", "--device", dev, *ann, "--encoder", p.encoder,
-                         "--random-weights", "--csv", r("annotate.csv")], cap=90, expected=45, dry_cap=300)
+                         "--random-weights", "--csv", r("annotate.csv")], cap=90, expected=35, dry_cap=300)
 
     # 5 serving: aggregate tokens/s at 1 and 32 concurrent requests, once benchmarks/serve_throughput.py exists
     serve = None
@@ -156,14 +156,14 @@ def build_plan(dry_run: bool, p: Paths, cores: int):
         note="" if serve else f"{SERVE_SCRIPT} does not exist yet")
 
     # 6 CPU scaling on this machine's cores
-    work_counts = [str(w) for w in (1, 2)] if dry_run else ["1", "4", "8", "16"]
+    work_counts = [str(w) for w in (1, 2)] if dry_run else ["1", "4", "16"]
     threads = ["1", "2"] if dry_run else ["1", "2", "4", "8", "16"]
     add(6, "cpu-scaling", [py, "-m", "benchmarks.gpu.cpu_scaling", "--jsonl", os.path.join(p.data, "code.jsonl"),
                            "--tokenizer", os.path.join(p.data, f"code{vocab}.model"), "--out", r("cpu_scaling.json"),
-                           "--workers", *work_counts, "--repeat", "2" if dry_run else "4",
+                           "--workers", *work_counts, "--repeat", "2" if dry_run else "3",
                            "--megatron-lm", p.megatron, "--megatron-workers", "2" if dry_run else "16",
                            "--threads", *threads, "--minhash-repeats", "1" if dry_run else "3"],
-        cap=120, expected=60, dry_cap=400)
+        cap=120, expected=45, dry_cap=400)
     return tasks
 
 
