@@ -75,6 +75,29 @@ async def run_until_disconnect(raw, coro):
     return _DISCONNECTED
 
 
+def field_error(errors):
+    """(param, message) of FastAPI's validation errors about a field: the first error's field, e.g.
+    ('messages.0.role', 'messages.0.role: Field required'). A union-typed field (prompt, stop, content) fails once
+    per member, at locs ending in the member's type; param is then the field and the message lists the types."""
+    if not errors:
+        return None, "invalid request"
+    first = errors[0]
+    loc = tuple(x for x in first.get("loc", ()) if x != "body")
+    group = [tuple(x for x in e.get("loc", ()) if x != "body") for e in errors]
+    group = [g for g in group if g[:1] == loc[:1]]
+    prefix = loc
+    for g in group:
+        while g[:len(prefix)] != prefix:
+            prefix = prefix[:-1]
+    if len(group) > 1 and len(prefix) < len(loc):  # a union's members
+        param = ".".join(map(str, prefix)) or None
+        members = list(dict.fromkeys(str(g[len(prefix)]) for g in group if len(g) > len(prefix)))
+        return param, f"{param}: Input should be one of: {', '.join(members)}"
+    param = ".".join(map(str, loc)) or None
+    msg = first.get("msg", "invalid request")
+    return param, f"{param}: {msg}" if param else msg
+
+
 def build_app(serving, api_key=None):
     """The FastAPI application over an OpenAIServing. api_key: when set, /v1 routes need `Authorization: Bearer
     <api_key>` (401 otherwise), as vLLM's --api-key."""
@@ -147,10 +170,7 @@ def build_app(serving, api_key=None):
         body = await raw.body()
         message, param = body_error(first, body), None
         if message is None:
-            loc = [str(x) for x in first.get("loc", ()) if x != "body"]
-            param = ".".join(loc) or None
-            message = f"{param}: {first.get('msg', 'invalid request')}" if param else first.get("msg",
-                                                                                             "invalid request")
+            param, message = field_error(exc.errors())
         try:
             digest = request_hash(json.loads(body))
         except ValueError:
