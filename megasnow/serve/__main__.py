@@ -37,13 +37,17 @@ async def serve(server, sock, ready_line):
     await task
 
 
-def run_server(server, sock, ready_line):
-    """Serve in a thread while the main thread owns SIGINT/SIGTERM: either stops uvicorn gracefully (a second
-    SIGINT forces it). Returns the signal that stopped it (or None); re-raises what the server thread raised."""
+def run_server(server, sock, ready_line, on_stop=None):
+    """Serve in a thread while the main thread owns SIGINT/SIGTERM: either calls `on_stop()` (the scheduler's
+    shutdown: no new requests, running ones aborted so their streams end at once) and stops uvicorn gracefully (a
+    second SIGINT forces it). Returns the signal that stopped it (or None); re-raises what the server thread
+    raised."""
     received, failure = [], []
 
     def on_signal(sig, frame):
         received.append(sig)
+        if on_stop is not None and len(received) == 1:
+            on_stop()
         if server.should_exit and sig == signal.SIGINT:
             server.force_exit = True
         server.should_exit = True
@@ -104,8 +108,11 @@ def main(argv=None):
     faults = FaultInjector(args.fault_rate, args.fault_seed, args.fault_kinds) if args.fault_rate > 0 else None
     serving = OpenAIServing(scheduler, names, args.max_tokens_default, request_log, faults, args.fault_stall_s)
     app = build_app(serving, api_key=args.api_key)
+    # lifespan off: the app has no startup/shutdown hooks, and a forced exit (second Ctrl-C) would otherwise log
+    # the cancelled lifespan task's traceback. The graceful timeout is a backstop: shutdown() ends every request
+    # within one generation step.
     config = uvicorn.Config(app, log_level=args.log_level, access_log=args.log_level in ("info", "debug"),
-                            timeout_graceful_shutdown=5)
+                            timeout_graceful_shutdown=5, lifespan="off")
     server = uvicorn.Server(config)
     host, port = sock.getsockname()[:2]
     ready = (f"megasnow.serve: ready on http://{host}:{port}/v1 serving {names[0]!r} "
@@ -113,7 +120,7 @@ def main(argv=None):
              f"loaded in {time.time() - start:.1f} s, pid {os.getpid()})")
     scheduler.start()
     try:
-        stopped_by = run_server(server, sock, ready)
+        stopped_by = run_server(server, sock, ready, on_stop=scheduler.shutdown)
     finally:
         scheduler.stop()
         if request_log is not None:

@@ -8,6 +8,7 @@ import secrets
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from megasnow.serve.protocol import ChatCompletionRequest, CompletionRequest, ErrorResponse
 from megasnow.serve.request_log import request_hash
@@ -16,9 +17,33 @@ from megasnow.serve.serving import STATUS_CLIENT_CLOSED, LogContext
 _DISCONNECTED = object()
 
 
-def error_response(err):
-    headers = {"Retry-After": "1"} if err.status_code == 429 else None
+ROUTES = "GET /v1/models, GET /v1/models/{model}, POST /v1/completions, POST /v1/chat/completions, GET /health"
+
+
+def error_response(err, headers=None):
+    if err.status_code in (429, 503):
+        headers = {**(headers or {}), "Retry-After": "1"}
     return JSONResponse(err.model_dump(exclude_none=False), status_code=err.status_code, headers=headers)
+
+
+def body_error(first, body):
+    """The message of a request body that is not a JSON object (FastAPI's validation error `first` at loc
+    ('body', ...) with no field named), or None when the error is about a field."""
+    kind, loc = first.get("type"), first.get("loc", ())
+    if kind == "json_invalid":
+        pos = loc[1] if len(loc) > 1 and isinstance(loc[1], int) else 0
+        before = body[:pos].decode("utf-8", "replace")
+        line, column = before.count("\n") + 1, pos - (before.rfind("\n") + 1) + 1
+        reason = (first.get("ctx") or {}).get("error", "JSON decode error")
+        return f"The request body is not valid JSON: {reason}: line {line} column {column} (char {pos})"
+    if tuple(loc) == ("body",):
+        if kind == "missing":
+            return "The request body is empty; send the request as a JSON object"
+        if kind == "model_attributes_type":
+            if isinstance(first.get("input"), (bytes, str)):
+                return "The request body is not JSON; send a JSON object with Content-Type: application/json"
+            return f"The request body must be a JSON object, got {type(first.get('input')).__name__}"
+    return None
 
 
 async def _wait_for_disconnect(raw):
@@ -48,6 +73,29 @@ async def run_until_disconnect(raw, coro):
     except asyncio.CancelledError:
         pass
     return _DISCONNECTED
+
+
+def field_error(errors):
+    """(param, message) of FastAPI's validation errors about a field: the first error's field, e.g.
+    ('messages.0.role', 'messages.0.role: Field required'). A union-typed field (prompt, stop, content) fails once
+    per member, at locs ending in the member's type; param is then the field and the message lists the types."""
+    if not errors:
+        return None, "invalid request"
+    first = errors[0]
+    loc = tuple(x for x in first.get("loc", ()) if x != "body")
+    group = [tuple(x for x in e.get("loc", ()) if x != "body") for e in errors]
+    group = [g for g in group if g[:1] == loc[:1]]
+    prefix = loc
+    for g in group:
+        while g[:len(prefix)] != prefix:
+            prefix = prefix[:-1]
+    if len(group) > 1 and len(prefix) < len(loc):  # a union's members
+        param = ".".join(map(str, prefix)) or None
+        members = list(dict.fromkeys(str(g[len(prefix)]) for g in group if len(g) > len(prefix)))
+        return param, f"{param}: Input should be one of: {', '.join(members)}"
+    param = ".".join(map(str, loc)) or None
+    msg = first.get("msg", "invalid request")
+    return param, f"{param}: {msg}" if param else msg
 
 
 def build_app(serving, api_key=None):
@@ -97,6 +145,14 @@ def build_app(serving, api_key=None):
     async def models(raw: Request):
         return unauthorized(raw) or JSONResponse(serving.models().model_dump())
 
+    @router.get("/v1/models/{model:path}")
+    async def retrieve_model(model: str, raw: Request):
+        denied = unauthorized(raw)
+        if denied is not None:
+            return denied
+        card = serving.model(model)
+        return error_response(card) if isinstance(card, ErrorResponse) else JSONResponse(card.model_dump())
+
     @router.post("/v1/completions")
     async def create_completion(request: CompletionRequest, raw: Request):
         return await respond(raw, request, serving.create_completion, "/v1/completions")
@@ -111,10 +167,10 @@ def build_app(serving, api_key=None):
     async def validation_error(raw, exc):
         """OpenAI answers a malformed request with 400 (FastAPI's default is 422), naming the field."""
         first = exc.errors()[0] if exc.errors() else {}
-        loc = [str(x) for x in first.get("loc", ()) if x != "body"]
-        param = ".".join(loc) or None
-        message = f"{param}: {first.get('msg', 'invalid request')}" if param else first.get("msg", "invalid request")
         body = await raw.body()
+        message, param = body_error(first, body), None
+        if message is None:
+            param, message = field_error(exc.errors())
         try:
             digest = request_hash(json.loads(body))
         except ValueError:
@@ -122,5 +178,21 @@ def build_app(serving, api_key=None):
         serving.requests += 1
         LogContext(raw.url.path, digest, serving.request_log).done(400, error=message)
         return error_response(ErrorResponse.make(400, message, "invalid_request_error", param))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(raw, exc):
+        """Unknown routes (404), wrong methods (405) and any other HTTP error in OpenAI's error shape, not
+        FastAPI's {"detail": ...}; OpenAI words an unknown route "Invalid URL (METHOD /path)"."""
+        where = f"{raw.method} {raw.url.path}"
+        if exc.status_code == 404:
+            message, code = f"Invalid URL ({where}); this server serves {ROUTES}", "not_found"
+        elif exc.status_code == 405:
+            allowed = (exc.headers or {}).get("allow", (exc.headers or {}).get("Allow", ""))
+            message = f"Method not allowed ({where}); use {allowed or 'another method'}"
+            code = "method_not_allowed"
+        else:
+            message, code = f"{exc.detail} ({where})", None
+        type_ = "server_error" if exc.status_code >= 500 else "invalid_request_error"
+        return error_response(ErrorResponse.make(exc.status_code, message, type_, code=code), headers=exc.headers)
 
     return app

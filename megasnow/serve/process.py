@@ -56,14 +56,16 @@ class ServerProcess:
         return int(self.base_url.rsplit(":", 1)[1].split("/")[0])
 
     def stop(self, sig=signal.SIGINT, timeout=30.0):
-        """Send `sig` (SIGINT: graceful, exit 130; SIGTERM: graceful, exit 0), wait, kill after `timeout`."""
-        if self.proc is None or self.proc.poll() is not None:
-            return None if self.proc is None else self.proc.returncode
-        self.proc.send_signal(sig)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
+        """Send `sig` (SIGINT: graceful, exit 130; SIGTERM: graceful, exit 0) unless the child already exited, wait,
+        kill after `timeout`; then let the readers take the child's last lines. Returns the exit status."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
         for reader in self._readers:  # let them take the last lines
             reader.join(5)
         return self.proc.returncode

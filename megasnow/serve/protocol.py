@@ -9,7 +9,7 @@ import time
 import uuid
 from typing import Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from megasnow.generation.protocol import MAX_LOGPROBS, SamplingParams
 
@@ -19,7 +19,8 @@ COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # the OpenAI completions API default
 
 # Fields (OpenAI's and vLLM's extensions, vllm/entrypoints/openai/protocol.py) that would change the answer and are
 # not implemented here: accepted only at a value that leaves the answer as this server gives it, else a 400 naming
-# the field. (field, accepted values, what it asks for). Checked in this order; both endpoints.
+# the field. (field, accepted values, what it asks for: a noun phrase completing "this server does not implement").
+# Checked in this order; both endpoints.
 NEUTRAL_ONLY = (
     ("presence_penalty", (None, 0.0), "presence penalties"),
     ("frequency_penalty", (None, 0.0), "frequency penalties"),
@@ -28,28 +29,28 @@ NEUTRAL_ONLY = (
     ("use_beam_search", (None, False), "beam search"),
     ("length_penalty", (None, 1.0), "beam search length penalties"),
     ("prompt_logprobs", (None,), "prompt logprobs (use echo with logprobs)"),
-    ("bad_words", (None, []), "bad words"),
-    ("stop_token_ids", (None, []), "stop token ids"),
-    ("allowed_token_ids", (None, []), "allowed token ids"),
+    ("bad_words", (None, []), "bad-word filtering"),
+    ("stop_token_ids", (None, []), "stop token ids (use stop strings)"),
+    ("allowed_token_ids", (None, []), "restricting sampling to allowed token ids"),
     ("logits_processors", (None, []), "logits processors"),
-    ("include_stop_str_in_output", (None, False), "stop strings in the output (they are cut)"),
+    ("include_stop_str_in_output", (None, False), "keeping stop strings in the output (they are cut)"),
     ("skip_special_tokens", (None, False), "skipping special tokens (the text keeps them, as with false)"),
-    ("spaces_between_special_tokens", (None, True), "other spacing of special tokens"),
+    ("spaces_between_special_tokens", (None, True), "removing the spaces between special tokens"),
     ("truncate_prompt_tokens", (None,), "prompt truncation"),
-    ("return_tokens_as_token_ids", (None, False), "token ids as text"),
+    ("return_tokens_as_token_ids", (None, False), "returning tokens as token ids"),
     ("guided_json", (None,), "guided decoding"),
     ("guided_regex", (None,), "guided decoding"),
     ("guided_choice", (None,), "guided decoding"),
     ("guided_grammar", (None,), "guided decoding"),
     ("structured_outputs", (None,), "structured outputs"),
-    ("response_format", (None, {"type": "text"}), "a response format other than text"),
+    ("response_format", (None, {"type": "text"}), "response formats other than text"),
 )
 CHAT_NEUTRAL_ONLY = (
     ("echo", (None, False), "echoing the last message"),
     ("tools", (None, []), "tools (function calling)"),
-    ("add_generation_prompt", (None, True), "a prompt without the generation prompt"),
+    ("add_generation_prompt", (None, True), "prompts without the generation prompt"),
     ("continue_final_message", (None, False), "continuing the final message"),
-    ("chat_template", (None,), "a per-request chat template (use the server's --chat-template)"),
+    ("chat_template", (None,), "per-request chat templates (use the server's --chat-template)"),
     ("chat_template_kwargs", (None, {}), "chat template arguments"),
     ("documents", (None, []), "documents"),
 )
@@ -61,14 +62,28 @@ def first_unsupported(request, table):
         value = getattr(request, name)
         if not any(value == a and (a is None) == (value is None) for a in accepted):
             shown = " or ".join("unset" if a is None else json.dumps(a) for a in accepted)
-            return name, (f"{name}={json.dumps(value, default=str)} is not supported: this server implements no "
-                          f"{what}; leave it {shown}")
+            return name, (f"{name}={json.dumps(value, default=str)} is not supported: this server does not "
+                          f"implement {what}; leave it {shown}")
     return None
 
 
 class OpenAIBaseModel(BaseModel):
     # Clients send fields we do not use (user, metadata, ...): accepted and ignored, as vLLM does.
     model_config = ConfigDict(extra="allow")
+
+
+class OpenAIRequestModel(OpenAIBaseModel):
+    """A request body's model: null means "the default" for every field that has one (OpenAI and vLLM accept
+    `"n": null`, `"stream": null`, ...); a required field sent as null is still refused."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_default(cls, data):
+        if isinstance(data, dict):
+            fields = cls.model_fields
+            data = {k: v for k, v in data.items()
+                    if not (v is None and k in fields and not fields[k].is_required())}
+        return data
 
 
 class ErrorInfo(OpenAIBaseModel):
@@ -89,7 +104,7 @@ class ErrorResponse(OpenAIBaseModel):
         return cls(error=ErrorInfo(message=message, type=type_, param=param, code=code), status_code=status_code)
 
 
-class StreamOptions(OpenAIBaseModel):
+class StreamOptions(OpenAIRequestModel):
     include_usage: bool = Field(False, description="send a last chunk with the request's usage (no choices)")
 
 
@@ -99,7 +114,7 @@ class UsageInfo(OpenAIBaseModel):
     total_tokens: int = 0
 
 
-class _SamplingFields(OpenAIBaseModel):
+class _SamplingFields(OpenAIRequestModel):
     """Fields common to both endpoints."""
 
     model: str = Field(description="a served model id (GET /v1/models)")
@@ -154,7 +169,8 @@ class _SamplingFields(OpenAIBaseModel):
     def unsupported(self):
         """(param, message) for a set field this server cannot honour, else None (answered with a 400)."""
         if self.best_of not in (None, self.n):
-            return "best_of", f"best_of={self.best_of} is not supported: only best_of == n ({self.n}) or unset"
+            return "best_of", (f"best_of={self.best_of} is not supported: this server does not implement best_of "
+                               f"other than n; leave it unset or equal to n ({self.n})")
         return first_unsupported(self, NEUTRAL_ONLY)
 
     def stop_strings(self):
@@ -198,7 +214,7 @@ class CompletionRequest(_SamplingFields):
         return self._sampling_params(max_tokens, self.logprobs, bool(self.echo))
 
 
-class ChatMessage(OpenAIBaseModel):
+class ChatMessage(OpenAIRequestModel):
     role: str
     content: Optional[Union[str, list[dict]]] = None
 
@@ -270,7 +286,7 @@ class CompletionChoice(OpenAIBaseModel):
     index: int
     text: str
     logprobs: Optional[CompletionLogProbs] = None
-    finish_reason: Optional[Literal["stop", "length"]] = None
+    finish_reason: Optional[Literal["stop", "length", "abort"]] = None
 
 
 class CompletionResponse(OpenAIBaseModel):
@@ -308,7 +324,7 @@ class ChatCompletionChoice(OpenAIBaseModel):
     index: int
     message: ChatCompletionMessage
     logprobs: Optional[ChatCompletionLogProbs] = None
-    finish_reason: Optional[Literal["stop", "length"]] = None
+    finish_reason: Optional[Literal["stop", "length", "abort"]] = None
 
 
 class ChatCompletionResponse(OpenAIBaseModel):
@@ -330,7 +346,7 @@ class ChatCompletionStreamChoice(OpenAIBaseModel):
     index: int
     delta: DeltaMessage
     logprobs: Optional[ChatCompletionLogProbs] = None
-    finish_reason: Optional[Literal["stop", "length"]] = None
+    finish_reason: Optional[Literal["stop", "length", "abort"]] = None
 
 
 class ChatCompletionChunk(OpenAIBaseModel):

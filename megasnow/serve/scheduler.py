@@ -7,7 +7,9 @@ until `max_num_seqs` sequences wait; then it takes the oldest sequences, up to `
 `max_batch_tokens` budget, and runs them to completion in its own thread, streaming each step's text back to the
 asyncio loop. At most `max_queue` sequences may be admitted and unfinished (running + waiting); beyond that
 `submit` raises QueueFullError (HTTP 429). A cancelled request (client gone) leaves the queue or stops at the next
-step of its batch.
+step of its batch. `shutdown()` (SIGINT/SIGTERM) stops admitting requests (ShuttingDownError, HTTP 503) and aborts
+every unfinished sequence: waiting ones at once, running ones at the next step of their batch (finish_reason
+'abort'), so every request ends within one step.
 """
 import asyncio
 import collections
@@ -17,6 +19,10 @@ import time
 
 class QueueFullError(RuntimeError):
     """The server holds max_queue unfinished sequences already (HTTP 429; retry later)."""
+
+
+class ShuttingDownError(RuntimeError):
+    """The server is stopping: it admits no more requests (HTTP 503)."""
 
 
 class _Entry:
@@ -32,7 +38,8 @@ class _Entry:
 class RequestHandle:
     """The events of one submitted request, read in the asyncio loop: ('delta', choice, (text, logprob records or
     None, Sequence)) while streaming (the records of the tokens whose text this delta completes),
-    ('finish', choice, Sequence) once per choice, ('error', choice, message) if its batch failed."""
+    ('finish', choice, Sequence) once per choice (Sequence None: aborted before it started: the request was
+    cancelled or the server is shutting down), ('error', choice, message) if its batch failed."""
 
     def __init__(self, loop, n, stream, scheduler=None):
         self.loop, self.n, self.stream = loop, n, stream
@@ -78,6 +85,7 @@ class BatchScheduler:
         self._cond = threading.Condition()
         self._unfinished = 0
         self._stopping = False
+        self._draining = False
         self._engine_free_since = time.monotonic()
         self._thread = None
         self.batches = self.sequences = self.max_batch_seen = 0
@@ -93,17 +101,34 @@ class BatchScheduler:
         if self._thread is not None:
             self._thread.join(timeout)
 
+    def shutdown(self):
+        """Stop admitting requests and abort the unfinished ones (any thread; a signal handler calls it): waiting
+        sequences finish at once (Sequence None), running ones stop at their batch's next step with finish_reason
+        'abort'. The scheduler thread keeps running until stop()."""
+        with self._cond:
+            self._draining = True
+            waiting, self._waiting = list(self._waiting), collections.deque()
+            for e in waiting:
+                self._finish_unstarted(e)
+            self._cond.notify_all()
+
+    @property
+    def draining(self):
+        """True once shutdown() was called."""
+        return self._draining
+
     @property
     def unfinished(self):
         return self._unfinished
 
     def submit(self, specs, stream=False):
         """Queue the SequenceSpecs of one request (called in the event loop); returns its RequestHandle.
-        Raises QueueFullError when they do not fit under max_queue."""
+        Raises QueueFullError when they do not fit under max_queue, ShuttingDownError after shutdown()."""
         handle = RequestHandle(asyncio.get_running_loop(), len(specs), stream, self)
         with self._cond:
-            if self._stopping:
-                raise QueueFullError("the server is shutting down")
+            if self._stopping or self._draining:
+                raise ShuttingDownError("the server is shutting down and admits no more requests; retry on "
+                                        "another server or once it restarts")
             if self._unfinished + len(specs) > self.max_queue:
                 raise QueueFullError(f"the server's queue is full ({self._unfinished} sequences unfinished, "
                                      f"max_queue {self.max_queue}); retry later")
@@ -193,7 +218,7 @@ class BatchScheduler:
                     continue
                 if entry.sequence is None:
                     entry.sequence = seq
-                if entry.handle.cancelled and not seq.finished:
+                if (entry.handle.cancelled or self._draining) and not seq.finished:
                     seq.cancel()
                 if entry.handle.stream:
                     delta, records = seq.take_stream_delta(), seq.take_stream_logprobs()

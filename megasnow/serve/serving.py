@@ -14,13 +14,23 @@ from megasnow.serve.protocol import (ChatCompletionChoice, ChatCompletionChunk, 
                                      CompletionChoice, CompletionChunk, CompletionResponse, DeltaMessage,
                                      ErrorResponse, ModelCard, ModelList, UsageInfo, new_id)
 from megasnow.serve.request_log import request_hash
-from megasnow.serve.scheduler import QueueFullError
+from megasnow.serve.scheduler import QueueFullError, ShuttingDownError
 
 STATUS_CLIENT_CLOSED = 499  # nginx's code for "the client went away before the answer"
 
 
 def bad_request(message, param=None):
     return ErrorResponse.make(400, message, "invalid_request_error", param)
+
+
+def shutting_down():
+    return ErrorResponse.make(503, "the server is shutting down; retry on another server or once it restarts",
+                              "server_error", code="server_shutting_down")
+
+
+def finish_reason(seq):
+    """A finished choice's finish_reason; 'abort' for one aborted before it started (its Sequence is None)."""
+    return "abort" if seq is None else seq.finish_reason
 
 
 def sse(payload):
@@ -66,14 +76,25 @@ class OpenAIServing:
         self.default_max_tokens = default_max_tokens
         self.request_log, self.faults, self.fault_stall_s = request_log, faults, fault_stall_s
         self.requests = 0
+        self.created = int(time.time())  # the models' `created`: when this server started
 
     @property
     def model_name(self):
         return self.served_model_names[0]
 
+    def _card(self, name):
+        return ModelCard(id=name, created=self.created, max_model_len=self.engine.max_model_len)
+
     def models(self):
-        return ModelList(data=[ModelCard(id=name, max_model_len=self.engine.max_model_len)
-                               for name in self.served_model_names])
+        """GET /v1/models: a ModelList of the served names."""
+        return ModelList(data=[self._card(name) for name in self.served_model_names])
+
+    def model(self, name):
+        """GET /v1/models/{model}: its ModelCard, or a 404 ErrorResponse worded as OpenAI's."""
+        if name not in self.served_model_names:
+            return ErrorResponse.make(404, f"The model `{name}` does not exist.", "invalid_request_error",
+                                      code="model_not_found")
+        return self._card(name)
 
     def log_context(self, endpoint, body):
         return LogContext(endpoint, request_hash(body), self.request_log)
@@ -93,6 +114,8 @@ class OpenAIServing:
         if kind == "stall":
             deadline = time.monotonic() + self.fault_stall_s
             while time.monotonic() < deadline:
+                if self.scheduler.draining:
+                    return shutting_down()
                 if await is_disconnected():
                     return ErrorResponse.make(STATUS_CLIENT_CLOSED, "client went away during an injected stall",
                                               "client_closed")
@@ -120,9 +143,12 @@ class OpenAIServing:
             return self.scheduler.submit(specs, stream=stream), None
         except QueueFullError as e:
             return None, ErrorResponse.make(429, str(e), "rate_limit_error", code="queue_full")
+        except ShuttingDownError:
+            return None, shutting_down()
 
     async def _collect(self, handle, ctx):
-        """Wait for every choice of a non-streaming request; returns (sequences, error or None)."""
+        """Wait for every choice of a non-streaming request; returns (sequences, error or None). Choices aborted
+        by a shutdown make it a 503 (the client retries elsewhere) rather than a 200 with cut texts."""
         seqs = [None] * handle.n
         try:
             async for kind, choice, payload in handle.events():
@@ -135,6 +161,8 @@ class OpenAIServing:
             handle.cancel()
             ctx.done(STATUS_CLIENT_CLOSED)
             raise
+        if any(finish_reason(q) == "abort" for q in seqs):
+            return None, shutting_down()
         return seqs, None
 
     # ------------------------------------------------------------------------------------- completions
@@ -226,8 +254,10 @@ class OpenAIServing:
 
     async def _stream(self, handle, ctx, prompt_tokens, include_usage, chunk, make_choice, first=()):
         """The SSE stream shared by both endpoints: `first` chunks, text deltas (with the logprobs of the tokens
-        whose text they carry), one finish chunk per choice, the usage chunk if asked, `data: [DONE]`.
-        make_choice(index, text=, finish_reason=, records=, seq=) builds one choice. Logs 200 when complete, 499 when the client left midway."""
+        whose text they carry), one finish chunk per choice, the usage chunk if asked, `data: [DONE]`. A shutdown
+        aborts the choices: each still gets its finish chunk (finish_reason 'abort') and the stream its [DONE].
+        make_choice(index, text=, finish_reason=, records=, seq=) builds one choice (seq None: a choice aborted
+        before it started). Logs 200 when complete, 499 when the client left midway."""
         seqs = [None] * handle.n
         completed = False
         try:
@@ -239,7 +269,7 @@ class OpenAIServing:
                     yield chunk([make_choice(choice, text=text, records=records, seq=seq)])
                 elif kind == "finish":
                     seqs[choice] = payload
-                    yield chunk([make_choice(choice, finish_reason=payload.finish_reason, seq=payload)])
+                    yield chunk([make_choice(choice, finish_reason=finish_reason(payload), seq=payload)])
                 else:
                     handle.cancel()
                     yield sse(ErrorResponse.make(500, payload, "server_error").model_dump())
@@ -251,7 +281,7 @@ class OpenAIServing:
             yield "data: [DONE]\n\n"
             completed = True
             ctx.done(200, prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
-                     finish_reasons=[q.finish_reason for q in seqs], batch_sizes=sorted(handle.batch_sizes))
+                     finish_reasons=[finish_reason(q) for q in seqs], batch_sizes=sorted(handle.batch_sizes))
         finally:
             if not completed:
                 handle.cancel()

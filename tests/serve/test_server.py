@@ -210,9 +210,23 @@ def test_errors_have_the_openai_shape(server):
             c.completions.create(model=MODEL, prompt="x", **{"max_tokens": 2, **kw})
         assert e.value.status_code == 400 and e.value.body["param"] == param, kw
         assert e.value.body["type"] == "invalid_request_error"
-    r = httpx.post(server.base_url + "/completions", content=b"{not json", timeout=30,
-                   headers={"content-type": "application/json"})
-    assert r.status_code == 400 and "error" in r.json()
+    # a body that is not a JSON object: a 400 saying so (with the position, worded as Python's json), param null
+    broken = b'{"model": "tiny",\n "prompt": x}'
+    with pytest.raises(json.JSONDecodeError) as bad:
+        json.loads(broken)
+    for body, content_type, message in [
+            (broken, "application/json", f"The request body is not valid JSON: {bad.value.msg}: line 2 column 12 "
+                                         f"(char {bad.value.pos})"),
+            (b"{not json", "application/json", "The request body is not valid JSON: Expecting property name "
+                                               "enclosed in double quotes: line 1 column 2 (char 1)"),
+            (b"", "application/json", "The request body is empty; send the request as a JSON object"),
+            (b"[1]", "application/json", "The request body must be a JSON object, got list"),
+            (b'{"model": "tiny"}', "text/plain", "The request body is not JSON; send a JSON object with "
+                                                 "Content-Type: application/json")]:
+        r = httpx.post(server.base_url + "/completions", content=body, timeout=30,
+                       headers={"content-type": content_type})
+        assert r.status_code == 400 and r.json() == {"error": {"message": message, "type": "invalid_request_error",
+                                                               "param": None, "code": None}}, body
     r = httpx.post(server.base_url + "/completions", json={"model": MODEL, "prompt": []}, timeout=30)
     assert r.status_code == 400 and r.json()["error"]["param"] == "prompt"
     r = httpx.post(server.base_url + "/chat/completions", json={"model": MODEL, "messages": []}, timeout=30)
@@ -258,6 +272,88 @@ def test_unimplemented_fields_are_a_400_naming_them(server, endpoint, field, val
     assert e.value.status_code == 400 and e.value.body["param"] == field
     assert e.value.body["type"] == "invalid_request_error"
     assert e.value.body["message"].startswith(f"{field}={json.dumps(value)} is not supported")
+
+
+def test_refusals_read_right(server):
+    """The refusal messages, literally (the NEUTRAL_ONLY texts complete "this server does not implement")."""
+    c = client(server, max_retries=0)
+    for endpoint, field, value, message in [
+            ("completions", "response_format", {"type": "json_object"},
+             'response_format={"type": "json_object"} is not supported: this server does not implement response '
+             'formats other than text; leave it unset or {"type": "text"}'),
+            ("completions", "presence_penalty", 0.5, "presence_penalty=0.5 is not supported: this server does not "
+                                                     "implement presence penalties; leave it unset or 0.0"),
+            ("completions", "include_stop_str_in_output", True,
+             "include_stop_str_in_output=true is not supported: this server does not implement keeping stop "
+             "strings in the output (they are cut); leave it unset or false"),
+            ("completions", "best_of", 3, "best_of=3 is not supported: this server does not implement best_of other "
+                                          "than n; leave it unset or equal to n (1)"),
+            ("chat", "add_generation_prompt", False,
+             "add_generation_prompt=false is not supported: this server does not implement prompts without the "
+             "generation prompt; leave it unset or true"),
+            ("chat", "chat_template", "{{ messages }}",
+             'chat_template="{{ messages }}" is not supported: this server does not implement per-request chat '
+             "templates (use the server's --chat-template); leave it unset")]:
+        with pytest.raises(openai.BadRequestError) as e:
+            if endpoint == "chat":
+                c.chat.completions.create(model=MODEL, max_tokens=2, messages=[{"role": "user", "content": "hi"}],
+                                          extra_body={field: value})
+            else:
+                c.completions.create(model=MODEL, prompt="x", max_tokens=2, extra_body={field: value})
+        assert e.value.body["message"] == message and e.value.body["param"] == field
+
+
+def test_null_means_the_default(server):
+    """OpenAI and vLLM read null as "the default": every optional field of both request models (n, stream,
+    ignore_eos, min_tokens, echo, ...) sent as null answers as if it were left out; required ones stay required."""
+    from megasnow.serve.protocol import ChatCompletionRequest, CompletionRequest
+
+    for path, model, base in [("/completions", CompletionRequest, {"prompt": PROMPTS[0]}),
+                              ("/chat/completions", ChatCompletionRequest,
+                               {"messages": [{"role": "user", "content": "hi", "name": None}]})]:
+        nulls = {name: None for name, f in model.model_fields.items() if not f.is_required()}
+        assert {"n", "stream", "ignore_eos", "min_tokens", "stream_options", "seed"} <= set(nulls)
+        base = {**base, "model": MODEL, "max_tokens": 5, "temperature": 0}
+        plain = httpx.post(server.base_url + path, json=base, timeout=60)
+        for body in ({**nulls, **base}, {**base, "n": None, "stream": None, "stream_options": {"include_usage": None}}):
+            r = httpx.post(server.base_url + path, json=body, timeout=60)
+            assert r.status_code == 200 and r.headers["content-type"] == "application/json", r.text
+            assert len(r.json()["choices"]) == 1
+            assert r.json()["choices"] == plain.json()["choices"] and r.json()["usage"] == plain.json()["usage"]
+        missing = "prompt" if path == "/completions" else "messages"
+        r = httpx.post(server.base_url + path, json={**base, missing: None}, timeout=30)
+        assert r.status_code == 400 and r.json()["error"]["param"] == missing
+    r = httpx.post(server.base_url + "/chat/completions", timeout=30,
+                   json={"model": MODEL, "messages": [{"role": None, "content": "hi"}]})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "messages.0.role"
+
+
+def test_model_retrieve_and_unknown_routes_have_the_openai_shape(server):
+    c = client(server, max_retries=0)
+    card = c.models.retrieve(MODEL)
+    assert card.model_dump() == c.models.list().data[0].model_dump()
+    assert (card.id, card.object, card.owned_by, card.max_model_len) == (MODEL, "model", "megasnow", 1024)
+    for name in ("other", "org/other"):  # (a model id may hold a slash)
+        with pytest.raises(openai.NotFoundError) as e:
+            c.models.retrieve(name)
+        assert e.value.body == {"message": f"The model `{name}` does not exist.", "type": "invalid_request_error",
+                                "param": None, "code": "model_not_found"}
+    routes = ("GET /v1/models, GET /v1/models/{model}, POST /v1/completions, POST /v1/chat/completions, "
+              "GET /health")
+    root = server.base_url[:-len("/v1")]
+    for method, url, status, message, code in [
+            ("POST", server.base_url + "/embeddings", 404,
+             f"Invalid URL (POST /v1/embeddings); this server serves {routes}", "not_found"),
+            ("GET", root + "/", 404, f"Invalid URL (GET /); this server serves {routes}", "not_found"),
+            ("GET", server.base_url + "/completions", 405, "Method not allowed (GET /v1/completions); use POST",
+             "method_not_allowed"),
+            ("DELETE", server.base_url + "/models", 405, "Method not allowed (DELETE /v1/models); use GET",
+             "method_not_allowed")]:
+        r = httpx.request(method, url, timeout=30)
+        assert r.status_code == status and r.json() == {"error": {"message": message, "type": "invalid_request_error",
+                                                                  "param": None, "code": code}}, (method, url)
+    with pytest.raises(openai.NotFoundError, match="Invalid URL"):
+        c.embeddings.create(model=MODEL, input="x")
 
 
 def test_neutral_values_of_unimplemented_fields_change_nothing(server):
@@ -512,6 +608,58 @@ def test_queue_limit_disconnects_api_key_and_sigterm(tmp_path):
     assert all(x.get("completion_tokens") is None for x in by_status[499])
     assert len(by_status[200]) == 1 and len(by_status[400]) == 1
     assert len(by_status[429]) >= 1  # (the polling above may meet the queue full once more)
+
+
+@pytest.mark.parametrize("sig,endpoint", [(signal.SIGINT, "completions"), (signal.SIGTERM, "chat/completions")],
+                         ids=["SIGINT", "SIGTERM"])
+def test_shutdown_ends_running_requests_gracefully(tmp_path, sig, endpoint):
+    """SIGINT/SIGTERM while a long stream runs and another request waits: the stream gets its final chunk
+    (finish_reason "abort") and `data: [DONE]`, the waiting request a 503, and the server exits (130 / 0) with its
+    summary and one line, well within uvicorn's graceful timeout: no traceback, no "ERROR:" line."""
+    log = tmp_path / "log.jsonl"
+    write_tiny_checkpoint(str(tmp_path / "ckpt"), seed=1, max_seq_len=4096)
+    srv = ServerProcess(tmp_path / "ckpt", "--served-model-name", MODEL, "--batch-wait-ms", "0", "--threads", "1",
+                        "--request-log", log).start()
+    try:
+        body = {"model": MODEL, "max_tokens": 4000, "ignore_eos": True, "stream": True}
+        body.update({"prompt": "def f():"} if endpoint == "completions" else
+                    {"messages": [{"role": "user", "content": "hi"}]})
+        waiting = {}
+
+        def plain():
+            waiting["r"] = httpx.post(srv.base_url + "/completions", timeout=60,
+                                      json={"model": MODEL, "prompt": "x", "max_tokens": 8})
+
+        with httpx.stream("POST", f"{srv.base_url}/{endpoint}", json=body, timeout=60) as stream:
+            lines = (line for line in stream.iter_lines() if line)
+            first = [next(lines), next(lines)]  # the batch runs
+            thread = threading.Thread(target=plain)
+            thread.start()
+            deadline = time.time() + 60  # the plain request waits for the next batch (poll; nothing timed)
+            while httpx.get(srv.base_url[:-3] + "/health", timeout=30).json()["unfinished_sequences"] < 2:
+                assert time.time() < deadline
+                time.sleep(0.05)
+            srv.proc.send_signal(sig)
+            rest = list(lines)
+        thread.join(60)
+        srv.proc.wait(30)  # one signal only: a second SIGINT would force the exit
+    finally:
+        rc = srv.stop(signal.SIGKILL)
+    assert rest[-1] == "data: [DONE]"
+    chunks = [json.loads(x[len("data: "):]) for x in first + rest[:-1]]
+    assert [c["choices"][0]["finish_reason"] for c in chunks] == [None] * (len(chunks) - 1) + ["abort"]
+    r = waiting["r"]
+    assert r.status_code == 503 and r.headers["retry-after"] == "1"
+    assert r.json()["error"]["code"] == "server_shutting_down" and r.json()["error"]["type"] == "server_error"
+    assert rc == (130 if sig == signal.SIGINT else 0)
+    bad = [x for x in srv.stderr_lines if "Traceback" in x or "Exception in ASGI" in x or x.startswith("ERROR")]
+    assert bad == [], srv.stderr_lines
+    assert srv.stderr_lines[-2 if sig == signal.SIGINT else -1].startswith("megasnow.serve: stopped after 2 requests")
+    if sig == signal.SIGINT:
+        assert srv.stderr_lines[-1] == "megasnow.serve: interrupted (Ctrl-C); server stopped"
+    records = sorted((x["status"], x["finish_reasons"] if x["status"] == 200 else x["error"])
+                     for x in map(json.loads, log.read_text().splitlines()))
+    assert records == [(200, ["abort"]), (503, r.json()["error"]["message"])]
 
 
 def test_cli_errors(tmp_path):
