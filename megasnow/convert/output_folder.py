@@ -19,11 +19,11 @@ def describe_contents(path):
                 latest = f.read().strip()
         except OSError:
             latest = None
-        return f"a megasnow checkpoint (latest -> {latest})" if latest else "megasnow checkpoint step folders"
+        return f"a megasnow checkpoint, latest {latest}" if latest else "megasnow checkpoint step folders"
     if "meta.json" in names and any(n.startswith("model_tp") for n in names):
         return "a megasnow checkpoint step folder"
     if "config.json" in names:
-        return "a HuggingFace model (config.json)"
+        return "a HuggingFace model, config.json"
     shown = ", ".join(names[:3]) + (f", ... ({len(names)} entries)" if len(names) > 3 else "")
     return shown
 
@@ -38,8 +38,8 @@ def check_output(path, overwrite, label=None, hint=OVERWRITE_HINT):
     if os.path.isfile(path):
         raise ConversionError(f"{label} is a file; give a folder")
     if os.path.isdir(path) and os.listdir(path) and not overwrite:
-        raise ConversionError(f"{label} is not empty (holds {describe_contents(path)}); nothing was changed. Give a "
-                              f"new or empty folder, or {hint}")
+        raise ConversionError(f"{label} is not empty: it holds {describe_contents(path)}; nothing was changed. Give "
+                              f"a new or empty folder, or {hint}")
 
 
 @contextlib.contextmanager
