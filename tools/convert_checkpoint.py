@@ -79,6 +79,9 @@ def check_paths(args):
         if not os.path.isfile(os.path.join(args.hf, "config.json")):
             raise ConversionError(f"--hf {args.hf}: no config.json in it (give a HuggingFace LlamaForCausalLM "
                                   f"folder)")
+    if args.tokenizer and not os.path.exists(args.tokenizer):
+        raise ConversionError(f"--tokenizer {args.tokenizer}: no such file (give a tokenizer.json or a SentencePiece "
+                              f".model)")
     if getattr(args, "gguf", None):
         from megasnow.convert.gguf import check_gguf_file
 

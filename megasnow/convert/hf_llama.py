@@ -213,7 +213,8 @@ def export_to_hf(checkpoint_path, out_dir, dtype="float32", tokenizer=None, over
                           json.dumps(hf_config_dict(model_cfg, dtype, ids.get("bos"), eos, ids.get("pad")),
                                      indent=2, sort_keys=True))
         atomic_write_text(os.path.join(tmp, "generation_config.json"), json.dumps(generation, indent=2))
-        _save_safetensors(hf, os.path.join(tmp, "model.safetensors"), {"format": "pt", "source": os.path.abspath(step_dir)})
+        _save_safetensors(hf, os.path.join(tmp, "model.safetensors"),
+                          {"format": "pt", "source": os.path.abspath(step_dir)})
     return {"source": step_dir, "out": out_dir, "tensors": len(hf),
             "parameters": sum(t.numel() for t in hf.values()), **tok_summary,
             "special_token_ids": {k: ids.get(k) for k in ("bos", "eos", "pad")}}
@@ -282,11 +283,14 @@ def import_from_hf(hf_dir, out_dir, tokenizer=None, overwrite=False):
     state = hf_to_megasnow(read_hf_state(hf_dir), model_cfg, hf_dir)
     state = {k: v.float() for k, v in state.items()}
     extra = {}
+    if tokenizer:  # stored under the name the checkpoint's readers look for (model_files.TOKENIZER_FILES)
+        if not os.path.isfile(tokenizer):
+            raise ConversionError(f"--tokenizer {tokenizer}: no such file (give a tokenizer.json or a SentencePiece "
+                                  f".model)")
+        extra["tokenizer.json" if tokenizer.endswith(".json") else "tokenizer.model"] = tokenizer
     for name in ("tokenizer.model", "tokenizer.json"):
-        p = tokenizer if tokenizer and os.path.basename(tokenizer) == name else os.path.join(hf_dir, name)
-        if os.path.exists(p):
-            extra[name] = p
-            break
+        if not extra and os.path.exists(os.path.join(hf_dir, name)):
+            extra[name] = os.path.join(hf_dir, name)
     tok_folder = os.path.dirname(os.path.abspath(tokenizer)) if tokenizer else hf_dir
     for name in TOKENIZER_SIDE_FILES:
         if os.path.exists(os.path.join(tok_folder, name)):
@@ -295,8 +299,9 @@ def import_from_hf(hf_dir, out_dir, tokenizer=None, overwrite=False):
     if "generation_config.json" not in extra:
         generation = {k: hf_config.get(k) for k in ("bos_token_id", "eos_token_id", "pad_token_id")
                       if hf_config.get(k) is not None}
+    texts = {"generation_config.json": json.dumps(generation, indent=2)} if generation else None
     step_dir = write_single_rank_checkpoint(out_dir, model_cfg, state, extra, source=os.path.abspath(hf_dir),
-                                            overwrite=overwrite, texts={"generation_config.json": json.dumps(generation, indent=2)} if generation else None)
+                                            texts=texts, overwrite=overwrite)
     return {"source": hf_dir, "out": step_dir, "tensors": len(state), "files": sorted(extra) +
             (["generation_config.json (from config.json)"] if generation else [])}
 

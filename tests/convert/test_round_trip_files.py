@@ -215,3 +215,13 @@ def test_every_written_file_honours_the_umask(tmp_path, tiny, umask):
     assert "model.safetensors" in modes(tmp_path / "hf") and "step_00000000/model_tp00_pp000.pt" in modes(
         tmp_path / "back")
     assert wrong_modes(tmp_path, umask) == {}
+
+
+def test_import_stores_a_tokenizer_given_under_any_name(tmp_path, tiny_hf):
+    mine = tmp_path / "tok"
+    mine.mkdir()
+    (mine / "code.json").write_bytes(open(os.path.join(tiny_hf, "tokenizer.json"), "rb").read())
+    summary = hf_llama.import_from_hf(tiny_hf, str(tmp_path / "back"), tokenizer=str(mine / "code.json"))
+    assert sorted(os.listdir(summary["out"])) == ["generation_config.json", "meta.json", "model_tp00_pp000.pt",
+                                                  "tokenizer.json"]  # no tokenizer_config.json beside code.json
+    assert open(os.path.join(summary["out"], "tokenizer.json"), "rb").read() == (mine / "code.json").read_bytes()
