@@ -225,3 +225,22 @@ def test_import_stores_a_tokenizer_given_under_any_name(tmp_path, tiny_hf):
     assert sorted(os.listdir(summary["out"])) == ["generation_config.json", "meta.json", "model_tp00_pp000.pt",
                                                   "tokenizer.json"]  # no tokenizer_config.json beside code.json
     assert open(os.path.join(summary["out"], "tokenizer.json"), "rb").read() == (mine / "code.json").read_bytes()
+
+
+def test_a_chat_template_jinja_file_travels_both_ways(tmp_path, tiny_hf):
+    """transformers' save_pretrained now writes the template to chat_template.jinja, not tokenizer_config.json."""
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    for name in os.listdir(tiny_hf):
+        os.link(os.path.join(tiny_hf, name), hf / name)
+    config = json.loads((hf / "tokenizer_config.json").read_text())
+    template = config.pop("chat_template")
+    os.unlink(hf / "tokenizer_config.json")
+    (hf / "tokenizer_config.json").write_text(json.dumps(config))
+    (hf / "chat_template.jinja").write_text(template)
+    back = hf_llama.import_from_hf(str(hf), str(tmp_path / "back"))["out"]
+    again = tmp_path / "hf2"
+    hf_llama.export_to_hf(str(tmp_path / "back"), str(again))
+    for folder in (back, str(again)):
+        assert open(os.path.join(folder, "chat_template.jinja")).read() == template
+        assert read_tokenizer_files(folder).chat_template == template
