@@ -4,10 +4,12 @@
   python tools/convert_checkpoint.py export --checkpoint runs/x/ckpt --output hf/x [--dtype bfloat16]
   python tools/convert_checkpoint.py import --hf hf/x --output ckpt/from_hf
   python tools/convert_checkpoint.py import --gguf SmolLM2-135M-Instruct.Q4_1.gguf --output ckpt/smollm2
+--output must be a new or empty folder; --overwrite deletes what it holds (a run's checkpoints, an HF model) first.
 The export loads with transformers (AutoModelForCausalLM.from_pretrained) and serves with vLLM; an import is a
 tensor 1 x pipeline 1 checkpoint to start a run from (checkpoint.init_from=ckpt/from_hf) or to serve
 (python -m megasnow.serve ckpt/smollm2). A GGUF import dequantizes to fp32 and keeps the file's tokenizer and chat
-template (tokenizer.json, tokenizer_config.json in the step folder).
+template; an --hf import keeps the folder's tokenizer_config.json (chat template, BOS/EOS), chat_template.jinja,
+special_tokens_map.json and generation_config.json beside the tokenizer in the step folder.
 """
 import json
 import os
@@ -23,14 +25,20 @@ def main(argv=None):
     sub = parser.add_subparsers(dest="command", required=True)
     ex = sub.add_parser("export", help="megasnow checkpoint -> HF LlamaForCausalLM folder")
     ex.add_argument("--checkpoint", required=True, help="a run's checkpoint folder (uses `latest`) or a step folder")
-    ex.add_argument("--output", required=True)
+    ex.add_argument("--output", required=True, help="folder for the HF model: new or empty, or see --overwrite")
+    ex.add_argument("--overwrite", action="store_true",
+                    help="replace a non-empty --output: everything in it (e.g. an earlier export) is deleted")
     ex.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     ex.add_argument("--tokenizer", default=None, help="tokenizer to include (default: the checkpoint's own copy)")
     im = sub.add_parser("import", help="HF LlamaForCausalLM folder or GGUF file -> megasnow checkpoint")
     src = im.add_mutually_exclusive_group(required=True)
     src.add_argument("--hf", help="HF LlamaForCausalLM folder")
     src.add_argument("--gguf", help="GGUF file of a Llama-architecture model (read by transformers, dequantized)")
-    im.add_argument("--output", required=True)
+    im.add_argument("--output", required=True,
+                    help="folder for the checkpoint (step_00000000 and `latest`): new or empty, or see --overwrite")
+    im.add_argument("--overwrite", action="store_true",
+                    help="replace a non-empty --output: everything in it (another run's checkpoints and `latest`, "
+                         "a served model's files) is deleted")
     im.add_argument("--tokenizer", default=None, help="(--hf only) tokenizer file to store with the checkpoint")
     args = parser.parse_args(argv)
     if args.command == "import" and args.gguf and args.tokenizer:
@@ -40,25 +48,28 @@ def main(argv=None):
     if getattr(args, "gguf", None):  # (export has no --gguf)
         from megasnow.convert.gguf import import_from_gguf
 
-        summary = import_from_gguf(args.gguf, args.output, log=lambda m: print(m, file=sys.stderr, flush=True))
+        summary = import_from_gguf(args.gguf, args.output, log=lambda m: print(m, file=sys.stderr, flush=True),
+                                   overwrite=args.overwrite)
     else:
         from megasnow.convert.hf_llama import export_to_hf, import_from_hf
 
         if args.command == "export":
-            summary = export_to_hf(args.checkpoint, args.output, args.dtype, args.tokenizer)
+            summary = export_to_hf(args.checkpoint, args.output, args.dtype, args.tokenizer, args.overwrite)
         else:
-            summary = import_from_hf(args.hf, args.output, args.tokenizer)
+            summary = import_from_hf(args.hf, args.output, args.tokenizer, args.overwrite)
     print(json.dumps(summary, indent=1))
     return 0
 
 
 def check_paths(args):
-    """Refuse a missing source or an --output that is a file, naming the flag (ConversionError)."""
+    """Refuse a missing source, or an --output that is a file or a non-empty folder without --overwrite, naming
+    the flag (ConversionError); nothing is written."""
     from megasnow.convert.errors import ConversionError
+    from megasnow.convert.output_folder import check_output
 
+    what = "HF model" if args.command == "export" else "checkpoint"
     if os.path.isfile(args.output):
-        raise ConversionError(f"--output {args.output} is a file; give a folder to write the "
-                              f"{'HF model' if args.command == 'export' else 'checkpoint'} into")
+        raise ConversionError(f"--output {args.output} is a file; give a folder to write the {what} into")
     if args.command == "export" and not os.path.isdir(args.checkpoint):
         raise ConversionError(f"--checkpoint {args.checkpoint}: no such folder (give a run's checkpoint.dir or one "
                               f"of its step folders)")
@@ -68,10 +79,21 @@ def check_paths(args):
         if not os.path.isfile(os.path.join(args.hf, "config.json")):
             raise ConversionError(f"--hf {args.hf}: no config.json in it (give a HuggingFace LlamaForCausalLM "
                                   f"folder)")
+    if args.tokenizer and not os.path.exists(args.tokenizer):
+        raise ConversionError(f"--tokenizer {args.tokenizer}: no such file (give a tokenizer.json or a SentencePiece "
+                              f".model)")
     if getattr(args, "gguf", None):
         from megasnow.convert.gguf import check_gguf_file
 
         check_gguf_file(args.gguf)
+    source_flag = "--checkpoint" if args.command == "export" else "--hf" if args.hf else "--gguf"
+    source = getattr(args, source_flag[2:])
+    out_real, src_real = os.path.realpath(args.output), os.path.realpath(source)
+    if args.overwrite and (src_real == out_real or src_real.startswith(out_real + os.sep)):
+        raise ConversionError(f"--output {args.output} holds {source_flag} {source}; --overwrite would delete the "
+                              f"source: give another --output")
+    check_output(args.output, args.overwrite, label=f"--output {args.output}",
+                 hint=f"pass --overwrite to delete everything in it and write the {what} there")
 
 
 if __name__ == "__main__":

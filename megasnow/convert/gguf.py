@@ -2,8 +2,8 @@
 
 transformers reads the file (needs the `gguf` package) and dequantizes it to fp32; it refuses `save_pretrained` on
 the result, so we convert its state dict with hf_llama's name mapping. The checkpoint's step folder also holds the
-HF tokenizer files (tokenizer.json; tokenizer_config.json with the chat template, BOS/EOS; generation_config.json),
-so it loads as a tokenizer folder too.
+HF tokenizer files (tokenizer.json; tokenizer_config.json with the chat template, BOS/EOS; special_tokens_map.json;
+generation_config.json), so it loads as a tokenizer folder too.
 """
 import contextlib
 import json
@@ -14,7 +14,6 @@ import threading
 import time
 
 from megasnow.convert.errors import ConversionError  # light: the file is checked before torch loads
-from megasnow.utils.atomic import atomic_write_text
 
 GGUF_MAGIC = b"GGUF"
 HEARTBEAT_S = 15.0  # a slow step logs "still ..." this often (no step silent for more than ~30 s)
@@ -54,11 +53,11 @@ def heartbeat(log, what, every=HEARTBEAT_S):
 
 
 def load_gguf(path, log=lambda message: None):
-    """(transformers model in fp32, eval mode; its tokenizer) read from a GGUF file (~30-60 s for SmolLM2-135M on
+    """(transformers model in fp32, eval mode; its tokenizer) read from a GGUF file (~45 s for SmolLM2-135M on
     2 cores). `log` gets a line before each slow step and a heartbeat while it runs."""
     tensors = check_gguf_file(path)
     log(f"reading {path} with transformers: the tokenizer, then {tensors} tensors dequantized to fp32 "
-        f"(about a minute for a 135M model on 2 idle cores, 2-4 beside other jobs; a line every "
+        f"(about 45 s for a 135M model on 2 cores, longer beside other jobs; a line every "
         f"{HEARTBEAT_S:.0f} s meanwhile)...")
     with heartbeat(log, "loading transformers"):
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -90,14 +89,20 @@ def tokenizer_config(hf_tokenizer, max_len):
     return config
 
 
-def import_from_gguf(gguf_path, out_dir, loaded=None, log=print):
-    """Write a megasnow checkpoint (tensor 1 x pipeline 1, step 0, fp32) with the GGUF's tokenizer files.
+def import_from_gguf(gguf_path, out_dir, loaded=None, log=print, overwrite=False):
+    """Write a megasnow checkpoint (tensor 1 x pipeline 1, step 0, fp32) with the GGUF's tokenizer files
+    (tokenizer.json, tokenizer_config.json, special_tokens_map.json, generation_config.json).
 
-    loaded: (hf_model, hf_tokenizer) already returned by load_gguf (saves the ~30 s read). Returns a summary dict
-    (source, out step folder, tensors, parameters, eos ids, whether a chat template was found).
-    Raises ConversionError for a file that is not GGUF, not a Llama architecture, or unreadable.
+    loaded: (hf_model, hf_tokenizer) already returned by load_gguf (saves the ~45 s read). A non-empty `out_dir`
+    is refused before the read unless `overwrite`, which deletes what it held. Returns a summary dict (source, out
+    step folder, tensors, parameters, eos ids, whether a chat template was found). Raises ConversionError for a
+    file that is not GGUF, not a Llama architecture, or unreadable, and for a non-empty `out_dir`.
     """
+    from megasnow.convert.output_folder import check_output
+
+    check_output(out_dir, overwrite, hint="pass overwrite=True to replace it")  # before the slow read
     from megasnow.convert.hf_llama import hf_to_megasnow, model_config_from_hf, write_single_rank_checkpoint
+    from megasnow.convert.hf_tokenizer import special_tokens_map
 
     start = time.time()
     if loaded is None:
@@ -111,16 +116,17 @@ def import_from_gguf(gguf_path, out_dir, loaded=None, log=print):
     gen_eos = hf_config.get("eos_token_id")
     eos.update(gen_eos if isinstance(gen_eos, list) else [gen_eos])
     eos_ids = sorted(int(i) for i in eos if i is not None)
+    config = tokenizer_config(hf_tokenizer, model_cfg.max_seq_len)
+    texts = {"tokenizer_config.json": json.dumps(config, indent=2),
+             "special_tokens_map.json": json.dumps(special_tokens_map(config), indent=2),
+             "generation_config.json": json.dumps({"bos_token_id": hf_config.get("bos_token_id"),
+                                                   "eos_token_id": eos_ids,
+                                                   "pad_token_id": hf_config.get("pad_token_id")}, indent=2)}
     with tempfile.TemporaryDirectory() as tmp:
         hf_tokenizer.backend_tokenizer.save(os.path.join(tmp, "tokenizer.json"))
-        config = tokenizer_config(hf_tokenizer, model_cfg.max_seq_len)
-        atomic_write_text(os.path.join(tmp, "tokenizer_config.json"), json.dumps(config, indent=2))
-        atomic_write_text(os.path.join(tmp, "generation_config.json"), json.dumps(
-            {"bos_token_id": hf_config.get("bos_token_id"), "eos_token_id": eos_ids,
-             "pad_token_id": hf_config.get("pad_token_id")}, indent=2))
-        extra = {n: os.path.join(tmp, n) for n in ("tokenizer.json", "tokenizer_config.json", "generation_config.json")}
         log(f"writing the checkpoint to {out_dir}...")
-        step_dir = write_single_rank_checkpoint(out_dir, model_cfg, state, extra, source=os.path.abspath(gguf_path))
+        step_dir = write_single_rank_checkpoint(out_dir, model_cfg, state, {"tokenizer.json": os.path.join(
+            tmp, "tokenizer.json")}, source=os.path.abspath(gguf_path), texts=texts, overwrite=overwrite)
     summary = {"source": gguf_path, "out": step_dir, "tensors": len(state),
                "parameters": sum(t.numel() for k, t in hf_state.items() if k != "lm_head.weight" or
                                  not model_cfg.tie_embeddings),

@@ -185,52 +185,54 @@ def model_config_from_hf(d, source=""):
 
 
 # ----------------------------------------------------------------------------- export / import
-def export_to_hf(checkpoint_path, out_dir, dtype="float32", tokenizer=None):
-    """Write `out_dir` as a LlamaForCausalLM folder from a megasnow checkpoint; returns a summary dict."""
-    from safetensors.torch import save_file
+def export_to_hf(checkpoint_path, out_dir, dtype="float32", tokenizer=None, overwrite=False):
+    """Write `out_dir` as a LlamaForCausalLM folder from a megasnow checkpoint; returns a summary dict.
 
-    from megasnow.utils.atomic import temporary_path
+    The folder is built under a temporary name and swapped in whole; a non-empty `out_dir` is refused
+    (ConversionError) unless `overwrite`, which deletes what it held. bos/eos/pad ids in config.json and
+    generation_config.json are those of the tokenizer_config.json written (hf_tokenizer.export_tokenizer);
+    generation_config.json's eos_token_id keeps an imported model's own list (e.g. [eos, end-of-turn]).
+    """
+    from megasnow.convert.output_folder import replace_folder
 
     model_cfg, state, step_dir = load_full_state(checkpoint_path)
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
     hf = {k: t.to(torch_dtype) for k, t in megasnow_to_hf(state, model_cfg).items()}
-    os.makedirs(out_dir, exist_ok=True)
     tok_path = tokenizer or _checkpoint_tokenizer(step_dir)
-    tok_summary, ids = {}, {}
-    if tok_path:
-        from megasnow.convert.hf_tokenizer import export_tokenizer
+    with replace_folder(out_dir, overwrite) as tmp:
+        tok_summary, ids, generation = {}, {}, {}
+        if tok_path:
+            from megasnow.convert.hf_tokenizer import export_tokenizer, read_json
 
-        tok_summary, ids = export_tokenizer(tok_path, out_dir)
-        if tokenizer is None:
-            ids.update(_copy_generation_files(step_dir, out_dir, tok_summary))
-    atomic_write_text(os.path.join(out_dir, "config.json"),
-                      json.dumps(hf_config_dict(model_cfg, dtype, ids.get("bos"), ids.get("eos"), ids.get("pad")),
-                                 indent=2, sort_keys=True))
-    atomic_write_text(os.path.join(out_dir, "generation_config.json"),
-                      json.dumps({"bos_token_id": ids.get("bos"), "eos_token_id": ids.get("eos"),
-                                  "pad_token_id": ids.get("pad")}, indent=2))
-    tmp = temporary_path(os.path.join(out_dir, "model.safetensors"))
-    save_file(hf, tmp, metadata={"format": "pt", "source": os.path.abspath(step_dir)})
-    os.replace(tmp, os.path.join(out_dir, "model.safetensors"))
+            tok_summary, ids = export_tokenizer(tok_path, tmp)
+            tok_folder = tok_path if os.path.isdir(tok_path) else os.path.dirname(os.path.abspath(tok_path))
+            generation = read_json(os.path.join(tok_folder, "generation_config.json"))
+        eos = _single(generation.get("eos_token_id")) if generation.get("eos_token_id") is not None else ids.get("eos")
+        generation.update({"bos_token_id": ids.get("bos"), "eos_token_id": eos, "pad_token_id": ids.get("pad")})
+        atomic_write_text(os.path.join(tmp, "config.json"),
+                          json.dumps(hf_config_dict(model_cfg, dtype, ids.get("bos"), eos, ids.get("pad")),
+                                     indent=2, sort_keys=True))
+        atomic_write_text(os.path.join(tmp, "generation_config.json"), json.dumps(generation, indent=2))
+        _save_safetensors(hf, os.path.join(tmp, "model.safetensors"),
+                          {"format": "pt", "source": os.path.abspath(step_dir)})
     return {"source": step_dir, "out": out_dir, "tensors": len(hf),
-            "parameters": sum(t.numel() for t in hf.values()), **tok_summary}
+            "parameters": sum(t.numel() for t in hf.values()), **tok_summary,
+            "special_token_ids": {k: ids.get(k) for k in ("bos", "eos", "pad")}}
 
 
-def _copy_generation_files(step_dir, out_dir, summary):
-    """A checkpoint's own tokenizer_config.json (chat template, EOS/BOS of an imported instruct model) replaces the
-    generic one; generation_config.json's eos_token_id wins. Returns the ids to put in config.json."""
-    ids = {}
-    src = os.path.join(step_dir, "tokenizer_config.json")
-    if os.path.exists(src):
-        shutil.copyfile(src, os.path.join(out_dir, "tokenizer_config.json"))
-        summary["tokenizer_config.json"] = "copied from the checkpoint"
-    gen = os.path.join(step_dir, "generation_config.json")
-    if os.path.exists(gen):
-        with open(gen, encoding="utf-8") as f:
-            eos = json.load(f).get("eos_token_id")
-        if eos is not None:
-            ids["eos"] = eos
-    return ids
+def _single(ids):
+    """An eos_token_id list of one id as that id (HF writes both forms; transformers reads both)."""
+    return ids[0] if isinstance(ids, list) and len(ids) == 1 else ids
+
+
+def _save_safetensors(tensors, path, metadata):
+    """safetensors' save_file, with the mode a plain open() gives (it leaves its output 0600 whatever the umask)."""
+    from safetensors.torch import save_file
+
+    from megasnow.utils.atomic import current_umask
+
+    save_file(tensors, path, metadata=metadata)
+    os.chmod(path, 0o666 & ~current_umask())
 
 
 def _checkpoint_tokenizer(step_dir):
@@ -259,45 +261,77 @@ def read_hf_state(folder):
     raise ConversionError(f"{folder}: no model.safetensors or model.safetensors.index.json")
 
 
-def import_from_hf(hf_dir, out_dir, tokenizer=None):
-    """Write a megasnow checkpoint (tensor 1 x pipeline 1, step 0) usable as checkpoint.init_from."""
+def import_from_hf(hf_dir, out_dir, tokenizer=None, overwrite=False):
+    """Write a megasnow checkpoint (tensor 1 x pipeline 1, step 0) usable as checkpoint.init_from or to serve.
+
+    The step folder gets the tokenizer (tokenizer.model, else tokenizer.json; or the `tokenizer` file given) and
+    the files beside it that generation reads (hf_tokenizer.TOKENIZER_SIDE_FILES: tokenizer_config.json with the
+    chat template and BOS/EOS, chat_template.jinja, special_tokens_map.json, generation_config.json). Without a
+    generation_config.json, one is made from config.json's bos/eos/pad_token_id. A non-empty `out_dir` is refused
+    (ConversionError) unless `overwrite`, which deletes what it held. Returns a summary dict.
+    """
+    from megasnow.convert.hf_tokenizer import TOKENIZER_SIDE_FILES
+    from megasnow.convert.output_folder import check_output
+
     cfg_path = os.path.join(hf_dir, "config.json")
     if not os.path.exists(cfg_path):
         raise ConversionError(f"{hf_dir}: no config.json")
     with open(cfg_path, encoding="utf-8") as f:
-        model_cfg = model_config_from_hf(json.load(f), cfg_path)
+        hf_config = json.load(f)
+    model_cfg = model_config_from_hf(hf_config, cfg_path)
+    check_output(out_dir, overwrite, hint="pass overwrite=True to replace it")  # before the slow read
     state = hf_to_megasnow(read_hf_state(hf_dir), model_cfg, hf_dir)
     state = {k: v.float() for k, v in state.items()}
     extra = {}
+    if tokenizer:  # stored under the name the checkpoint's readers look for (model_files.TOKENIZER_FILES)
+        if not os.path.isfile(tokenizer):
+            raise ConversionError(f"--tokenizer {tokenizer}: no such file (give a tokenizer.json or a SentencePiece "
+                                  f".model)")
+        extra["tokenizer.json" if tokenizer.endswith(".json") else "tokenizer.model"] = tokenizer
     for name in ("tokenizer.model", "tokenizer.json"):
-        p = tokenizer if tokenizer and os.path.basename(tokenizer) == name else os.path.join(hf_dir, name)
-        if os.path.exists(p):
-            extra[name] = p
-            break
-    step_dir = write_single_rank_checkpoint(out_dir, model_cfg, state, extra, source=os.path.abspath(hf_dir))
-    return {"source": hf_dir, "out": step_dir, "tensors": len(state)}
+        if not extra and os.path.exists(os.path.join(hf_dir, name)):
+            extra[name] = os.path.join(hf_dir, name)
+    tok_folder = os.path.dirname(os.path.abspath(tokenizer)) if tokenizer else hf_dir
+    for name in TOKENIZER_SIDE_FILES:
+        if os.path.exists(os.path.join(tok_folder, name)):
+            extra[name] = os.path.join(tok_folder, name)
+    generation = None
+    if "generation_config.json" not in extra:
+        generation = {k: hf_config.get(k) for k in ("bos_token_id", "eos_token_id", "pad_token_id")
+                      if hf_config.get(k) is not None}
+    texts = {"generation_config.json": json.dumps(generation, indent=2)} if generation else None
+    step_dir = write_single_rank_checkpoint(out_dir, model_cfg, state, extra, source=os.path.abspath(hf_dir),
+                                            texts=texts, overwrite=overwrite)
+    return {"source": hf_dir, "out": step_dir, "tensors": len(state), "files": sorted(extra) +
+            (["generation_config.json (from config.json)"] if generation else [])}
 
 
-def write_single_rank_checkpoint(out_dir, model_cfg, state, extra_files=None, source=None):
-    """A complete megasnow checkpoint folder holding only weights (no optimizer state) at step 0."""
+def write_single_rank_checkpoint(out_dir, model_cfg, state, extra_files=None, source=None, texts=None,
+                                 overwrite=False):
+    """A complete megasnow checkpoint folder holding only weights (no optimizer state) at step 0; returns the step
+    folder. extra_files: {name in the step folder: file to copy}; texts: {name: text to write}. The run folder is
+    built under a temporary name and swapped in whole: a non-empty `out_dir` (another run's checkpoint would
+    otherwise get its `latest` moved to the imported weights) is refused (ConversionError) unless `overwrite`,
+    which deletes what it held."""
+    from megasnow.convert.output_folder import replace_folder
     from megasnow.utils.atomic import atomic_write
 
     name = ckpt.step_dir_name(0)
-    tmp, final = os.path.join(out_dir, f".tmp_{name}"), os.path.join(out_dir, name)
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    with atomic_write(os.path.join(tmp, ckpt.model_file(0, 0))) as f:
-        torch.save([state], f)
-    for fname, src in (extra_files or {}).items():
-        shutil.copyfile(src, os.path.join(tmp, fname))
-    meta = {"step": 0, "reason": "import", "source": source, "format": 1, "num_chunks": 1,
-            "layout": {"world": 1, "tp_size": 1, "pp_size": 1, "dp_size": 1},
-            "model_config": dataclasses.asdict(model_cfg), "trainer": {"step": 0}}
-    atomic_write_text(os.path.join(tmp, ckpt.META), json.dumps(meta, indent=1, sort_keys=True))
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    atomic_write_text(os.path.join(out_dir, ckpt.LATEST), name + "\n")
-    return final
+    with replace_folder(out_dir, overwrite) as run_dir:
+        step = os.path.join(run_dir, name)
+        os.makedirs(step)
+        with atomic_write(os.path.join(step, ckpt.model_file(0, 0))) as f:
+            torch.save([state], f)
+        for fname, src in (extra_files or {}).items():
+            shutil.copyfile(src, os.path.join(step, fname))
+        for fname, text in (texts or {}).items():
+            atomic_write_text(os.path.join(step, fname), text)
+        meta = {"step": 0, "reason": "import", "source": source, "format": 1, "num_chunks": 1,
+                "layout": {"world": 1, "tp_size": 1, "pp_size": 1, "dp_size": 1},
+                "model_config": dataclasses.asdict(model_cfg), "trainer": {"step": 0}}
+        atomic_write_text(os.path.join(step, ckpt.META), json.dumps(meta, indent=1, sort_keys=True))
+        atomic_write_text(os.path.join(run_dir, ckpt.LATEST), name + "\n")
+    return os.path.join(out_dir, name)
 
 
 def build_megasnow_model(checkpoint_path, device="cpu", dtype=torch.float32):

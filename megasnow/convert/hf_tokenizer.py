@@ -1,6 +1,7 @@
 """Tokenizer files for a HuggingFace export: the SentencePiece model as tokenizer.model plus an equivalent
 tokenizer.json (built offline with transformers' SentencePiece converter and checked token-for-token on real
-code before it is written), or a HF tokenizer.json copied as is; plus tokenizer_config.json."""
+code before it is written), or a HF tokenizer.json copied as is; plus tokenizer_config.json (an imported model's own,
+else one made from the tokenizer) and a special_tokens_map.json that agrees with it."""
 import glob
 import json
 import os
@@ -43,16 +44,89 @@ def sentencepiece_to_tokenizer_json(model_path):
     return tok, None
 
 
+SPECIAL_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token")
+# Files beside a tokenizer that describe how it is used (HF conventions); an import or export carries them along.
+TOKENIZER_SIDE_FILES = ("tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json",
+                        "generation_config.json")
+
+
+def token_text(value):
+    """A special token entry of tokenizer_config.json: a string or an AddedToken dict ({'content': ...})."""
+    return value.get("content") if isinstance(value, dict) else value
+
+
+def special_tokens_map(config):
+    """special_tokens_map.json contents that agree with a tokenizer_config.json dict (same tokens, same keys)."""
+    out = {k: config[k] for k in SPECIAL_KEYS if config.get(k) is not None}
+    if config.get("additional_special_tokens"):
+        out["additional_special_tokens"] = config["additional_special_tokens"]
+    return out
+
+
+def read_json(path):
+    """A JSON file's contents, {} when it does not exist; ConversionError naming the file when it is not JSON."""
+    from megasnow.convert.errors import ConversionError
+
+    if not os.path.exists(path):
+        return {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except ValueError as e:
+        raise ConversionError(f"{path}: not valid JSON ({e})") from None
+
+
+def _generic_config(tokenizer, fast):
+    """tokenizer_config.json for a tokenizer without one (a megasnow-trained SentencePiece model): bos/eos/pad
+    from the model. eos is the end-of-document token (Megatron-LM's --append-eod token: the SentencePiece eos
+    piece); bos is the model's bos piece where it has one, else the same token; pad is `<pad>` when present.
+    megasnow adds neither at encode time, so add_bos_token/add_eos_token are false."""
+    eos_token = tokenizer.id_to_token(tokenizer.eod_id)
+    sp = getattr(tokenizer, "sp", None)
+    bos_token = sp.IdToPiece(sp.bos_id()) if sp is not None and sp.bos_id() >= 0 else eos_token
+    pad = tokenizer.token_to_id(special_tokens.PAD)
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast" if fast else "LlamaTokenizer",
+        "bos_token": bos_token, "eos_token": eos_token,
+        "pad_token": special_tokens.PAD if pad is not None else None,
+        "add_bos_token": False, "add_eos_token": False, "clean_up_tokenization_spaces": False,
+        "additional_special_tokens": [t for t in special_tokens.SPECIAL_TOKENS
+                                      if t not in (eos_token, bos_token, special_tokens.PAD)
+                                      and tokenizer.token_to_id(t) is not None],
+    }
+    if sp is not None and sp.unk_id() >= 0:
+        config["unk_token"] = sp.IdToPiece(sp.unk_id())
+    return config
+
+
+def special_token_ids(tokenizer, config, source=""):
+    """{'bos', 'eos', 'pad'} ids of a tokenizer_config.json dict's tokens (None where it names none). Raises
+    ConversionError for a named token the vocabulary lacks."""
+    from megasnow.convert.errors import ConversionError
+
+    ids = {}
+    for key in ("bos", "eos", "pad"):
+        token = token_text(config.get(f"{key}_token"))
+        tid = None if token is None else tokenizer.token_to_id(token)
+        if token is not None and tid is None:
+            raise ConversionError(f"{source}: {key}_token {token!r} is not in the tokenizer's vocabulary")
+        ids[key] = tid
+    return ids
+
+
 def export_tokenizer(path, out_dir, eod_id=None):
     """Write the tokenizer files into `out_dir`; returns (summary dict, {'bos', 'eos', 'pad'} ids).
 
-    eos (and bos) is the end-of-document token the model was trained with: `eod_id` when given (the id the
-    training data ended documents with, megasnow.data.dataset_meta.resolve_document_tokens), else the tokenizer's
-    `eod_id` (Megatron-LM's --append-eod token: the SentencePiece eos piece).
+    A tokenizer_config.json beside `path` (an imported model's: chat template, BOS rule, special tokens) is copied
+    as is, with its chat_template.jinja; otherwise one is made from the tokenizer (_generic_config), eos being
+    `eod_id` there when given (the id the training data ended documents with,
+    megasnow.data.dataset_meta.resolve_document_tokens). special_tokens_map.json is always derived from the
+    tokenizer_config.json written, so the two agree. Raises ConversionError.
     """
     from megasnow.data.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(path)
+    folder = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
     summary = {}
     if path.endswith(".json") or os.path.isdir(path):
         src = os.path.join(path, "tokenizer.json") if os.path.isdir(path) else path
@@ -69,18 +143,21 @@ def export_tokenizer(path, out_dir, eod_id=None):
         else:
             summary["tokenizer.json"] = f"not written: {reason}"
         fast = tok is not None
-    eos = tokenizer.eod_id if eod_id is None else int(eod_id)
-    eos_token = tokenizer.id_to_token(eos)
-    pad = tokenizer.token_to_id(special_tokens.PAD)
-    config = {
-        "tokenizer_class": "PreTrainedTokenizerFast" if fast else "LlamaTokenizer",
-        "bos_token": eos_token, "eos_token": eos_token,
-        "pad_token": special_tokens.PAD if pad is not None else None,
-        "add_bos_token": False, "add_eos_token": False, "clean_up_tokenization_spaces": False,
-        "additional_special_tokens": [t for t in special_tokens.SPECIAL_TOKENS if t not in (eos_token, special_tokens.PAD)
-                                      and tokenizer.token_to_id(t) is not None],
-    }
+    config_path = os.path.join(folder, "tokenizer_config.json")
+    config = read_json(config_path)
+    if config:
+        summary["tokenizer_config.json"] = f"copied from {folder}"
+        jinja = os.path.join(folder, "chat_template.jinja")
+        if os.path.exists(jinja):
+            shutil.copyfile(jinja, os.path.join(out_dir, "chat_template.jinja"))
+            summary["chat_template.jinja"] = "copied"
+    else:
+        config_path = path
+        config = _generic_config(tokenizer, fast)
+        if eod_id is not None:
+            config["eos_token"] = tokenizer.id_to_token(int(eod_id))
+    ids = special_token_ids(tokenizer, config, config_path)
     atomic_write_text(os.path.join(out_dir, "tokenizer_config.json"), json.dumps(config, indent=2))
     atomic_write_text(os.path.join(out_dir, "special_tokens_map.json"),
-                      json.dumps({k: config[k] for k in ("bos_token", "eos_token", "pad_token")}, indent=2))
-    return summary, {"bos": eos, "eos": eos, "pad": pad}
+                      json.dumps(special_tokens_map(config), indent=2))
+    return summary, ids

@@ -105,8 +105,20 @@ def test_tokenizer_json_encodes_like_sentencepiece(tmp_path, sp_model):
     ids = tok(text)["input_ids"]  # default call: nothing added around the text
     assert ids == sp.encode(text)
     assert tok.decode(ids) == text
-    # eos is the end-of-document token Megatron-LM's --append-eod appends (the model's eos piece, docs/data.md)
+    # eos is the end-of-document token Megatron-LM's --append-eod appends (the model's eos piece, docs/data.md);
+    # bos and pad are the model's own pieces, and every file transformers reads says the same
     assert tok.eos_token == "</s>" and tok.eos_token_id == sp.eos_id()
+    assert (tok.bos_token, tok.bos_token_id) == ("<s>", sp.bos_id())
+    assert (tok.pad_token, tok.pad_token_id) == ("<pad>", sp.piece_to_id("<pad>"))
+    assert (tok.unk_token, tok.unk_token_id) == ("<unk>", sp.unk_id())
+    from transformers import AutoConfig, GenerationConfig
+
+    for config in (AutoConfig.from_pretrained(str(out)), GenerationConfig.from_pretrained(str(out))):
+        assert (config.bos_token_id, config.eos_token_id, config.pad_token_id) == \
+            (sp.bos_id(), sp.eos_id(), tok.pad_token_id)
+    special = json.loads((out / "special_tokens_map.json").read_text())
+    assert {k: special[k] for k in ("bos_token", "eos_token", "pad_token")} == {
+        "bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>"}
 
 
 def test_tensor_parallel_shards_merge_to_full_tensors():

@@ -2,6 +2,7 @@
 transformers' token for token, with a tokenizer folder that encodes and renders chats as transformers does."""
 import json
 import os
+import stat
 import subprocess
 import sys
 
@@ -12,6 +13,7 @@ from megasnow.data.tokenizer import load_tokenizer
 from megasnow.generation.local import LocalEngine
 from megasnow.generation.protocol import GenerationRequest, SamplingParams
 from megasnow.model.generate import SequenceSpec, generate_sequences
+from megasnow.utils.atomic import current_umask
 from tests.convert.test_convert_hf_llama import REPO
 from tests.smollm2 import REFERENCE_CHAT, REFERENCE_NEW_TOKENS, REFERENCE_PROMPTS
 
@@ -22,7 +24,13 @@ def test_imported_smollm2_shape_and_files(smollm2):
             cfg.vocab_size, cfg.tie_embeddings, cfg.rope_base, cfg.max_seq_len) == \
         (30, 576, 9, 3, 1536, 49152, True, 100000.0, 8192)
     assert smollm2.summary["parameters"] == 134515008  # SmolLM2-135M, tied embedding counted once
-    assert {"tokenizer.json", "tokenizer_config.json", "generation_config.json"} <= set(os.listdir(step_dir))
+    assert {"tokenizer.json", "tokenizer_config.json", "generation_config.json", "special_tokens_map.json"} <= \
+        set(os.listdir(step_dir))
+    umask = current_umask()  # every file and folder written honours it
+    for folder, dirs, files in os.walk(smollm2.checkpoint):
+        for name in dirs + files:
+            mode = stat.S_IMODE(os.stat(os.path.join(folder, name)).st_mode)
+            assert mode == (0o777 if name in dirs else 0o666) & ~umask, (name, oct(mode))
     config = json.loads(open(os.path.join(step_dir, "tokenizer_config.json")).read())
     assert (config["eos_token"], config["bos_token"], config["add_bos_token"]) == ("<|im_end|>", "<|im_start|>",
                                                                                   False)
@@ -110,3 +118,35 @@ def test_gguf_header_tensor_count_and_heartbeat():
     with heartbeat(log, "dequantizing 272 tensors", every=0.01):
         assert beat.wait(60)  # a slow step is not silent: the heartbeat speaks while it runs
     assert lines[0].startswith("still dequantizing 272 tensors (") and lines[0].endswith(" s)")
+
+
+def test_export_and_reimport_keep_smollm2s_special_tokens(smollm2, tmp_path):
+    """GGUF -> checkpoint -> HF -> checkpoint: transformers reads the export's bos/eos/pad as the GGUF has them
+    (bos 1 <|im_start|>, eos 2 <|im_end|>, pad 2), and the re-imported checkpoint generates as the first import."""
+    from transformers import AutoConfig, AutoTokenizer, GenerationConfig
+
+    from megasnow.convert.hf_llama import export_to_hf, import_from_hf
+    from megasnow.generation.local import LocalBackend
+    from megasnow.generation.model_files import read_tokenizer_files
+
+    hf = tmp_path / "hf"
+    export_to_hf(smollm2.checkpoint, str(hf))
+    tok = AutoTokenizer.from_pretrained(str(hf))
+    assert (tok.bos_token, tok.eos_token, tok.pad_token) == ("<|im_start|>", "<|im_end|>", "<|im_end|>")
+    assert (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id) == (1, 2, 2)
+    for config in (AutoConfig.from_pretrained(str(hf)), GenerationConfig.from_pretrained(str(hf))):
+        assert (config.bos_token_id, config.eos_token_id, config.pad_token_id) == (1, 2, 2)
+    special = json.loads((hf / "special_tokens_map.json").read_text())
+    assert special == {"bos_token": "<|im_start|>", "eos_token": "<|im_end|>", "unk_token": "<|endoftext|>",
+                       "pad_token": "<|im_end|>"}
+    assert tok.apply_chat_template(REFERENCE_CHAT, tokenize=False, add_generation_prompt=True) == smollm2.chat_prompt
+
+    back = import_from_hf(str(hf), str(tmp_path / "back"))["out"]
+    first, second = read_tokenizer_files(smollm2.step_dir), read_tokenizer_files(back)
+    assert second.eos_ids == first.eos_ids == (0, 2)  # <|endoftext|> and <|im_end|>
+    assert (second.add_bos, second.bos_id, second.special_tokens, second.chat_template) == \
+        (first.add_bos, first.bos_id, first.special_tokens, first.chat_template)
+    request = GenerationRequest(id="c", messages=REFERENCE_CHAT, params=SamplingParams(max_tokens=8))
+    texts = [next(LocalBackend(LocalEngine.from_path(p)).generate([request])).choices[0].text
+             for p in (smollm2.checkpoint, back)]
+    assert texts[0] == texts[1] == load_tokenizer(back).decode(smollm2.reference[-1][:8])  # transformers' text

@@ -1,0 +1,66 @@
+"""The output folder of an import or export: refused when it already holds something (a checkpoint a run resumes
+from, a served model), unless the caller asks to replace it; written under a temporary name and swapped in whole."""
+import contextlib
+import os
+import shutil
+
+from megasnow.convert.errors import ConversionError  # light: checked before torch loads
+
+OVERWRITE_HINT = "pass --overwrite to delete everything in it and write there"
+
+
+def describe_contents(path):
+    """A short phrase for what a non-empty folder holds: a megasnow checkpoint (where `latest` points), a HF model,
+    or its first few entries."""
+    names = sorted(os.listdir(path))
+    if "latest" in names or any(n.startswith("step_") for n in names):
+        try:
+            with open(os.path.join(path, "latest"), encoding="utf-8") as f:
+                latest = f.read().strip()
+        except OSError:
+            latest = None
+        return f"a megasnow checkpoint, latest {latest}" if latest else "megasnow checkpoint step folders"
+    if "meta.json" in names and any(n.startswith("model_tp") for n in names):
+        return "a megasnow checkpoint step folder"
+    if "config.json" in names:
+        return "a HuggingFace model, config.json"
+    shown = ", ".join(names[:3]) + (f", ... ({len(names)} entries)" if len(names) > 3 else "")
+    return shown
+
+
+def check_output(path, overwrite, label=None, hint=OVERWRITE_HINT):
+    """Refuse (ConversionError) an output path that is a file, or a non-empty folder unless `overwrite`.
+
+    label: how the message names the path (the CLI passes "--output X"); hint: what to do instead. A missing or
+    empty folder passes; nothing is changed either way.
+    """
+    label = label or os.fspath(path)
+    if os.path.isfile(path):
+        raise ConversionError(f"{label} is a file; give a folder")
+    if os.path.isdir(path) and os.listdir(path) and not overwrite:
+        raise ConversionError(f"{label} is not empty: it holds {describe_contents(path)}; nothing was changed. Give "
+                              f"a new or empty folder, or {hint}")
+
+
+@contextlib.contextmanager
+def replace_folder(out_dir, overwrite=False):
+    """Yield a fresh temporary folder beside `out_dir` to write into; on clean exit it replaces `out_dir` (whose
+    old contents are deleted: only allowed with `overwrite` or when it is empty). On error the temporary folder is
+    removed and `out_dir` is left as it was. Folder modes honour the umask (megasnow.utils.atomic.temporary_dir)."""
+    from megasnow.utils.atomic import temporary_dir
+
+    out_dir = os.fspath(out_dir).rstrip(os.sep) or os.sep
+    check_output(out_dir, overwrite, hint="pass overwrite=True to replace it")
+    tmp = temporary_dir(out_dir)
+    try:
+        yield tmp
+        old = None
+        if os.path.isdir(out_dir):
+            old = temporary_dir(out_dir + ".old")
+            os.replace(out_dir, os.path.join(old, "x"))
+        os.replace(tmp, out_dir)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
