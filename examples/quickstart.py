@@ -360,7 +360,7 @@ def gguf_path():
 
 class GeneratorImport:
     """The generator's checkpoint folder, made once per workdir: SmolLM2-135M-Instruct imported from its GGUF
-    (tools/convert_checkpoint.py import --gguf) in a background process started before phase 2 (its ~30 s then
+    (tools/convert_checkpoint.py import --gguf) in a background process started before phase 2 (its ~45 s then
     overlap the annotator), or with --ci the tiny random model of megasnow.generation.tiny_model (gibberish, but
     the same server and synthesis path in seconds). `folder()` waits for it, logging every 15 s."""
 

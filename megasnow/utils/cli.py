@@ -1,7 +1,8 @@
 """The one command-line rule for every megasnow tool (tools/*.py, python -m megasnow.*).
 
 - a user error (megasnow.errors.UserError, or a type the tool names) prints `error: ...` and exits 2;
-- Ctrl-C prints one line and exits 130;
+- Ctrl-C prints one line and exits 130; SIGTERM (a scheduler's time limit, `kill`) takes the same way out (the
+  same clean-up runs) with its own line and exit 143;
 - `--debug` (or MEGASNOW_DEBUG=1) prints the traceback as well;
 - argparse mistakes also print one `error: ...` line (with a pointer to --help) and exit 2;
 - a failed start leaves nothing behind (`removed_on_failure` around the start of a tool that creates a folder).
@@ -10,14 +11,29 @@ import argparse
 import atexit
 import contextlib
 import difflib
+import functools
 import os
 import shutil
+import signal
 import sys
 import traceback
 
 from megasnow.errors import UserError
 
-EXIT_OK, EXIT_USAGE, EXIT_INTERRUPTED = 0, 2, 130
+EXIT_OK, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 2, 130, 128 + signal.SIGTERM
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread as a KeyboardInterrupt, so that the clean-up written for Ctrl-C (removing
+    a half-built output, saving what resumes) runs for it too."""
+
+
+def _raise_terminated(signum, frame, owner):
+    if os.getpid() != owner:  # a forked worker (a pool terminates its workers with SIGTERM): die as usual
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
+    raise Terminated()
 
 
 def debug_enabled(argv=None):
@@ -158,8 +174,10 @@ def run_tool(main, argv=None, user_errors=(), prog=None, on_interrupt=INTERRUPTE
     resumes; a server says e.g. "server stopped".
     """
     prog = prog or os.path.basename(sys.argv[0] or "megasnow")
+    if argv is None and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:  # a tool may install its own (trainer)
+        signal.signal(signal.SIGTERM, functools.partial(_raise_terminated, owner=os.getpid()))
     rc = _run(main, argv, user_errors, prog, debug_enabled(argv), on_interrupt)
-    if rc == EXIT_INTERRUPTED and argv is None:
+    if rc in (EXIT_INTERRUPTED, EXIT_TERMINATED) and argv is None:
         _exit_now(rc)
     return rc
 
@@ -168,9 +186,12 @@ def _run(main, argv, user_errors, prog, debug, on_interrupt=INTERRUPTED_RESUMABL
     try:
         rc = main(argv)
         return EXIT_OK if rc is None else rc
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         if debug:
             traceback.print_exc()
+        if isinstance(e, Terminated):
+            print(f"{prog}: terminated (SIGTERM); {on_interrupt}", file=sys.stderr, flush=True)
+            return EXIT_TERMINATED
         print(f"{prog}: interrupted (Ctrl-C); {on_interrupt}", file=sys.stderr, flush=True)
         return EXIT_INTERRUPTED
     except (UserError, *user_errors) as e:

@@ -168,3 +168,52 @@ def test_a_warning_during_a_tqdm_bar_gets_its_own_line(capsys):
     lines = capsys.readouterr().err.splitlines()  # "\r" ends a line here, as on a terminal
     assert "warning: x.jsonl:2: bad JSON; skipped" in lines
     assert lines[-1].startswith("reading: 100%")
+
+
+TERM_SCRIPT = r'''
+import multiprocessing, os, sys, time
+from megasnow.utils.cli import removed_on_failure, run_tool
+
+def work(x):
+    time.sleep(30)
+
+def main(argv):
+    pool = multiprocessing.get_context("fork").Pool(2)  # forked workers inherit the handler: must die quietly
+    pool.map_async(work, range(2))
+    try:
+        with removed_on_failure(sys.argv[1]):
+            os.makedirs(os.path.join(sys.argv[1], "work"))
+            print("ready", flush=True)
+            time.sleep(60)
+    finally:
+        pool.terminate()
+        pool.join()
+
+sys.exit(run_tool(main, prog="slow.py"))
+'''
+
+
+@pytest.mark.parametrize("sig,rc,line", [("SIGTERM", 143, "slow.py: terminated (SIGTERM); "),
+                                         ("SIGINT", 130, "slow.py: interrupted (Ctrl-C); ")])
+def test_sigterm_takes_the_ctrl_c_way_out_with_its_own_line(tmp_path, sig, rc, line):
+    """A tool run from the command line: SIGTERM (a scheduler's time limit) runs the same clean-up as Ctrl-C
+    (the half-built output is removed), prints one line and exits 143; its pool's forked workers, terminated with
+    SIGTERM, die without tracebacks."""
+    import signal
+    import subprocess
+    import sys
+
+    script = tmp_path / "slow.py"
+    script.write_text(TERM_SCRIPT)
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, str(script), str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        assert proc.stdout.readline() == "ready\n"
+        proc.send_signal(getattr(signal, sig))
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == rc, err
+    assert len(err.splitlines()) == 1 and err.startswith(line), err
+    assert not out.exists()
