@@ -138,14 +138,11 @@ def validate(args):
     return settings
 
 
-# (flag, test, what it must be): every numeric flag, by subcommand where it exists (a flag absent is skipped)
+# (flag, test, what it must be): every numeric flag, by subcommand where it exists (a flag absent is skipped);
+# the sampling flags (--n, --temperature, --top-p, --max-tokens) are SamplingParams' to check (GenerationSettings)
 NUMBER_RULES = (
     ("--limit", lambda v: v >= 0, ">= 0 (0: all tasks)"),
     ("--infill-per-task", lambda v: v >= 0, ">= 0 (0: all)"),
-    ("--n", lambda v: v >= 1, ">= 1"),
-    ("--temperature", lambda v: v >= 0, ">= 0 (0: greedy)"),
-    ("--top-p", lambda v: 0 < v <= 1, "in (0, 1]"),
-    ("--max-tokens", lambda v: v >= 1, ">= 1"),
     ("--seed", lambda v: v >= 0, ">= 0"),
     ("--batch-size", lambda v: v >= 1, ">= 1"),
     ("--max-retries", lambda v: v >= 0, ">= 0 (0: no retry)"),

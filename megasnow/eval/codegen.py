@@ -21,7 +21,8 @@ from dataclasses import asdict, dataclass, replace
 from megasnow.errors import UserError
 from megasnow.eval.prompts import STYLES, build_request, sample_record
 from megasnow.eval.samples import write_samples
-from megasnow.generation.protocol import SamplingParams, context_tokens, is_context_length_error
+from megasnow.generation.protocol import (SamplingParamError, checked_sampling_params, context_tokens,
+                                         is_context_length_error)
 from megasnow.generation.protocol import failure_advice as protocol_failure_advice
 from megasnow.utils.atomic import atomic_write_text
 
@@ -43,18 +44,28 @@ class GenerationSettings:
     def __post_init__(self):
         if self.style not in STYLES:
             raise UserError(f"--prompt-style must be one of {STYLES}, got {self.style!r}")
-        if self.n < 1 or self.max_tokens < 1 or self.chunk < 1:
-            raise UserError("--n, --max-tokens and the chunk size must be >= 1")
+        if self.chunk < 1:
+            raise UserError(f"the chunk size must be >= 1, got {self.chunk}")
+        self._sampling(self.top_p, self.seed)  # every value SamplingParams refuses, named by its flag, up front
         if self.temperature == 0 and self.n > 1:
             raise UserError(f"--n {self.n} with --temperature 0 gives {self.n} identical greedy samples; set "
                             f"--temperature > 0 (e.g. 0.8) for pass@k, or --n 1 for greedy pass@1")
-        if not 0 < self.top_p <= 1:
-            raise UserError(f"--top-p must be in (0, 1], got {self.top_p}")
 
     def params(self, task_index):
-        return SamplingParams(max_tokens=self.max_tokens, temperature=self.temperature,
-                              top_p=self.top_p if self.temperature > 0 else 1.0,
-                              seed=self.seed + 1000 * task_index, n=self.n)
+        """SamplingParams of task `task_index` (top_p applies when sampling; greedy decoding ignores it)."""
+        return self._sampling(self.top_p if self.temperature > 0 else 1.0, self.seed + 1000 * task_index)
+
+    def _sampling(self, top_p, seed):
+        """SamplingParams with these settings; a value it refuses raises UserError naming the flag."""
+        try:
+            return checked_sampling_params(SAMPLING_FLAGS, max_tokens=self.max_tokens, temperature=self.temperature,
+                                           top_p=top_p, seed=seed, n=self.n)
+        except SamplingParamError as e:
+            raise UserError(str(e)) from None
+
+
+# the evaluate.py flag of each SamplingParams field GenerationSettings sets
+SAMPLING_FLAGS = {"max_tokens": "--max-tokens", "temperature": "--temperature", "top_p": "--top-p", "n": "--n"}
 
 
 class GenerationFailed(UserError):

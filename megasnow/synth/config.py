@@ -4,9 +4,10 @@ import os
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
-from megasnow.config import load_config, path_from_yaml_folder
+from megasnow.config import ConfigError, load_config, path_from_yaml_folder
 from megasnow.curate.config import DecontaminationConfig, FiltersConfig, NearDedupConfig
 from megasnow.generation.factory import BackendConfig
+from megasnow.generation.protocol import SamplingParamError, checked_sampling_params
 
 
 @dataclass
@@ -71,7 +72,17 @@ class SamplingConfig:
 
     def __post_init__(self):
         if self.samples_per_seed < 1:
-            raise ValueError(f"sampling.samples_per_seed must be >= 1, got {self.samples_per_seed}")
+            raise ConfigError(f"sampling.samples_per_seed must be >= 1, got {self.samples_per_seed}")
+        self.params(0)  # the values SamplingParams would refuse, named by key, before anything is read or written
+
+    def params(self, k):
+        """SamplingParams of request k (sampled with seed + k); ConfigError naming the sampling.* key it refuses."""
+        try:
+            return checked_sampling_params({f: f"sampling.{f}" for f in ("max_tokens", "temperature", "top_p")},
+                                           max_tokens=self.max_tokens, temperature=self.temperature,
+                                           top_p=self.top_p, stop=tuple(self.stop), seed=self.seed + k, n=1)
+        except SamplingParamError as e:
+            raise ConfigError(str(e)) from None
 
 
 @dataclass

@@ -282,7 +282,8 @@ def refuse(monkeypatch, capsys):
 
 @pytest.mark.parametrize("flag,value,message", [
     ("--temperature", "-1", "error: --temperature must be >= 0 (0: greedy), got -1.0"),
-    ("--temperature", "nan", "error: --temperature must be >= 0 (0: greedy), got nan"),
+    ("--temperature", "nan", "error: --temperature must be a finite number, got nan"),
+    ("--top-p", "inf", "error: --top-p must be a finite number, got inf"),
     ("--top-p", "0", "error: --top-p must be in (0, 1], got 0.0"),
     ("--top-p", "1.5", "error: --top-p must be in (0, 1], got 1.5"),
     ("--max-tokens", "0", "error: --max-tokens must be >= 1, got 0"),

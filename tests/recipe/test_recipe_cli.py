@@ -61,6 +61,7 @@ def test_bad_config_is_one_line_exit_2_and_leaves_nothing(tiny_inputs, tmp_path,
         (["measure.benchmarks=[/no/bench.jsonl]"], "measure.benchmarks[0]"),
         (["ablation.budget_tokens=10"], "less than one global batch"),
         (["ablation.steps=99"], "ablation.steps=99 needs more data"),
+        (["measure.pass_at_1_max_tokens=0"], "measure.pass_at_1_max_tokens must be >= 1, got 0"),
     ]
     for overrides, message in cases:  # in this process: the CLI rule is run_tool's, tested for every tool elsewhere
         rc = run_tool(main, ["run", cfg, *overrides, "--output", str(out)])
