@@ -39,11 +39,11 @@ class SeedsConfig:
 
     def __post_init__(self):
         if not 0.0 <= self.python_fraction <= 1.0:
-            raise ValueError(f"seeds.python_fraction must be in [0, 1], got {self.python_fraction}")
+            raise ConfigError(f"seeds.python_fraction must be in [0, 1], got {self.python_fraction}")
         if not 1 <= self.min_lines <= self.max_lines:
-            raise ValueError(f"seeds: need 1 <= min_lines ({self.min_lines}) <= max_lines ({self.max_lines})")
+            raise ConfigError(f"seeds: need 1 <= min_lines ({self.min_lines}) <= max_lines ({self.max_lines})")
         if self.num_seeds < 1 or self.head_tokens < 1:
-            raise ValueError(f"seeds.num_seeds ({self.num_seeds}) and seeds.head_tokens ({self.head_tokens}) "
+            raise ConfigError(f"seeds.num_seeds ({self.num_seeds}) and seeds.head_tokens ({self.head_tokens}) "
                              f"must be >= 1")
 
 
@@ -106,7 +106,7 @@ class PostprocessConfig:
 
     def __post_init__(self):
         if self.min_lines < 0 or self.min_chars < 0:
-            raise ValueError(f"postprocess.min_lines ({self.min_lines}) and postprocess.min_chars "
+            raise ConfigError(f"postprocess.min_lines ({self.min_lines}) and postprocess.min_chars "
                              f"({self.min_chars}) must be >= 0 (0: off)")
 
 
@@ -133,9 +133,9 @@ class ExecutionConfig:
 
     def __post_init__(self):
         if self.num_shards < 1:
-            raise ValueError(f"execution.num_shards must be >= 1, got {self.num_shards}")
+            raise ConfigError(f"execution.num_shards must be >= 1, got {self.num_shards}")
         if self.shard_index is not None and not 0 <= self.shard_index < self.num_shards:
-            raise ValueError(f"execution.shard_index must be in 0..{self.num_shards - 1}, got {self.shard_index}")
+            raise ConfigError(f"execution.shard_index must be in 0..{self.num_shards - 1}, got {self.shard_index}")
 
 
 @dataclass
