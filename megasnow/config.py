@@ -117,6 +117,8 @@ def from_dict(cls, data, prefix=""):
             kwargs[f.name] = _convert(hints[f.name], data[f.name], key)
     try:
         return cls(**kwargs)
+    except ConfigError:  # a check that names its own key
+        raise
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{prefix or 'config'}: {e}") from None
 

@@ -138,14 +138,11 @@ def validate(args):
     return settings
 
 
-# (flag, test, what it must be): every numeric flag, by subcommand where it exists (a flag absent is skipped)
+# (flag, test, what it must be): every numeric flag, by subcommand where it exists (a flag absent is skipped);
+# the sampling flags (--n, --temperature, --top-p, --max-tokens) are SamplingParams' to check (GenerationSettings)
 NUMBER_RULES = (
     ("--limit", lambda v: v >= 0, ">= 0 (0: all tasks)"),
     ("--infill-per-task", lambda v: v >= 0, ">= 0 (0: all)"),
-    ("--n", lambda v: v >= 1, ">= 1"),
-    ("--temperature", lambda v: v >= 0, ">= 0 (0: greedy)"),
-    ("--top-p", lambda v: 0 < v <= 1, "in (0, 1]"),
-    ("--max-tokens", lambda v: v >= 1, ">= 1"),
     ("--seed", lambda v: v >= 0, ">= 0"),
     ("--batch-size", lambda v: v >= 1, ">= 1"),
     ("--max-retries", lambda v: v >= 0, ">= 0 (0: no retry)"),
@@ -321,6 +318,10 @@ def score(args, bench, samples_path, out_dir, extra=None, samples=None):
         bench = bench.subset({s.task_id for s in samples})
     skipped = [s for s in samples if s.skipped]
     runnable = [s for s in samples if not s.skipped]
+    if skipped and not runnable:  # a pass@k of 0 over no generated task must not look like a result
+        raise_usage(f"{samples_path}: every sample was skipped as too long for the model's context "
+                    f"({skipped[0].task_id}: {skipped[0].skipped}): there is nothing to score; generate again with "
+                    f"a lower --max-tokens or a model with a longer context")
     t0 = time.monotonic()
     with cfg.pool() as pool:
         run_bench = bench.subset({s.task_id for s in runnable})

@@ -21,7 +21,8 @@ from dataclasses import asdict, dataclass, replace
 from megasnow.errors import UserError
 from megasnow.eval.prompts import STYLES, build_request, sample_record
 from megasnow.eval.samples import write_samples
-from megasnow.generation.protocol import SamplingParams, context_tokens, is_context_length_error
+from megasnow.generation.protocol import (SamplingParamError, checked_sampling_params, context_tokens,
+                                         is_context_length_error)
 from megasnow.generation.protocol import failure_advice as protocol_failure_advice
 from megasnow.utils.atomic import atomic_write_text
 
@@ -43,18 +44,28 @@ class GenerationSettings:
     def __post_init__(self):
         if self.style not in STYLES:
             raise UserError(f"--prompt-style must be one of {STYLES}, got {self.style!r}")
-        if self.n < 1 or self.max_tokens < 1 or self.chunk < 1:
-            raise UserError("--n, --max-tokens and the chunk size must be >= 1")
+        if self.chunk < 1:
+            raise UserError(f"the chunk size must be >= 1, got {self.chunk}")
+        self._sampling(self.top_p, self.seed)  # every value SamplingParams refuses, named by its flag, up front
         if self.temperature == 0 and self.n > 1:
             raise UserError(f"--n {self.n} with --temperature 0 gives {self.n} identical greedy samples; set "
                             f"--temperature > 0 (e.g. 0.8) for pass@k, or --n 1 for greedy pass@1")
-        if not 0 < self.top_p <= 1:
-            raise UserError(f"--top-p must be in (0, 1], got {self.top_p}")
 
     def params(self, task_index):
-        return SamplingParams(max_tokens=self.max_tokens, temperature=self.temperature,
-                              top_p=self.top_p if self.temperature > 0 else 1.0,
-                              seed=self.seed + 1000 * task_index, n=self.n)
+        """SamplingParams of task `task_index` (top_p applies when sampling; greedy decoding ignores it)."""
+        return self._sampling(self.top_p if self.temperature > 0 else 1.0, self.seed + 1000 * task_index)
+
+    def _sampling(self, top_p, seed):
+        """SamplingParams with these settings; a value it refuses raises UserError naming the flag."""
+        try:
+            return checked_sampling_params(SAMPLING_FLAGS, max_tokens=self.max_tokens, temperature=self.temperature,
+                                           top_p=top_p, seed=seed, n=self.n)
+        except SamplingParamError as e:
+            raise UserError(str(e)) from None
+
+
+# the evaluate.py flag of each SamplingParams field GenerationSettings sets
+SAMPLING_FLAGS = {"max_tokens": "--max-tokens", "temperature": "--temperature", "top_p": "--top-p", "n": "--n"}
 
 
 class GenerationFailed(UserError):
@@ -193,12 +204,15 @@ def _largest_fitting(check, request):
     return lo
 
 
-def precheck(backend, requests, skip_too_long=False):
+def precheck(backend, requests, skip_too_long=False, generated_before=0):
     """Refuse up front (GenerationFailed) requests a backend can tell it cannot run before generating (a prompt plus
     max_tokens longer than a local model's context, infilling without FIM tokens): one line with the count, the
     backend's first message and advice that works (the largest --max-tokens at which every request fits, if any, and
     --skip-too-long). With `skip_too_long`, requests refused only for the context length are returned instead
-    ({request_id: message}) for the caller to score as failed. Backends that cannot tell (remote ones) pass all."""
+    ({request_id: message}) for the caller to score as failed, unless none of them fits and no task was generated
+    before (`generated_before`: tasks with samples from an earlier run): a score over no generated task is no
+    result, so that is refused like a run without --skip-too-long. Backends that cannot tell (remote ones) pass
+    all."""
     check = getattr(backend, "check", None)
     if check is None:
         return {}
@@ -214,7 +228,8 @@ def precheck(backend, requests, skip_too_long=False):
     if other:
         raise GenerationFailed(f"{len(other)} of {len(requests)} generation requests cannot run on {name}: "
                                f"{other[0][1]}")
-    if too_long and not skip_too_long:
+    none_fits = len(too_long) == len(requests) and not generated_before
+    if too_long and (not skip_too_long or none_fits):
         fits = [_largest_fitting(check, r) for r, e in bad]
         fit, first, fitting = min(fits), bad[0][1], len(requests) - len(bad)
         skip = ("pass --skip-too-long to generate the {} that fit and score the others as failed, pass@k staying over "
@@ -232,6 +247,10 @@ def precheck(backend, requests, skip_too_long=False):
         else:
             advice = ("no task fits at any --max-tokens: every prompt alone fills the context; use a model with a "
                       "longer one")
+        if skip_too_long:  # none fits: every task would be scored as failed unrun
+            raise GenerationFailed(f"--skip-too-long: none of the {len(requests)} tasks fits the context of {name} "
+                                   f"at --max-tokens {requests[0].params.max_tokens}, so a score would be over no "
+                                   f"generated task ({first}); {advice}")
         raise GenerationFailed(f"{len(bad)} of {len(requests)} generation requests cannot run on {name}: {first} "
                                f"({advice})")
     return too_long
@@ -283,10 +302,11 @@ class _Progress:
             self.bar.close()
 
 
-def _remove_if_empty(partial, meta_path, n, created_dir):
-    """Remove the partial file and its meta when they hold no finished task, and the folder this run created when
-    it is left empty (a failed run leaves nothing behind). Returns True when it removed them."""
-    if read_partial(partial, n):
+def _remove_if_empty(partial, meta_path, n, created_dir, force=False):
+    """Remove the partial file and its meta when they hold no finished task (or with `force`: only tasks skipped
+    as too long), and the folder this run created when it is left empty (a failed run leaves nothing behind).
+    Returns True when it removed them."""
+    if not force and read_partial(partial, n):
         return False
     for path in (partial, meta_path):
         if os.path.exists(path):
@@ -331,8 +351,9 @@ def generate_samples(backend, benchmark, settings, out_path, progress=True, log=
                                                  f"generate again", served=model)
     done = read_partial(partial, settings.n)
     todo = [(i, t) for i, t in enumerate(benchmark.tasks) if t.task_id not in done]
+    generated_before = sum(not recs[0].get("skipped") for recs in done.values())
     too_long = precheck(backend, [build_request(t, settings.style, settings.params(i), f"{i}") for i, t in todo],
-                        skip_too_long)
+                        skip_too_long, generated_before)
     if done:
         log(f"resuming: {len(done)} of {len(benchmark.tasks)} tasks already generated in {partial}")
     if too_long:
@@ -407,6 +428,12 @@ def generate_samples(backend, benchmark, settings, out_path, progress=True, log=
     stats.update(seconds=time.monotonic() - begin, model=model,
                  resumed_tasks=len(benchmark.tasks) - len(todo) - len(too_long), failed_tasks=len(missing),
                  too_long_tasks=len(skipped), too_long_task_ids=skipped)
+    if skip_too_long and benchmark.tasks and len(skipped) == len(benchmark.tasks):  # a server refused every one
+        _remove_if_empty(partial, meta_path, settings.n, created_dir, force=True)
+        raise GenerationFailed(f"--skip-too-long: none of the {len(benchmark.tasks)} tasks fits the model's context "
+                               f"at --max-tokens {settings.max_tokens}, so a score would be over no generated task "
+                               f"(first: {benchmark.tasks[0].task_id}: {done[benchmark.tasks[0].task_id][0]['skipped']}"
+                               f"); lower --max-tokens, or use a model with a longer context")
     if missing and not done:
         _remove_if_empty(partial, meta_path, settings.n, created_dir)
         raise GenerationFailed(f"all {stats['requests']} generation requests failed: "

@@ -2,12 +2,33 @@
 
 Plain dataclasses with no torch import, so drivers (synthesis, evaluation) stay light.
 """
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Optional
 
 FINISH_STOP, FINISH_LENGTH = "stop", "length"
 MAX_LOGPROBS = 20  # OpenAI's limit on logprobs / top_logprobs (vLLM's default --max-logprobs is also 20)
+
+
+class SamplingParamError(ValueError):
+    """A value SamplingParams refuses: `field` (its name) and `rule` ("must be >= 0, got -1.0"); the message is
+    "FIELD RULE"."""
+
+    def __init__(self, field, rule):
+        super().__init__(f"{field} {rule}")
+        self.field, self.rule = field, rule
+
+
+def checked_sampling_params(names, **fields):
+    """SamplingParams(**fields), checked where the values come from: a refused value raises SamplingParamError
+    whose message names it as the caller's user calls it, `names[field]` (a config key such as
+    "sampling.temperature" or a flag such as "--temperature"; the field's own name when absent). Config checks
+    call this so the rules live in SamplingParams alone."""
+    try:
+        return SamplingParams(**fields)
+    except SamplingParamError as e:
+        raise SamplingParamError(names.get(e.field, e.field), e.rule) from None
 
 
 @dataclass(frozen=True)
@@ -39,22 +60,26 @@ class SamplingParams:
     echo: bool = False
 
     def __post_init__(self):
+        for name in ("temperature", "top_p", "min_p"):
+            if not math.isfinite(getattr(self, name)):
+                raise SamplingParamError(name, f"must be a finite number, got {getattr(self, name)}")
         if self.max_tokens < (0 if self.echo else 1):
-            raise ValueError(f"max_tokens must be >= 1 (or 0 with echo), got {self.max_tokens}")
+            raise SamplingParamError("max_tokens", f"must be >= {0 if self.echo else 1}, got {self.max_tokens}")
         if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+            raise SamplingParamError("temperature", f"must be >= 0 (0: greedy), got {self.temperature}")
         if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+            raise SamplingParamError("top_p", f"must be in (0, 1], got {self.top_p}")
         if not 0 <= self.min_tokens <= self.max_tokens:
-            raise ValueError(f"min_tokens must be in [0, max_tokens={self.max_tokens}], got {self.min_tokens}")
+            raise SamplingParamError("min_tokens", f"must be in [0, max_tokens={self.max_tokens}], got "
+                                                   f"{self.min_tokens}")
         if self.n < 1:
-            raise ValueError(f"n must be >= 1, got {self.n}")
+            raise SamplingParamError("n", f"must be >= 1, got {self.n}")
         if self.top_k < -1:
-            raise ValueError(f"top_k must be -1 or 0 (all tokens) or >= 1, got {self.top_k}")
+            raise SamplingParamError("top_k", f"must be -1 or 0 (all tokens) or >= 1, got {self.top_k}")
         if not 0.0 <= self.min_p <= 1.0:
-            raise ValueError(f"min_p must be in [0, 1], got {self.min_p}")
+            raise SamplingParamError("min_p", f"must be in [0, 1], got {self.min_p}")
         if self.logprobs is not None and not 0 <= self.logprobs <= MAX_LOGPROBS:
-            raise ValueError(f"logprobs must be in [0, {MAX_LOGPROBS}], got {self.logprobs}")
+            raise SamplingParamError("logprobs", f"must be in [0, {MAX_LOGPROBS}], got {self.logprobs}")
         object.__setattr__(self, "top_k", max(int(self.top_k), 0))
         object.__setattr__(self, "stop", tuple(self.stop or ()))
 

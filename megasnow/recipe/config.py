@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from megasnow.config import ConfigError, describe_config, load_config, path_from_yaml_folder
 from megasnow.errors import UserError
+from megasnow.generation.protocol import SamplingParamError, checked_sampling_params
 from megasnow.train.config import ScheduleSection
 
 # Sections of a megasnow.train config that the runner writes itself (per run); `trainer` may not set them.
@@ -207,6 +208,10 @@ def check_ablation_config(cfg):
     if m.curve_points < 0 or m.alignment_random_files < 2 or m.pass_at_1_tasks < 0:
         raise ConfigError("measure.curve_points must be >= 0, measure.alignment_random_files >= 2 and "
                           "measure.pass_at_1_tasks >= 0")
+    try:  # pass@1 samples greedily with this many new tokens: SamplingParams' rules, named by key
+        checked_sampling_params({"max_tokens": "measure.pass_at_1_max_tokens"}, max_tokens=m.pass_at_1_max_tokens)
+    except SamplingParamError as e:
+        raise ConfigError(str(e)) from None
     if cfg.runner.threads < 1:
         raise ConfigError(f"runner.threads must be >= 1, got {cfg.runner.threads}")
     check_trainer_section(cfg.trainer)

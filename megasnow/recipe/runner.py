@@ -13,8 +13,10 @@ import copy
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 
 import yaml
@@ -106,7 +108,12 @@ class AblationRunner:
     # ------------------------------------------------------------------ run
     def run(self, report=True):
         """Prepare, train and measure everything not finished yet; write summary.json (and the report).
-        Returns the summary dict."""
+        Returns the summary dict. SIGTERM counts as Ctrl-C (KeyboardInterrupt: a training child gets it passed on
+        and saves; a binarizing child is stopped; outputs are atomic and a rerun resumes)."""
+        with _signals_as_exceptions():
+            return self._run(report)
+
+    def _run(self, report):
         t0 = time.time()
         self.check_inputs()
         fresh = not os.path.lexists(self.out)
@@ -307,20 +314,28 @@ class AblationRunner:
         atomic_write_text(cfg_path, yaml.safe_dump(train_cfg, sort_keys=False))
         steps = train_cfg["phases"][0]["steps"]
         self.log(f"{label}: training {steps} steps on {what} -> {run_dir}")
+        segments = os.path.join(run_dir, "segments.jsonl")
+        earlier = _read_segments(segments)
         t0 = time.time()
-        self._launch(cfg_path, run_dir, label)
+        try:
+            self._launch(cfg_path, run_dir, label)
+        finally:  # an interrupted segment's time counts too, when the rerun resumes it
+            _append_segment(segments, time.time() - t0)
         seconds = time.time() - t0
+        before = _seconds_before_resume(os.path.join(run_dir, "log", "metrics.jsonl"), earlier)
         trained = self._check_tokens(run_dir, steps, label)
         t1 = time.time()
         measures = self._measure(os.path.join(run_dir, "ckpt"))
         result = dict(meta, fingerprint=fp, steps=steps, global_batch_size=self.gbs, seq_len=self.seq_len,
                       tokens=steps * self.gbs * self.seq_len, **trained, measures=measures,
-                      seconds_train=round(seconds, 1), seconds_measure=round(time.time() - t1, 1),
+                      seconds_train=round(before + seconds, 1), seconds_train_before_resume=round(before, 1),
+                      seconds_measure=round(time.time() - t1, 1),
                       finished=time.strftime("%Y-%m-%d %H:%M:%S"))
         _write_json(result_path, result)
         self.log(f"{label}: held-out loss {measures['heldout_loss']:.4f}, benchmark-solution loss "
                  + ", ".join(f"{k} {v:.4f}" for k, v in measures["benchmark_loss"].items())
-                 + f" ({seconds:.0f} s training)")
+                 + f" ({before + seconds:.0f} s training"
+                 + (f", {before:.0f} s of it before the resume)" if before else ")"))
         if meta["name"] != "base" and not self.cfg.runner.keep_checkpoints:
             shutil.rmtree(os.path.join(run_dir, "ckpt"), ignore_errors=True)
         return result, False
@@ -345,19 +360,26 @@ class AblationRunner:
             raise RecipeError(f"{label}: megasnow.train exited with {rc}; see {os.path.join(run_dir, 'train.log')}")
 
     def _subprocess(self, cfg_path, run_dir, label):
-        """`python -m megasnow.train train.yaml` (or runner.command + train.yaml), its output appended to train.log and echoed with the run's label."""
+        """`python -m megasnow.train train.yaml` (or runner.command + train.yaml), its output appended to train.log and
+        echoed with the run's label. The child runs in its own session: a SIGINT (Ctrl-C, or `kill -INT` of this
+        process alone) or SIGTERM reaching this process is forwarded to it once, so it finishes its step and saves
+        a checkpoint; then this raises KeyboardInterrupt (exit 130, rerun to resume)."""
         env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
                    OMP_NUM_THREADS=str(self.cfg.runner.threads), PYTHONUNBUFFERED="1")
         with open(os.path.join(run_dir, "train.log"), "a", encoding="utf-8") as logf:
             command = list(self.cfg.runner.command) or [sys.executable, "-m", "megasnow.train"]
-            proc = subprocess.Popen(command + [cfg_path], stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO)
+            proc = subprocess.Popen(command + [cfg_path], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    text=True, env=env, cwd=REPO, start_new_session=True)
             try:
                 self._relay(proc, logf, label)
                 return proc.wait()
-            except KeyboardInterrupt:  # the child got the same Ctrl-C: let it save its checkpoint
-                self._interrupted(proc, logf, label)
+            except KeyboardInterrupt as e:  # SIGINT, or SIGTERM (_Terminated)
+                self._interrupted(proc, logf, label, getattr(e, "signum", signal.SIGINT))
                 raise
+            finally:
+                if proc.poll() is None:  # an error of this process's own: leave no trainer behind
+                    proc.kill()
+                    proc.wait()
 
     def _relay(self, proc, logf, label):
         """Copy the child's output lines into train.log and echo them with the run's label, until it closes."""
@@ -367,12 +389,15 @@ class AblationRunner:
             if line.strip():
                 self.log(f"  {label}: {line.rstrip()}")
 
-    def _interrupted(self, proc, logf, label):
-        """Ctrl-C reached the process group: say so at once (here and in train.log), keep relaying the child's
-        lines while it finishes its step and saves (its own "interrupted" line included), and wait for it. A second
-        Ctrl-C stops the child at once (megasnow.train's own rule), and this wait with it."""
-        note = ("Ctrl-C: the training run is finishing its step and saving a checkpoint (Ctrl-C again to stop at "
-                "once)")
+    def _interrupted(self, proc, logf, label, signum):
+        """SIGINT or SIGTERM reached this process: pass it to the child (in its own session, it gets nothing from
+        the terminal), say so at once (here and in train.log), keep relaying the child's lines while it finishes its
+        step and saves (its own "interrupted" line included), and wait for it. A second Ctrl-C is passed on too and
+        stops the child at once (megasnow.train's own rule), and this wait with it."""
+        what = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
+        note = (f"{what}: the training run is finishing its step and saving a checkpoint (Ctrl-C again to stop at "
+                f"once)")
+        _send(proc, signum)
         self.log(f"{label}: {note}")
         logf.write(f"[{time.strftime('%Y-%m-%d %H:%M:%S')}] recipe_ablation: {note}\n")
         logf.flush()
@@ -380,6 +405,7 @@ class AblationRunner:
             self._relay(proc, logf, label)
             proc.wait()
         except KeyboardInterrupt:
+            _send(proc, signal.SIGINT)
             logf.write(f"[{time.strftime('%Y-%m-%d %H:%M:%S')}] recipe_ablation: second Ctrl-C: stopped at once\n")
             logf.flush()
             try:
@@ -423,6 +449,78 @@ class AblationRunner:
     # ------------------------------------------------------------------ summary
     def summarize(self, base=None):
         return summarize(self.out, base)
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM reached the runner: handled as Ctrl-C (passed on to a training child, then exit 130 via run_tool)."""
+
+    signum = signal.SIGTERM
+
+
+def _raise_terminated(signum, frame):
+    raise _Terminated()
+
+
+class _signals_as_exceptions:
+    """While the runner runs: SIGTERM raises _Terminated, a KeyboardInterrupt (as SIGINT does), so the runner passes
+    it on to a training child instead of dying and leaving the child to train on. Only in the main thread (signal
+    handlers cannot be set elsewhere); the previous handler comes back after."""
+
+    def __enter__(self):
+        self.previous = None
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGTERM, _raise_terminated)
+        return self
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+        return False
+
+
+def _send(proc, signum):
+    """Send `signum` to a child that may have exited already."""
+    if proc.poll() is None:
+        try:
+            proc.send_signal(signum)
+        except ProcessLookupError:
+            pass
+
+
+def _read_segments(path):
+    """Wall seconds of the earlier launches of a run (segments.jsonl, one {"seconds": s} per launch)."""
+    if not os.path.exists(path):
+        return 0.0
+    total = 0.0
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                total += float(json.loads(line)["seconds"])
+            except (ValueError, KeyError, TypeError):
+                continue  # a line cut by a kill
+    return total
+
+
+def _append_segment(path, seconds):
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps({"seconds": round(seconds, 3), "ended": time.strftime("%Y-%m-%d %H:%M:%S")}) + "\n")
+
+
+def _seconds_before_resume(metrics_path, earlier_wall=0.0):
+    """Training seconds of a run's segments before its last resume (0.0 when this launch did not resume): the wall
+    time of the earlier launches as the runner recorded them (`earlier_wall`, segments.jsonl), or at least the step
+    times (step_time_s) of the steps up to the resumed step as megasnow.train logged them in metrics.jsonl (kept
+    across resumes; a launch killed too hard to record its time still counts by its steps)."""
+    from megasnow.train.metrics import read_metrics
+
+    if not os.path.exists(metrics_path):
+        return 0.0
+    resumes = read_metrics(metrics_path, "resume")
+    if not resumes:
+        return 0.0
+    at = resumes[-1]["step"]
+    steps = float(sum(r.get("step_time_s") or 0.0 for r in read_metrics(metrics_path) if r["step"] <= at))
+    return max(earlier_wall, steps)
 
 
 def _schedule_dict(s):

@@ -4,9 +4,10 @@ import os
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
-from megasnow.config import load_config, path_from_yaml_folder
+from megasnow.config import ConfigError, load_config, path_from_yaml_folder
 from megasnow.curate.config import DecontaminationConfig, FiltersConfig, NearDedupConfig
 from megasnow.generation.factory import BackendConfig
+from megasnow.generation.protocol import SamplingParamError, checked_sampling_params
 
 
 @dataclass
@@ -38,11 +39,11 @@ class SeedsConfig:
 
     def __post_init__(self):
         if not 0.0 <= self.python_fraction <= 1.0:
-            raise ValueError(f"seeds.python_fraction must be in [0, 1], got {self.python_fraction}")
+            raise ConfigError(f"seeds.python_fraction must be in [0, 1], got {self.python_fraction}")
         if not 1 <= self.min_lines <= self.max_lines:
-            raise ValueError(f"seeds: need 1 <= min_lines ({self.min_lines}) <= max_lines ({self.max_lines})")
+            raise ConfigError(f"seeds: need 1 <= min_lines ({self.min_lines}) <= max_lines ({self.max_lines})")
         if self.num_seeds < 1 or self.head_tokens < 1:
-            raise ValueError(f"seeds.num_seeds ({self.num_seeds}) and seeds.head_tokens ({self.head_tokens}) "
+            raise ConfigError(f"seeds.num_seeds ({self.num_seeds}) and seeds.head_tokens ({self.head_tokens}) "
                              f"must be >= 1")
 
 
@@ -71,7 +72,17 @@ class SamplingConfig:
 
     def __post_init__(self):
         if self.samples_per_seed < 1:
-            raise ValueError(f"sampling.samples_per_seed must be >= 1, got {self.samples_per_seed}")
+            raise ConfigError(f"sampling.samples_per_seed must be >= 1, got {self.samples_per_seed}")
+        self.params(0)  # the values SamplingParams would refuse, named by key, before anything is read or written
+
+    def params(self, k):
+        """SamplingParams of request k (sampled with seed + k); ConfigError naming the sampling.* key it refuses."""
+        try:
+            return checked_sampling_params({f: f"sampling.{f}" for f in ("max_tokens", "temperature", "top_p")},
+                                           max_tokens=self.max_tokens, temperature=self.temperature,
+                                           top_p=self.top_p, stop=tuple(self.stop), seed=self.seed + k, n=1)
+        except SamplingParamError as e:
+            raise ConfigError(str(e)) from None
 
 
 @dataclass
@@ -95,7 +106,7 @@ class PostprocessConfig:
 
     def __post_init__(self):
         if self.min_lines < 0 or self.min_chars < 0:
-            raise ValueError(f"postprocess.min_lines ({self.min_lines}) and postprocess.min_chars "
+            raise ConfigError(f"postprocess.min_lines ({self.min_lines}) and postprocess.min_chars "
                              f"({self.min_chars}) must be >= 0 (0: off)")
 
 
@@ -122,9 +133,9 @@ class ExecutionConfig:
 
     def __post_init__(self):
         if self.num_shards < 1:
-            raise ValueError(f"execution.num_shards must be >= 1, got {self.num_shards}")
+            raise ConfigError(f"execution.num_shards must be >= 1, got {self.num_shards}")
         if self.shard_index is not None and not 0 <= self.shard_index < self.num_shards:
-            raise ValueError(f"execution.shard_index must be in 0..{self.num_shards - 1}, got {self.shard_index}")
+            raise ConfigError(f"execution.shard_index must be in 0..{self.num_shards - 1}, got {self.shard_index}")
 
 
 @dataclass

@@ -44,9 +44,7 @@ def plan_requests(seeds, template, sampling_cfg, model):
         body = template.request_body(seed.text, seed.lang)
         for sample in range(sampling_cfg.samples_per_seed):
             k = len(out)
-            params = SamplingParams(max_tokens=sampling_cfg.max_tokens, temperature=sampling_cfg.temperature,
-                                    top_p=sampling_cfg.top_p, stop=tuple(sampling_cfg.stop),
-                                    seed=sampling_cfg.seed + k, n=1)
+            params = sampling_cfg.params(k)
             out.append(PlannedRequest(index=k, id=content_id(model, body, params, sample), seed=seed,
                                       sample=sample, body=body, params=params))
     return out

@@ -1,6 +1,7 @@
 """tools/evaluate.py: score (outputs, summary numbers), loss, run, and one-line refusals (exit 2, nothing written)."""
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -228,6 +229,29 @@ def test_tasks_too_long_for_the_context(tiny_short, tmp_path):
         lines = proc.stderr.strip().splitlines()
         assert proc.returncode == 2 and len(lines) == 1 and not out.exists(), proc.stderr
         assert lines[0].endswith(advice) and "skip-too-long to generate the 0" not in lines[0], lines[0]
+    # --skip-too-long where none fits would score every task as failed unrun: refused in every mode, not a 0.0%
+    gen = ["generate", "--backend", "local", "--model", tiny_short, "--benchmark", fits]
+    for args in ([*common, "--benchmark", fits, "--output", str(out)],
+                 [*common, "--benchmark", fits, "--infill", "single-line", "--output", str(out)],
+                 [*gen, "--output", str(out / "s.jsonl")]):
+        proc = evaluate(*args, "--max-tokens", "9000", "--skip-too-long")
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1 and not out.exists(), (args, proc.stderr)
+        assert lines[0].startswith("error: --skip-too-long: none of the ") and "tasks fits the context of ckpt at " \
+            "--max-tokens 9000, so a score would be over no generated task (This model's maximum context length " \
+            "is 160" in lines[0], lines[0]
+        assert re.search(r"; --max-tokens \d+ makes every task fit$", lines[0]), lines[0]
+    # a samples file made elsewhere whose every sample was skipped: nothing to score
+    from megasnow.eval.codegen import skipped_record
+    from megasnow.eval.tasks import load_benchmark
+
+    skipped = tmp_path / "skipped.jsonl"
+    skipped.write_text("".join(json.dumps(skipped_record(t, "completion", 0, "maximum context length is 160 tokens"))
+                               + "\n" for t in load_benchmark(fits).tasks))
+    proc = evaluate("score", "--benchmark", fits, "--samples", str(skipped), "--output", str(out), "--k", "1")
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and not out.exists(), proc.stderr
+    assert lines[0].startswith(f"error: {skipped}: every sample was skipped as too long for the model's context")
     proc = evaluate(*common, "--benchmark", fits, "--max-tokens", "39", "--output", str(out))  # the advice works
     assert proc.returncode == 0 and "generated 3 samples for 3 tasks" in proc.stdout, proc.stderr
 
@@ -282,7 +306,8 @@ def refuse(monkeypatch, capsys):
 
 @pytest.mark.parametrize("flag,value,message", [
     ("--temperature", "-1", "error: --temperature must be >= 0 (0: greedy), got -1.0"),
-    ("--temperature", "nan", "error: --temperature must be >= 0 (0: greedy), got nan"),
+    ("--temperature", "nan", "error: --temperature must be a finite number, got nan"),
+    ("--top-p", "inf", "error: --top-p must be a finite number, got inf"),
     ("--top-p", "0", "error: --top-p must be in (0, 1], got 0.0"),
     ("--top-p", "1.5", "error: --top-p must be in (0, 1], got 1.5"),
     ("--max-tokens", "0", "error: --max-tokens must be >= 1, got 0"),

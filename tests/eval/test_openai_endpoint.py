@@ -96,6 +96,17 @@ def test_failed_requests_through_an_endpoint(tiny, tmp_path):
             assert sorted(r["task_id"] for r in partial) == ["1", "2", "3"]
         assert "resuming: 3 of 4 tasks" in proc.stderr
 
+        # ... and where the server refuses every task as too long, a score over none is refused, nothing left
+        only_long = tmp_path / "only_long.jsonl"
+        only_long.write_text(json.dumps(tasks[-1]) + "\n")
+        out = tmp_path / "none_fits"
+        proc = evaluate(*common, "--benchmark", str(only_long), "--skip-too-long", "--output", str(out))
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1 and not out.exists(), proc.stderr
+        assert lines[0].startswith("error: --skip-too-long: none of the 1 tasks fits the model's context at "
+                                   "--max-tokens 8, so a score would be over no generated task (first: 4: ")
+        assert lines[0].endswith("lower --max-tokens, or use a model with a longer context"), lines[0]
+
         # --skip-too-long through a server, which can tell only by its 400: the task is scored as failed
         out = tmp_path / "skip"
         proc = evaluate(*common, "--benchmark", str(bench), "--skip-too-long", "--output", str(out))

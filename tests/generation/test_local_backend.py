@@ -157,6 +157,6 @@ def test_logprobs_and_echo_through_the_backend(engine):
     assert results["chat"].error_kind == "bad_request" and "echo" in results["chat"].error
     for kw, message in [({"logprobs": 21}, "logprobs must be in [0, 20], got 21"),
                         ({"logprobs": -1}, "logprobs must be in [0, 20]"),
-                        ({"max_tokens": 0}, "max_tokens must be >= 1 (or 0 with echo), got 0")]:
+                        ({"max_tokens": 0}, "max_tokens must be >= 1, got 0")]:
         with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
             SamplingParams(**kw)

@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.recipe.tiny_setting import REPO, tiny_config, write_config
 
 TOOL = os.path.join(REPO, "tools", "recipe_ablation.py")
@@ -61,6 +63,7 @@ def test_bad_config_is_one_line_exit_2_and_leaves_nothing(tiny_inputs, tmp_path,
         (["measure.benchmarks=[/no/bench.jsonl]"], "measure.benchmarks[0]"),
         (["ablation.budget_tokens=10"], "less than one global batch"),
         (["ablation.steps=99"], "ablation.steps=99 needs more data"),
+        (["measure.pass_at_1_max_tokens=0"], "measure.pass_at_1_max_tokens must be >= 1, got 0"),
     ]
     for overrides, message in cases:  # in this process: the CLI rule is run_tool's, tested for every tool elsewhere
         rc = run_tool(main, ["run", cfg, *overrides, "--output", str(out)])
@@ -167,11 +170,40 @@ def test_report_command(tiny_run, tmp_path):
     assert r.returncode == 2 and r.stderr.startswith("error: ") and "neither an ablation folder" in r.stderr
 
 
-def test_ctrl_c_during_a_subprocess_run_says_so_at_once_logs_it_and_resumes(tiny_run, tiny_inputs, tmp_path):
-    """Ctrl-C (SIGINT to the process group) while `python -m megasnow.train` runs an arm: the runner prints its
-    line before the trainer's own "interrupted" line, both reach the run's train.log, exit 130, and a rerun
-    resumes from the saved checkpoint."""
+def _interrupt_at_a_step(args, signum, env, after=0):
+    """Run the tool in its own session; once the trainer logs a step > `after`, send `signum` to the runner's pid
+    alone (as `kill -INT PID` does: the trainer child gets nothing from outside). Returns (exit status, output)."""
+    import re
     import signal
+
+    proc = subprocess.Popen([sys.executable, TOOL, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=env, cwd=REPO, start_new_session=True)
+    lines = []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            m = re.search(r"random seed 0 \(1/1\):\s+step\s+(\d+) \|", line)
+            if m and int(m.group(1)) > after:  # the trainer is stepping
+                os.kill(proc.pid, signum)
+                break
+        lines += proc.stdout.readlines()
+        rc = proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    return rc, "".join(lines)
+
+
+def test_sigint_and_sigterm_to_the_runner_alone_reach_the_trainer_which_saves_and_resumes(tiny_run, tiny_inputs,
+                                                                                         tmp_path):
+    """SIGINT sent to the runner's pid alone while `python -m megasnow.train` runs an arm (as Ctrl-C in a terminal,
+    or `kill -INT`): the runner passes it on, prints its line before the trainer's own "interrupted" line, both reach
+    the run's train.log, the trainer saves at that early step, exit 130; a rerun resumes from there. SIGTERM to the
+    resumed runner does the same. The last rerun finishes, and its training seconds count every segment's steps."""
+    import re
+    import signal
+
+    from megasnow.train.metrics import read_metrics
 
     base_ckpt = os.path.join(tiny_run[0], "base", "ckpt")
     cfg = tiny_config(tiny_inputs, **{"ablation.arms": ["random"], "ablation.seeds": [0],
@@ -180,32 +212,45 @@ def test_ctrl_c_during_a_subprocess_run_says_so_at_once_logs_it_and_resumes(tiny
     cfg["runner"]["launcher"] = "subprocess"
     path = write_config(str(tmp_path / "cfg.yaml"), cfg)
     out = str(tmp_path / "out")
+    run_dir = os.path.join(out, "arms", "random", "seed0")
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1",
                HF_HUB_OFFLINE="1")
-    proc = subprocess.Popen([sys.executable, TOOL, "run", path, "--output", out, "--no-report"], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO, start_new_session=True)
-    lines = []
-    try:
-        for line in proc.stdout:
-            lines.append(line)
-            if "random seed 0 (1/1): step " in line:  # the trainer is stepping: Ctrl-C as a terminal sends it
-                os.killpg(proc.pid, signal.SIGINT)
-                break
-        lines += proc.stdout.readlines()
-        rc = proc.wait(timeout=120)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    text = "".join(lines)
+    args = ["run", path, "--output", out, "--no-report"]
+    rc, text = _interrupt_at_a_step(args, signal.SIGINT, env)
     assert rc == 130, text
+    steps = int(re.search(r"random seed 0 \(1/1\): training (\d+) steps", text).group(1))
     note = "Ctrl-C: the training run is finishing its step and saving a checkpoint (Ctrl-C again to stop at once)"
     assert f"random seed 0 (1/1): {note}" in text
+    saved = int(re.search(r"interrupted \(Ctrl-C\): saved a checkpoint at step (\d+)", text).group(1))
+    assert 1 <= saved < steps - 1, text  # early: the trainer stopped when told, not at the end
     assert text.index(note) < text.index("interrupted (Ctrl-C): saved a checkpoint at step"), text
     assert text.rstrip().splitlines()[-1].startswith("recipe_ablation.py: interrupted (Ctrl-C)"), text
-    with open(os.path.join(out, "arms", "random", "seed0", "train.log")) as f:
+    with open(os.path.join(run_dir, "train.log")) as f:
         log = f.read()
     assert f"recipe_ablation: {note}" in log and "interrupted (Ctrl-C): saved a checkpoint at step" in log
     assert log.index(note) < log.index("interrupted (Ctrl-C): saved")
-    r = _run("run", path, "--output", out, "--no-report")
+    assert not os.path.exists(os.path.join(run_dir, "result.json"))
+
+    rc, text = _interrupt_at_a_step(args, signal.SIGTERM, env, after=saved)  # resumed, then SIGTERM
+    assert rc == 130, text
+    assert f"resumed from" in text and f"at step {saved}" in text, text
+    assert "random seed 0 (1/1): SIGTERM: the training run is finishing its step and saving a checkpoint" in text
+    saved2 = int(re.search(r"SIGTERM: saved a checkpoint at step (\d+)", text).group(1))
+    assert saved < saved2 < steps, text
+
+    r = _run(*args)
     assert r.returncode == 0, r.stderr[-2000:] + r.stdout[-2000:]
-    assert "resum" in r.stdout.lower() and "runs: 1 of 1 finished" in r.stdout
+    assert f"at step {saved2}" in r.stdout and "runs: 1 of 1 finished" in r.stdout
+    with open(os.path.join(run_dir, "result.json")) as f:
+        res = json.load(f)
+    metrics = os.path.join(run_dir, "log", "metrics.jsonl")
+    step_times = {rec["step"]: rec["step_time_s"] for rec in read_metrics(metrics)}
+    assert sorted(step_times) == list(range(1, steps + 1))  # one record per step across the three segments
+    with open(os.path.join(run_dir, "segments.jsonl")) as f:  # the wall time of each launch, as the runner saw it
+        walls = [json.loads(line)["seconds"] for line in f]
+    assert len(walls) == 3 and all(w > 0 for w in walls)
+    before = sum(t for s, t in step_times.items() if s <= saved2)  # the first two segments' steps
+    assert walls[0] + walls[1] > before  # a launch's wall time covers its steps (and its set-up)
+    assert res["seconds_train_before_resume"] == round(walls[0] + walls[1], 1)
+    assert res["seconds_train"] == pytest.approx(sum(walls), abs=0.15)  # every segment, not the last one's alone
+    assert res["seconds_train"] > walls[2] + 0.5

@@ -160,3 +160,29 @@ def test_shipped_configs_resolve_from_any_folder(tmp_path, monkeypatch):
         assert cfg.seeds.documents in ([], ["phase2/selected"])  # the user's data: relative to the cwd
     assert {os.path.join(folder, "templates", "small_model.txt"),
             os.path.join(folder, "templates", "file_completion.txt")} <= templates
+
+
+def test_sampling_keys_are_checked_at_start_by_sampling_params_rules(tmp_path):
+    """Every sampling.* value SamplingParams refuses is one line naming the key, exit 2, before the seeds are read
+    (here they do not even exist) or a server is asked, and nothing is left in --output."""
+    import pytest
+
+    from megasnow.config import ConfigError
+    from megasnow.synth.config import load_synth_config
+
+    shipped = os.path.join(ROOT, "examples", "synthesis", "cpu_local.yaml")
+    for override, message in [("sampling.temperature=-1", "sampling.temperature must be >= 0 (0: greedy), got -1.0"),
+                              ("sampling.max_tokens=0", "sampling.max_tokens must be >= 1, got 0"),
+                              ("sampling.top_p=0", "sampling.top_p must be in (0, 1], got 0.0"),
+                              ("sampling.top_p=1.5", "sampling.top_p must be in (0, 1], got 1.5"),
+                              ("sampling.temperature=nan", "sampling.temperature must be a finite number, got nan"),
+                              ("sampling.samples_per_seed=0", "sampling.samples_per_seed must be >= 1, got 0")]:
+        with pytest.raises(ConfigError) as e:
+            load_synth_config(shipped, [override])
+        assert str(e.value) == message
+    out = tmp_path / "out"
+    r = run_tool("--config", shipped, "--seeds", str(tmp_path / "no-seeds.jsonl"), "--output", str(out),
+                 "--base-url", "http://127.0.0.1:9/v1", "sampling.temperature=-1")
+    assert r.returncode == 2 and r.stderr.strip() == ("error: sampling.temperature must be >= 0 (0: greedy), "
+                                                      "got -1.0"), r.stderr
+    assert not out.exists()
