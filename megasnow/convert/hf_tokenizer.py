@@ -63,9 +63,11 @@ def special_tokens_map(config):
     return out
 
 
-def read_json(path):
-    """A JSON file's contents, {} when it does not exist; ConversionError naming the file when it is not JSON."""
-    from megasnow.convert.errors import ConversionError
+def read_json(path, error=None):
+    """A JSON file's contents, {} when it does not exist; `error` (a UserError type; default ConversionError)
+    naming the file when it is not JSON."""
+    if error is None:
+        from megasnow.convert.errors import ConversionError as error
 
     if not os.path.exists(path):
         return {}
@@ -73,7 +75,7 @@ def read_json(path):
         with open(path, encoding="utf-8") as f:
             return json.load(f)
     except ValueError as e:
-        raise ConversionError(f"{path}: not valid JSON ({e})") from None
+        raise error(f"{path}: not valid JSON ({e})") from None
 
 
 def _generic_config(tokenizer, fast):

@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Optional
 
+from megasnow.convert.hf_tokenizer import read_json, token_text
 from megasnow.errors import UserError
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
@@ -68,23 +69,6 @@ def load_model(path, device="cpu", dtype=None):
     return model.to(device=device, dtype=dtype).eval(), folder, fingerprint
 
 
-def _read_json(path):
-    if not os.path.exists(path):
-        return {}
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except ValueError as e:
-        raise ModelLoadError(f"{path}: not valid JSON ({e})") from None
-
-
-def _token_text(value):
-    """A special token entry of tokenizer_config.json: a string or an AddedToken dict."""
-    if isinstance(value, dict):
-        return value.get("content")
-    return value
-
-
 def read_tokenizer_files(folder, tokenizer=None, chat_template=None):
     """The tokenizer, chat template and EOS ids of a model folder.
 
@@ -104,8 +88,8 @@ def read_tokenizer_files(folder, tokenizer=None, chat_template=None):
         raise ModelLoadError(f"{folder}: holds no tokenizer.json / tokenizer.model; pass --tokenizer")
     tok = load_tokenizer(tok_path)
     tok_folder = tok_path if os.path.isdir(tok_path) else os.path.dirname(tok_path)
-    config = _read_json(os.path.join(tok_folder, "tokenizer_config.json")) or _read_json(
-        os.path.join(folder, "tokenizer_config.json"))
+    config = read_json(os.path.join(tok_folder, "tokenizer_config.json"), ModelLoadError) or read_json(
+        os.path.join(folder, "tokenizer_config.json"), ModelLoadError)
 
     template = config.get("chat_template")
     if isinstance(template, list):  # HF allows named templates; the default one is what clients expect
@@ -124,13 +108,13 @@ def read_tokenizer_files(folder, tokenizer=None, chat_template=None):
         else:
             raise ModelLoadError(f"--chat-template {chat_template!r}: no such file (nor Jinja template text)")
 
-    special = {k: _token_text(config.get(k)) for k in ("bos_token", "eos_token", "unk_token", "pad_token")}
+    special = {k: token_text(config.get(k)) for k in ("bos_token", "eos_token", "unk_token", "pad_token")}
     special = {k: v for k, v in special.items() if v}
     eos = []
     if special.get("eos_token") is not None:
         eos.append(tok.token_to_id(special["eos_token"]))
     for name in ("generation_config.json", "config.json"):
-        value = _read_json(os.path.join(folder, name)).get("eos_token_id")
+        value = read_json(os.path.join(folder, name), ModelLoadError).get("eos_token_id")
         eos.extend(value if isinstance(value, list) else [value])
     try:
         eos.append(tok.eod_id)
