@@ -182,9 +182,27 @@ def run_tool(main, argv=None, user_errors=(), prog=None, on_interrupt=INTERRUPTE
     return rc
 
 
+def _interrupt_behind(e):
+    """The KeyboardInterrupt (Ctrl-C or Terminated) that `e` was raised while handling, if any: a library that
+    cleans up on the way out (torch.save's zip writer) can raise its own error over the interrupt."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, KeyboardInterrupt):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
+
+
 def _run(main, argv, user_errors, prog, debug, on_interrupt=INTERRUPTED_RESUMABLE):
     try:
-        rc = main(argv)
+        try:
+            rc = main(argv)
+        except Exception as e:
+            interrupt = _interrupt_behind(e)
+            if interrupt is None:
+                raise
+            raise interrupt from e
         return EXIT_OK if rc is None else rc
     except KeyboardInterrupt as e:
         if debug:

@@ -217,3 +217,29 @@ def test_sigterm_takes_the_ctrl_c_way_out_with_its_own_line(tmp_path, sig, rc, l
     assert proc.returncode == rc, err
     assert len(err.splitlines()) == 1 and err.startswith(line), err
     assert not out.exists()
+
+
+def test_an_error_raised_over_an_interrupt_still_counts_as_the_interrupt(capsys):
+    """torch.save interrupted mid-write raises its own RuntimeError while unwinding the KeyboardInterrupt (or the
+    Terminated of a SIGTERM): the tool still ends with the interrupt's one line and exit code."""
+    from megasnow.utils.cli import Terminated
+
+    def writer(interrupt):
+        def main(argv):
+            try:
+                raise interrupt
+            finally:
+                raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 21376 vs 21270")
+        return main
+
+    assert run_tool(writer(KeyboardInterrupt()), [], prog="convert.py") == 130
+    assert capsys.readouterr().err.startswith("convert.py: interrupted (Ctrl-C); ")
+    assert run_tool(writer(Terminated()), [], prog="convert.py") == 143
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and err.startswith("convert.py: terminated (SIGTERM); ")
+
+    def plain_error(argv):
+        raise RuntimeError("a real bug")
+
+    with pytest.raises(RuntimeError, match="a real bug"):
+        run_tool(plain_error, [])
