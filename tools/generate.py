@@ -38,7 +38,7 @@ def build_parser():
                    help="no EOS before this many new tokens (HF's min_new_tokens), so no completion is empty")
     p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature, 0 = greedy (>= 0)")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass, in (0, 1]")
-    p.add_argument("--top-k", type=int, default=0, help="sample from the k most likely tokens (0: all)")
+    p.add_argument("--top-k", type=int, default=0, help="sample from the k most likely tokens (0 or -1: all)")
     p.add_argument("--min-p", type=float, default=0.0,
                    help="drop tokens less likely than min-p x the most likely one's probability, in [0, 1]")
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable), cut from the output")
@@ -59,8 +59,8 @@ def check_sampling_args(args):
         fail(f"--temperature must be >= 0 (0 = greedy), got {args.temperature}")
     if not 0.0 < args.top_p <= 1.0:
         fail(f"--top-p must be in (0, 1] (1 = no nucleus cut), got {args.top_p}")
-    if args.top_k < 0:
-        fail(f"--top-k must be >= 0 (0 = all tokens), got {args.top_k}")
+    if args.top_k < -1:
+        fail(f"--top-k must be >= 1, or 0 or -1 for all tokens (vLLM's convention), got {args.top_k}")
     if not 0.0 <= args.min_p <= 1.0:
         fail(f"--min-p must be in [0, 1] (0 = off), got {args.min_p}")
     if args.batch_size < 1:
@@ -85,15 +85,16 @@ def read_prompts(args):
 
     prompts = []
     for i, text in enumerate(args.prompt, 1):
-        if not text:
+        suffix = args.suffix[i - 1] if i <= len(args.suffix) else None
+        if not text and suffix is None:  # an infilling prefix may be empty (the cursor at the top of a file)
             fail(f"--prompt number {i} is empty: give at least one character of prompt")
-        prompts.append((f"--prompt {i}", text, args.suffix[i - 1] if i <= len(args.suffix) else None))
+        prompts.append((f"--prompt {i}", text, suffix))
     skipped = 0
     if args.prompts_file:
         report = ReadReport()
         for path, line, rec in read_shards([args.prompts_file], report, on_damaged=lambda d: warn(d.describe())):
             text, suffix = rec.get("prompt"), rec.get("suffix")
-            if not isinstance(text, str) or not text or not isinstance(suffix, (str, type(None))):
+            if not isinstance(text, str) or (not text and suffix is None) or not isinstance(suffix, (str, type(None))):
                 what = "an empty 'prompt'" if text == "" else "no 'prompt' string field" \
                     if not isinstance(text, str) else f"a 'suffix' that is not a string ({type(suffix).__name__})"
                 warn(f"{path}:{line}: {what}; skipped")

@@ -41,7 +41,7 @@ def errors(capsys):
     (["--max-new-tokens", "-1"], "--max-new-tokens"),
     (["--temperature", "-0.5"], "--temperature"),
     (["--batch-size", "0"], "--batch-size"),
-    (["--top-k", "-1"], "--top-k"),
+    (["--top-k", "-2"], "--top-k"),
     (["--min-p", "1.5"], "--min-p"),
     (["--min-new-tokens", "-1"], "--min-new-tokens"),
     (["--min-new-tokens", "9", "--max-new-tokens", "8"], "--min-new-tokens"),
@@ -163,6 +163,13 @@ def test_suffix_asks_for_the_middle_in_the_trained_layout(tmp_path, capsys):
     assert run_tool(load_tool().main, ["--checkpoint", tiny, "--prompt", prefix, "--suffix", suffix,
                                        "--max-new-tokens", "10"]) == 0
     assert capsys.readouterr().out.startswith(prefix + middles["psm"] + suffix)  # shown in place (trained: PSM)
+    # an empty prefix is an infilling request at the top of a file; without a suffix it is still an error
+    out = tmp_path / "top.jsonl"
+    assert run_tool(load_tool().main, ["--checkpoint", tiny, "--prompt", "", "--suffix", suffix, "--max-new-tokens",
+                                       "6", "--output", str(out)]) == 0
+    top = generate_sequences(engine.model, [SequenceSpec(engine.fim_prompt_ids("", suffix), 6,
+                                                         stop_ids=engine.fim_stop_ids())], engine.tokenizer)[0]
+    assert json.loads(out.read_text())["tokens"] == top.tokens
 
 
 def test_suffix_without_fim_tokens_is_one_error_line(tmp_path, capsys):
@@ -185,10 +192,11 @@ def test_suffix_without_fim_tokens_is_one_error_line(tmp_path, capsys):
 def test_top_k_1_and_min_p_1_sample_the_greedy_tokens(checkpoint, tmp_path):
     rows = {}
     for name, flags in (("greedy", []), ("top_k", ["--temperature", "1", "--top-k", "1", "--seed", "4"]),
+                        ("all", ["--temperature", "1", "--top-k", "-1", "--seed", "4"]),
                         ("min_p", ["--temperature", "1", "--min-p", "1", "--seed", "4"]),
                         ("free", ["--temperature", "1", "--seed", "4"])):
         out = tmp_path / f"{name}.jsonl"
         assert run_tool(load_tool().main, ["--checkpoint", checkpoint, "--prompt", "def add(a, b):\n",
                                            "--max-new-tokens", "12", "--output", str(out)] + flags) == 0
         rows[name] = json.loads(out.read_text())["tokens"]
-    assert rows["top_k"] == rows["min_p"] == rows["greedy"] != rows["free"]
+    assert rows["top_k"] == rows["min_p"] == rows["greedy"] != rows["free"] == rows["all"]
