@@ -3,7 +3,6 @@
 folder's special tokens agree everywhere (transformers reads them back); every file and folder honours the umask."""
 import json
 import os
-import stat
 import subprocess
 import sys
 
@@ -16,6 +15,7 @@ from megasnow.generation.model_files import read_tokenizer_files
 from megasnow.generation.protocol import GenerationRequest, SamplingParams
 from megasnow.generation.tiny_model import IM_END, IM_START, write_tiny_checkpoint
 from tests.convert.test_convert_hf_llama import REPO
+from tests.utils.test_file_modes import _modes as modes
 
 TOOL = os.path.join(REPO, "tools", "convert_checkpoint.py")
 CHAT = [{"role": "user", "content": "Write a function that adds two numbers."}]
@@ -188,15 +188,6 @@ def test_export_special_tokens_agree_in_transformers(tiny, tiny_hf):
     assert ids[1] in config.eos_token_id and config.eos_token_id == gen.eos_token_id  # [eod, im_end]
     special = json.loads(open(os.path.join(tiny_hf, "special_tokens_map.json")).read())
     assert (special["bos_token"], special["eos_token"], special["pad_token"]) == (IM_START, IM_END, "<pad>")
-
-
-def modes(root):
-    out = {}
-    for folder, dirs, files in os.walk(root):
-        for name in dirs + files:
-            path = os.path.join(folder, name)
-            out[os.path.relpath(path, root)] = stat.S_IMODE(os.lstat(path).st_mode)
-    return out
 
 
 def wrong_modes(root, umask):
