@@ -152,9 +152,7 @@ class LocalEngine:
         if p.echo and (request.messages is not None or request.suffix is not None):
             raise BadRequestError("echo works with completion prompts only (not with messages or suffix); "
                                   "leave echo out")
-        echo_text = ""
-        if p.echo:
-            echo_text = request.prompt if prompt_ids is None else self.tokenizer.decode(list(prompt_ids))
+        given_ids = prompt_ids is not None
         if prompt_ids is None:
             prompt_ids = self.fim_prompt_ids(request.prompt, request.suffix) if fim else \
                 self.encode(self.prompt_text(request), add_bos=request.messages is None)
@@ -163,8 +161,11 @@ class LocalEngine:
             raise BadRequestError("the prompt is empty (0 tokens); give at least one token")
         vocab = self.model.cfg.vocab_size
         bad = next((t for t in prompt_ids if not 0 <= t < vocab), None)
-        if bad is not None:
+        if bad is not None:  # checked before echo decodes the ids (a negative id overflows the tokenizer)
             raise BadRequestError(f"prompt token id {bad} is outside the vocabulary [0, {vocab})")
+        echo_text = ""
+        if p.echo:
+            echo_text = self.tokenizer.decode(list(prompt_ids)) if given_ids else request.prompt
         if len(prompt_ids) + p.max_tokens > self.max_model_len:
             raise BadRequestError(
                 f"This model's maximum context length is {self.max_model_len} tokens. However, you requested "

@@ -40,7 +40,7 @@ def body_error(first, body):
         if kind == "missing":
             return "The request body is empty; send the request as a JSON object"
         if kind == "model_attributes_type":
-            if isinstance(first.get("input"), (bytes, str)):
+            if isinstance(first.get("input"), bytes):  # FastAPI passes the raw bytes of a non-JSON content type
                 return "The request body is not JSON; send a JSON object with Content-Type: application/json"
             return f"The request body must be a JSON object, got {type(first.get('input')).__name__}"
     return None
@@ -150,6 +150,8 @@ def build_app(serving, api_key=None):
         denied = unauthorized(raw)
         if denied is not None:
             return denied
+        if not model:  # GET /v1/models/: not a lookup of the model "" but the list (vLLM redirects it there)
+            return JSONResponse(serving.models().model_dump())
         card = serving.model(model)
         return error_response(card) if isinstance(card, ErrorResponse) else JSONResponse(card.model_dump())
 

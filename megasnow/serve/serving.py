@@ -63,7 +63,7 @@ class LogContext:
 class OpenAIServing:
     """Completions, chat completions and the model list over a BatchScheduler.
 
-    served_model_names: ids clients may ask for (the first is reported); default_max_tokens: the server's
+    served_model_names: ids clients may ask for (responses echo the one asked for, as vLLM); default_max_tokens: the server's
     max_tokens default (None: the API's: 16 for completions, the rest of the context for chat); request_log:
     a RequestLog or None; faults: a FaultInjector or None; fault_stall_s: how long a 'stall' fault holds a request
     before answering it normally (if the client is still there).
@@ -77,10 +77,6 @@ class OpenAIServing:
         self.request_log, self.faults, self.fault_stall_s = request_log, faults, fault_stall_s
         self.requests = 0
         self.created = int(time.time())  # the models' `created`: when this server started
-
-    @property
-    def model_name(self):
-        return self.served_model_names[0]
 
     def _card(self, name):
         return ModelCard(id=name, created=self.created, max_model_len=self.engine.max_model_len)
@@ -131,6 +127,8 @@ class OpenAIServing:
         unsupported = request.unsupported()
         if unsupported:
             return bad_request(unsupported[1], unsupported[0])
+        if request.stream_options is not None and not request.stream:  # vLLM's check and wording
+            return bad_request("Stream options can only be defined when `stream=True`.", "stream_options")
         return None
 
     def _submit(self, prepared_list, stream):
@@ -200,26 +198,26 @@ class OpenAIServing:
         owners = [p for p in prepared for _ in p.specs]  # choice index -> its PreparedRequest (prompt-major)
 
         def respond(rid, created, usage, seqs):
-            return CompletionResponse(id=rid, created=created, model=self.model_name, usage=usage,
+            return CompletionResponse(id=rid, created=created, model=request.model, usage=usage,
                                       system_fingerprint=self.engine.fingerprint,
                                       choices=[CompletionChoice(index=i, text=owners[i].echo_text + q.text,
                                                                 finish_reason=q.finish_reason,
                                                                 logprobs=self.engine.choice_logprobs(owners[i], q))
                                                for i, q in enumerate(seqs)])
 
-        def stream(handle, ctx, rid, created, prompt_tokens, include_usage):
-            return self._stream_completion(handle, ctx, rid, created, prompt_tokens, include_usage, owners)
+        def stream(handle, ctx, rid, created, prompt_tokens, include_usage, model):
+            return self._stream_completion(handle, ctx, rid, created, prompt_tokens, include_usage, model, owners)
 
         return await self._answer(handle, ctx, request, prompt_tokens, "cmpl", stream, respond)
 
     async def _answer(self, handle, ctx, request, prompt_tokens, id_prefix, stream, respond):
         """What both endpoints return once their sequences are submitted: the SSE iterator `stream(handle, ctx,
-        rid, created, prompt_tokens, include_usage)` when the request streams, else `respond(rid, created, usage,
+        rid, created, prompt_tokens, include_usage, model)` (model: the served name asked for) when the request streams, else `respond(rid, created, usage,
         seqs)` over the collected sequences (or the ErrorResponse that ended them). Logs the finished request."""
         created, rid = int(time.time()), new_id(id_prefix)
         if request.stream:
             include_usage = bool(request.stream_options and request.stream_options.include_usage)
-            return stream(handle, ctx, rid, created, prompt_tokens, include_usage)
+            return stream(handle, ctx, rid, created, prompt_tokens, include_usage, request.model)
         seqs, error = await self._collect(handle, ctx)
         if error:
             return error
@@ -228,9 +226,9 @@ class OpenAIServing:
                  finish_reasons=[q.finish_reason for q in seqs], batch_sizes=sorted(handle.batch_sizes))
         return respond(rid, created, usage, seqs)
 
-    async def _stream_completion(self, handle, ctx, rid, created, prompt_tokens, include_usage, owners):
+    async def _stream_completion(self, handle, ctx, rid, created, prompt_tokens, include_usage, model, owners):
         def chunk(choices, usage=None):
-            return sse(CompletionChunk(id=rid, created=created, model=self.model_name, choices=choices,
+            return sse(CompletionChunk(id=rid, created=created, model=model, choices=choices,
                                        usage=usage, system_fingerprint=self.engine.fingerprint))
 
         offsets = [0] * handle.n  # per choice: characters streamed so far (text_offset of its next token)
@@ -325,7 +323,7 @@ class OpenAIServing:
 
         def respond(rid, created, usage, seqs):
             return ChatCompletionResponse(
-                id=rid, created=created, model=self.model_name, usage=usage,
+                id=rid, created=created, model=request.model, usage=usage,
                 system_fingerprint=self.engine.fingerprint,
                 choices=[ChatCompletionChoice(index=i, message=ChatCompletionMessage(content=q.text),
                                               finish_reason=q.finish_reason, logprobs=self._chat_logprobs(q.logprobs))
@@ -339,9 +337,9 @@ class OpenAIServing:
         """The chat `logprobs` object of a choice's records, or None when the request asked for none."""
         return None if records is None else ChatCompletionLogProbs(content=chat_logprobs_content(records))
 
-    async def _stream_chat(self, handle, ctx, rid, created, prompt_tokens, include_usage):
+    async def _stream_chat(self, handle, ctx, rid, created, prompt_tokens, include_usage, model):
         def chunk(choices, usage=None):
-            return sse(ChatCompletionChunk(id=rid, created=created, model=self.model_name, choices=choices,
+            return sse(ChatCompletionChunk(id=rid, created=created, model=model, choices=choices,
                                            usage=usage, system_fingerprint=self.engine.fingerprint))
 
         def make_choice(index, text=None, finish_reason=None, records=None, seq=None):

@@ -24,6 +24,7 @@ from megasnow.serve.request_log import request_hash
 
 PROMPTS = ["def add(a, b):\n    return", "import os\n", "class Stack:\n    def push(self, x):\n"]
 MODEL = "tiny"
+ALIAS = "tiny-alias"  # a second --served-model-name
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +42,8 @@ def engine(tiny):
 @pytest.fixture(scope="module")
 def server(tiny, tmp_path_factory):
     log = tmp_path_factory.mktemp("log") / "requests.jsonl"
-    proc = ServerProcess(tiny, "--served-model-name", MODEL, "--batch-wait-ms", "100", "--request-log", log,
-                         "--threads", "1").start()
+    proc = ServerProcess(tiny, "--served-model-name", MODEL, "--served-model-name", ALIAS, "--batch-wait-ms", "100",
+                         "--request-log", log, "--threads", "1").start()
     proc.request_log = log
     yield proc
     rc = proc.stop(signal.SIGINT)
@@ -67,8 +68,26 @@ def expected(engine, text, max_tokens, **spec):
 
 def test_models_endpoint(server):
     models = client(server).models.list()
-    assert [m.id for m in models.data] == [MODEL]
+    assert [m.id for m in models.data] == [MODEL, ALIAS]
     assert models.data[0].max_model_len == 1024
+    # GET /v1/models/ (an empty id) is the list, not a lookup of the model "" (vLLM redirects it to /v1/models)
+    r = httpx.get(server.base_url + "/models/", timeout=30)
+    assert r.status_code == 200 and [m["id"] for m in r.json()["data"]] == [MODEL, ALIAS]
+
+
+def test_responses_echo_the_served_name_asked_for(server):
+    """vLLM answers with the alias the request named, not the first --served-model-name."""
+    c = client(server)
+    r = c.completions.create(model=ALIAS, prompt="x", max_tokens=2, temperature=0)
+    assert r.model == ALIAS
+    r = c.chat.completions.create(model=ALIAS, messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+    assert r.model == ALIAS
+    chunks = list(c.completions.create(model=ALIAS, prompt="x", max_tokens=2, stream=True,
+                                       stream_options={"include_usage": True}))
+    assert chunks and {ch.model for ch in chunks} == {ALIAS}
+    chunks = list(c.chat.completions.create(model=ALIAS, messages=[{"role": "user", "content": "hi"}], max_tokens=2,
+                                            stream=True))
+    assert chunks and {ch.model for ch in chunks} == {ALIAS}
 
 
 def test_greedy_completions_equal_generate(server, engine):
@@ -221,6 +240,7 @@ def test_errors_have_the_openai_shape(server):
                                                "enclosed in double quotes: line 1 column 2 (char 1)"),
             (b"", "application/json", "The request body is empty; send the request as a JSON object"),
             (b"[1]", "application/json", "The request body must be a JSON object, got list"),
+            (b'"str"', "application/json", "The request body must be a JSON object, got str"),
             (b'{"model": "tiny"}', "text/plain", "The request body is not JSON; send a JSON object with "
                                                  "Content-Type: application/json")]:
         r = httpx.post(server.base_url + "/completions", content=body, timeout=30,
@@ -229,6 +249,20 @@ def test_errors_have_the_openai_shape(server):
                                                                "param": None, "code": None}}, body
     r = httpx.post(server.base_url + "/completions", json={"model": MODEL, "prompt": []}, timeout=30)
     assert r.status_code == 400 and r.json()["error"]["param"] == "prompt"
+    # token ids outside the vocabulary: a 400 naming prompt, also when echo would decode them
+    for extra in ({}, {"echo": True, "logprobs": 1}):
+        r = httpx.post(server.base_url + "/completions", timeout=30,
+                       json={"model": MODEL, "prompt": [-1], "max_tokens": 1, **extra})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "prompt", (extra, r.text)
+        assert r.json()["error"]["message"].startswith("prompt token id -1 is outside the vocabulary [0, ")
+    # stream_options without stream=True: vLLM's 400
+    for path, body in [("/completions", {"prompt": "x"}), ("/chat/completions", {"messages": [{"role": "user",
+                                                                                                "content": "hi"}]})]:
+        r = httpx.post(server.base_url + path, timeout=30,
+                       json={"model": MODEL, "max_tokens": 1, "stream_options": {"include_usage": True}, **body})
+        assert r.status_code == 400 and r.json()["error"] == {
+            "message": "Stream options can only be defined when `stream=True`.", "type": "invalid_request_error",
+            "param": "stream_options", "code": None}, path
     r = httpx.post(server.base_url + "/chat/completions", json={"model": MODEL, "messages": []}, timeout=30)
     assert r.status_code == 400 and r.json()["error"]["param"] == "messages"
 
@@ -315,7 +349,7 @@ def test_null_means_the_default(server):
         assert {"n", "stream", "ignore_eos", "min_tokens", "stream_options", "seed"} <= set(nulls)
         base = {**base, "model": MODEL, "max_tokens": 5, "temperature": 0}
         plain = httpx.post(server.base_url + path, json=base, timeout=60)
-        for body in ({**nulls, **base}, {**base, "n": None, "stream": None, "stream_options": {"include_usage": None}}):
+        for body in ({**nulls, **base}, {**base, "n": None, "stream": None}):
             r = httpx.post(server.base_url + path, json=body, timeout=60)
             assert r.status_code == 200 and r.headers["content-type"] == "application/json", r.text
             assert len(r.json()["choices"]) == 1
