@@ -66,6 +66,9 @@ class SamplingConfig:
     max_tokens: int = 1024
     temperature: float = 0.0
     top_p: float = 1.0
+    top_k: int = field(default=0, metadata={"help": "keep the k most likely tokens (0 or -1: all; vLLM's top_k)"})
+    min_p: float = field(default=0.0, metadata={
+        "help": "drop tokens less likely than min_p x the most likely one's probability, in [0, 1] (0: off)"})
     stop: list[str] = field(default_factory=list)
     seed: int = field(default=0, metadata={"help": "request k is sampled with seed + k (Magicoder's habit)"})
     samples_per_seed: int = field(default=1, metadata={"help": "requests per seed (sample index 0..n-1)"})
@@ -78,9 +81,11 @@ class SamplingConfig:
     def params(self, k):
         """SamplingParams of request k (sampled with seed + k); ConfigError naming the sampling.* key it refuses."""
         try:
-            return checked_sampling_params({f: f"sampling.{f}" for f in ("max_tokens", "temperature", "top_p")},
+            return checked_sampling_params({f: f"sampling.{f}" for f in ("max_tokens", "temperature", "top_p", "top_k",
+                                                                         "min_p")},
                                            max_tokens=self.max_tokens, temperature=self.temperature,
-                                           top_p=self.top_p, stop=tuple(self.stop), seed=self.seed + k, n=1)
+                                           top_p=self.top_p, top_k=self.top_k, min_p=self.min_p,
+                                           stop=tuple(self.stop), seed=self.seed + k, n=1)
         except SamplingParamError as e:
             raise ConfigError(str(e)) from None
 
