@@ -167,7 +167,7 @@ def load_synth_config(yaml_path=None, overrides=()):
     return cfg
 
 
-def _overridden(key, overrides):
+def overridden(key, overrides):
     """Whether an override `k=v` sets `key` (itself, a part of it, or a section holding it)."""
     for item in overrides:
         k = item.split("=", 1)[0].strip()
@@ -180,21 +180,21 @@ def resolve_yaml_paths(cfg, base, overrides=()):
     """Resolve in place the input paths of `cfg` that came from the YAML file in folder `base` (see
     load_synth_config); keys set by `overrides` are left alone."""
     s, pr, pp, b = cfg.seeds, cfg.prompt, cfg.postprocess, cfg.backend
-    if not _overridden("seeds.documents", overrides):
+    if not overridden("seeds.documents", overrides):
         s.documents = [path_from_yaml_folder(p, base) for p in s.documents]
     for key in ("scores", "language_stats", "tokenizer"):
-        if not _overridden(f"seeds.{key}", overrides):
+        if not overridden(f"seeds.{key}", overrides):
             setattr(s, key, path_from_yaml_folder(getattr(s, key), base))
-    if pr.template != "default" and not _overridden("prompt.template", overrides):
+    if pr.template != "default" and not overridden("prompt.template", overrides):
         pr.template = path_from_yaml_folder(pr.template, base)
-    if (pr.system or "").startswith("@") and not _overridden("prompt.system", overrides):
+    if (pr.system or "").startswith("@") and not overridden("prompt.system", overrides):
         pr.system = "@" + path_from_yaml_folder(pr.system[1:], base)
-    if not _overridden("postprocess.reference", overrides):
+    if not overridden("postprocess.reference", overrides):
         pp.reference = [path_from_yaml_folder(p, base) for p in pp.reference]
-    if not _overridden("postprocess.decontamination.benchmarks", overrides):
+    if not overridden("postprocess.decontamination.benchmarks", overrides):
         pp.decontamination.benchmarks = [path_from_yaml_folder(p, base) for p in pp.decontamination.benchmarks]
-    if b.kind != "openai" and not _overridden("backend.model", overrides):  # vllm/local: a model folder
+    if b.kind != "openai" and not overridden("backend.model", overrides):  # vllm/local: a model folder
         b.model = path_from_yaml_folder(b.model, base)
-    if isinstance(b.options.get("chat_template"), str) and not _overridden("backend.options.chat_template",
+    if isinstance(b.options.get("chat_template"), str) and not overridden("backend.options.chat_template",
                                                                             overrides):
         b.options["chat_template"] = path_from_yaml_folder(b.options["chat_template"], base)
