@@ -211,3 +211,16 @@ def test_seeds_flag_replaces_a_reference_equal_to_the_configs_seeds(tmp_path, se
     assert r.returncode == 0, r.stderr
     cfg = yaml.safe_load((tmp_path / "out3" / "config.yaml").read_text())
     assert (cfg["seeds"]["documents"], cfg["postprocess"]["reference"]) == ([str(folder)], [seed_shard])
+
+
+def test_a_bad_value_in_the_yaml_names_the_file(tmp_path, seed_shard):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("sampling:\n  top_p: 1.5\n  min_p: 0.1\n  top_k: 5\n")
+    out = tmp_path / "out"
+    r = run_tool("--config", str(cfg), "--seeds", seed_shard, "--output", str(out))
+    assert r.returncode == 2 and r.stderr.strip() == f"error: {cfg}: sampling.top_p must be in (0, 1], got 1.5", \
+        r.stderr
+    r = run_tool("--config", str(cfg), "--seeds", seed_shard, "--output", str(out), "sampling.top_p=0.9",
+                 "sampling.min_p=2")  # the override is at fault: named as typed
+    assert r.returncode == 2 and r.stderr.strip() == "error: sampling.min_p must be in [0, 1], got 2.0", r.stderr
+    assert not out.exists()
