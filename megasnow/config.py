@@ -22,7 +22,10 @@ class ConfigError(UserError, ValueError):
 
 
 def load_config(cls, yaml_path=None, overrides=()):
-    """Build `cls` from defaults, then the YAML file (if any), then `key.sub=value` overrides."""
+    """Build `cls` from defaults, then the YAML file (if any), then `key.sub=value` overrides.
+
+    Raises ConfigError naming the key; one that the YAML file alone causes also names the file first
+    ("c.yaml: sampling.top_p must be ..."), one that an override causes keeps its plain text."""
     data = {}
     if yaml_path is not None:
         with open(yaml_path, encoding="utf-8") as f:
@@ -32,8 +35,22 @@ def load_config(cls, yaml_path=None, overrides=()):
                 raise ConfigError(f"{yaml_path}: not valid YAML: {e}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{yaml_path}: top level must be a mapping of config sections")
-    data = apply_overrides(data, overrides)
-    return from_dict(cls, data)
+    merged = apply_overrides(data, overrides)
+    try:
+        return from_dict(cls, merged)
+    except ConfigError as e:
+        if yaml_path is not None and (not overrides or _error_text(cls, data) == str(e)):
+            raise ConfigError(f"{yaml_path}: {e}") from None
+        raise  # caused by an override (which may also complete or replace what the file sets): named as typed
+
+
+def _error_text(cls, data):
+    """The ConfigError text `from_dict(cls, data)` raises, or None."""
+    try:
+        from_dict(cls, data)
+    except ConfigError as e:
+        return str(e)
+    return None
 
 
 def path_from_yaml_folder(path, yaml_folder, suffix=""):

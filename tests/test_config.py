@@ -51,6 +51,42 @@ def test_wrong_type_names_key():
         from_dict(Outer, {"optim": {"steps": "many"}})
 
 
+@dataclasses.dataclass
+class Range:
+    low: int = 0
+    high: int = 10
+
+    def __post_init__(self):
+        if self.low > self.high:
+            raise ConfigError(f"range.low ({self.low}) must be <= range.high ({self.high})")
+
+
+@dataclasses.dataclass
+class Checked:
+    range: Range = dataclasses.field(default_factory=Range)
+    seed: int = 1
+
+
+def test_errors_the_yaml_file_causes_name_the_file_and_override_errors_do_not(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("optim:\n  stpes: 3\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(Outer, p, ["seed=2"])
+    assert str(e.value).startswith(f"{p}: unknown config key optim.stpes; did you mean optim.steps?")
+    p.write_text("range:\n  low: 20\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(Checked, p)
+    assert str(e.value) == f"{p}: range.low (20) must be <= range.high (10)"
+    assert load_config(Checked, p, ["range.high=30"]).range.low == 20  # an override may complete the file
+    p.write_text("seed: 4\n")
+    with pytest.raises(ConfigError) as e:  # the override alone is wrong: named as typed, not put on the file
+        load_config(Checked, p, ["range.low=50"])
+    assert str(e.value) == "range.low (50) must be <= range.high (10)"
+    with pytest.raises(ConfigError) as e:
+        load_config(Outer, p, ["optim.steps=many"])
+    assert str(e.value) == "optim.steps: expected an integer, got 'many'"
+
+
 def test_override_syntax():
     with pytest.raises(ConfigError, match="key.sub=value"):
         apply_overrides({}, ["nonsense"])

@@ -35,6 +35,18 @@ def split_overrides(values, overrides):
     return kept
 
 
+def seeds_are_reference(config, overrides):
+    """Whether --seeds should replace postprocess.reference too: the config (YAML + the other overrides) sets it
+    to the same list as seeds.documents (the shipped configs check outputs against the seed corpus), and no
+    override sets postprocess.reference itself."""
+    from megasnow.synth.config import load_synth_config, overridden
+
+    if overridden("postprocess.reference", overrides):
+        return False
+    cfg = load_synth_config(config, overrides)
+    return bool(cfg.postprocess.reference) and cfg.postprocess.reference == cfg.seeds.documents
+
+
 def parse_shard(text):
     m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text or "")
     if not m or not int(m.group(1)) < int(m.group(2)):
@@ -50,7 +62,9 @@ def build_parser():
                        + "\n".join(describe_config(SynthConfig)))
     p.add_argument("--config", help="YAML config file (see examples/synthesis/)")
     p.add_argument("--output", required=True, help="output folder (rerun the same command to resume)")
-    p.add_argument("--seeds", nargs="+", help="seed document shards/folders (sets seeds.documents)")
+    p.add_argument("--seeds", nargs="+", help="seed document shards/folders (sets seeds.documents, and "
+                   "postprocess.reference too where the config sets it to its seeds.documents, as the shipped "
+                   "configs do; a postprocess.reference=... override wins)")
     p.add_argument("--base-url", nargs="+", help="OpenAI-compatible base URLs (sets backend.base_urls)")
     p.add_argument("--model", help="sets backend.model")
     p.add_argument("--stage", choices=["all", "generate", "postprocess"], default="all",
@@ -70,8 +84,15 @@ def main(argv=None):
     overrides = list(args.overrides)
     args.seeds, args.base_url = split_overrides(args.seeds, overrides), split_overrides(args.base_url, overrides)
     args.responses = split_overrides(args.responses, overrides)
+    if args.config and not os.path.isfile(args.config):
+        fail(f"--config {args.config}: no such file")
+    names = {}
     if args.seeds:
+        if seeds_are_reference(args.config, overrides):
+            overrides.append(f"postprocess.reference={json.dumps(args.seeds)}")
+            names["postprocess.reference"] = "--seeds"
         overrides.append(f"seeds.documents={json.dumps(args.seeds)}")
+        names["seeds.documents"] = "--seeds"
     if args.base_url:
         overrides.append(f"backend.base_urls={json.dumps(args.base_url)}")
     if args.model is not None:
@@ -81,8 +102,6 @@ def main(argv=None):
         overrides += [f"execution.shard_index={index}", f"execution.num_shards={count}"]
     if args.executor:
         overrides.append(f"execution.executor={args.executor}")
-    if args.config and not os.path.isfile(args.config):
-        fail(f"--config {args.config}: no such file")
     cfg = load_synth_config(args.config, overrides)  # YAML paths relative to its folder, flags' to the cwd
 
     from megasnow.generation.openai_backend import ModelNotServedError
@@ -90,7 +109,7 @@ def main(argv=None):
 
     try:
         s = run_synthesis(cfg, args.output, stage=args.stage, extra_responses=args.responses,
-                          names={"seeds.documents": "--seeds"} if args.seeds else None)
+                          names=names or None)
     except ModelNotServedError as e:
         if args.model is None:
             raise

@@ -66,6 +66,9 @@ class SamplingConfig:
     max_tokens: int = 1024
     temperature: float = 0.0
     top_p: float = 1.0
+    top_k: int = field(default=0, metadata={"help": "keep the k most likely tokens (0 or -1: all; vLLM's top_k)"})
+    min_p: float = field(default=0.0, metadata={
+        "help": "drop tokens less likely than min_p x the most likely one's probability, in [0, 1] (0: off)"})
     stop: list[str] = field(default_factory=list)
     seed: int = field(default=0, metadata={"help": "request k is sampled with seed + k (Magicoder's habit)"})
     samples_per_seed: int = field(default=1, metadata={"help": "requests per seed (sample index 0..n-1)"})
@@ -78,9 +81,11 @@ class SamplingConfig:
     def params(self, k):
         """SamplingParams of request k (sampled with seed + k); ConfigError naming the sampling.* key it refuses."""
         try:
-            return checked_sampling_params({f: f"sampling.{f}" for f in ("max_tokens", "temperature", "top_p")},
+            return checked_sampling_params({f: f"sampling.{f}" for f in ("max_tokens", "temperature", "top_p", "top_k",
+                                                                         "min_p")},
                                            max_tokens=self.max_tokens, temperature=self.temperature,
-                                           top_p=self.top_p, stop=tuple(self.stop), seed=self.seed + k, n=1)
+                                           top_p=self.top_p, top_k=self.top_k, min_p=self.min_p,
+                                           stop=tuple(self.stop), seed=self.seed + k, n=1)
         except SamplingParamError as e:
             raise ConfigError(str(e)) from None
 
@@ -162,7 +167,7 @@ def load_synth_config(yaml_path=None, overrides=()):
     return cfg
 
 
-def _overridden(key, overrides):
+def overridden(key, overrides):
     """Whether an override `k=v` sets `key` (itself, a part of it, or a section holding it)."""
     for item in overrides:
         k = item.split("=", 1)[0].strip()
@@ -175,21 +180,21 @@ def resolve_yaml_paths(cfg, base, overrides=()):
     """Resolve in place the input paths of `cfg` that came from the YAML file in folder `base` (see
     load_synth_config); keys set by `overrides` are left alone."""
     s, pr, pp, b = cfg.seeds, cfg.prompt, cfg.postprocess, cfg.backend
-    if not _overridden("seeds.documents", overrides):
+    if not overridden("seeds.documents", overrides):
         s.documents = [path_from_yaml_folder(p, base) for p in s.documents]
     for key in ("scores", "language_stats", "tokenizer"):
-        if not _overridden(f"seeds.{key}", overrides):
+        if not overridden(f"seeds.{key}", overrides):
             setattr(s, key, path_from_yaml_folder(getattr(s, key), base))
-    if pr.template != "default" and not _overridden("prompt.template", overrides):
+    if pr.template != "default" and not overridden("prompt.template", overrides):
         pr.template = path_from_yaml_folder(pr.template, base)
-    if (pr.system or "").startswith("@") and not _overridden("prompt.system", overrides):
+    if (pr.system or "").startswith("@") and not overridden("prompt.system", overrides):
         pr.system = "@" + path_from_yaml_folder(pr.system[1:], base)
-    if not _overridden("postprocess.reference", overrides):
+    if not overridden("postprocess.reference", overrides):
         pp.reference = [path_from_yaml_folder(p, base) for p in pp.reference]
-    if not _overridden("postprocess.decontamination.benchmarks", overrides):
+    if not overridden("postprocess.decontamination.benchmarks", overrides):
         pp.decontamination.benchmarks = [path_from_yaml_folder(p, base) for p in pp.decontamination.benchmarks]
-    if b.kind != "openai" and not _overridden("backend.model", overrides):  # vllm/local: a model folder
+    if b.kind != "openai" and not overridden("backend.model", overrides):  # vllm/local: a model folder
         b.model = path_from_yaml_folder(b.model, base)
-    if isinstance(b.options.get("chat_template"), str) and not _overridden("backend.options.chat_template",
+    if isinstance(b.options.get("chat_template"), str) and not overridden("backend.options.chat_template",
                                                                             overrides):
         b.options["chat_template"] = path_from_yaml_folder(b.options["chat_template"], base)

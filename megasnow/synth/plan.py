@@ -28,11 +28,16 @@ class PlannedRequest:
 
 
 def content_id(model, body, params, sample):
-    """Hex SHA-256 (32 characters) of the canonical JSON of what decides a response."""
-    blob = json.dumps({"model": model, "body": body, "sample": sample,
-                       "sampling": {"max_tokens": params.max_tokens, "temperature": params.temperature,
-                                    "top_p": params.top_p, "stop": list(params.stop), "seed": params.seed,
-                                    "n": params.n}},
+    """Hex SHA-256 (32 characters) of the canonical JSON of what decides a response.
+
+    top_k and min_p join the hashed fields only when set (not 0, SamplingParams' "off"): the ids of runs made
+    before they existed, or that leave them off, stay the same, so their caches still resume."""
+    sampling = {"max_tokens": params.max_tokens, "temperature": params.temperature, "top_p": params.top_p,
+                "stop": list(params.stop), "seed": params.seed, "n": params.n}
+    for name in ("top_k", "min_p"):
+        if getattr(params, name):
+            sampling[name] = getattr(params, name)
+    blob = json.dumps({"model": model, "body": body, "sample": sample, "sampling": sampling},
                       sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:32]
 

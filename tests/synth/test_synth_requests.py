@@ -100,3 +100,30 @@ def test_chunks_are_atomic_and_resume_continues_numbering(tmp_path):
     assert sorted(got) == sorted(p.id for p in planned[:4])
     assert got[planned[0].id]["choices"][0]["text"] == "answer 0"
     assert got[planned[3].id] == answered_record(planned[3], "answer 3")
+
+
+def test_default_sampling_keeps_the_content_ids_of_earlier_runs():
+    # hashes computed with the code before top_k/min_p existed: caches of such runs must still resume
+    assert content_id("m", {"messages": [{"role": "user", "content": "hi"}]}, SamplingConfig().params(3), 1) \
+        == "d961da11bd700fd417cc6c99eabaacf3"
+    old = from_dict(SamplingConfig, {"temperature": 0.7, "top_p": 0.9, "stop": ["```"], "seed": 5, "top_k": -1})
+    assert content_id("m", {"prompt": "x"}, old.params(0), 0) == "b35dcd781b261304497f1151f98cfad7"  # -1: all, as 0
+
+
+def test_top_k_and_min_p_reach_the_request_and_its_content_id():
+    t = PromptTemplate("default", DEFAULT_TEMPLATE)
+    seeds = make_seeds([("python", "x = 1")])
+    base = plan_requests(seeds, t, SamplingConfig(), "m")[0]
+    top_k = plan_requests(seeds, t, from_dict(SamplingConfig, {"top_k": 5}), "m")[0]
+    min_p = plan_requests(seeds, t, from_dict(SamplingConfig, {"min_p": 0.1}), "m")[0]
+    req = top_k.to_generation_request()
+    assert (req.params.top_k, req.params.min_p) == (5, 0.0)
+    assert (min_p.to_generation_request().params.min_p, min_p.params.top_k) == (0.1, 0)
+    assert len({base.id, top_k.id, min_p.id}) == 3
+
+
+@pytest.mark.parametrize("key, value, rule", [("top_k", -2, r"sampling.top_k must be -1 or 0 \(all tokens\) or >= 1"),
+                                              ("min_p", 1.5, r"sampling.min_p must be in \[0, 1\], got 1.5")])
+def test_bad_top_k_and_min_p_are_refused_by_key(key, value, rule):
+    with pytest.raises(UserError, match=rule):
+        from_dict(SamplingConfig, {key: value})

@@ -186,3 +186,41 @@ def test_sampling_keys_are_checked_at_start_by_sampling_params_rules(tmp_path):
     assert r.returncode == 2 and r.stderr.strip() == ("error: sampling.temperature must be >= 0 (0: greedy), "
                                                       "got -1.0"), r.stderr
     assert not out.exists()
+
+
+def test_seeds_flag_replaces_a_reference_equal_to_the_configs_seeds(tmp_path, seed_shard):
+    """The shipped configs check outputs against their seed folder (postprocess.reference = seeds.documents):
+    --seeds replaces both; an explicit postprocess.reference=... wins; another reference list is kept."""
+    folder = tmp_path / "my-seeds"
+    folder.mkdir()
+    (folder / "a.jsonl").write_text(open(seed_shard).read())
+    shipped = os.path.join(ROOT, "examples", "synthesis", "openai.yaml")
+    common = ["--seeds", str(folder), "--stage", "postprocess", "backend.model=m", "seeds.num_seeds=4",
+              "seeds.language_stats=null"]
+    r = run_tool("--config", shipped, "--output", str(tmp_path / "out"), *common)
+    assert r.returncode == 0, r.stderr
+    import yaml
+
+    cfg = yaml.safe_load((tmp_path / "out" / "config.yaml").read_text())
+    assert cfg["seeds"]["documents"] == cfg["postprocess"]["reference"] == [str(folder)]
+    r = run_tool("--config", shipped, "--output", str(tmp_path / "out2"), *common, "postprocess.reference=[/no/such]")
+    assert r.returncode == 2 and r.stderr.strip().startswith("error: postprocess.reference: input '/no/such'"), r.stderr
+    own = tmp_path / "own.yaml"
+    own.write_text(f"seeds:\n  documents: [elsewhere]\npostprocess:\n  reference: [{seed_shard}]\n")
+    r = run_tool("--config", str(own), "--output", str(tmp_path / "out3"), *common)
+    assert r.returncode == 0, r.stderr
+    cfg = yaml.safe_load((tmp_path / "out3" / "config.yaml").read_text())
+    assert (cfg["seeds"]["documents"], cfg["postprocess"]["reference"]) == ([str(folder)], [seed_shard])
+
+
+def test_a_bad_value_in_the_yaml_names_the_file(tmp_path, seed_shard):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("sampling:\n  top_p: 1.5\n  min_p: 0.1\n  top_k: 5\n")
+    out = tmp_path / "out"
+    r = run_tool("--config", str(cfg), "--seeds", seed_shard, "--output", str(out))
+    assert r.returncode == 2 and r.stderr.strip() == f"error: {cfg}: sampling.top_p must be in (0, 1], got 1.5", \
+        r.stderr
+    r = run_tool("--config", str(cfg), "--seeds", seed_shard, "--output", str(out), "sampling.top_p=0.9",
+                 "sampling.min_p=2")  # the override is at fault: named as typed
+    assert r.returncode == 2 and r.stderr.strip() == "error: sampling.min_p must be in [0, 1], got 2.0", r.stderr
+    assert not out.exists()
