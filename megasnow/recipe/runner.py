@@ -9,6 +9,7 @@ Output folder (docs/recipe.md has the full layout):
 A run folder with result.json of the same fingerprint is finished and skipped; an unfinished one resumes from its
 latest checkpoint (the trainer's exact resume).
 """
+import contextlib
 import copy
 import json
 import os
@@ -28,6 +29,7 @@ from megasnow.recipe.arms import arm_data_seed, matched_steps, parse_arms, train
 from megasnow.recipe.prepare import RecipeError, fingerprint
 from megasnow.recipe.stats import compare, describe
 from megasnow.utils.atomic import atomic_write_text
+from megasnow.utils.cli import raise_on_sigterm
 
 REPO = prepare.REPO
 
@@ -457,25 +459,20 @@ class _Terminated(KeyboardInterrupt):
     signum = signal.SIGTERM
 
 
-def _raise_terminated(signum, frame):
-    raise _Terminated()
-
-
-class _signals_as_exceptions:
+@contextlib.contextmanager
+def _signals_as_exceptions():
     """While the runner runs: SIGTERM raises _Terminated, a KeyboardInterrupt (as SIGINT does), so the runner passes
-    it on to a training child instead of dying and leaving the child to train on. Only in the main thread (signal
-    handlers cannot be set elsewhere); the previous handler comes back after."""
-
-    def __enter__(self):
-        self.previous = None
-        if threading.current_thread() is threading.main_thread():
-            self.previous = signal.signal(signal.SIGTERM, _raise_terminated)
-        return self
-
-    def __exit__(self, *exc):
-        if self.previous is not None:
-            signal.signal(signal.SIGTERM, self.previous)
-        return False
+    it on to a training child instead of dying and leaving the child to train on (megasnow.utils.cli's
+    raise_on_sigterm). Only in the main thread (signal handlers cannot be set elsewhere); the previous handler comes
+    back after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = raise_on_sigterm(_Terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _send(proc, signum):

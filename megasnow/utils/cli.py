@@ -27,13 +27,23 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, raised in the main thread as a KeyboardInterrupt, so that the clean-up written for Ctrl-C (removing
     a half-built output, saving what resumes) runs for it too."""
 
+    signum = signal.SIGTERM
 
-def _raise_terminated(signum, frame, owner):
-    if os.getpid() != owner:  # a forked worker (a pool terminates its workers with SIGTERM): die as usual
+
+def raise_on_sigterm(exception=Terminated):
+    """From now on SIGTERM raises `exception` (a KeyboardInterrupt subclass) in this process's main thread; a forked
+    child that inherits the handler (a pool's worker, which its pool stops with SIGTERM) still dies as usual.
+    Call it in the main thread; returns the previous handler."""
+    return signal.signal(signal.SIGTERM, functools.partial(_raise_on_sigterm, exception=exception,
+                                                           owner=os.getpid()))
+
+
+def _raise_on_sigterm(signum, frame, exception, owner):
+    if os.getpid() != owner:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         os.kill(os.getpid(), signal.SIGTERM)
         return
-    raise Terminated()
+    raise exception()
 
 
 def debug_enabled(argv=None):
@@ -175,7 +185,7 @@ def run_tool(main, argv=None, user_errors=(), prog=None, on_interrupt=INTERRUPTE
     """
     prog = prog or os.path.basename(sys.argv[0] or "megasnow")
     if argv is None and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:  # a tool may install its own (trainer)
-        signal.signal(signal.SIGTERM, functools.partial(_raise_terminated, owner=os.getpid()))
+        raise_on_sigterm()
     rc = _run(main, argv, user_errors, prog, debug_enabled(argv), on_interrupt)
     if rc in (EXIT_INTERRUPTED, EXIT_TERMINATED) and argv is None:
         _exit_now(rc)
