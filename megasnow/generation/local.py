@@ -205,18 +205,18 @@ class LocalEngine:
             yield from generate_stream(self.model, specs, tokenizer=self.tokenizer, pad_id=self.pad_id)
 
     @staticmethod
-    def choice_logprobs(prepared, sequence):
-        """A finished Sequence's logprobs in the OpenAI completions shape (echoed prompt tokens first), or None
-        when the request asked for none (megasnow.generation.logprobs.completion_logprobs)."""
-        if sequence.logprobs is None:
-            return None
-        records = (sequence.prompt_logprobs or []) + sequence.logprobs
-        return completion_logprobs(records)[0]
+    def choice(prepared, sequence):
+        """The Choice of one finished Sequence of `prepared`: its text (after the echoed prompt, with echo) and
+        its logprobs in the OpenAI completions shape (echoed prompt tokens first; None when the request asked for
+        none: megasnow.generation.logprobs.completion_logprobs)."""
+        logprobs = None
+        if sequence.logprobs is not None:
+            logprobs = completion_logprobs((sequence.prompt_logprobs or []) + sequence.logprobs)[0]
+        return Choice(prepared.echo_text + sequence.text, sequence.finish_reason, sequence.num_generated, logprobs)
 
     def result(self, prepared, sequences):
         """The GenerationResult of a request from its finished Sequences (in choice order)."""
-        choices = [Choice(prepared.echo_text + q.text, q.finish_reason, q.num_generated,
-                          self.choice_logprobs(prepared, q)) for q in sequences]
+        choices = [self.choice(prepared, q) for q in sequences]
         return GenerationResult(request_id=prepared.request.id, choices=choices,
                                 prompt_tokens=len(prepared.prompt_ids),
                                 completion_tokens=sum(c.completion_tokens for c in choices), model=self.model_name,

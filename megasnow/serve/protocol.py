@@ -208,7 +208,7 @@ class CompletionRequest(_SamplingFields):
 
     def to_sampling_params(self, server_default_max_tokens=None):
         """SamplingParams: max_tokens from the request, else the server's default, else the API's (16).
-        Raises ValueError starting with the field's name (max_tokens 0 without echo, min_tokens > max_tokens)."""
+        Raises SamplingParamError naming the field (max_tokens 0 without echo, min_tokens > max_tokens)."""
         max_tokens = self.max_tokens if self.max_tokens is not None else \
             server_default_max_tokens or COMPLETIONS_DEFAULT_MAX_TOKENS
         return self._sampling_params(max_tokens, self.logprobs, bool(self.echo))

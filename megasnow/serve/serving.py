@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from megasnow.generation.local import BadRequestError
 from megasnow.generation.logprobs import chat_logprobs_content, completion_logprobs
-from megasnow.generation.protocol import GenerationRequest
+from megasnow.generation.protocol import GenerationRequest, SamplingParamError
 from megasnow.serve.protocol import (ChatCompletionChoice, ChatCompletionChunk, ChatCompletionLogProbs,
                                      ChatCompletionMessage, ChatCompletionResponse, ChatCompletionStreamChoice,
                                      CompletionChoice, CompletionChunk, CompletionResponse, DeltaMessage,
@@ -63,9 +63,9 @@ class LogContext:
 class OpenAIServing:
     """Completions, chat completions and the model list over a BatchScheduler.
 
-    served_model_names: ids clients may ask for (responses echo the one asked for, as vLLM); default_max_tokens: the server's
-    max_tokens default (None: the API's: 16 for completions, the rest of the context for chat); request_log:
-    a RequestLog or None; faults: a FaultInjector or None; fault_stall_s: how long a 'stall' fault holds a request
+    served_model_names: ids clients may ask for (responses echo the one asked for, as vLLM); default_max_tokens:
+    the server's max_tokens default (None: the API's: 16 for completions, the rest of the context for chat);
+    request_log: a RequestLog or None; faults: a FaultInjector or None; fault_stall_s: how long a 'stall' fault holds a request
     before answering it normally (if the client is still there).
     """
 
@@ -172,8 +172,8 @@ class OpenAIServing:
             return error
         try:
             params = request.to_sampling_params(self.default_max_tokens)
-        except ValueError as e:  # checks pydantic cannot make alone: max_tokens 0 without echo, min_tokens
-            return bad_request(str(e), str(e).split()[0])
+        except SamplingParamError as e:  # checks pydantic cannot make alone: max_tokens 0 without echo, min_tokens
+            return bad_request(str(e), e.field)
         prompts = request.prompts()
         if not prompts:
             return bad_request("prompt is an empty list; give at least one prompt", "prompt")
@@ -200,9 +200,7 @@ class OpenAIServing:
         def respond(rid, created, usage, seqs):
             return CompletionResponse(id=rid, created=created, model=request.model, usage=usage,
                                       system_fingerprint=self.engine.fingerprint,
-                                      choices=[CompletionChoice(index=i, text=owners[i].echo_text + q.text,
-                                                                finish_reason=q.finish_reason,
-                                                                logprobs=self.engine.choice_logprobs(owners[i], q))
+                                      choices=[self._completion_choice(i, self.engine.choice(owners[i], q))
                                                for i, q in enumerate(seqs)])
 
         def stream(handle, ctx, rid, created, prompt_tokens, include_usage, model):
@@ -210,10 +208,17 @@ class OpenAIServing:
 
         return await self._answer(handle, ctx, request, prompt_tokens, "cmpl", stream, respond)
 
+    @staticmethod
+    def _completion_choice(index, choice):
+        """A CompletionChoice of a megasnow.generation Choice (LocalEngine.choice)."""
+        return CompletionChoice(index=index, text=choice.text, finish_reason=choice.finish_reason,
+                                logprobs=choice.logprobs)
+
     async def _answer(self, handle, ctx, request, prompt_tokens, id_prefix, stream, respond):
         """What both endpoints return once their sequences are submitted: the SSE iterator `stream(handle, ctx,
-        rid, created, prompt_tokens, include_usage, model)` (model: the served name asked for) when the request streams, else `respond(rid, created, usage,
-        seqs)` over the collected sequences (or the ErrorResponse that ended them). Logs the finished request."""
+        rid, created, prompt_tokens, include_usage, model)` (model: the served name asked for) when the request
+        streams, else `respond(rid, created, usage, seqs)` over the collected sequences (or the ErrorResponse that
+        ended them). Logs the finished request."""
         created, rid = int(time.time()), new_id(id_prefix)
         if request.stream:
             include_usage = bool(request.stream_options and request.stream_options.include_usage)
@@ -315,8 +320,8 @@ class OpenAIServing:
                                            ignore_eos=request.ignore_eos)
         except BadRequestError as e:
             return bad_request(str(e), "messages")
-        except ValueError as e:  # min_tokens > max_tokens
-            return bad_request(str(e), str(e).split()[0])
+        except SamplingParamError as e:  # min_tokens > max_tokens
+            return bad_request(str(e), e.field)
         handle, error = self._submit([prepared], request.stream)
         if error:
             return error
