@@ -31,20 +31,21 @@ def candidate_texts(detokenizer, ids):
     return [detokenizer.tokenizer.decode(context + [i])[len(base):] for i in ids]
 
 
-def top_logprobs(lp, n):
-    """(ids, logprobs) of the n largest entries of lp [..., V], most likely first (lists)."""
+def logprobs_of(logits, tokens, n):
+    """(chosen, top_ids, top_logprobs) of logits [R, V] (raw: log_softmax in float32): each row's logprob of its
+    token in `tokens` [R], and the ids and logprobs of its n largest entries, most likely first (lists)."""
+    lp = torch.log_softmax(logits.float(), dim=-1)
+    chosen = lp.gather(-1, torch.as_tensor(tokens, device=lp.device)[:, None]).squeeze(-1).tolist()
     if n <= 0:
-        return [[] for _ in range(lp.shape[0])], [[] for _ in range(lp.shape[0])]
+        return chosen, [[] for _ in chosen], [[] for _ in chosen]
     values, ids = lp.topk(min(n, lp.shape[-1]), dim=-1)
-    return ids.tolist(), values.tolist()
+    return chosen, ids.tolist(), values.tolist()
 
 
 def token_records(logits, tokens, ns, detokenizers):
-    """TokenLogprob per row of logits [R, V] (raw: log_softmax in float32) for the chosen `tokens` [R] with each
-    row's ns[i] most likely alternatives, texts decoded by the row's detokenizer before it receives the token."""
-    lp = torch.log_softmax(logits.float(), dim=-1)
-    chosen = lp.gather(-1, torch.as_tensor(tokens, device=lp.device)[:, None]).squeeze(-1).tolist()
-    top_ids, top_lps = top_logprobs(lp, max(ns))
+    """TokenLogprob per row of logits [R, V] for the chosen `tokens` [R] with each row's ns[i] most likely
+    alternatives, texts decoded by the row's detokenizer before it receives the token."""
+    chosen, top_ids, top_lps = logprobs_of(logits, tokens, max(ns))
     return [TokenLogprob(int(t), float(c), "", tuple(zip(ids[:n], vals[:n], candidate_texts(d, ids[:n]))))
             for t, c, ids, vals, n, d in zip(tokens, chosen, top_ids, top_lps, ns, detokenizers)]
 
@@ -63,9 +64,7 @@ def record_prompt_logprobs(seqs, rows, logits, prompt_len, tokenizer):
         records = [TokenLogprob(prompt[0], None)]
         if len(prompt) > 1:
             # (texts of the alternatives need the context before each token: one detokenizer walks the prompt)
-            lp = torch.log_softmax(logits[b, pad:prompt_len - 1].float(), dim=-1)
-            chosen = lp.gather(-1, torch.tensor(prompt[1:], device=lp.device)[:, None]).squeeze(-1).tolist()
-            top_ids, top_lps = top_logprobs(lp, n)
+            chosen, top_ids, top_lps = logprobs_of(logits[b, pad:prompt_len - 1], prompt[1:], n)
             records += [TokenLogprob(t, float(c), "", tuple(zip(ids, vals)))
                         for t, c, ids, vals in zip(prompt[1:], chosen, top_ids, top_lps)]
         for rec in records:
