@@ -100,7 +100,7 @@ def import_from_gguf(gguf_path, out_dir, loaded=None, log=print, overwrite=False
     """
     from megasnow.convert.output_folder import check_output
 
-    check_output(out_dir, overwrite, hint="pass overwrite=True to replace it")  # before the slow read
+    check_output(out_dir, overwrite)  # before the slow read
     from megasnow.convert.hf_llama import hf_to_megasnow, model_config_from_hf, write_single_rank_checkpoint
     from megasnow.convert.hf_tokenizer import special_tokens_map
 

@@ -279,7 +279,7 @@ def import_from_hf(hf_dir, out_dir, tokenizer=None, overwrite=False):
     with open(cfg_path, encoding="utf-8") as f:
         hf_config = json.load(f)
     model_cfg = model_config_from_hf(hf_config, cfg_path)
-    check_output(out_dir, overwrite, hint="pass overwrite=True to replace it")  # before the slow read
+    check_output(out_dir, overwrite)  # before the slow read
     state = hf_to_megasnow(read_hf_state(hf_dir), model_cfg, hf_dir)
     state = {k: v.float() for k, v in state.items()}
     extra = {}

@@ -6,7 +6,7 @@ import shutil
 
 from megasnow.convert.errors import ConversionError  # light: checked before torch loads
 
-OVERWRITE_HINT = "pass --overwrite to delete everything in it and write there"
+OVERWRITE_HINT = "pass overwrite=True to replace it"  # the Python API's; the CLI passes its --overwrite wording
 
 
 def describe_contents(path):
@@ -50,7 +50,7 @@ def replace_folder(out_dir, overwrite=False):
     from megasnow.utils.atomic import temporary_dir
 
     out_dir = os.fspath(out_dir).rstrip(os.sep) or os.sep
-    check_output(out_dir, overwrite, hint="pass overwrite=True to replace it")
+    check_output(out_dir, overwrite)
     tmp = temporary_dir(out_dir)
     try:
         yield tmp
