@@ -294,18 +294,23 @@ CHAT_NEUTRAL = {"logprobs": False, "top_logprobs": 0, "add_generation_prompt": T
                 "continue_final_message": False}
 
 
-@pytest.mark.parametrize("endpoint,field,value", REFUSED, ids=[f"{e}-{f}" for e, f, _ in REFUSED])
-def test_unimplemented_fields_are_a_400_naming_them(server, endpoint, field, value):
-    c = client(server, max_retries=0)
+def refusal(c, endpoint, field, value):
+    """The openai.BadRequestError a short request to `endpoint` ('chat' or 'completions') setting `field` gets."""
     with pytest.raises(openai.BadRequestError) as e:
         if endpoint == "chat":
             c.chat.completions.create(model=MODEL, max_tokens=2, messages=[{"role": "user", "content": "hi"}],
                                       extra_body={field: value})
         else:
             c.completions.create(model=MODEL, prompt="x", max_tokens=2, extra_body={field: value})
-    assert e.value.status_code == 400 and e.value.body["param"] == field
-    assert e.value.body["type"] == "invalid_request_error"
-    assert e.value.body["message"].startswith(f"{field}={json.dumps(value)} is not supported")
+    return e.value
+
+
+@pytest.mark.parametrize("endpoint,field,value", REFUSED, ids=[f"{e}-{f}" for e, f, _ in REFUSED])
+def test_unimplemented_fields_are_a_400_naming_them(server, endpoint, field, value):
+    error = refusal(client(server, max_retries=0), endpoint, field, value)
+    assert error.status_code == 400 and error.body["param"] == field
+    assert error.body["type"] == "invalid_request_error"
+    assert error.body["message"].startswith(f"{field}={json.dumps(value)} is not supported")
 
 
 def test_refusals_read_right(server):
@@ -328,13 +333,8 @@ def test_refusals_read_right(server):
             ("chat", "chat_template", "{{ messages }}",
              'chat_template="{{ messages }}" is not supported: this server does not implement per-request chat '
              "templates (use the server's --chat-template); leave it unset")]:
-        with pytest.raises(openai.BadRequestError) as e:
-            if endpoint == "chat":
-                c.chat.completions.create(model=MODEL, max_tokens=2, messages=[{"role": "user", "content": "hi"}],
-                                          extra_body={field: value})
-            else:
-                c.completions.create(model=MODEL, prompt="x", max_tokens=2, extra_body={field: value})
-        assert e.value.body["message"] == message and e.value.body["param"] == field
+        error = refusal(c, endpoint, field, value)
+        assert error.body["message"] == message and error.body["param"] == field
 
 
 def test_null_means_the_default(server):
