@@ -32,14 +32,29 @@ class Terminated(KeyboardInterrupt):
 
 def raise_on_sigterm(exception=Terminated):
     """From now on SIGTERM raises `exception` (a KeyboardInterrupt subclass) in this process's main thread; a forked
-    child that inherits the handler (a pool's worker, which its pool stops with SIGTERM) still dies as usual.
-    Call it in the main thread; returns the previous handler."""
+    child (a pool's worker, which its pool stops with SIGTERM) gets the default action back at fork, so it dies at
+    once even while blocked in a lock. Call it in the main thread; returns the previous handler."""
+    global _fork_hook_registered
+    if not _fork_hook_registered:
+        os.register_at_fork(after_in_child=_default_sigterm_in_child)
+        _fork_hook_registered = True
     return signal.signal(signal.SIGTERM, functools.partial(_raise_on_sigterm, exception=exception,
                                                            owner=os.getpid()))
 
 
+_fork_hook_registered = False
+
+
+def _default_sigterm_in_child():
+    # A Python-level handler runs only when the child's main thread next executes bytecode: a pool worker blocked in
+    # sem_wait when the signal lands would never run it, and its pool's terminate() would wait forever in join().
+    handler = signal.getsignal(signal.SIGTERM)
+    if isinstance(handler, functools.partial) and handler.func is _raise_on_sigterm:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def _raise_on_sigterm(signum, frame, exception, owner):
-    if os.getpid() != owner:
+    if os.getpid() != owner:  # a child forked before the at-fork hook could reset the handler
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         os.kill(os.getpid(), signal.SIGTERM)
         return

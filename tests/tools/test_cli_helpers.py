@@ -243,3 +243,29 @@ def test_an_error_raised_over_an_interrupt_still_counts_as_the_interrupt(capsys)
 
     with pytest.raises(RuntimeError, match="a real bug"):
         run_tool(plain_error, [])
+
+
+def test_a_forked_child_gets_the_default_sigterm_back():
+    """raise_on_sigterm's handler is for the tool's own process: a forked child (a pool's worker) has SIGTERM's
+    default action from the moment it starts, so its pool's terminate() kills it even while it waits in a lock
+    (a Python-level handler there would only run at the child's next bytecode, and join() could wait forever)."""
+    import multiprocessing
+    import signal
+
+    from megasnow.utils.cli import raise_on_sigterm
+
+    previous = raise_on_sigterm()
+    try:
+        ctx = multiprocessing.get_context("fork")
+        held = ctx.Lock()
+        held.acquire()
+        child = ctx.Process(target=held.acquire)  # blocks in sem_wait until killed
+        child.start()
+        with ctx.Pool(1) as pool:
+            assert pool.apply(signal.getsignal, (signal.SIGTERM,)) == signal.SIG_DFL
+        child.terminate()
+        child.join(timeout=30)
+        assert child.exitcode == -signal.SIGTERM
+        assert callable(signal.getsignal(signal.SIGTERM))  # the parent keeps its handler
+    finally:
+        signal.signal(signal.SIGTERM, previous)
