@@ -365,7 +365,7 @@ class AblationRunner:
         """`python -m megasnow.train train.yaml` (or runner.command + train.yaml), its output appended to train.log and
         echoed with the run's label. The child runs in its own session: a SIGINT (Ctrl-C, or `kill -INT` of this
         process alone) or SIGTERM reaching this process is forwarded to it once, so it finishes its step and saves
-        a checkpoint; then this raises KeyboardInterrupt (exit 130, rerun to resume)."""
+        a checkpoint; then the interrupt is raised again (exit 130, or 143 for SIGTERM; rerun to resume)."""
         env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
                    OMP_NUM_THREADS=str(self.cfg.runner.threads), PYTHONUNBUFFERED="1")
         with open(os.path.join(run_dir, "train.log"), "a", encoding="utf-8") as logf:
@@ -375,7 +375,7 @@ class AblationRunner:
             try:
                 self._relay(proc, logf, label)
                 return proc.wait()
-            except KeyboardInterrupt as e:  # SIGINT, or SIGTERM (_Terminated)
+            except KeyboardInterrupt as e:  # SIGINT, or SIGTERM (Terminated)
                 self._interrupted(proc, logf, label, getattr(e, "signum", signal.SIGINT))
                 raise
             finally:
@@ -453,22 +453,16 @@ class AblationRunner:
         return summarize(self.out, base)
 
 
-class _Terminated(KeyboardInterrupt):
-    """SIGTERM reached the runner: handled as Ctrl-C (passed on to a training child, then exit 130 via run_tool)."""
-
-    signum = signal.SIGTERM
-
-
 @contextlib.contextmanager
 def _signals_as_exceptions():
-    """While the runner runs: SIGTERM raises _Terminated, a KeyboardInterrupt (as SIGINT does), so the runner passes
-    it on to a training child instead of dying and leaving the child to train on (megasnow.utils.cli's
-    raise_on_sigterm). Only in the main thread (signal handlers cannot be set elsewhere); the previous handler comes
+    """While the runner runs: SIGTERM raises megasnow.utils.cli.Terminated, a KeyboardInterrupt (as SIGINT does), so
+    the runner passes it on to a training child instead of dying and leaving the child to train on; run_tool then
+    ends with `terminated (SIGTERM)` and exit 143, as every tool. Only in the main thread (signal handlers cannot be set elsewhere); the previous handler comes
     back after."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = raise_on_sigterm(_Terminated)
+    previous = raise_on_sigterm()
     try:
         yield
     finally:

@@ -199,7 +199,8 @@ def test_sigint_and_sigterm_to_the_runner_alone_reach_the_trainer_which_saves_an
     """SIGINT sent to the runner's pid alone while `python -m megasnow.train` runs an arm (as Ctrl-C in a terminal,
     or `kill -INT`): the runner passes it on, prints its line before the trainer's own "interrupted" line, both reach
     the run's train.log, the trainer saves at that early step, exit 130; a rerun resumes from there. SIGTERM to the
-    resumed runner does the same. The last rerun finishes, and its training seconds count every segment's steps."""
+    resumed runner does the same, ending with exit 143. The last rerun finishes, and its training seconds count
+    every segment's steps."""
     import re
     import signal
 
@@ -232,7 +233,8 @@ def test_sigint_and_sigterm_to_the_runner_alone_reach_the_trainer_which_saves_an
     assert not os.path.exists(os.path.join(run_dir, "result.json"))
 
     rc, text = _interrupt_at_a_step(args, signal.SIGTERM, env, after=saved)  # resumed, then SIGTERM
-    assert rc == 130, text
+    assert rc == 143, text  # SIGTERM's own exit status, as every tool's
+    assert text.rstrip().splitlines()[-1].startswith("recipe_ablation.py: terminated (SIGTERM)"), text
     assert f"resumed from" in text and f"at step {saved}" in text, text
     assert "random seed 0 (1/1): SIGTERM: the training run is finishing its step and saving a checkpoint" in text
     saved2 = int(re.search(r"SIGTERM: saved a checkpoint at step (\d+)", text).group(1))
