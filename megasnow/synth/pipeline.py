@@ -246,6 +246,7 @@ def _differences(cfg, model, folders):
     import yaml
 
     here = to_dict(cfg)
+    defaults = to_dict(SynthConfig())  # a key a run's config.yaml lacks (written before the key existed) had its default
     found = []
     for folder in folders:
         there_model = read_run_model([folder])
@@ -259,8 +260,9 @@ def _differences(cfg, model, folders):
         for section in ID_SECTIONS:
             a, b = there.get(section) or {}, here[section]
             for key in b:
-                if key in a and a[key] != b[key]:
-                    found.append(f"{section}.{key} {a[key]!r} there, {b[key]!r} here")
+                value = a.get(key, defaults[section].get(key))
+                if value != b[key]:
+                    found.append(f"{section}.{key} {value!r} there{'' if key in a else ' (unset)'}, {b[key]!r} here")
     found = list(dict.fromkeys(found))
     if not found:
         return ("check backend.model, prompt.template/system, sampling.* and seeds.* against the run that made "

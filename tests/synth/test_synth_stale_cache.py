@@ -76,3 +76,21 @@ def test_the_tool_exits_2_with_one_line(tmp_path, seed_shard):
     assert r.returncode == 2, r.stderr
     assert r.stderr.startswith(f"error: none of the 6 cached answers in {other} was made with this config (")
     assert len(r.stderr.strip().splitlines()) == 1 and not os.path.exists(tmp_path / "out")
+
+
+def test_a_key_an_older_run_did_not_write_is_compared_by_its_default(tmp_path, seed_shard, capsys):
+    """A cache made before sampling.top_k/min_p existed has no such keys in its config.yaml: it ran with their
+    defaults, so a config that sets them is named as the difference ("0 there (unset), 40 here")."""
+    import yaml
+
+    stale, _ = cached_run(tmp_path / "old", config(seed_shard, 16))
+    written = yaml.safe_load((tmp_path / "old" / "config.yaml").read_text())
+    del written["sampling"]["top_k"], written["sampling"]["min_p"]  # as the run wrote it before they existed
+    (tmp_path / "old" / "config.yaml").write_text(yaml.safe_dump(written))
+    cfg = make_cfg(seeds={"documents": [seed_shard], "num_seeds": 6}, sampling={"max_tokens": 16, "top_k": 40},
+                   backend={"model": "m"}, execution={"progress": False})
+    fresh, _ = cached_run(tmp_path / "new", cfg)
+    run_synthesis(cfg, str(tmp_path / "out"), stage="postprocess", extra_responses=[stale, fresh])
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert warnings == [f"warning: 6 answers in {stale} were made with another config (model/template/sampling/seeds "
+                        f"differ: sampling.top_k 0 there (unset), 40 here), none used"]
