@@ -68,8 +68,6 @@ def check_paths(args):
     from megasnow.convert.output_folder import check_output
 
     what = "HF model" if args.command == "export" else "checkpoint"
-    if os.path.isfile(args.output):
-        raise ConversionError(f"--output {args.output} is a file; give a folder to write the {what} into")
     if args.command == "export" and not os.path.isdir(args.checkpoint):
         raise ConversionError(f"--checkpoint {args.checkpoint}: no such folder (give a run's checkpoint.dir or one "
                               f"of its step folders)")
@@ -92,7 +90,7 @@ def check_paths(args):
     if args.overwrite and (src_real == out_real or src_real.startswith(out_real + os.sep)):
         raise ConversionError(f"--output {args.output} holds {source_flag} {source}; --overwrite would delete the "
                               f"source: give another --output")
-    check_output(args.output, args.overwrite, label=f"--output {args.output}",
+    check_output(args.output, args.overwrite, label=f"--output {args.output}", what=what,
                  hint=f"pass --overwrite to delete everything in it and write the {what} there")
 
 

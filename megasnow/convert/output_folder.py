@@ -28,15 +28,16 @@ def describe_contents(path):
     return shown
 
 
-def check_output(path, overwrite, label=None, hint=OVERWRITE_HINT):
+def check_output(path, overwrite, label=None, hint=OVERWRITE_HINT, what=None):
     """Refuse (ConversionError) an output path that is a file, or a non-empty folder unless `overwrite`.
 
-    label: how the message names the path (the CLI passes "--output X"); hint: what to do instead. A missing or
-    empty folder passes; nothing is changed either way.
+    label: how the message names the path (the CLI passes "--output X"); hint: what to do instead; what: what the
+    folder is for ("HF model"), named when the path is a file. A missing or empty folder passes; nothing is changed
+    either way.
     """
     label = label or os.fspath(path)
     if os.path.isfile(path):
-        raise ConversionError(f"{label} is a file; give a folder")
+        raise ConversionError(f"{label} is a file; give a folder" + (f" to write the {what} into" if what else ""))
     if os.path.isdir(path) and os.listdir(path) and not overwrite:
         raise ConversionError(f"{label} is not empty: it holds {describe_contents(path)}; nothing was changed. Give "
                               f"a new or empty folder, or {hint}")
