@@ -3,6 +3,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Optional
 
 from megasnow.curate.languages import RECIPE_LANGUAGES
+from megasnow.curate.checks import check_curate_config
 
 # Folders that hold other people's code (package managers' installs, vendored copies) or tool state (hidden
 # folders: .git, .venv, .idea, .github...), not the repository's own code.
@@ -86,10 +87,10 @@ class ExactDedupConfig:
 class NearDedupConfig:
     enabled: bool = True
     threshold: float = 0.7
-    num_perm: int = 256
+    num_perm: int = field(default=256, metadata={"help": "MinHash permutations, 1..4096"})
     ngram: int = 5
     bands: int = field(default=0, metadata={"help": "0: pick (bands, rows) by optimal_param"})
-    rows: int = 0
+    rows: int = field(default=0, metadata={"help": "set with bands (both 0, or both >= 1 with bands*rows <= num_perm)"})
     false_positive_weight: float = 0.5
     false_negative_weight: float = 0.5
     seed: int = 42
@@ -122,3 +123,6 @@ class CurateConfig:
     ray_address: Optional[str] = None
     progress_interval_s: float = field(default=20.0, metadata={
         "help": "a task reading an input shard prints its counts and rate this often (seconds; 0: every file)"})
+
+    def __post_init__(self):
+        check_curate_config(self)  # every range and name, with its full key: ConfigError before any work

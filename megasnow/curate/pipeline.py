@@ -22,6 +22,7 @@ import yaml
 from megasnow.config import dump_config, to_dict
 from megasnow.curate.decontaminate import get_decontaminator
 from megasnow.curate.executors import run_tasks, shutdown_executors
+from megasnow.curate.fields import check_record_fields
 from megasnow.curate.minhash import optimal_param
 from megasnow.curate.near_stages import VERIFY_PAIRS_PER_TASK
 from megasnow.curate.sources import plan_shards
@@ -30,6 +31,7 @@ from megasnow.curate.stats import add_totals, merge_into, new_stats, printable
 from megasnow.curate.work import describe_reading, prepare_paths, reading
 from megasnow.errors import UserError
 from megasnow.utils.atomic import atomic_write, atomic_write_text
+from megasnow.utils.cli import removed_on_failure
 
 log = logging.getLogger(__name__)
 BAND_GROUPS = 8  # LSH bucket tasks; fixed so the work split never depends on the number of workers
@@ -99,6 +101,8 @@ class Runner:
         self.cfg_dict = to_dict(cfg)
         self.timings = {}
         self.executed = {}
+        self.total = {}
+        self.fresh = {}  # stage -> indices of the tasks this launch ran (the others were done by an earlier one)
 
     def stage(self, name, fn_name, tasks, keys):
         """Run the tasks of one stage whose done markers are missing; return all results in task order."""
@@ -120,6 +124,8 @@ class Runner:
             results[i] = r
         self.timings[name] = round(time.time() - t0, 3)
         self.executed[name] = len(todo)
+        self.fresh[name] = todo
+        self.total[name] = len(tasks)
         return results
 
 
@@ -135,9 +141,8 @@ def output_config(cfg_dict):
 
 
 def _check_or_save_run(output, cfg, inputs):
-    """Refuse to resume into an output folder made with another config or input list; else record ours.
-
-    Only the output-deciding config is compared: workers, executor and threads may change between runs.
+    """Refuse to resume into an output folder made with another config or input list (naming what differs); else
+    record ours. Only the output-deciding config is compared: workers, executor and threads may change between runs.
     """
     run_file = os.path.join(output, "work", "run.json")
     run = {"config": output_config(to_dict(cfg)), "inputs": [os.path.abspath(p) for p in inputs]}
@@ -146,12 +151,59 @@ def _check_or_save_run(output, cfg, inputs):
             old = json.load(f)
         if isinstance(old.get("config"), str):  # run.json of an older version held the whole config as YAML
             old["config"] = output_config(yaml.safe_load(old["config"]))
-        if old != json.loads(json.dumps(run)):
-            raise PipelineError(f"{output} holds a run with a different config or inputs; use a new --output "
-                                f"folder (or delete {os.path.join(output, 'work')})")
+        differences = run_differences(old, json.loads(json.dumps(run)))
+        if differences:
+            raise PipelineError(f"{output} holds a run with a different config or inputs ({'; '.join(differences)})"
+                                f"; rerun with the run's values, use a new --output folder, or delete "
+                                f"{os.path.join(output, 'work')} to start over")
     else:
         atomic_write_text(run_file, json.dumps(run, indent=1))
     atomic_write_text(os.path.join(output, "config.yaml"), dump_config(cfg))
+
+
+def _flatten(node, prefix=""):
+    if not isinstance(node, dict):
+        return {prefix: node}
+    out = {}
+    for k, v in node.items():
+        out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def run_differences(old, new):
+    """What differs between two run.json dicts: `near_dedup.threshold 0.7 -> 0.8` per config key, and the inputs
+    added or left out (or their order). [] when they are the same run."""
+    before, after = _flatten(old.get("config") or {}), _flatten(new["config"])
+    out = [f"{k} {before.get(k, '<absent>')!r} -> {after.get(k, '<absent>')!r}"
+           for k in sorted(set(before) | set(after), key=str) if before.get(k, "<absent>") != after.get(k, "<absent>")]
+    old_in, new_in = old.get("inputs") or [], new["inputs"]
+    if old_in != new_in:
+        added = [p for p in new_in if p not in old_in]
+        missing = [p for p in old_in if p not in new_in]
+        parts = ([f"new {', '.join(map(printable, added))}"] if added else []) + \
+            ([f"without {', '.join(map(printable, missing))}"] if missing else [])
+        out.append(f"--input changed ({'; '.join(parts) if parts else 'same paths, other order'}; the run used "
+                   f"{' '.join(map(printable, old_in))})")
+    return out
+
+
+def _restore_empty(output, created):
+    """Remove `output` (created=True) or everything in it."""
+    if created:
+        shutil.rmtree(output, ignore_errors=True)
+        return
+    for name in os.listdir(output):
+        path = os.path.join(output, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            os.unlink(path)
+
+
+def _nothing_done(work):
+    """True when no task of this output has finished (its folder can go without losing work)."""
+    done = os.path.join(work, "done")
+    return not any(files for _, _, files in os.walk(done))
 
 
 def run_pipeline(inputs, output, cfg, strict=False):
@@ -171,13 +223,26 @@ def run_pipeline(inputs, output, cfg, strict=False):
                               "(drop --strict to get an empty result with a warning)")
     if cfg.decontamination.enabled:
         get_decontaminator(cfg.decontamination)  # reads the benchmark files now: a bad one fails before any work
+    check_record_fields(shards, cfg.source)  # a misnamed source.content_field would remove every record
+    if os.path.lexists(output) and not os.path.isdir(output):
+        raise PipelineError(f"--output {printable(output)} exists and is not a folder; give a new folder name (the "
+                            f"documents, stats.json and work/ go inside it)")
     created = not os.path.exists(output)
-    os.makedirs(output, exist_ok=True)
+    was_empty = created or not os.listdir(output)
     try:
-        _check_or_save_run(output, cfg, inputs)
-        stats = _run_stages(Runner(cfg, output), shards, plan_report, t_start)
-    finally:
-        shutdown_executors()
+        try:
+            with removed_on_failure(output):  # a failed start (even a non-user error) leaves nothing behind
+                os.makedirs(output, exist_ok=True)
+                _check_or_save_run(output, cfg, inputs)
+            stats = _run_stages(Runner(cfg, output), shards, plan_report, t_start)
+        finally:
+            shutdown_executors()  # before any clean-up: no worker writes into the folder any more
+    except BaseException:
+        # a run that finished no task in a folder that was new or empty has nothing to resume: leave the folder as
+        # it was, so the corrected command is not refused as "a run with a different config"
+        if was_empty and os.path.isdir(output) and _nothing_done(os.path.join(output, "work")):
+            _restore_empty(output, created)
+        raise
     files_in = stats["stages"].get("ingest", {}).get("all", {}).get("files_in", 0)
     stats["empty_input"] = files_in == 0
     if stats["empty_input"] and strict:
@@ -247,7 +312,21 @@ def _run_stages(r, shards, plan_report, t_start):
                                       for p in glob.glob(os.path.join(output, "documents", "*.jsonl")))
     stats["seconds"] = {**r.timings, "total": round(time.time() - t_start, 3)}
     stats["tasks_executed"] = r.executed
+    stats["this_launch"] = _this_launch(prepared, r.fresh.get("prepare", []), r.executed, r.total)
     return stats
+
+
+def _this_launch(prepared, fresh, executed, total):
+    """What this launch itself read (the prepare tasks it ran), so a resumed run reports its own rate, and how many
+    tasks of each kind an earlier launch had finished."""
+    mine = new_stats()
+    for i in fresh:
+        merge_into(mine, {k: v for k, v in prepared[i].items() if k in STAT_KEYS})
+    add_totals(mine)
+    ingest = mine["stages"].get("ingest", {}).get("all", {})
+    return {"files_in": ingest.get("files_in", 0), "bytes_in": ingest.get("bytes_in", 0),
+            "prepare_tasks": len(fresh), "prepare_tasks_done_before": len(prepared) - len(fresh),
+            "tasks_run": sum(executed.values()), "tasks_done_before": sum(total.values()) - sum(executed.values())}
 
 
 def _near_dedup(r, names, offsets, bands, rows):

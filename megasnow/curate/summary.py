@@ -74,7 +74,22 @@ def summary_lines(stats, output, inputs):
     seconds = stats["seconds"]["total"]
     docs = stages.get("documents", {}).get("all", {})
     kept_files, n_docs = docs.get("files_in", 0), docs.get("files_out", 0)
-    if files_in:
+    launch = stats.get("this_launch") or {}
+    if files_in and launch.get("tasks_done_before"):
+        # a resumed run: the rate is that of the reading this launch did, never the total over this launch's time
+        read = launch.get("files_in", 0)
+        rate = (f"this launch read {format_count(read)} files ({format_bytes(launch.get('bytes_in', 0))}) in "
+                f"{format_seconds(seconds)} ({format_rate(read, seconds, 'files')}, "
+                f"{format_rate(launch.get('bytes_in', 0), seconds, '', as_bytes=True)})" if read else
+                f"this launch read no input and ran {format_count(launch.get('tasks_run', 0))} remaining tasks in "
+                f"{format_seconds(seconds)}")
+        lines = [f"curated {format_count(files_in)} files ({format_bytes(bytes_in)}) from {len(inputs)} input(s): "
+                 f"{format_count(kept_files)} files kept in {format_count(n_docs)} documents; resumed "
+                 f"({format_count(launch['tasks_done_before'])} tasks done by an earlier launch, "
+                 f"{format_count(launch.get('prepare_tasks_done_before', 0))} of "
+                 f"{format_count(launch.get('prepare_tasks_done_before', 0) + launch.get('prepare_tasks', 0))} input "
+                 f"shards read before): {rate}"]
+    elif files_in:
         lines = [f"curated {format_count(files_in)} files ({format_bytes(bytes_in)}) from {len(inputs)} input(s) in "
                  f"{format_seconds(seconds)} ({format_rate(files_in, seconds, 'files')}, "
                  f"{format_rate(bytes_in, seconds, '', as_bytes=True)}): {format_count(kept_files)} files kept in "
