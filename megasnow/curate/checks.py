@@ -56,10 +56,50 @@ def check_filter_config(fc, prefix):
         check_language(f"{prefix}.data_languages[{i}]", lang)
 
 
-def check_curate_config(cfg):
-    """Raise ConfigError naming the first key of `cfg` (a CurateConfig) whose value is out of range or unknown."""
+def check_filters_config(filters, prefix):
+    """filters.default and every filters.languages.<lang> override (a known language, known keys, in range)."""
     from megasnow.curate.config import FilterConfig
 
+    check_filter_config(filters.default, f"{prefix}.default")
+    for lang, override in filters.languages.items():
+        where = f"{prefix}.languages.{lang}"
+        check_language(f"{prefix}.languages", lang)
+        if not isinstance(override, dict):
+            raise ConfigError(f"{where}: expected a mapping of {prefix}.default keys, got {override!r}")
+        check_filter_config(from_dict(FilterConfig, {**to_dict(filters.default), **override}, where), where)
+
+
+def check_decontamination_config(dc, prefix):
+    check_range(f"{prefix}.min_substring_chars", dc.min_substring_chars, 1)
+    check_range(f"{prefix}.ngram", dc.ngram, 1)
+    check_range(f"{prefix}.ngram_min_fraction", dc.ngram_min_fraction, 0, 1, lo_open=True)
+
+
+def check_near_dedup_config(nd, prefix):
+    """A NearDedupConfig's ranges; `prefix` is near_dedup (curation) or where another stage keeps one."""
+    check_range(f"{prefix}.threshold", nd.threshold, 0, 1, lo_open=True, hi_open=True)
+    check_range(f"{prefix}.num_perm", nd.num_perm, 1, MAX_NUM_PERM)
+    check_range(f"{prefix}.ngram", nd.ngram, 1)
+    check_range(f"{prefix}.bands", nd.bands, 0)
+    check_range(f"{prefix}.rows", nd.rows, 0)
+    if (nd.bands == 0) != (nd.rows == 0):
+        raise ConfigError(f"{prefix}.bands={nd.bands} and {prefix}.rows={nd.rows}: set both (>= 1) or leave both 0 "
+                          "to pick them from the threshold")
+    if nd.bands * nd.rows > nd.num_perm:
+        raise ConfigError(f"{prefix}.bands * {prefix}.rows must be <= {prefix}.num_perm ({nd.num_perm}), got "
+                          f"{nd.bands} * {nd.rows} = {nd.bands * nd.rows}")
+    check_range(f"{prefix}.false_positive_weight", nd.false_positive_weight, 0)
+    check_range(f"{prefix}.false_negative_weight", nd.false_negative_weight, 0)
+    if nd.false_positive_weight + nd.false_negative_weight <= 0:
+        raise ConfigError(f"{prefix}.false_positive_weight and {prefix}.false_negative_weight are both 0; give at "
+                          "least one a positive weight")
+    check_range(f"{prefix}.seed", nd.seed, 0)  # numpy's generator takes no negative seed
+    check_range(f"{prefix}.threads", nd.threads, 1)
+    check_range(f"{prefix}.batch_size", nd.batch_size, 1)
+
+
+def check_curate_config(cfg):
+    """Raise ConfigError naming the first key of `cfg` (a CurateConfig) whose value is out of range or unknown."""
     src = cfg.source
     if not src.languages:
         raise ConfigError("source.languages is empty: every file would be removed; list the languages to keep "
@@ -72,39 +112,9 @@ def check_curate_config(cfg):
     check_range("source.max_file_bytes", src.max_file_bytes, 1)
     check_range("source.repo_shard_bytes", src.repo_shard_bytes, 1)
 
-    check_filter_config(cfg.filters.default, "filters.default")
-    for lang, override in cfg.filters.languages.items():
-        prefix = f"filters.languages.{lang}"
-        check_language("filters.languages", lang)
-        if not isinstance(override, dict):
-            raise ConfigError(f"{prefix}: expected a mapping of filters.default keys, got {override!r}")
-        check_filter_config(from_dict(FilterConfig, {**to_dict(cfg.filters.default), **override}, prefix), prefix)
-
-    dc = cfg.decontamination
-    check_range("decontamination.min_substring_chars", dc.min_substring_chars, 1)
-    check_range("decontamination.ngram", dc.ngram, 1)
-    check_range("decontamination.ngram_min_fraction", dc.ngram_min_fraction, 0, 1, lo_open=True)
-
-    nd = cfg.near_dedup
-    check_range("near_dedup.threshold", nd.threshold, 0, 1, lo_open=True, hi_open=True)
-    check_range("near_dedup.num_perm", nd.num_perm, 1, MAX_NUM_PERM)
-    check_range("near_dedup.ngram", nd.ngram, 1)
-    check_range("near_dedup.bands", nd.bands, 0)
-    check_range("near_dedup.rows", nd.rows, 0)
-    if (nd.bands == 0) != (nd.rows == 0):
-        raise ConfigError(f"near_dedup.bands={nd.bands} and near_dedup.rows={nd.rows}: set both (>= 1) or leave "
-                          "both 0 to pick them from the threshold")
-    if nd.bands * nd.rows > nd.num_perm:
-        raise ConfigError(f"near_dedup.bands * near_dedup.rows must be <= near_dedup.num_perm ({nd.num_perm}), got "
-                          f"{nd.bands} * {nd.rows} = {nd.bands * nd.rows}")
-    check_range("near_dedup.false_positive_weight", nd.false_positive_weight, 0)
-    check_range("near_dedup.false_negative_weight", nd.false_negative_weight, 0)
-    if nd.false_positive_weight + nd.false_negative_weight <= 0:
-        raise ConfigError("near_dedup.false_positive_weight and near_dedup.false_negative_weight are both 0; give "
-                          "at least one a positive weight")
-    check_range("near_dedup.seed", nd.seed, 0)  # numpy's generator takes no negative seed
-    check_range("near_dedup.threads", nd.threads, 1)
-    check_range("near_dedup.batch_size", nd.batch_size, 1)
+    check_filters_config(cfg.filters, "filters")
+    check_decontamination_config(cfg.decontamination, "decontamination")
+    check_near_dedup_config(cfg.near_dedup, "near_dedup")
 
     # documents.seed is only hashed (sha256 of its text), so every integer is valid
     check_range("documents.max_chars", cfg.documents.max_chars, 1)
