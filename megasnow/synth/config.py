@@ -110,9 +110,18 @@ class PostprocessConfig:
     decontamination: DecontaminationConfig = field(default_factory=DecontaminationConfig)
 
     def __post_init__(self):
+        from megasnow.curate.checks import (check_decontamination_config, check_filters_config,
+                                            check_near_dedup_config, check_range)
+
         if self.min_lines < 0 or self.min_chars < 0:
             raise ConfigError(f"postprocess.min_lines ({self.min_lines}) and postprocess.min_chars "
                              f"({self.min_chars}) must be >= 0 (0: off)")
+        check_range("postprocess.seed_copy_ngram", self.seed_copy_ngram, 1)
+        check_range("postprocess.seed_copy_threshold", self.seed_copy_threshold, 0, 1, lo_open=True)
+        # the curation sections it reuses, under this stage's keys
+        check_near_dedup_config(self.near_dedup, "postprocess.near_dedup")
+        check_filters_config(self.filters, "postprocess.filters")
+        check_decontamination_config(self.decontamination, "postprocess.decontamination")
 
 
 @dataclass
