@@ -12,6 +12,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# The openai SDK builds its response models' pydantic schemas lazily, at first use, and that build is not
+# thread-safe: tests whose client threads parse their first Completion at the same moment (one batch answers them
+# all) failed with PydanticUserError "BaseModel cannot be instantiated directly". Build them at import instead.
+os.environ.setdefault("DEFER_PYDANTIC_BUILD", "false")
 
 
 def under_ci():

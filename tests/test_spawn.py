@@ -1,5 +1,4 @@
 """The multi-process harness: results come back by rank, a failing rank fails fast with its traceback."""
-import time
 
 import pytest
 import torch
@@ -27,7 +26,8 @@ def test_results_by_rank():
 
 
 def test_failing_rank_is_reported_quickly():
-    start = time.monotonic()
+    # Rank 0 waits in its all_reduce far longer than the run's deadline: the error can only be rank 1's if the
+    # harness reports it without waiting for the other ranks (a harness that waited would hit the deadline and
+    # say so instead). No wall-clock bound: starting two ranks takes ~30 s on a loaded 2-core machine.
     with pytest.raises(SpawnError, match="boom from rank 1"):
-        run_processes(_one_rank_raises, 2, timeout_s=60, collective_timeout_s=20)
-    assert time.monotonic() - start < 50
+        run_processes(_one_rank_raises, 2, timeout_s=150, collective_timeout_s=3600)

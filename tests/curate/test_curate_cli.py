@@ -154,13 +154,18 @@ def test_ctrl_c_exits_130_with_one_line(tmp_path):
                              "source.repo_shard_bytes=1"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     markers = os.path.join(out, "work", "done", "prepare")
-    deadline = time.time() + 90
-    while time.time() < deadline and not glob.glob(os.path.join(markers, "*.json")):
-        assert proc.poll() is None, proc.communicate()
-        time.sleep(0.01)
-    os.killpg(proc.pid, signal.SIGINT)  # what a terminal sends: the whole foreground process group
-    t0 = time.time()
-    _, stderr = proc.communicate(timeout=60)
+    try:
+        deadline = time.time() + 90
+        while time.time() < deadline and not glob.glob(os.path.join(markers, "*.json")):
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.01)
+        os.killpg(proc.pid, signal.SIGINT)  # what a terminal sends: the whole foreground process group
+        t0 = time.time()
+        _, stderr = proc.communicate(timeout=60)
+    finally:  # a failed wait leaves no tool or pool worker running
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
     assert proc.returncode == 130 and time.time() - t0 < 30
     lines = [line for line in stderr.replace("\r", "\n").splitlines() if line.strip() and not PROGRESS.search(line)]
     assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr

@@ -106,14 +106,25 @@ def test_killed_scoring_run_resumes_to_identical_scores(tiny_annotator, tmp_path
            tiny_annotator, "--output", killed, "--threads", "1", "--chunk-docs", "50", "--keep-fields", "repo"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
+    def at_kill_point():  # shard0 finished and the next shard's temporary file open (not merely between shards)
+        return _score_files(killed) and glob.glob(os.path.join(killed, ".shard[123].scores.jsonl.*.tmp"))
+
     try:
-        # Kill mid-run: shard0 finished and the next shard's temporary file open (not merely between shards).
-        while not (_score_files(killed) and glob.glob(os.path.join(killed, ".shard[123].scores.jsonl.*.tmp"))):
+        # Kill mid-run. The run is stopped (SIGSTOP) before the kill point is checked again: between a check and
+        # the kill a loaded machine can let it finish that shard (no temporary file left) or the whole run.
+        while True:
             assert proc.poll() is None, "scoring subprocess exited before the kill point"
             assert time.time() < deadline, "scoring subprocess made no progress"
+            if at_kill_point():
+                os.kill(proc.pid, signal.SIGSTOP)
+                if at_kill_point():
+                    break
+                os.kill(proc.pid, signal.SIGCONT)
             time.sleep(0.005)
         os.kill(proc.pid, signal.SIGKILL)
     finally:
+        if proc.poll() is None:
+            proc.kill()
         proc.wait()
     done_before = _score_files(killed)
     leftovers = glob.glob(os.path.join(killed, ".*.tmp"))

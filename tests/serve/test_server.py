@@ -200,6 +200,8 @@ def test_stop_strings(server, engine):
 
 
 def test_concurrent_requests_share_a_batch_and_keep_their_answers(server, engine):
+    """Requests that wait while a batch runs share the next batch. (They wait behind a long stream: six client
+    threads on a loaded machine may arrive further apart than --batch-wait-ms, each then running alone.)"""
     prompts = [f"def f{i}(x):\n    return x * {i}" for i in range(6)]
     results = {}
 
@@ -207,9 +209,18 @@ def test_concurrent_requests_share_a_batch_and_keep_their_answers(server, engine
         results[i] = client(server).completions.create(model=MODEL, prompt=prompts[i], max_tokens=8,
                                                        temperature=0).choices[0].text
 
-    threads = [threading.Thread(target=ask, args=(i,)) for i in range(6)]
-    for t in threads:
-        t.start()
+    long_body = {"model": MODEL, "prompt": "def f():", "max_tokens": 1000, "ignore_eos": True, "stream": True}
+    with httpx.stream("POST", server.base_url + "/completions", json=long_body, timeout=60) as stream:
+        lines = stream.iter_lines()  # (kept referenced: closing this iterator closes the connection)
+        assert next(lines).startswith("data: ")  # the long batch runs
+        threads = [threading.Thread(target=ask, args=(i,)) for i in range(6)]
+        for t in threads:
+            t.start()
+        deadline = time.time() + 60  # all six wait for the engine (poll; nothing timed)
+        while httpx.get(server.base_url[:-3] + "/health", timeout=30).json()["unfinished_sequences"] < 7:
+            assert time.time() < deadline
+            time.sleep(0.05)
+    # the stream's client left: its batch stops at the next step and the six waiting requests run
     for t in threads:
         t.join(120)
     assert [results[i] for i in range(6)] == [expected(engine, p, 8).text for p in prompts]

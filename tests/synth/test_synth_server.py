@@ -104,11 +104,13 @@ def test_sigkill_then_rerun_asks_no_stored_request_again_and_matches(servers, se
     proc = subprocess.Popen([sys.executable, TOOL, *synth_args(seed_shard, out, url, N_KILL, *extra)],
                             env={**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1", **env},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
-    deadline = time.monotonic() + 120
-    while len(stored_ids(out)) < 6 and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(30)
+    try:
+        deadline = time.monotonic() + 120
+        while len(stored_ids(out)) < 6 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
     first = stored_ids(out)
     assert 6 <= len(first) < N_KILL, "the run was not killed mid-way"
     middle = len(log_lines(log_path))
@@ -206,11 +208,15 @@ def test_ctrl_c_exits_130_with_one_line_keeping_the_answers(servers, seed_shard,
                                                                "output.flush_every=1", "backend.concurrency=1")],
                             env={**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1", "OPENAI_API_KEY": API_KEY},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
-    deadline = time.monotonic() + 120
-    while not stored_ids(out) and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+    try:
+        deadline = time.monotonic() + 120
+        while not stored_ids(out) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:  # a run that ignored the signal is not left running
+        proc.kill()
+        proc.wait()
     assert proc.returncode == 130
     assert err.strip().splitlines()[-1] == ("synthesize.py: interrupted (Ctrl-C); finished outputs are kept, rerun "
                                             "the same command to resume")
