@@ -306,7 +306,7 @@ def parse_ks(text):
 
 def score(args, bench, samples_path, out_dir, extra=None, samples=None):
     from megasnow.eval.correctness import check_samples, config_dict, ground_truth
-    from megasnow.eval.report import write_report
+    from megasnow.eval.report import too_long_note, write_report
     from megasnow.eval.samples import read_samples
     from megasnow.eval.scoring import score as score_results
 
@@ -374,12 +374,6 @@ def too_long_summary(skipped):
     tasks = list(dict.fromkeys(s.task_id for s in skipped))
     return {"tasks": len(tasks), "context_tokens": context_tokens(skipped[0].skipped), "task_ids": tasks,
             "first_reason": skipped[0].skipped}
-
-
-def too_long_note(t):
-    """The sentence summary.md and the final line give for tasks skipped by --skip-too-long."""
-    return (f"{t['tasks']} tasks did not fit the model's context of {t['context_tokens'] or '?'} tokens: scored as "
-            f"failed")
 
 
 def solution_loss(args, bench, model_path):

@@ -219,9 +219,18 @@ def test_tasks_too_long_for_the_context(tiny_short, tmp_path):
     assert proc.returncode == 2 and len(lines) == 1 and not out.exists(), proc.stderr
     assert lines[0].startswith("error: 3 of 3 generation requests cannot run on ckpt: ")
     assert lines[0].endswith("(--max-tokens 39 makes every task fit)"), lines[0]
-    for indices, advice in (([0, 13], "(no --max-tokens makes every task fit (some prompts alone fill the context), "
-                                      "and none fits at this one; at --max-tokens 39 1 do: pass that with "
-                                      "--skip-too-long to generate those and score the others as failed)"),
+    # (the whole line: the fitting count, the value and the flags to pass)
+    assert evaluate(*common, "--benchmark", _humaneval_file(tmp_path / "b.jsonl", [0, 13]), "--max-tokens", "9000",
+                    "--output", str(out)).stderr == (
+        "error: 2 of 2 generation requests cannot run on ckpt: This model's maximum context length is 160 tokens. "
+        "However, you requested 9227 tokens (227 in the prompt, 9000 in the completion). Please reduce the length of "
+        "the prompt or max_tokens. (no --max-tokens makes every task fit (some prompts alone fill the context), and "
+        "none fits at this one; 1 task fits at --max-tokens 39: pass --max-tokens 39 --skip-too-long to generate it "
+        "and score the others as failed)\n")
+    for indices, advice in (([0, 13, 14], "(no --max-tokens makes every task fit (some prompts alone fill the "
+                                          "context), and none fits at this one; 2 tasks fit at --max-tokens 39: pass "
+                                          "--max-tokens 39 --skip-too-long to generate them and score the others as "
+                                          "failed)"),
                             ([0], "(no task fits at any --max-tokens: every prompt alone fills the context; use a "
                                   "model with a longer one)")):
         bench = _humaneval_file(tmp_path / f"b{len(indices)}.jsonl", indices)
@@ -267,7 +276,7 @@ def test_tasks_too_long_for_the_context(tiny_short, tmp_path):
                                    "first_reason": summary["too_long"]["first_reason"]}
     assert summary["status_counts"]["base"]["too_long"] == 1 and summary["generation"]["too_long_tasks"] == 1
     assert summary["generation"]["requests"] == 2  # the task that does not fit is never asked
-    note = "1 tasks did not fit the model's context of 160 tokens: scored as failed"
+    note = "1 task did not fit the model's context of 160 tokens: scored as failed"
     assert note in open(out / "summary.md").read() and "HumanEval/0" in open(out / "summary.md").read()
     assert note in proc.stdout.strip().splitlines()[-1]
     samples = [json.loads(x) for x in open(out / "samples.jsonl")]
