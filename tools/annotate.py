@@ -180,11 +180,11 @@ def cmd_train(args):
 
 
 def check_annotator_flag(path):
-    """One line naming --annotator when it is no folder: a file (e.g. the tokenizer's .model) or nothing."""
-    if not os.path.isdir(path):
-        what = "is a file, not a folder" if os.path.exists(path) else "no such folder"
-        fail(f"--annotator {path}: {what}; give the annotator folder that `tools/annotate.py train --output` wrote "
-             f"(it holds annotator.json and the fine-tuned encoder)")
+    """One line naming --annotator when it is a file (e.g. the tokenizer's .model), before torch loads. (A missing
+    one is reported by megasnow.quality.annotator, after the inputs are checked, with the same advice.)"""
+    if os.path.exists(path) and not os.path.isdir(path):
+        fail(f"--annotator {path}: is a file, not a folder; give the annotator folder that `tools/annotate.py train "
+             f"--output` wrote (it holds annotator.json and the fine-tuned encoder)")
 
 
 def cmd_score(args):
