@@ -179,6 +179,14 @@ def cmd_train(args):
           f"{len(train):,} train / {len(heldout):,} held-out examples in {metrics['train_seconds']:.0f} s")
 
 
+def check_annotator_flag(path):
+    """One line naming --annotator when it is a file (e.g. the tokenizer's .model), before torch loads. (A missing
+    one is reported by megasnow.quality.annotator, after the inputs are checked, with the same advice.)"""
+    if os.path.exists(path) and not os.path.isdir(path):
+        fail(f"--annotator {path}: is a file, not a folder; give the annotator folder that `tools/annotate.py train "
+             f"--output` wrote (it holds annotator.json and the fine-tuned encoder)")
+
+
 def cmd_score(args):
     from megasnow.quality.score import score_corpus
 
@@ -244,6 +252,8 @@ def main(argv=None):
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command in ("score", "eval"):
+        check_annotator_flag(args.annotator)  # before torch loads: a wrong path fails at once
     {"train": cmd_train, "score": cmd_score, "select": cmd_select, "eval": cmd_eval}[args.command](args)
     return 0
 

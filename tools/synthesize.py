@@ -128,10 +128,23 @@ def main(argv=None):
         print(f"documents in {os.path.join(args.output, 'data')} ({len(s['output_shards'])} shards); summary in "
               f"{os.path.join(args.output, 'summary.md')}")
     failed = [g for g in s["generation_this_run"] if g["failed"]]
-    if failed:
+    if failed and all_refused(s["generation_this_run"]):
+        # every request of this run refused as bad (HTTP 4xx, auth): a config mistake (backend.model, sampling.*,
+        # seed length), the user's to fix: one `error:` line, exit 2 (the CLI rule), not a failed run
+        fail(failure_advice(failed).replace("\n", "; "))
+    if failed:  # some answered, or some failures a rerun may cure (server down, timeouts after the retries)
         print(failure_advice(failed), file=sys.stderr)
         return 1
     return 0
+
+
+def all_refused(generation):
+    """Whether no request of this run was answered and every failure is a refusal a rerun meets again
+    (protocol.NOT_CURED_BY_RERUN: HTTP 4xx other than 429, 401/403)."""
+    from megasnow.generation.protocol import NOT_CURED_BY_RERUN
+
+    return (not any(g["answered"] for g in generation)
+            and all(k in NOT_CURED_BY_RERUN for g in generation for k in g["failed"]))
 
 
 def failure_advice(generation):

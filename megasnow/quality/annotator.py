@@ -232,7 +232,9 @@ def save_annotator(annotator, folder, metrics=None, seen_keys=None):
 def read_annotator_config(folder):
     """The validated annotator.json of a folder (AnnotatorError naming what is wrong otherwise)."""
     if not os.path.isdir(folder):
-        raise AnnotatorError(f"annotator folder {folder!r} does not exist")
+        what = "is a file, not a folder" if os.path.exists(folder) else "does not exist"
+        raise AnnotatorError(f"annotator folder {folder!r} {what}: give the folder `tools/annotate.py train "
+                             f"--output` wrote (it holds {CONFIG_NAME} and the fine-tuned encoder)")
     cfg_path = os.path.join(folder, CONFIG_NAME)
     if not os.path.exists(cfg_path):
         raise AnnotatorError(

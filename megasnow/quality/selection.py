@@ -5,8 +5,8 @@ every scored document's tokens with the project tokenizer. Then, with f = budget
 each language takes its best-scored documents until it holds f of its own phase-1 tokens (the
 document that crosses that line is included), so the budget is met and every language keeps its
 share up to one document. Pass 2 writes the selected documents as JSONL shards for
-tools/preprocess_data.py. Repetition (the paper's 4 x 12.5B) belongs in the phase-2 blend
-(BlendEntry(prefix, repeat=4)), never in copies of the data.
+tools/preprocess_data.py. Repetition (the paper's 4 x 12.5B) belongs in the phase-2 blend of the trainer
+config (`blend: [{path: PREFIX, repeat: 4}]`), never in copies of the data.
 """
 import json
 import logging
@@ -28,8 +28,9 @@ CACHE_DIR = ".token_counts"
 SELECTED_DIR = "selected"
 REPEAT_NOTE = (
     "Repetition is not done by copying data: to train on this set several times (the paper: 4 x 12.5B "
-    "tokens = 50B), give the binarized prefix a repeat count in the phase-2 blend, "
-    "BlendEntry(prefix, repeat=4)."
+    "tokens = 50B), binarize it (tools/preprocess_data.py) and give its prefix a repeat count in the phase-2 "
+    "blend of the trainer config: `blend: [{path: data/phase2_selected_text_document, repeat: 4}]` "
+    "(docs/training.md)."
 )
 
 

@@ -102,6 +102,12 @@ def main(argv=None):
                                    max_num_seqs=args.max_num_seqs, max_batch_tokens=args.max_batch_tokens,
                                    fim_format=args.fim_format)
     names = args.served_model_name or [engine.model_name]
+    if args.max_model_len is not None:  # vLLM's flag: a shorter context than the model's (never a longer one)
+        if args.max_model_len > engine.max_model_len:
+            raise UserError(f"--max-model-len {args.max_model_len} exceeds the context of {args.model} "
+                            f"(max_seq_len {engine.max_model_len}): give at most {engine.max_model_len}, or leave it "
+                            f"out")
+        engine.max_model_len = args.max_model_len
     engine.warm_up()
     scheduler = BatchScheduler(engine, batch_wait_s=args.batch_wait_ms / 1000.0, max_queue=args.max_queue)
     request_log = RequestLog(args.request_log) if args.request_log else None

@@ -22,9 +22,14 @@ def make_parser():
                        description="OpenAI-compatible HTTP server (/v1/models, /v1/completions, "
                                    "/v1/chat/completions) for a megasnow checkpoint or a HF Llama folder.",
                        epilog=USAGE_EXAMPLES)
-    p.add_argument("model", metavar="CHECKPOINT_OR_HF_DIR",
+    p.add_argument("model", metavar="CHECKPOINT_OR_HF_DIR", nargs="?", default=None,
                    help="a run's checkpoint folder (uses `latest`), a step folder, or a HF LlamaForCausalLM folder")
     g = p.add_argument_group("model")
+    g.add_argument("--model", dest="model_flag", metavar="CHECKPOINT_OR_HF_DIR", default=None,
+                   help="the model, as a flag (vLLM's api_server form); give it or CHECKPOINT_OR_HF_DIR, not both")
+    g.add_argument("--max-model-len", type=int, default=None,
+                   help="context length: prompt + max_tokens of a request, longer ones get HTTP 400 (vLLM's flag; "
+                        "default and upper bound: the model's max_seq_len)")
     g.add_argument("--served-model-name", action="append", default=None,
                    help="model id clients ask for (repeatable; default: the folder's name)")
     g.add_argument("--tokenizer", help="tokenizer file/folder (default: the one stored with the model)")
@@ -41,7 +46,8 @@ def make_parser():
     h.add_argument("--host", default="127.0.0.1")
     h.add_argument("--port", type=int, default=8000, help="0 picks a free port (printed when ready)")
     h.add_argument("--api-key", default=None, help="require `Authorization: Bearer KEY` on /v1 routes")
-    h.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"],
+    h.add_argument("--log-level", "--uvicorn-log-level", default="warning",
+                   choices=["critical", "error", "warning", "info", "debug"],
                    help="uvicorn's log level (info logs every request)")
     b = p.add_argument_group("batching (docs/serving.md)")
     b.add_argument("--max-num-seqs", type=int, default=DEFAULT_MAX_NUM_SEQS, help="sequences per batch")
@@ -70,6 +76,13 @@ def check_args(parser, args):
     """Refuse impossible settings with one line naming the flag."""
     from megasnow.serve.faults import parse_fault_kinds
 
+    if args.model is not None and args.model_flag is not None:
+        parser.error(f"the model given twice ({args.model} and --model {args.model_flag}): give one")
+    args.model = args.model if args.model is not None else args.model_flag
+    if args.model is None:
+        parser.error("the following arguments are required: CHECKPOINT_OR_HF_DIR (or --model)")
+    if args.max_model_len is not None and args.max_model_len < 1:
+        parser.error(f"--max-model-len must be >= 1, got {args.max_model_len}")
     for flag in ("max_num_seqs", "max_batch_tokens", "max_queue"):
         if getattr(args, flag) < 1:
             parser.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")

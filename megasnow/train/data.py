@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from megasnow.config import ConfigError
+from megasnow.model.config import check_tokenizer_fits
 
 IGNORE_INDEX = -100  # labels left out of the loss (torch's and Megatron's convention)
 
@@ -141,10 +142,10 @@ def check_model_vocab(model_vocab, explicit, tokenizer, data_vocab):
     model.vocab_size was set (else it is the tokenizer's, or the preset's without a tokenizer)."""
     where = ("model.vocab_size" if explicit else "model.vocab_size (data.tokenizer's)" if tokenizer is not None
              else "model.vocab_size (the model preset's)")
-    if tokenizer is not None and model_vocab < tokenizer.vocab_size:
-        raise ConfigError(f"{where} is {model_vocab}, smaller than data.tokenizer's vocabulary ({tokenizer.vocab_size}"
-                          f"): remove model.vocab_size (it defaults to the tokenizer's) or set it >= "
-                          f"{tokenizer.vocab_size}")
+    if tokenizer is not None:
+        check_tokenizer_fits(model_vocab, tokenizer.vocab_size, where, "data.tokenizer",
+                             f"remove model.vocab_size (it defaults to the tokenizer's) or set it >= "
+                             f"{tokenizer.vocab_size}", ConfigError)
     if data_vocab is not None and model_vocab < data_vocab:
         fix = "" if tokenizer is not None else "set data.tokenizer to that tokenizer (model.vocab_size follows it) or "
         raise ConfigError(f"{where} is {model_vocab}, smaller than the vocabulary the data was binarized with "

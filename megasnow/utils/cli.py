@@ -128,8 +128,21 @@ class ArgumentParser(argparse.ArgumentParser):
             unknown = self._unknown_options()
             if unknown:
                 message = "unrecognized arguments: " + " ".join(unknown)
-        print(f"error: {message}{self._suggestion(message)} (see {self.prog} --help)", file=sys.stderr)
+        # argparse reports a subcommand's unknown words from the top parser: point to the (sub)command run
+        ran = self._subcommand_run()
+        print(f"error: {message}{ran._suggestion(message)} (see {ran.prog} --help)", file=sys.stderr)
         sys.exit(EXIT_USAGE)
+
+    def _subcommand_run(self):
+        """The parser of the innermost subcommand named in this parser's arguments (itself when there is none)."""
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for word in getattr(self, "_argv", []):
+                    sub = action.choices.get(word)
+                    if isinstance(sub, ArgumentParser):
+                        sub._argv = self._argv[self._argv.index(word) + 1:]
+                        return sub._subcommand_run()
+        return self
 
     def _unknown_options(self):
         """The `--words` of this parser's arguments (before a bare `--`) that no option of it or of its

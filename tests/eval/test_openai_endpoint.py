@@ -114,4 +114,4 @@ def test_failed_requests_through_an_endpoint(tiny, tmp_path):
         summary = json.load(open(out / "summary.json"))
         assert summary["tasks"] == 4 and summary["too_long"]["tasks"] == 1 and summary["too_long"]["task_ids"] == ["4"]
         assert summary["too_long"]["context_tokens"] == 1024
-        assert "1 tasks did not fit the model's context of 1024 tokens" in proc.stdout.strip().splitlines()[-1]
+        assert "1 task did not fit the model's context of 1024 tokens" in proc.stdout.strip().splitlines()[-1]

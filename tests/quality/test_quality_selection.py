@@ -108,7 +108,9 @@ def test_selection_keeps_language_mix_and_meets_budget(scored_corpus, tmp_path, 
     png = open(os.path.join(out, "score_histograms.png"), "rb").read()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     md = open(os.path.join(out, "selection_report.md")).read()
-    assert "BlendEntry(prefix, repeat=4)" in md and "| cmake |" in md
+    # the repetition advice in the form a trainer config takes (YAML), not the Python API
+    assert "blend of the trainer config: `blend: [{path: data/phase2_selected_text_document, repeat: 4}]`" in md
+    assert "BlendEntry" not in md and "| cmake |" in md
 
 
 def test_selection_errors_name_the_problem(scored_corpus, tmp_path):

@@ -172,6 +172,26 @@ def test_other_4xx_fail_at_once_and_are_counted(servers, seed_shard, tmp_path):
         f"and rerun"]
 
 
+def test_every_request_refused_is_a_user_error(servers, seed_shard, tmp_path):
+    """sampling.max_tokens past the model's context: the server answers 400 to every request, a config mistake:
+    one `error:` line (counts, the server's first message, what to change), exit 2. (Some answered, or failures a
+    rerun may cure: exit 1, test_other_4xx_fail_at_once_and_are_counted and the fault tests.)"""
+    url = servers["clean"].base_url
+    out = tmp_path / "out"
+    r = run_tool(*synth_args(seed_shard, out, url, 4, "sampling.max_tokens=5000"), env={"OPENAI_API_KEY": API_KEY})
+    assert r.returncode == 2, r.stderr
+    (gen,) = json.loads((out / "summary.json").read_text())["generation_this_run"]
+    assert gen["answered"] == 0 and gen["failed"] == {"bad_request": 4}
+    # (stderr also holds the progress bars and one warning per refused request, as they happen)
+    (line,) = [x for x in r.stderr.splitlines() if x.startswith("error:")]
+    assert r.stderr.strip().splitlines()[-1] == line
+    example = gen["failed_examples"][0]
+    assert "HTTP 400: This model's maximum context length is 1024 tokens" in example
+    assert line == (f"error: 4 requests failed {{'bad_request': 4}} (not cached); first: {example}; 4 were refused as "
+                    f"bad requests (HTTP 4xx): a plain rerun is refused the same way; lower sampling.max_tokens or the "
+                    f"seed length (seeds.max_lines, seeds.head_tokens) to fit the model's context and rerun")
+
+
 def test_unknown_model_is_refused_before_any_request(servers, seed_shard, tmp_path):
     url, log_path = servers["clean"].base_url, servers["logs"]["clean"]
     before = len(log_lines(log_path))

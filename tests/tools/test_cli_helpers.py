@@ -62,6 +62,13 @@ def test_a_mistyped_option_is_reported_before_a_missing_required_one(capsys):
                                            "(see tool.py run --help)"),
         (["run", "c.yaml", "--se", "1"], "error: the following arguments are required: --output "
                                          "(see tool.py run --help)"),  # an accepted abbreviation is no typo
+        # every required argument given: argparse reports the leftovers from the top parser; the hint (and the
+        # suggestion) still name the subcommand run
+        (["run", "c.yaml", "--output", "o", "--bogus", "1"], "error: unrecognized arguments: --bogus 1 "
+                                                             "(see tool.py run --help)"),
+        (["run", "c.yaml", "--output", "o", "--sed", "1"], "error: unrecognized arguments: --sed 1; did you mean "
+                                                           "--seed? (see tool.py run --help)"),
+        (["--bogus"], "error: unrecognized arguments: --bogus (see tool.py --help)"),
     ]:
         with pytest.raises(SystemExit) as info:
             p.parse_args(argv)
