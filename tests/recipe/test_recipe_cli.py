@@ -175,10 +175,15 @@ def _interrupt_at_a_step(args, signum, env, after=0):
     alone (as `kill -INT PID` does: the trainer child gets nothing from outside). Returns (exit status, output)."""
     import re
     import signal
+    import threading
 
     proc = subprocess.Popen([sys.executable, TOOL, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, env=env, cwd=REPO, start_new_session=True)
     lines = []
+    # a trainer that hangs is killed (and the test fails on its exit status) instead of hanging CI: readlines()
+    # below has no timeout of its own
+    watchdog = threading.Timer(600, lambda: proc.poll() is None and os.killpg(proc.pid, signal.SIGKILL))
+    watchdog.start()
     try:
         for line in proc.stdout:
             lines.append(line)
@@ -189,6 +194,7 @@ def _interrupt_at_a_step(args, signum, env, after=0):
         lines += proc.stdout.readlines()
         rc = proc.wait(timeout=120)
     finally:
+        watchdog.cancel()
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     return rc, "".join(lines)
