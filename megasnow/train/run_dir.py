@@ -138,16 +138,19 @@ def run_identity(cfg):
 
 def check_log_dir(cfg, resuming):
     """Decide what to do with metrics already in log.dir: None (nothing there), "resume" (trim them to the
-    checkpoint's step) or "restart" (trim them to nothing).
+    checkpoint's step), "restart" (this run's own, trimmed to nothing) or "replace" (no step's record in them).
 
     The metrics may be continued only by the run that wrote them (same checkpoint.dir, recorded in run.json):
     resumed, they are trimmed to the checkpoint's step; restarted from step 0 (its checkpoints deleted or
     checkpoint.resume=false), they are trimmed to nothing. Metrics of another run, of a run without checkpoints, or
-    of unknown origin are refused (ConfigError) unless this run resumes a checkpoint."""
+    of unknown origin are refused (ConfigError) unless this run resumes a checkpoint; a file without any step's
+    record (a start that failed) is replaced."""
     log = cfg.log.dir
     metrics = os.path.join(log, "metrics.jsonl")
     if not os.path.exists(metrics) or os.path.getsize(metrics) == 0:
         return None
+    if not _has_trained(metrics):  # a start that failed before its first step: nothing to keep apart
+        return "replace"
     here = run_identity(cfg)
     recorded = read_identity(log)
     fix = f"give this run a new log.dir, or delete {log} to replace them"
@@ -165,6 +168,18 @@ def check_log_dir(cfg, resuming):
         return "resume"  # written before run.json existed: the checkpoint's run adopts it
     raise ConfigError(f"log.dir {log} holds the metrics of another run (metrics.jsonl of unknown origin) and this "
                       f"run starts at step 0; {fix}")
+
+
+def _has_trained(metrics):
+    """Whether a metrics.jsonl holds a step's record (read up to the first one)."""
+    with open(metrics, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            try:
+                if json.loads(line).get("kind", "train") == "train":
+                    return True
+            except (ValueError, AttributeError):
+                continue
+    return False
 
 
 def read_identity(log_dir):

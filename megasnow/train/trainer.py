@@ -106,8 +106,9 @@ class Trainer:
         resuming = self.resume_from is not None
         self._log_mode = run_dir.on_rank0(self.rank, lambda: run_dir.check_log_dir(cfg, resuming))
         if self._log_mode == "restart":
-            self._notes.append(f"log.dir {cfg.log.dir}: this run restarts at step 0 (no checkpoint in "
-                               f"{cfg.checkpoint.dir} to resume): its earlier metrics there are replaced")
+            self._notes.append(f"log.dir {cfg.log.dir}: this run starts again at step 0 (no checkpoint "
+                               f"in {cfg.checkpoint.dir} to resume, or checkpoint.resume=false): its earlier "
+                               f"metrics there are replaced")
         blends = [(f"{f'phases[{i}]' if cfg.phases else 'data'}.{key}", getattr(p, key))
                   for i, p in enumerate(self.phases) for key in ("blend", "valid_blend")]
         for where, items in blends:
@@ -130,7 +131,7 @@ class Trainer:
         if self.rank == 0:
             save_config(cfg, os.path.join(cfg.log.dir, "config.yaml"))
             run_dir.write_identity(cfg)
-        resume_step = self.state.step if self.resume_from else 0 if self._log_mode == "restart" else None
+        resume_step = self.state.step if self.resume_from else 0 if self._log_mode in ("restart", "replace") else None
         self.metrics = MetricsLogger(cfg.log.dir, self.flops_per_token, self.device, self.world,
                                      tensorboard=cfg.log.tensorboard, interval=cfg.log.interval,
                                      quiet=cfg.log.quiet, write=self.is_logger, resume_step=resume_step)

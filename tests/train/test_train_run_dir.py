@@ -116,3 +116,13 @@ def test_metrics_of_unknown_origin_are_not_appended_to(tmp_path, data):
     (tmp_path / "log" / "metrics.jsonl").write_text('{"kind": "train", "step": 1, "loss": 5.0}\n')
     with pytest.raises(ConfigError, match=r"unknown origin\) and this run starts at step 0"):
         train_in_process(config)
+
+
+def test_metrics_of_a_start_that_failed_are_replaced(tmp_path, data):
+    """A first attempt that stopped before its first step (no train record) does not block the fixed rerun."""
+    config = make_config(tmp_path, data, checkpoint={"dir": None})
+    os.makedirs(tmp_path / "log")
+    (tmp_path / "log" / "metrics.jsonl").write_text('{"kind": "phase", "step": 0, "message": "phase 1/1"}\n')
+    train_in_process(config)
+    assert [r["step"] for r in losses(str(tmp_path / "log"))] == [1, 2]
+    assert [r["kind"] for r in losses(str(tmp_path / "log"), kind="phase")] == ["phase"]  # the old one replaced
