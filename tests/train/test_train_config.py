@@ -61,7 +61,8 @@ def test_overrides_reach_phases(tmp_path):
 
 
 def test_single_phase_steps_and_tokens_conflict():
-    with pytest.raises(ConfigError, match=r"^train\.steps \(10\) and train\.tokens \(2048, i\.e\. 8 steps\) are both set"):
+    with pytest.raises(ConfigError,
+                       match=r"^train\.steps \(10\) and train\.tokens \(2048, i\.e\. 8 steps\) are both set"):
         load_train_config(None, ["data.blend=[{path: x}]", "train.steps=10", "train.tokens=2048",
                                  "train.global_batch_size=8", "data.seq_len=32"])
 
