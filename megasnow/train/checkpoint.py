@@ -268,15 +268,35 @@ def load_model_weights(step_dir, model_chunks):
     return meta
 
 
+def saved_rank_for(r, saved_dp_size):
+    """The saved rank whose rank file this rank loads when the data-parallel size changed: the same tensor and
+    pipeline coordinates (ranks are numbered tensor fastest, then data, then pipeline: megasnow.parallel.state).
+    Weights and the (non-distributed) optimizer state are replicated over data-parallel ranks, so any replica
+    serves; the sampler continues from consumed_samples, as Megatron's does, so the data order is unchanged when
+    the global batch size is."""
+    d = r["dp"] % saved_dp_size
+    return r["tp"] + r["tp_size"] * (d + saved_dp_size * r["pp"])
+
+
 def load_checkpoint(step_dir, model_chunks, optimizer):
-    """Restore weights, optimizer shard and RNG states; returns the trainer state in meta.json."""
+    """Restore weights, optimizer shard and RNG states; returns the trainer state in meta.json. A checkpoint saved
+    with another data-parallel size loads (saved_rank_for) unless the optimizer state is sharded over the
+    data-parallel ranks (the distributed optimizer), which raises CheckpointError."""
     r = _ranks()
     meta = load_model_weights(step_dir, model_chunks)
     lay = meta["layout"]
+    source = r["rank"]
     if lay["dp_size"] != r["dp_size"]:
-        raise CheckpointError(f"{step_dir}: saved with {lay['dp_size']} data-parallel ranks, this run has "
-                              f"{r['dp_size']}; exact resume needs the same layout")
-    blob = _torch_load(os.path.join(step_dir, rank_file(r["rank"])))
+        from megasnow.parallel.data_parallel.distributed_optimizer import DistributedOptimizer
+
+        if isinstance(optimizer, DistributedOptimizer):
+            raise CheckpointError(
+                f"{step_dir}: saved with {lay['dp_size']} data-parallel ranks, this run has {r['dp_size']}: the "
+                f"distributed optimizer (parallel.use_distributed_optimizer) shards its state over the data-parallel "
+                f"ranks and cannot be resharded; resume with {lay['dp_size']} data-parallel ranks (a changed "
+                f"data-parallel size is supported without the distributed optimizer)")
+        source = saved_rank_for(r, lay["dp_size"])
+    blob = _torch_load(os.path.join(step_dir, rank_file(source)))
     if optimizer is not None and blob["optimizer"] is not None:
         optimizer.load_state_dict(blob["optimizer"])
     set_rng_states(blob["rng"])

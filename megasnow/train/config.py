@@ -204,13 +204,52 @@ def load_train_config(yaml_path=None, overrides=()):
     """Parse and check a training config. The YAML's relative input paths are taken relative to its folder where
     they exist there (resolve_input_paths; so example configs work from any working directory); paths given as
     `key=value` overrides stay relative to the working directory, like every path typed on a command line."""
-    cfg = load_config(TrainConfig, yaml_path)
-    if yaml_path is not None:
-        resolve_input_paths(cfg, os.path.dirname(os.path.abspath(yaml_path)))
-    if overrides:  # applied after the YAML's paths are resolved, so that they are not
-        cfg = from_dict(TrainConfig, apply_overrides(to_dict(cfg), overrides))
+    try:
+        cfg = load_config(TrainConfig, yaml_path)
+        if yaml_path is not None:
+            resolve_input_paths(cfg, os.path.dirname(os.path.abspath(yaml_path)))
+        if overrides:  # applied after the YAML's paths are resolved, so that they are not
+            cfg = from_dict(TrainConfig, apply_overrides(to_dict(cfg), overrides))
+    except ConfigError as e:
+        hint = megatron_blend_hint(str(e))
+        if hint is None:
+            raise
+        raise ConfigError(hint) from None
     check_config(cfg)
     return cfg
+
+
+def megatron_blend_hint(message):
+    """For a blend given as Megatron's --data-path string ("0.7 A 0.3 B", or "A B" without weights): the message
+    showing the list form this config takes; None for any other error."""
+    import ast
+    import re
+
+    m = re.match(r"^(?P<key>\S*blend): expected a list, got (?P<value>.*)$", message)
+    if m is None:
+        return None
+    try:
+        value = ast.literal_eval(m["value"])
+    except (ValueError, SyntaxError):
+        return None
+    if not isinstance(value, str) or not value.split():
+        return None
+    words = value.split()
+
+    def number(w):
+        try:
+            return float(w)
+        except ValueError:
+            return None
+    if len(words) % 2 == 0 and all(number(w) is not None for w in words[::2]):
+        items = [f"{{path: {p}, weight: {w}}}" for w, p in zip(words[::2], words[1::2])]
+    elif all(number(w) is None for w in words):
+        items = [f"{{path: {p}}}" for p in words]
+    else:
+        return None
+    override = re.sub(r"\[(\d+)\]", r".\1", m["key"])
+    return (f"{m['key']}: {value!r} is Megatron's --data-path form; this config takes a list of datasets: "
+            f"{override}=\"[{', '.join(items)}]\" (in YAML, one '- path: P' with 'weight: W' per dataset)")
 
 
 def help_text():
@@ -289,6 +328,13 @@ def check_config(cfg):
                 raise ConfigError(f"{where}.blend[{j}].weight must be a positive number, got {b.weight}")
             if b.repeat is not None and b.repeat < 1:
                 raise ConfigError(f"{where}.blend[{j}].repeat must be >= 1, got {b.repeat}")
+        if phase.steps is not None and phase.tokens is not None:
+            # as Megatron refuses --train-iters with --train-samples: one length, stated once
+            pre = f"phases[{i}]" if cfg.phases else "train"
+            raise ConfigError(f"{pre}.steps ({phase.steps}) and {pre}.tokens ({phase.tokens}, i.e. "
+                              f"{phase_steps(dataclasses.replace(phase, steps=None), cfg)} steps) are both set; "
+                              f"give only one of them (to override one from the command line, unset the other: "
+                              f"{pre.replace('[', '.').replace(']', '')}.tokens=null)")
         if phase.steps is None and phase.tokens is None and not all(b.repeat for b in phase.blend):
             raise ConfigError(f"{'phases[%d]' % i if cfg.phases else 'train'}: give steps or tokens (or a repeat "
                               f"count for every dataset of the blend)")

@@ -25,6 +25,10 @@ def check_blend_paths(blend, where):
         for ext in (".bin", ".idx"):
             p = item.path + ext
             if not os.path.exists(p):
+                stem, suffix = os.path.splitext(item.path)
+                if suffix in (".bin", ".idx") and os.path.exists(stem + ".bin") and os.path.exists(stem + ".idx"):
+                    raise DataConfigError(f"{key}: {item.path} names the dataset's {suffix} file; give the prefix "
+                                          f"without the suffix: {stem}")
                 raise DataConfigError(f"{key}: {p} does not exist (expected an indexed dataset prefix, "
                                       f"as written by tools/preprocess_data.py)")
             try:
@@ -38,6 +42,44 @@ def check_blend_paths(blend, where):
             raise DataConfigError(f"{key}: {e}") from None
         if len(ds) == 0:
             raise DataConfigError(f"{key}: {item.path} holds no sequences")
+
+
+def check_init_from(path):
+    """checkpoint.init_from must be a megasnow checkpoint (a step folder or a run folder with `latest`); a
+    HuggingFace model folder is named as such, with the command that imports it. Returns the step folder."""
+    from megasnow.train.checkpoint import CheckpointError, resolve_checkpoint
+
+    if not os.path.exists(path):
+        raise ConfigError(f"checkpoint.init_from: {path} does not exist")
+    if os.path.isdir(path) and os.path.isfile(os.path.join(path, "config.json")) \
+            and not os.path.exists(os.path.join(path, "meta.json")):
+        raise ConfigError(f"checkpoint.init_from: {path} is a HuggingFace model folder (it holds config.json); "
+                          f"import it first with `python tools/convert_checkpoint.py import --hf {path} --output "
+                          f"CKPT` and set checkpoint.init_from=CKPT")
+    try:
+        return resolve_checkpoint(path)
+    except CheckpointError as e:
+        raise ConfigError(f"checkpoint.init_from: {e}") from None
+
+
+def document_end_mix(paths):
+    """A warning line when the datasets' metadata (PREFIX.meta.json) shows some binarized with the end-of-document
+    id appended and some without (model.document_mask would then run documents of the latter together); None when
+    they agree or the metadata does not tell."""
+    from megasnow.data.dataset_meta import read_dataset_meta
+
+    with_eod, without = [], []
+    for p in dict.fromkeys(paths):
+        meta = read_dataset_meta(p)
+        if meta is None or "append_eod" not in meta:
+            continue
+        (with_eod if meta["append_eod"] else without).append(p)
+    if with_eod and without:
+        return (f"model.document_mask: the blend mixes datasets binarized with the end-of-document id ({with_eod[0]}"
+                f"{' and others' if len(with_eod) > 1 else ''}) and without it ({', '.join(without)}): the "
+                f"documents of the latter run together in one attention span; re-binarize them with "
+                f"tools/preprocess_data.py --append-eod")
+    return None
 
 
 def load_run_tokenizer(path):

@@ -12,10 +12,11 @@ import torch.distributed as dist
 from megasnow.config import ConfigError, dump_config, save_config
 from megasnow.errors import UserError
 from megasnow.train import checkpoint as ckpt
-from megasnow.train import resume
+from megasnow.train import resume, run_dir
 from megasnow.train.config import build_model_config, check_parallel_layout, phase_steps, resolve_phases
 from megasnow.train.data import (MicroBatches, build_fim_transforms, build_phase_datasets, check_blend_paths,
-                                 check_data_tokenizer, check_model_vocab, load_run_tokenizer)
+                                 check_data_tokenizer, check_init_from, check_model_vocab, document_end_mix,
+                                 load_run_tokenizer)
 from megasnow.train.metrics import MetricsLogger, format_eta
 from megasnow.train.schedules import lr_at
 from megasnow.utils.device import resolve_device
@@ -53,7 +54,22 @@ class Trainer:
     # ------------------------------------------------------------------ setup
     def setup(self):
         """Build everything and validate inputs; any bad setting fails here, before the first step. A checkpoint
-        that already finished the run is recognised before data or model are built (`finished_at`)."""
+        that already finished the run is recognised before data or model are built (`finished_at`). Rank 0 locks
+        checkpoint.dir and log.dir (megasnow.train.run_dir) until `close()` or the end of `run()`."""
+        self._lock = None
+        try:
+            return self._setup()
+        except BaseException:
+            self.close(failed=True)
+            raise
+
+    def close(self, failed=False):
+        """Release the run's folder locks (a failed start also removes the folders it created empty)."""
+        lock, self._lock = getattr(self, "_lock", None), None
+        if lock is not None:
+            lock.release(remove_created=failed)
+
+    def _setup(self):
         from megasnow.parallel import state as ps
 
         cfg = self.cfg
@@ -79,10 +95,20 @@ class Trainer:
 
         self.phases = resolve_phases(cfg)
         self._notes = []  # start-up remarks, written as events once the metrics logger exists
+        self._warnings_early = []  # start-up warnings found before the schedule's
         self.tokenizer, self.tokenizer_file = load_run_tokenizer(cfg.data.tokenizer)
+        self._lock = run_dir.acquire(cfg, self.rank)  # before anything is read from or written to the folders
         self.resume_from = self._check_resume()
         if self.finished_at is not None:
             return self
+        if self.resume_from is None and cfg.checkpoint.init_from:
+            self._init_from = check_init_from(cfg.checkpoint.init_from)
+        resuming = self.resume_from is not None
+        self._log_mode = run_dir.on_rank0(self.rank, lambda: run_dir.check_log_dir(cfg, resuming))
+        if self._log_mode == "restart":
+            self._notes.append(f"log.dir {cfg.log.dir}: this run starts again at step 0 (no checkpoint "
+                               f"in {cfg.checkpoint.dir} to resume, or checkpoint.resume=false): its earlier "
+                               f"metrics there are replaced")
         blends = [(f"{f'phases[{i}]' if cfg.phases else 'data'}.{key}", getattr(p, key))
                   for i, p in enumerate(self.phases) for key in ("blend", "valid_blend")]
         for where, items in blends:
@@ -94,7 +120,7 @@ class Trainer:
         self.eod_id = self._document_mask_eod()
         self.fim = self._fim_transforms()
         self._build_datasets()
-        self._warnings = self._schedule_warnings()
+        self._warnings = self._warnings_early + self._schedule_warnings()
         self.model_chunks = self._build_model()
         self.optimizer = self._build_optimizer()
 
@@ -104,10 +130,11 @@ class Trainer:
         self._restore()
         if self.rank == 0:
             save_config(cfg, os.path.join(cfg.log.dir, "config.yaml"))
+            run_dir.write_identity(cfg)
+        resume_step = self.state.step if self.resume_from else 0 if self._log_mode in ("restart", "replace") else None
         self.metrics = MetricsLogger(cfg.log.dir, self.flops_per_token, self.device, self.world,
                                      tensorboard=cfg.log.tensorboard, interval=cfg.log.interval,
-                                     quiet=cfg.log.quiet, write=self.is_logger,
-                                     resume_step=self.state.step if self.resume_from else None)
+                                     quiet=cfg.log.quiet, write=self.is_logger, resume_step=resume_step)
         if self.resume_from:
             self.metrics.event({"kind": "resume", "step": self.state.step,
                                 "message": f"resumed from {self.resume_from} at step {self.state.step}"})
@@ -221,6 +248,9 @@ class Trainer:
             raise ConfigError("model.document_mask needs the end-of-document token id: binarize with --append-eod, "
                               "or set data.tokenizer (its eod is used) or data.eod_id")
         self._say(f"data: document_mask splits samples at id {doc.eod_id} ({doc.source})")
+        mix = document_end_mix([b.path for phase in self.phases for b in (*phase.blend, *phase.valid_blend)])
+        if mix:
+            self._warnings_early.append(mix)
         return doc.eod_id
 
     def _build_datasets(self):
@@ -327,11 +357,16 @@ class Trainer:
             self._say(f"checkpoint: loading {self.resume_from}")
             meta = ckpt.load_checkpoint(self.resume_from, self.model_chunks, self.optimizer)
             self.state = _trainer_state(meta["trainer"])
+            saved_dp = meta["layout"]["dp_size"]
+            if saved_dp != self.dp_size:
+                self._notes.append(f"resumed on {self.dp_size} data-parallel rank(s), saved on {saved_dp}: the same "
+                                   f"global batch of {self.cfg.train.global_batch_size}, so the data continues at "
+                                   f"sample {self.state.consumed_samples} of the phase")
             # A run stopped by K non-finite steps in a row is resumed on purpose (new data position, a fix):
             # give it a fresh budget of K rather than stopping at its first NaN. nan_skips keeps the total.
             self.state.consecutive_nan = 0
         elif c.init_from:
-            step_dir = ckpt.resolve_checkpoint(c.init_from)
+            step_dir = self._init_from
             ckpt.load_model_weights(step_dir, self.model_chunks)
             self._say(f"initial weights from {step_dir}")
 
@@ -340,6 +375,7 @@ class Trainer:
         """Train through every phase; returns the final TrainerState. SIGTERM and Ctrl-C (SIGINT) finish the step,
         save and return early (`stop_signal` says which; a second Ctrl-C interrupts at once)."""
         if self.finished_at is not None:
+            self.close()
             return self.state
         handlers = {sig: signal.signal(sig, self._on_stop_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         start_step, t0 = self.state.step, time.perf_counter()
@@ -353,6 +389,7 @@ class Trainer:
             for sig, handler in handlers.items():
                 signal.signal(sig, handler)
             self.metrics.close()
+            self.close()
 
     def _on_stop_signal(self, signum, frame):
         self.stop_signal = signum

@@ -45,13 +45,40 @@ def test_yaml_phases_and_overrides(tmp_path):
 def test_overrides_reach_phases(tmp_path):
     p = tmp_path / "run.yaml"
     p.write_text(YAML)
-    cfg = load_train_config(p, ["phases.0.steps=10", "phases.1.schedule.max_lr=2.0e-4", "phases.1.blend.0.repeat=2"])
+    # steps and tokens both set (5000 tokens in the YAML) is refused, as Megatron refuses --train-iters with
+    # --train-samples: the key is named, and unsetting the other makes the override work
+    with pytest.raises(ConfigError, match=r"phases\[0\]\.steps \(10\) and phases\[0\]\.tokens \(5000, i\.e\. "
+                                          r"\d+ steps\) are both set; .* phases\.0\.tokens=null"):
+        load_train_config(p, ["phases.0.steps=10"])
+    cfg = load_train_config(p, ["phases.0.steps=10", "phases.0.tokens=null", "phases.1.schedule.max_lr=2.0e-4",
+                                "phases.1.blend.0.repeat=2"])
     phases = resolve_phases(cfg)
-    assert phase_steps(phases[0], cfg) == 10  # explicit steps win over the 5000-token budget
+    assert phase_steps(phases[0], cfg) == 10
     assert phases[1].schedule.max_lr == 2.0e-4 and phases[1].schedule.style == "linear"  # the rest kept
     assert phases[1].blend[0].repeat == 2
     with pytest.raises(ConfigError, match=r"'phases\.2\.steps': index 2 is out of range, phases has 2 entries"):
         load_train_config(p, ["phases.2.steps=3"])
+
+
+def test_single_phase_steps_and_tokens_conflict():
+    with pytest.raises(ConfigError,
+                       match=r"^train\.steps \(10\) and train\.tokens \(2048, i\.e\. 8 steps\) are both set"):
+        load_train_config(None, ["data.blend=[{path: x}]", "train.steps=10", "train.tokens=2048",
+                                 "train.global_batch_size=8", "data.seq_len=32"])
+
+
+def test_megatron_blend_string_gets_the_list_form(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        load_train_config(None, ["data.blend=0.7 a/p1 0.3 b/p2", "train.steps=1"])
+    msg = str(e.value)
+    assert msg.startswith("data.blend: '0.7 a/p1 0.3 b/p2' is Megatron's --data-path form")
+    suggested = msg.split("data.blend=", 1)[1].split(" (in YAML")[0].strip('"')
+    cfg = load_train_config(None, [f"data.blend={suggested}", "train.steps=1"])  # the suggestion itself works
+    assert [(b.path, b.weight) for b in cfg.data.blend] == [("a/p1", 0.7), ("b/p2", 0.3)]
+    p = tmp_path / "run.yaml"
+    p.write_text(YAML)
+    with pytest.raises(ConfigError, match=r'phases\.0\.blend="\[\{path: a\}, \{path: b\}\]"'):
+        load_train_config(p, ["phases.0.blend=a b"])
 
 
 def test_single_phase_from_data_blend():

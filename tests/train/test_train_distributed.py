@@ -127,6 +127,7 @@ def _two_rank_runs(rank, world, root, prefix):
                 f.write("step_00000002\n")
         dist.barrier()
         train_in_process(config, *overrides, f"log.dir={os.path.join(root, name, 'resumed_log')}")
+    train_in_process(make_config(Path(root) / "dp2_saved", prefix))  # resumed on one rank below
     MicroBatches.labels = masked_labels
     for name, overrides in PER_TOKEN_LAYOUTS.items():
         train_in_process(make_config(Path(root) / name, prefix), *overrides)
@@ -164,7 +165,8 @@ def first_step_per_token_loss(config):
     from megasnow.train.config import load_train_config
     from megasnow.train.trainer import Trainer
 
-    trainer = Trainer(load_train_config(config, ["checkpoint.dir=null"])).setup()
+    log_dir = os.path.join(os.path.dirname(config), "first_step_log")  # log.dir holds the run's own metrics
+    trainer = Trainer(load_train_config(config, ["checkpoint.dir=null", f"log.dir={log_dir}"])).setup()
     try:
         dataset = trainer.datasets[0][0]
         samples = torch.tensor([list(dataset[i]) for i in range(4)], dtype=torch.int64)
@@ -194,3 +196,36 @@ def test_per_token_loss_with_uneven_masks_matches_one_process(tmp_path, data, mo
     assert reference[0] == pytest.approx(first_step_per_token_loss(one), abs=1e-5)
     for name in PER_TOKEN_LAYOUTS:
         assert step_losses(two_rank_runs / name / "log") == pytest.approx(reference, abs=1e-5), name
+
+
+def resume_copy(tmp_path, saved, step=2):
+    """A copy of a saved run's checkpoint folder whose `latest` names `step`."""
+    import shutil
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(saved / "ckpt", ckpt)
+    (ckpt / "latest").write_text(f"step_{step:08d}\n")
+    return ckpt
+
+
+def test_resume_on_another_data_parallel_size(tmp_path, data, two_rank_runs):
+    """A checkpoint saved by data=2 resumes on one process (same global batch, as Megatron does): the data continues
+    at the saved consumed_samples, so steps 3 and 4 give the losses of the data=2 run (and of one process from the
+    start). The distributed optimizer's state is sharded over the data-parallel ranks: refused, saying so."""
+    from megasnow.train.checkpoint import CheckpointError
+
+    config = make_config(tmp_path, data)
+    resume_copy(tmp_path, two_rank_runs / "dp2_saved")
+    state = train_in_process(config)
+    assert state.step == STEPS and state.consumed_samples == STEPS * 4
+    saved = step_losses(two_rank_runs / "dp2_saved" / "log")
+    assert step_losses(tmp_path / "log") == pytest.approx(saved[2:], abs=1e-5)
+    notes = [r["message"] for r in losses(str(tmp_path / "log"), kind="note")]
+    assert any("resumed on 1 data-parallel rank(s), saved on 2: the same global batch of 4, so the data continues "
+               "at sample 8 of the phase" in n for n in notes), notes
+
+    zero = tmp_path / "zero"
+    resume_copy(zero, two_rank_runs / "zero1")
+    with pytest.raises(CheckpointError, match=r"saved with 2 data-parallel ranks, this run has 1: the distributed "
+                                              r"optimizer .* cannot be resharded; resume with 2 data-parallel ranks"):
+        train_in_process(make_config(zero, data), *RESUMED_LAYOUTS["zero1"])
