@@ -115,8 +115,9 @@ def test_preprocess_ctrl_c_is_one_line_exit_130_and_leaves_nothing(tmp_path):
     finally:
         proc.kill()
     assert proc.returncode == 130, err
-    assert err.decode() == ("preprocess_data.py: interrupted (Ctrl-C); finished outputs are kept, rerun the same "
-                            "command to resume\n")
+    # binarizing is all or nothing: the line must not promise a resume that does not happen
+    assert err.decode() == ("preprocess_data.py: interrupted (Ctrl-C); nothing was written (outputs appear only at "
+                            "the end); rerun the same command to start over\n")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.jsonl"]  # no partial output, no temporary file
 
 
