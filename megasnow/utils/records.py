@@ -456,7 +456,7 @@ def check_usable(files, used, malformed, keyless=0, keys=(), skips=None, key_fla
                                  f"{'s' if len(keys) > 1 else ''} {want} (their keys: {have}); {hint}")
     reasons = ", ".join(f"{n:,} x {r}" for r, n in sorted((skips.counts if skips else {}).items(),
                                                           key=lambda kv: -kv[1])[:2])
-    first = f"; first at {skips.examples[0].rsplit(': ', 1)[0]}" if skips and skips.examples else ""
+    first = f"; first at {skips.examples[0].split(': ', 1)[0]}" if skips and skips.examples else ""
     raise UnusableInputError(f"all {malformed:,} records in {where} are malformed ({reasons}){first}; "
                              f"check that the input is {SUPPORTED_FORMATS}")
 
