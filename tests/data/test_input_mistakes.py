@@ -111,7 +111,8 @@ def test_curate_refuses_an_explicit_csv(tmp_path, code, capsys):
 def test_the_same_file_twice_is_binarized_once(tmp_path, code, capsys):
     assert run_cli(preprocess_data.main, _preprocess([code, code], tmp_path / "o", "--json-keys", "content")) == 0
     out, err = capsys.readouterr()
-    assert err == f"warning: input '{code}' is given twice; reading it once (to weight a file, use the blend's weights)\n"
+    assert err == (f"warning: input '{code}' is given twice; reading it once (to weight a file, use the blend's "
+                   f"weights)\n")
     assert "binarized 39 documents from 1 file(s)" in out
     assert IndexedDataset(str(tmp_path / "o_content_document")).num_documents == 39
 
