@@ -38,11 +38,14 @@ def test_train_tokenizer_missing_and_empty_input(tmp_path, capsys):
     assert err == f"error: input '{tmp_path / 'missing.jsonl'}' matches no file; check the path\n"
     (tmp_path / "empty.jsonl").write_bytes(b"")
     (tmp_path / "blank.jsonl").write_text('\n{"path": "x"}\n')  # no text key: no text either
-    for name in ("empty.jsonl", "blank.jsonl"):
+    starts = {"empty.jsonl": f"error: no training text found in {tmp_path / 'empty.jsonl'}",
+              "blank.jsonl": f"error: none of the 1 records in {tmp_path / 'blank.jsonl'} has the string key 'text' "
+                             f"(their keys: path); pass --json-keys path"}
+    for name, start in starts.items():
         assert run_cli(train_tokenizer.main, ["--input", str(tmp_path / name), "--output-prefix", out,
                                               "--vocab-size", "400"]) == 2
         err = capsys.readouterr().err
-        assert err.startswith(f"error: no training text found in {tmp_path / name}") and err.count("\n") == 1, err
+        assert err.startswith(start) and err.count("\n") == 1, err
     assert not os.path.exists(tmp_path / "tok")
 
 
