@@ -19,7 +19,7 @@ from megasnow.data.indexed import (  # noqa: E402
     data_file_path,
     index_file_path,
 )
-from megasnow.data.output_check import check_output_prefix  # noqa: E402
+from megasnow.data.output_check import check_output_prefix, folders_removed_on_failure  # noqa: E402
 from megasnow.utils.cli import ArgumentParser, run_tool, warn  # noqa: E402
 from megasnow.utils.units import format_bytes, format_bytes_rate, format_duration  # noqa: E402
 
@@ -104,7 +104,8 @@ def main(argv=None):
                                              meta_path(args.output_prefix)])
     t0 = time.time()
     prefixes = resolve_prefixes(args.input)
-    docs, seqs, tokens = merge_datasets(prefixes, args.output_prefix, on_warning=warn)
+    with folders_removed_on_failure(args.output_prefix):
+        docs, seqs, tokens = merge_datasets(prefixes, args.output_prefix, on_warning=warn)
     secs = time.time() - t0
     size = os.path.getsize(data_file_path(args.output_prefix))
     print(f"merged {len(prefixes)} datasets into {args.output_prefix}: {docs:,} documents, {seqs:,} sequences, "

@@ -20,7 +20,7 @@ import numpy as np  # noqa: E402
 from megasnow.data.dataset_meta import (meta_path, read_dataset_meta, token_settings_differ,  # noqa: E402
                                         tokenizer_sha256, write_dataset_meta)
 from megasnow.data.indexed import IndexedDatasetBuilder, best_dtype  # noqa: E402
-from megasnow.data.output_check import check_output_prefix  # noqa: E402
+from megasnow.data.output_check import check_output_prefix, folders_removed_on_failure  # noqa: E402
 from megasnow.errors import UserError  # noqa: E402
 from megasnow.data.megatron_tokenizers import (  # noqa: E402
     HUGGINGFACE_TYPES,
@@ -509,10 +509,11 @@ def main(argv=None):
             print(f"outputs for {args.output_prefix} exist and validate; skipping (--skip-existing)")
             return 0
         warn(f"outputs for {args.output_prefix} were made with other tokenizer settings; rebuilding them")
-    summary = preprocess(args.input, args.output_prefix, args.tokenizer_model, kind, args.json_keys, args.workers,
-                         args.append_eod, args.log_interval, args.strict, args.block_bytes,
-                         progress=not args.no_progress, tokenizer_options=options, eod_token=args.eod_token,
-                         on_damaged=lambda d: warn(f"damaged shard {d.describe()}"), on_note=warn)
+    with folders_removed_on_failure(args.output_prefix):
+        summary = preprocess(args.input, args.output_prefix, args.tokenizer_model, kind, args.json_keys, args.workers,
+                             args.append_eod, args.log_interval, args.strict, args.block_bytes,
+                             progress=not args.no_progress, tokenizer_options=options, eod_token=args.eod_token,
+                             on_damaged=lambda d: warn(f"damaged shard {d.describe()}"), on_note=warn)
     if summary["documents"] == 0:
         warn(f"no documents in the input ({_describe_files(summary['files'])}); wrote an empty dataset "
              f"(--strict makes this an error)")

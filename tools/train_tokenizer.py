@@ -13,7 +13,7 @@ from dataclasses import dataclass
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from megasnow.data import special_tokens  # noqa: E402
-from megasnow.data.output_check import check_output_prefix  # noqa: E402
+from megasnow.data.output_check import check_output_prefix, folders_removed_on_failure  # noqa: E402
 from megasnow.data.tokenizer import TokenizerError  # noqa: E402
 from megasnow.errors import UserError  # noqa: E402
 from megasnow.utils.atomic import temporary_path  # noqa: E402
@@ -220,10 +220,11 @@ def main(argv=None):
                 f"{len(special_tokens.SPECIAL_TOKENS)} special tokens and 256 byte pieces need "
                 f"{len(special_tokens.SPECIAL_TOKENS) + 3 + 256}")
     t0 = time.time()
-    model, report = train_tokenizer(
-        args.input, args.output_prefix, args.vocab_size, args.json_keys, args.input_sentence_size, args.num_threads,
-        strict=args.strict, on_damaged=lambda d: warn(f"damaged shard {d.describe()}"),
-        log=lambda s: print(s, file=sys.stderr, flush=True))
+    with folders_removed_on_failure(args.output_prefix):
+        model, report = train_tokenizer(
+            args.input, args.output_prefix, args.vocab_size, args.json_keys, args.input_sentence_size,
+            args.num_threads, strict=args.strict, on_damaged=lambda d: warn(f"damaged shard {d.describe()}"),
+            log=lambda s: print(s, file=sys.stderr, flush=True))
     from megasnow.data.tokenizer import load_tokenizer
 
     tok = load_tokenizer(model)

@@ -1,8 +1,10 @@
 """Refuse an output prefix that cannot be written (a file where a folder is needed, a folder where a file goes)
 before any work starts, with one line naming the flag."""
+import contextlib
 import os
 
 from megasnow.errors import UserError
+from megasnow.utils.cli import removed_on_failure
 
 
 class OutputPathError(UserError, ValueError):
@@ -32,3 +34,18 @@ def check_output_prefix(prefix, outputs=(), flag="--output-prefix"):
         if os.path.isdir(path):
             raise OutputPathError(f"{flag} {prefix}: {path} is a folder, but the output file goes there; give "
                                   f"another prefix (or move the folder away)")
+
+
+@contextlib.contextmanager
+def folders_removed_on_failure(prefix):
+    """Around the work that writes under `prefix`: if it fails (an error, Ctrl-C), the folders it created for the
+    prefix (the top-most one missing now, with everything under it) are removed again, so nothing is left."""
+    folder = os.path.dirname(os.path.abspath(os.fspath(prefix)))
+    top = None
+    while not os.path.exists(folder):
+        top, folder = folder, os.path.dirname(folder)
+    if top is None:
+        yield
+        return
+    with removed_on_failure(top):
+        yield

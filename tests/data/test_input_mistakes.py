@@ -82,7 +82,7 @@ def test_output_prefix_under_a_file_or_onto_a_folder(tmp_path, code, capsys):
 
 
 def test_unsupported_format_and_unusable_records(tmp_path, code, capsys):
-    out = tmp_path / "out"
+    out = tmp_path / "new" / "sub" / "out"  # the folders a failed run made for its outputs are removed again
     assert run_cli(preprocess_data.main, _preprocess([tmp_path / "code.csv"], out)) == 2
     assert _error(capsys) == (f"input '{tmp_path / 'code.csv'}' (.csv) is not a supported format: give JSONL "
                               f"(.jsonl, .json, .ndjson; plain, .gz or .zst) or Parquet (.parquet) files")
@@ -91,7 +91,7 @@ def test_unsupported_format_and_unusable_records(tmp_path, code, capsys):
     assert run_cli(preprocess_data.main, _preprocess([code], out)) == 2  # no --json-keys: 'text', which none has
     assert _error(capsys) == missing
     assert run_cli(train_tokenizer.main, ["--input", str(code), "--vocab-size", "400", "--output-prefix",
-                                          str(tmp_path / "tok")]) == 2
+                                          str(out)]) == 2
     assert _error(capsys) == missing
     (tmp_path / "bad.jsonl").write_text((tmp_path / "code.csv").read_text())  # a CSV named .jsonl
     assert run_cli(preprocess_data.main, _preprocess([tmp_path / "bad.jsonl"], out)) == 2
