@@ -40,6 +40,9 @@ class ShardReadError(RecordError):
         super().__init__(f"{path}: unreadable after {records} records ({self.error})"
                          f"{describe_byte_offset(path, byte_offset)}")
 
+    def __reduce__(self):  # rebuilt from its fields: raised in a worker process, it reaches the parent intact
+        return type(self), (self.path, self.records, self.cause, self.byte_offset)
+
 
 def describe_byte_offset(path, byte_offset):
     """', at byte N of the decompressed data' (or '... of the file'), or '' when the offset is unknown."""
@@ -52,9 +55,6 @@ def describe_byte_offset(path, byte_offset):
 def read_error_types():
     """Exception types that mean "this file cannot be read (further)", as opposed to one bad record."""
     return _read_errors()
-
-    def __reduce__(self):  # rebuilt from its fields: raised in a worker process, it reaches the parent intact
-        return type(self), (self.path, self.records, self.cause)
 
 
 def _read_errors():

@@ -72,3 +72,14 @@ def test_empty_input_is_not_an_error(tmp_path):
     (tmp_path / "e.jsonl").write_bytes(b"")
     report = ReadReport()
     assert list(read_shards([str(tmp_path / "e.jsonl")], report, keys=["text"])) == [] and report.files == 1
+
+
+def test_shard_read_error_survives_pickling():
+    """Raised in a worker process, it reaches the parent with its fields (the __reduce__ was dead code before)."""
+    import pickle
+
+    from megasnow.utils.records import ShardReadError
+
+    e = pickle.loads(pickle.dumps(ShardReadError("a.jsonl.gz", 7, EOFError("cut"), byte_offset=123)))
+    assert (e.path, e.records, e.byte_offset, e.error) == ("a.jsonl.gz", 7, 123, "EOFError: cut")
+    assert str(e) == "a.jsonl.gz: unreadable after 7 records (EOFError: cut), at byte 123 of the decompressed data"
