@@ -20,8 +20,6 @@ import numpy as np  # noqa: E402
 from megasnow.data.dataset_meta import (meta_path, read_dataset_meta, token_settings_differ,  # noqa: E402
                                         tokenizer_sha256, write_dataset_meta)
 from megasnow.data.indexed import IndexedDatasetBuilder, best_dtype  # noqa: E402
-from megasnow.data.output_check import check_output_prefix, folders_removed_on_failure  # noqa: E402
-from megasnow.errors import UserError  # noqa: E402
 from megasnow.data.megatron_tokenizers import (  # noqa: E402
     HUGGINGFACE_TYPES,
     TOKENIZER_TYPES,
@@ -29,6 +27,8 @@ from megasnow.data.megatron_tokenizers import (  # noqa: E402
     build_document_encoder,
     end_of_document,
 )
+from megasnow.data.output_check import check_output_prefix, folders_removed_on_failure  # noqa: E402
+from megasnow.errors import UserError  # noqa: E402
 from megasnow.utils.cli import ArgumentParser, run_tool, warn  # noqa: E402
 from megasnow.utils.records import (  # noqa: E402
     PARQUET_SUFFIXES,
