@@ -514,10 +514,10 @@ def main(argv=None):
                              args.append_eod, args.log_interval, args.strict, args.block_bytes,
                              progress=not args.no_progress, tokenizer_options=options, eod_token=args.eod_token,
                              on_damaged=lambda d: warn(f"damaged shard {d.describe()}"), on_note=warn)
-    if summary["documents"] == 0:
+    print(format_summary(summary), flush=True)
+    if summary["documents"] == 0:  # after the summary, so it is the last line seen
         warn(f"no documents in the input ({_describe_files(summary['files'])}); wrote an empty dataset "
              f"(--strict makes this an error)")
-    print(format_summary(summary))
     return 0
 
 
