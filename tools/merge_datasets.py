@@ -10,7 +10,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from megasnow.data.dataset_meta import read_dataset_meta, token_settings_differ, write_dataset_meta  # noqa: E402
+from megasnow.data.dataset_meta import (meta_path, read_dataset_meta, token_settings_differ,  # noqa: E402
+                                        write_dataset_meta)
 from megasnow.data.indexed import (  # noqa: E402
     IndexedDataset,
     IndexedDatasetBuilder,
@@ -18,6 +19,7 @@ from megasnow.data.indexed import (  # noqa: E402
     data_file_path,
     index_file_path,
 )
+from megasnow.data.output_check import check_output_prefix, folders_removed_on_failure  # noqa: E402
 from megasnow.utils.cli import ArgumentParser, run_tool, warn  # noqa: E402
 from megasnow.utils.units import format_bytes, format_bytes_rate, format_duration  # noqa: E402
 
@@ -98,9 +100,12 @@ def main(argv=None):
     p.add_argument("--input", nargs="+", required=True, help="dataset prefixes or folders of .bin/.idx pairs")
     p.add_argument("--output-prefix", required=True, help="writes PREFIX.bin and PREFIX.idx (and PREFIX.meta.json)")
     args = p.parse_args(argv)
+    check_output_prefix(args.output_prefix, [data_file_path(args.output_prefix), index_file_path(args.output_prefix),
+                                             meta_path(args.output_prefix)])
     t0 = time.time()
     prefixes = resolve_prefixes(args.input)
-    docs, seqs, tokens = merge_datasets(prefixes, args.output_prefix, on_warning=warn)
+    with folders_removed_on_failure(args.output_prefix):
+        docs, seqs, tokens = merge_datasets(prefixes, args.output_prefix, on_warning=warn)
     secs = time.time() - t0
     size = os.path.getsize(data_file_path(args.output_prefix))
     print(f"merged {len(prefixes)} datasets into {args.output_prefix}: {docs:,} documents, {seqs:,} sequences, "

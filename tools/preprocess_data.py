@@ -27,6 +27,8 @@ from megasnow.data.megatron_tokenizers import (  # noqa: E402
     build_document_encoder,
     end_of_document,
 )
+from megasnow.data.output_check import check_output_prefix, folders_removed_on_failure  # noqa: E402
+from megasnow.errors import UserError  # noqa: E402
 from megasnow.utils.cli import ArgumentParser, run_tool, warn  # noqa: E402
 from megasnow.utils.records import (  # noqa: E402
     PARQUET_SUFFIXES,
@@ -34,11 +36,15 @@ from megasnow.utils.records import (  # noqa: E402
     RecordError,
     ShardReadError,
     SkipLog,
+    check_usable,
     expand_inputs,
     iter_line_blocks,
     read_error_types,
 )
 from megasnow.utils.units import format_bytes, format_bytes_rate, format_duration, format_rate  # noqa: E402
+
+# The Ctrl-C line: binarizing is all or nothing (outputs are renamed into place at the end), so nothing resumes.
+ON_INTERRUPT = "nothing was written (outputs appear only at the end); rerun the same command to start over"
 
 BLOCK_BYTES = 1 << 20  # small blocks keep every worker busy until the end of the input
 
@@ -46,6 +52,22 @@ BLOCK_BYTES = 1 << 20  # small blocks keep every worker busy until the end of th
 def output_paths(output_prefix, key):
     base = f"{output_prefix}_{key}_document"
     return base + ".bin", base + ".idx"
+
+
+def check_json_keys(keys):
+    """UserError for a key given twice (two datasets under one name: the second would overwrite the first)."""
+    seen = set()
+    for k in keys:
+        if k in seen:
+            raise UserError(f"--json-keys names {k!r} twice; give each key once (one dataset is written per key)")
+        seen.add(k)
+
+
+def check_outputs(output_prefix, keys):
+    """OutputPathError (naming --output-prefix) when the outputs cannot be written there; creates nothing."""
+    outputs = [p for k in keys for p in output_paths(output_prefix, k)]
+    check_output_prefix(output_prefix, outputs + [meta_path(output_paths(output_prefix, k)[0][: -len(".bin")])
+                                                  for k in keys])
 
 
 class EmptyInputError(RecordError):
@@ -215,6 +237,9 @@ def preprocess(inputs, output_prefix, tokenizer_model, tokenizer_type=None, json
     then written under the final names. `on_note(text)` receives remarks (a fallback end-of-document token).
     """
     t0 = time.time()
+    keys = list(json_keys)
+    check_json_keys(keys)
+    check_outputs(output_prefix, keys)
     files = expand_inputs(inputs)
     opts = tokenizer_options or TokenizerOptions(tokenizer_model, tokenizer_type)
     encoder = build_document_encoder(opts)
@@ -222,7 +247,6 @@ def preprocess(inputs, output_prefix, tokenizer_model, tokenizer_type=None, json
     if note and on_note is not None:
         on_note(note)
     dtype = best_dtype(encoder.vocab_size)
-    keys = list(json_keys)
     block_encoder = BlockEncoder(encoder, keys, eod, dtype)
     skips = SkipLog()
     damaged = []
@@ -232,10 +256,13 @@ def preprocess(inputs, output_prefix, tokenizer_model, tokenizer_type=None, json
     sizes = {f: os.path.getsize(f) for f in files}
     bar = Progress(sum(sizes.values()), log_interval, progress)
     workers = max(1, int(workers))
-    builders = {k: IndexedDatasetBuilder(output_paths(output_prefix, k)[0], dtype=dtype) for k in keys}
+    builders = {}
+    finished = []  # files renamed into place by this run: removed again if a later key fails
     pool = WorkerPool(workers)
     pending = collections.deque()
     try:
+        for k in keys:
+            builders[k] = IndexedDatasetBuilder(output_paths(output_prefix, k)[0], dtype=dtype)
         for path in files:
             is_parquet = path.endswith(PARQUET_SUFFIXES)
             blocks = (iter_parquet_blocks(path, keys) if is_parquet else
@@ -282,22 +309,25 @@ def preprocess(inputs, output_prefix, tokenizer_model, tokenizer_type=None, json
                 if on_damaged is not None:
                     on_damaged(shard)
             bytes_done_before += sizes[path]
+        # every record malformed (a CSV named .jsonl) or lacking a key: an error even without --strict
+        keyless = sum(n for reason, n in skips.counts.items() if reason.startswith(("missing key", "key '")))
+        check_usable(files, used=docs, malformed=skips.total - keyless, keyless=keyless, keys=keys, skips=skips)
         if docs == 0 and strict:
             raise EmptyInputError(f"no documents in the input ({_describe_files(files)}); nothing written")
         settings = id_settings(encoder, opts.tokenizer_model, append_eod, eod, eod_text)
         for k in keys:  # the metadata first, so a dataset whose .idx is in place always has it
             meta = write_dataset_meta(output_paths(output_prefix, k)[0][: -len(".bin")], dict(
                 settings, json_key=k, documents=docs, tokens=tokens[k], dtype=str(np.dtype(dtype))))
-            try:
-                builders[k].finalize(output_paths(output_prefix, k)[1])
-            except BaseException:
-                os.unlink(meta)
-                raise
+            finished += [meta, *output_paths(output_prefix, k)]
+            builders[k].finalize(output_paths(output_prefix, k)[1])
     except BaseException:
         pool.close([f for f, _, _ in pending])
         bar.close()
         for b in builders.values():
             b.abort()
+        for path in finished:  # all or nothing: a failure at the second key takes back the first key's dataset
+            if os.path.lexists(path):
+                os.unlink(path)
         raise
     pool.close()
     bar.close()
@@ -460,6 +490,8 @@ def get_args(argv=None):
 
 def main(argv=None):
     args = get_args(argv)
+    check_json_keys(args.json_keys)
+    check_outputs(args.output_prefix, args.json_keys)
     options = TokenizerOptions(args.tokenizer_model, args.tokenizer_type, legacy_tokenizer=args.legacy_tokenizer,
                                hf_include_special_tokens=not args.tokenizer_hf_no_include_special_tokens,
                                hf_use_fast=not args.tokenizer_hf_no_use_fast,
@@ -477,16 +509,17 @@ def main(argv=None):
             print(f"outputs for {args.output_prefix} exist and validate; skipping (--skip-existing)")
             return 0
         warn(f"outputs for {args.output_prefix} were made with other tokenizer settings; rebuilding them")
-    summary = preprocess(args.input, args.output_prefix, args.tokenizer_model, kind, args.json_keys, args.workers,
-                         args.append_eod, args.log_interval, args.strict, args.block_bytes,
-                         progress=not args.no_progress, tokenizer_options=options, eod_token=args.eod_token,
-                         on_damaged=lambda d: warn(f"damaged shard {d.describe()}"), on_note=warn)
-    if summary["documents"] == 0:
+    with folders_removed_on_failure(args.output_prefix):
+        summary = preprocess(args.input, args.output_prefix, args.tokenizer_model, kind, args.json_keys, args.workers,
+                             args.append_eod, args.log_interval, args.strict, args.block_bytes,
+                             progress=not args.no_progress, tokenizer_options=options, eod_token=args.eod_token,
+                             on_damaged=lambda d: warn(f"damaged shard {d.describe()}"), on_note=warn)
+    print(format_summary(summary), flush=True)
+    if summary["documents"] == 0:  # after the summary, so it is the last line seen
         warn(f"no documents in the input ({_describe_files(summary['files'])}); wrote an empty dataset "
              f"(--strict makes this an error)")
-    print(format_summary(summary))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(run_tool(main))
+    sys.exit(run_tool(main, on_interrupt=ON_INTERRUPT))

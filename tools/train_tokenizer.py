@@ -13,6 +13,7 @@ from dataclasses import dataclass
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from megasnow.data import special_tokens  # noqa: E402
+from megasnow.data.output_check import check_output_prefix, folders_removed_on_failure  # noqa: E402
 from megasnow.data.tokenizer import TokenizerError  # noqa: E402
 from megasnow.errors import UserError  # noqa: E402
 from megasnow.utils.atomic import temporary_path  # noqa: E402
@@ -42,7 +43,8 @@ def iter_documents(paths, json_keys, report, strict=False, on_damaged=None):
     """
     record_files = [p for p in paths if is_record_file(p)]
     if record_files:
-        for path, pos, rec in read_shards(record_files, report, strict=strict, on_damaged=on_damaged):
+        for path, pos, rec in read_shards(record_files, report, strict=strict, on_damaged=on_damaged,
+                                          keys=json_keys):
             for key in json_keys:
                 value = rec.get(key)
                 if isinstance(value, str):
@@ -147,13 +149,16 @@ def train_tokenizer(inputs, output_prefix, vocab_size, json_keys=("text",), inpu
                     heartbeat_seconds=HEARTBEAT_SECONDS):
     """Train and write output_prefix.model / .vocab atomically; returns (model path, TrainingReport).
 
-    Raises InputNotFoundError for a missing input, NoTrainingTextError when the inputs hold no text, TokenizerError
+    Raises InputNotFoundError for a missing input, UnusableInputError when every record is malformed or lacks
+    json_keys, NoTrainingTextError when the inputs hold no text, OutputPathError for an output_prefix under a file,
+    TokenizerError
     when SentencePiece refuses the settings (e.g. a vocabulary larger than the text allows). `log(text)` receives a
     progress line every `heartbeat_seconds` while reading and training (SentencePiece itself is silent).
     """
     import sentencepiece as spm
 
-    paths = expand_inputs(inputs)
+    check_output_prefix(output_prefix, [output_prefix + ".model", output_prefix + ".vocab"])
+    paths = expand_inputs(inputs, other_files="keep")  # a file that is not JSONL/Parquet is read as plain text
     report = TrainingReport()
     sentences = iter_sentences(iter_documents(paths, list(json_keys), report, strict, on_damaged), max_sentence_bytes)
     first = next(sentences, None)
@@ -215,14 +220,18 @@ def main(argv=None):
                 f"{len(special_tokens.SPECIAL_TOKENS)} special tokens and 256 byte pieces need "
                 f"{len(special_tokens.SPECIAL_TOKENS) + 3 + 256}")
     t0 = time.time()
-    model, report = train_tokenizer(
-        args.input, args.output_prefix, args.vocab_size, args.json_keys, args.input_sentence_size, args.num_threads,
-        strict=args.strict, on_damaged=lambda d: warn(f"damaged shard {d.describe()}"),
-        log=lambda s: print(s, file=sys.stderr, flush=True))
+    with folders_removed_on_failure(args.output_prefix):
+        model, report = train_tokenizer(
+            args.input, args.output_prefix, args.vocab_size, args.json_keys, args.input_sentence_size,
+            args.num_threads, strict=args.strict, on_damaged=lambda d: warn(f"damaged shard {d.describe()}"),
+            log=lambda s: print(s, file=sys.stderr, flush=True))
     from megasnow.data.tokenizer import load_tokenizer
 
     tok = load_tokenizer(model)
     secs = time.time() - t0
+    short = vocab_shortfall(args.vocab_size, tok.vocab_size, report.sentences >= args.input_sentence_size)
+    if short:
+        warn(short)
     print(f"wrote {model} and {args.output_prefix}.vocab (vocab {tok.vocab_size:,}, end of document "
           f"{tok.id_to_token(tok.eod_id)!r} = id {tok.eod_id}) in {format_duration(secs)}: {report.records:,} "
           f"records from {report.files} file(s), {report.sentences:,} sentences "
@@ -232,6 +241,18 @@ def main(argv=None):
         print(f"    at {example}")
     for d in report.damaged:
         print(f"    {d.describe()}")
+    if short:
+        print(f"  {short}")
+
+
+def vocab_shortfall(requested, got, capped=False):
+    """The warning for a vocabulary smaller than asked (SentencePiece with hard_vocab_limit=False stops merging when
+    no pair occurs twice), or None when the size was reached. `capped`: --input-sentence-size cut the input."""
+    if got >= requested:
+        return None
+    more = "raise --input-sentence-size (it capped the input) or add text" if capped else "add training text"
+    return (f"--vocab-size {requested:,} was not reached: the vocabulary has {got:,} pieces because the input holds "
+            f"too little distinct text for more merges; {more}, or ask for at most {got:,}")
 
 
 if __name__ == "__main__":

@@ -15,8 +15,8 @@ from megasnow.curate.stats import count_bad, count_excluded, count_in, count_rem
 from megasnow.curate.tree import (DEVICE, FIFO, OTHER, SOCKET, UNENCODABLE, excluded_by, is_encodable, list_entries,
                                   read_regular_file, walk_repository)
 from megasnow.curate.work import reading
-from megasnow.utils.records import (PARQUET_SUFFIXES, InputNotFoundError, SkipLog, ShardReadError, is_record_file,
-                                    iter_records)
+from megasnow.utils.records import (PARQUET_SUFFIXES, InputNotFoundError, SkipLog, ShardReadError, check_record_file,
+                                    is_record_file, iter_records)
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ def plan_shards(inputs, cfg, report=None):
                 wanted = is_record_file if cfg.format in ("parquet", "jsonl") else is_shard_name
                 files = _record_files(item, wanted, report)
             else:
-                files = [item]
+                files = [check_record_file(item)]  # a .csv named explicitly: one error line, not N bad records
             shards += [{"kind": "records", "path": os.path.abspath(f)} for f in files]
         else:
             shards += _plan_repo_shards(item, cfg, report)

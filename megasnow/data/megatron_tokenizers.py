@@ -98,8 +98,28 @@ def _load_sentencepiece(path):
     try:
         sp.Load(path)
     except (OSError, RuntimeError) as e:
-        raise TokenizerError(f"{path}: cannot load SentencePiece model: {e}") from e
+        hint = ("; it is a HuggingFace tokenizer (JSON): use --tokenizer-type HuggingFaceTokenizer"
+                if tokenizer_file_kind(path) == "huggingface" else "")
+        raise TokenizerError(f"{path}: cannot load SentencePiece model: {e}{hint}") from e
     return sp
+
+
+def tokenizer_file_kind(path):
+    """'huggingface' (a folder, or a file starting with a JSON object), 'sentencepiece' (a .model file or one
+    starting with a ModelProto's first field tag, 0x0a) or None: which --tokenizer-type a file that failed to load
+    under the other one wants."""
+    if os.path.isdir(path):
+        return "huggingface"
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+    except OSError:
+        return None
+    if head.lstrip().startswith(b"{"):
+        return "huggingface"
+    if path.endswith(".model") or head[:1] == b"\x0a":
+        return "sentencepiece"
+    return None
 
 
 class SentencePieceEncoder(DocumentEncoder):
@@ -278,7 +298,9 @@ def _load_hf(path, use_fast, trust_remote_code):
         return transformers.AutoTokenizer.from_pretrained(folder, use_fast=use_fast,
                                                           trust_remote_code=trust_remote_code)
     except Exception as e:  # noqa: BLE001 - transformers raises many types for a bad folder
-        raise TokenizerError(f"{path}: cannot load HuggingFace tokenizer: {str(e).splitlines()[0][:300]}") from e
+        hint = ("; it is a SentencePiece model: use --tokenizer-type SentencePieceTokenizer"
+                if tokenizer_file_kind(path) == "sentencepiece" else "")
+        raise TokenizerError(f"{path}: cannot load HuggingFace tokenizer: {str(e).splitlines()[0][:300]}{hint}") from e
 
 
 def build_document_encoder(options):

@@ -40,6 +40,9 @@ class ShardReadError(RecordError):
         super().__init__(f"{path}: unreadable after {records} records ({self.error})"
                          f"{describe_byte_offset(path, byte_offset)}")
 
+    def __reduce__(self):  # rebuilt from its fields: raised in a worker process, it reaches the parent intact
+        return type(self), (self.path, self.records, self.cause, self.byte_offset)
+
 
 def describe_byte_offset(path, byte_offset):
     """', at byte N of the decompressed data' (or '... of the file'), or '' when the offset is unknown."""
@@ -52,9 +55,6 @@ def describe_byte_offset(path, byte_offset):
 def read_error_types():
     """Exception types that mean "this file cannot be read (further)", as opposed to one bad record."""
     return _read_errors()
-
-    def __reduce__(self):  # rebuilt from its fields: raised in a worker process, it reaches the parent intact
-        return type(self), (self.path, self.records, self.cause)
 
 
 def _read_errors():
@@ -101,29 +101,83 @@ class InputNotFoundError(UserError, FileNotFoundError):
     """An input path, glob or folder that names no record file."""
 
 
-def expand_inputs(inputs):
-    """Expand paths, globs and folders into a sorted list of record files; InputNotFoundError on no match."""
+class UnsupportedInputError(UserError, ValueError):
+    """An input file named explicitly whose format (suffix) no reader here supports (e.g. .csv)."""
+
+
+class UnusableInputError(RecordError):
+    """An input whose every record is malformed, or lacks the key(s) the stage reads: nothing could be used."""
+
+
+SUPPORTED_FORMATS = "JSONL (.jsonl, .json, .ndjson; plain, .gz or .zst) or Parquet (.parquet)"
+
+
+def check_record_file(path):
+    """Return `path` when its suffix is a supported record format, else raise UnsupportedInputError naming it and
+    the supported formats (a folder scan skips such files; a file named explicitly must not be parsed as JSONL)."""
+    if not is_record_file(os.fspath(path)):
+        name = os.path.basename(os.fspath(path))
+        suffix = "".join(s for s in (os.path.splitext(name)[1],) if s) or "no suffix"
+        raise UnsupportedInputError(f"input {os.fspath(path)!r} ({suffix}) is not a supported format: give "
+                                    f"{SUPPORTED_FORMATS} files")
+    return path
+
+
+def expand_inputs(inputs, other_files="error", on_duplicate=None):
+    """Expand paths, globs and folders into a sorted list of record files.
+
+    Folders are scanned for record files (others are skipped). A file named explicitly (or the only kind a glob
+    matches) that is not a record file raises UnsupportedInputError, unless `other_files="keep"` (a stage that also
+    reads plain-text files). The same file given twice (repeated, or also found in a folder or glob, compared by
+    real path) is read once and reported to `on_duplicate(text)` (default: a `warning:` line): a file's weight is
+    set by the blend (data.blend weights), not by repeating it. InputNotFoundError when an input names no file.
+    """
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
+    keep_other = other_files == "keep"
     files = []
     for item in inputs:
         item = os.fspath(item)
         if os.path.isdir(item):
             for root, _, names in os.walk(item):
-                files += [os.path.join(root, n) for n in names if is_record_file(n)]
+                files += sorted(os.path.join(root, n) for n in names if is_record_file(n))
         else:
-            matches = glob.glob(item, recursive=True) if glob.has_magic(item) else [item]
+            matches = sorted(glob.glob(item, recursive=True)) if glob.has_magic(item) else [item]
             if not matches or not all(os.path.exists(m) for m in matches):
                 raise InputNotFoundError(f"input {item!r} matches no file; check the path")
-            files += matches
+            if len(matches) == 1 and not os.path.isdir(matches[0]) and not keep_other:
+                check_record_file(matches[0])  # one file named: refuse a .csv rather than parse it as JSONL
+            wanted = [m for m in matches if keep_other or is_record_file(m) or os.path.isdir(m)]
+            if not wanted:
+                check_record_file(matches[0])
+            for m in wanted:
+                files += expand_inputs([m], other_files, on_duplicate) if os.path.isdir(m) else [m]
     if not files:
         raise InputNotFoundError(f"no JSONL or Parquet files found in {list(inputs)} (looked for "
                                  f"{', '.join(JSONL_SUFFIXES + PARQUET_SUFFIXES)})")
-    return sorted(set(files))
+    seen, unique = {}, []
+    for f in files:
+        real = os.path.realpath(f)
+        if real in seen:
+            if seen[real] is not None:
+                note = (f"input {f!r} is given twice" if seen[real] == f else
+                        f"input {f!r} is the same file as {seen[real]!r}")
+                (on_duplicate or _warn)(f"{note}; reading it once (to weight a file, use the blend's weights)")
+                seen[real] = None  # report each file once
+            continue
+        seen[real] = f
+        unique.append(f)
+    return sorted(unique)
+
+
+def _warn(text):
+    from megasnow.utils.cli import warn
+
+    warn(text)
 
 
 def is_record_file(name):
-    return name.endswith(JSONL_SUFFIXES + PARQUET_SUFFIXES)
+    return os.fspath(name).endswith(JSONL_SUFFIXES + PARQUET_SUFFIXES)
 
 
 def open_text_lines(path):
@@ -321,12 +375,14 @@ class DamagedShard:
 
 @dataclass
 class ReadReport:
-    """What `read_shards` saw: files and records read, malformed records skipped, damaged shards."""
+    """What `read_shards` saw: files and records read, malformed records skipped, damaged shards, and (when it was
+    given `keys`) how many well-formed records lack one of them."""
 
     files: int = 0
     records: int = 0
     skips: SkipLog = field(default_factory=SkipLog)
     damaged: list = field(default_factory=list)
+    keyless: int = 0
 
     def summary(self):
         """A JSON-ready summary for a tool's report."""
@@ -335,21 +391,30 @@ class ReadReport:
                 "damaged_shards": [vars(d) for d in self.damaged]}
 
 
-def read_shards(files, report=None, strict=False, columns=None, on_damaged=None):
-    """Yield (path, position, record) over many JSONL/Parquet shards (paths, globs or folders).
+def read_shards(files, report=None, strict=False, columns=None, on_damaged=None, keys=None, key_flag="--json-keys"):
+    """Yield (path, position, record) over many JSONL/Parquet shards (paths, globs or folders; expand_inputs).
 
     Malformed records are skipped and counted in `report.skips`. A damaged shard (truncated gzip/zstd, corrupt
     Parquet, a zero-byte Parquet file, an I/O error) keeps the records read before the damage, is appended to
     `report.damaged` and passed to `on_damaged(DamagedShard)` (tools print it as a warning), and reading goes on
     with the next shard. With `strict=True` the first malformed record raises RecordError and the first damaged
     shard raises ShardReadError (both UserErrors naming the file).
+
+    Even without `strict`, an input whose every record is malformed (a CSV named .jsonl), or, with `keys` (the
+    record keys the stage reads as strings), whose every record lacks one of them, raises UnusableInputError at the
+    end (check_usable: it names the file, the count and the keys the records do have, suggesting `key_flag`).
+    Records lacking a key are still yielded (the stage skips and counts them as it does now).
     """
     report = ReadReport() if report is None else report
-    for path in expand_inputs(files):
+    paths = expand_inputs(files)
+    keys = list(keys or ())
+    for path in paths:
         report.files += 1
         try:
             for pos, rec in iter_records(path, skips=report.skips, strict=strict, columns=columns):
                 report.records += 1
+                if keys and not all(isinstance(rec.get(k), str) for k in keys):
+                    report.keyless += 1
                 yield path, pos, rec
         except ShardReadError as e:
             if strict:
@@ -358,3 +423,56 @@ def read_shards(files, report=None, strict=False, columns=None, on_damaged=None)
             report.damaged.append(damaged)
             if on_damaged is not None:
                 on_damaged(damaged)
+    check_usable(paths, used=report.records - report.keyless, malformed=report.skips.total if not report.records
+                 else 0, keyless=report.keyless, keys=keys, skips=report.skips, key_flag=key_flag)
+
+
+TEXT_KEY_PREFERENCE = ("text", "content", "code", "body", "document", "source")
+
+
+def check_usable(files, used, malformed, keyless=0, keys=(), skips=None, key_flag="--json-keys"):
+    """Raise UnusableInputError when records were read but none could be used; return quietly otherwise.
+
+    `used`: records the stage could use; `malformed`: records that are not well-formed (bad JSON, invalid UTF-8);
+    `keyless`: well-formed records lacking one of `keys` (or holding a non-string there). An input with no record at
+    all (empty files) passes: that is the stage's "no documents" warning. The error names the file(s) and the count;
+    for missing keys it lists the keys the records have (sampled from the first records) and suggests
+    `key_flag <key>`; for malformed records the commonest reasons, the first place and the supported formats.
+    """
+    if used > 0 or malformed + keyless == 0:
+        return
+    files = [os.fspath(f) for f in files]
+    where = files[0] if len(files) == 1 else f"{len(files)} files ({files[0]}, ...)"
+    if keyless:
+        found = sample_keys(files)
+        want = ", ".join(repr(k) for k in keys)
+        have = ", ".join(found) if found else "none"
+        strings = [k for k in found if found[k]]
+        best = sorted(strings, key=lambda k: (TEXT_KEY_PREFERENCE.index(k) if k in TEXT_KEY_PREFERENCE
+                                              else len(TEXT_KEY_PREFERENCE), -found[k]))
+        hint = (f"pass {key_flag} {best[0]}" if best else f"name the key that holds the text with {key_flag}")
+        n = keyless + malformed
+        raise UnusableInputError(f"none of the {n:,} records in {where} has the string key"
+                                 f"{'s' if len(keys) > 1 else ''} {want} (their keys: {have}); {hint}")
+    reasons = ", ".join(f"{n:,} x {r}" for r, n in sorted((skips.counts if skips else {}).items(),
+                                                          key=lambda kv: -kv[1])[:2])
+    first = f"; first at {skips.examples[0].split(': ', 1)[0]}" if skips and skips.examples else ""
+    raise UnusableInputError(f"all {malformed:,} records in {where} are malformed ({reasons}){first}; "
+                             f"check that the input is {SUPPORTED_FORMATS}")
+
+
+def sample_keys(files, limit=200):
+    """{key: total length of its string values} over the first `limit` well-formed records of `files` (insertion
+    order: the first record's keys first), for messages that say which keys an input has."""
+    found, seen = {}, 0
+    for path in files:
+        try:
+            for _, rec in iter_records(path, skips=SkipLog()):
+                for k, v in rec.items():
+                    found[k] = found.get(k, 0) + (len(v) if isinstance(v, str) else 0)
+                seen += 1
+                if seen >= limit:
+                    return found
+        except (ShardReadError, UserError):
+            continue
+    return found

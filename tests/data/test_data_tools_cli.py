@@ -38,11 +38,14 @@ def test_train_tokenizer_missing_and_empty_input(tmp_path, capsys):
     assert err == f"error: input '{tmp_path / 'missing.jsonl'}' matches no file; check the path\n"
     (tmp_path / "empty.jsonl").write_bytes(b"")
     (tmp_path / "blank.jsonl").write_text('\n{"path": "x"}\n')  # no text key: no text either
-    for name in ("empty.jsonl", "blank.jsonl"):
+    starts = {"empty.jsonl": f"error: no training text found in {tmp_path / 'empty.jsonl'}",
+              "blank.jsonl": f"error: none of the 1 records in {tmp_path / 'blank.jsonl'} has the string key 'text' "
+                             f"(their keys: path); pass --json-keys path"}
+    for name, start in starts.items():
         assert run_cli(train_tokenizer.main, ["--input", str(tmp_path / name), "--output-prefix", out,
                                               "--vocab-size", "400"]) == 2
         err = capsys.readouterr().err
-        assert err.startswith(f"error: no training text found in {tmp_path / name}") and err.count("\n") == 1, err
+        assert err.startswith(start) and err.count("\n") == 1, err
     assert not os.path.exists(tmp_path / "tok")
 
 
@@ -115,8 +118,9 @@ def test_preprocess_ctrl_c_is_one_line_exit_130_and_leaves_nothing(tmp_path):
     finally:
         proc.kill()
     assert proc.returncode == 130, err
-    assert err.decode() == ("preprocess_data.py: interrupted (Ctrl-C); finished outputs are kept, rerun the same "
-                            "command to resume\n")
+    # binarizing is all or nothing: the line must not promise a resume that does not happen
+    assert err.decode() == ("preprocess_data.py: interrupted (Ctrl-C); nothing was written (outputs appear only at "
+                            "the end); rerun the same command to start over\n")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.jsonl"]  # no partial output, no temporary file
 
 

@@ -1,0 +1,51 @@
+"""Refuse an output prefix that cannot be written (a file where a folder is needed, a folder where a file goes)
+before any work starts, with one line naming the flag."""
+import contextlib
+import os
+
+from megasnow.errors import UserError
+from megasnow.utils.cli import removed_on_failure
+
+
+class OutputPathError(UserError, ValueError):
+    """An output flag's path cannot hold the outputs; the message names the flag and what to change."""
+
+
+def check_output_prefix(prefix, outputs=(), flag="--output-prefix"):
+    """Raise OutputPathError when `prefix`'s folder (or one above it) is an existing file, when one of `outputs`
+    (the files the tool will write) is an existing folder, or when the folder cannot be created or written.
+
+    Creates nothing: the folder is made later by the atomic writers (megasnow.utils.atomic).
+    """
+    prefix = os.fspath(prefix)
+    if not prefix or prefix.endswith(os.sep):
+        raise OutputPathError(f"{flag} {prefix!r} names a folder, not a prefix: give e.g. {prefix or './'}data")
+    folder = os.path.dirname(os.path.abspath(prefix))
+    probe = folder
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise OutputPathError(f"{flag} {prefix}: {probe} is a file, not a folder; give a prefix under a folder "
+                              f"(or move {probe} away)")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise OutputPathError(f"{flag} {prefix}: cannot write in {probe} (permission denied); give a prefix under "
+                              f"a folder you can write")
+    for path in outputs:
+        if os.path.isdir(path):
+            raise OutputPathError(f"{flag} {prefix}: {path} is a folder, but the output file goes there; give "
+                                  f"another prefix (or move the folder away)")
+
+
+@contextlib.contextmanager
+def folders_removed_on_failure(prefix):
+    """Around the work that writes under `prefix`: if it fails (an error, Ctrl-C), the folders it created for the
+    prefix (the top-most one missing now, with everything under it) are removed again, so nothing is left."""
+    folder = os.path.dirname(os.path.abspath(os.fspath(prefix)))
+    top = None
+    while not os.path.exists(folder):
+        top, folder = folder, os.path.dirname(folder)
+    if top is None:
+        yield
+        return
+    with removed_on_failure(top):
+        yield
