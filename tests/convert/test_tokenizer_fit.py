@@ -7,15 +7,7 @@ from tokenizers import Tokenizer, models
 
 from megasnow.convert import hf_llama
 from megasnow.convert.errors import ConversionError
-from megasnow.generation.tiny_model import write_tiny_checkpoint
-from tests.convert.test_round_trip_files import tool
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    out = tmp_path_factory.mktemp("tiny") / "ckpt"
-    write_tiny_checkpoint(str(out), seed=4)
-    return str(out)
+from tests.convert.test_round_trip_files import tiny, tool  # noqa: F401  (tiny: a fixture)
 
 
 @pytest.fixture(scope="module")

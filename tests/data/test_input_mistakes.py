@@ -7,29 +7,16 @@ import glob
 import json
 import os
 import re
-import sys
 
 import pytest
 
 from megasnow.data.indexed import IndexedDataset, IndexedDatasetBuilder, write_dataset
-from megasnow.utils.cli import run_tool
 from tests.data.code_fixtures import hf_tokenizer_json, real_code_files, sentencepiece_model
+from tests.data.test_data_tools_cli import REPO, preprocess_data, run_cli, train_tokenizer  # tools/ on sys.path
 
-TOOLS = os.path.join(os.path.dirname(__file__), "..", "..", "tools")
-REPO = os.path.abspath(os.path.join(TOOLS, ".."))
-sys.path.insert(0, TOOLS)
-import merge_datasets  # noqa: E402
-import preprocess_data  # noqa: E402
-import train_tokenizer  # noqa: E402
+import merge_datasets  # noqa: E402  (tools/, put on sys.path by test_data_tools_cli)
 
 pytest.importorskip("megasnow._binarize")
-
-
-def run_cli(main, argv):
-    try:
-        return run_tool(main, argv)
-    except SystemExit as e:
-        return e.code
 
 
 @pytest.fixture
