@@ -261,7 +261,11 @@ def build_backend(args):
     if args.backend == "vllm":
         return factory("vllm", model=args.model)
     return factory("openai", model=args.model, base_urls=args.base_url or ["http://127.0.0.1:8000/v1"],
-                   concurrency=args.batch_size, max_retries=args.max_retries)
+                   concurrency=args.batch_size, max_retries=args.max_retries, options={"setting_names": FLAG_NAMES})
+
+
+# the openai backend's messages name these flags, not the synthesis config's keys (backend.model, ...)
+FLAG_NAMES = {"model": "--model", "max_retries": "--max-retries", "base_urls": "--base-url"}
 
 
 def generation_settings(args):

@@ -21,6 +21,8 @@ RETRY_STATUS = 429  # and every status >= 500
 _SDK_STATUS_PREFIX = re.compile(r"^Error code: \d+(?: - )?")  # the openai SDK's start of a status error's text
 NOTICE_INTERVAL_S = 15.0  # while retrying, a line at least this often (the CLI rule: no step silent > ~30 s)
 _DONE = object()
+# the names of the backend's settings in its messages; a caller with other names (a tool's flags) passes its own
+SETTING_NAMES = {"model": "backend.model", "max_retries": "backend.max_retries", "base_urls": "backend.base_urls"}
 
 
 class EndpointError(UserError):
@@ -156,18 +158,22 @@ class OpenAIBackend(GenerationBackend):
         waits are random in [0, min(backoff_max, backoff_initial * 2**attempt)] seconds ("full jitter").
     abort_after_failures: this many requests in a row failing after their retries (server gone) raise
         EndpointError instead of burning through the rest of the work.
+    setting_names: how the caller names the settings `model`, `max_retries`, `base_urls` in its messages (e.g.
+        {"model": "--model"} for a tool's flags); unset keys keep the config names of SETTING_NAMES (backend.model).
     Raises EndpointError (a UserError naming the URL) when a URL is unreachable at start-up after the retries, or
     answers 401/403 at any time; ModelNotServedError (an EndpointError) at start-up when `model` is set and a URL's
     `GET /models` lists other models only. Any other failed request comes back as a result with `error` set.
     """
 
     def __init__(self, base_urls, model="", api_key_env="OPENAI_API_KEY", concurrency=64, timeout=600.0,
-                 max_retries=6, backoff_initial=1.0, backoff_max=60.0, abort_after_failures=64, headers=None):
+                 max_retries=6, backoff_initial=1.0, backoff_max=60.0, abort_after_failures=64, headers=None,
+                 setting_names=None):
+        self.setting_names = {**SETTING_NAMES, **(setting_names or {})}
         if isinstance(base_urls, str):
             base_urls = [base_urls]
         self.base_urls = [u.rstrip("/") for u in base_urls]
         if not self.base_urls:
-            raise UserError("backend.base_urls is empty: give at least one OpenAI-compatible URL, e.g. "
+            raise UserError(f"{self.setting_names['base_urls']} is empty: give at least one OpenAI-compatible URL, e.g. "
                             "http://127.0.0.1:8000/v1")
         if concurrency < 1 or max_retries < 0 or timeout <= 0:
             raise UserError(f"backend: concurrency ({concurrency}) must be >= 1, max_retries ({max_retries}) >= 0 "
@@ -180,7 +186,7 @@ class OpenAIBackend(GenerationBackend):
         self.abort_after_failures = abort_after_failures
         self.headers = dict(headers or {})
         self.retries = 0  # retried attempts over the backend's life (progress reports read it)
-        self.retry_setting = "backend.max_retries"  # named in the retry warning (a tool with a flag may set its own)
+        self.retry_setting = self.setting_names["max_retries"]  # named in the retry warning
         self.notice_interval_s = NOTICE_INTERVAL_S
         self._retry_warned, self._last_notice = False, 0.0
         self.failures = {}  # error_kind -> requests that failed after their retries
@@ -267,15 +273,15 @@ class OpenAIBackend(GenerationBackend):
         if self.model_name:  # refused before any request (every one would fail 404); None = no GET /models there
             for url, served in zip(self.base_urls, models):
                 if served and self.model_name not in served:
-                    raise ModelNotServedError(self.model_name, url, served)
+                    raise ModelNotServedError(self.model_name, url, served, self.setting_names["model"])
         if not self.model_name:
             url = self.base_urls[0]
             if models[0] is None:
                 raise EndpointError(f"{url}: GET {url}/models answered HTTP 404 (not found): is this an "
                                     f"OpenAI-compatible server at that path? Check the URL (it usually ends in /v1); "
-                                    f"for a server without /models, set backend.model")
+                                    f"for a server without /models, set {self.setting_names['model']}")
             if not models[0]:
-                raise EndpointError(f"{url}: GET {url}/models lists no model; set backend.model")
+                raise EndpointError(f"{url}: GET {url}/models lists no model; set {self.setting_names['model']}")
             self.model_name = models[0][0]
 
     async def _probe(self, url):

@@ -430,7 +430,9 @@ def test_max_retries_reaches_the_openai_backend(tmp_path):
     args = tool.build_parser().parse_args(["run", "--benchmark", "humaneval", "--backend", "openai", "--output", "x"])
     assert args.max_retries == BackendConfig.max_retries
     args.max_retries = 3
-    assert tool.build_backend(args).max_retries == 3
+    backend = tool.build_backend(args)
+    assert backend.max_retries == 3 and backend.retry_setting == "--max-retries"  # its messages name the flags
+    assert backend.setting_names["model"] == "--model"
     with socket.socket() as s:  # a free port, closed again: nothing listens there
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

@@ -72,6 +72,32 @@ def test_a_404_on_models_says_so():
         httpd.server_close()
 
 
+def test_messages_name_the_callers_settings(capsys):
+    """A tool passes its own names for the settings (evaluate.py's flags): the retry warning and the start-up errors
+    name them, not the synthesis config's backend.* keys."""
+    names = {"model": "--model", "max_retries": "--max-retries"}
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    backend = OpenAIBackend([url], max_retries=1, backoff_initial=0.01, backoff_max=0.02, timeout=5,
+                            setting_names=names)
+    with pytest.raises(EndpointError):
+        backend.start()
+    backend.close()
+    assert capsys.readouterr().err.splitlines() == [
+        f"warning: {url}: connection failed (APIConnectionError); retrying up to 2 attempts with backoff "
+        f"(--max-retries = 1)"]
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NotFound)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    try:
+        backend = OpenAIBackend([url], max_retries=0, timeout=10, setting_names=names)
+        with pytest.raises(EndpointError, match=r"for a server without /models, set --model$"):
+            backend.start()
+        backend.close()
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
 def test_request_body_sends_vllm_extensions_only_when_they_change_something():
     """A plain OpenAI endpoint refuses unknown fields, so vLLM's extensions are sent only when set."""
     plain = request_body(GenerationRequest("a", prompt="x", params=SamplingParams(max_tokens=4)), "m")
