@@ -528,5 +528,14 @@ def main(argv=None):
     return 0
 
 
+def work_done(rc):
+    """Once main has returned, its outputs are written and its last line printed: a Ctrl-C during the interpreter's
+    teardown must not turn a finished run into a silent exit 130, so SIGINT is ignored from here on."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    return rc
+
+
 if __name__ == "__main__":
-    sys.exit(run_tool(main))
+    sys.exit(work_done(run_tool(main)))

@@ -1,9 +1,12 @@
 """Evaluation outputs: per-task results JSONL, summary JSON, a markdown table and the run's config, written
 atomically into one folder."""
+import contextlib
 import json
 import os
+import signal
+import threading
 
-from megasnow.utils.atomic import atomic_write_text
+from megasnow.utils.atomic import atomic_write_text, temporary_path
 
 RESULTS, SUMMARY, TABLE, CONFIG = "results.jsonl", "summary.json", "summary.md", "config.json"
 
@@ -42,11 +45,46 @@ def too_long_note(t):
 
 
 def write_report(out_dir, per_task, summary, config):
-    """Write results.jsonl, summary.json, summary.md and config.json into out_dir; returns their paths."""
+    """Write results.jsonl, summary.json, summary.md and config.json into out_dir, all four or none: each is
+    written complete under a temporary name first, then the four are renamed into place with Ctrl-C/SIGTERM held
+    back until the last rename (an interrupt leaves the previous four, or no file at all). Returns their paths."""
+    texts = {RESULTS: "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in per_task),
+             SUMMARY: json.dumps(summary, indent=2, sort_keys=True) + "\n",
+             TABLE: markdown_table(summary),
+             CONFIG: json.dumps(config, indent=2, sort_keys=True, default=str) + "\n"}
     os.makedirs(out_dir, exist_ok=True)
-    paths = {name: os.path.join(out_dir, name) for name in (RESULTS, SUMMARY, TABLE, CONFIG)}
-    atomic_write_text(paths[RESULTS], "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in per_task))
-    atomic_write_text(paths[SUMMARY], json.dumps(summary, indent=2, sort_keys=True) + "\n")
-    atomic_write_text(paths[TABLE], markdown_table(summary))
-    atomic_write_text(paths[CONFIG], json.dumps(config, indent=2, sort_keys=True, default=str) + "\n")
+    paths = {name: os.path.join(out_dir, name) for name in texts}
+    temps = {}
+    try:
+        for name, text in texts.items():
+            temps[name] = None
+            temps[name] = temporary_path(paths[name])
+            atomic_write_text(temps[name], text)  # (fsynced: the rename below is all that is left)
+        with signals_held():
+            for name in texts:
+                os.replace(temps.pop(name), paths[name])
+    finally:
+        for tmp in temps.values():
+            if tmp:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
     return paths
+
+
+@contextlib.contextmanager
+def signals_held(signums=(signal.SIGINT, signal.SIGTERM)):
+    """Hold back SIGINT/SIGTERM while the block runs (it must be short and cannot hang) and deliver them, to the
+    handlers they had, once it ends. Outside the main thread (where Python runs no handler) it does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught, old = [], {}
+    try:
+        for signum in signums:
+            old[signum] = signal.signal(signum, lambda n, frame: caught.append(n))
+        yield
+    finally:
+        for signum, handler in old.items():
+            signal.signal(signum, handler)
+        for signum in dict.fromkeys(caught):
+            signal.raise_signal(signum)

@@ -15,6 +15,8 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
+import weakref
 from dataclasses import asdict, dataclass
 
 from megasnow.errors import UserError
@@ -89,17 +91,25 @@ class Job:
 class _Worker:
     """One sandbox_worker.py process (own session) and the pipes to it."""
 
-    def __init__(self):
+    def __init__(self, started):
+        """Start the worker and append it to `started` (its pool's list, which close() kills) as soon as it exists,
+        so that a Ctrl-C while it starts up leaves no process behind."""
         env = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "LC_ALL", "TMPDIR", "HOME")}
         try:
             self.proc = subprocess.Popen([sys.executable, "-I", "-u", WORKER_SCRIPT], stdin=subprocess.PIPE,
                                          stdout=subprocess.PIPE, start_new_session=True, env=env, close_fds=True)
         except OSError as e:
             raise SandboxError(f"cannot start the sandbox worker {WORKER_SCRIPT}: {e}") from None
+        started.append(self)
         self._buf = b""
-        line = self.read_line(time.monotonic() + 60)
+        try:
+            line = self.read_line(time.monotonic() + 60)
+        except BaseException:
+            self.kill()
+            raise
         if line is None or "hello" not in line:
             self.kill()
+            started.remove(self)
             raise SandboxError(f"the sandbox worker {WORKER_SCRIPT} did not start (no hello within 60 s)")
         self.hello = line["hello"]
 
@@ -146,16 +156,22 @@ class ExecutionPool:
     def __init__(self, workers=None, limits=None):
         self.workers = max(1, int(workers or available_cpus()))
         self.limits = limits or default_limits()
-        self.tmp_root = tempfile.mkdtemp(prefix="megasnow-eval-")
-        os.chmod(self.tmp_root, 0o711)  # children drop to `nobody` and must reach their own folder inside
         self._started, self._idle = [], []
+        # The folder's name is chosen, and its removal registered (on close, on garbage collection, at exit), before
+        # it exists: a Ctrl-C at any point after the mkdir, even before the caller's `with` or try/finally is
+        # entered, cannot leave it behind (tempfile.mkdtemp would return the name only after creating it).
+        self.tmp_root = os.path.join(tempfile.gettempdir(), f"megasnow-eval-{uuid.uuid4().hex[:12]}")
+        self._remove_tmp = weakref.finalize(self, shutil.rmtree, self.tmp_root, ignore_errors=True)
+        os.mkdir(self.tmp_root, 0o700)
+        os.chmod(self.tmp_root, 0o711)  # children drop to `nobody` and must reach their own folder inside
         self._lock = threading.Lock()
         self._closed = False
         self.isolation = None
 
     def _start_worker(self):
-        w = _Worker()
-        self._started.append(w)
+        if self._closed:
+            raise SandboxError("the execution pool was closed while jobs were running")
+        w = _Worker(self._started)
         if self.isolation is None:
             self.isolation = describe_isolation(w.hello)
         return w
@@ -206,7 +222,7 @@ class ExecutionPool:
             worker = worker or self._take_worker()
             while True:
                 item = todo.get()
-                if item is None:
+                if item is None or self._closed:
                     with self._lock:
                         self._idle.append(worker)
                     return
@@ -257,7 +273,7 @@ class ExecutionPool:
                 pass
             w.kill()
         self._started, self._idle = [], []
-        shutil.rmtree(self.tmp_root, ignore_errors=True)
+        self._remove_tmp()
 
     def __enter__(self):
         return self
