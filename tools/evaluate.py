@@ -40,18 +40,20 @@ def add_generation(p):
     from megasnow.generation.factory import BackendConfig  # (dataclasses only: light)
 
     g = p.add_argument_group("generation")
-    g.add_argument("--backend", choices=["local", "hf", "openai", "vllm"], default="local",
+    g.add_argument("--backend", choices=["local", "hf", "openai", "vllm"], default=None,
                    help="local: a megasnow checkpoint or HF Llama folder in this process (hf: the same, EvalPlus's "
                         "name); openai: an OpenAI-compatible server (vLLM, SGLang, llama.cpp, megasnow.serve); vllm: "
-                        "vLLM's engine")
+                        "vLLM's engine (default: openai when --base-url is given, as in EvalPlus; else local)")
     g.add_argument("--model", default="", help="local/vllm: model folder; openai: served model name ('' = first)")
     g.add_argument("--base-url", "--base_url", action="append", default=None,
                    help="openai: endpoint (repeat for replicas)")
     g.add_argument("--max-retries", type=int, default=BackendConfig.max_retries,
                    help="openai: retries of a request after its first attempt (429, 5xx, timeouts, connection errors; "
                         "exponential backoff); 0 fails fast, e.g. against a server that may not be up")
-    g.add_argument("--prompt-style", choices=["completion", "chat"], default="completion",
-                   help="completion: the prompt verbatim (base models); chat: an instruction message (instruct models)")
+    g.add_argument("--prompt-style", choices=["completion", "chat"], default=None,
+                   help="completion: the prompt verbatim (base models); chat: an instruction message (instruct models) "
+                        "(default: chat for --backend openai, as EvalPlus does, which needs a served chat template; "
+                        "completion for local/vllm, the base models megasnow trains; the run's first line says which)")
     g.add_argument("--n", "--n-samples", "--n_samples", type=int, default=1, help="samples per task")
     g.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
     g.add_argument("--greedy", action="store_true", help="EvalPlus's flag: --temperature 0 --n 1 (the defaults)")
@@ -132,8 +134,7 @@ def validate(args):
     if getattr(args, "greedy", False) and (args.n != 1 or args.temperature != 0):
         raise_usage(f"--greedy is --temperature 0 --n 1, but --n {args.n} --temperature {args.temperature} were given: "
                     f"drop --greedy to sample, or drop --n/--temperature")
-    if getattr(args, "backend", None) == "hf":
-        args.backend = "local"  # EvalPlus's name for a transformers model in this process
+    resolve_defaults(args)
     if args.infill and getattr(args, "prompt_style", "completion") == "chat":
         raise_usage("--infill asks the model to fill the middle (the OpenAI `suffix`); it has no --prompt-style "
                     "chat: leave --prompt-style out")
@@ -143,7 +144,8 @@ def validate(args):
     settings = None
     if args.command in ("generate", "run"):
         if args.backend == "local" and not args.model:
-            raise_usage("--backend local needs --model (a megasnow checkpoint or HF Llama folder)")
+            raise_usage("--backend local needs --model (a megasnow checkpoint or HF Llama folder); for a server, give "
+                        "--base-url URL (--backend openai)")
         if args.backend == "vllm" and not args.model:
             raise_usage("--backend vllm needs --model (a model folder)")
         settings = generation_settings(args)
@@ -152,6 +154,27 @@ def validate(args):
         execution_config(args)  # its own checks (those of check_numbers, in the config's terms)
     check_devices(args)
     return settings
+
+
+def resolve_defaults(args):
+    """--backend and --prompt-style left out: openai when --base-url is given (EvalPlus's rule), else local; chat
+    for openai (EvalPlus's), completion for local/vllm, infill with --infill. Records in args.defaulted what was
+    chosen so that the run's first line can say it."""
+    if not hasattr(args, "prompt_style"):  # score/loss
+        return
+    args.defaulted = []
+    if args.backend is None:
+        args.backend = "openai" if args.base_url else "local"
+        if args.base_url:
+            args.defaulted.append("--backend openai (from --base-url)")
+    elif args.backend == "hf":
+        args.backend = "local"  # EvalPlus's name for a transformers model in this process
+    if args.base_url and args.backend != "openai":
+        raise_usage(f"--base-url is for --backend openai (an OpenAI-compatible server), but --backend {args.backend} "
+                    f"was given: drop --backend (--base-url implies openai) or drop --base-url")
+    if args.prompt_style is None and not args.infill:
+        args.prompt_style = "chat" if args.backend == "openai" else "completion"
+        args.defaulted.append(f"--prompt-style {args.prompt_style} (the default for --backend {args.backend})")
 
 
 # (flag, test, what it must be): every numeric flag, by subcommand where it exists (a flag absent is skipped);
@@ -271,7 +294,7 @@ FLAG_NAMES = {"model": "--model", "max_retries": "--max-retries", "base_urls": "
 def generation_settings(args):
     from megasnow.eval.codegen import GenerationSettings
 
-    style = "infill" if args.infill else args.prompt_style
+    style = "infill" if args.infill else args.prompt_style or "completion"
     return GenerationSettings(style=style, n=args.n, temperature=args.temperature, top_p=args.top_p,
                               max_tokens=args.max_tokens, seed=args.seed)
 
@@ -285,6 +308,14 @@ def run_identity(args, bench, settings):
     model = os.path.abspath(args.model) if args.backend in ("local", "vllm") and args.model else args.model
     return {**default_identity(bench, settings, model, args.skip_too_long), "limit": args.limit,
             "infill": args.infill, "infill_per_task": args.infill_per_task, "backend": args.backend}
+
+
+def run_line(args, bench, settings):
+    """The run's first line: what generates the samples and how (the defaults chosen are named)."""
+    model = args.model or "the server's first model"
+    chosen = f" (defaults: {', '.join(args.defaulted)})" if getattr(args, "defaulted", None) else ""
+    return (f"{bench.name}: {len(bench.tasks)} tasks, backend {args.backend}, model {model}, prompt style "
+            f"{settings.style}, n {settings.n}, temperature {settings.temperature}{chosen}")
 
 
 def other_run_advice(args):
@@ -477,7 +508,7 @@ def run(args, bench, total, settings):
         args.loss_model = args.model  # (the solution loss is a left-to-right measure: not for infilling)
     # openai without --model: the served name (this run's, or the one recorded beside reused samples)
     extra = {"model": args.model or (stats or {}).get("model") or served_model(samples_path),
-             "prompt_style": "infill" if args.infill else args.prompt_style, **limit_fields(args, total, bench)}
+             "prompt_style": settings.style, **limit_fields(args, total, bench)}
     if stats:
         extra["generation"] = stats
     if incomplete:
@@ -505,6 +536,8 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     settings = validate(args)
     bench, total = load(args)
+    if settings is not None:
+        print(run_line(args, bench, settings), flush=True)
     if args.command == "generate":
         if generated_before(args, bench, settings, args.output, "nothing to do"):
             return 0

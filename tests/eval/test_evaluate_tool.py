@@ -132,8 +132,10 @@ def test_generate_reuses_its_finished_samples(tiny, tmp_path):
     before = out.read_bytes(), os.stat(out).st_mtime_ns
     proc = evaluate(*args)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == f"{out} exists, generated with the same settings: nothing to do (delete it to " \
-                                  f"generate again)"
+    assert proc.stdout.splitlines() == [
+        "mbpp_mini: 3 tasks, backend local, model " + ckpt + ", prompt style completion, n 1, temperature 0.0 "
+        "(defaults: --prompt-style completion (the default for --backend local))",
+        f"{out} exists, generated with the same settings: nothing to do (delete it to generate again)"]
     assert (out.read_bytes(), os.stat(out).st_mtime_ns) == before
     proc = evaluate(*args[:-3], "9", "--output", str(out))
     assert proc.returncode == 2 and "holds samples of another run: max_tokens (8 there, 9 now)" in proc.stderr
@@ -446,6 +448,33 @@ def test_max_retries_reaches_the_openai_backend(tmp_path):
         assert list(tmp_path.iterdir()) == []
 
 
+def test_base_url_implies_the_openai_backend_and_chat(tmp_path):
+    """--base-url without --backend is --backend openai (EvalPlus's rule), and openai's prompt style defaults to chat
+    (EvalPlus's); both named in the run's first line. --base-url with another backend is refused."""
+    tool = load_tool()
+    parse = tool.build_parser().parse_args
+    args = parse(["run", "--benchmark", "humaneval", "--base-url", "http://h/v1", "--output", str(tmp_path / "o")])
+    settings = tool.validate(args)
+    assert (args.backend, settings.style) == ("openai", "chat")
+    bench, _ = tool.load(args)
+    assert tool.run_line(args, bench, settings) == (
+        "humaneval: 164 tasks, backend openai, model the server's first model, prompt style chat, n 1, temperature "
+        "0.0 (defaults: --backend openai (from --base-url), --prompt-style chat (the default for --backend openai))")
+    args = parse(["generate", "--benchmark", "humaneval", "--model", "m", "--prompt-style", "completion",
+                  "--output", str(tmp_path / "s.jsonl")])
+    assert tool.validate(args).style == "completion" and args.backend == "local" and args.defaulted == []
+    assert tool.validate(parse(["run", "--benchmark", "humaneval", "--base-url", "u", "--infill", "single-line",
+                                "--output", "o"])).style == "infill"
+    proc = evaluate("run", "--benchmark", "humaneval", "--backend", "local", "--base-url", "http://h/v1",
+                    "--output", str(tmp_path / "o"))
+    assert proc.returncode == 2 and proc.stderr == (
+        "error: --base-url is for --backend openai (an OpenAI-compatible server), but --backend local was given: drop "
+        "--backend (--base-url implies openai) or drop --base-url\n")
+    proc = evaluate("run", "--benchmark", "humaneval", "--output", str(tmp_path / "o"))
+    assert proc.returncode == 2 and proc.stderr.endswith("for a server, give --base-url URL (--backend openai)\n")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_evalplus_flag_names(tmp_path, monkeypatch):
     """EvalPlus's flags a user types first: --dataset (the file EvalPlus reads: its override variable or its cache;
     nothing downloaded), --greedy, --n-samples/--n_samples, --parallel, --bs, --base_url, --backend hf; shown in
@@ -461,6 +490,7 @@ def test_evalplus_flag_names(tmp_path, monkeypatch):
                               "--bs", "4", "--base_url", "http://h/v1", "--backend", "hf", "--model", "m",
                               "--output", str(tmp_path / "o")])
     assert (args.n, args.workers, args.batch_size, args.base_url) == (1, 3, 4, ["http://h/v1"])
+    args.base_url = None  # (--base-url is for --backend openai: refused beside hf/local)
     tool.validate(args)
     assert args.backend == "local" and args.temperature == 0.0
     # --greedy with sampling flags is a contradiction, said in one line

@@ -51,7 +51,8 @@ def test_failed_requests_through_an_endpoint(tiny, tmp_path):
     bench.write_text("".join(json.dumps(t) + "\n" for t in tasks))
     score = ["--k", "1", "--workers", "2", "--min-time-limit", "1", "--cache-dir", str(tmp_path / "cache")]
     with process.ServerProcess(ckpt, "--threads", "1") as server:
-        common = ["run", "--backend", "openai", "--base-url", server.base_url, "--max-tokens", "8", *score]
+        common = ["run", "--backend", "openai", "--base-url", server.base_url, "--prompt-style", "completion",
+                  "--max-tokens", "8", *score]
         out = tmp_path / "wrong"
         proc = evaluate(*common, "--benchmark", mbpp, "--model", "nosuchmodel", "--output", str(out))
         lines = proc.stderr.strip().splitlines()
