@@ -106,7 +106,8 @@ def build_parser():
     g.add_argument("--output", required=True, help="samples JSONL to write")
     s = sub.add_parser("score", help="score a samples file in the sandbox")
     add_benchmark(s)
-    s.add_argument("--samples", required=True, help="samples JSONL (task_id + completion or solution per line)")
+    s.add_argument("--samples", required=True, help="samples JSONL/Parquet (task_id + completion or solution per line), "
+                                                    "or an EvalPlus samples folder (HumanEval_0/0.py, ...)")
     s.add_argument("--output", required=True, help="folder for results.jsonl, summary.json, summary.md, config.json")
     add_execution(s)
     add_loss(s)
@@ -249,7 +250,8 @@ def will_measure_loss(args):
 
 
 def load(args):
-    """(benchmark to evaluate, number of tasks in the benchmark before --limit)."""
+    """(benchmark to evaluate, number of tasks in the benchmark before --limit); args.full_benchmark: the benchmark
+    before --limit."""
     from megasnow.eval.tasks import load_benchmark
 
     if args.dataset:  # EvalPlus's --dataset: the file EvalPlus reads, kept in the run's record as --benchmark
@@ -259,7 +261,7 @@ def load(args):
         args.benchmark, note = evalplus_dataset(args.dataset)
         if note:
             warn(note)
-    bench = load_benchmark(args.benchmark)
+    bench = args.full_benchmark = load_benchmark(args.benchmark)  # (the messages on --limit name the full one)
     total = len(bench.tasks)
     if args.limit:
         bench = bench.subset([t.task_id for t in bench.tasks[:args.limit]])
@@ -365,7 +367,9 @@ def parse_ks(text):
     return ks
 
 
-def score(args, bench, samples_path, out_dir, extra=None, samples=None):
+def score(args, bench, samples_path, out_dir, extra=None, samples=None, samples_meta=None):
+    """Score the samples (read from samples_path unless given) and write the report into out_dir. `samples_meta`:
+    the identity saved beside samples made by `generate` (codegen.saved_identity), for the messages on --limit."""
     from megasnow.eval.correctness import check_samples, config_dict, ground_truth
     from megasnow.eval.report import too_long_note, write_report
     from megasnow.eval.samples import read_samples
@@ -374,7 +378,8 @@ def score(args, bench, samples_path, out_dir, extra=None, samples=None):
     ks = parse_ks(args.k or DEFAULT_KS)
     cfg = execution_config(args)
     if samples is None:
-        samples = read_samples(samples_path, bench, allow_missing=args.allow_missing)
+        samples = read_samples(samples_path, bench, allow_missing=args.allow_missing, full=args.full_benchmark,
+                               limit=args.limit, samples_limit=(samples_meta or {}).get("limit") or 0)
     if args.allow_missing or extra and extra.get("generation_failed_tasks"):
         bench = bench.subset({s.task_id for s in samples})
     skipped = [s for s in samples if s.skipped]
@@ -547,7 +552,12 @@ def main(argv=None):
             print(f"error: {e}", file=sys.stderr, flush=True)
             return 1
     elif args.command == "score":
-        score(args, bench, args.samples, args.output, limit_fields(args, total, bench))
+        from megasnow.eval.codegen import SERVED_MODEL, saved_identity
+
+        meta = saved_identity(args.samples)  # samples made by `generate`: their model and prompt style
+        extra = {"model": meta.get(SERVED_MODEL) or meta.get("model"), "prompt_style": meta.get("prompt_style")}
+        extra = {k: v for k, v in extra.items() if v}
+        score(args, bench, args.samples, args.output, {**extra, **limit_fields(args, total, bench)}, samples_meta=meta)
     elif args.command == "run":
         return run(args, bench, total, settings)
     else:

@@ -124,6 +124,17 @@ def served_model(out_path):
     return saved.get(SERVED_MODEL) or "" if isinstance(saved, dict) else ""
 
 
+def saved_identity(out_path):
+    """The identity (and served model name) saved beside the samples `out_path` by the run that generated them
+    (identity_path); {} when there is none or it cannot be read (samples made by another tool)."""
+    try:
+        with open(identity_path(out_path), encoding="utf-8") as f:
+            saved = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return saved if isinstance(saved, dict) else {}
+
+
 def check_identity(out_path, identity, advice, served=None):
     """Compare `identity` (a flat dict) with the one saved beside `out_path` when samples of an earlier run are there
     (`out_path` or `<out_path>.partial`). Returns True when they are (same identity: resume or reuse them), False

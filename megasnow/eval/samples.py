@@ -7,6 +7,8 @@ prompt did not fit the model's context; the reason), which megasnow's scorer fai
 task are numbered in file order (completion_id).
 """
 import json
+import os
+import re
 from collections import Counter
 from dataclasses import dataclass
 
@@ -32,19 +34,30 @@ class Sample:
         return {"completion": self.completion, "solution": self.solution}
 
 
-def read_samples(path, benchmark, allow_missing=False):
-    """Samples of `benchmark` from `path`, in file order. SamplesError (naming file and line) for a record without
-    task_id or with neither completion nor solution as a string, for a task_id the benchmark does not have, and, unless
-    `allow_missing`, for benchmark tasks that have no sample."""
+def read_samples(path, benchmark, allow_missing=False, full=None, limit=0, samples_limit=0):
+    """Samples of `benchmark` from `path` (a JSONL/Parquet file, or an EvalPlus samples folder: see
+    evalplus_folder_records), in file order. SamplesError (naming file and line) for a record without task_id or with
+    neither completion nor solution as a string, for a task_id the benchmark does not have, and, unless
+    `allow_missing`, for benchmark tasks that have no sample.
+
+    For the messages: `full` is the benchmark before `--limit limit` cut it to `benchmark`; `samples_limit` the
+    --limit the samples were generated with (from their meta file; 0: none or unknown)."""
     samples, counts = [], Counter()
+    records = evalplus_folder_records(path) if os.path.isdir(path) else read_shards([path], strict=True)
     try:
-        for file, pos, rec in read_shards([path], strict=True):
+        for file, pos, rec in records:
             where = f"{file}:{pos}"
             task_id = rec.get("task_id")
             if not isinstance(task_id, (str, int)):
                 raise SamplesError(f"{where}: field 'task_id' is missing (a sample needs task_id and completion "
                                    f"or solution)")
             task_id = str(task_id)
+            if task_id not in benchmark.by_id and full is not None and task_id in full.by_id:
+                raise SamplesError(f"{where}: task {task_id!r} is outside --limit {limit} (the first {limit} of the "
+                                   f"{len(full.tasks)} tasks of {benchmark.name!r}); "
+                                   + (f"these samples were generated with --limit {samples_limit}: score them with "
+                                      f"--limit {samples_limit}" if samples_limit else "raise --limit to cover it")
+                                   + " (or leave --limit out and pass --allow-missing)")
             if task_id not in benchmark.by_id:
                 raise SamplesError(f"{where}: task_id {task_id!r} is not a task of benchmark {benchmark.name!r} "
                                    f"({len(benchmark.tasks)} tasks, e.g. {benchmark.tasks[0].task_id!r}); "
@@ -66,10 +79,47 @@ def read_samples(path, benchmark, allow_missing=False):
         raise SamplesError(f"{path}: holds no samples")
     missing = [t.task_id for t in benchmark.tasks if t.task_id not in counts]
     if missing and not allow_missing:
+        if samples_limit and not limit:
+            raise SamplesError(f"{path}: {len(missing)} of {len(benchmark.tasks)} tasks of {benchmark.name!r} have no "
+                               f"sample: these samples were generated with --limit {samples_limit} (their meta file "
+                               f"says so): score them with --limit {samples_limit}, or pass --allow-missing")
         raise SamplesError(f"{path}: {len(missing)} of {len(benchmark.tasks)} tasks of {benchmark.name!r} have no "
                            f"sample (first: {missing[:3]}); generate them, or pass --allow-missing to score the "
                            f"tasks that have samples")
     return samples
+
+
+EVALPLUS_FILE = re.compile(r"^(\d+)\.py$")
+
+
+def evalplus_folder_records(folder):
+    """(file, 1, {"task_id", "solution"}) for each sample of an EvalPlus samples folder (the layout EvalPlus's
+    codegen writes without --jsonl_fmt): one subfolder per task named after its task_id with '/' as '_'
+    (`HumanEval_0` for `HumanEval/0`), holding `N.py` files, each a whole program (EvalPlus's `solution`); samples of
+    a task in N order. The task_id is the folder name with its last '_' made '/' (EvalPlus makes every '_' a '/': the
+    same for its benchmarks' ids, right also for ids with a '_' of their own).
+    SamplesError for a folder with no such subfolder."""
+    tasks = sorted((d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d)) and "_" in d),
+                   key=_natural)
+    found = 0
+    for name in tasks:
+        files = sorted((f for f in os.listdir(os.path.join(folder, name)) if EVALPLUS_FILE.match(f)),
+                       key=lambda f: int(EVALPLUS_FILE.match(f).group(1)))
+        task_id = name[::-1].replace("_", "/", 1)[::-1]
+        for f in files:
+            path = os.path.join(folder, name, f)
+            with open(path, encoding="utf-8") as fh:
+                found += 1
+                yield path, 1, {"task_id": task_id, "solution": fh.read()}
+    if not found:
+        raise SamplesError(f"--samples {folder}: a folder, but not an EvalPlus samples folder (one subfolder per task "
+                           f"such as HumanEval_0/ holding 0.py, 1.py, ...); give a samples JSONL/Parquet file or "
+                           f"such a folder")
+
+
+def _natural(name):
+    """HumanEval_2 before HumanEval_10."""
+    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
 
 
 def write_samples(path, records):

@@ -530,3 +530,49 @@ def test_evalplus_flag_names(tmp_path, monkeypatch):
     assert proc.returncode == 0, proc.stderr
     summary = json.load(open(tmp_path / "out" / "summary.json"))
     assert summary["benchmark"] == "humaneval_plus_mini" and summary["pass_at_k"]["plus"] == {"pass@1": 1.0}
+
+
+def test_score_reads_generate_meta_and_evalplus_folders(tmp_path):
+    """Samples made by `generate` are scored under the model and prompt style of their meta file, and a --limit they
+    were generated with is suggested, or named when a smaller --limit leaves some out; an EvalPlus samples folder
+    (HumanEval_0/0.py, ...) is read as its solutions."""
+    from megasnow.errors import UserError
+
+    tool = load_tool()
+    bench = os.path.join(FIXTURES, "humaneval_plus_mini.jsonl")
+    tasks = [json.loads(x) for x in open(bench)]
+    samples = tmp_path / "samples.jsonl"
+    samples.write_text("".join(json.dumps({"task_id": t["task_id"], "solution": t["prompt"] + t["canonical_solution"]})
+                               + "\n" for t in tasks[:3]))
+    (tmp_path / "samples.jsonl.meta.json").write_text(json.dumps(
+        {"limit": 3, "model": "", "served_model": "smollm2", "prompt_style": "chat", "backend": "openai"}))
+    common = ["score", "--benchmark", bench, "--samples", str(samples), "--workers", "1", "--min-time-limit", "1",
+              "--cache-dir", str(tmp_path / "cache")]
+    with pytest.raises(UserError, match=r"1 of 4 tasks of 'humaneval_plus_mini' have no sample: these samples were "
+                                        r"generated with --limit 3 \(their meta file says so\): score them with "
+                                        r"--limit 3, or pass --allow-missing$"):
+        tool.main([*common, "--output", str(tmp_path / "o")])
+    with pytest.raises(UserError, match=r"samples.jsonl:3: task 'HumanEval/13' is outside --limit 2 \(the first 2 of "
+                                        r"the 4 tasks of 'humaneval_plus_mini'\); these samples were generated with "
+                                        r"--limit 3: score them with --limit 3 \(or leave --limit out and pass "
+                                        r"--allow-missing\)$"):
+        tool.main([*common, "--limit", "2", "--output", str(tmp_path / "o")])
+    assert not (tmp_path / "o").exists()
+    assert tool.main([*common, "--limit", "3", "--output", str(tmp_path / "o")]) == 0
+    summary = json.load(open(tmp_path / "o" / "summary.json"))
+    assert (summary["model"], summary["prompt_style"], summary["tasks"]) == ("smollm2", "chat", 3)
+    assert "| humaneval_plus_mini | smollm2 | chat | 3 |" in open(tmp_path / "o" / "summary.md").read()
+    # EvalPlus's folder layout: HumanEval_0/0.py holds a whole program; a wrong second sample for task 0
+    folder = tmp_path / "evalplus"
+    for t in tasks:
+        (folder / t["task_id"].replace("/", "_")).mkdir(parents=True)
+        (folder / t["task_id"].replace("/", "_") / "0.py").write_text(t["prompt"] + t["canonical_solution"])
+    (folder / "HumanEval_0" / "1.py").write_text(tasks[0]["prompt"] + "    return None\n")
+    assert tool.main([*common[:4], str(folder), *common[5:], "--output", str(tmp_path / "f"), "--k", "1"]) == 0
+    per_task = [json.loads(x) for x in open(tmp_path / "f" / "results.jsonl")]
+    assert [(t["task_id"], len(t["samples"]), t["base_correct"]) for t in per_task] == [
+        (x["task_id"], 2 if x["task_id"] == "HumanEval/0" else 1, 1) for x in tasks]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(UserError, match=r"^--samples .*empty: a folder, but not an EvalPlus samples folder"):
+        tool.main([*common[:4], str(empty), *common[5:], "--output", str(tmp_path / "e")])
