@@ -380,8 +380,11 @@ def score(args, bench, samples_path, out_dir, extra=None, samples=None, samples_
     if samples is None:
         samples = read_samples(samples_path, bench, allow_missing=args.allow_missing, full=args.full_benchmark,
                                limit=args.limit, samples_limit=(samples_meta or {}).get("limit") or 0)
+    missing = 0
     if args.allow_missing or extra and extra.get("generation_failed_tasks"):
+        n_asked = len(bench.tasks)
         bench = bench.subset({s.task_id for s in samples})
+        missing = 0 if extra and extra.get("generation_failed_tasks") else n_asked - len(bench.tasks)
     skipped = [s for s in samples if s.skipped]
     runnable = [s for s in samples if not s.skipped]
     if skipped and not runnable:  # a pass@k of 0 over no generated task must not look like a result
@@ -407,6 +410,8 @@ def score(args, bench, samples_path, out_dir, extra=None, samples=None, samples_
                    samples_per_second=round(len(runnable) / max(t2 - t1, 1e-9), 2), **(extra or {}))
     if skipped:
         summary["too_long"] = too_long_summary(skipped)
+    if missing:
+        summary["missing_tasks"] = missing  # (--allow-missing: tasks without samples, not scored)
     if args.k:  # asked for: say which cannot be reported (the default's 10 and 100 are left out quietly)
         from megasnow.utils.cli import warn
 

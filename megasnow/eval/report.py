@@ -30,11 +30,29 @@ def markdown_table(summary):
     counts = summary.get("status_counts", {})
     notes = [f"statuses ({s}): " + ", ".join(f"{k} {v}" for k, v in sorted(c.items())) for s, c in counts.items()]
     text = "\n".join(lines) + "\n\npass@k in %. " + "; ".join(notes) + "\n"
+    partial = partial_note(summary)
+    if partial:
+        text += f"\n**Partial score**: {partial}\n"
     t = summary.get("too_long")
     if t:
         text += (f"\n{too_long_note(t)} (--skip-too-long): {', '.join(t['task_ids'][:20])}"
                  + (" ..." if len(t["task_ids"]) > 20 else "") + "\n")
     return text
+
+
+def partial_note(summary):
+    """The sentence for a score over only some of the tasks asked for (tasks whose generation failed; tasks without
+    samples scored with --allow-missing); None for a full score."""
+    failed, missing = summary.get("generation_failed_tasks"), summary.get("missing_tasks")
+    scored = summary["tasks"]
+    if failed:
+        return (f"{failed} of {scored + failed} tasks failed to generate and are not scored: pass@k is over the "
+                f"{scored} generated tasks only, not comparable with a full run (first error: "
+                f"{summary.get('generation_first_error', '?')})")
+    if missing:
+        return (f"{missing} of {scored + missing} tasks have no sample and are not scored (--allow-missing): pass@k "
+                f"is over the {scored} tasks with samples only, not comparable with a full run")
+    return None
 
 
 def too_long_note(t):

@@ -562,6 +562,12 @@ def test_score_reads_generate_meta_and_evalplus_folders(tmp_path):
     summary = json.load(open(tmp_path / "o" / "summary.json"))
     assert (summary["model"], summary["prompt_style"], summary["tasks"]) == ("smollm2", "chat", 3)
     assert "| humaneval_plus_mini | smollm2 | chat | 3 |" in open(tmp_path / "o" / "summary.md").read()
+    assert "Partial" not in open(tmp_path / "o" / "summary.md").read()
+    # --allow-missing scores 3 of 4: flagged in summary.md and summary.json
+    assert tool.main([*common, "--allow-missing", "--output", str(tmp_path / "m")]) == 0
+    assert json.load(open(tmp_path / "m" / "summary.json"))["missing_tasks"] == 1
+    assert ("\n**Partial score**: 1 of 4 tasks have no sample and are not scored (--allow-missing): pass@k is over "
+            "the 3 tasks with samples only, not comparable with a full run\n") in open(tmp_path / "m" / "summary.md").read()
     # EvalPlus's folder layout: HumanEval_0/0.py holds a whole program; a wrong second sample for task 0
     folder = tmp_path / "evalplus"
     for t in tasks:
@@ -576,3 +582,13 @@ def test_score_reads_generate_meta_and_evalplus_folders(tmp_path):
     empty.mkdir()
     with pytest.raises(UserError, match=r"^--samples .*empty: a folder, but not an EvalPlus samples folder"):
         tool.main([*common[:4], str(empty), *common[5:], "--output", str(tmp_path / "e")])
+
+
+def test_summary_md_flags_tasks_that_failed_to_generate():
+    from megasnow.eval.report import markdown_table
+
+    summary = {"benchmark": "humaneval", "tasks": 1, "pass_at_k": {"base": {"pass@1": 0.0}},
+               "generation_failed_tasks": 3, "generation_first_error": "HumanEval/1: HTTP 400: too long"}
+    assert markdown_table(summary).endswith(
+        "\n**Partial score**: 3 of 4 tasks failed to generate and are not scored: pass@k is over the 1 generated tasks "
+        "only, not comparable with a full run (first error: HumanEval/1: HTTP 400: too long)\n")

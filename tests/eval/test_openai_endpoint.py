@@ -90,7 +90,8 @@ def test_failed_requests_through_an_endpoint(tiny, tmp_path):
             assert "rerun the same command" not in last
             assert "maximum context length is 1024 tokens" in last
             summary = json.load(open(out / "summary.json"))
-            assert summary["tasks"] == 3 and summary["generation_failed_tasks"] == 1
+            assert summary["tasks"] == 3 and summary["generation_failed_tasks"] == 1 \
+                and "**Partial score**: 1 of 4 tasks failed to generate" in open(out / "summary.md").read()
             assert summary["generation"]["requests"] == (4 if attempt == 0 else 1)  # the rerun asks only task 4
             assert not (out / "samples.jsonl").exists()
             partial = [json.loads(x) for x in open(out / "samples.jsonl.partial")]
