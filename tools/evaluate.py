@@ -128,6 +128,30 @@ def build_parser():
     return parser
 
 
+SUBCOMMANDS = ("generate", "score", "run", "loss")
+EVALPLUS_EQUIVALENTS = ("EvalPlus's `evalplus.evaluate` is `run` here with a model (generate and score: evaluate.py "
+                        "run --dataset humaneval --backend openai --base-url URL --output DIR) and `score` with a "
+                        "samples file (evaluate.py score --dataset humaneval --samples FILE --output DIR); "
+                        "`evalplus.codegen` is `generate`")
+
+
+def evalplus_habits(argv):
+    """One-line refusals, with this tool's equivalent, for what an EvalPlus user types first: its command names
+    (evaluate, codegen), flags before any subcommand, --root (EvalPlus's output folder)."""
+    words = [a for a in argv if a not in ("--debug",)]
+    first = words[0] if words else ""
+    if any(a == "--root" or a.startswith("--root=") for a in words):
+        raise_usage("--root is EvalPlus's folder for the samples; here give --output (run: the folder for the "
+                    "samples and the scores; generate: the samples JSONL file; score: the folder for the scores)")
+    if first in ("-h", "--help") or first in SUBCOMMANDS or not first:
+        return  # (argparse's own help and errors)
+    if first in ("evaluate", "codegen", "evalplus.evaluate", "evalplus.codegen"):
+        raise_usage(f"no subcommand {first!r}: {EVALPLUS_EQUIVALENTS}")
+    if first.startswith("-"):
+        raise_usage(f"the subcommand comes first (generate, score, run or loss), then {first} and the other flags; "
+                    f"{EVALPLUS_EQUIVALENTS}")
+
+
 def validate(args):
     """Check every flag and value before anything is loaded, generated or written (one-line UserError naming the flag,
     exit 2). Returns the GenerationSettings (generate/run; None otherwise)."""
@@ -543,6 +567,7 @@ def limit_fields(args, total, bench):
 def main(argv=None):
     from megasnow.eval.codegen import IncompleteGeneration
 
+    evalplus_habits(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     settings = validate(args)
     bench, total = load(args)

@@ -592,3 +592,18 @@ def test_summary_md_flags_tasks_that_failed_to_generate():
     assert markdown_table(summary).endswith(
         "\n**Partial score**: 3 of 4 tasks failed to generate and are not scored: pass@k is over the 1 generated tasks "
         "only, not comparable with a full run (first error: HumanEval/1: HTTP 400: too long)\n")
+
+
+@pytest.mark.parametrize("argv, start", [
+    (["evaluate", "--dataset", "humaneval", "--samples", "s.jsonl"], "error: no subcommand 'evaluate': EvalPlus's"),
+    (["--dataset", "humaneval", "--samples", "s.jsonl"], "error: the subcommand comes first (generate, score, run or "
+                                                         "loss), then --dataset and the other flags; EvalPlus's"),
+    (["run", "--dataset", "humaneval", "--root", "out"], "error: --root is EvalPlus's folder for the samples; here "
+                                                         "give --output"),
+])
+def test_evalplus_habits_get_this_tools_equivalent(argv, start, tmp_path):
+    proc = evaluate(*argv)
+    assert proc.returncode == 2 and proc.stderr.startswith(start) and proc.stderr.count("\n") == 1, proc.stderr
+    if "root" not in start:
+        assert ("`evalplus.evaluate` is `run` here with a model" in proc.stderr
+                and "`score` with a samples file (evaluate.py score --dataset humaneval --samples FILE" in proc.stderr)
