@@ -139,3 +139,18 @@ def test_logprobs_and_echo_are_sent_and_read_back():
     assert choice_logprobs(r.choices[0], chat=True) == {
         "tokens": ["x", "é"], "token_logprobs": [-1.0, -0.1], "top_logprobs": [{}, {"é": -0.1, "e": -2.5}],
         "text_offset": [0, 1]}
+
+
+def test_default_retry_waits_total_at_most_63_seconds(monkeypatch):
+    """docs/evaluation.md's bound for an unreachable server: before retry r tenacity waits uniform(0, min(60,
+    2**(r-1))) s, so the default 6 retries wait 0..63 s in all (31.5 s on average)."""
+    import random
+    from types import SimpleNamespace
+
+    backend = OpenAIBackend(["http://127.0.0.1:1/v1"])
+    wait = backend._retrying(lambda: "u").wait
+    monkeypatch.setattr(random, "uniform", lambda low, high: high)  # the longest wait each time
+    highs = [wait(SimpleNamespace(attempt_number=n)) for n in range(1, backend.max_retries + 1)]
+    assert highs == [1, 2, 4, 8, 16, 32] and sum(highs) == 63
+    monkeypatch.setattr(random, "uniform", lambda low, high: (low + high) / 2)
+    assert sum(wait(SimpleNamespace(attempt_number=n)) for n in range(1, 7)) == 31.5
