@@ -3,9 +3,8 @@ atomically into one folder."""
 import contextlib
 import json
 import os
-import signal
-import threading
 
+from megasnow.eval.signals import signals_held
 from megasnow.utils.atomic import atomic_write_text, temporary_path
 
 RESULTS, SUMMARY, TABLE, CONFIG = "results.jsonl", "summary.json", "summary.md", "config.json"
@@ -87,22 +86,3 @@ def write_report(out_dir, per_task, summary, config):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(tmp)
     return paths
-
-
-@contextlib.contextmanager
-def signals_held(signums=(signal.SIGINT, signal.SIGTERM)):
-    """Hold back SIGINT/SIGTERM while the block runs (it must be short and cannot hang) and deliver them, to the
-    handlers they had, once it ends. Outside the main thread (where Python runs no handler) it does nothing."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    caught, old = [], {}
-    try:
-        for signum in signums:
-            old[signum] = signal.signal(signum, lambda n, frame: caught.append(n))
-        yield
-    finally:
-        for signum, handler in old.items():
-            signal.signal(signum, handler)
-        for signum in dict.fromkeys(caught):
-            signal.raise_signal(signum)

@@ -20,6 +20,7 @@ import weakref
 from dataclasses import asdict, dataclass
 
 from megasnow.errors import UserError
+from megasnow.eval.signals import signals_held
 
 WORKER_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sandbox_worker.py")
 STATUSES = ("passed", "failed", "timeout", "error")
@@ -259,21 +260,28 @@ class ExecutionPool:
         return lost, self._start_worker()
 
     def close(self):
+        """Stop the workers (each finishes its job, up to 2 s, then is killed) and remove the temporary folder. A
+        second Ctrl-C (a terminal or `timeout` may send two) cuts the graceful wait short but not the kill and the
+        removal, which run with signals held back (they cannot hang: SIGKILL, then rmtree)."""
         self._closed = True
-        for w in list(self._started):
-            try:
-                w.proc.stdin.close()
-            except OSError:
-                pass
-        deadline = time.monotonic() + 2
-        for w in list(self._started):
-            try:
-                w.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
-            w.kill()
-        self._started, self._idle = [], []
-        self._remove_tmp()
+        try:
+            for w in list(self._started):
+                try:
+                    w.proc.stdin.close()
+                except OSError:
+                    pass
+            deadline = time.monotonic() + 2
+            for w in list(self._started):
+                try:
+                    w.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    pass
+        finally:
+            with signals_held():
+                for w in list(self._started):
+                    w.kill()
+                self._started, self._idle = [], []
+                self._remove_tmp()
 
     def __enter__(self):
         return self

@@ -114,3 +114,34 @@ def test_ctrl_c_during_the_renames_is_delivered_after_all_four(tmp_path, monkeyp
     assert sorted(after) == ["config.json", "results.jsonl", "summary.json", "summary.md"]
     assert json.loads(after["summary.json"])["tasks"] == 2 and json.loads(after["config.json"]) == {"new": True}
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_second_ctrl_c_while_the_pool_closes_still_removes_everything(tmp_root, monkeypatch):
+    """`timeout -s INT` signals the process and then its group: a second SIGINT can land in close()'s wait."""
+    pool = ExecutionPool(workers=1)
+    worker = pool._take_worker()
+    real_wait = type(worker.proc).wait
+
+    def wait_interrupted(self, timeout=None):
+        if timeout is not None:  # the graceful wait, not kill()'s reaping
+            raise KeyboardInterrupt
+        return real_wait(self, timeout)
+
+    monkeypatch.setattr(type(worker.proc), "wait", wait_interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        pool.close()
+    assert worker.proc.returncode is not None and leftovers(tmp_root) == []
+
+
+def test_ctrl_c_after_the_last_line_is_ignored():
+    """evaluate.py's work_done: once main returned, a Ctrl-C during the interpreter's teardown is not an exit 130."""
+    import subprocess
+    import sys
+
+    tool = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "tools",
+                        "evaluate.py")
+    code = ("import importlib.util, signal, sys; spec = importlib.util.spec_from_file_location('t', sys.argv[1]); "
+            "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m); rc = m.work_done(0); "
+            "signal.raise_signal(signal.SIGINT); print('finished'); sys.exit(rc)")
+    proc = subprocess.run([sys.executable, "-c", code, tool], capture_output=True, text=True, timeout=60)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "finished\n", "")
