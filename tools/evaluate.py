@@ -106,8 +106,8 @@ def build_parser():
     g.add_argument("--output", required=True, help="samples JSONL to write")
     s = sub.add_parser("score", help="score a samples file in the sandbox")
     add_benchmark(s)
-    s.add_argument("--samples", required=True, help="samples JSONL/Parquet (task_id + completion or solution per line), "
-                                                    "or an EvalPlus samples folder (HumanEval_0/0.py, ...)")
+    s.add_argument("--samples", required=True, help="samples JSONL/Parquet (task_id + completion or solution per "
+                                                    "line), or an EvalPlus samples folder (HumanEval_0/0.py, ...)")
     s.add_argument("--output", required=True, help="folder for results.jsonl, summary.json, summary.md, config.json")
     add_execution(s)
     add_loss(s)

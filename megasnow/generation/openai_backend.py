@@ -173,7 +173,8 @@ class OpenAIBackend(GenerationBackend):
             base_urls = [base_urls]
         self.base_urls = [u.rstrip("/") for u in base_urls]
         if not self.base_urls:
-            raise UserError(f"{self.setting_names['base_urls']} is empty: give at least one OpenAI-compatible URL, e.g. "
+            raise UserError(f"{self.setting_names['base_urls']} is empty: give at least one OpenAI-compatible URL, "
+                            f"e.g. "
                             "http://127.0.0.1:8000/v1")
         if concurrency < 1 or max_retries < 0 or timeout <= 0:
             raise UserError(f"backend: concurrency ({concurrency}) must be >= 1, max_retries ({max_retries}) >= 0 "

@@ -566,8 +566,9 @@ def test_score_reads_generate_meta_and_evalplus_folders(tmp_path):
     # --allow-missing scores 3 of 4: flagged in summary.md and summary.json
     assert tool.main([*common, "--allow-missing", "--output", str(tmp_path / "m")]) == 0
     assert json.load(open(tmp_path / "m" / "summary.json"))["missing_tasks"] == 1
+    table = (tmp_path / "m" / "summary.md").read_text()
     assert ("\n**Partial score**: 1 of 4 tasks have no sample and are not scored (--allow-missing): pass@k is over "
-            "the 3 tasks with samples only, not comparable with a full run\n") in open(tmp_path / "m" / "summary.md").read()
+            "the 3 tasks with samples only, not comparable with a full run\n") in table
     # EvalPlus's folder layout: HumanEval_0/0.py holds a whole program; a wrong second sample for task 0
     folder = tmp_path / "evalplus"
     for t in tasks:
