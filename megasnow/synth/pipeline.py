@@ -207,7 +207,7 @@ def run_synthesis(cfg, output, stage="all", extra_responses=(), names=None, allo
         raise UserError("execution.shard_index is set: post-process once over all shards (leave it unset and "
                         "pass the drivers' folders with --responses)")
     check_output_folder(output, out_flag)  # a file in the way: refused before any input is read
-    new_output = not os.path.lexists(output)
+    created = _top_missing(output)  # the top-most folder this run creates (None: `output` exists)
     start = time.perf_counter()
     template = load_template(cfg.prompt, names)  # refused before anything else happens
     check_inputs(cfg.seeds, names)
@@ -220,7 +220,7 @@ def run_synthesis(cfg, output, stage="all", extra_responses=(), names=None, allo
     generating = stage in ("all", "generate")
     backend, warned = None, set()
     try:
-        with removed_on_failure(output):  # a failed start leaves no new folder behind
+        with removed_on_failure(created or output):  # a failed start leaves no new folder behind
             _make_folder(output, out_flag)
             # the URLs are checked before the seeds are read (which may take a while on a large corpus)
             if generating and not _uses_ray(cfg):
@@ -241,8 +241,8 @@ def run_synthesis(cfg, output, stage="all", extra_responses=(), names=None, allo
         if backend is not None:
             backend.close()
     if generating and all_refused(generation):  # a config mistake: no summary, nothing left in a new folder
-        if new_output:
-            shutil.rmtree(output, ignore_errors=True)
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
         raise RequestsRefused(generation)
     summary = {"stage": stage, "output": os.path.abspath(output), "template": template.name,
                "template_sha": template.sha, "seeds": {"planned": len(seed_plan.seeds), "target": seed_plan.target,
@@ -380,6 +380,15 @@ def _differences(cfg, model, folders):
         return ("check backend.model, prompt.template/system, sampling.* and seeds.* against the run that made "
                 "them")
     return "; ".join(found[:4]) + (f"; and {len(found) - 4} more" if len(found) > 4 else "")
+
+
+def _top_missing(path):
+    """The top-most missing folder on the way to `path` (`path` itself, or a folder above it), or None if `path`
+    exists."""
+    path, top = os.path.abspath(path), None
+    while not os.path.lexists(path):
+        top, path = path, os.path.dirname(path)
+    return top
 
 
 def _make_folder(output, flag="output"):

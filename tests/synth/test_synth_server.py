@@ -198,6 +198,7 @@ def test_every_request_refused_is_a_user_error(servers, seed_shard, tmp_path):
     r = run_tool(*synth_args(seed_shard, out, url, 4, "sampling.max_tokens=5000"), "--allow-config-change",
                  env={"OPENAI_API_KEY": API_KEY})
     assert r.returncode == 2 and r.stdout == "", r.stderr
+    assert f"warning: 2 answers in {out} were made with another config" in r.stderr  # said before asking
     assert set(before) <= {p.relative_to(out).as_posix() for p in out.rglob("*")}
     assert len(stored_ids(out)) == 2
 
