@@ -218,7 +218,7 @@ def _what_to_change(cfg, fields, report):
     with the fields the records have."""
     if not report.records:
         return ""
-    reasons = " ".join(report.skips.examples) if report.skips.examples else ""
+    reasons = " ".join(report.skips.counts)
     have = ", ".join(sorted(fields, key=lambda k: (-fields[k], k))[:12]) or "none"
     tips = []
     if cfg.text_field not in fields:
@@ -230,7 +230,8 @@ def _what_to_change(cfg, fields, report):
     if not tips and cfg.languages and not report.skips.total:
         return f"; none is in seeds.languages {cfg.languages}: widen it (or leave it empty for all)"
     if not tips and "no score" in reasons:
-        return "; no record has a score in seeds.scores: check that it is the annotator's score folder of these documents"
+        return ("; no record has a score in seeds.scores: check that it is the annotator's score folder of these "
+                "documents")
     if not tips:
         tips.append(f"check seeds.text_field ({cfg.text_field!r}) and seeds.lang_field ({cfg.lang_field!r})")
     return f"; {' and '.join(tips)}: set them to the records' fields ({have})"
@@ -254,8 +255,8 @@ def plan_seeds(cfg, progress=True):
     for example in report.skips.examples:
         warn(f"seed record skipped: {example}")
     if not cands:
-        raise UserError(f"seeds.documents: no usable seed documents in {cfg.documents} "
-                        f"({report.records} records read, {report.skips.total} skipped){_what_to_change(cfg, fields, report)}")
+        raise UserError(f"seeds.documents: no usable seed documents in {cfg.documents} ({report.records} records "
+                        f"read, {report.skips.total} skipped){_what_to_change(cfg, fields, report)}")
     by_lang = {}
     for c in cands:
         by_lang.setdefault(c.lang, []).append(c)

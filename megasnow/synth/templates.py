@@ -114,7 +114,8 @@ def load_template(cfg, names=None):
     else:
         name = cfg.template
         if not os.path.isfile(name):
-            raise UserError(f"{names.get('prompt.template', 'prompt.template')}: {name} is not a file (give a template file, or 'default')")
+            raise UserError(f"{names.get('prompt.template', 'prompt.template')}: {name} is not a file (give a template "
+                            f"file, or 'default')")
         with open(name, encoding="utf-8") as f:
             text = f.read()
     check_template_text(text, f"{names.get('prompt.template', 'prompt.template')} {name}")
