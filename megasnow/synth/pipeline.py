@@ -281,7 +281,8 @@ def check_cache_fits(cfg, seeds, template, output, model, allow_config_change=Fa
     ids = ids_by_folder[output]
     if not ids or not model:
         return set()
-    if ids & {p.id for p in _planned_here(cfg, seeds, template, model)}:
+    # every shard's requests: drivers of other shards may share this folder (their answers fit this config too)
+    if ids & {p.id for p in plan_requests(seeds, template, cfg.sampling, model)}:
         return set()
     differences = _differences(cfg, model, {output: ids})
     if not allow_config_change:
@@ -317,11 +318,13 @@ def cached_answers(cfg, seeds, template, output, extra_responses=(), postprocess
     dropped" rather than "the wrong answers were given". Folders without any answers only get a warning then."""
     folders = [output, *extra_responses]
     model = read_run_model(folders) or cfg.backend.model
-    planned = _planned_here(cfg, seeds, template, model)
+    every = plan_requests(seeds, template, cfg.sampling, model)
+    planned = _planned_here(cfg, seeds, template, model, every)
     ids_by_folder = {}
     answered = load_responses(folders, ids_by_folder=ids_by_folder)
     wanted = {p.id for p in planned}
-    stale = {f: ids for f, ids in ids_by_folder.items() if ids and not ids & wanted}
+    fitting = {p.id for p in every}  # another shard's answers in a shared folder are not stale
+    stale = {f: ids for f, ids in ids_by_folder.items() if ids and not ids & fitting}
     total = len(answered)  # distinct ids: a folder copied into another counts once
     if postprocess_only and planned and total and not wanted & set(answered):
         where = ", ".join(stale)
@@ -340,9 +343,10 @@ def cached_answers(cfg, seeds, template, output, extra_responses=(), postprocess
     return planned, answered, model
 
 
-def _planned_here(cfg, seeds, template, model):
-    """The planned requests of this driver (all of them, or its shard's with execution.shard_index)."""
-    planned = plan_requests(seeds, template, cfg.sampling, model)
+def _planned_here(cfg, seeds, template, model, planned=None):
+    """The planned requests of this driver (all of them, or its shard's with execution.shard_index); `planned`:
+    plan_requests' result when the caller has it already."""
+    planned = plan_requests(seeds, template, cfg.sampling, model) if planned is None else planned
     if cfg.execution.shard_index is not None:
         planned = [p for p in planned if shard_of(p, cfg.execution.num_shards) == cfg.execution.shard_index]
     return planned

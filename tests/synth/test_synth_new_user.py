@@ -150,3 +150,15 @@ def test_dropped_lines_trace_back_to_the_request_and_the_seed(tmp_path):
          "request_index": 0, "sample": 0, "seed_id": "doc0#0", "seed_source": "seeds.jsonl:1"},
         {"id": planned[2].id, "lang": "python", "reason": "duplicate_exact", "detail": None, "request_index": 2,
          "sample": 0, "seed_id": "doc2#0", "seed_source": "seeds.jsonl:3"}]
+
+
+def test_shard_drivers_sharing_one_folder_are_not_a_config_change(tmp_path, tiny_model, seed_shard):
+    """Shard 1 starting in the folder where shard 0 finished: shard 0's answers fit this config (another shard's
+    requests), so nothing is refused or warned about."""
+    out = tmp_path / "out"
+    args = ["backend.kind=local", f"backend.model={tiny_model}", "seeds.num_seeds=4", "sampling.max_tokens=4",
+            "execution.progress=false", *LENIENT]
+    for shard in ("0/2", "1/2"):
+        r = run_tool("--seeds", seed_shard, "--output", str(out), "--stage", "generate", "--shard", shard, *args)
+        assert r.returncode == 0 and "warning" not in r.stderr, r.stderr
+        assert f"shard {shard}: 2 requests, 0 cached, 2 answered now" in r.stdout
