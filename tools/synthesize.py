@@ -73,13 +73,16 @@ def build_parser():
     p.add_argument("--responses", nargs="+", default=[],
                    help="other drivers' output folders whose answers count as cached (merge by concatenation)")
     p.add_argument("--executor", choices=["local", "ray"], help="sets execution.executor")
+    p.add_argument("--allow-config-change", action="store_true",
+                   help="ask every request again into an --output whose cached answers were all made with another "
+                        "config (refused otherwise; the old answers stay there, unused)")
     p.add_argument("overrides", nargs="*", help="config overrides like sampling.max_tokens=512")
     return p
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    from megasnow.synth.config import load_synth_config
+    from megasnow.synth.config import load_synth_config, yaml_key_names
 
     overrides = list(args.overrides)
     args.seeds, args.base_url = split_overrides(args.seeds, overrides), split_overrides(args.base_url, overrides)
@@ -88,32 +91,41 @@ def main(argv=None):
         fail(f"--config {args.config}: no such file")
     names = {}
     if args.seeds:
+        names["seeds.documents"] = "--seeds"
         if seeds_are_reference(args.config, overrides):
             overrides.append(f"postprocess.reference={json.dumps(args.seeds)}")
             names["postprocess.reference"] = "--seeds"
         overrides.append(f"seeds.documents={json.dumps(args.seeds)}")
-        names["seeds.documents"] = "--seeds"
     if args.base_url:
         overrides.append(f"backend.base_urls={json.dumps(args.base_url)}")
     if args.model is not None:
         overrides.append(f"backend.model={json.dumps(args.model)}")
+        names["backend.model"] = "--model"
     if args.shard:
         index, count = parse_shard(args.shard)
         overrides += [f"execution.shard_index={index}", f"execution.num_shards={count}"]
     if args.executor:
         overrides.append(f"execution.executor={args.executor}")
     cfg = load_synth_config(args.config, overrides)  # YAML paths relative to its folder, flags' to the cwd
+    # an error about a path key names the YAML file it came from, or the flag that set it
+    names = {**yaml_key_names(args.config, overrides), **names, "output": "--output",
+             "extra_responses": "--responses", "allow_config_change": "--allow-config-change"}
 
     from megasnow.generation.openai_backend import ModelNotServedError
-    from megasnow.synth.pipeline import run_synthesis
+    from megasnow.synth.pipeline import RequestsRefused, run_synthesis
 
     try:
-        s = run_synthesis(cfg, args.output, stage=args.stage, extra_responses=args.responses,
-                          names=names or None)
+        s = run_synthesis(cfg, args.output, stage=args.stage, extra_responses=args.responses, names=names,
+                          allow_config_change=args.allow_config_change)
     except ModelNotServedError as e:
         if args.model is None:
             raise
         fail(e.for_flag("--model"))  # name the flag the user typed
+    except RequestsRefused as e:
+        # every request of this run refused as bad (HTTP 4xx, auth) and none answered: a config mistake
+        # (backend.model, sampling.*, seed length), the user's to fix: one `error:` line, exit 2 (the CLI rule), no
+        # summary, and a folder this run created is removed again (run_synthesis)
+        fail(failure_advice(e.generation).replace("\n", "; "))
     for g in s["generation_this_run"]:
         print(f"shard {g['shard']}/{g['num_shards']}: {g['planned']} requests, {g['cached_before']} cached, "
               f"{g['answered']} answered now, {sum(g['failed'].values())} failed{' ' + str(g['failed']) if g['failed'] else ''}, "
@@ -128,23 +140,10 @@ def main(argv=None):
         print(f"documents in {os.path.join(args.output, 'data')} ({len(s['output_shards'])} shards); summary in "
               f"{os.path.join(args.output, 'summary.md')}")
     failed = [g for g in s["generation_this_run"] if g["failed"]]
-    if failed and all_refused(s["generation_this_run"]):
-        # every request of this run refused as bad (HTTP 4xx, auth): a config mistake (backend.model, sampling.*,
-        # seed length), the user's to fix: one `error:` line, exit 2 (the CLI rule), not a failed run
-        fail(failure_advice(failed).replace("\n", "; "))
     if failed:  # some answered, or some failures a rerun may cure (server down, timeouts after the retries)
         print(failure_advice(failed), file=sys.stderr)
         return 1
     return 0
-
-
-def all_refused(generation):
-    """Whether no request of this run was answered and every failure is a refusal a rerun meets again
-    (protocol.NOT_CURED_BY_RERUN: HTTP 4xx other than 429, 401/403)."""
-    from megasnow.generation.protocol import NOT_CURED_BY_RERUN
-
-    return (not any(g["answered"] for g in generation)
-            and all(k in NOT_CURED_BY_RERUN for g in generation for k in g["failed"]))
 
 
 def failure_advice(generation):

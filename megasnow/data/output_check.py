@@ -1,5 +1,5 @@
-"""Refuse an output prefix that cannot be written (a file where a folder is needed, a folder where a file goes)
-before any work starts, with one line naming the flag."""
+"""Refuse an output prefix or folder that cannot be written (a file where a folder is needed, a folder where a file
+goes) before any work starts, with one line naming the flag."""
 import contextlib
 import os
 
@@ -34,6 +34,26 @@ def check_output_prefix(prefix, outputs=(), flag="--output-prefix"):
         if os.path.isdir(path):
             raise OutputPathError(f"{flag} {prefix}: {path} is a folder, but the output file goes there; give "
                                   f"another prefix (or move the folder away)")
+
+
+def check_output_folder(path, flag="--output"):
+    """Raise OutputPathError when the output folder `path` is an existing file, when a folder above it is a file,
+    or when the nearest existing folder cannot be written. Creates nothing (the tool makes the folder when it
+    starts writing; an OSError from that is its to name, e.g. a path under /proc that no check can foresee)."""
+    path = os.fspath(path)
+    if not path:
+        raise OutputPathError(f"{flag} is empty: give a folder for the outputs")
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise OutputPathError(f"{flag} {path} is an existing file; give a folder for the outputs (new or existing)")
+    probe = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise OutputPathError(f"{flag} {path}: {probe} is a file, not a folder; give a path whose folders are "
+                              f"folders")
+    if not os.access(path if os.path.isdir(path) else probe, os.W_OK | os.X_OK):
+        raise OutputPathError(f"{flag} {path}: cannot write in {path if os.path.isdir(path) else probe} (permission "
+                              f"denied); give a folder you can write")
 
 
 @contextlib.contextmanager

@@ -176,6 +176,30 @@ def load_synth_config(yaml_path=None, overrides=()):
     return cfg
 
 
+# The input-path keys an error may name; one set in the YAML file is named with the file ("c.yaml: prompt.template").
+PATH_KEYS = ("seeds.documents", "seeds.scores", "seeds.language_stats", "seeds.tokenizer", "prompt.template",
+             "prompt.system", "postprocess.reference", "postprocess.decontamination.benchmarks", "backend.model")
+
+
+def yaml_key_names(yaml_path, overrides=(), keys=PATH_KEYS):
+    """{key: "FILE: key"} for each of `keys` that the YAML file sets and no override replaces: how errors about
+    those keys name where the value came from (megasnow.config.load_config names the file the same way)."""
+    import yaml
+
+    if not yaml_path:
+        return {}
+    with open(yaml_path, encoding="utf-8") as f:
+        data = yaml.safe_load(f) or {}
+    out = {}
+    for key in keys:
+        node = data
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is not None and not overridden(key, overrides):
+            out[key] = f"{yaml_path}: {key}"
+    return out
+
+
 def overridden(key, overrides):
     """Whether an override `k=v` sets `key` (itself, a part of it, or a section holding it)."""
     for item in overrides:

@@ -8,12 +8,14 @@ by concatenation into one `postprocess` (`extra_responses`).
 import glob
 import json
 import os
+import shutil
 import time
 
 from megasnow.config import dump_config, from_dict, to_dict
+from megasnow.data.output_check import OutputPathError, check_output_folder
 from megasnow.errors import UserError
 from megasnow.generation.factory import build_backend_from_config
-from megasnow.synth.cache import ChunkWriter, load_responses
+from megasnow.synth.cache import RESPONSES_DIR, ChunkWriter, load_responses
 from megasnow.synth.config import SynthConfig
 from megasnow.synth.driver import run_requests
 from megasnow.synth.plan import plan_requests, shard_of
@@ -22,7 +24,7 @@ from megasnow.synth.report import render_summary, summarize
 from megasnow.synth.seeds import check_inputs, plan_seeds
 from megasnow.synth.templates import load_template
 from megasnow.utils.atomic import atomic_write_text
-from megasnow.utils.cli import warn
+from megasnow.utils.cli import removed_on_failure, warn
 
 RUN_FILE = "run.json"
 STAGES = ("all", "generate", "postprocess")
@@ -122,15 +124,28 @@ def generate(cfg, output, seeds, template, backend, extra_responses=()):
     return [drive_shard(cfg, output, s, seeds, template, backend, extra_responses) for s in _shards(cfg)]
 
 
-def start_backend(cfg):
-    """Build the backend and connect it (URLs checked, model resolved): fails before any output is written."""
-    backend = build_backend_from_config(cfg.backend)
+def start_backend(cfg, names=None):
+    """Build the backend and connect it (URLs checked, model resolved): fails before any output is written. A local
+    model that cannot be loaded is named by its key (`names` maps it to what the user typed)."""
+    try:
+        backend = build_backend_from_config(cfg.backend)
+    except UserError as e:
+        raise _name_local_model(cfg, e, names) from None
     try:
         backend.start()
+    except UserError as e:
+        backend.close()
+        raise _name_local_model(cfg, e, names) from None
     except BaseException:
         backend.close()
         raise
     return backend
+
+
+def _name_local_model(cfg, error, names):
+    if cfg.backend.kind != "local":
+        return error
+    return UserError(f"{(names or {}).get('backend.model', 'backend.model')}: {error}")
 
 
 def check_postprocess_inputs(cfg, names=None):
@@ -147,44 +162,88 @@ def check_postprocess_inputs(cfg, names=None):
     if pp.decontamination.enabled:
         for path in pp.decontamination.benchmarks:
             if not os.path.isfile(path):
-                raise UserError(f"postprocess.decontamination.benchmarks: {path!r} is not a file; check the path")
+                key = names.get("postprocess.decontamination.benchmarks", "postprocess.decontamination.benchmarks")
+                raise UserError(f"{key}: {path!r} is not a file; check the path")
 
 
-def run_synthesis(cfg, output, stage="all", extra_responses=(), names=None):
+class RequestsRefused(UserError):
+    """Every request of this run was refused as bad (HTTP 4xx other than 429, 401/403) and none answered: a config
+    mistake a plain rerun meets again. `generation`: the drivers' stats (counts, first messages) for the advice."""
+
+    def __init__(self, generation):
+        self.generation = generation
+        kinds = {}
+        for g in generation:
+            for k, n in g["failed"].items():
+                kinds[k] = kinds.get(k, 0) + n
+        super().__init__(f"every request of this run was refused {kinds}; none answered")
+
+
+def all_refused(generation):
+    """Whether some request of this run failed, none was answered, and every failure is a refusal a rerun meets
+    again (protocol.NOT_CURED_BY_RERUN: HTTP 4xx other than 429, 401/403)."""
+    from megasnow.generation.protocol import NOT_CURED_BY_RERUN
+
+    return (any(g["failed"] for g in generation) and not any(g["answered"] for g in generation)
+            and all(k in NOT_CURED_BY_RERUN for g in generation for k in g["failed"]))
+
+
+def run_synthesis(cfg, output, stage="all", extra_responses=(), names=None, allow_config_change=False):
     """Run `stage` ('all', 'generate' or 'postprocess') into `output`; returns the summary dict.
 
-    Every input path is checked before anything is written or asked; `names` maps a config key to the flag the
-    user set it with (e.g. {"seeds.documents": "--seeds"}) so that the error names what they typed."""
+    Every input path and `output` are checked before anything is written or asked; `names` maps a config key (or
+    "output", "extra_responses", "allow_config_change") to what the user typed for it (e.g. {"seeds.documents":
+    "--seeds", "prompt.template": "c.yaml: prompt.template"}) so that the error names it. A failed start (any error
+    before the first request) leaves nothing behind in an `output` this call created.
+
+    Raises UserError for bad input; ConfigChangedError when `output` holds answers that were all made with another
+    config (unless `allow_config_change`: then a warning, and they are asked again); RequestsRefused when every
+    request was refused and none answered (an `output` this call created is removed again)."""
+    names = names or {}
+    out_flag = names.get("output", "output")
     if stage not in STAGES:
         raise UserError(f"stage must be one of {STAGES}, got {stage!r}")
     if cfg.execution.shard_index is not None and stage == "postprocess":
         raise UserError("execution.shard_index is set: post-process once over all shards (leave it unset and "
                         "pass the drivers' folders with --responses)")
+    check_output_folder(output, out_flag)  # a file in the way: refused before any input is read
+    created = _top_missing(output)  # the top-most folder this run creates (None: `output` exists)
     start = time.perf_counter()
-    template = load_template(cfg.prompt)  # refused before anything else happens
+    template = load_template(cfg.prompt, names)  # refused before anything else happens
     check_inputs(cfg.seeds, names)
     if stage in ("all", "postprocess"):
         check_postprocess_inputs(cfg, names)
-    for folder in extra_responses:
-        if not os.path.isdir(folder):
-            raise UserError(f"--responses {folder}: not a folder (give the --output folder of another driver)")
+    check_response_folders(extra_responses, names.get("extra_responses", "extra_responses"))
     if stage == "postprocess" and not (read_run_model([output, *extra_responses]) or cfg.backend.model):
         raise UserError(f"no {RUN_FILE} in {output} or the --responses folders, and backend.model is empty: run the "
                         f"generate stage first (or set backend.model)")
     generating = stage in ("all", "generate")
-    # the URLs are checked before the seeds are read (which may take a while on a large corpus)
-    backend = start_backend(cfg) if generating and not _uses_ray(cfg) else None
+    backend, warned = None, set()
     try:
-        seed_plan = plan_seeds(cfg.seeds, progress=cfg.execution.progress)
-        if stage == "postprocess":  # nothing to ask: the cached answers must fit this config, checked before writing
-            planned, answered, model = cached_answers(cfg, seed_plan.seeds, template, output, extra_responses,
-                                                      postprocess_only=True)
-        _prepare_output(cfg, output)
+        with removed_on_failure(created or output):  # a failed start leaves no new folder behind
+            _make_folder(output, out_flag)
+            # the URLs are checked before the seeds are read (which may take a while on a large corpus)
+            if generating and not _uses_ray(cfg):
+                backend = start_backend(cfg, names)
+            seed_plan = plan_seeds(cfg.seeds, progress=cfg.execution.progress)
+            if stage == "postprocess":  # nothing to ask: the cached answers must fit this config
+                planned, answered, model = cached_answers(cfg, seed_plan.seeds, template, output, extra_responses,
+                                                          postprocess_only=True)
+            else:  # before asking again: answers made with another config are said (or refused), not orphaned
+                model = backend.model_name if backend is not None else (read_run_model([output])
+                                                                        or cfg.backend.model)
+                warned = check_cache_fits(cfg, seed_plan.seeds, template, output, model, allow_config_change,
+                                          names.get("allow_config_change", "allow_config_change=True"))
+            _prepare_output(cfg, output)
         generation = generate(cfg, output, seed_plan.seeds, template, backend, extra_responses) if generating \
             else []
     finally:
         if backend is not None:
             backend.close()
+    if generating and all_refused(generation):  # a config mistake: no summary, nothing left in a new folder
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
+        raise RequestsRefused(generation)
     summary = {"stage": stage, "output": os.path.abspath(output), "template": template.name,
                "template_sha": template.sha, "seeds": {"planned": len(seed_plan.seeds), "target": seed_plan.target,
                                                        "available_documents": seed_plan.available,
@@ -192,7 +251,8 @@ def run_synthesis(cfg, output, stage="all", extra_responses=(), names=None):
                "generation_this_run": generation}
     if stage in ("all", "postprocess"):
         if stage == "all":
-            planned, answered, model = cached_answers(cfg, seed_plan.seeds, template, output, extra_responses)
+            planned, answered, model = cached_answers(cfg, seed_plan.seeds, template, output, extra_responses,
+                                                      warned=warned)
         post = postprocess(planned, answered, cfg, template, output, progress=cfg.execution.progress)
         summary.update(summarize(post, seed_plan, _generation_files([output, *extra_responses]), model))
     summary["seconds"] = round(time.perf_counter() - start, 3)
@@ -202,7 +262,52 @@ def run_synthesis(cfg, output, stage="all", extra_responses=(), names=None):
     return summary
 
 
-def cached_answers(cfg, seeds, template, output, extra_responses=(), postprocess_only=False):
+class ConfigChangedError(UserError):
+    """The output folder holds answers that were all made with another config."""
+
+
+def check_cache_fits(cfg, seeds, template, output, model, allow_config_change=False,
+                     allow_flag="allow_config_change=True"):
+    """Before asking: refuse (ConfigChangedError naming the keys that differ) an `output` whose cached answers were
+    all made with another config (model, template, sampling, seeds), as curate and the trainer refuse a changed
+    config in the same output; with `allow_config_change`, warn instead (they stay there, unused, and every request
+    is asked again). Returns the folders already warned about. Some answers fitting (e.g. more seeds) passes."""
+    recorded = read_run_model([output])
+    if recorded is not None and model and recorded != model:
+        raise UserError(f"{output} holds answers of model {recorded!r} but the backend serves {model!r}; use another "
+                        f"--output (or set backend.model={recorded})")
+    ids_by_folder = {}
+    load_responses([output], ids_by_folder=ids_by_folder)
+    ids = ids_by_folder[output]
+    if not ids or not model:
+        return set()
+    # every shard's requests: drivers of other shards may share this folder (their answers fit this config too)
+    if ids & {p.id for p in plan_requests(seeds, template, cfg.sampling, model)}:
+        return set()
+    differences = _differences(cfg, model, {output: ids})
+    if not allow_config_change:
+        raise ConfigChangedError(
+            f"{output} holds {len(ids)} answers made with another config ({differences}), none of which this run "
+            f"would use; rerun with that run's values, use a new --output folder, or pass {allow_flag} to ask every "
+            f"request again into this folder (the old answers stay there, unused); nothing changed")
+    warn(f"{len(ids)} answers in {output} were made with another config (model/template/sampling/seeds differ: "
+         f"{differences}), none used; asking again ({allow_flag})")
+    return {output}
+
+
+def check_response_folders(folders, flag="extra_responses"):
+    """Each of `folders` is another driver's output folder: it holds responses/ (UserError naming `flag` else)."""
+    for folder in folders:
+        if not os.path.isdir(folder):
+            raise UserError(f"{flag} {folder}: not a folder (give the --output folder of another synthesize.py "
+                            f"driver)")
+        if not os.path.isdir(os.path.join(folder, RESPONSES_DIR)):
+            raise UserError(f"{flag} {folder}: no {RESPONSES_DIR}/ folder in it: give the --output folder of another "
+                            f"synthesize.py driver (it holds {RESPONSES_DIR}/<driver>/chunk-*.jsonl, the cached "
+                            f"answers, and {RUN_FILE})")
+
+
+def cached_answers(cfg, seeds, template, output, extra_responses=(), postprocess_only=False, warned=()):
     """(planned requests, {content id: cached record}, model) for post-processing `output` with the answers cached
     in it and in `extra_responses`.
 
@@ -213,13 +318,13 @@ def cached_answers(cfg, seeds, template, output, extra_responses=(), postprocess
     dropped" rather than "the wrong answers were given". Folders without any answers only get a warning then."""
     folders = [output, *extra_responses]
     model = read_run_model(folders) or cfg.backend.model
-    planned = plan_requests(seeds, template, cfg.sampling, model)
-    if cfg.execution.shard_index is not None:  # stage all on one shard: its own requests only
-        planned = [p for p in planned if shard_of(p, cfg.execution.num_shards) == cfg.execution.shard_index]
+    every = plan_requests(seeds, template, cfg.sampling, model)
+    planned = _planned_here(cfg, seeds, template, model, every)
     ids_by_folder = {}
     answered = load_responses(folders, ids_by_folder=ids_by_folder)
     wanted = {p.id for p in planned}
-    stale = {f: ids for f, ids in ids_by_folder.items() if ids and not ids & wanted}
+    fitting = {p.id for p in every}  # another shard's answers in a shared folder are not stale
+    stale = {f: ids for f, ids in ids_by_folder.items() if ids and not ids & fitting}
     total = len(answered)  # distinct ids: a folder copied into another counts once
     if postprocess_only and planned and total and not wanted & set(answered):
         where = ", ".join(stale)
@@ -231,9 +336,20 @@ def cached_answers(cfg, seeds, template, output, extra_responses=(), postprocess
         warn(f"no cached answers in {', '.join(folders)}: nothing to post-process (run the generate stage first, or "
              f"pass the generating drivers' folders with --responses)")
     for folder, ids in stale.items():
+        if folder in warned:  # said before asking (check_cache_fits)
+            continue
         warn(f"{len(ids)} answers in {folder} were made with another config (model/template/sampling/seeds differ: "
              f"{_differences(cfg, model, {folder: ids})}), none used")
     return planned, answered, model
+
+
+def _planned_here(cfg, seeds, template, model, planned=None):
+    """The planned requests of this driver (all of them, or its shard's with execution.shard_index); `planned`:
+    plan_requests' result when the caller has it already."""
+    planned = plan_requests(seeds, template, cfg.sampling, model) if planned is None else planned
+    if cfg.execution.shard_index is not None:
+        planned = [p for p in planned if shard_of(p, cfg.execution.num_shards) == cfg.execution.shard_index]
+    return planned
 
 
 # The config sections that enter a request's content id (megasnow.synth.plan.content_id) or choose its seed.
@@ -270,8 +386,26 @@ def _differences(cfg, model, folders):
     return "; ".join(found[:4]) + (f"; and {len(found) - 4} more" if len(found) > 4 else "")
 
 
+def _top_missing(path):
+    """The top-most missing folder on the way to `path` (`path` itself, or a folder above it), or None if `path`
+    exists."""
+    path, top = os.path.abspath(path), None
+    while not os.path.lexists(path):
+        top, path = path, os.path.dirname(path)
+    return top
+
+
+def _make_folder(output, flag="output"):
+    """Create `output` (and the folders above it); an OSError no check foresaw (e.g. under /proc) is a UserError."""
+    try:
+        os.makedirs(output, exist_ok=True)
+    except OSError as e:
+        raise OutputPathError(f"{flag} {output}: cannot create the folder ({e.strerror or e}); give a folder you "
+                              f"can write") from None
+
+
 def _prepare_output(cfg, output):
-    os.makedirs(output, exist_ok=True)
+    _make_folder(output)
     atomic_write_text(os.path.join(output, "config.yaml"), dump_config(cfg))
 
 

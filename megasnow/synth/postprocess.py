@@ -21,7 +21,7 @@ from megasnow.curate.languages import LANGUAGE_EXTENSIONS
 from megasnow.curate.minhash import shingle_set, sorted_intersection_size
 from megasnow.synth.dedup import ReferenceIndex, exact_duplicates, near_duplicates
 from megasnow.synth.extract import select_code
-from megasnow.synth.syntax import syntax_ok
+from megasnow.synth.syntax import syntax_error
 from megasnow.utils.atomic import atomic_write
 from megasnow.utils.cli import warn
 from megasnow.utils.records import ReadReport
@@ -86,6 +86,15 @@ class Tally:
         return total
 
 
+def dropped_entry(out_id, planned, reason, detail=None):
+    """One line of dropped.jsonl: the output's id, the reason and its detail, and what traces it back: the request
+    index (its position in the plan; its shard is index % num_shards), the sample, the seed's id and source
+    (FILE:RECORD of the seed document)."""
+    seed = planned.seed
+    return {"id": out_id, "lang": seed.lang, "reason": reason, "detail": detail, "request_index": planned.index,
+            "sample": planned.sample, "seed_id": seed.seed_id, "seed_source": seed.source}
+
+
 def first_checks(planned, answered, cfg, template, tally, dropped, progress=False):
     """Per-output checks (finish reason .. decontamination); returns the surviving candidates in request order."""
     pp = cfg.postprocess
@@ -109,7 +118,7 @@ def first_checks(planned, answered, cfg, template, tally, dropped, progress=Fals
 
             def reject(reason, detail=None):
                 tally.drop(lang, reason)
-                dropped.append({"id": out_id, "lang": lang, "reason": reason, "detail": detail})
+                dropped.append(dropped_entry(out_id, p, reason, detail))
 
             finish = choice.get("finish_reason") or "none"
             if pp.require_stop and finish != "stop":
@@ -122,9 +131,9 @@ def first_checks(planned, answered, cfg, template, tally, dropped, progress=Fals
             if matched > 1:
                 tally.note("several_blocks_took_longest")
             if pp.syntax_check:
-                ok = syntax_ok(code, lang)
+                ok, detail = syntax_error(code, lang)
                 if ok is False:
-                    reject("syntax_error")
+                    reject("syntax_error", detail)
                     continue
                 if ok is None:
                     tally.note(f"syntax_unchecked_{lang}")
@@ -174,7 +183,7 @@ def dedup_checks(survivors, cfg, tally, dropped, read_report):
         for s, gone in zip(survivors, removed.tolist()):
             if gone:
                 tally.drop(s["planned"].seed.lang, reason)
-                dropped.append({"id": s["id"], "lang": s["planned"].seed.lang, "reason": reason, "detail": None})
+                dropped.append(dropped_entry(s["id"], s["planned"], reason))
             else:
                 kept.append(s)
         survivors = kept

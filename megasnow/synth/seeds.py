@@ -174,8 +174,9 @@ def _read_scores(path):
     return scores
 
 
-def scan_candidates(cfg, report, progress=True):
-    """Pass 1: (language, score, position) of every usable seed document; bad records counted in `report`."""
+def scan_candidates(cfg, report, progress=True, fields=None):
+    """Pass 1: (language, score, position) of every usable seed document; bad records counted in `report`.
+    `fields`: a dict that receives {field name: records having it} over the first records (for error messages)."""
     score_files = _score_maps(cfg)
     wanted = {canonical_language(lang) or lang for lang in cfg.languages}
     cands, current, scores = [], None, {}
@@ -183,6 +184,9 @@ def scan_candidates(cfg, report, progress=True):
     # leave=True: the closing line keeps the count read (a log shows the bar's first frame, "0doc", otherwise)
     for path, pos, rec in tqdm(records, desc="seed documents", unit="doc", disable=not progress, mininterval=5):
         where = f"{path}:{pos}"
+        if fields is not None and report.records <= FIELD_SAMPLE:
+            for k in rec:
+                fields[k] = fields.get(k, 0) + 1
         if score_files and path != current:
             current, scores = path, _read_scores(score_files[os.path.abspath(path)])
         text = rec.get(cfg.text_field)
@@ -206,6 +210,33 @@ def scan_candidates(cfg, report, progress=True):
     return cands
 
 
+FIELD_SAMPLE = 1000  # records whose field names an error about the *_field keys may list
+
+
+def _what_to_change(cfg, fields, report):
+    """The tail of the no-usable-seeds error: which key to change (seeds.text_field / lang_field / languages),
+    with the fields the records have."""
+    if not report.records:
+        return ""
+    reasons = " ".join(report.skips.counts)
+    have = ", ".join(sorted(fields, key=lambda k: (-fields[k], k))[:12]) or "none"
+    tips = []
+    if cfg.text_field not in fields:
+        tips.append(f"seeds.text_field is {cfg.text_field!r}, which no record has")
+    if cfg.lang_field not in fields:
+        tips.append(f"seeds.lang_field is {cfg.lang_field!r}, which no record has")
+    elif "unknown language" in reasons:
+        tips.append(f"seeds.lang_field {cfg.lang_field!r} holds no language name megasnow knows")
+    if not tips and cfg.languages and not report.skips.total:
+        return f"; none is in seeds.languages {cfg.languages}: widen it (or leave it empty for all)"
+    if not tips and "no score" in reasons:
+        return ("; no record has a score in seeds.scores: check that it is the annotator's score folder of these "
+                "documents")
+    if not tips:
+        tips.append(f"check seeds.text_field ({cfg.text_field!r}) and seeds.lang_field ({cfg.lang_field!r})")
+    return f"; {' and '.join(tips)}: set them to the records' fields ({have})"
+
+
 @dataclass
 class SeedPlan:
     """The chosen seeds (interleaved across languages) and the language targets they were chosen for."""
@@ -219,13 +250,13 @@ class SeedPlan:
 
 def plan_seeds(cfg, progress=True):
     """Read the seed documents and choose `cfg.num_seeds` seeds (see the module docstring)."""
-    report = ReadReport()
-    cands = scan_candidates(cfg, report, progress)
+    report, fields = ReadReport(), {}
+    cands = scan_candidates(cfg, report, progress, fields)
     for example in report.skips.examples:
         warn(f"seed record skipped: {example}")
     if not cands:
-        raise UserError(f"seeds.documents: no usable seed documents in {cfg.documents} "
-                        f"({report.records} records read, {report.skips.total} skipped)")
+        raise UserError(f"seeds.documents: no usable seed documents in {cfg.documents} ({report.records} records "
+                        f"read, {report.skips.total} skipped){_what_to_change(cfg, fields, report)}")
     by_lang = {}
     for c in cands:
         by_lang.setdefault(c.lang, []).append(c)

@@ -30,35 +30,70 @@ def _parser(grammar):
         return None
 
 
-def python_ok(code):
+def python_error(code):
+    """None when `code` compiles, else "line N: message" (the SyntaxError's)."""
     try:
         with warnings.catch_warnings():  # invalid escape sequences etc. are warnings, not errors
             warnings.simplefilter("ignore")
             compile(code, "<synthesized>", "exec", dont_inherit=True)  # also 'return' outside function etc.
-        return True
-    except (SyntaxError, ValueError, OverflowError, RecursionError, MemoryError):
-        return False
+        return None
+    except SyntaxError as e:
+        return f"line {e.lineno}: {e.msg}" if e.lineno else e.msg
+    except (ValueError, OverflowError, RecursionError, MemoryError) as e:
+        return f"{type(e).__name__}: {e}"
 
 
-def syntax_ok(code, lang):
-    """True (parses), False (syntax error) or None (no parser for `lang`: not checked)."""
+def python_ok(code):
+    return python_error(code) is None
+
+
+def _first_error_node(node):
+    """The first ERROR or MISSING node of a tree-sitter tree, depth first (None if it has none)."""
+    if node.is_missing or node.type == "ERROR":
+        return node
+    if not node.has_error:
+        return None
+    for child in node.children:
+        found = _first_error_node(child)
+        if found is not None:
+            return found
+    return None
+
+
+def syntax_error(code, lang):
+    """(ok, detail): ok True (parses), False (syntax error; detail "line N: ...", lines counted from 1) or None (no
+    parser for `lang`: not checked; detail None)."""
     if lang in PYTHON_LIKE:
-        return python_ok(code)
+        detail = python_error(code)
+        return detail is None, detail
     grammar = GRAMMARS.get(lang)
     parser = _parser(grammar) if grammar else None
     if parser is None:
-        return None
+        return None, None
+    shift = 0
     if lang == "php" and "<?php" not in code and "<?=" not in code:
-        code = "<?php\n" + code  # the grammar reads text before the opening tag as inline HTML
+        code, shift = "<?php\n" + code, 1  # the grammar reads text before the opening tag as inline HTML
     root = parser.parse(code.encode("utf-8")).root_node
     if root.has_error:
-        return False
+        node = _first_error_node(root)
+        if node is None:
+            return False, "parse error"
+        line = node.start_point[0] + 1 - shift
+        if node.is_missing:
+            return False, f"line {line}: missing {node.type!r}"
+        text = code.encode("utf-8")[node.start_byte:node.end_byte].decode("utf-8", "replace").split("\n")[0]
+        return False, f"line {line}: unexpected {text[:40]!r}"
     if lang in NO_TOP_LEVEL_RETURN:
         for node in root.children:
             if node.type == "return_statement" or (node.type == "expression_statement" and node.named_child_count
                                                    and node.named_children[0].type == "return_expression"):
-                return False
-    return True
+                return False, f"line {node.start_point[0] + 1}: return outside a function"
+    return True, None
+
+
+def syntax_ok(code, lang):
+    """True (parses), False (syntax error) or None (no parser for `lang`: not checked)."""
+    return syntax_error(code, lang)[0]
 
 
 def checkable_languages():

@@ -105,22 +105,25 @@ def check_template_text(text, where):
                         f"add {{{{seed}}}} where the seed code goes")
 
 
-def load_template(cfg):
-    """The PromptTemplate of a PromptConfig: 'default' or a file; refused at start-up when it is unusable."""
+def load_template(cfg, names=None):
+    """The PromptTemplate of a PromptConfig: 'default' or a file; refused at start-up when it is unusable (UserError
+    naming the key, or what `names` maps it to, e.g. {"prompt.template": "c.yaml: prompt.template"})."""
+    names = names or {}
     if cfg.template == "default":
         name, text = "default", DEFAULT_TEMPLATE
     else:
         name = cfg.template
         if not os.path.isfile(name):
-            raise UserError(f"prompt.template: {name} is not a file (give a template file, or 'default')")
+            raise UserError(f"{names.get('prompt.template', 'prompt.template')}: {name} is not a file (give a template "
+                            f"file, or 'default')")
         with open(name, encoding="utf-8") as f:
             text = f.read()
-    check_template_text(text, f"prompt.template {name}")
+    check_template_text(text, f"{names.get('prompt.template', 'prompt.template')} {name}")
     system = cfg.system
     if system and system.startswith("@"):
         path = system[1:]
         if not os.path.isfile(path):
-            raise UserError(f"prompt.system: {path} is not a file")
+            raise UserError(f"{names.get('prompt.system', 'prompt.system')}: {path} is not a file")
         with open(path, encoding="utf-8") as f:
             system = f.read()
     if system and cfg.style == "completion":

@@ -174,22 +174,33 @@ def test_other_4xx_fail_at_once_and_are_counted(servers, seed_shard, tmp_path):
 
 def test_every_request_refused_is_a_user_error(servers, seed_shard, tmp_path):
     """sampling.max_tokens past the model's context: the server answers 400 to every request, a config mistake:
-    one `error:` line (counts, the server's first message, what to change), exit 2. (Some answered, or failures a
-    rerun may cure: exit 1, test_other_4xx_fail_at_once_and_are_counted and the fault tests.)"""
+    one `error:` line (counts, the server's first message, what to change), exit 2, no summary lines, and the new
+    output folder is removed again. (Some answered, or failures a rerun may cure: exit 1,
+    test_other_4xx_fail_at_once_and_are_counted and the fault tests.)"""
     url = servers["clean"].base_url
-    out = tmp_path / "out"
+    out = tmp_path / "new" / "out"
     r = run_tool(*synth_args(seed_shard, out, url, 4, "sampling.max_tokens=5000"), env={"OPENAI_API_KEY": API_KEY})
     assert r.returncode == 2, r.stderr
-    (gen,) = json.loads((out / "summary.json").read_text())["generation_this_run"]
-    assert gen["answered"] == 0 and gen["failed"] == {"bad_request": 4}
+    assert r.stdout == ""  # no "shard 0/1: ..." / "requests: ..." summary lines before the error
+    assert not (tmp_path / "new").exists()
     # (stderr also holds the progress bars and one warning per refused request, as they happen)
     (line,) = [x for x in r.stderr.splitlines() if x.startswith("error:")]
     assert r.stderr.strip().splitlines()[-1] == line
-    example = gen["failed_examples"][0]
-    assert "HTTP 400: This model's maximum context length is 1024 tokens" in example
-    assert line == (f"error: 4 requests failed {{'bad_request': 4}} (not cached); first: {example}; 4 were refused as "
-                    f"bad requests (HTTP 4xx): a plain rerun is refused the same way; lower sampling.max_tokens or the "
-                    f"seed length (seeds.max_lines, seeds.head_tokens) to fit the model's context and rerun")
+    m = re.fullmatch(r"error: 4 requests failed \{'bad_request': 4\} \(not cached\); first: (.*); 4 were refused as "
+                     r"bad requests \(HTTP 4xx\): a plain rerun is refused the same way; lower sampling.max_tokens or "
+                     r"the seed length \(seeds.max_lines, seeds.head_tokens\) to fit the model's context and rerun",
+                     line)
+    assert m and "HTTP 400: This model's maximum context length is 1024 tokens" in m.group(1), line
+    # a folder that existed before keeps what it had (here: the answers of an earlier, fitting run)
+    ok = run_tool(*synth_args(seed_shard, out, url, 2), env={"OPENAI_API_KEY": API_KEY})
+    assert ok.returncode == 0, ok.stderr
+    before = sorted(p.relative_to(out).as_posix() for p in out.rglob("*"))
+    r = run_tool(*synth_args(seed_shard, out, url, 4, "sampling.max_tokens=5000"), "--allow-config-change",
+                 env={"OPENAI_API_KEY": API_KEY})
+    assert r.returncode == 2 and r.stdout == "", r.stderr
+    assert f"warning: 2 answers in {out} were made with another config" in r.stderr  # said before asking
+    assert set(before) <= {p.relative_to(out).as_posix() for p in out.rglob("*")}
+    assert len(stored_ids(out)) == 2
 
 
 def test_unknown_model_is_refused_before_any_request(servers, seed_shard, tmp_path):
