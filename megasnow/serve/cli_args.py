@@ -146,6 +146,11 @@ def model_kind_error(path):
         raise UserError(f"{path}: is a file; give a megasnow checkpoint folder, a HF Llama folder, or import a GGUF "
                         f"file first ({convert} --gguf FILE --output DIR)")
     has = lambda name: os.path.exists(os.path.join(path, name))  # noqa: E731
+    ggufs = sorted(n for n in os.listdir(path) if n.lower().endswith(".gguf")) if os.path.isdir(path) else []
+    if ggufs and not has("config.json") and not has("latest"):  # e.g. a pip package's folder holding the file
+        raise UserError(f"{path}: a folder holding GGUF file(s) ({', '.join(ggufs[:3])}), not a checkpoint; import "
+                        f"one once into a megasnow checkpoint, then serve that folder: {convert} --gguf "
+                        f"{os.path.join(path, ggufs[0])} --output DIR")
     if has("config.json") and not (has("model.safetensors") or has("model.safetensors.index.json")):
         weights = [n for n in ("pytorch_model.bin", "pytorch_model.bin.index.json") if has(n)]
         found = f"it has {weights[0]}, which is not read" if weights else "no weights found"

@@ -121,6 +121,9 @@ def test_model_files_that_need_a_conversion_name_it(tmp_path):
                                 f"python tools/convert_checkpoint.py import --gguf {gguf} --output "
                                 f"ckpt/SmolLM2-135M-Instruct.Q4_1 && python -m megasnow.serve "
                                 f"ckpt/SmolLM2-135M-Instruct.Q4_1\n")
+    assert run_cli(tmp_path) == (2, f"error: {tmp_path}: a folder holding GGUF file(s) ({gguf.name}), not a "
+                                    f"checkpoint; import one once into a megasnow checkpoint, then serve that folder: "
+                                    f"python tools/convert_checkpoint.py import --gguf {gguf} --output DIR\n")
     hf = tmp_path / "hf"
     hf.mkdir()
     (hf / "config.json").write_text("{}")
