@@ -1,6 +1,7 @@
 """`python -m megasnow.serve CHECKPOINT_OR_HF_DIR`: load the model, then serve the OpenAI API with uvicorn until
 SIGINT/SIGTERM (flags: cli_args.py; docs/serving.md)."""
 import asyncio
+import errno
 import os
 import signal
 import socket
@@ -9,7 +10,7 @@ import threading
 import time
 
 from megasnow.errors import UserError
-from megasnow.serve.cli_args import check_args, check_files, make_parser
+from megasnow.serve.cli_args import DTYPES, check_args, check_files, make_parser
 from megasnow.utils.cli import run_tool
 
 
@@ -22,9 +23,30 @@ def bind_socket(host, port):
         sock.bind((host, port))
     except OSError as e:
         sock.close()
-        raise UserError(f"--host {host} --port {port}: cannot listen there ({e.strerror}); pick another port or "
-                        f"--port 0") from None
+        raise UserError(bind_error(host, port, e)) from None
     return sock
+
+
+def bind_error(host, port, e):
+    """The one-line message of a failed bind: a port clash or a privileged port names --port, an address this
+    machine cannot listen on (not one of its interfaces, or not an address at all) names --host."""
+    reason = e.strerror or str(e)
+    if e.errno == errno.EADDRINUSE:
+        return f"--port {port}: already in use on {host} ({reason}); pick another port or --port 0"
+    if e.errno == errno.EACCES and 0 < port < 1024:
+        return f"--port {port}: ports below 1024 need root ({reason}); pick a port >= 1024 or --port 0"
+    return (f"--host {host}: cannot listen on this address ({reason}); give an address of this machine: 127.0.0.1 "
+            f"(this machine only), 0.0.0.0 (every interface), ::1 / :: for IPv6, or a host name that resolves to one")
+
+
+def served_names(flag_names, folder_name, model_arg):
+    """(listed, aliases): the model ids /v1/models lists and the ids also accepted. With --served-model-name: its
+    names, no alias (as vLLM). Without: the folder's name (megasnow's default id, unchanged for existing clients)
+    and, as an alias, the model path exactly as given on the command line (vLLM's default id, so a request written
+    for `vllm serve ckpt/x` finds the model)."""
+    if flag_names:
+        return list(dict.fromkeys(flag_names)), []
+    return [folder_name], [a for a in [os.fspath(model_arg)] if a != folder_name]
 
 
 async def serve(server, sock, ready_line):
@@ -93,7 +115,7 @@ def main(argv=None):
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    dtype = None if args.dtype == "auto" else getattr(torch, args.dtype)
+    dtype = None if DTYPES[args.dtype] is None else getattr(torch, DTYPES[args.dtype])
     start = time.time()
     print(f"megasnow.serve: loading {args.model} on {device}...", file=sys.stderr, flush=True)
     engine = LocalEngine.from_path(args.model, device=device, dtype=dtype, tokenizer=args.tokenizer,
@@ -101,7 +123,7 @@ def main(argv=None):
                                    model_name=(args.served_model_name or [None])[0],
                                    max_num_seqs=args.max_num_seqs, max_batch_tokens=args.max_batch_tokens,
                                    fim_format=args.fim_format)
-    names = args.served_model_name or [engine.model_name]
+    names, aliases = served_names(args.served_model_name, engine.model_name, args.model)
     if args.max_model_len is not None:  # vLLM's flag: a shorter context than the model's (never a longer one)
         if args.max_model_len > engine.max_model_len:
             raise UserError(f"--max-model-len {args.max_model_len} exceeds the context of {args.model} "
@@ -112,7 +134,8 @@ def main(argv=None):
     scheduler = BatchScheduler(engine, batch_wait_s=args.batch_wait_ms / 1000.0, max_queue=args.max_queue)
     request_log = RequestLog(args.request_log) if args.request_log else None
     faults = FaultInjector(args.fault_rate, args.fault_seed, args.fault_kinds) if args.fault_rate > 0 else None
-    serving = OpenAIServing(scheduler, names, args.max_tokens_default, request_log, faults, args.fault_stall_s)
+    serving = OpenAIServing(scheduler, names, args.max_tokens_default, request_log, faults, args.fault_stall_s,
+                            aliases=aliases)
     app = build_app(serving, api_key=args.api_key)
     # lifespan off: the app has no startup/shutdown hooks, and a forced exit (second Ctrl-C) would otherwise log
     # the cancelled lifespan task's traceback. The graceful timeout is a backstop: shutdown() ends every request
@@ -121,7 +144,8 @@ def main(argv=None):
                             timeout_graceful_shutdown=5, lifespan="off")
     server = uvicorn.Server(config)
     host, port = sock.getsockname()[:2]
-    ready = (f"megasnow.serve: ready on http://{host}:{port}/v1 serving {names[0]!r} "
+    ready = (f"megasnow.serve: ready on http://{host}:{port}/v1 serving {', '.join(map(repr, names))}"
+             f"{''.join(f' (also as {a!r})' for a in aliases)} "
              f"(max_model_len {engine.max_model_len}, max_num_seqs {engine.max_num_seqs}, "
              f"loaded in {time.time() - start:.1f} s, pid {os.getpid()})")
     scheduler.start()

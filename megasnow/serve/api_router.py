@@ -26,22 +26,51 @@ def error_response(err, headers=None):
     return JSONResponse(err.model_dump(exclude_none=False), status_code=err.status_code, headers=headers)
 
 
-def body_error(first, body):
+SENT_CONTENT_TYPE = "megasnow.sent_content_type"  # scope key: a POST's Content-Type when not JSON ("": none)
+
+
+def is_json_content_type(value):
+    """True for application/json and application/*+json (with or without parameters), as FastAPI tests it."""
+    media = value.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
+class JSONBodyMiddleware:
+    """Read every POST body as JSON, whatever its Content-Type (none, or curl -d's
+    application/x-www-form-urlencoded): the OpenAI API has JSON bodies only, and FastAPI (0.115+: strict content
+    type) would otherwise hand the routes raw bytes and answer that a JSON body is not JSON. The type sent is kept
+    in the scope, so a body that really is not JSON gets a message naming it."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["method"] == "POST":
+            sent = next((v for k, v in scope["headers"] if k == b"content-type"), None)
+            if sent is None or not is_json_content_type(sent.decode("latin-1")):
+                headers = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
+                scope = {**scope, "headers": headers + [(b"content-type", b"application/json")],
+                         SENT_CONTENT_TYPE: "" if sent is None else sent.decode("latin-1")}
+        await self.app(scope, receive, send)
+
+
+def body_error(first, body, sent_content_type=None):
     """The message of a request body that is not a JSON object (FastAPI's validation error `first` at loc
-    ('body', ...) with no field named), or None when the error is about a field."""
+    ('body', ...) with no field named), or None when the error is about a field. sent_content_type: the
+    Content-Type the request came with when it was not JSON (JSONBodyMiddleware), named in the message."""
     kind, loc = first.get("type"), first.get("loc", ())
     if kind == "json_invalid":
         pos = loc[1] if len(loc) > 1 and isinstance(loc[1], int) else 0
         before = body[:pos].decode("utf-8", "replace")
         line, column = before.count("\n") + 1, pos - (before.rfind("\n") + 1) + 1
         reason = (first.get("ctx") or {}).get("error", "JSON decode error")
-        return f"The request body is not valid JSON: {reason}: line {line} column {column} (char {pos})"
+        sent = (f" (it came with Content-Type: {sent_content_type}; this server reads every body as JSON)"
+                if sent_content_type else "")
+        return f"The request body is not valid JSON: {reason}: line {line} column {column} (char {pos}){sent}"
     if tuple(loc) == ("body",):
         if kind == "missing":
             return "The request body is empty; send the request as a JSON object"
         if kind == "model_attributes_type":
-            if isinstance(first.get("input"), bytes):  # FastAPI passes the raw bytes of a non-JSON content type
-                return "The request body is not JSON; send a JSON object with Content-Type: application/json"
             return f"The request body must be a JSON object, got {type(first.get('input')).__name__}"
     return None
 
@@ -164,13 +193,14 @@ def build_app(serving, api_key=None):
         return await respond(raw, request, serving.create_chat_completion, "/v1/chat/completions")
 
     app.include_router(router)
+    app.add_middleware(JSONBodyMiddleware)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(raw, exc):
         """OpenAI answers a malformed request with 400 (FastAPI's default is 422), naming the field."""
         first = exc.errors()[0] if exc.errors() else {}
         body = await raw.body()
-        message, param = body_error(first, body), None
+        message, param = body_error(first, body, raw.scope.get(SENT_CONTENT_TYPE)), None
         if message is None:
             param, message = field_error(exc.errors())
         try:

@@ -14,14 +14,15 @@ class ServerProcess:
     """A megasnow.serve child process; a context manager that stops it on exit.
 
     model: checkpoint or HF folder; flags: extra command-line flags (e.g. '--max-num-seqs', '4');
-    startup_timeout: seconds to wait for the ready line (the model loads first). `base_url` ends with /v1.
+    startup_timeout: seconds to wait for the ready line (the model loads first); env, cwd: the child's environment
+    and working folder (a relative `model` is read from cwd). `base_url` ends with /v1.
     `stdout_lines` / `stderr_lines` hold the child's output; `stop()` returns its exit status.
     """
 
-    def __init__(self, model, *flags, host="127.0.0.1", port=0, startup_timeout=180.0, env=None):
+    def __init__(self, model, *flags, host="127.0.0.1", port=0, startup_timeout=180.0, env=None, cwd=None):
         self.cmd = [sys.executable, "-m", "megasnow.serve", os.fspath(model), "--host", host, "--port", str(port),
                     *[str(f) for f in flags]]
-        self.startup_timeout, self.env = startup_timeout, env
+        self.startup_timeout, self.env, self.cwd = startup_timeout, env, cwd
         self.proc, self.base_url = None, None
         self.stdout_lines, self.stderr_lines = [], []
         self._ready = threading.Event()
@@ -39,7 +40,7 @@ class ServerProcess:
 
     def start(self):
         self.proc = subprocess.Popen(self.cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                     env=self.env, bufsize=1)
+                                     env=self.env, cwd=self.cwd, bufsize=1)
         for stream, lines, watch in ((self.proc.stdout, self.stdout_lines, True),
                                      (self.proc.stderr, self.stderr_lines, False)):
             reader = threading.Thread(target=self._read, args=(stream, lines, watch), daemon=True)

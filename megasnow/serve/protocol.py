@@ -11,7 +11,7 @@ from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from megasnow.generation.protocol import MAX_LOGPROBS, SamplingParams
+from megasnow.generation.protocol import MAX_LOGPROBS, SamplingParamError, SamplingParams
 
 MAX_N = 128
 MAX_STOP = 16
@@ -190,8 +190,9 @@ class CompletionRequest(_SamplingFields):
 
     prompt: Union[str, list[str], list[int], list[list[int]]] = Field(
         description="text, a list of texts, token ids, or a list of token-id lists")
-    max_tokens: Optional[int] = Field(None, ge=0, description="new tokens per choice (0 only with echo: score the "
-                                                              "prompt); API default 16")
+    # no `ge` here: the rule depends on echo, so to_sampling_params states it (one message per rule)
+    max_tokens: Optional[int] = Field(None, description="new tokens per choice, >= 1 (0 only with echo: score the "
+                                                        "prompt); API default 16")
     suffix: Optional[str] = Field(None, description="fill-in-the-middle: the text after the insertion point; the "
                                                     "completion is the middle (needs the tokenizer's FIM tokens)")
     logprobs: Optional[int] = Field(None, ge=0, le=MAX_LOGPROBS,
@@ -209,6 +210,10 @@ class CompletionRequest(_SamplingFields):
     def to_sampling_params(self, server_default_max_tokens=None):
         """SamplingParams: max_tokens from the request, else the server's default, else the API's (16).
         Raises SamplingParamError naming the field (max_tokens 0 without echo, min_tokens > max_tokens)."""
+        if self.max_tokens is not None and self.max_tokens < (0 if self.echo else 1):
+            rule = ("must be >= 0 with echo: true (0 scores the prompt only)" if self.echo else
+                    "must be >= 1 (or 0 with echo: true, to score the prompt only)")
+            raise SamplingParamError("max_tokens", f"{rule}, got {self.max_tokens}")
         max_tokens = self.max_tokens if self.max_tokens is not None else \
             server_default_max_tokens or COMPLETIONS_DEFAULT_MAX_TOKENS
         return self._sampling_params(max_tokens, self.logprobs, bool(self.echo))
@@ -234,9 +239,10 @@ class ChatCompletionRequest(_SamplingFields):
     """POST /v1/chat/completions."""
 
     messages: list[ChatMessage] = Field(min_length=1)
-    max_tokens: Optional[int] = Field(None, ge=1, description="deprecated name of max_completion_tokens")
-    max_completion_tokens: Optional[int] = Field(None, ge=1, description="new tokens per choice; API default: "
-                                                                        "the rest of the context")
+    # no `ge` here: to_sampling_params states the rule in the same words as completions'
+    max_tokens: Optional[int] = Field(None, description="deprecated name of max_completion_tokens")
+    max_completion_tokens: Optional[int] = Field(None, description="new tokens per choice, >= 1; API default: "
+                                                                   "the rest of the context")
     logprobs: Optional[bool] = Field(None, description="each choice carries its tokens' logprobs")
     top_logprobs: Optional[int] = Field(None, ge=0, le=MAX_LOGPROBS,
                                         description="the N most likely alternatives per token (needs logprobs)")
@@ -260,6 +266,10 @@ class ChatCompletionRequest(_SamplingFields):
     def to_sampling_params(self, server_default_max_tokens=None, context_left=None):
         """SamplingParams: max_completion_tokens / max_tokens from the request, else the server's default, else the
         API's (the rest of the context: `context_left`)."""
+        for name in ("max_completion_tokens", "max_tokens"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise SamplingParamError(name, f"must be >= 1, got {value}")
         max_tokens = self.max_completion_tokens or self.max_tokens or server_default_max_tokens or context_left
         return self._sampling_params(max(1, int(max_tokens)), (self.top_logprobs or 0) if self.logprobs else None)
 

@@ -63,16 +63,18 @@ class LogContext:
 class OpenAIServing:
     """Completions, chat completions and the model list over a BatchScheduler.
 
-    served_model_names: ids clients may ask for (responses echo the one asked for, as vLLM); default_max_tokens:
+    served_model_names: ids clients may ask for, listed by /v1/models (responses echo the one asked for, as vLLM);
+    aliases: more ids accepted but not listed (the model path as given: vLLM's default id); default_max_tokens:
     the server's max_tokens default (None: the API's: 16 for completions, the rest of the context for chat);
     request_log: a RequestLog or None; faults: a FaultInjector or None; fault_stall_s: how long a 'stall' fault holds a request
     before answering it normally (if the client is still there).
     """
 
     def __init__(self, scheduler, served_model_names, default_max_tokens=None, request_log=None, faults=None,
-                 fault_stall_s=30.0):
+                 fault_stall_s=30.0, aliases=()):
         self.scheduler, self.engine = scheduler, scheduler.engine
         self.served_model_names = list(served_model_names)
+        self.accepted_names = frozenset(self.served_model_names) | frozenset(aliases)
         self.default_max_tokens = default_max_tokens
         self.request_log, self.faults, self.fault_stall_s = request_log, faults, fault_stall_s
         self.requests = 0
@@ -87,8 +89,8 @@ class OpenAIServing:
 
     def model(self, name):
         """GET /v1/models/{model}: its ModelCard, or a 404 ErrorResponse worded as OpenAI's."""
-        if name not in self.served_model_names:
-            return ErrorResponse.make(404, f"The model `{name}` does not exist.", "invalid_request_error",
+        if name not in self.accepted_names:
+            return ErrorResponse.make(404, f"The model `{name}` does not exist.", "invalid_request_error", "model",
                                       code="model_not_found")
         return self._card(name)
 
@@ -120,7 +122,7 @@ class OpenAIServing:
 
     # ------------------------------------------------------------------------------------- common checks
     def _check(self, request):
-        if request.model not in self.served_model_names:
+        if request.model not in self.accepted_names:
             return ErrorResponse.make(404, f"The model `{request.model}` does not exist; this server serves "
                                       f"{', '.join(repr(n) for n in self.served_model_names)}",
                                       "invalid_request_error", "model", "model_not_found")

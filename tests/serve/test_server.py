@@ -252,8 +252,9 @@ def test_errors_have_the_openai_shape(server):
             (b"", "application/json", "The request body is empty; send the request as a JSON object"),
             (b"[1]", "application/json", "The request body must be a JSON object, got list"),
             (b'"str"', "application/json", "The request body must be a JSON object, got str"),
-            (b'{"model": "tiny"}', "text/plain", "The request body is not JSON; send a JSON object with "
-                                                 "Content-Type: application/json")]:
+            (b"model=tiny", "text/plain", "The request body is not valid JSON: Expecting value: line 1 column 1 "
+                                          "(char 0) (it came with Content-Type: text/plain; this server reads every "
+                                          "body as JSON)")]:
         r = httpx.post(server.base_url + "/completions", content=body, timeout=30,
                        headers={"content-type": content_type})
         assert r.status_code == 400 and r.json() == {"error": {"message": message, "type": "invalid_request_error",
@@ -382,7 +383,7 @@ def test_model_retrieve_and_unknown_routes_have_the_openai_shape(server):
         with pytest.raises(openai.NotFoundError) as e:
             c.models.retrieve(name)
         assert e.value.body == {"message": f"The model `{name}` does not exist.", "type": "invalid_request_error",
-                                "param": None, "code": "model_not_found"}
+                                "param": "model", "code": "model_not_found"}
     routes = ("GET /v1/models, GET /v1/models/{model}, POST /v1/completions, POST /v1/chat/completions, "
               "GET /health")
     root = server.base_url[:-len("/v1")]
@@ -643,7 +644,7 @@ def test_queue_limit_disconnects_api_key_and_sigterm(tmp_path):
         taken = subprocess.run([sys.executable, "-m", "megasnow.serve", str(tmp_path / "ckpt"), "--port", str(port)],
                                capture_output=True, text=True, timeout=120)
         assert taken.returncode == 2 and taken.stderr.strip().splitlines()[-1].startswith(
-            f"error: --host 127.0.0.1 --port {port}: cannot listen there")
+            f"error: --port {port}: already in use on 127.0.0.1")
         assert srv.stop(signal.SIGTERM) == 0
     lines = [json.loads(x) for x in log.read_text().splitlines()]
     by_status = {}
