@@ -36,6 +36,35 @@ def is_hf_folder(path):
         or os.path.exists(os.path.join(path, "model.safetensors.index.json")))
 
 
+def check_model_kind(path, then=None):
+    """Refuse (ModelLoadError), with the command that converts it, a model path that cannot be loaded as given: a
+    GGUF file (import it once), another file, a folder holding GGUF files, or a HF folder whose weights are not
+    safetensors. `then`: what to run after the import, with `{out}` for its folder (the server passes its own
+    command). A folder of any other kind is left to the loader, whose message names what it looked for."""
+    convert = "python tools/convert_checkpoint.py import"
+    if os.path.isfile(path):
+        if path.lower().endswith(".gguf"):
+            out = os.path.join("ckpt", os.path.splitext(os.path.basename(path))[0])
+            after = f" && {then.format(out=out)}" if then else ""
+            raise ModelLoadError(f"{path}: a GGUF file is not loaded directly; import it once into a megasnow "
+                                 f"checkpoint (fp32, keeps its tokenizer and chat template), then use that folder: "
+                                 f"{convert} --gguf {path} --output {out}{after}")
+        raise ModelLoadError(f"{path}: is a file; give a megasnow checkpoint folder, a HF Llama folder, or import a "
+                             f"GGUF file first ({convert} --gguf FILE --output DIR)")
+    has = lambda name: os.path.exists(os.path.join(path, name))  # noqa: E731
+    ggufs = sorted(n for n in os.listdir(path) if n.lower().endswith(".gguf")) if os.path.isdir(path) else []
+    if ggufs and not has("config.json") and not has("latest"):  # e.g. a pip package's folder holding the file
+        raise ModelLoadError(f"{path}: a folder holding GGUF file(s) ({', '.join(ggufs[:3])}), not a checkpoint; "
+                             f"import one once into a megasnow checkpoint, then use that folder: {convert} --gguf "
+                             f"{os.path.join(path, ggufs[0])} --output DIR")
+    if has("config.json") and not (has("model.safetensors") or has("model.safetensors.index.json")):
+        weights = [n for n in ("pytorch_model.bin", "pytorch_model.bin.index.json") if has(n)]
+        found = f"it has {weights[0]}, which is not read" if weights else "no weights found"
+        raise ModelLoadError(f"{path}: a HF folder (config.json) without model.safetensors ({found}); save it with "
+                             f"transformers' save_pretrained(..., safe_serialization=True), then use it as is or "
+                             f"import it ({convert} --hf {path} --output DIR)")
+
+
 def load_model(path, device="cpu", dtype=None):
     """(LlamaModel in eval mode, folder holding its tokenizer files, fingerprint) for a megasnow checkpoint (a
     run's checkpoint folder or one step folder) or a HF LlamaForCausalLM folder. dtype: a torch dtype (default
@@ -49,6 +78,7 @@ def load_model(path, device="cpu", dtype=None):
     path = os.fspath(path)
     if not os.path.exists(path):
         raise ModelLoadError(f"{path}: does not exist; give a megasnow checkpoint folder or a HF Llama folder")
+    check_model_kind(path)
     if dtype is None:
         dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
     if is_hf_folder(path):

@@ -5,6 +5,7 @@ Imports nothing heavy, so a bad flag is answered before torch loads.
 import os
 
 from megasnow.errors import UserError
+from megasnow.generation.model_files import check_model_kind
 from megasnow.utils.cli import ArgumentParser
 
 # LocalEngine's defaults (megasnow.generation.local), repeated so parsing flags does not import torch (tested equal).
@@ -112,7 +113,7 @@ def check_files(args):
     before the (slow) model load. Raises UserError."""
     if not os.path.exists(args.model):
         raise UserError(f"{args.model}: does not exist; give a megasnow checkpoint folder or a HF Llama folder")
-    model_kind_error(args.model)
+    check_model_kind(args.model, then="python -m megasnow.serve {out}")
     if args.tokenizer is not None and not os.path.exists(args.tokenizer):
         raise UserError(f"--tokenizer {args.tokenizer}: no such file or folder; give a tokenizer.json / "
                         f"tokenizer.model file or the folder holding it")
@@ -130,30 +131,3 @@ def check_files(args):
             raise UserError(f"--request-log {args.request_log}: "
                             f"{'is a folder' if os.path.isdir(args.request_log) else f'no folder {folder}'}; give a "
                             f"file path in an existing folder")
-
-
-def model_kind_error(path):
-    """Refuse, with the command that converts it, a model this server cannot load as given: a GGUF file (import it
-    once), another file, or a HF folder whose weights are not safetensors. Raises UserError. A folder of any other
-    kind is left to the loader, whose message names what it looked for."""
-    convert = "python tools/convert_checkpoint.py import"
-    if os.path.isfile(path):
-        if path.lower().endswith(".gguf"):
-            out = os.path.join("ckpt", os.path.splitext(os.path.basename(path))[0])
-            raise UserError(f"{path}: a GGUF file is not served directly; import it once into a megasnow checkpoint "
-                            f"(fp32, keeps its tokenizer and chat template), then serve that folder: {convert} --gguf "
-                            f"{path} --output {out} && python -m megasnow.serve {out}")
-        raise UserError(f"{path}: is a file; give a megasnow checkpoint folder, a HF Llama folder, or import a GGUF "
-                        f"file first ({convert} --gguf FILE --output DIR)")
-    has = lambda name: os.path.exists(os.path.join(path, name))  # noqa: E731
-    ggufs = sorted(n for n in os.listdir(path) if n.lower().endswith(".gguf")) if os.path.isdir(path) else []
-    if ggufs and not has("config.json") and not has("latest"):  # e.g. a pip package's folder holding the file
-        raise UserError(f"{path}: a folder holding GGUF file(s) ({', '.join(ggufs[:3])}), not a checkpoint; import "
-                        f"one once into a megasnow checkpoint, then serve that folder: {convert} --gguf "
-                        f"{os.path.join(path, ggufs[0])} --output DIR")
-    if has("config.json") and not (has("model.safetensors") or has("model.safetensors.index.json")):
-        weights = [n for n in ("pytorch_model.bin", "pytorch_model.bin.index.json") if has(n)]
-        found = f"it has {weights[0]}, which is not read" if weights else "no weights found"
-        raise UserError(f"{path}: a HF folder (config.json) without model.safetensors ({found}); save it with "
-                        f"transformers' save_pretrained(..., safe_serialization=True), then serve it as is or import "
-                        f"it ({convert} --hf {path} --output DIR)")

@@ -116,13 +116,13 @@ def run_cli(*args, cwd=None):
 def test_model_files_that_need_a_conversion_name_it(tmp_path):
     gguf = tmp_path / "SmolLM2-135M-Instruct.Q4_1.gguf"
     gguf.write_bytes(b"GGUF")
-    assert run_cli(gguf) == (2, f"error: {gguf}: a GGUF file is not served directly; import it once into a megasnow "
-                                f"checkpoint (fp32, keeps its tokenizer and chat template), then serve that folder: "
+    assert run_cli(gguf) == (2, f"error: {gguf}: a GGUF file is not loaded directly; import it once into a megasnow "
+                                f"checkpoint (fp32, keeps its tokenizer and chat template), then use that folder: "
                                 f"python tools/convert_checkpoint.py import --gguf {gguf} --output "
                                 f"ckpt/SmolLM2-135M-Instruct.Q4_1 && python -m megasnow.serve "
                                 f"ckpt/SmolLM2-135M-Instruct.Q4_1\n")
     assert run_cli(tmp_path) == (2, f"error: {tmp_path}: a folder holding GGUF file(s) ({gguf.name}), not a "
-                                    f"checkpoint; import one once into a megasnow checkpoint, then serve that folder: "
+                                    f"checkpoint; import one once into a megasnow checkpoint, then use that folder: "
                                     f"python tools/convert_checkpoint.py import --gguf {gguf} --output DIR\n")
     hf = tmp_path / "hf"
     hf.mkdir()
@@ -130,7 +130,7 @@ def test_model_files_that_need_a_conversion_name_it(tmp_path):
     (hf / "pytorch_model.bin").write_bytes(b"")
     assert run_cli(hf) == (2, f"error: {hf}: a HF folder (config.json) without model.safetensors (it has "
                               f"pytorch_model.bin, which is not read); save it with transformers' save_pretrained(..., "
-                              f"safe_serialization=True), then serve it as is or import it (python "
+                              f"safe_serialization=True), then use it as is or import it (python "
                               f"tools/convert_checkpoint.py import --hf {hf} --output DIR)\n")
 
 
