@@ -67,7 +67,6 @@ class RunDirLock:
             os.close(fd)
         self._held = []
 
-
     def __del__(self):  # a Trainer dropped without close() (tests, notebooks) must not keep its folders locked
         self.release()
 
