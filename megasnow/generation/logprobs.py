@@ -1,4 +1,4 @@
-"""Token logprob records (megasnow.model.generate.TokenLogprob) in the OpenAI response shapes, as vLLM builds them
+"""Token logprob records (megasnow.model.token_logprobs.TokenLogprob) in the OpenAI response shapes, as vLLM builds them
 (vllm/entrypoints/openai/serving_completion.py `_create_completion_logprobs`, serving_chat.py `_create_chat_logprobs`).
 No torch import: records are read by attribute (token_id, logprob, text, top)."""
 

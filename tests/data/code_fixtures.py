@@ -3,7 +3,6 @@
 Tokenizers are cached per test session (lru_cache) so every test module reuses the same trained files.
 """
 import functools
-import glob
 import json
 import os
 import sys

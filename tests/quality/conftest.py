@@ -1,6 +1,5 @@
 """Session fixtures for the quality tests: one small real annotator (MiniLM, frozen, trained once on
 machine files) and one tiny random-weight annotator for fast scoring-mechanics tests."""
-import os
 
 import pytest
 import torch

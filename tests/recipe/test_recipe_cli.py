@@ -241,7 +241,7 @@ def test_sigint_and_sigterm_to_the_runner_alone_reach_the_trainer_which_saves_an
     rc, text = _interrupt_at_a_step(args, signal.SIGTERM, env, after=saved)  # resumed, then SIGTERM
     assert rc == 143, text  # SIGTERM's own exit status, as every tool's
     assert text.rstrip().splitlines()[-1].startswith("recipe_ablation.py: terminated (SIGTERM)"), text
-    assert f"resumed from" in text and f"at step {saved}" in text, text
+    assert "resumed from" in text and f"at step {saved}" in text, text
     assert "random seed 0 (1/1): SIGTERM: the training run is finishing its step and saving a checkpoint" in text
     saved2 = int(re.search(r"SIGTERM: saved a checkpoint at step (\d+)", text).group(1))
     assert saved < saved2 < steps, text
