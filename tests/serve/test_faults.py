@@ -42,9 +42,11 @@ def test_clients_with_retries_complete_every_request_once(tmp_path):
     seed = next(s for s in range(1000)
                 if set(kinds) <= {FaultInjector(0.3, s, kinds).draw(request_hash(b)) for b in bodies})
     with ServerProcess(tmp_path / "ckpt", "--served-model-name", "tiny", "--request-log", log, "--fault-rate",
-                       "0.3", "--fault-seed", seed, "--fault-kinds", ",".join(kinds), "--fault-stall-s", "12",
+                       "0.3", "--fault-seed", seed, "--fault-kinds", ",".join(kinds), "--fault-stall-s", "16",
                        "--threads", "1") as srv:
-        c = openai.OpenAI(base_url=srv.base_url, api_key="unused", max_retries=10, timeout=5.0)
+        # the client's timeout is outlasted by a stall (16 s), not by an answer on a loaded machine (which, timed
+        # out as it is sent, would be retried and answered twice)
+        c = openai.OpenAI(base_url=srv.base_url, api_key="unused", max_retries=10, timeout=8.0)
         answers = {}
 
         def ask(i):
