@@ -235,6 +235,8 @@ def check_numbers(args):
 def check_outputs(args):
     """Refuse, before any work, an --output that cannot be written as what this subcommand writes there: a file
     (generate: the samples JSONL; loss: the result JSON) or a folder (run, score); and a path under an existing file."""
+    from megasnow.data.output_check import nearest_existing_parent
+
     path = getattr(args, "output", None)
     if not path:
         return
@@ -248,10 +250,8 @@ def check_outputs(args):
     if not want_file and os.path.exists(path) and not os.path.isdir(path):
         raise_usage(f"--output {path} is an existing file; `{args.command}` writes a folder of results there: give "
                     f"a folder path (new or existing)")
-    parent = os.path.dirname(os.path.abspath(path.rstrip("/" + os.sep) or path))
-    while parent and not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    if parent and not os.path.isdir(parent):
+    parent = nearest_existing_parent(path.rstrip("/" + os.sep) or path)
+    if not os.path.isdir(parent):
         raise_usage(f"--output {path}: {parent} is a file, not a folder: give a path whose folders are folders")
 
 

@@ -11,6 +11,15 @@ class OutputPathError(UserError, ValueError):
     """An output flag's path cannot hold the outputs; the message names the flag and what to change."""
 
 
+def nearest_existing_parent(path):
+    """The nearest existing path above `path` (absolute; `/` at worst): what the tool's first makedirs would meet,
+    so a file there means `path` can never be created."""
+    probe = os.path.dirname(os.path.abspath(os.fspath(path)))
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    return probe
+
+
 def check_output_prefix(prefix, outputs=(), flag="--output-prefix"):
     """Raise OutputPathError when `prefix`'s folder (or one above it) is an existing file, when one of `outputs`
     (the files the tool will write) is an existing folder, or when the folder cannot be created or written.
@@ -20,10 +29,7 @@ def check_output_prefix(prefix, outputs=(), flag="--output-prefix"):
     prefix = os.fspath(prefix)
     if not prefix or prefix.endswith(os.sep):
         raise OutputPathError(f"{flag} {prefix!r} names a folder, not a prefix: give e.g. {prefix or './'}data")
-    folder = os.path.dirname(os.path.abspath(prefix))
-    probe = folder
-    while not os.path.exists(probe):
-        probe = os.path.dirname(probe)
+    probe = nearest_existing_parent(prefix)
     if not os.path.isdir(probe):
         raise OutputPathError(f"{flag} {prefix}: {probe} is a file, not a folder; give a prefix under a folder "
                               f"(or move {probe} away)")
@@ -45,9 +51,7 @@ def check_output_folder(path, flag="--output"):
         raise OutputPathError(f"{flag} is empty: give a folder for the outputs")
     if os.path.exists(path) and not os.path.isdir(path):
         raise OutputPathError(f"{flag} {path} is an existing file; give a folder for the outputs (new or existing)")
-    probe = os.path.dirname(os.path.abspath(path))
-    while not os.path.exists(probe):
-        probe = os.path.dirname(probe)
+    probe = nearest_existing_parent(path)
     if not os.path.isdir(probe):
         raise OutputPathError(f"{flag} {path}: {probe} is a file, not a folder; give a path whose folders are "
                               f"folders")
