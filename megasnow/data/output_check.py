@@ -60,14 +60,20 @@ def check_output_folder(path, flag="--output"):
                               f"denied); give a folder you can write")
 
 
+def top_missing_folder(path):
+    """The top-most missing folder on the way to `path` (`path` itself, or a folder above it), absolute; None when
+    `path` exists: what a failed run that made `path` must remove to leave nothing behind."""
+    path, top = os.path.abspath(os.fspath(path)), None
+    while not os.path.lexists(path):
+        top, path = path, os.path.dirname(path)
+    return top
+
+
 @contextlib.contextmanager
 def folders_removed_on_failure(prefix):
     """Around the work that writes under `prefix`: if it fails (an error, Ctrl-C), the folders it created for the
     prefix (the top-most one missing now, with everything under it) are removed again, so nothing is left."""
-    folder = os.path.dirname(os.path.abspath(os.fspath(prefix)))
-    top = None
-    while not os.path.exists(folder):
-        top, folder = folder, os.path.dirname(folder)
+    top = top_missing_folder(os.path.dirname(os.path.abspath(os.fspath(prefix))))
     if top is None:
         yield
         return

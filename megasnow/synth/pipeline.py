@@ -12,7 +12,7 @@ import shutil
 import time
 
 from megasnow.config import dump_config, from_dict, to_dict
-from megasnow.data.output_check import OutputPathError, check_output_folder
+from megasnow.data.output_check import OutputPathError, check_output_folder, top_missing_folder
 from megasnow.errors import UserError
 from megasnow.generation.factory import build_backend_from_config
 from megasnow.synth.cache import RESPONSES_DIR, ChunkWriter, load_responses
@@ -207,7 +207,7 @@ def run_synthesis(cfg, output, stage="all", extra_responses=(), names=None, allo
         raise UserError("execution.shard_index is set: post-process once over all shards (leave it unset and "
                         "pass the drivers' folders with --responses)")
     check_output_folder(output, out_flag)  # a file in the way: refused before any input is read
-    created = _top_missing(output)  # the top-most folder this run creates (None: `output` exists)
+    created = top_missing_folder(output)  # the top-most folder this run creates (None: `output` exists)
     start = time.perf_counter()
     template = load_template(cfg.prompt, names)  # refused before anything else happens
     check_inputs(cfg.seeds, names)
@@ -384,15 +384,6 @@ def _differences(cfg, model, folders):
         return ("check backend.model, prompt.template/system, sampling.* and seeds.* against the run that made "
                 "them")
     return "; ".join(found[:4]) + (f"; and {len(found) - 4} more" if len(found) > 4 else "")
-
-
-def _top_missing(path):
-    """The top-most missing folder on the way to `path` (`path` itself, or a folder above it), or None if `path`
-    exists."""
-    path, top = os.path.abspath(path), None
-    while not os.path.lexists(path):
-        top, path = path, os.path.dirname(path)
-    return top
 
 
 def _make_folder(output, flag="output"):
