@@ -117,7 +117,7 @@ def check_record_file(path):
     the supported formats (a folder scan skips such files; a file named explicitly must not be parsed as JSONL)."""
     if not is_record_file(os.fspath(path)):
         name = os.path.basename(os.fspath(path))
-        suffix = "".join(s for s in (os.path.splitext(name)[1],) if s) or "no suffix"
+        suffix = os.path.splitext(name)[1] or "no suffix"
         raise UnsupportedInputError(f"input {os.fspath(path)!r} ({suffix}) is not a supported format: give "
                                     f"{SUPPORTED_FORMATS} files")
     return path
@@ -145,10 +145,8 @@ def expand_inputs(inputs, other_files="error", on_duplicate=None):
             matches = sorted(glob.glob(item, recursive=True)) if glob.has_magic(item) else [item]
             if not matches or not all(os.path.exists(m) for m in matches):
                 raise InputNotFoundError(f"input {item!r} matches no file; check the path")
-            if len(matches) == 1 and not os.path.isdir(matches[0]) and not keep_other:
-                check_record_file(matches[0])  # one file named: refuse a .csv rather than parse it as JSONL
             wanted = [m for m in matches if keep_other or is_record_file(m) or os.path.isdir(m)]
-            if not wanted:
+            if not wanted:  # a file named (or a glob matching only such files): refuse a .csv, never parse it as JSONL
                 check_record_file(matches[0])
             for m in wanted:
                 files += expand_inputs([m], other_files, on_duplicate) if os.path.isdir(m) else [m]
