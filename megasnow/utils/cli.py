@@ -30,16 +30,15 @@ class Terminated(KeyboardInterrupt):
     signum = signal.SIGTERM
 
 
-def raise_on_sigterm(exception=Terminated):
-    """From now on SIGTERM raises `exception` (a KeyboardInterrupt subclass) in this process's main thread; a forked
+def raise_on_sigterm():
+    """From now on SIGTERM raises Terminated (a KeyboardInterrupt) in this process's main thread; a forked
     child (a pool's worker, which its pool stops with SIGTERM) gets the default action back at fork, so it dies at
     once even while blocked in a lock. Call it in the main thread; returns the previous handler."""
     global _fork_hook_registered
     if not _fork_hook_registered:
         os.register_at_fork(after_in_child=_default_sigterm_in_child)
         _fork_hook_registered = True
-    return signal.signal(signal.SIGTERM, functools.partial(_raise_on_sigterm, exception=exception,
-                                                           owner=os.getpid()))
+    return signal.signal(signal.SIGTERM, functools.partial(_raise_on_sigterm, owner=os.getpid()))
 
 
 _fork_hook_registered = False
@@ -53,12 +52,12 @@ def _default_sigterm_in_child():
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
-def _raise_on_sigterm(signum, frame, exception, owner):
+def _raise_on_sigterm(signum, frame, owner):
     if os.getpid() != owner:  # a child forked before the at-fork hook could reset the handler
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         os.kill(os.getpid(), signal.SIGTERM)
         return
-    raise exception()
+    raise Terminated()
 
 
 def debug_enabled(argv=None):
