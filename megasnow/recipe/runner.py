@@ -457,8 +457,8 @@ class AblationRunner:
 def _signals_as_exceptions():
     """While the runner runs: SIGTERM raises megasnow.utils.cli.Terminated, a KeyboardInterrupt (as SIGINT does), so
     the runner passes it on to a training child instead of dying and leaving the child to train on; run_tool then
-    ends with `terminated (SIGTERM)` and exit 143, as every tool. Only in the main thread (signal handlers cannot be set elsewhere); the previous handler comes
-    back after."""
+    ends with `terminated (SIGTERM)` and exit 143, as every tool. Only in the main thread (signal handlers cannot be
+    set elsewhere); the previous handler comes back after."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return

@@ -66,8 +66,8 @@ class OpenAIServing:
     served_model_names: ids clients may ask for, listed by /v1/models (responses echo the one asked for, as vLLM);
     aliases: more ids accepted but not listed (the model path as given: vLLM's default id); default_max_tokens:
     the server's max_tokens default (None: the API's: 16 for completions, the rest of the context for chat);
-    request_log: a RequestLog or None; faults: a FaultInjector or None; fault_stall_s: how long a 'stall' fault holds a request
-    before answering it normally (if the client is still there).
+    request_log: a RequestLog or None; faults: a FaultInjector or None; fault_stall_s: how long a 'stall' fault
+    holds a request before answering it normally (if the client is still there).
     """
 
     def __init__(self, scheduler, served_model_names, default_max_tokens=None, request_log=None, faults=None,

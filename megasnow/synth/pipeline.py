@@ -362,7 +362,7 @@ def _differences(cfg, model, folders):
     import yaml
 
     here = to_dict(cfg)
-    defaults = to_dict(SynthConfig())  # a key a run's config.yaml lacks (written before the key existed) had its default
+    defaults = to_dict(SynthConfig())  # a key missing from a run's config.yaml (older than the key) had its default
     found = []
     for folder in folders:
         there_model = read_run_model([folder])

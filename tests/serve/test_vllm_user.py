@@ -84,8 +84,8 @@ def test_a_json_body_is_read_whatever_its_content_type(server):
     # a body that is not JSON says so, naming the type it came with
     r = httpx.post(server.base_url + "/completions", content=b"model=smol&prompt=x", timeout=60,
                    headers={"content-type": "application/x-www-form-urlencoded"})
-    assert (r.status_code, r.json()) == error(400, "The request body is not valid JSON: Expecting value: line 1 column 1 "
-                                                   "(char 0) (it came with Content-Type: "
+    assert (r.status_code, r.json()) == error(400, "The request body is not valid JSON: Expecting value: line 1 "
+                                                   "column 1 (char 0) (it came with Content-Type: "
                                                    "application/x-www-form-urlencoded; this server reads every body as "
                                                    "JSON)", None)
 
