@@ -28,7 +28,7 @@ def build_parser():
     p.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
     p.add_argument("--suffix", action="append", default=[],
                    help="fill-in-the-middle: the text after the gap, for the --prompt of the same position "
-                        "(repeatable; the model writes the middle)")
+                        "(repeatable, one per --prompt; the model writes the middle)")
     p.add_argument("--prompts-file", help="JSONL (.gz/.zst too) with a 'prompt' string field per line "
                                           "(and an optional 'suffix' string: fill-in-the-middle)")
     p.add_argument("--fim-format", choices=["psm", "spm"], default=None,
@@ -65,9 +65,10 @@ def check_sampling_args(args):
         fail(f"--min-p must be in [0, 1] (0 = off), got {args.min_p}")
     if args.batch_size < 1:
         fail(f"--batch-size must be >= 1, got {args.batch_size}")
-    if len(args.suffix) > len(args.prompt):
+    if args.suffix and len(args.suffix) != len(args.prompt):
         fail(f"--suffix given {len(args.suffix)} times for {len(args.prompt)} --prompt: each --suffix belongs to the "
-             f"--prompt of the same position")
+             f"--prompt of the same position, so give one per --prompt (--suffix '' fills in at the end), or put "
+             f"the prompts in --prompts-file with a 'suffix' field where one is wanted")
     for flag, path in (("--checkpoint", args.checkpoint), ("--hf", args.hf), ("--tokenizer", args.tokenizer),
                        ("--prompts-file", args.prompts_file)):
         if path and not os.path.exists(path):
@@ -131,8 +132,17 @@ def prepare_prompts(prompts, engine, args):
         try:
             ids = engine.encode(text) if suffix is None else engine.fim_prompt_ids(text, suffix)
             if len(ids) + args.max_new_tokens > engine.max_model_len:
-                problem = (f"is {len(ids)} tokens; with --max-new-tokens {args.max_new_tokens} that exceeds the "
-                           f"model's context of {engine.max_model_len} tokens (shorten it or lower --max-new-tokens)")
+                size, shorten = f"is {len(ids)} tokens", "shorten it"
+                if suffix is not None:  # the suffix counts too: name both parts (and the sentinels) of the FIM prompt
+                    p, s = len(engine.tokenizer.encode(text)) if text else 0, \
+                        len(engine.tokenizer.encode(suffix)) if suffix else 0
+                    extra = len(ids) - p - s - 3
+                    bos = f" + {extra} BOS" if extra else ""
+                    size = f"with its {'--suffix' if where.startswith('--prompt') else 'suffix'} is {len(ids)} " \
+                           f"tokens (prompt {p} + suffix {s} + 3 FIM sentinels{bos})"
+                    shorten = "shorten them"
+                problem = (f"{size}; with --max-new-tokens {args.max_new_tokens} that exceeds the model's context "
+                           f"of {engine.max_model_len} tokens ({shorten} or lower --max-new-tokens)")
             else:
                 prepared = engine.prepare(GenerationRequest(id=where, prompt=text, suffix=suffix, params=params),
                                           prompt_ids=ids)
@@ -164,6 +174,14 @@ def main(argv=None):
     device = resolve_device(args.device, "--device")
     engine = load_engine(args, device)
     infill = next((where for where, _, suffix in prompts if suffix is not None), None)
+    fim_source = "--suffix" if infill is not None and infill.startswith("--prompt") else "a 'suffix' field"
+    if infill is not None and engine.fim_trained is not None and engine.fim_trained.trained is False:
+        from megasnow.generation.model_files import not_trained_message
+
+        fail(f"{infill}: {fim_source} asks for fill-in-the-middle, but "
+             + not_trained_message(args.checkpoint or args.hf, engine.fim_trained,
+                                  "--suffix" if fim_source == "--suffix" else "the 'suffix' fields",
+                                   "use a checkpoint trained with data.fim.rate > 0"))
     if infill is not None and engine.tokenizer.fim_tokens() is None:
         fail(f"{infill}: a suffix asks for fill-in-the-middle, which needs a tokenizer with FIM tokens (<fim_prefix>, "
              f"<fim_suffix>, <fim_middle> or another family's); the tokenizer of {args.checkpoint or args.hf} has "

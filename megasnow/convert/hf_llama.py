@@ -191,7 +191,8 @@ def export_to_hf(checkpoint_path, out_dir, dtype="float32", tokenizer=None, over
     The folder is built under a temporary name and swapped in whole; a non-empty `out_dir` is refused
     (ConversionError) unless `overwrite`, which deletes what it held. bos/eos/pad ids in config.json and
     generation_config.json are those of the tokenizer_config.json written (hf_tokenizer.export_tokenizer);
-    generation_config.json's eos_token_id keeps an imported model's own list (e.g. [eos, end-of-turn]).
+    generation_config.json's eos_token_id keeps an imported model's own list (e.g. [eos, end-of-turn]); its `fim`
+    entry records the checkpoint's FIM training (data.fim rate, spm_rate, level) when its config records it.
     """
     from megasnow.convert.output_folder import replace_folder
 
@@ -217,6 +218,8 @@ def export_to_hf(checkpoint_path, out_dir, dtype="float32", tokenizer=None, over
             generation = read_json(os.path.join(tok_folder, "generation_config.json"))
         eos = _single(generation.get("eos_token_id")) if generation.get("eos_token_id") is not None else ids.get("eos")
         generation.update({"bos_token_id": ids.get("bos"), "eos_token_id": eos, "pad_token_id": ids.get("pad")})
+        generation.pop("fim", None)  # the model's own FIM training is recorded, never a tokenizer folder's
+        generation.update(_fim_entry(step_dir))
         atomic_write_text(os.path.join(tmp, "config.json"),
                           json.dumps(hf_config_dict(model_cfg, dtype, ids.get("bos"), eos, ids.get("pad")),
                                      indent=2, sort_keys=True))
@@ -226,6 +229,16 @@ def export_to_hf(checkpoint_path, out_dir, dtype="float32", tokenizer=None, over
     return {"source": step_dir, "out": out_dir, "tensors": len(hf),
             "parameters": sum(t.numel() for t in hf.values()), **tok_summary,
             "special_token_ids": {k: ids.get(k) for k in ("bos", "eos", "pad")}}
+
+
+def _fim_entry(step_dir):
+    """{'fim': {rate, spm_rate, level}} of a checkpoint's recorded FIM training (model_files.trained_fim), for
+    generation_config.json (transformers keeps unknown entries there), so generation on the exported folder lays
+    out `suffix` prompts as trained and refuses them for a model trained without FIM; {} when nothing is recorded."""
+    from megasnow.generation.model_files import GENERATION_FIM_KEY, trained_fim
+
+    state = trained_fim(step_dir)
+    return {} if state.trained is None else {GENERATION_FIM_KEY: state.settings or {"rate": 0.0}}
 
 
 def check_tokenizer_vocab(tok_path, model_vocab, model_name, tokenizer_name, fix):

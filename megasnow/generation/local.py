@@ -24,7 +24,12 @@ DEFAULT_MAX_BATCH_TOKENS = 65536
 
 class BadRequestError(ValueError):
     """A request this model cannot run as given (prompt too long, bad token id, no chat template): an HTTP 400,
-    never worth retrying. The message says what to change."""
+    never worth retrying. The message says what to change; `param` names the request field at fault (None: the
+    prompt)."""
+
+    def __init__(self, message, param=None):
+        super().__init__(message)
+        self.param = param
 
 
 @dataclass
@@ -44,16 +49,18 @@ class LocalEngine:
     model: a megasnow LlamaModel in eval mode; files: model_files.TokenizerFiles; model_name: the served id;
     fingerprint: recorded as `system_fingerprint`; max_num_seqs: sequences per batch; max_batch_tokens: cap on
     batch rows x (longest prompt + largest max_tokens), i.e. KV-cache positions, so long requests run in smaller
-    batches; fim_format: 'psm' or 'spm', how a request with `suffix` is laid out (megasnow.data.fim.fim_prompt_ids).
+    batches; fim_format: 'psm' or 'spm', how a request with `suffix` is laid out (megasnow.data.fim.fim_prompt_ids);
+    fim_trained: model_files.TrainedFim or None (nothing recorded): a model recorded as trained without FIM refuses
+    `suffix` requests.
     """
 
     def __init__(self, model, files, model_name="", fingerprint=None, max_num_seqs=DEFAULT_MAX_NUM_SEQS,
-                 max_batch_tokens=DEFAULT_MAX_BATCH_TOKENS, fim_format="psm"):
+                 max_batch_tokens=DEFAULT_MAX_BATCH_TOKENS, fim_format="psm", fim_trained=None):
         if max_num_seqs < 1 or max_batch_tokens < 1:
             raise ValueError("max_num_seqs and max_batch_tokens must be >= 1")
         if fim_format not in FIM_FORMATS:
             raise ValueError(f"fim_format must be one of {FIM_FORMATS}, got {fim_format!r}")
-        self.fim_format = fim_format
+        self.fim_format, self.fim_trained = fim_format, fim_trained
         self.model, self.files = model, files
         self.tokenizer = files.tokenizer
         self.model_name, self.fingerprint = model_name, fingerprint
@@ -74,17 +81,18 @@ class LocalEngine:
         trained with data.fim.spm_rate 1, else 'psm'). Raises ModelLoadError / CheckpointError / TokenizerError
         (UserErrors) naming the path.
         """
-        from megasnow.generation.model_files import load_model, read_tokenizer_files, trained_fim_format
+        from megasnow.generation.model_files import load_model, read_tokenizer_files, trained_fim
 
         model, folder, fingerprint = load_model(path, device=device, dtype=dtype)
         files = read_tokenizer_files(folder, tokenizer, chat_template)
-        fim_format = fim_format or trained_fim_format(folder)
+        fim_trained = trained_fim(folder)
+        fim_format = fim_format or fim_trained.format
         if model_name is None:
             norm = os.path.normpath(os.path.abspath(path))
             model_name = os.path.basename(norm)
             if model_name.startswith("step_"):
                 model_name = os.path.basename(os.path.dirname(norm))
-        return cls(model, files, model_name, fingerprint, max_num_seqs, max_batch_tokens, fim_format)
+        return cls(model, files, model_name, fingerprint, max_num_seqs, max_batch_tokens, fim_format, fim_trained)
 
     def warm_up(self):
         """Run one short generation (and load the chat-template renderer), so the first request is not slow."""
@@ -111,12 +119,17 @@ class LocalEngine:
         return request.prompt
 
     def fim_tokens(self):
-        """The tokenizer's FIM sentinels, or BadRequestError when it has none."""
+        """The tokenizer's FIM sentinels, or BadRequestError (param 'suffix') when the model is recorded as trained
+        without fill-in-the-middle (model_files.trained_fim) or its tokenizer has no FIM tokens."""
+        if self.fim_trained is not None and self.fim_trained.trained is False:
+            from megasnow.generation.model_files import not_trained_message
+
+            raise BadRequestError(not_trained_message(self.model_name or "this model", self.fim_trained), "suffix")
         fim = self.tokenizer.fim_tokens()
         if fim is None:
             raise BadRequestError("suffix (fill-in-the-middle) needs a tokenizer with FIM tokens (<fim_prefix>, "
                                   "<fim_suffix>, <fim_middle> or another family's); this model's has none: leave "
-                                  "suffix out")
+                                  "suffix out", "suffix")
         return fim
 
     def fim_prompt_ids(self, prefix, suffix, add_bos=True, fmt=None):

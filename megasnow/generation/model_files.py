@@ -156,18 +156,93 @@ def read_tokenizer_files(folder, tokenizer=None, chat_template=None):
     return TokenizerFiles(tok, template, eos_ids, special, bool(config.get("add_bos_token")), bos_id)
 
 
-def trained_fim_format(folder):
-    """'spm' for a megasnow checkpoint trained with fill-in-the-middle in suffix-prefix-middle order only
-    (config.yaml: data.fim.rate > 0 and data.fim.spm_rate == 1), else 'psm' (StarCoder's default order, and what a
-    model trained with both orders or a HF folder gets)."""
+@dataclass(frozen=True)
+class TrainedFim:
+    """What a model folder records about its fill-in-the-middle training.
+
+    trained: True (data.fim.rate > 0), False (recorded as off: rate 0 or no data.fim in a training config) or None
+    (nothing recorded: a HF model from elsewhere, an imported checkpoint, or a run started from an init_from whose
+    state is unknown); format: 'spm' for spm_rate 1, else 'psm' (StarCoder's default order, also for both orders);
+    source: the file it was read from (for messages), or None; settings: the recorded {rate, spm_rate, level}."""
+
+    trained: Optional[bool] = None
+    format: str = "psm"
+    source: Optional[str] = None
+    settings: dict = field(default_factory=dict)
+
+
+GENERATION_FIM_KEY = "fim"  # generation_config.json's entry that an export writes (transformers keeps it)
+
+
+def _fim_state(fim, source):
+    if fim is None:  # a training config without data.fim: trained before FIM existed, i.e. without it
+        return TrainedFim(False, "psm", source, {})
+    try:
+        rate, spm_rate = float(fim.get("rate", 0) or 0), float(fim.get("spm_rate", 0) or 0)
+    except (TypeError, ValueError, AttributeError):
+        return TrainedFim(source=source)
+    settings = {"rate": rate, "spm_rate": spm_rate, "level": fim.get("level", "file")}
+    return TrainedFim(rate > 0, "spm" if rate > 0 and spm_rate >= 1.0 else "psm", source, settings)
+
+
+def trained_fim(folder, _depth=0):
+    """The TrainedFim of a model folder (a checkpoint step folder or a HF folder).
+
+    Read from the training config a megasnow checkpoint keeps (config.yaml: data.fim; a run with rate 0 started
+    from checkpoint.init_from takes that checkpoint's state, unknown when it cannot be read), else from the `fim`
+    entry of generation_config.json that tools/convert_checkpoint.py export writes (and import copies back). A file
+    that cannot be read counts as nothing recorded."""
     import yaml
 
+    config_file = os.path.join(folder, "config.yaml")
     try:
-        with open(os.path.join(folder, "config.yaml"), encoding="utf-8") as f:
-            fim = ((yaml.safe_load(f) or {}).get("data") or {}).get("fim") or {}
-    except (OSError, yaml.YAMLError, AttributeError):
-        return "psm"
+        with open(config_file, encoding="utf-8") as f:
+            config = yaml.safe_load(f)
+    except (OSError, yaml.YAMLError):
+        config = None
+    if isinstance(config, dict) and isinstance(config.get("data"), dict):  # a training config (it has data:)
+        state = _fim_state(config["data"].get("fim"), config_file)
+        if state.trained is False:
+            init_from = (config.get("checkpoint") or {}).get("init_from") \
+                if isinstance(config.get("checkpoint"), dict) else None
+            if init_from:  # fine-tuned without FIM from weights that may have learnt it
+                base = _step_folder(str(init_from))
+                return trained_fim(base, _depth + 1) if base and _depth < 8 else TrainedFim(source=config_file)
+        return state
+    generation_file = os.path.join(folder, "generation_config.json")
     try:
-        return "spm" if float(fim.get("rate", 0)) > 0 and float(fim.get("spm_rate", 0)) >= 1.0 else "psm"
-    except (TypeError, ValueError):
-        return "psm"
+        with open(generation_file, encoding="utf-8") as f:
+            fim = json.load(f).get(GENERATION_FIM_KEY)
+    except (OSError, ValueError, AttributeError):
+        fim = None
+    return _fim_state(fim, generation_file) if isinstance(fim, dict) else TrainedFim()
+
+
+def _step_folder(path):
+    """The step folder of a checkpoint path (a step folder or a run folder with `latest`), or None."""
+    if any(os.path.exists(os.path.join(path, n)) for n in ("config.yaml", "generation_config.json")):
+        return path
+    try:
+        with open(os.path.join(path, "latest"), encoding="utf-8") as f:
+            return os.path.join(path, f.read().strip())
+    except OSError:
+        return None
+
+
+def not_trained_message(name, state, field="suffix", instead="use a model trained with data.fim.rate > 0"):
+    """Why a fill-in-the-middle request (its `field`: 'suffix', '--suffix', '--infill') is refused for a model
+    whose TrainedFim says FIM was off; `instead`: what else to do."""
+    file = os.path.basename(state.source or "config.yaml")
+    if file == "generation_config.json":
+        why = "its generation_config.json `fim` entry records data.fim.rate 0"
+    else:
+        why = f"data.fim.rate is 0 in its {file}" if state.settings else f"its {file} has no data.fim"
+    return (f"model {name} was not trained with fill-in-the-middle ({why}); it never saw the FIM sentinels, so "
+            f"its middle would be noise: leave {field} out, or {instead}")
+
+
+def trained_fim_format(folder):
+    """'spm' for a model trained with fill-in-the-middle in suffix-prefix-middle order only (data.fim.rate > 0 and
+    data.fim.spm_rate == 1, as trained_fim reads it), else 'psm' (StarCoder's default order, and what a model
+    trained with both orders or a HF folder without a recorded format gets)."""
+    return trained_fim(folder).format

@@ -54,6 +54,13 @@ CHAT_NEUTRAL_ONLY = (
     ("chat_template_kwargs", (None, {}), "chat template arguments"),
     ("documents", (None, []), "documents"),
 )
+# /v1/completions fields sent to /v1/chat/completions: pydantic would accept them as unknown extras and answer the
+# chat alone, so they are refused (field, what it is). echo and best_of are chat fields too (vLLM): see above.
+COMPLETIONS_ONLY = (
+    ("suffix", "suffix is a /v1/completions parameter (fill-in-the-middle); chat completions do not take it"),
+    ("prompt", "prompt is a /v1/completions parameter; chat completions take `messages` (or post the prompt to "
+               "/v1/completions)"),
+)
 
 
 def first_unsupported(request, table):
@@ -258,6 +265,10 @@ class ChatCompletionRequest(_SamplingFields):
         if self.top_logprobs and not self.logprobs:  # OpenAI's and vLLM's rule
             return "top_logprobs", (f"top_logprobs={self.top_logprobs} needs logprobs: true; set logprobs to true "
                                     f"or leave top_logprobs out")
+        extra = self.model_extra or {}
+        for name, message in COMPLETIONS_ONLY:
+            if extra.get(name) is not None:
+                return name, message
         return first_unsupported(self, CHAT_NEUTRAL_ONLY) or super().unsupported()
 
     def message_dicts(self):

@@ -192,7 +192,7 @@ class OpenAIServing:
                 prepared.append(self.engine.prepare(gen, None if isinstance(p, str) else p,
                                                     ignore_eos=request.ignore_eos))
         except BadRequestError as e:
-            return bad_request(str(e), "prompt")
+            return bad_request(str(e), e.param or "prompt")
         handle, error = self._submit(prepared, request.stream)
         if error:
             return error
