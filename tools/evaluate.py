@@ -165,6 +165,10 @@ def validate(args):
                     "chat: leave --prompt-style out")
     if args.infill_per_task and not args.infill:
         raise_usage("--infill-per-task needs --infill single-line or multi-line")
+    if args.infill and getattr(args, "loss_model", None):
+        raise_usage(f"--loss-model {args.loss_model}: the solution loss is a left-to-right measure, which an --infill "
+                    f"run does not report (docs/evaluation.md); drop --loss-model, or measure it in a run without "
+                    f"--infill")
     check_outputs(args)
     settings = None
     if args.command in ("generate", "run"):
@@ -173,6 +177,13 @@ def validate(args):
                         "--base-url URL (--backend openai)")
         if args.backend == "vllm" and not args.model:
             raise_usage("--backend vllm needs --model (a model folder)")
+        if args.backend == "vllm":
+            from megasnow.generation.vllm_backend import vllm_available
+
+            if not vllm_available():  # (the backend's own message names backend.kind, the synthesis config's key)
+                raise_usage("--backend vllm needs vLLM, which is not installed (it needs an NVIDIA GPU): `pip install "
+                            "vllm` on the GPU node, or use --backend openai --base-url URL against a vLLM server, or "
+                            "--backend local for small CPU runs")
         settings = generation_settings(args)
     if args.command in ("score", "run"):
         parse_ks(args.k or DEFAULT_KS)
@@ -268,9 +279,11 @@ def check_devices(args):
 
 def will_measure_loss(args):
     """score/run: whether the benchmark-solution loss is measured (--loss-model, or run's local model)."""
+    if getattr(args, "infill", None):  # a left-to-right measure: never for infilling (validate refuses --loss-model)
+        return False
     if getattr(args, "loss_model", None):
         return True
-    return args.command == "run" and args.backend == "local" and not args.no_loss and not args.infill
+    return args.command == "run" and args.backend == "local" and not args.no_loss
 
 
 def load(args):

@@ -232,6 +232,15 @@ def precheck(backend, requests, skip_too_long=False, generated_before=0):
     other = [(r, e) for r, e in bad if r.id not in too_long]
     name = getattr(backend, "model_name", "") or "this model"
     no_fim = [r for r, e in other if r.suffix is not None and check(replace(r, suffix=None)) is None]
+    trained = getattr(getattr(backend, "engine", None), "fim_trained", None)
+    refused = [r for r, e in bad if r.suffix is not None]
+    if refused and trained is not None and trained.trained is False:  # its config says it never learnt FIM
+        from megasnow.generation.model_files import not_trained_message
+
+        folder = os.path.dirname(trained.source) if trained.source else name
+        raise GenerationFailed(f"{len(refused)} of {len(requests)} generation requests cannot run: --infill asks "
+                               f"for fill-in-the-middle, but " + not_trained_message(
+                                   folder, trained, "--infill", "evaluate a model trained with data.fim.rate > 0"))
     if no_fim:  # refused for its suffix alone: the model cannot infill (the user asked --infill, not a suffix)
         raise GenerationFailed(f"{len(no_fim)} of {len(requests)} generation requests cannot run on {name}: "
                                f"{NO_FIM_ADVICE}, and this model's has none: drop --infill, or use a model trained "
