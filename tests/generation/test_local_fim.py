@@ -73,7 +73,56 @@ def test_tokenizer_without_fim_tokens_is_a_bad_request(tmp_path, engine):
 
     tok = load_tokenizer(family_tokenizer(tmp_path, "plain", ["<|endoftext|>"]))
     bare = LocalEngine(engine.model, TokenizerFiles(tok, eos_ids=(0,)))
-    with pytest.raises(BadRequestError, match="needs a tokenizer with FIM tokens"):
+    with pytest.raises(BadRequestError, match="needs a tokenizer with FIM tokens") as e:
         bare.prepare(fim_request())
+    assert e.value.param == "suffix"  # the server's 400 names the field at fault
     (result,) = LocalBackend(bare).generate([fim_request()])
     assert result.error_kind == "bad_request"
+
+
+def with_config(parent, name, config=None, generation=None):
+    """A folder holding a config.yaml (a training config) and/or a generation_config.json."""
+    import json
+
+    folder = parent / name
+    folder.mkdir()
+    if config is not None:
+        (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    if generation is not None:
+        (folder / "generation_config.json").write_text(json.dumps(generation))
+    return str(folder)
+
+
+def test_trained_fim_reads_what_the_folder_records(tmp_path):
+    from megasnow.generation.model_files import TrainedFim, trained_fim
+
+    fim_on = {"rate": 0.5, "spm_rate": 1.0, "level": "file"}
+    on = with_config(tmp_path, "on", {"data": {"fim": fim_on}})
+    assert trained_fim(on) == TrainedFim(True, "spm", on + "/config.yaml", fim_on)
+    off = with_config(tmp_path, "off", {"data": {"fim": {"rate": 0.0, "spm_rate": 1.0}}})
+    assert (trained_fim(off).trained, trained_fim(off).format) == (False, "psm")
+    assert trained_fim(with_config(tmp_path, "old", {"data": {"seq_len": 8}})).trained is False  # no data.fim
+    assert trained_fim(with_config(tmp_path, "bare", {"x": 1})) == TrainedFim()  # not a training config
+    # a run trained without FIM from init_from weights: that checkpoint's state, unknown when it cannot be read
+    assert trained_fim(with_config(tmp_path, "ft", {"data": {"fim": {"rate": 0}}, "checkpoint": {"init_from": on}}))\
+        .format == "spm"
+    assert trained_fim(with_config(tmp_path, "lost", {"data": {"fim": {"rate": 0}},
+                                                     "checkpoint": {"init_from": str(tmp_path / "gone")}})).trained \
+        is None
+    # a HF folder: the `fim` entry an export writes into generation_config.json, else nothing recorded
+    hf = with_config(tmp_path, "hf", generation={"eos_token_id": 2, "fim": fim_on})
+    assert (trained_fim(hf).trained, trained_fim(hf).format) == (True, "spm")
+    assert trained_fim(with_config(tmp_path, "hf0", generation={"fim": {"rate": 0.0}})).trained is False
+    assert trained_fim(with_config(tmp_path, "hf1", generation={"eos_token_id": 2})) == TrainedFim()
+
+
+def test_a_model_trained_without_fim_refuses_suffix(tmp_path, engine):
+    from megasnow.generation.model_files import trained_fim
+
+    state = trained_fim(with_config(tmp_path, "off", {"data": {"fim": {"rate": 0.0}}}))
+    off = LocalEngine(engine.model, engine.files, model_name="tiny-off", fim_trained=state)
+    with pytest.raises(BadRequestError) as e:
+        off.prepare(fim_request())
+    assert e.value.param == "suffix" and str(e.value).startswith(
+        "model tiny-off was not trained with fill-in-the-middle (data.fim.rate is 0 in its config.yaml); ")
+    assert off.prepare(GenerationRequest(id="plain", prompt=PREFIX)).prompt_ids  # left-to-right still runs
