@@ -1,4 +1,5 @@
 """tools/evaluate.py: score (outputs, summary numbers), loss, run, and one-line refusals (exit 2, nothing written)."""
+import importlib.util
 import json
 import os
 import re
@@ -385,6 +386,14 @@ def test_output_paths_of_the_wrong_kind_are_refused_before_any_work(refuse, tmp_
     ]:
         assert refuse(args) == message
         assert (sorted(os.listdir(tmp_path)), file.read_text()) == before and os.listdir(folder) == []
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed")
+def test_backend_vllm_without_vllm_names_the_flag(refuse, tmp_path):
+    out = tmp_path / "out"
+    assert refuse(["run", "--benchmark", "humaneval", "--backend", "vllm", "--model", "m", "--output", str(out)]) \
+        .startswith("error: --backend vllm needs vLLM, which is not installed")
+    assert not out.exists()
 
 
 def test_devices_this_machine_lacks_are_refused_before_a_model_loads(refuse, tmp_path):

@@ -118,6 +118,10 @@ def test_refusals(tmp_path):
          "has no --prompt-style chat"),
         (["generate", "--benchmark", "humaneval", "--infill-per-task", "2", "--model", "x"], "needs --infill"),
         (["generate", "--benchmark", "humaneval", "--infill", "two-line", "--model", "x"], "--infill"),
+        (["run", "--benchmark", "humaneval", "--infill", "single-line", "--model", "x", "--loss-model", "x"],
+         "--loss-model x: the solution loss is a left-to-right measure, which an --infill run does not report"),
+        (["score", "--benchmark", "humaneval", "--infill", "single-line", "--samples", "s", "--loss-model", "x"],
+         "--loss-model x: the solution loss is a left-to-right measure"),
     ]:
         proc = evaluate(*args, "--output", str(out / "s.jsonl"))
         lines = proc.stderr.strip().splitlines()
@@ -125,6 +129,25 @@ def test_refusals(tmp_path):
             proc.stderr
         assert not out.exists()
     assert os.path.exists(os.path.dirname(str(out)))
+
+
+def test_infill_on_a_model_trained_without_fim_is_refused(tmp_path):
+    """A checkpoint whose config.yaml records data.fim.rate 0: --infill is one error line naming it, nothing written."""
+    import yaml
+
+    from megasnow.generation.tiny_model import write_tiny_checkpoint
+
+    step = write_tiny_checkpoint(str(tmp_path / "ckpt"), seed=3)
+    with open(os.path.join(step, "config.yaml"), "w") as f:
+        yaml.safe_dump({"data": {"fim": {"rate": 0.0}}}, f)
+    out = tmp_path / "s.jsonl"
+    proc = evaluate("generate", "--benchmark", "humaneval", "--limit", "1", "--infill", "single-line", "--backend",
+                    "local", "--model", step, "--max-tokens", "4", "--output", str(out))
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert f"--infill asks for fill-in-the-middle, but model {step} was not trained with fill-in-the-middle " \
+           f"(data.fim.rate is 0 in its config.yaml)" in lines[0] and "leave --infill out" in lines[0]
+    assert not out.exists()
 
 
 def _without_fim(hf_dir, folder):

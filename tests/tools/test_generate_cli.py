@@ -46,6 +46,8 @@ def errors(capsys):
     (["--min-new-tokens", "-1"], "--min-new-tokens"),
     (["--min-new-tokens", "9", "--max-new-tokens", "8"], "--min-new-tokens"),
     (["--prompt", ""], "--prompt number 1 is empty"),
+    (["--prompt", "a", "--prompt", "b", "--suffix", "x"], "--suffix given 1 times for 2 --prompt: each --suffix "
+                                                          "belongs to the --prompt of the same position"),
     (["--device", "gpu0"], "--device 'gpu0' is not a torch device"),
     pytest.param(["--device", "cuda"], "--device is cuda but this machine has no CUDA device",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")),
@@ -187,6 +189,35 @@ def test_suffix_without_fim_tokens_is_one_error_line(tmp_path, capsys):
     lines = errors(capsys)
     assert lines[-1].startswith("error: --prompt 1: a suffix asks for fill-in-the-middle, which needs a tokenizer "
                                 "with FIM tokens") and not out.exists()
+
+
+def test_suffix_for_a_model_trained_without_fim_and_a_too_long_suffix_are_errors(tmp_path, capsys):
+    """A checkpoint whose config.yaml says data.fim.rate 0 refuses --suffix (one line naming it, exit 2); a FIM prompt
+    too long for the context names its parts."""
+    import yaml
+
+    from megasnow.generation.tiny_model import write_tiny_checkpoint
+
+    step = write_tiny_checkpoint(str(tmp_path / "tiny"), seed=5, max_seq_len=64)
+    out = tmp_path / "out.jsonl"
+    prefix, suffix = "a = ", "\nprint(a)\n" * 20
+    assert run_tool(load_tool().main, ["--checkpoint", step, "--prompt", prefix, "--suffix", suffix,
+                                       "--max-new-tokens", "8", "--output", str(out)]) == 2
+    engine = LocalEngine.from_path(step)
+    p, s = len(engine.tokenizer.encode(prefix)), len(engine.tokenizer.encode(suffix))
+    assert errors(capsys)[-1] == (f"error: --prompt 1 with its --suffix is {p + s + 3} tokens (prompt {p} + suffix {s} "
+                                  f"+ 3 FIM sentinels); with --max-new-tokens 8 that exceeds the model's context of 64 "
+                                  f"tokens (shorten them or lower --max-new-tokens)")
+    with open(os.path.join(step, "config.yaml"), "w") as f:
+        yaml.safe_dump({"data": {"fim": {"rate": 0.0, "spm_rate": 0.5}}}, f)
+    assert run_tool(load_tool().main, ["--checkpoint", step, "--prompt", prefix, "--suffix", "\n", "--max-new-tokens",
+                                       "4", "--output", str(out)]) == 2
+    line = errors(capsys)[-1]
+    assert line.startswith(f"error: --prompt 1: --suffix asks for fill-in-the-middle, but model {step} was not "
+                           f"trained with fill-in-the-middle (data.fim.rate is 0 in its config.yaml); ")
+    assert "leave --suffix out" in line and not out.exists()
+    assert run_tool(load_tool().main, ["--checkpoint", step, "--prompt", prefix, "--max-new-tokens", "2", "--output",
+                                       str(out)]) == 0  # left-to-right still runs
 
 
 def test_top_k_1_and_min_p_1_sample_the_greedy_tokens(checkpoint, tmp_path):
