@@ -238,10 +238,12 @@ def build_fim_transforms(cfg, tokenizer, eod_id, bos_id=None):
         try:
             return FIMTransform(tokenizer, f.rate, f.spm_rate, f.level, seed=cfg.data.seed, eod_id=eod_id,
                                 bos_id=bos_id, stream=STREAMS[split])
-        except TokenizerError as e:
-            raise ConfigError(f"data.fim.rate={f.rate} (data.fim.level={f.level}) with data.tokenizer: {e}; use a "
-                              f"tokenizer with these tokens (tools/train_tokenizer.py reserves them) or set "
-                              f"data.fim.rate=0") from None
+        except TokenizerError as e:  # each refusal keeps its own advice: missing tokens, or tokens that mis-spell
+            missing = tokenizer.fim_tokens() is None or (f.level == "file" and tokenizer.file_sep_id is None)
+            advice = ("use a tokenizer with these tokens (tools/train_tokenizer.py reserves them) or set "
+                      "data.fim.rate=0" if missing else "or set data.fim.rate=0")
+            raise ConfigError(f"data.fim.rate={f.rate} (data.fim.level={f.level}) with data.tokenizer: {e}; "
+                              f"{advice}") from None
 
     make("train")  # fail at start-up, not at the first read
     return make

@@ -10,13 +10,14 @@ import numpy as np
 import pytest
 import torch
 
+from megasnow.config import ConfigError
 from megasnow.curate.documents import repo_documents
 from megasnow.data import special_tokens
 from megasnow.data.blended_dataset import BlendEntry, build_gpt_dataset
 from megasnow.data.fim import FIMDataset, FIMTransform, fim_prompt_ids, parse_fim_unit, unit_draws
 from megasnow.data.indexed import write_dataset
 from megasnow.data.tokenizer import TokenizerError, load_tokenizer
-from megasnow.train.data import MicroBatches
+from megasnow.train.data import MicroBatches, build_fim_transforms
 from tests.data.code_fixtures import hf_tokenizer_json, real_code_files, sentencepiece_model
 
 SEQ_LEN = 255
@@ -284,6 +285,24 @@ def test_tokenizer_that_changes_text_refused(tmp_path):
     tok.save(path)
     with pytest.raises(TokenizerError, match="spell the text exactly"):
         FIMTransform(load_tokenizer(path), 0.5, 0.5, "sample")
+    # the trainer's refusal keeps this one's advice only (the tokenizer has the FIM tokens)
+    with pytest.raises(ConfigError) as e:
+        build_fim_transforms(fim_config("sample"), load_tokenizer(path), eod_id=1)
+    assert "spell the text exactly" in str(e.value) and "use a tokenizer with these tokens" not in str(e.value)
+    assert str(e.value).endswith("or a byte-level BPE tokenizer.json; or set data.fim.rate=0")
+
+
+def fim_config(level):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(data=SimpleNamespace(seed=0, fim=SimpleNamespace(rate=0.5, spm_rate=0.5, level=level)))
+
+
+def test_trainer_refusal_of_a_tokenizer_without_fim_tokens_says_what_to_use(tmp_path):
+    tok = load_tokenizer(family_tokenizer(tmp_path, "plain", ["<|endoftext|>", "<file_sep>"]))
+    with pytest.raises(ConfigError, match="no fill-in-the-middle tokens.*; use a tokenizer with these tokens "
+                                          r"\(tools/train_tokenizer.py reserves them\) or set data.fim.rate=0$"):
+        build_fim_transforms(fim_config("sample"), tok, eod_id=0)
 
 
 def test_converted_sentencepiece_tokenizer_json_gives_the_same_samples(tmp_path):
