@@ -306,6 +306,10 @@ class Trainer:
                 raise ConfigError(f"train.eval_interval is {cfg.train.eval_interval} but {where} has {have}, less "
                                   f"than one global batch ({gbs}); set data.valid_fraction > 0, data.valid_blend or "
                                   f"phases[{i}].valid_blend, or train.eval_interval=0")
+            if n_valid and len(valid) < n_valid:
+                self._notes.append(f"train.eval_iters is {cfg.train.eval_iters} but {where} holds "
+                                   f"{len(valid) // gbs} global batch(es) of held-out data: each evaluation uses "
+                                   f"those {len(valid) // gbs} (the same samples every time)")
             self.datasets.append((train, valid))
             self.phase_lengths.append(steps)
         if self.resume_from is not None:
