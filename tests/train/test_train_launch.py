@@ -205,3 +205,40 @@ def test_megatron_flags_and_a_number_for_a_section(run_yaml):
         load_train_config(run_yaml, ["data.fim=0.5"])
     assert str(e.value) == ("data.fim is a section (rate, spm_rate, level, mask_pad), not a number: for the "
                             "fill-in-the-middle rate use data.fim.rate=0.5")
+
+
+def test_a_killed_rank_leaves_one_line_per_survivor(tmp_path):
+    """Two ranks started as torchrun would (RANK, WORLD_SIZE, MASTER_ADDR/PORT); rank 1 is SIGKILLed after step 2:
+    rank 0 prints one line naming the step and the checkpoint to resume from, and exits 1 (recorded for the script)."""
+    from megasnow.parallel.spawn import free_port
+    from tests.train.helpers import real_code_files, write_byte_dataset
+
+    prefix = write_byte_dataset(str(tmp_path / "code"), real_code_files(limit=20))
+    cfg = tiny_config(tmp_path, [{"name": "only", "blend": [{"path": prefix}], "steps": 400}],
+                      checkpoint={"interval": 2})
+    path = write_config(tmp_path / "run.yaml", cfg)
+    port, status = str(free_port()), tmp_path / "status"
+    procs = []
+    for rank in (0, 1):
+        env = dict(train_env(), RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                   MASTER_PORT=port, MEGASNOW_EXIT_STATUS_FILE=str(status))
+        procs.append(subprocess.Popen([sys.executable, "-m", "megasnow.train", path], env=env, cwd=REPO, text=True,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    try:
+        for line in procs[0].stdout:
+            if line.startswith("step      3 |"):
+                procs[1].kill()
+                break
+        out, err = procs[0].communicate(timeout=120)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+    assert procs[0].returncode == 1 and "Traceback" not in err, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("rank 0: lost contact with another rank during ")
+    assert "(it may have died; see torchrun's report): " in lines[0]
+    assert lines[0].endswith(f"; resume from the last checkpoint (step 2, {tmp_path / 'ckpt' / 'step_00000002'})") \
+        or lines[0].endswith(f"; resume from the last checkpoint (step 4, {tmp_path / 'ckpt' / 'step_00000004'})")
+    assert status.read_text() == "1\n"
