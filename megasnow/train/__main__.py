@@ -16,6 +16,7 @@ import sys
 
 from megasnow.config import ConfigError
 from megasnow.errors import UserError
+from megasnow.train.config import ALIKE, alike_on_every_rank
 from megasnow.utils.cli import EXIT_INTERRUPTED, Terminated, _interrupt_behind, _one_line, debug_enabled, run_tool
 
 EXIT_LOST_CONTACT, EXIT_CONFIG, EXIT_STOPPED = 1, 2, 3
@@ -93,7 +94,8 @@ def main(argv=None):
     flags = [a for a in argv if a.startswith("--")]
     if flags:
         raise ConfigError(unknown_flag_message(flags[0], argv))
-    cfg = _load(argv)
+    with alike_on_every_rank():
+        cfg = _load(argv)
 
     from megasnow.parallel import state
 
@@ -147,7 +149,8 @@ def train(cfg):
     from megasnow.train.trainer import LostContact, Trainer, TrainingStopped
 
     pc = cfg.parallel
-    state.initialize_model_parallel(pc.tensor, pc.pipeline, pc.virtual_pipeline)
+    with alike_on_every_rank():
+        state.initialize_model_parallel(pc.tensor, pc.pipeline, pc.virtual_pipeline)
     trainer = Trainer(cfg).setup()
     if trainer.finished_at is not None:
         trainer.close()
@@ -166,12 +169,6 @@ def train(cfg):
     return EXIT_INTERRUPTED if trainer.stop_signal == signal.SIGINT else 0
 
 
-# Errors raised alike on every rank (the same config and layout): under torchrun only rank 0 prints them.
-def _same_on_every_rank():
-    from megasnow.model.config import ModelConfigError
-    from megasnow.parallel.state import ParallelConfigError
-
-    return ConfigError, ParallelConfigError, ModelConfigError
 
 
 def launched(argv=None):
@@ -188,7 +185,7 @@ def launched(argv=None):
         status["rc"] = EXIT_CONFIG
         if world == 1 or rank == 0 or debug_enabled(argv):
             raise
-        if not isinstance(e, _same_on_every_rank()):  # this rank's own trouble (a file missing on its node, ...)
+        if not getattr(e, ALIKE, False):  # this rank's own trouble (a file missing on its node, ...)
             print(f"error: [rank {rank}] {_one_line(e)}", file=sys.stderr, flush=True)
         return EXIT_CONFIG
     except KeyboardInterrupt as e:

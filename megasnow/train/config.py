@@ -1,5 +1,6 @@
 """The training run's config: one dataclass per section (model, data, parallel, optim, schedule, train,
 checkpoint, log, eval) plus the list of curriculum phases; YAML sets it, `key.sub=value` overrides it."""
+import contextlib
 import dataclasses
 import math
 import os
@@ -206,6 +207,23 @@ class TrainConfig:
     eval: EvalSection = field(default_factory=EvalSection)
     phases: list[PhaseConfig] = _help("curriculum phases, run in order (empty: one phase from data.blend, "
                                       "train.steps/tokens and schedule)", factory=list)
+
+
+# Set on a UserError that every rank raises alike (the config and the layout are the same on each): under torchrun
+# only rank 0 prints it. Errors about files (data, tokenizer, checkpoint) may differ per node and keep their rank.
+ALIKE = "same_on_every_rank"
+
+
+@contextlib.contextmanager
+def alike_on_every_rank():
+    """Mark the UserErrors raised inside as the same on every rank (see ALIKE)."""
+    from megasnow.errors import UserError
+
+    try:
+        yield
+    except UserError as e:
+        setattr(e, ALIKE, True)
+        raise
 
 
 def load_train_config(yaml_path=None, overrides=()):

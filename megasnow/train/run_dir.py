@@ -7,6 +7,7 @@ import socket
 import time
 
 from megasnow.config import ConfigError
+from megasnow.train.config import ALIKE
 from megasnow.data.output_check import top_missing_folder
 
 LOCK = ".megasnow.lock"
@@ -129,7 +130,9 @@ def on_rank0(rank, fn):
         if rank != 0:
             result = box[1]
     if error:
-        raise ConfigError(error)
+        e = ConfigError(error)
+        setattr(e, ALIKE, True)  # every rank raises rank 0's error: under torchrun only rank 0 prints it
+        raise e
     return result
 
 

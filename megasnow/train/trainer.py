@@ -13,8 +13,8 @@ from megasnow.config import ConfigError, dump_config, save_config
 from megasnow.errors import UserError
 from megasnow.train import checkpoint as ckpt
 from megasnow.train import resume, run_dir
-from megasnow.train.config import (build_parallel_config, check_layout, phase_steps, resolve_log_dir,
-                                   resolve_phases, sequence_parallel_note)
+from megasnow.train.config import (alike_on_every_rank, build_parallel_config, check_layout, phase_steps,
+                                   resolve_log_dir, resolve_phases, sequence_parallel_note)
 from megasnow.train.data import (MicroBatches, build_fim_transforms, build_phase_datasets, check_blend_paths,
                                  check_data_tokenizer, check_init_from, check_model_vocab, document_end_mix,
                                  load_run_tokenizer)
@@ -115,8 +115,9 @@ class Trainer:
             self._warnings_early.append(sp_note)
         self.tokenizer, self.tokenizer_file = load_run_tokenizer(cfg.data.tokenizer)
         # Every layout check (world size, batch, heads, layers per stage, ...) before any folder, data or model.
-        self.model_cfg, _, self.num_micro_batches = check_layout(
-            cfg, self.world, self.tokenizer.vocab_size if self.tokenizer else None)
+        with alike_on_every_rank():
+            self.model_cfg, _, self.num_micro_batches = check_layout(
+                cfg, self.world, self.tokenizer.vocab_size if self.tokenizer else None)
         self._lock = run_dir.acquire(cfg, self.rank)  # before anything is read from or written to the folders
         self.resume_from = self._check_resume()
         if self.finished_at is not None:

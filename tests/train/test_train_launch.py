@@ -94,6 +94,20 @@ def test_under_torchrun_rank0_prints_config_errors_and_records_the_exit_status(r
     assert (res.returncode, res.stderr, status.read_text()) == (2, "", "2\n")
 
 
+def test_a_rank_specific_error_keeps_its_rank(monkeypatch, capsys):
+    import megasnow.train.__main__ as entry
+    from megasnow.errors import UserError
+
+    def missing_on_this_node(argv):
+        raise UserError("phases[0].blend[0].path: /data/x.idx not found")
+    monkeypatch.setattr(entry, "main", missing_on_this_node)
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.delenv("MEGASNOW_EXIT_STATUS_FILE", raising=False)
+    assert run_tool(entry.launched, [], prog="megasnow.train") == 2
+    assert capsys.readouterr().err == "error: [rank 1] phases[0].blend[0].path: /data/x.idx not found\n"
+
+
 def test_torchrun_script_checks_first_and_exits_2_with_one_line(run_yaml):
     res = subprocess.run(["bash", os.path.join(LAUNCH, "torchrun_single_node.sh"), run_yaml, "parallel.tensor=2"],
                          capture_output=True, text=True, env=dict(train_env(), NPROC="3"), cwd=REPO, timeout=120)
@@ -134,7 +148,8 @@ def test_slurm_script_forwards_the_time_limit_signal_and_requeues(tmp_path, sign
     try:
         if signalled:
             deadline = time.monotonic() + 30
-            while not (log.exists() and "started" in log.read_text()) and time.monotonic() < deadline:
+            while not (log.exists() and "started" in log.read_text()) and time.monotonic() < deadline \
+                    and proc.poll() is None:
                 time.sleep(0.05)
             proc.send_signal(signal.SIGUSR1)
         out = proc.communicate(timeout=30)[0]
