@@ -303,7 +303,9 @@ def megatron_blend_hint(message):
 
 
 def help_text():
-    lines = ["usage: python -m megasnow.train CONFIG.yaml [key.sub=value ...]", "",
+    lines = ["usage: python -m megasnow.train CONFIG.yaml [key.sub=value ...]",
+             "       python -m megasnow.train --check WORLD_SIZE CONFIG.yaml [key.sub=value ...]  (only the config "
+             "and parallel-layout checks for WORLD_SIZE processes; the launch scripts run it before torchrun)", "",
              "Config keys (section.key (type) = default):"]
     lines += describe_config(TrainConfig)
     lines += ["", "Each entry of `phases` (and of any blend list) has these keys:"]

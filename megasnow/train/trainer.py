@@ -307,10 +307,12 @@ class Trainer:
                 raise ConfigError(f"train.eval_interval is {cfg.train.eval_interval} but {where} has {have}, less "
                                   f"than one global batch ({gbs}); set data.valid_fraction > 0, data.valid_blend or "
                                   f"phases[{i}].valid_blend, or train.eval_interval=0")
-            if n_valid and len(valid) < n_valid:
-                self._notes.append(f"train.eval_iters is {cfg.train.eval_iters} but {where} holds "
-                                   f"{len(valid) // gbs} global batch(es) of held-out data: each evaluation uses "
-                                   f"those {len(valid) // gbs} (the same samples every time)")
+            distinct = _distinct_samples(valid) if n_valid else None
+            if distinct is not None and distinct < n_valid:
+                self._notes.append(f"train.eval_iters is {cfg.train.eval_iters} global batches ({n_valid} samples) "
+                                   f"but {where}'s held-out data holds about {distinct} distinct samples: each "
+                                   f"evaluation reuses held-out batches (train.eval_iters={max(1, distinct // gbs)} "
+                                   f"or fewer reads each sample once)")
             self.datasets.append((train, valid))
             self.phase_lengths.append(steps)
         if self.resume_from is not None:
@@ -692,6 +694,17 @@ class LossTotal:
     @property
     def mean(self):
         return self.sum / self.count if self.count else 0.0  # no token counted: nothing to learn from
+
+
+def _distinct_samples(dataset):
+    """Samples in one pass over a (blended, FIM-wrapped) GPT dataset's documents: more are read again (epochs)."""
+    if hasattr(dataset, "dataset"):  # FIMDataset
+        return _distinct_samples(dataset.dataset)
+    if hasattr(dataset, "datasets"):  # BlendedDataset
+        parts = [_distinct_samples(d) for d in dataset.datasets]
+        return None if None in parts else sum(parts)
+    tokens, seq_len = getattr(dataset, "tokens_per_epoch", None), getattr(dataset, "seq_len", None)
+    return None if tokens is None or not seq_len else max(1, (tokens - 1) // seq_len)
 
 
 def _duration(seconds):
