@@ -40,7 +40,8 @@ MEGATRON_FLAGS = {
     "--virtual-pipeline-model-parallel-size": "parallel.virtual_pipeline",
     "--num-layers-per-virtual-pipeline-stage": "parallel.virtual_pipeline",
     "--bf16": "train.dtype", "--fp16": "train.dtype", "--recompute-activations": "model.activation_checkpointing",
-    "--recompute-granularity": "model.activation_checkpointing", "--overlap-grad-reduce": "parallel.overlap_grad_reduce",
+    "--recompute-granularity": "model.activation_checkpointing",
+    "--overlap-grad-reduce": "parallel.overlap_grad_reduce",
     "--fim-rate": "data.fim.rate", "--fim-spm-rate": "data.fim.spm_rate",  # bigcode-project/Megatron-LM
 }
 SWITCHES = {"--sequence-parallel", "--use-distributed-optimizer", "--calculate-per-token-loss",

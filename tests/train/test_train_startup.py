@@ -44,7 +44,8 @@ def test_eval_without_held_out_data_is_refused(tmp_path, prefix, small_prefix):
     # 2 global batches (8 samples) from 3 held-out samples: one note that batches are reused
     train_in_process(config(tmp_path / "reused", prefix, train={"eval_interval": 2},
                             data={"valid_blend": [{"path": small_prefix}]}))
-    notes = [r["message"] for r in losses(str(tmp_path / "reused" / "log"), kind="note") if "eval_iters" in r["message"]]
+    notes = [r["message"] for r in losses(str(tmp_path / "reused" / "log"), kind="note")
+             if "eval_iters" in r["message"]]
     assert notes == ["train.eval_iters is 2 global batches (8 samples) but phases[0] (only)'s held-out data holds "
                      "about 3 distinct samples: each evaluation reuses held-out batches (train.eval_iters=1 or fewer "
                      "reads each sample once)"]
