@@ -6,20 +6,30 @@
 #   NNODES         number of nodes (required)
 #   RDZV_ENDPOINT  host:port reachable from every node, normally the first node (required)
 #   RDZV_ID        job id shared by all nodes of this run (default: megasnow)
-#   NPROC          processes per node (default: GPUs on this node)
+#   NPROC          processes per node (default: the number of GPUs on this node, else 2 CPU processes, as
+#                  torchrun_single_node.sh)
 # World size = NNODES x NPROC = tensor x pipeline x data. Tensor ranks are adjacent (keep tensor <= NPROC so
 # tensor-parallel traffic stays inside a node). Set NCCL_SOCKET_IFNAME / NCCL_IB_HCA for your fabric if needed.
+# The config and layout are checked for NNODES x NPROC processes first (one `error:` line, exit 2). Exit code: the
+# trainer's on this node (see torchrun_single_node.sh), else torchrun's.
 set -euo pipefail
 if [[ $# -lt 1 || -z "${NNODES:-}" || -z "${RDZV_ENDPOINT:-}" ]]; then
     echo "usage: NNODES=N RDZV_ENDPOINT=host:port $0 CONFIG.yaml [key.sub=value ...]" >&2
     exit 2
 fi
-CONFIG=$1
-shift
 if [[ -z "${NPROC:-}" ]]; then
-    NPROC=$(python -c "import torch; print(torch.cuda.device_count() or 1)")
+    NPROC=$(python -c "import torch; print(torch.cuda.device_count() or 2)")
 fi
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
-exec torchrun --nnodes="$NNODES" --nproc-per-node="$NPROC" \
+python -m megasnow.train --check "$((NNODES * NPROC))" "$@"
+MEGASNOW_EXIT_STATUS_FILE=$(mktemp)  # this node's local rank 0 writes its exit code here
+export MEGASNOW_EXIT_STATUS_FILE
+trap 'rm -f "$MEGASNOW_EXIT_STATUS_FILE"' EXIT
+rc=0
+torchrun --nnodes="$NNODES" --nproc-per-node="$NPROC" \
     --rdzv-backend=c10d --rdzv-endpoint="$RDZV_ENDPOINT" --rdzv-id="${RDZV_ID:-megasnow}" \
-    --max-restarts=0 -m megasnow.train "$CONFIG" "$@"
+    --max-restarts=0 -m megasnow.train "$@" || rc=$?
+if [[ -s $MEGASNOW_EXIT_STATUS_FILE ]]; then
+    rc=$(<"$MEGASNOW_EXIT_STATUS_FILE")
+fi
+exit "$rc"

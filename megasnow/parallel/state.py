@@ -42,7 +42,8 @@ _VIRTUAL_PP_RANK: int | None = None
 def check_parallel_sizes(world_size, tp=1, pp=1, dp=None):
     """Return dp; refuse sizes whose product is not the world size."""
     if tp < 1 or pp < 1:
-        raise ParallelConfigError(f"tensor ({tp}) and pipeline ({pp}) sizes must be at least 1")
+        key = "parallel.tensor" if tp < 1 else "parallel.pipeline"
+        raise ParallelConfigError(f"{key} must be at least 1 (parallel.tensor {tp}, parallel.pipeline {pp})")
     if dp is None:
         if world_size % (tp * pp):
             raise ParallelConfigError(
@@ -79,7 +80,8 @@ def initialize_model_parallel(tensor_size=1, pipeline_size=1, virtual_pipeline_s
     tp, pp = tensor_size, pipeline_size
     dp = check_parallel_sizes(world, tp, pp)
     if virtual_pipeline_size is not None and virtual_pipeline_size > 1 and pp < 2:
-        raise ParallelConfigError("virtual pipeline stages need parallel.pipeline >= 2")
+        raise ParallelConfigError(f"parallel.virtual_pipeline={virtual_pipeline_size} needs parallel.pipeline >= 2; "
+                                  f"set parallel.virtual_pipeline=null or raise parallel.pipeline")
     kw = {}
     if timeout_s is not None:
         kw["timeout"] = datetime.timedelta(seconds=timeout_s)

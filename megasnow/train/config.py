@@ -1,5 +1,6 @@
 """The training run's config: one dataclass per section (model, data, parallel, optim, schedule, train,
 checkpoint, log, eval) plus the list of curriculum phases; YAML sets it, `key.sub=value` overrides it."""
+import contextlib
 import dataclasses
 import math
 import os
@@ -82,10 +83,16 @@ class DataSection:
 
 @dataclass
 class ParallelSection:
-    tensor: int = 1
-    pipeline: int = 1
-    virtual_pipeline: int | None = None
-    sequence_parallel: bool = False
+    tensor: int = _help("tensor-parallel size (Megatron's --tensor-model-parallel-size)", 1)
+    pipeline: int = _help("pipeline stages (--pipeline-model-parallel-size)", 1)
+    virtual_pipeline: int | None = _help("model chunks per pipeline stage, interleaved 1F1B "
+                                         "(--virtual-pipeline-model-parallel-size); None: 1")
+    pipeline_layers: list[int] | None = _help(
+        "layers per pipeline stage in model order, for an uneven split (with virtual_pipeline V: pipeline x V "
+        "counts, one per virtual stage); each >= 1, adding up to model.num_layers; None: an equal split")
+    sequence_parallel: bool = _help("split norms and dropout along the sequence over the tensor-parallel ranks; "
+                                    "with parallel.tensor=1 it is turned off with a warning (as Megatron-LM does)",
+                                    False)
     use_distributed_optimizer: bool = False
     overlap_grad_reduce: bool = True
     bucket_size_mb: float = 25.0
@@ -164,8 +171,10 @@ class CheckpointSection:
 
 @dataclass
 class LogSection:
-    dir: str = _help("metrics.jsonl, TensorBoard events and config.yaml go here", "runs/default")
-    interval: int = _help("console progress line every N steps", 1)
+    dir: str | None = _help("metrics.jsonl, TensorBoard events and config.yaml go here (None: <checkpoint.dir>/log, "
+                            "so each run keeps its own; without checkpoint.dir: runs/default)")
+    interval: int = _help("console progress line every N steps (and at the last step); 0: none (metrics.jsonl "
+                          "still gets every step)", 1)
     tensorboard: bool = True
     quiet: bool = False
 
@@ -200,6 +209,23 @@ class TrainConfig:
                                       "train.steps/tokens and schedule)", factory=list)
 
 
+# Set on a UserError that every rank raises alike (the config and the layout are the same on each): under torchrun
+# only rank 0 prints it. Errors about files (data, tokenizer, checkpoint) may differ per node and keep their rank.
+ALIKE = "same_on_every_rank"
+
+
+@contextlib.contextmanager
+def alike_on_every_rank():
+    """Mark the UserErrors raised inside as the same on every rank (see ALIKE)."""
+    from megasnow.errors import UserError
+
+    try:
+        yield
+    except UserError as e:
+        setattr(e, ALIKE, True)
+        raise
+
+
 def load_train_config(yaml_path=None, overrides=()):
     """Parse and check a training config. The YAML's relative input paths are taken relative to its folder where
     they exist there (resolve_input_paths; so example configs work from any working directory); paths given as
@@ -211,12 +237,36 @@ def load_train_config(yaml_path=None, overrides=()):
         if overrides:  # applied after the YAML's paths are resolved, so that they are not
             cfg = from_dict(TrainConfig, apply_overrides(to_dict(cfg), overrides))
     except ConfigError as e:
-        hint = megatron_blend_hint(str(e))
+        hint = megatron_blend_hint(str(e)) or section_value_hint(str(e), overrides)
         if hint is None:
             raise
         raise ConfigError(hint) from None
+    resolve_log_dir(cfg)
     check_config(cfg)
     return cfg
+
+
+def resolve_log_dir(cfg):
+    """log.dir's default: <checkpoint.dir>/log (checkpoint listings read only step_* folders), so two runs with
+    their own checkpoint.dir never share metrics; runs/default without checkpoint.dir. Changes `cfg` in place."""
+    if cfg.log.dir is None:
+        cfg.log.dir = os.path.join(cfg.checkpoint.dir, "log") if cfg.checkpoint.dir else DEFAULT_LOG_DIR
+    return cfg
+
+
+DEFAULT_LOG_DIR = os.path.join("runs", "default")  # log.dir of a run without checkpoint.dir
+
+
+def section_value_hint(message, overrides):
+    """For a number given where a section is expected (data.fim=0.5): the key it most likely meant."""
+    import re
+
+    m = re.match(r"^(?P<key>[\w.]+): expected a mapping, got (float|int)$", message)
+    if m is None or m["key"] != "data.fim":
+        return None
+    value = next((o.partition("=")[2] for o in overrides if o.partition("=")[0] == m["key"]), "RATE")
+    return (f"data.fim is a section (rate, spm_rate, level, mask_pad), not a number: for the fill-in-the-middle "
+            f"rate use data.fim.rate={value}")
 
 
 def megatron_blend_hint(message):
@@ -253,7 +303,9 @@ def megatron_blend_hint(message):
 
 
 def help_text():
-    lines = ["usage: python -m megasnow.train CONFIG.yaml [key.sub=value ...]", "",
+    lines = ["usage: python -m megasnow.train CONFIG.yaml [key.sub=value ...]",
+             "       python -m megasnow.train --check WORLD_SIZE CONFIG.yaml [key.sub=value ...]  (only the config "
+             "and parallel-layout checks for WORLD_SIZE processes; the launch scripts run it before torchrun)", "",
              "Config keys (section.key (type) = default):"]
     lines += describe_config(TrainConfig)
     lines += ["", "Each entry of `phases` (and of any blend list) has these keys:"]
@@ -282,9 +334,72 @@ def check_eval_section(cfg):
                           "score saved checkpoints with tools/evaluate.py")
 
 
+def check_parallel_section(cfg):
+    """The parallel section's own sizes (the world size and the model are checked by check_layout)."""
+    p = cfg.parallel
+    for key in ("tensor", "pipeline"):
+        value = getattr(p, key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"parallel.{key} must be an integer >= 1, got {value!r}")
+    v = p.virtual_pipeline
+    if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+        raise ConfigError(f"parallel.virtual_pipeline must be an integer >= 1 or null, got {v!r}")
+    if v is not None and v > 1 and p.pipeline < 2:
+        raise ConfigError(f"parallel.virtual_pipeline={v} (interleaved schedule) needs parallel.pipeline >= 2; set "
+                          f"parallel.virtual_pipeline=null or raise parallel.pipeline")
+    if p.pipeline_layers is not None:
+        stages = p.pipeline * (v or 1)
+        counts = p.pipeline_layers
+        if len(counts) != stages or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in counts):
+            raise ConfigError(f"parallel.pipeline_layers {counts} must list {stages} layer counts >= 1, one per "
+                              f"pipeline stage (parallel.pipeline {p.pipeline} x parallel.virtual_pipeline "
+                              f"{v or 1}), in model order")
+
+
+def sequence_parallel_note(cfg):
+    """Megatron-LM's rule: sequence parallelism without tensor parallelism is turned off, with a warning. Changes
+    `cfg` in place; returns the warning (None when nothing changed)."""
+    if cfg.parallel.sequence_parallel and cfg.parallel.tensor == 1:
+        cfg.parallel.sequence_parallel = False
+        return ("parallel.sequence_parallel=true has no effect with parallel.tensor=1 (it splits the sequence over "
+                "tensor-parallel ranks): turned off")
+    return None
+
+
+def build_parallel_config(cfg, params_dtype="fp32"):
+    """megasnow.parallel's ParallelConfig for the run's parallel section (and its micro-batch size)."""
+    from megasnow.parallel.parallelize import ParallelConfig
+
+    known = {f.name for f in dataclasses.fields(ParallelConfig)}
+    pc = {k: v for k, v in dataclasses.asdict(cfg.parallel).items() if k in known}
+    pc.update({k: v for k, v in {"micro_batch_size": cfg.train.micro_batch_size,
+                                  "params_dtype": params_dtype}.items() if k in known})
+    return ParallelConfig(**pc)
+
+
+def check_layout(cfg, world_size, vocab_size=None):
+    """Every check of the parallel layout against the world size, the batch and the model, before any data or model
+    is built (ConfigError / ParallelConfigError / ModelConfigError naming the key). `vocab_size`: the tokenizer's
+    (None: the preset's or model.vocab_size). Returns (model config, data-parallel size, micro-batches per step)."""
+    from megasnow.parallel import state
+
+    p, t = cfg.parallel, cfg.train
+    dp = state.check_parallel_sizes(world_size, p.tensor, p.pipeline)
+    per_step = t.micro_batch_size * dp
+    if t.global_batch_size % per_step:
+        raise ConfigError(f"train.global_batch_size ({t.global_batch_size}) must be a multiple of "
+                          f"train.micro_batch_size x data-parallel size = {t.micro_batch_size} x {dp} = {per_step}")
+    num_micro_batches = t.global_batch_size // per_step
+    check_parallel_layout(cfg, num_micro_batches)
+    model_cfg = build_model_config(cfg, vocab_size)
+    build_parallel_config(cfg).validate(model_cfg, world_size)
+    return model_cfg, dp, num_micro_batches
+
+
 def check_config(cfg):
     """Refuse settings that cannot work, before anything is built; messages name the key."""
     t = cfg.train
+    check_parallel_section(cfg)
     if t.micro_batch_size < 1:
         raise ConfigError(f"train.micro_batch_size must be >= 1, got {t.micro_batch_size}")
     if t.global_batch_size < 1:
@@ -314,6 +429,13 @@ def check_config(cfg):
     if fim.rate > 0 and fim.mask_pad and not t.calculate_per_token_loss:
         raise ConfigError("data.fim.mask_pad leaves <fim_pad> labels out of the loss, which needs the per-token "
                           "loss: set train.calculate_per_token_loss=true, or data.fim.mask_pad=false")
+    for key, value in (("train.eval_interval", t.eval_interval), ("log.interval", cfg.log.interval),
+                       ("checkpoint.interval", cfg.checkpoint.interval), ("checkpoint.keep_last",
+                                                                          cfg.checkpoint.keep_last)):
+        if value < 0:
+            raise ConfigError(f"{key} must be >= 0 (0: off), got {value}")
+    if t.eval_iters < 1:
+        raise ConfigError(f"train.eval_iters must be >= 1 (global batches per evaluation), got {t.eval_iters}")
     if t.max_consecutive_nan < 1:
         raise ConfigError("train.max_consecutive_nan must be >= 1")
     check_eval_section(cfg)

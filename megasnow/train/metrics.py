@@ -81,11 +81,14 @@ class MetricsLogger:
         self.flops_per_token = flops_per_token
         self.device = device
         self.num_devices = num_devices
-        self.interval = max(1, interval)
+        self.interval = interval  # 0: no per-step progress lines (the events and the summary still print)
         self.quiet = quiet
         self.write = write
         self.peak, self.device_name = device_peak(device)
+        # Mean step time (an EMA) for the ETA. The first step after a start or resume is left out: it holds the
+        # warm-up (allocator, kernel compilation, the first batches read) and would inflate the ETA for many steps.
         self._avg_step_s = None
+        self._steps_timed = 0
         self._tb = None
         self._jsonl = None
         if not write:
@@ -115,18 +118,23 @@ class MetricsLogger:
         """Complete `record` (step, phase, loss, lr, grad_norm, ...) with throughput figures and write it."""
         tokens_per_s = tokens / step_time_s if step_time_s > 0 else float("nan")
         tflops = tokens_per_s * self.flops_per_token / 1e12 / self.num_devices
-        self._avg_step_s = step_time_s if self._avg_step_s is None else 0.9 * self._avg_step_s + 0.1 * step_time_s
+        self._steps_timed += 1
+        if self._steps_timed > 1:
+            self._avg_step_s = step_time_s if self._avg_step_s is None else \
+                0.9 * self._avg_step_s + 0.1 * step_time_s
+        eta_s = 0.0 if steps_left == 0 else None if self._avg_step_s is None else self._avg_step_s * steps_left
         record.update(
             tokens_per_s=tokens_per_s,
             tflops_per_device=tflops,
             mfu=(tflops / self.peak) if self.peak else None,
             memory_mb=memory_mb(self.device),
             step_time_s=step_time_s,
-            eta_s=self._avg_step_s * steps_left,
+            eta_s=eta_s,
             time=time.time(),
         )
         self._write(record)
-        if self.write and not self.quiet and (record["step"] % self.interval == 0 or steps_left == 0):
+        if self.write and not self.quiet and self.interval > 0 and \
+                (record["step"] % self.interval == 0 or steps_left == 0):
             print(self.progress_line(record), flush=True)
         return record
 
@@ -141,10 +149,10 @@ class MetricsLogger:
             parts.append(f"SKIPPED (non-finite; {r['nan_skips']} so far)")
         return " | ".join(parts)
 
-    def event(self, record):
-        """A non-step record (evaluation, phase change, stop reason) in metrics.jsonl and on the console."""
+    def event(self, record, echo=True):
+        """A non-step record (evaluation, phase change, stop reason) in metrics.jsonl and (echo) on the console."""
         self._write(record)
-        if self.write and not self.quiet and record.get("message"):
+        if echo and self.write and not self.quiet and record.get("message"):
             print(record["message"], flush=True)
 
     def _write(self, record):

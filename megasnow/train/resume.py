@@ -12,14 +12,15 @@ from megasnow.config import ConfigError, from_dict
 FIXED_KEYS = {"data.seq_len", "data.seed", "data.valid_fraction", "data.tokenizer", "data.eod_id",
               "data.fim.rate", "data.fim.spm_rate", "data.fim.level",
               "train.global_batch_size", "train.seed", "train.dtype",
-              "parallel.tensor", "parallel.pipeline", "parallel.virtual_pipeline",
+              "parallel.tensor", "parallel.pipeline", "parallel.virtual_pipeline", "parallel.pipeline_layers",
               "parallel.use_distributed_optimizer"}
 # Model keys that change only how the same math runs.
 RUNTIME_MODEL_KEYS = {"model.kernels", "model.activation_checkpointing"}
 # Keys of a phase that may change after it started (its LR schedule, its held-out data); its length is checked apart.
 MUTABLE_PHASE_FIELDS = {"schedule", "valid_blend"}
 LENGTH_FIELDS = {"steps", "tokens"}
-NOT_REPORTED = {"checkpoint.allow_config_change"}
+# Where the run lives is no config change: a checkpoint folder copied or moved elsewhere resumes without a word.
+NOT_REPORTED = {"checkpoint.allow_config_change", "checkpoint.dir", "log.dir"}
 ABSENT = "<absent>"
 
 

@@ -7,6 +7,8 @@ import socket
 import time
 
 from megasnow.config import ConfigError
+from megasnow.train.config import ALIKE
+from megasnow.data.output_check import top_missing_folder
 
 LOCK = ".megasnow.lock"
 RUN_FILE = "run.json"  # in log.dir: {"checkpoint_dir": realpath or null}
@@ -27,7 +29,8 @@ class RunDirLock:
             raise
 
     def _lock(self, key, folder):
-        created = not os.path.isdir(folder)
+        # The top-most folder this makes (folder itself or a parent): a failed start removes up to it, empty.
+        created = top_missing_folder(folder)
         os.makedirs(folder, exist_ok=True)
         path = os.path.join(folder, LOCK)
         while True:
@@ -38,7 +41,7 @@ class RunDirLock:
                 holder = _read_holder(fd)
                 os.close(fd)
                 if created:
-                    _remove_empty(folder)
+                    _remove_empty(folder, created)
                 raise ConfigError(f"{key} {folder} is in use by another run ({holder}); wait for it to end, stop "
                                   f"it, or give this run another {key}") from None
             # The file may have been unlinked by a releasing run between open and flock: lock the one on disk.
@@ -63,7 +66,7 @@ class RunDirLock:
                     os.unlink(path)
                 except OSError:
                     pass
-                _remove_empty(os.path.dirname(path))
+                _remove_empty(os.path.dirname(path), created)
             os.close(fd)
         self._held = []
 
@@ -79,11 +82,17 @@ def _read_holder(fd):
         return "pid and host unknown"
 
 
-def _remove_empty(folder):
-    try:
-        os.rmdir(folder)
-    except OSError:
-        pass
+def _remove_empty(folder, top):
+    """Remove `folder` and its parents up to `top` (the top-most one this run made) while they are empty."""
+    folder, top = os.path.abspath(folder), os.path.abspath(top)
+    while True:
+        try:
+            os.rmdir(folder)
+        except OSError:
+            return
+        if folder == top or not folder.startswith(top + os.sep):
+            return
+        folder = os.path.dirname(folder)
 
 
 def lock_folders(cfg):
@@ -121,7 +130,9 @@ def on_rank0(rank, fn):
         if rank != 0:
             result = box[1]
     if error:
-        raise ConfigError(error)
+        e = ConfigError(error)
+        setattr(e, ALIKE, True)  # every rank raises rank 0's error: under torchrun only rank 0 prints it
+        raise e
     return result
 
 

@@ -13,7 +13,8 @@ from megasnow.config import ConfigError, dump_config, save_config
 from megasnow.errors import UserError
 from megasnow.train import checkpoint as ckpt
 from megasnow.train import resume, run_dir
-from megasnow.train.config import build_model_config, check_parallel_layout, phase_steps, resolve_phases
+from megasnow.train.config import (alike_on_every_rank, build_parallel_config, check_layout, phase_steps,
+                                   resolve_log_dir, resolve_phases, sequence_parallel_note)
 from megasnow.train.data import (MicroBatches, build_fim_transforms, build_phase_datasets, check_blend_paths,
                                  check_data_tokenizer, check_init_from, check_model_vocab, document_end_mix,
                                  load_run_tokenizer)
@@ -24,6 +25,25 @@ from megasnow.utils.device import resolve_device
 
 class TrainingStopped(RuntimeError):
     """The run stopped on purpose before its end (too many non-finite steps); a checkpoint was written."""
+
+
+class LostContact(RuntimeError):
+    """A collective failed because another rank went away (killed, crashed, its node lost): the message is the one
+    line to print (exit 1; not a user error)."""
+
+
+# Phrases of gloo's and NCCL's transport errors when a peer is gone (a peer's death surfaces as these, or as
+# torch.distributed.DistError subclasses in newer torch).
+_TRANSPORT_PHRASES = ("connection reset by peer", "connection closed by peer", "broken pipe", "socket timeout",
+                      "gloo", "nccl", "connection refused", "timed out")
+
+
+def lost_contact(error):
+    """Whether `error` is a collective's transport failure (a peer rank is gone), not a bug of this rank."""
+    dist_error = getattr(dist, "DistError", None)
+    if dist_error is not None and isinstance(error, dist_error):
+        return True
+    return isinstance(error, RuntimeError) and any(p in str(error).lower() for p in _TRANSPORT_PHRASES)
 
 
 @dataclass
@@ -46,7 +66,9 @@ class Trainer:
     def __init__(self, cfg):
         self.cfg = cfg
         self.state = TrainerState()
-        self.stop_signal = None  # SIGTERM or SIGINT once received
+        self.stop_signal = None  # the first of SIGTERM or SIGINT received
+        self._repeat_noted = False
+        self._activity = "start-up"  # what the run is doing, named when a collective fails
         self.finished_at = None  # the step of a checkpoint that already ends this run (setup found nothing to do)
         self._started = time.perf_counter()
         self._first_step = True
@@ -72,7 +94,7 @@ class Trainer:
     def _setup(self):
         from megasnow.parallel import state as ps
 
-        cfg = self.cfg
+        cfg = resolve_log_dir(self.cfg)
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         self.device = self._pick_device()
@@ -85,18 +107,17 @@ class Trainer:
         self.dp_rank, self.dp_size = ps.get_data_parallel_rank(), ps.get_data_parallel_world_size()
         self.rank, self.world = ps.get_rank(), ps.get_world_size()
         self.is_logger = self.rank == self._logging_rank()
-        per_step = cfg.train.micro_batch_size * self.dp_size
-        if cfg.train.global_batch_size % per_step:
-            raise ConfigError(f"train.global_batch_size ({cfg.train.global_batch_size}) must be a multiple of "
-                              f"train.micro_batch_size x data-parallel size = {cfg.train.micro_batch_size} x "
-                              f"{self.dp_size} = {per_step}")
-        self.num_micro_batches = cfg.train.global_batch_size // per_step
-        check_parallel_layout(cfg, self.num_micro_batches)
-
         self.phases = resolve_phases(cfg)
         self._notes = []  # start-up remarks, written as events once the metrics logger exists
         self._warnings_early = []  # start-up warnings found before the schedule's
+        sp_note = sequence_parallel_note(cfg)
+        if sp_note:
+            self._warnings_early.append(sp_note)
         self.tokenizer, self.tokenizer_file = load_run_tokenizer(cfg.data.tokenizer)
+        # Every layout check (world size, batch, heads, layers per stage, ...) before any folder, data or model.
+        with alike_on_every_rank():
+            self.model_cfg, _, self.num_micro_batches = check_layout(
+                cfg, self.world, self.tokenizer.vocab_size if self.tokenizer else None)
         self._lock = run_dir.acquire(cfg, self.rank)  # before anything is read from or written to the folders
         self.resume_from = self._check_resume()
         if self.finished_at is not None:
@@ -115,7 +136,6 @@ class Trainer:
             check_blend_paths(items, where)
         data_vocab = check_data_tokenizer(blends, self.tokenizer, cfg.data.tokenizer)
 
-        self.model_cfg = build_model_config(cfg, self.tokenizer.vocab_size if self.tokenizer else None)
         check_model_vocab(self.model_cfg.vocab_size, cfg.model.vocab_size is not None, self.tokenizer, data_vocab)
         self.eod_id = self._document_mask_eod()
         self.fim = self._fim_transforms()
@@ -287,6 +307,12 @@ class Trainer:
                 raise ConfigError(f"train.eval_interval is {cfg.train.eval_interval} but {where} has {have}, less "
                                   f"than one global batch ({gbs}); set data.valid_fraction > 0, data.valid_blend or "
                                   f"phases[{i}].valid_blend, or train.eval_interval=0")
+            distinct = _distinct_samples(valid) if n_valid else None
+            if distinct is not None and distinct < n_valid:
+                self._notes.append(f"train.eval_iters is {cfg.train.eval_iters} global batches ({n_valid} samples) "
+                                   f"but {where}'s held-out data holds about {distinct} distinct samples: each "
+                                   f"evaluation reuses held-out batches (train.eval_iters={max(1, distinct // gbs)} "
+                                   f"or fewer reads each sample once)")
             self.datasets.append((train, valid))
             self.phase_lengths.append(steps)
         if self.resume_from is not None:
@@ -317,16 +343,9 @@ class Trainer:
         return (pc.pipeline - 1) * pc.tensor * self.dp_size
 
     def _build_model(self):
-        import dataclasses
+        from megasnow.parallel.parallelize import build_model
 
-        from megasnow.parallel.parallelize import ParallelConfig, build_model
-
-        known = {f.name for f in dataclasses.fields(ParallelConfig)}
-        pc = {k: v for k, v in dataclasses.asdict(self.cfg.parallel).items() if k in known}
-        extra = {"micro_batch_size": self.cfg.train.micro_batch_size,
-                 "params_dtype": "bf16" if self.dtype == torch.bfloat16 else "fp32"}
-        pc.update({k: v for k, v in extra.items() if k in known})
-        self.parallel_cfg = ParallelConfig(**pc)
+        self.parallel_cfg = build_parallel_config(self.cfg, "bf16" if self.dtype == torch.bfloat16 else "fp32")
         from megasnow.model.flops import num_parameters
 
         p = self.cfg.parallel
@@ -373,7 +392,8 @@ class Trainer:
     # ------------------------------------------------------------------ run
     def run(self):
         """Train through every phase; returns the final TrainerState. SIGTERM and Ctrl-C (SIGINT) finish the step,
-        save and return early (`stop_signal` says which; a second Ctrl-C interrupts at once)."""
+        save and return early (`stop_signal` says which came first); the handlers stay until the checkpoint is
+        saved, so further signals change nothing."""
         if self.finished_at is not None:
             self.close()
             return self.state
@@ -385,16 +405,37 @@ class Trainer:
                     break
             self._summary(start_step, time.perf_counter() - t0)
             return self.state
+        except Exception as e:
+            if self.world > 1 and lost_contact(e):
+                raise LostContact(self._lost_contact_line(e)) from e
+            raise
         finally:
             for sig, handler in handlers.items():
                 signal.signal(sig, handler)
             self.metrics.close()
             self.close()
 
+    def _lost_contact_line(self, error):
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        c = self.cfg.checkpoint
+        latest = ckpt.resolve_latest(c.dir) if c.dir else None
+        resume_at = (f"resume from the last checkpoint (step {ckpt.read_meta(latest)['step']}, {latest})" if latest
+                     else "no checkpoint saved yet to resume from" if c.dir else "no checkpoint.dir to resume from")
+        return (f"rank {self.rank}: lost contact with another rank during {self._activity} (it may have died; see "
+                f"torchrun's report): {first}; {resume_at}")
+
     def _on_stop_signal(self, signum, frame):
-        self.stop_signal = signum
-        if signum == signal.SIGINT:  # the next Ctrl-C interrupts without waiting for the step and the checkpoint
-            signal.signal(signal.SIGINT, signal.default_int_handler)
+        """Keep the FIRST stop signal as the reason; later ones are no-ops (noted once). Under torchrun a Ctrl-C
+        reaches each worker from the terminal (SIGINT to the process group) and again from torchrun (SIGINT, then
+        SIGTERM): none of them may change the reason or interrupt the step or the checkpoint being saved."""
+        if self.stop_signal is None:
+            self.stop_signal = signum
+            return
+        if not self._repeat_noted and getattr(self, "is_logger", True):
+            self._repeat_noted = True
+            name = signal.Signals(signum).name
+            os.write(2, f"megasnow.train: {name} received while stopping; finishing the step and the checkpoint "
+                        f"first (SIGKILL stops at once, losing them)\n".encode())
 
     def _run_phase(self, index):
         """Run phase `index` from the current state; True when the run must stop (signal)."""
@@ -448,8 +489,9 @@ class Trainer:
             f"no checkpoint.dir, nothing saved (stopped at step {st.step})"
         message = (f"interrupted (Ctrl-C): {saved}; rerun the same command to resume" if sigint
                    else f"SIGTERM: {saved}; exiting")
+        self._stop_message = message  # the summary line starts with it (one line for a stop)
         self.metrics.event({"kind": "stop", "step": st.step, "reason": "sigint" if sigint else "sigterm",
-                            "message": message})
+                            "message": message}, echo=False)
 
     def _summary(self, start_step, seconds):
         """The closing line: steps and tokens of this run, throughput, time, where checkpoints and metrics are."""
@@ -461,8 +503,9 @@ class Trainer:
                  f"metrics in {os.path.join(c.log.dir, 'metrics.jsonl')}"]
         if self.metrics.tensorboard_dir:
             where.append(f"TensorBoard in {os.path.join(c.log.dir, 'tensorboard')}")
-        head = "stopped" if self.stop_signal is not None else "done"
-        message = (f"{head}: {steps} steps this run (step {st.step} of {sum(self.phase_lengths)}, "
+        stop = getattr(self, "_stop_message", None)
+        head = f"{stop};" if stop else "done:"
+        message = (f"{head} {steps} steps this run (step {st.step} of {sum(self.phase_lengths)}, "
                    f"{len(st.finished_phases)}/{len(self.phases)} phases done), {tokens:,} tokens in "
                    f"{_duration(seconds)} ({rate:,.0f} tokens/s; {_duration(time.perf_counter() - self._started)} "
                    f"with set-up); " + ", ".join(where))
@@ -473,6 +516,7 @@ class Trainer:
         from megasnow.parallel.pipeline.schedules import forward_backward
 
         cfg, st = self.cfg, self.state
+        self._activity = f"step {st.step + 1}"
         t0 = time.perf_counter()
         micro = batches.next_step()
         if self._first_step:
@@ -552,17 +596,18 @@ class Trainer:
         return LossTotal(*total)
 
     def _signal_received(self):
-        """Whether any rank got SIGTERM or SIGINT; every rank then holds the same `stop_signal` (SIGTERM wins)."""
-        number = float(self.stop_signal or 0)
+        """Whether any rank got SIGTERM or SIGINT; every rank then holds the same `stop_signal` (SIGINT wins: a rank
+        that saw Ctrl-C first was interrupted by a person, and the run exits 130)."""
+        code = {None: 0, signal.SIGTERM: 1, signal.SIGINT: 2}[self.stop_signal]
         if dist.is_available() and dist.is_initialized() and self.world > 1:
-            t = torch.tensor([number])
+            t = torch.tensor([float(code)])
             if dist.get_backend() == "nccl":
                 t = t.to(self.device)
             dist.all_reduce(t, op=dist.ReduceOp.MAX)
-            number = float(t[0])
-        if number:
-            self.stop_signal = signal.Signals(int(number))
-        return number > 0
+            code = int(t[0])
+        if code:
+            self.stop_signal = signal.SIGINT if code == 2 else signal.SIGTERM
+        return code > 0
 
     @torch.no_grad()
     def evaluate(self):
@@ -572,6 +617,7 @@ class Trainer:
         if self.valid_ds is None:
             return None
         cfg = self.cfg
+        self._activity = f"the held-out evaluation at step {self.state.step}"
         for m in self.model_chunks:
             m.eval()
         n = min(cfg.train.eval_iters, len(self.valid_ds) // cfg.train.global_batch_size)
@@ -620,6 +666,7 @@ class Trainer:
             return None
         import dataclasses
 
+        self._activity = f"the checkpoint save at step {self.state.step}"
         trainer = dataclasses.asdict(self.state)
         extra = {}
         if self.tokenizer_file:  # checkpoints carry their tokenizer, so exports and generation need nothing else
@@ -647,6 +694,17 @@ class LossTotal:
     @property
     def mean(self):
         return self.sum / self.count if self.count else 0.0  # no token counted: nothing to learn from
+
+
+def _distinct_samples(dataset):
+    """Samples in one pass over a (blended, FIM-wrapped) GPT dataset's documents: more are read again (epochs)."""
+    if hasattr(dataset, "dataset"):  # FIMDataset
+        return _distinct_samples(dataset.dataset)
+    if hasattr(dataset, "datasets"):  # BlendedDataset
+        parts = [_distinct_samples(d) for d in dataset.datasets]
+        return None if None in parts else sum(parts)
+    tokens, seq_len = getattr(dataset, "tokens_per_epoch", None), getattr(dataset, "seq_len", None)
+    return None if tokens is None or not seq_len else max(1, (tokens - 1) // seq_len)
 
 
 def _duration(seconds):

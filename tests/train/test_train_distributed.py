@@ -109,6 +109,8 @@ def masked_labels(self, samples, indices):
 PER_TOKEN = ["checkpoint.dir=null", "train.calculate_per_token_loss=true"]
 RESUMED_LAYOUTS = {"pp2": ["parallel.pipeline=2"],
                    "zero1": ["parallel.use_distributed_optimizer=true", "parallel.bucket_size_mb=0.001"]}
+# A 3-layer model on 2 stages: 1 layer on the first, 2 on the second (parallel.pipeline_layers).
+UNEVEN_PIPELINE = ["checkpoint.dir=null", "model.num_layers=3", "parallel.pipeline=2", "parallel.pipeline_layers=[1,2]"]
 PER_TOKEN_LAYOUTS = {"dp2": PER_TOKEN, "dp2_mb1": PER_TOKEN + ["train.micro_batch_size=1"]}
 
 
@@ -128,6 +130,7 @@ def _two_rank_runs(rank, world, root, prefix):
         dist.barrier()
         train_in_process(config, *overrides, f"log.dir={os.path.join(root, name, 'resumed_log')}")
     train_in_process(make_config(Path(root) / "dp2_saved", prefix))  # resumed on one rank below
+    train_in_process(make_config(Path(root) / "pp2_uneven", prefix), *UNEVEN_PIPELINE)
     MicroBatches.labels = masked_labels
     for name, overrides in PER_TOKEN_LAYOUTS.items():
         train_in_process(make_config(Path(root) / name, prefix), *overrides)
@@ -153,6 +156,16 @@ def test_pipeline_and_distributed_optimizer_match_one_process_and_resume_exactly
         got = step_losses(two_rank_runs / name / "log")
         assert got == pytest.approx(reference, abs=1e-5), name
         assert step_losses(two_rank_runs / name / "resumed_log") == got[2:], name  # exact, float for float
+
+
+def test_uneven_pipeline_split_matches_one_process(tmp_path, data, two_rank_runs):
+    """parallel.pipeline_layers=[1,2] (3 layers on 2 stages) trains to the single-process losses of the same model."""
+    single = make_config(tmp_path / "single", data)
+    train_in_process(single, "checkpoint.dir=null", "model.num_layers=3")
+    with open(two_rank_runs / "pp2_uneven" / "log" / "config.yaml") as f:
+        assert yaml.safe_load(f)["parallel"]["pipeline_layers"] == [1, 2]
+    got = step_losses(two_rank_runs / "pp2_uneven" / "log")
+    assert len(got) == STEPS and got == pytest.approx(step_losses(tmp_path / "single" / "log"), abs=1e-5)
 
 
 def first_step_per_token_loss(config):

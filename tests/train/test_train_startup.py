@@ -40,6 +40,15 @@ def test_eval_without_held_out_data_is_refused(tmp_path, prefix, small_prefix):
     # with held-out documents it evaluates
     train_in_process(config(tmp_path, prefix, train={"eval_interval": 2}, data={"valid_fraction": 0.2}))
     assert [r["step"] for r in losses(str(tmp_path / "log"), kind="eval")] == [2, 4]
+    assert not [r for r in losses(str(tmp_path / "log"), kind="note") if "eval_iters" in r["message"]]
+    # 2 global batches (8 samples) from 3 held-out samples: one note that batches are reused
+    train_in_process(config(tmp_path / "reused", prefix, train={"eval_interval": 2},
+                            data={"valid_blend": [{"path": small_prefix}]}))
+    notes = [r["message"] for r in losses(str(tmp_path / "reused" / "log"), kind="note")
+             if "eval_iters" in r["message"]]
+    assert notes == ["train.eval_iters is 2 global batches (8 samples) but phases[0] (only)'s held-out data holds "
+                     "about 3 distinct samples: each evaluation reuses held-out batches (train.eval_iters=1 or fewer "
+                     "reads each sample once)"]
 
 
 def test_document_mask_needs_an_eod_id(tmp_path, prefix):

@@ -1,0 +1,259 @@
+"""Launching: the --check pre-flight (layout refusals before data or model, one line), parallel.pipeline_layers in the
+config, under-torchrun error printing and the exit-status file, the Slurm time-limit trap (with stand-in srun and
+scontrol), run folders made on a failed start removed, the ETA without the first step, log.dir's default, and the
+small key checks and Megatron flag mappings."""
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+from contextlib import redirect_stdout
+
+import pytest
+
+from megasnow.config import ConfigError
+from megasnow.train.__main__ import main, unknown_flag_message
+from megasnow.train.config import build_parallel_config, load_train_config
+from megasnow.train.metrics import MetricsLogger
+from megasnow.train.resume import compare_configs
+from megasnow.utils.cli import run_tool
+from tests.train.helpers import REPO, tiny_config, train_env, write_config
+
+LAUNCH = os.path.join(REPO, "examples", "launch")
+
+
+@pytest.fixture
+def run_yaml(tmp_path):
+    """A valid config whose data does not exist: the layout checks never read it."""
+    cfg = tiny_config(tmp_path, [{"name": "only", "blend": [{"path": str(tmp_path / "no_data")}], "steps": 2}])
+    return write_config(tmp_path / "run.yaml", cfg)
+
+
+def cli(capsys, *argv):
+    code = run_tool(main, list(argv), prog="megasnow.train")
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_check_refuses_layouts_in_one_line_before_reading_data(run_yaml, capsys):
+    code, out, err = cli(capsys, "--check", "4", run_yaml, "parallel.tensor=2", "parallel.pipeline=2")
+    assert (code, err) == (0, "")
+    assert out == ("megasnow.train: config and layout OK for 4 process(es): tensor 2 x pipeline 2 x data 1, 2 "
+                   "micro-batch(es) of 2 per step per data-parallel rank, 2 layers\n")
+    refusals = {
+        ("3", "parallel.tensor=3"): "error: tensor-parallel size 3 does not divide model.num_heads (4)",
+        ("4", "parallel.pipeline=4"): "error: 4 pipeline stages (pipeline 4 x virtual 1) exceed model.num_layers (2)",
+        ("2", "parallel.pipeline=2", "model.num_layers=3"):
+            "error: model.num_layers (3) is not divisible by the 2 pipeline stages",
+        ("3", "parallel.tensor=2"): "error: world size 3 is not divisible by tensor x pipeline = 2 x 1",
+        ("2", "parallel.tensor=0"): "error: parallel.tensor must be an integer >= 1, got 0",
+        ("2", "parallel.virtual_pipeline=2"): "error: parallel.virtual_pipeline=2 (interleaved schedule) needs "
+                                              "parallel.pipeline >= 2",
+        ("2", "parallel.pipeline=2", "parallel.pipeline_layers=[1,1,1]"):
+            "error: parallel.pipeline_layers [1, 1, 1] must list 2 layer counts >= 1, one per pipeline stage",
+        ("2", "parallel.pipeline=2", "parallel.pipeline_layers=[1,2]"):
+            "error: parallel.pipeline_layers [1, 2] must list 2 positive layer counts (pipeline 2 x virtual 1) "
+            "adding up to model.num_layers (2)",
+        ("2", "train.eval_interval=-1"): "error: train.eval_interval must be >= 0 (0: off), got -1",
+        ("2", "log.interval=-1"): "error: log.interval must be >= 0 (0: off), got -1",
+    }
+    for (world, *overrides), start in refusals.items():
+        code, out, err = cli(capsys, "--check", world, run_yaml, *overrides)
+        assert code == 2 and err.startswith(start) and len(err.splitlines()) == 1, (overrides, err)
+    assert not os.path.exists(os.path.dirname(run_yaml) + "/ckpt")  # nothing made
+
+
+def test_sequence_parallel_without_tensor_parallel_is_turned_off_with_a_warning(run_yaml, capsys):
+    code, out, err = cli(capsys, "--check", "2", run_yaml, "parallel.sequence_parallel=true")
+    assert code == 0 and "tensor 1 x pipeline 1 x data 2" in out
+    assert err == ("warning: parallel.sequence_parallel=true has no effect with parallel.tensor=1 (it splits the "
+                   "sequence over tensor-parallel ranks): turned off\n")
+
+
+def test_pipeline_layers_reaches_the_model_build(run_yaml):
+    cfg = load_train_config(run_yaml, ["model.num_layers=3", "parallel.pipeline=2", "parallel.pipeline_layers=[2,1]"])
+    pc = build_parallel_config(cfg)
+    assert pc.pipeline_layers == [2, 1] and pc.layer_ids_per_stage(3) == [[0, 1], [2]]
+
+
+def _rank_run(run_yaml, status_file, rank, *overrides):
+    env = dict(train_env(), RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK="0", MEGASNOW_EXIT_STATUS_FILE=status_file)
+    return subprocess.run([sys.executable, "-m", "megasnow.train", run_yaml, *overrides], capture_output=True,
+                          text=True, env=env, cwd=REPO, timeout=120)
+
+
+def test_under_torchrun_rank0_prints_config_errors_and_records_the_exit_status(run_yaml, tmp_path):
+    """(No process group is formed: the config is refused before; RANK/WORLD_SIZE are torchrun's variables.)"""
+    status = tmp_path / "status"
+    res = _rank_run(run_yaml, str(status), 0, "train.micro_batch_szie=2")
+    assert res.returncode == 2 and res.stderr.startswith("error: unknown config key train.micro_batch_szie")
+    assert status.read_text() == "2\n"
+    status.unlink()
+    res = _rank_run(run_yaml, str(status), 1, "train.micro_batch_szie=2")  # the same error: rank 1 stays quiet
+    assert (res.returncode, res.stderr, status.read_text()) == (2, "", "2\n")
+
+
+def test_a_rank_specific_error_keeps_its_rank(monkeypatch, capsys):
+    import megasnow.train.__main__ as entry
+    from megasnow.errors import UserError
+
+    def missing_on_this_node(argv):
+        raise UserError("phases[0].blend[0].path: /data/x.idx not found")
+    monkeypatch.setattr(entry, "main", missing_on_this_node)
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.delenv("MEGASNOW_EXIT_STATUS_FILE", raising=False)
+    assert run_tool(entry.launched, [], prog="megasnow.train") == 2
+    assert capsys.readouterr().err == "error: [rank 1] phases[0].blend[0].path: /data/x.idx not found\n"
+
+
+def test_torchrun_script_checks_first_and_exits_2_with_one_line(run_yaml):
+    res = subprocess.run(["bash", os.path.join(LAUNCH, "torchrun_single_node.sh"), run_yaml, "parallel.tensor=2"],
+                         capture_output=True, text=True, env=dict(train_env(), NPROC="3"), cwd=REPO, timeout=120)
+    assert res.returncode == 2 and res.stdout == ""
+    assert res.stderr.startswith("error: world size 3 is not divisible by tensor x pipeline = 2 x 1")
+    assert len(res.stderr.splitlines()) == 1
+
+
+FAKE_SRUN = """#!/bin/bash
+# stands in for srun + torchrun + the trainer: runs until SIGTERM, then "saves" and exits 0
+trap 'echo saved >> "$FAKE_LOG"; exit 0' TERM
+echo "started $*" >> "$FAKE_LOG"
+while true; do sleep 0.1; done
+"""
+FAKE_SCONTROL = """#!/bin/bash
+if [[ $1 == show ]]; then echo node001; echo node002; exit 0; fi
+echo "scontrol $*" >> "$FAKE_LOG"
+"""
+FAKE_PYTHON = """#!/bin/bash
+echo "check $*" >> "$FAKE_LOG"
+"""
+
+
+@pytest.mark.parametrize("signalled", [True, False])
+def test_slurm_script_forwards_the_time_limit_signal_and_requeues(tmp_path, signalled):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, text in (("srun", FAKE_SRUN), ("scontrol", FAKE_SCONTROL), ("python", FAKE_PYTHON)):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    log = tmp_path / "log"
+    if not signalled:  # a run that ends by itself is not requeued
+        (bin_dir / "srun").write_text('#!/bin/bash\necho "started $*" >> "$FAKE_LOG"\nexit 0\n')
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", FAKE_LOG=str(log), SLURM_JOB_ID="77",
+               SLURM_NNODES="2", SLURM_JOB_NODELIST="node[001-002]", SLURM_GPUS_ON_NODE="8")
+    proc = subprocess.Popen(["bash", os.path.join(LAUNCH, "slurm.sbatch"), "run.yaml", "train.steps=9"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        if signalled:
+            deadline = time.monotonic() + 30
+            while not (log.exists() and "started" in log.read_text()) and time.monotonic() < deadline \
+                    and proc.poll() is None:
+                time.sleep(0.05)
+            proc.send_signal(signal.SIGUSR1)
+        out = proc.communicate(timeout=30)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out
+    lines = log.read_text().splitlines()
+    assert lines[0] == "check -m megasnow.train --check 16 run.yaml train.steps=9"
+    assert lines[1].startswith("started --kill-on-bad-exit=1 torchrun --nnodes=2 --nproc-per-node=8 ")
+    assert lines[1].endswith("--rdzv-id=77 --max-restarts=0 -m megasnow.train run.yaml train.steps=9")
+    assert lines[2:] == (["saved", "scontrol requeue 77"] if signalled else [])
+
+
+def test_failed_start_removes_the_parent_folders_it_made(tmp_path, run_yaml, capsys):
+    """checkpoint.dir=deep/a/b/ckpt; the missing data is refused after the folders were locked."""
+    deep = tmp_path / "deep"
+    code, _, err = cli(capsys, run_yaml, f"checkpoint.dir={deep / 'a' / 'b' / 'ckpt'}", "log.dir=null")
+    assert code == 2 and "no_data" in err
+    assert not deep.exists()
+
+
+def test_eta_leaves_out_the_first_step():
+    m = MetricsLogger("unused", 1.0, __import__("torch").device("cpu"), 1, tensorboard=False, write=False)
+    etas = [m.step({"step": i + 1}, t, 10, left)["eta_s"] for i, (t, left) in enumerate([(30.0, 3), (2.0, 2),
+                                                                                        (4.0, 1), (2.0, 0)])]
+    assert etas == [None, pytest.approx(4.0), pytest.approx((0.9 * 2 + 0.1 * 4) * 1), 0.0]
+
+
+def test_log_interval_0_prints_no_step_lines():
+    m = MetricsLogger("unused", 1.0, __import__("torch").device("cpu"), 1, tensorboard=False, write=False,
+                      interval=0)
+    m.write = True  # print as the logging rank, without files
+    m._write = lambda record: None
+    buf = io.StringIO()
+    with redirect_stdout(buf):
+        for step in (1, 2):
+            m.step({"step": step, "loss": 1.0, "lr": 1e-3, "grad_norm": 1.0}, 1.0, 10, 2 - step)
+    assert buf.getvalue() == ""
+
+
+def test_log_dir_follows_checkpoint_dir_and_paths_are_no_config_change(run_yaml, tmp_path):
+    a = load_train_config(run_yaml, [f"checkpoint.dir={tmp_path / 'a'}", "log.dir=null"])
+    b = load_train_config(run_yaml, [f"checkpoint.dir={tmp_path / 'b'}", "log.dir=null"])
+    assert (a.log.dir, b.log.dir) == (str(tmp_path / "a" / "log"), str(tmp_path / "b" / "log"))
+    assert load_train_config(run_yaml, ["checkpoint.dir=null", "log.dir=null"]).log.dir == os.path.join("runs",
+                                                                                                        "default")
+    changes = compare_configs(a, b, 0)
+    assert (changes.refused, changes.allowed) == ([], [])
+
+
+def test_megatron_flags_and_a_number_for_a_section(run_yaml):
+    def msg(*argv):
+        return unknown_flag_message(argv[0], list(argv))
+    assert msg("--train_iters", "5") == "unknown flag --train_iters: Megatron's flag; here use the override " \
+                                        "train.steps=5"
+    assert msg("--virtual-pipeline-model-parallel-size", "2").endswith("parallel.virtual_pipeline=2")
+    assert "parallel.virtual_pipeline = model.num_layers / (parallel.pipeline x 4)" in \
+        msg("--num-layers-per-virtual-pipeline-stage", "4")
+    assert msg("--bf16").endswith("train.dtype=bf16 (the default on GPU; master weights stay fp32)")
+    assert "not supported; use train.dtype=bf16" in msg("--fp16")
+    assert msg("--recompute-activations").endswith("model.activation_checkpointing=selective")
+    assert msg("--recompute-granularity", "full").endswith("model.activation_checkpointing=full (full or selective)")
+    assert msg("--overlap-grad-reduce").endswith("parallel.overlap_grad_reduce=true")
+    assert msg("--fim-rate", "0.5").endswith("data.fim.rate=0.5")
+    assert msg("--fim_spm_rate=0.3").endswith("data.fim.spm_rate=0.3")
+    with pytest.raises(ConfigError) as e:
+        load_train_config(run_yaml, ["data.fim=0.5"])
+    assert str(e.value) == ("data.fim is a section (rate, spm_rate, level, mask_pad), not a number: for the "
+                            "fill-in-the-middle rate use data.fim.rate=0.5")
+
+
+def test_a_killed_rank_leaves_one_line_per_survivor(tmp_path):
+    """Two ranks started as torchrun would (RANK, WORLD_SIZE, MASTER_ADDR/PORT); rank 1 is SIGKILLed after step 2:
+    rank 0 prints one line naming the step and the checkpoint to resume from, and exits 1 (recorded for the script)."""
+    from megasnow.parallel.spawn import free_port
+    from tests.train.helpers import real_code_files, write_byte_dataset
+
+    prefix = write_byte_dataset(str(tmp_path / "code"), real_code_files(limit=20))
+    cfg = tiny_config(tmp_path, [{"name": "only", "blend": [{"path": prefix}], "steps": 400}],
+                      checkpoint={"interval": 2})
+    path = write_config(tmp_path / "run.yaml", cfg)
+    port, status = str(free_port()), tmp_path / "status"
+    procs = []
+    for rank in (0, 1):
+        env = dict(train_env(), RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                   MASTER_PORT=port, MEGASNOW_EXIT_STATUS_FILE=str(status))
+        procs.append(subprocess.Popen([sys.executable, "-m", "megasnow.train", path], env=env, cwd=REPO, text=True,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    try:
+        for line in procs[0].stdout:
+            if line.startswith("step      3 |"):
+                procs[1].kill()
+                break
+        out, err = procs[0].communicate(timeout=120)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+    assert procs[0].returncode == 1 and "Traceback" not in err, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("rank 0: lost contact with another rank during ")
+    assert "(it may have died; see torchrun's report): " in lines[0]
+    assert lines[0].endswith(f"; resume from the last checkpoint (step 2, {tmp_path / 'ckpt' / 'step_00000002'})") \
+        or lines[0].endswith(f"; resume from the last checkpoint (step 4, {tmp_path / 'ckpt' / 'step_00000004'})")
+    assert status.read_text() == "1\n"
