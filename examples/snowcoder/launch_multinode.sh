@@ -16,7 +16,7 @@ CONFIG=${CONFIG:-examples/snowcoder/snowcoder-1.3b.yaml}
 GPUS_PER_NODE=${GPUS_PER_NODE:-8}
 if [[ -n "${SLURM_JOB_ID:-}" ]]; then
   NNODES=${SLURM_NNODES}
-  MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
+  MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | sed -n 1p)
   LAUNCH=(srun --kill-on-bad-exit=1 --ntasks-per-node=1)
 else
   NNODES=${NNODES:-1}
