@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from megasnow.errors import UserError
-from megasnow.utils.atomic import temporary_dir
+from megasnow.utils.atomic import honour_umask_tree, temporary_dir
 
 ANNOTATOR_FORMAT = "megasnow-quality-annotator"
 ANNOTATOR_VERSION = 1
@@ -214,6 +214,7 @@ def save_annotator(annotator, folder, metrics=None, seen_keys=None):
                 json.dump(metrics, f, indent=2)
         if seen_keys is not None:
             np.save(os.path.join(tmp, SEEN_NAME), np.asarray(seen_keys, dtype=np.uint64))
+        honour_umask_tree(tmp)  # safetensors writes 0600 files whatever the umask
         # Swap: the old folder (if any) moves aside first, so a crash leaves either the old or the new one.
         old = None
         if os.path.exists(folder):
