@@ -96,6 +96,9 @@ def build_parser():
     s.add_argument("--lang-field", default="lang", help="field copied as the language (selection is per language)")
     s.add_argument("--keep-fields", nargs="*", default=[], help="extra fields copied into the scores")
     s.add_argument("--retries", type=int, default=2, help="retries of a failing shard")
+    s.add_argument("--overwrite", action="store_true",
+                   help="score again the shards of --output whose scores were made by another annotator, other "
+                        "field settings or an input shard that has changed since (refused without it)")
     s.add_argument("--threads", type=int, default=0,
                    help="torch threads per worker; 0 = the cores split between the workers (OMP_NUM_THREADS, when set, "
                         "counts as the cores), or 1 if OMP_WAIT_POLICY is set to something other than PASSIVE")
@@ -195,14 +198,14 @@ def cmd_score(args):
         ray_address=args.ray_address, device=resolve_device(args.device), batch_tokens=args.batch_tokens or 0,
         chunk_docs=args.chunk_docs, text_field=args.text_field, id_field=args.id_field, lang_field=args.lang_field,
         keep_fields=list(args.keep_fields), retries=args.retries, threads=args.threads, strict=args.strict,
-        on_damaged=report_damaged,
+        on_damaged=report_damaged, overwrite=args.overwrite,
     )
     skipped = ", ".join(f"{n:,} {reason}" for reason, n in sorted(summary["skipped"].items())) or "none"
     damaged = len(summary["unreadable_shards"])
     print(f"scored {summary['scored']:,} of {summary['documents']:,} documents in {summary['shards']} shards "
           f"({summary['shards_skipped_done']} already done"
           f"{f', {damaged} damaged (records before the damage scored)' if damaged else ''}); skipped: {skipped}; "
-          f"{summary['rate_this_run'] or 'nothing to do'} this run; scores in {args.output}")
+          f"{summary['rate_this_run'] or 'nothing to score'} this run; scores in {args.output}")
 
 
 def cmd_select(args):

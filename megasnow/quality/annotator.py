@@ -230,6 +230,28 @@ def save_annotator(annotator, folder, metrics=None, seen_keys=None):
     return folder
 
 
+def annotator_identity(folder):
+    """A content identity of an annotator folder (16 hex digits): a hash of annotator.json, the head's weights and
+    the name and size of every file of the encoder. It is the same for a copy of the folder (no paths or mtimes),
+    and differs for another training (the head is trained, hence different, every time). Used by scoring to tell
+    whether existing scores were made by this annotator."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in (CONFIG_NAME, HEAD_NAME):
+        path = os.path.join(folder, name)
+        if os.path.exists(path):
+            with open(path, "rb") as f:
+                h.update(name.encode() + b"\0" + f.read() + b"\0")
+    enc = os.path.join(folder, ENCODER_DIR)
+    for root, dirs, files in os.walk(enc):
+        dirs.sort()
+        for name in sorted(files):
+            path = os.path.join(root, name)
+            h.update(f"{os.path.relpath(path, enc)}:{os.path.getsize(path)}\0".encode())
+    return h.hexdigest()[:16]
+
+
 def read_annotator_config(folder):
     """The validated annotator.json of a folder (AnnotatorError naming what is wrong otherwise)."""
     if not os.path.isdir(folder):

@@ -168,10 +168,9 @@ class AblationRunner:
             folder = prepare.train_annotator_stage(spec, d.phase1, os.path.join(qdir, "annotator"), self.device,
                                                    self.log, d.text_field, benchmarks=c.measure.benchmarks)
             self.annotator_folders[spec.name] = folder
-            self.log(f"annotator {spec.name}: scoring the phase-1 documents ({folder})")
             self.scores_dirs[spec.name] = os.path.join(qdir, "scores")
             prepare.score_stage(folder, d.phase1, self.scores_dirs[spec.name], self.device, c.runner.threads, self.log,
-                                d.text_field)
+                                d.text_field, name=spec.name)
             self.log(f"annotator {spec.name}: ROC-AUC of held-out benchmark solutions vs random phase-1 files")
             try:
                 al = measure_alignment(folder, d.phase1, c.measure.benchmarks, os.path.join(qdir, "alignment.json"),
