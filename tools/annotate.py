@@ -6,7 +6,6 @@ import contextlib
 import json
 import logging
 import os
-import re
 import sys
 
 from megasnow.utils.cli import ArgumentParser, fail, removed_on_failure, run_tool, warn
@@ -22,12 +21,13 @@ EXAMPLES = """examples:
 
 
 def parse_token_count(text):
-    """'12.5B', '300M', '40k' or a plain integer -> int."""
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kKmMbBtT]?)\s*", str(text))
-    if not m:
-        raise argparse.ArgumentTypeError(f"not a token count: {text!r} (use e.g. 12.5B, 300M, 40000)")
-    scale = {"": 1, "k": 1e3, "m": 1e6, "b": 1e9, "t": 1e12}[m.group(2).lower()]
-    return int(round(float(m.group(1)) * scale))
+    """'12.5B', '300M', '40k' or a plain integer -> a positive int (megasnow.quality.selection.parse_token_count)."""
+    from megasnow.quality.budget import parse_token_count as parse
+
+    try:
+        return parse(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def resolve_device(name):

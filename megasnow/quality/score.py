@@ -342,8 +342,9 @@ def plan_score_tasks(inputs, output_dir, annotator_path, overwrite=False, **task
     """(all tasks, tasks still to run). A shard is done when its scores and stats files exist and its stats record
     this annotator (annotator_identity), the same settings (SCORE_SETTINGS) and the same input bytes (same_input).
     A done shard that differs is a UserError naming the output folder and what differs, unless `overwrite`: then
-    it is scored again."""
-    annotator_id = annotator_identity(annotator_path)
+    it is scored again. An empty `annotator_path` (readers of a scores folder: selection, synthesis seeds) checks
+    only that each shard's two files exist."""
+    annotator_id = annotator_identity(annotator_path) if annotator_path else ""
     task_kwargs["annotator_id"] = annotator_id
     files = [os.path.abspath(f) for f in expand_inputs(inputs)]
     root = os.path.commonpath([os.path.dirname(f) for f in files])
@@ -360,7 +361,7 @@ def plan_score_tasks(inputs, output_dir, annotator_path, overwrite=False, **task
         if not (os.path.exists(t.output_path) and os.path.exists(stats_path)):
             todo.append(t)
             continue
-        reason = _differs(t, stats_path)
+        reason = _differs(t, stats_path) if annotator_path else ""
         if reason:
             differ.setdefault(reason, []).append(t)
             todo.append(t)

@@ -497,17 +497,19 @@ def _append_segment(path, seconds):
 
 
 def _seconds_before_resume(metrics_path, earlier_wall=0.0):
-    """Training seconds of a run's segments before its last resume (0.0 when this launch did not resume): the wall
-    time of the earlier launches as the runner recorded them (`earlier_wall`, segments.jsonl), or at least the step
-    times (step_time_s) of the steps up to the resumed step as megasnow.train logged them in metrics.jsonl (kept
-    across resumes; a launch killed too hard to record its time still counts by its steps)."""
+    """Training seconds of a run's launches before this one: the wall time of the earlier launches as the runner
+    recorded them (`earlier_wall`, segments.jsonl; counted whether or not this launch resumed a checkpoint: a
+    launch interrupted after its last step, during the final evaluation, leaves no `resume` record but its time
+    counts), or, when metrics.jsonl has a `resume` record, at least the step times (step_time_s) of the steps up to
+    the resumed step as megasnow.train logged them (kept across resumes; a launch killed too hard to record its
+    time still counts by its steps)."""
     from megasnow.train.metrics import read_metrics
 
     if not os.path.exists(metrics_path):
-        return 0.0
+        return float(earlier_wall)
     resumes = read_metrics(metrics_path, "resume")
     if not resumes:
-        return 0.0
+        return float(earlier_wall)
     at = resumes[-1]["step"]
     steps = float(sum(r.get("step_time_s") or 0.0 for r in read_metrics(metrics_path) if r["step"] <= at))
     return max(earlier_wall, steps)
