@@ -64,6 +64,10 @@ def test_bad_config_is_one_line_exit_2_and_leaves_nothing(tiny_inputs, tmp_path,
         (["ablation.budget_tokens=10"], "less than one global batch"),
         (["ablation.steps=99"], "ablation.steps=99 needs more data"),
         (["measure.pass_at_1_max_tokens=0"], "measure.pass_at_1_max_tokens must be >= 1, got 0"),
+        # a budget over the corpus: refused up front (before any annotator training), in --dry-run too
+        (["ablation.budget_tokens=200000000"], "ablation.budget_tokens x ablation.repeats (the selected_once arm's "
+                                                "selection) = 400,000,000 tokens, but data.phase1 holds"),
+        (["ablation.budget_tokens=200000000", "--dry-run"], "a selection cannot be larger than the corpus"),
     ]
     for overrides, message in cases:  # in this process: the CLI rule is run_tool's, tested for every tool elsewhere
         rc = run_tool(main, ["run", cfg, *overrides, "--output", str(out)])
