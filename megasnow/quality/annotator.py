@@ -78,6 +78,28 @@ def check_encoder_folder(path):
         raise AnnotatorError(f"encoder folder {path!r} has no tokenizer (tokenizer.json or vocab.txt)")
 
 
+def check_encoder_settings(encoder_path=None, max_length=512, encoder_key="encoder", max_length_key="max_length"):
+    """Check an encoder folder and a window length without loading any weights (AnnotatorError naming
+    `encoder_key` / `max_length_key`): the folder holds config.json, weights and a tokenizer, and max_length fits
+    its max_position_embeddings and leaves room for content tokens."""
+    path = encoder_path or default_encoder_path()
+    try:
+        check_encoder_folder(path)
+    except AnnotatorError as e:
+        raise AnnotatorError(f"{encoder_key}: {e}") from None
+    try:
+        with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
+            limit = json.load(f).get("max_position_embeddings")
+    except (OSError, ValueError) as e:
+        raise AnnotatorError(f"{encoder_key}: {path}/config.json is unreadable: {e}") from None
+    if max_length < 8:
+        raise AnnotatorError(f"{max_length_key} {max_length}: too short for a window (at least 8 tokens, specials "
+                             f"included)")
+    if isinstance(limit, int) and max_length > limit:
+        raise AnnotatorError(f"{max_length_key} {max_length} exceeds the encoder's {limit} positions ({path}); give "
+                             f"{max_length_key} {limit} or less")
+
+
 def load_encoder(path):
     """(encoder nn.Module, tokenizer) from a local HuggingFace folder, offline."""
     _force_offline()
@@ -200,7 +222,11 @@ def save_annotator(annotator, folder, metrics=None, seen_keys=None):
     folder = os.path.abspath(folder)
     parent = os.path.dirname(folder)
     os.makedirs(parent, exist_ok=True)
+    from transformers.utils import logging as hf_logging
+
     tmp = temporary_dir(folder)  # the umask's mode, not mkdtemp's 0700
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # "Writing model shards": a sub-second bar of carriage returns in logs
     try:
         annotator.encoder.save_pretrained(os.path.join(tmp, ENCODER_DIR), safe_serialization=True)
         annotator.tokenizer.save_pretrained(os.path.join(tmp, ENCODER_DIR))
@@ -227,6 +253,9 @@ def save_annotator(annotator, folder, metrics=None, seen_keys=None):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     return folder
 
 

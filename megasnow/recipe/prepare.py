@@ -106,7 +106,8 @@ def train_annotator_stage(spec, phase1, folder, device, log, text_field="text", 
     log(f"annotator {spec.name}: building the training set (positives vs random phase-1 documents)")
     # the builder checks positives against HumanEval always and against the benchmark files given (leakage)
     train, heldout, stats = build_training_set(sources, phase1, heldout_fraction=spec.heldout_fraction, seed=spec.seed,
-                                               negative_text_field=text_field, benchmarks=files)
+                                               negative_text_field=text_field, benchmarks=files,
+                                               benchmark_key="measure.benchmarks")
     per_class = {label: sum(1 for e in train + heldout if e.label == label) for label in (0, 1)}
     if min(per_class.values()) < MIN_EXAMPLES_PER_CLASS:
         raise RecipeError(f"annotators[{spec.name}]: {per_class[1]} positive and {per_class[0]} negative examples "

@@ -71,10 +71,10 @@ def test_bad_documents_get_no_score_and_are_counted(tiny_annotator, tmp_path):
     skipped = dict(summary["skipped"])
     bad_json = [k for k in skipped if k.startswith("bad JSON")]
     assert len(bad_json) == 1 and skipped.pop(bad_json[0]) == 1
-    assert skipped == {"empty": 2, "binary": 1, "missing text": 1, "undecodable": 1, "invalid UTF-8": 1}
+    assert skipped == {"empty": 2, "binary": 1, "missing text": 1, "non-string": 1, "invalid UTF-8": 1}
     rows = read_scores(str(tmp_path / "scores" / "mixed.scores.jsonl"))
     assert [r["id"] for r in rows] == ["g0", "empty", "blank", "nul", "notext", "number", "g1", "g2"]
-    assert [r.get("skipped") for r in rows] == [None, "empty", "empty", "binary", "missing text", "undecodable", None, None]
+    assert [r.get("skipped") for r in rows] == [None, "empty", "empty", "binary", "missing text", "non-string", None, None]
     assert all((r["score"] is None) == ("skipped" in r) for r in rows)
     assert all(0.0 < r["score"] < 1.0 for r in rows if r["score"] is not None)
 
