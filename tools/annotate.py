@@ -243,7 +243,8 @@ def cmd_select(args):
 
 def cmd_eval(args):
     from megasnow.quality.annotator import load_annotator
-    from megasnow.quality.evaluate import alignment_report, benchmark_solutions, format_report, humaneval_solutions
+    from megasnow.quality.evaluate import (WindowProgress, alignment_report, benchmark_solutions, format_report,
+                                           humaneval_solutions)
     from megasnow.utils.atomic import atomic_write_text
 
     benchmarks = {}
@@ -255,9 +256,13 @@ def cmd_eval(args):
     if not benchmarks:
         fail("eval: nothing to evaluate (--no-humaneval and no --benchmark): give --benchmark FILE")
     annotator = load_annotator(args.annotator, device=resolve_device(args.device))
-    report = alignment_report(annotator, benchmarks, args.corpus, args.num_random, args.seed, args.batch_tokens,
-                              args.text_field, args.heldout, exclude_seen=not args.include_seen, strict=args.strict,
-                              on_damaged=report_damaged)
+    progress = WindowProgress("eval: score")  # the random files, then each benchmark: windows, rate, ETA
+    try:
+        report = alignment_report(annotator, benchmarks, args.corpus, args.num_random, args.seed, args.batch_tokens,
+                                  args.text_field, args.heldout, exclude_seen=not args.include_seen,
+                                  strict=args.strict, on_damaged=report_damaged, on_batch=progress)
+    finally:
+        progress.close()
     print(format_report(report))
     if args.report:
         atomic_write_text(args.report, json.dumps(report, indent=2))

@@ -88,6 +88,27 @@ def benchmark_solutions(paths, fields=None, report=None, strict=False, on_damage
     return texts
 
 
+class WindowProgress:
+    """on_batch for alignment_report: one progress per scoring pass (random files, then each benchmark), in windows,
+    with a rate and an ETA (megasnow.utils.progress: a bar on a terminal, whole log lines elsewhere; `mode`)."""
+
+    def __init__(self, desc, mode="auto"):
+        self.desc, self.mode, self.bar = desc, mode, None
+
+    def __call__(self, done, total):
+        from megasnow.utils.progress import Progress
+
+        if self.bar is None or self.bar.total != total or done < self.bar.n:
+            self.close()
+            self.bar = Progress(total=total, desc=self.desc, unit="windows", mode=self.mode)
+        self.bar.advance_to(done)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
 def alignment_report(annotator, benchmarks, corpus_inputs, num_random=1000, seed=0, batch_tokens=None,
                      text_field="text", heldout_path=None, exclude_seen=True, strict=False, on_damaged=None,
                      keep_scores=False, on_batch=None):
