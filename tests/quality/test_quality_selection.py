@@ -169,4 +169,7 @@ def test_select_cli_writes_report(scored_corpus, tmp_path, capsys):
                  "--tokenizer", scored_corpus["tokenizer"], "--budget-tokens", "20k", "--output", out]) == 0
     report = json.load(open(os.path.join(out, "selection_report.json")))
     assert report["budget_tokens"] == 20000 and report["selected_tokens"] >= 20000
-    assert "Phase-2 selection report" in capsys.readouterr().out
+    printed, err = capsys.readouterr()
+    assert "Phase-2 selection report" in printed
+    # not a terminal: whole progress lines, no tqdm carriage returns (a log file gets whole lines)
+    assert "\r" not in err and "count tokens: done 3 task" in err and "write selected: done" in err, err
