@@ -198,6 +198,12 @@ def _ablation_report(workdir, stem, lines, plot_list):
                  "every run.\n")
     for a in plan["arms"]:
         lines.append(f"  - `{a['name']}`: {a['description']}")
+    from megasnow.recipe.runner import repetition_warnings
+
+    datasets_path = os.path.join(workdir, "data", "datasets.json")
+    datasets = _read_json(datasets_path) if os.path.exists(datasets_path) else None
+    for line in repetition_warnings(plan, datasets):
+        lines.append(f"- **{line.replace('warning: ', 'Warning: ', 1)}**")
     lines.append("")
 
     lines.append("## Comparisons (A − B over seeds; a difference counts only where Welch's t-test gives p < 0.05)\n")

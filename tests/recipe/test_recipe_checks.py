@@ -39,3 +39,36 @@ def test_config_help_shows_a_sections_factory_defaults():
     assert lines["ablation.schedule.warmup_steps (int)"] == "10"
     assert lines["base.schedule.style (Literal)"] == "'cosine'"  # the class's own defaults where no factory differs
     assert lines["base.schedule.warmup_steps (int)"] == "600"
+
+
+def _plan(tokens_per_arm, budget=1000, repeats=2):
+    runs = [{"arm": "selected", "source": "selected", "annotator": "a", "budget_tokens": budget, "repeat": repeats,
+             "data": "selected-a"},
+            {"arm": "selected_once", "source": "selected", "annotator": "a", "budget_tokens": budget * repeats,
+             "repeat": 1, "data": "selected-a-x2"},
+            {"arm": "random", "source": "random", "annotator": "a", "budget_tokens": budget, "repeat": repeats,
+             "data": "random-seed0"}]
+    return {"tokens_per_arm": tokens_per_arm, "runs": runs}
+
+
+def test_repetition_arms_that_do_not_repeat_are_warned_with_the_numbers():
+    from megasnow.recipe.runner import repetition_warnings
+
+    assert repetition_warnings(_plan(1990)) == []  # 1.99 passes of the budget: as planned
+    lines = repetition_warnings(_plan(1000))  # ablation.steps too low: 1 pass where 2 are meant
+    assert lines[0].startswith("warning: arm selected is meant to see its data 2 time(s) but trains 1,000 tokens = "
+                               "1.00 passes over its 1,000-token budget") and "raise ablation.steps" in lines[0]
+    # the trial: 3 large documents chosen for both budgets; each arm trains 0.17 passes
+    same = {"selected_tokens": 11_700, "selected_documents": 3}
+    datasets = {"selected-a": same, "selected-a-x2": dict(same), "random-seed0": {"selected_tokens": 1000,
+                                                                                  "selected_documents": 9}}
+    lines = repetition_warnings(_plan(1990), datasets)
+    assert lines[0] == ("warning: arm selected is meant to see its data 2 time(s) but trains 1,990 tokens = 0.17 "
+                        "passes over its 11,700-token selection (3 documents for a 1,000-token budget): the repetition "
+                        "comparison is not what it says; the selection overshoots its budget (documents are large next "
+                        "to it): raise ablation.budget_tokens or use smaller documents")
+    assert lines[1].startswith("warning: arm selected_once is meant to see its data 1 time(s) but trains 1,990 "
+                               "tokens = 0.17 passes")
+    assert lines[2] == ("warning: arms selected and selected_once train on the same 3 documents (11,700 tokens): "
+                        "their budgets select the same set, so they differ in nothing but the sample order")
+    assert len(lines) == 3  # the random arm repeats as meant
