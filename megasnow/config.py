@@ -131,7 +131,14 @@ def from_dict(cls, data, prefix=""):
     for f in dataclasses.fields(cls):
         if f.name in data:
             key = f"{prefix}.{f.name}" if prefix else f.name
-            kwargs[f.name] = _convert(hints[f.name], data[f.name], key)
+            value = data[f.name]
+            parse = (f.metadata or {}).get("parse")  # a field's own reader of what people write (e.g. "12.5B")
+            if parse is not None and isinstance(value, str):
+                try:
+                    value = parse(value)
+                except ValueError as e:
+                    raise ConfigError(f"{key}: {e}") from None
+            kwargs[f.name] = _convert(hints[f.name], value, key)
     try:
         return cls(**kwargs)
     except ConfigError:  # a check that names its own key

@@ -437,6 +437,9 @@ def write_recipe_report(workdir, out_md=None, compute_alignment=True, num_random
     Returns {"markdown": path, "plots": [paths], "layout": "ablation" | "quickstart", "summary": dict or None}.
     Raises ReportError (a FileNotFoundError) when `workdir` holds neither layout."""
     workdir = os.path.abspath(workdir)
+    if not os.path.isdir(workdir):
+        raise ReportError(f"{workdir}: {'is a file, not a folder' if os.path.exists(workdir) else 'does not exist'}; "
+                          f"give the --output folder of a recipe_ablation.py run (or a quickstart work folder)")
     out_md = os.path.abspath(out_md or os.path.join(workdir, "recipe_report.md"))
     stem = out_md[:-3] if out_md.endswith(".md") else out_md
     lines, plot_list = [], []

@@ -72,3 +72,23 @@ def test_repetition_arms_that_do_not_repeat_are_warned_with_the_numbers():
     assert lines[2] == ("warning: arms selected and selected_once train on the same 3 documents (11,700 tokens): "
                         "their budgets select the same set, so they differ in nothing but the sample order")
     assert len(lines) == 3  # the random arm repeats as meant
+
+
+def test_budget_tokens_in_yaml_accept_the_suffixes_annotate_accepts(tmp_path):
+    from megasnow.config import ConfigError, load_config
+    from megasnow.recipe.config import AblationConfig
+
+    assert load_config(AblationConfig, None, ["ablation.budget_tokens=12.5B"]).ablation.budget_tokens == 12_500_000_000
+    path = tmp_path / "c.yaml"
+    path.write_text("ablation:\n  budget_tokens: 40k\n")
+    assert load_config(AblationConfig, str(path)).ablation.budget_tokens == 40_000
+    with pytest.raises(ConfigError, match=r"ablation.budget_tokens: not a token count: 'lots'"):
+        load_config(AblationConfig, None, ["ablation.budget_tokens=lots"])
+
+
+def test_report_of_a_missing_folder_says_it_does_not_exist(tmp_path):
+    from megasnow.recipe.report import ReportError, write_recipe_report
+
+    with pytest.raises(ReportError, match=f"^{tmp_path / 'nope'}: does not exist; give the --output folder"):
+        write_recipe_report(str(tmp_path / "nope"))
+    assert not (tmp_path / "nope").exists()
