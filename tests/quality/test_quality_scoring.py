@@ -254,7 +254,7 @@ def test_default_threads_split_cores_only_when_openmp_threads_sleep(monkeypatch)
     assert default_threads("cpu", 1) == 1
 
 
-def test_rerun_refuses_scores_of_another_annotator_or_a_changed_shard(tiny_annotator, tmp_path, one_thread):
+def test_rerun_refuses_scores_of_another_annotator_or_a_changed_shard(tiny_annotator, tmp_path, one_thread, capsys):
     """Issue: a rerun into an --output holding another annotator's scores (or scores of a changed shard) kept them
     as done. Each shard's stats record the annotator's content identity and the input's; a copy of the annotator
     folder or a touched input is the same, another annotator or changed bytes are refused unless overwrite."""
@@ -276,6 +276,9 @@ def test_rerun_refuses_scores_of_another_annotator_or_a_changed_shard(tiny_annot
     os.utime(os.path.join(docs, "shard0.jsonl"), (1, 1))  # same bytes, another mtime: not a changed input
     assert score_corpus([docs], out, copy, **kwargs)["shards_scored_now"] == 0
     assert _score_files(out) == before
+    capsys.readouterr()
+    noop = score_corpus([docs], out, tiny_annotator, **dict(kwargs, progress="log"))
+    assert noop["rate_this_run"] is None and capsys.readouterr().err == ""  # no "score: done 0 docs" line
 
     other = load_annotator(tiny_annotator)
     with torch.no_grad():
