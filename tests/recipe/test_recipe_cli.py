@@ -2,6 +2,7 @@
 (one arm from a given phase-1 checkpoint, resumed by a rerun), and the report command."""
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -95,9 +96,10 @@ def test_too_few_documents_fail_up_front_with_the_count_and_warn_malformed_lines
     rc = run_tool(main, ["run", cfg, f"data.phase1=[{phase1}]", "--output", str(out)])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and not out.exists(), err
-    assert err[-1] == (f"error: data.phase1: 2 usable document(s) in 1 file(s); 2 malformed/unusable record(s) "
-                       f"skipped; the ablation needs at least {MIN_ALIGNMENT_FILES} ({MIN_ALIGNMENT_FILES} random "
-                       f"files for the annotators' ROC-AUC measure): add phase-1 documents")
+    assert re.fullmatch(re.escape("error: data.phase1: 2 usable document(s) in 1 file(s) (") + r"\d+ tokens"
+                        + re.escape(f"); 2 malformed/unusable record(s) skipped; the ablation needs at least "
+                                    f"{MIN_ALIGNMENT_FILES} ({MIN_ALIGNMENT_FILES} random files for the annotators' "
+                                    f"ROC-AUC measure): add phase-1 documents"), err[-1]), err[-1]
     warning = [x for x in err if x.startswith("warning: data.phase1: skipped 2 record(s)")]
     assert len(warning) == 1 and f"{phase1}:2: bad JSON" in warning[0] and f"{phase1}:4: bad JSON" in warning[0]
 
@@ -170,8 +172,12 @@ def test_report_command(tiny_run, tmp_path):
     r = _run("report", tiny_run[0], "--output", md)
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("report (ablation layout): " + md) and os.path.exists(md)
+    (tmp_path / "empty").mkdir()
     r = _run("report", str(tmp_path / "empty"))
     assert r.returncode == 2 and r.stderr.startswith("error: ") and "neither an ablation folder" in r.stderr
+    r = _run("report", str(tmp_path / "missing"))
+    assert r.returncode == 2 and r.stderr == f"error: {tmp_path / 'missing'}: does not exist; give the --output " \
+                                             f"folder of a recipe_ablation.py run (or a quickstart work folder)\n"
 
 
 def _interrupt_at_a_step(args, signum, env, after=0):
