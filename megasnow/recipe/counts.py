@@ -114,10 +114,10 @@ def check_document_counts(cfg, warn=_warn, log=None):
     if biggest > p1.tokens:
         what = ("ablation.budget_tokens x ablation.repeats (the selected_once arm's selection)"
                 if biggest != ab.budget_tokens else "ablation.budget_tokens")
+        most = p1.tokens // (biggest // ab.budget_tokens)
         raise ConfigError(f"{what} = {biggest:,} tokens, but data.phase1 holds {p1.tokens:,} tokens (in "
                           f"{p1.documents} usable documents, counted with {d.tokenizer}): a selection cannot be larger "
-                          f"than the corpus; lower ablation.budget_tokens (at most {p1.tokens // (biggest // ab.budget_tokens):,}) "
-                          f"or add phase-1 documents")
+                          f"than the corpus; lower ablation.budget_tokens (at most {most:,}) or add phase-1 documents")
     if counts["data.valid"].documents < 1:
         raise ConfigError(f"data.valid: {counts['data.valid'].describe()}; the held-out loss needs at least 1 "
                           f"document: point data.valid at held-out documents")

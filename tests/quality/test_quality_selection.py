@@ -154,7 +154,8 @@ def test_select_refuses_a_non_positive_budget_at_parse_time(scored_corpus, tmp_p
     for budget in ("0", "-5", "0.0001"):
         with pytest.raises(SystemExit) as e:
             main(["select", "--documents", scored_corpus["docs"], "--scores", scored_corpus["scores"],
-                  "--tokenizer", scored_corpus["tokenizer"], "--budget-tokens", budget, "--output", str(tmp_path / "o")])
+                  "--tokenizer", scored_corpus["tokenizer"], "--budget-tokens", budget,
+                  "--output", str(tmp_path / "o")])
         assert e.value.code == 2
         err = capsys.readouterr().err
         assert "argument --budget-tokens:" in err and "(see annotate.py select --help)" in err, err

@@ -17,13 +17,14 @@ def test_an_interrupted_launch_without_a_resume_record_still_counts(tmp_path):
     segments = tmp_path / "segments.jsonl"
     _write(segments, [{"seconds": 28.25}])
     metrics = tmp_path / "metrics.jsonl"
-    _write(metrics, [{"kind": "train", "step": 1, "step_time_s": 5.0}, {"kind": "train", "step": 2, "step_time_s": 5.0}])
+    _write(metrics, [{"kind": "train", "step": 1, "step_time_s": 5.0},
+                     {"kind": "train", "step": 2, "step_time_s": 5.0}])
     earlier = _read_segments(str(segments))
     assert _seconds_before_resume(str(metrics), earlier) == 28.25
     assert _seconds_before_resume(str(tmp_path / "missing.jsonl"), earlier) == 28.25
     # a resumed launch: the larger of the recorded wall time and the logged step times up to the resumed step
-    _write(metrics, [{"kind": "train", "step": 1, "step_time_s": 20.0}, {"kind": "train", "step": 2, "step_time_s": 20.0},
-                     {"kind": "resume", "step": 2}])
+    _write(metrics, [{"kind": "train", "step": 1, "step_time_s": 20.0},
+                     {"kind": "train", "step": 2, "step_time_s": 20.0}, {"kind": "resume", "step": 2}])
     assert _seconds_before_resume(str(metrics), earlier) == 40.0
     assert _seconds_before_resume(str(metrics), 0.0) == 40.0
 
