@@ -317,7 +317,8 @@ def select_phase2(phase1, out_dir, tokenizer, budget, a, tolerance_pp):
 
     scores_dir = os.path.join(out_dir, "scores")
     t = time.time()
-    summary = score_corpus([phase1], scores_dir, folder, device="cpu", progress="log")
+    # overwrite: a retrained annotator (or changed phase-1 shards) rescores; finished shards of this one are kept
+    summary = score_corpus([phase1], scores_dir, folder, device="cpu", progress="log", overwrite=True)
     log(f"scored {summary['scored']} of {summary['documents']} phase-1 documents (mean of top/middle/bottom "
         f"windows) in {time.time() - t:.0f} s")
 

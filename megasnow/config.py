@@ -131,7 +131,14 @@ def from_dict(cls, data, prefix=""):
     for f in dataclasses.fields(cls):
         if f.name in data:
             key = f"{prefix}.{f.name}" if prefix else f.name
-            kwargs[f.name] = _convert(hints[f.name], data[f.name], key)
+            value = data[f.name]
+            parse = (f.metadata or {}).get("parse")  # a field's own reader of what people write (e.g. "12.5B")
+            if parse is not None and isinstance(value, str):
+                try:
+                    value = parse(value)
+                except ValueError as e:
+                    raise ConfigError(f"{key}: {e}") from None
+            kwargs[f.name] = _convert(hints[f.name], value, key)
     try:
         return cls(**kwargs)
     except ConfigError:  # a check that names its own key
@@ -226,22 +233,28 @@ def save_config(cfg, path):
     atomic_write_text(path, dump_config(cfg))
 
 
-def describe_config(cls, prefix=""):
-    """One line per key: `section.key (type) = default`, for `--help`."""
+def describe_config(cls, prefix="", defaults=None):
+    """One line per key: `section.key (type) = default`, for `--help`.
+
+    A nested section's defaults are those of the value its field defaults to (a `default_factory` may build the
+    section with other values than the section class's own: the recipe's ablation schedule is linear, warmup 10);
+    `defaults`: that instance of `cls` (None: the class's own defaults)."""
     lines = []
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         key = f"{prefix}.{f.name}" if prefix else f.name
         tp = hints[f.name]
-        if dataclasses.is_dataclass(tp):
-            lines += describe_config(tp, key)
-            continue
-        if f.default is not dataclasses.MISSING:
+        if defaults is not None:
+            default = getattr(defaults, f.name)
+        elif f.default is not dataclasses.MISSING:
             default = f.default
         elif f.default_factory is not dataclasses.MISSING:
             default = f.default_factory()
         else:
             default = "<required>"
+        if dataclasses.is_dataclass(tp):
+            lines += describe_config(tp, key, default if dataclasses.is_dataclass(default) else None)
+            continue
         tname = getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
         line = f"  {key} ({tname}) = {default!r}"
         doc = (f.metadata or {}).get("help")

@@ -6,10 +6,9 @@ import contextlib
 import json
 import logging
 import os
-import re
 import sys
 
-from megasnow.utils.cli import ArgumentParser, fail, removed_on_failure, run_tool, warn
+from megasnow.utils.cli import INTERRUPTED_RESUMABLE, ArgumentParser, fail, removed_on_failure, run_tool, warn
 
 EXAMPLES = """examples:
   annotate.py train --positives hq_code/*.jsonl --instructions oss_instruct.jsonl \\
@@ -22,12 +21,13 @@ EXAMPLES = """examples:
 
 
 def parse_token_count(text):
-    """'12.5B', '300M', '40k' or a plain integer -> int."""
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kKmMbBtT]?)\s*", str(text))
-    if not m:
-        raise argparse.ArgumentTypeError(f"not a token count: {text!r} (use e.g. 12.5B, 300M, 40000)")
-    scale = {"": 1, "k": 1e3, "m": 1e6, "b": 1e9, "t": 1e12}[m.group(2).lower()]
-    return int(round(float(m.group(1)) * scale))
+    """'12.5B', '300M', '40k' or a plain integer -> a positive int (megasnow.quality.selection.parse_token_count)."""
+    from megasnow.quality.budget import parse_token_count as parse
+
+    try:
+        return parse(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def resolve_device(name):
@@ -58,7 +58,8 @@ def build_parser():
     t.add_argument("--positives", nargs="*", default=[], help="JSONL/Parquet high-quality code files (text field)")
     t.add_argument("--instructions", nargs="*", default=[], help="JSONL/Parquet problem/solution data")
     t.add_argument("--negatives", nargs="+", required=True, help="phase-1 document shards (negatives drawn at random)")
-    t.add_argument("--output", required=True, help="annotator folder to write")
+    t.add_argument("--output", required=True, help="annotator folder to write (new or empty)")
+    t.add_argument("--overwrite", action="store_true", help="replace an existing annotator in --output")
     t.add_argument("--text-field", default="text", help="text field of --positives records")
     t.add_argument("--negative-text-field", default="text", help="text field of --negatives records")
     t.add_argument("--problem-field", default="problem", help="problem field of --instructions records")
@@ -96,6 +97,9 @@ def build_parser():
     s.add_argument("--lang-field", default="lang", help="field copied as the language (selection is per language)")
     s.add_argument("--keep-fields", nargs="*", default=[], help="extra fields copied into the scores")
     s.add_argument("--retries", type=int, default=2, help="retries of a failing shard")
+    s.add_argument("--overwrite", action="store_true",
+                   help="score again the shards of --output whose scores were made by another annotator, other "
+                        "field settings or an input shard that has changed since (refused without it)")
     s.add_argument("--threads", type=int, default=0,
                    help="torch threads per worker; 0 = the cores split between the workers (OMP_NUM_THREADS, when set, "
                         "counts as the cores), or 1 if OMP_WAIT_POLICY is set to something other than PASSIVE")
@@ -118,7 +122,9 @@ def build_parser():
     e.add_argument("--corpus", nargs="+", required=True, help="corpus shards to draw random files from")
     e.add_argument("--num-random", type=int, default=1000, help="random corpus files to score")
     e.add_argument("--benchmark", nargs="*", default=[], help="extra benchmark solution files (JSONL/Parquet)")
-    e.add_argument("--benchmark-fields", default="text", help="comma-separated fields concatenated per record")
+    e.add_argument("--benchmark-fields", default=None,
+                   help="comma-separated fields concatenated per record (default: as train --benchmark reads them: "
+                        "text; else prompt + canonical_solution; else code)")
     e.add_argument("--no-humaneval", action="store_true", help="skip HumanEval's canonical solutions")
     e.add_argument("--include-seen", action="store_true",
                    help="keep solutions and corpus files the annotator trained on (left out by default when "
@@ -146,7 +152,11 @@ def cmd_train(args):
     from megasnow.quality.train import TrainConfig, train_annotator
     from megasnow.quality.training_data import PositiveSource, build_training_set, write_examples
 
+    from megasnow.quality.annotator import check_encoder_settings
+
     device = resolve_device(args.device)  # a missing CUDA is refused before any work
+    check_output_folder(args.output, args.overwrite)
+    check_encoder_settings(args.encoder, args.max_length, "--encoder", "--max-length")  # before the data is read
     sources = []
     if args.positives:
         sources.append(PositiveSource(args.positives, "code", text_field=args.text_field, limit=args.max_positives))
@@ -161,7 +171,8 @@ def cmd_train(args):
                                                benchmarks=args.benchmark, on_benchmark_match=args.on_benchmark_match)
     leaked = stats["benchmark_matches"]
     if leaked["dropped"]:
-        warn(f"dropped {leaked['dropped']} positives matching evaluation benchmarks ({leaked['tasks']}; first: "
+        tasks = ", ".join(f"{name}: {n}" for name, n in leaked["tasks"].items())
+        warn(f"dropped {leaked['dropped']} positives matching evaluation benchmarks ({tasks}; first: "
              f"{'; '.join(leaked['examples'][:3])}): benchmark solutions measure alignment, they are not training data")
     print(f"training data: {json.dumps(stats)}", flush=True)
     cfg = TrainConfig(mode=args.mode, encoder=args.encoder, pooling=args.pooling, max_length=args.max_length,
@@ -177,6 +188,17 @@ def cmd_train(args):
     print(f"saved {args.output}: best epoch {metrics['best_epoch']}/{metrics['epochs_run']}, held-out ROC-AUC "
           f"{h['roc_auc']:.4f} accuracy {h['accuracy']:.4f} precision {h['precision']:.4f} recall {h['recall']:.4f}; "
           f"{len(train):,} train / {len(heldout):,} held-out examples in {metrics['train_seconds']:.0f} s")
+
+
+def check_output_folder(path, overwrite):
+    """`train --output`: a file, or a folder that holds something, is refused unless --overwrite (training
+    replaces it whole; nothing there is resumable: the annotator is written when training ends)."""
+    if os.path.isfile(path):
+        fail(f"--output {path}: is a file; give a folder for the annotator")
+    if os.path.isdir(path) and os.listdir(path) and not overwrite:
+        what = "an annotator" if os.path.exists(os.path.join(path, "annotator.json")) else "files"
+        fail(f"--output {path}: already holds {what}; nothing was changed. Give a new folder, or --overwrite to "
+             f"train again and replace it")
 
 
 def check_annotator_flag(path):
@@ -195,14 +217,14 @@ def cmd_score(args):
         ray_address=args.ray_address, device=resolve_device(args.device), batch_tokens=args.batch_tokens or 0,
         chunk_docs=args.chunk_docs, text_field=args.text_field, id_field=args.id_field, lang_field=args.lang_field,
         keep_fields=list(args.keep_fields), retries=args.retries, threads=args.threads, strict=args.strict,
-        on_damaged=report_damaged,
+        on_damaged=report_damaged, overwrite=args.overwrite,
     )
     skipped = ", ".join(f"{n:,} {reason}" for reason, n in sorted(summary["skipped"].items())) or "none"
     damaged = len(summary["unreadable_shards"])
     print(f"scored {summary['scored']:,} of {summary['documents']:,} documents in {summary['shards']} shards "
           f"({summary['shards_skipped_done']} already done"
           f"{f', {damaged} damaged (records before the damage scored)' if damaged else ''}); skipped: {skipped}; "
-          f"{summary['rate_this_run'] or 'nothing to do'} this run; scores in {args.output}")
+          f"{summary['rate_this_run'] or 'nothing to score'} this run; scores in {args.output}")
 
 
 def cmd_select(args):
@@ -221,21 +243,26 @@ def cmd_select(args):
 
 def cmd_eval(args):
     from megasnow.quality.annotator import load_annotator
-    from megasnow.quality.evaluate import alignment_report, benchmark_solutions, format_report, humaneval_solutions
+    from megasnow.quality.evaluate import (WindowProgress, alignment_report, benchmark_solutions, format_report,
+                                           humaneval_solutions)
     from megasnow.utils.atomic import atomic_write_text
 
     benchmarks = {}
     if not args.no_humaneval:
         benchmarks["humaneval"] = humaneval_solutions()
     if args.benchmark:
-        fields = tuple(f.strip() for f in args.benchmark_fields.split(",") if f.strip())
+        fields = tuple(f.strip() for f in (args.benchmark_fields or "").split(",") if f.strip()) or None
         benchmarks["user"] = benchmark_solutions(args.benchmark, fields, strict=args.strict, on_damaged=report_damaged)
     if not benchmarks:
         fail("eval: nothing to evaluate (--no-humaneval and no --benchmark): give --benchmark FILE")
     annotator = load_annotator(args.annotator, device=resolve_device(args.device))
-    report = alignment_report(annotator, benchmarks, args.corpus, args.num_random, args.seed, args.batch_tokens,
-                              args.text_field, args.heldout, exclude_seen=not args.include_seen, strict=args.strict,
-                              on_damaged=report_damaged)
+    progress = WindowProgress("eval: score")  # the random files, then each benchmark: windows, rate, ETA
+    try:
+        report = alignment_report(annotator, benchmarks, args.corpus, args.num_random, args.seed, args.batch_tokens,
+                                  args.text_field, args.heldout, exclude_seen=not args.include_seen,
+                                  strict=args.strict, on_damaged=report_damaged, on_batch=progress)
+    finally:
+        progress.close()
     print(format_report(report))
     if args.report:
         atomic_write_text(args.report, json.dumps(report, indent=2))
@@ -258,5 +285,15 @@ def main(argv=None):
     return 0
 
 
+def interrupt_advice(argv):
+    """The end of the Ctrl-C line: train keeps nothing (the annotator is written when training ends); score
+    resumes."""
+    words = [w for w in argv if not w.startswith("-")]
+    if words[:1] == ["train"]:
+        return ("nothing was kept (the annotator is written when training ends; --mode full keeps its best epoch so "
+                "far in --output); rerun to train again")
+    return INTERRUPTED_RESUMABLE
+
+
 if __name__ == "__main__":
-    sys.exit(run_tool(main, prog="annotate.py"))
+    sys.exit(run_tool(main, prog="annotate.py", on_interrupt=interrupt_advice(sys.argv[1:])))

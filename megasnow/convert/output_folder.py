@@ -48,13 +48,14 @@ def replace_folder(out_dir, overwrite=False):
     """Yield a fresh temporary folder beside `out_dir` to write into; on clean exit it replaces `out_dir` (whose
     old contents are deleted: only allowed with `overwrite` or when it is empty). On error the temporary folder is
     removed and `out_dir` is left as it was. Folder modes honour the umask (megasnow.utils.atomic.temporary_dir)."""
-    from megasnow.utils.atomic import temporary_dir
+    from megasnow.utils.atomic import honour_umask_tree, temporary_dir
 
     out_dir = os.fspath(out_dir).rstrip(os.sep) or os.sep
     check_output(out_dir, overwrite)
     tmp = temporary_dir(out_dir)
     try:
         yield tmp
+        honour_umask_tree(tmp)  # safetensors writes 0600 files whatever the umask
         old = None
         if os.path.isdir(out_dir):
             old = temporary_dir(out_dir + ".old")

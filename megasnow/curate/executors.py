@@ -9,7 +9,7 @@ import os
 import signal
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
-from tqdm import tqdm
+from megasnow.utils.progress import Progress
 
 _RAY_STARTED_HERE = False
 _POOL = None  # (workers, ProcessPoolExecutor) kept across stages: worker start-up costs seconds
@@ -33,33 +33,35 @@ def run_tasks(fn, tasks, executor="local", workers=1, desc="stage", ray_address=
 
 
 def _run_local(fn, tasks, workers, desc):
-    bar = tqdm(total=len(tasks), desc=desc, unit="task", leave=True)
-    try:
-        if workers <= 1 or len(tasks) == 1:  # in-process: no start-up cost, easiest to debug
-            results = []
-            for t in tasks:
-                results.append(fn(t))
-                bar.update(1)
-            return results
-        results = [None] * len(tasks)
-        pool = _local_pool(workers)
-        pending = {pool.submit(fn, t): i for i, t in enumerate(tasks)}
-        try:
-            while pending:
-                done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for fut in done:
-                    results[pending.pop(fut)] = fut.result()
-                    bar.update(1)
-        except KeyboardInterrupt:  # do not wait for the running tasks: stop their processes
-            terminate_local_pool()
-            raise
-        except BaseException:
-            for fut in pending:
-                fut.cancel()
-            raise
+    # megasnow's progress: a tqdm bar on a terminal, whole lines in a log file (no carriage returns)
+    with Progress(total=len(tasks), desc=desc, unit="task") as bar:
+        return _run_local_tasks(fn, tasks, workers, bar)
+
+
+def _run_local_tasks(fn, tasks, workers, bar):
+    if workers <= 1 or len(tasks) == 1:  # in-process: no start-up cost, easiest to debug
+        results = []
+        for t in tasks:
+            results.append(fn(t))
+            bar.update(1)
         return results
-    finally:
-        bar.close()
+    results = [None] * len(tasks)
+    pool = _local_pool(workers)
+    pending = {pool.submit(fn, t): i for i, t in enumerate(tasks)}
+    try:
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in done:
+                results[pending.pop(fut)] = fut.result()
+                bar.update(1)
+    except KeyboardInterrupt:  # do not wait for the running tasks: stop their processes
+        terminate_local_pool()
+        raise
+    except BaseException:
+        for fut in pending:
+            fut.cancel()
+        raise
+    return results
 
 
 def _local_pool(workers):
@@ -147,7 +149,7 @@ def _run_ray(fn, tasks, workers, desc, ray_address):
     index = {ref: i for i, ref in enumerate(refs)}
     results = [None] * len(tasks)
     pending = list(refs)
-    with tqdm(total=len(tasks), desc=desc, unit="task") as bar:
+    with Progress(total=len(tasks), desc=desc, unit="task") as bar:
         try:
             while pending:
                 done, pending = ray.wait(pending, num_returns=1)

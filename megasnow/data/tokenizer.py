@@ -168,6 +168,10 @@ class HFTokenizer(Tokenizer):
             self.tok = RustTokenizer.from_file(file)
         except Exception as e:  # the Rust side raises a bare Exception on malformed files
             raise TokenizerError(f"{file}: cannot load HuggingFace tokenizer: {e}") from e
+        # A tokenizer.json may carry truncation/padding (an encoder's max_length 128, say): megasnow encodes whole
+        # documents, so both are switched off (as megatron_tokenizers.HuggingFaceEncoder does for its backend).
+        self.tok.no_truncation()
+        self.tok.no_padding()
 
     def encode(self, text):
         return self.tok.encode(text, add_special_tokens=False).ids

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from megasnow.errors import UserError
-from megasnow.utils.atomic import temporary_dir
+from megasnow.utils.atomic import honour_umask_tree, temporary_dir
 
 ANNOTATOR_FORMAT = "megasnow-quality-annotator"
 ANNOTATOR_VERSION = 1
@@ -76,6 +76,28 @@ def check_encoder_folder(path):
         raise AnnotatorError(f"encoder folder {path!r} has no weights (expected one of {sorted(weights)})")
     if not names & {"tokenizer.json", "vocab.txt", "tokenizer_config.json"}:
         raise AnnotatorError(f"encoder folder {path!r} has no tokenizer (tokenizer.json or vocab.txt)")
+
+
+def check_encoder_settings(encoder_path=None, max_length=512, encoder_key="encoder", max_length_key="max_length"):
+    """Check an encoder folder and a window length without loading any weights (AnnotatorError naming
+    `encoder_key` / `max_length_key`): the folder holds config.json, weights and a tokenizer, and max_length fits
+    its max_position_embeddings and leaves room for content tokens."""
+    path = encoder_path or default_encoder_path()
+    try:
+        check_encoder_folder(path)
+    except AnnotatorError as e:
+        raise AnnotatorError(f"{encoder_key}: {e}") from None
+    try:
+        with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
+            limit = json.load(f).get("max_position_embeddings")
+    except (OSError, ValueError) as e:
+        raise AnnotatorError(f"{encoder_key}: {path}/config.json is unreadable: {e}") from None
+    if max_length < 8:
+        raise AnnotatorError(f"{max_length_key} {max_length}: too short for a window (at least 8 tokens, specials "
+                             f"included)")
+    if isinstance(limit, int) and max_length > limit:
+        raise AnnotatorError(f"{max_length_key} {max_length} exceeds the encoder's {limit} positions ({path}); give "
+                             f"{max_length_key} {limit} or less")
 
 
 def load_encoder(path):
@@ -200,7 +222,11 @@ def save_annotator(annotator, folder, metrics=None, seen_keys=None):
     folder = os.path.abspath(folder)
     parent = os.path.dirname(folder)
     os.makedirs(parent, exist_ok=True)
+    from transformers.utils import logging as hf_logging
+
     tmp = temporary_dir(folder)  # the umask's mode, not mkdtemp's 0700
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # "Writing model shards": a sub-second bar of carriage returns in logs
     try:
         annotator.encoder.save_pretrained(os.path.join(tmp, ENCODER_DIR), safe_serialization=True)
         annotator.tokenizer.save_pretrained(os.path.join(tmp, ENCODER_DIR))
@@ -214,6 +240,7 @@ def save_annotator(annotator, folder, metrics=None, seen_keys=None):
                 json.dump(metrics, f, indent=2)
         if seen_keys is not None:
             np.save(os.path.join(tmp, SEEN_NAME), np.asarray(seen_keys, dtype=np.uint64))
+        honour_umask_tree(tmp)  # safetensors writes 0600 files whatever the umask
         # Swap: the old folder (if any) moves aside first, so a crash leaves either the old or the new one.
         old = None
         if os.path.exists(folder):
@@ -226,7 +253,32 @@ def save_annotator(annotator, folder, metrics=None, seen_keys=None):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     return folder
+
+
+def annotator_identity(folder):
+    """A content identity of an annotator folder (16 hex digits): a hash of annotator.json, the head's weights and
+    the name and size of every file of the encoder. It is the same for a copy of the folder (no paths or mtimes),
+    and differs for another training (the head is trained, hence different, every time). Used by scoring to tell
+    whether existing scores were made by this annotator."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in (CONFIG_NAME, HEAD_NAME):
+        path = os.path.join(folder, name)
+        if os.path.exists(path):
+            with open(path, "rb") as f:
+                h.update(name.encode() + b"\0" + f.read() + b"\0")
+    enc = os.path.join(folder, ENCODER_DIR)
+    for root, dirs, files in os.walk(enc):
+        dirs.sort()
+        for name in sorted(files):
+            path = os.path.join(root, name)
+            h.update(f"{os.path.relpath(path, enc)}:{os.path.getsize(path)}\0".encode())
+    return h.hexdigest()[:16]
 
 
 def read_annotator_config(folder):

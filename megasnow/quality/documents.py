@@ -13,8 +13,8 @@ def check_document_text(value):
             value = bytes(value).decode("utf-8")
         except UnicodeDecodeError:
             return None, "undecodable"
-    if not isinstance(value, str):
-        return None, "undecodable"
+    if not isinstance(value, str):  # a number, list or mapping: there is no text to score
+        return None, "non-string"
     if not value.strip():
         return None, "empty"
     if "\x00" in value:

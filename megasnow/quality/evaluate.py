@@ -46,8 +46,25 @@ def humaneval_solutions(path=None):
     return [rec["prompt"] + rec["canonical_solution"] for _, rec in iter_records(path, strict=True)]
 
 
-def benchmark_solutions(paths, fields=("text",), report=None, strict=False, on_damaged=None):
-    """Texts from user benchmark files: the named fields of each record, concatenated in order.
+BENCHMARK_SOLUTION_RULE = ("`text`; else `prompt` + `canonical_solution` (HumanEval/EvalPlus); else `code` (MBPP)")
+
+
+def benchmark_record_text(rec):
+    """A benchmark record's solution text by the rule annotate.py train's benchmark check also reads (its fields:
+    prompt/canonical_solution/text/code): BENCHMARK_SOLUTION_RULE. None when the record has none of them."""
+    if isinstance(rec.get("text"), str):
+        return rec["text"]
+    if isinstance(rec.get("canonical_solution"), str):
+        return (rec.get("prompt") if isinstance(rec.get("prompt"), str) else "") + rec["canonical_solution"]
+    if isinstance(rec.get("code"), str):
+        return rec["code"]
+    return None
+
+
+def benchmark_solutions(paths, fields=None, report=None, strict=False, on_damaged=None):
+    """Texts from user benchmark files: the named `fields` of each record, concatenated in order, or (fields None,
+    the default) each record's solution by BENCHMARK_SOLUTION_RULE (benchmark_record_text), so an EvalPlus,
+    HumanEval or MBPP file reads as in training's benchmark check.
 
     Read with read_shards: a damaged file keeps the records before the damage and is listed in `report.damaged`
     (strict: ShardReadError); a malformed line or a record without the fields is a RecordError naming file:line.
@@ -55,13 +72,41 @@ def benchmark_solutions(paths, fields=("text",), report=None, strict=False, on_d
     report = report if report is not None else ReadReport()
     texts = []
     for path, pos, rec in read_shards(paths, report, strict=strict, on_damaged=on_damaged):
+        if not fields:
+            text = benchmark_record_text(rec)
+            if text is None:
+                raise RecordError(f"{path}:{pos}: benchmark record has no solution ({BENCHMARK_SOLUTION_RULE}; keys: "
+                                  f"{sorted(rec)[:10]}): give --benchmark-fields to name the fields to concatenate")
+            texts.append(text)
+            continue
         missing = [k for k in fields if not isinstance(rec.get(k), str)]
         if missing:
-            raise RecordError(f"{path}:{pos}: benchmark record lacks string field(s) {missing}")
+            raise RecordError(f"{path}:{pos}: benchmark record lacks string field(s) {missing} (--benchmark-fields)")
         texts.append("".join(rec[k] for k in fields))
     if report.skips.total:  # a benchmark line that is not JSON changes the metric: never skipped silently
         raise RecordError(f"malformed benchmark record(s): {'; '.join(report.skips.examples[:3])}")
     return texts
+
+
+class WindowProgress:
+    """on_batch for alignment_report: one progress per scoring pass (random files, then each benchmark), in windows,
+    with a rate and an ETA (megasnow.utils.progress: a bar on a terminal, whole log lines elsewhere; `mode`)."""
+
+    def __init__(self, desc, mode="auto"):
+        self.desc, self.mode, self.bar = desc, mode, None
+
+    def __call__(self, done, total):
+        from megasnow.utils.progress import Progress
+
+        if self.bar is None or self.bar.total != total or done < self.bar.n:
+            self.close()
+            self.bar = Progress(total=total, desc=self.desc, unit="windows", mode=self.mode)
+        self.bar.advance_to(done)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 def alignment_report(annotator, benchmarks, corpus_inputs, num_random=1000, seed=0, batch_tokens=None,

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from megasnow.curate.executors import run_tasks
-from megasnow.quality.annotator import default_batch_tokens, load_annotator, read_annotator_config
+from megasnow.quality.annotator import annotator_identity, default_batch_tokens, load_annotator, read_annotator_config
 from megasnow.quality.documents import check_document_text
 from megasnow.errors import UserError
 from megasnow.quality.windows import score_token_lists
@@ -120,6 +120,7 @@ class ScoreTask:
     threads: int = 0  # torch intra-op threads in this worker; 0 = default_threads(device, workers=1)
     progress: object = True  # megasnow.utils.progress mode of this shard's own progress (True = auto, False = off)
     strict: bool = False  # a malformed record or a damaged shard stops the run (UserError naming the file)
+    annotator_id: str = ""  # annotator_identity of annotator_path, recorded in the shard's stats
 
 
 def default_threads(device="cpu", workers=1):
@@ -219,6 +220,8 @@ def _score_shard_once(task: ScoreTask, progress, raise_transient=False):
     shard_name = os.path.basename(task.input_path)
     counts = {"documents": 0, "scored": 0}
     hist = np.zeros(20, dtype=np.int64)
+    made_by = {**score_identity(task, task.annotator_id or annotator_identity(task.annotator_path)),
+               "annotator_path": os.path.abspath(task.annotator_path), "input": input_identity(task.input_path)}
 
     def flush(chunk, out):
         texts = [c["text"] for c in chunk if c["text"] is not None]
@@ -283,6 +286,7 @@ def _score_shard_once(task: ScoreTask, progress, raise_transient=False):
             "seconds": round(seconds, 3),
             "files_per_s": round(counts["documents"] / seconds, 4) if seconds > 0 else None,
             "threads": torch.get_num_threads(),
+            "made_by": made_by,  # checked on rerun (plan_score_tasks)
         }
         # Stats first, scores file last: the scores file under its final name marks the shard done.
         atomic_write_text(stats_path_for(task.output_path), json.dumps(stats, indent=2))
@@ -299,8 +303,49 @@ def output_path_for(input_path, common_root, output_dir):
     return os.path.join(output_dir, rel + SCORES_SUFFIX)
 
 
-def plan_score_tasks(inputs, output_dir, annotator_path, **task_kwargs):
-    """(all tasks, tasks still to run): a shard whose scores file exists is done."""
+def input_identity(path, with_hash=True):
+    """{size, mtime_ns, sha256} of an input shard: what its scores were made from (see same_input)."""
+    import hashlib
+
+    st = os.stat(path)
+    out = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    if with_hash:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        out["sha256"] = h.hexdigest()
+    return out
+
+
+def same_input(recorded, path):
+    """Whether `path` still holds the bytes `recorded` (an input_identity) describes: same size and mtime, or (a
+    copied or touched file) same size and content hash."""
+    if not recorded:
+        return False
+    now = input_identity(path, with_hash=False)
+    if now["size"] != recorded.get("size"):
+        return False
+    return now["mtime_ns"] == recorded.get("mtime_ns") or input_identity(path)["sha256"] == recorded.get("sha256")
+
+
+# task fields that change what a scores file holds: a rerun with other values is another scoring
+SCORE_SETTINGS = ("text_field", "id_field", "lang_field", "keep_fields")
+
+
+def score_identity(task, annotator_id):
+    """What a shard's scores depend on besides its input bytes (recorded in its stats, checked on rerun)."""
+    return {"annotator_id": annotator_id, **{k: getattr(task, k) for k in SCORE_SETTINGS}}
+
+
+def plan_score_tasks(inputs, output_dir, annotator_path, overwrite=False, **task_kwargs):
+    """(all tasks, tasks still to run). A shard is done when its scores and stats files exist and its stats record
+    this annotator (annotator_identity), the same settings (SCORE_SETTINGS) and the same input bytes (same_input).
+    A done shard that differs is a UserError naming the output folder and what differs, unless `overwrite`: then
+    it is scored again. An empty `annotator_path` (readers of a scores folder: selection, synthesis seeds) checks
+    only that each shard's two files exist."""
+    annotator_id = annotator_identity(annotator_path) if annotator_path else ""
+    task_kwargs["annotator_id"] = annotator_id
     files = [os.path.abspath(f) for f in expand_inputs(inputs)]
     root = os.path.commonpath([os.path.dirname(f) for f in files])
     tasks = [ScoreTask(f, output_path_for(f, root, os.path.abspath(output_dir)), annotator_path, **task_kwargs) for f in files]
@@ -310,12 +355,47 @@ def plan_score_tasks(inputs, output_dir, annotator_path, **task_kwargs):
         if other != t.input_path:
             raise UserError(f"input shards {other} and {t.input_path} would both write {t.output_path}; "
                             "give shards distinct names")
-    todo = [t for t in tasks if not (os.path.exists(t.output_path) and os.path.exists(stats_path_for(t.output_path)))]
+    todo, differ = [], {}
+    for t in tasks:
+        stats_path = stats_path_for(t.output_path)
+        if not (os.path.exists(t.output_path) and os.path.exists(stats_path)):
+            todo.append(t)
+            continue
+        reason = _differs(t, stats_path) if annotator_path else ""
+        if reason:
+            differ.setdefault(reason, []).append(t)
+            todo.append(t)
+    if differ and not overwrite:
+        n = sum(len(v) for v in differ.values())
+        what = "; ".join(f"{len(v)} shard(s) {reason} (first: {v[0].input_path})" for reason, v in differ.items())
+        raise UserError(f"--output {output_dir} holds scores that do not match this run: {what}; nothing was "
+                        f"changed. Give a new --output, or --overwrite to score these {n} shard(s) again")
     return tasks, todo
 
 
+def _differs(task, stats_path):
+    """Why a finished shard's scores are not this task's ('' when they are)."""
+    try:
+        with open(stats_path, encoding="utf-8") as f:
+            stats = json.load(f)
+    except (OSError, ValueError):
+        return "have an unreadable stats file"
+    made = stats.get("made_by")
+    if not isinstance(made, dict):
+        return "were scored before megasnow recorded the annotator and input in the stats"
+    if made.get("annotator_id") != task.annotator_id:
+        return (f"were scored by another annotator (id {made.get('annotator_id')}, {made.get('annotator_path')}; "
+                f"this one is {task.annotator_id}, {os.path.abspath(task.annotator_path)})")
+    for k in SCORE_SETTINGS:
+        if made.get(k) != getattr(task, k):
+            return f"were scored with {k}={made.get(k)!r} (this run: {getattr(task, k)!r})"
+    if not same_input(made.get("input"), task.input_path):
+        return "have an input shard that changed since it was scored"
+    return ""
+
+
 def score_corpus(inputs, output_dir, annotator_path, executor="local", workers=1, ray_address=None,
-                 progress=True, on_damaged=None, **task_kwargs):
+                 progress=True, on_damaged=None, overwrite=False, **task_kwargs):
     """Score every shard under `inputs`; returns the summary (also written to score_summary.json).
 
     progress (megasnow.utils.progress mode; True = auto, False = off): one local worker shows one progress for
@@ -332,9 +412,11 @@ def score_corpus(inputs, output_dir, annotator_path, executor="local", workers=1
     in_process = executor == "local" and workers <= 1
     # several workers: their bars would interleave, so each logs its shard's progress as whole lines
     task_kwargs["progress"] = progress if in_process or resolve_mode(progress) == "off" else "log"
-    tasks, todo = plan_score_tasks(inputs, output_dir, annotator_path, **task_kwargs)
+    tasks, todo = plan_score_tasks(inputs, output_dir, annotator_path, overwrite=overwrite, **task_kwargs)
     start = time.perf_counter()
-    if in_process:
+    if not todo:
+        fresh = []  # nothing to score: no progress line claiming "done 0 docs"
+    elif in_process:
         total = sum(count_documents(t.input_path) for t in todo)
         with Progress(total=total, desc="score", unit="docs", mode=progress) as bar:
             fresh = [score_shard(t, progress=bar) for t in todo]
@@ -371,6 +453,7 @@ def score_corpus(inputs, output_dir, annotator_path, executor="local", workers=1
         "files_per_s_this_run": round(fresh_docs / seconds, 4) if todo and seconds > 0 else None,
         "rate_this_run": format_rate(fresh_docs, seconds, "docs") if todo else None,
         "annotator": os.path.abspath(annotator_path),
+        "annotator_id": tasks[0].annotator_id if tasks else annotator_identity(annotator_path),
         "task": {k: v for k, v in asdict(tasks[0]).items() if k not in ("input_path", "output_path")} if tasks else {},
     }
     atomic_write_text(os.path.join(output_dir, "score_summary.json"), json.dumps(summary, indent=2))

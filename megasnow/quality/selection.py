@@ -18,8 +18,10 @@ import numpy as np
 
 from megasnow.errors import UserError
 from megasnow.curate.executors import run_tasks
+from megasnow.data.output_check import folders_removed_on_failure
 from megasnow.quality.score import plan_score_tasks
 from megasnow.utils.atomic import atomic_write, atomic_write_text
+from megasnow.utils.cli import removed_on_failure
 from megasnow.utils.records import ShardReadError, iter_records
 
 log = logging.getLogger(__name__)
@@ -208,7 +210,19 @@ def select_documents(documents, scores_dir, output_dir, tokenizer_path, budget_t
     if todo:
         missing = ", ".join(t.input_path for t in todo[:3])
         raise SelectionError(f"{len(todo)} document shard(s) have no scores in {scores_dir} (e.g. {missing}); run scoring first")
+    if budget_tokens <= 0:
+        raise SelectionError(f"token budget must be positive, got {budget_tokens}")
     output_dir = os.path.abspath(output_dir)
+    # A failure (budget over the corpus, a damaged shard, Ctrl-C) leaves nothing that was not there before: the
+    # output folders this run created, and a token-count cache it started, are removed again.
+    with folders_removed_on_failure(os.path.join(output_dir, "x")), \
+            removed_on_failure(os.path.join(output_dir, CACHE_DIR)):
+        return _select(all_tasks, scores_dir, output_dir, tokenizer_path, budget_tokens, executor, workers,
+                       ray_address, text_field, mix_tolerance_pp, strict)
+
+
+def _select(all_tasks, scores_dir, output_dir, tokenizer_path, budget_tokens, executor, workers, ray_address,
+            text_field, mix_tolerance_pp, strict):
     cache_dir = os.path.join(output_dir, CACHE_DIR)
     count_tasks = []
     for t in all_tasks:

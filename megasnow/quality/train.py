@@ -165,8 +165,6 @@ def _train_frozen(annotator, train_ids, y_train, heldout_ids, y_heldout, cfg, pr
 
 def _train_full(annotator, train_ids, y_train, heldout_ids, y_heldout, cfg, output_dir, progress, seen_keys):
     """Fine-tune encoder + head; evaluate every epoch; save the best folder on each improvement."""
-    from tqdm import tqdm
-
     device = annotator.device
     opt = torch.optim.AdamW(annotator.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(len(train_ids) / cfg.batch_size)
@@ -181,9 +179,9 @@ def _train_full(annotator, train_ids, y_train, heldout_ids, y_heldout, cfg, outp
     epoch = 0
     for epoch in range(1, cfg.epochs + 1):
         annotator.train()
-        bar = tqdm(torch.randperm(len(train_ids), generator=gen).split(cfg.batch_size), desc=f"epoch {epoch}",
-                   disable=not progress, leave=False)
-        for idx in bar:
+        batches = torch.randperm(len(train_ids), generator=gen).split(cfg.batch_size)
+        bar = Progress(total=len(batches), desc=f"epoch {epoch}", unit="batches", mode=progress)
+        for idx in batches:
             ids, mask = annotator.collate([train_ids[i] for i in idx.tolist()])
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 logits = annotator(ids.to(device), mask.to(device))
@@ -193,7 +191,8 @@ def _train_full(annotator, train_ids, y_train, heldout_ids, y_heldout, cfg, outp
             torch.nn.utils.clip_grad_norm_(annotator.parameters(), 1.0)
             opt.step()
             sched.step()
-            bar.set_postfix(loss=f"{loss.item():.4f}")
+            bar.update(1)
+        bar.close()
         probs = predict_token_lists(annotator, heldout_ids, cfg.embed_batch_tokens)
         m = classification_metrics(y_heldout, probs)
         log.info("full epoch %d: held-out ROC-AUC %.4f", epoch, m["roc_auc"])

@@ -11,13 +11,14 @@ match is dropped and reported (or refused). Every input goes through the shared 
 import hashlib
 import json
 import random
+import os
 import re
 from dataclasses import dataclass, field
 
 from megasnow.errors import UserError
 from megasnow.quality.documents import check_document_text
 from megasnow.utils.atomic import atomic_write
-from megasnow.utils.records import ReadReport, RecordError, iter_records, read_shards
+from megasnow.utils.records import ReadReport, RecordError, expand_inputs, iter_records, read_shards
 
 
 
@@ -193,18 +194,30 @@ def balanced_split(positives, negatives, heldout_fraction=0.1, seed=0):
 BENCHMARK_MATCH_ACTIONS = ("drop", "refuse")
 
 
-def benchmark_decontaminator(benchmarks=()):
+def benchmark_decontaminator(benchmarks=(), benchmark_key="--benchmark"):
     """megasnow.curate's Decontaminator over HumanEval (always: prompt and canonical_solution) and the user
     benchmark files `benchmarks` (JSONL/Parquet with task_id and prompt/canonical_solution/text/code fields), with
     curation's defaults: a normalized substring of at least 50 characters, or half of a field's word 10-grams.
-    A missing or unusable benchmark file raises DecontaminationError (a UserError) naming it."""
+    A missing or unusable benchmark file raises TrainingDataError (a UserError) naming it and `benchmark_key` (the
+    flag or config key that gave it)."""
     from megasnow.curate.config import DecontaminationConfig
-    from megasnow.curate.decontaminate import get_decontaminator
+    from megasnow.curate.decontaminate import DecontaminationError, get_decontaminator
 
-    return get_decontaminator(DecontaminationConfig(humaneval=True, benchmarks=[str(b) for b in benchmarks]))
+    for b in benchmarks:
+        if not os.path.isfile(b):
+            raise TrainingDataError(f"{benchmark_key}: {b!r} is not a file; check the path")
+    try:
+        return get_decontaminator(DecontaminationConfig(humaneval=True, benchmarks=[str(b) for b in benchmarks]))
+    except DecontaminationError as e:  # its advice names curation's keys: name this caller's instead
+        message = str(e).replace("decontamination.benchmarks", benchmark_key)
+        message = message.replace("(set decontamination.text_fields)",
+                                  "(the benchmark check reads prompt/canonical_solution/text/code: check the file "
+                                  f"given to {benchmark_key})")
+        message = message.replace("(set decontamination.id_field)", f"(each {benchmark_key} record needs a task_id)")
+        raise TrainingDataError(message) from None
 
 
-def decontaminate_positives(positives, benchmarks=(), on_benchmark_match="drop"):
+def decontaminate_positives(positives, benchmarks=(), on_benchmark_match="drop", benchmark_key="--benchmark"):
     """(clean positives, matches): each positive Example checked against HumanEval and `benchmarks`.
 
     Held-out benchmark solutions are for measuring an annotator's alignment only; as positives they would teach it
@@ -214,7 +227,7 @@ def decontaminate_positives(positives, benchmarks=(), on_benchmark_match="drop")
     """
     if on_benchmark_match not in BENCHMARK_MATCH_ACTIONS:
         raise ValueError(f"on_benchmark_match must be one of {BENCHMARK_MATCH_ACTIONS}, got {on_benchmark_match!r}")
-    decon = benchmark_decontaminator(benchmarks)
+    decon = benchmark_decontaminator(benchmarks, benchmark_key)
     clean, matches = [], []
     for ex in positives:
         hits = decon.match(ex.text)
@@ -242,7 +255,8 @@ def summarize_matches(matches, examples=5):
 
 
 def build_training_set(sources, negative_inputs, heldout_fraction=0.1, seed=0, negative_text_field="text",
-                       strict=False, on_damaged=None, benchmarks=(), on_benchmark_match="drop"):
+                       strict=False, on_damaged=None, benchmarks=(), on_benchmark_match="drop",
+                       benchmark_key="--benchmark"):
     """(train, heldout, stats) from positive sources and phase-1 negatives, balanced and deduplicated
     (within each class and across the two: a text found in both is dropped from both). Damaged input shards
     are listed in stats["damaged_shards"] (strict: ShardReadError).
@@ -252,8 +266,19 @@ def build_training_set(sources, negative_inputs, heldout_fraction=0.1, seed=0, n
     (decontaminate_positives)."""
     report = ReadReport()
     skips = report.skips
+    benchmark_decontaminator(benchmarks, benchmark_key)  # a bad benchmark file fails before the inputs are read
     positives = dedupe(load_positives(sources, report=report, strict=strict, on_damaged=on_damaged))
-    positives, matches = decontaminate_positives(positives, benchmarks, on_benchmark_match)
+    if not positives:
+        files = [f for src in sources for f in expand_inputs(src.paths)]
+        skipped = "; ".join(f"{n} {reason}" for reason, n in sorted(skips.counts.items()) if "positive" in reason)
+        raise TrainingDataError(f"no usable positives in {', '.join(files[:5])}{' ...' if len(files) > 5 else ''}"
+                                f"{f' (skipped: {skipped})' if skipped else ' (no records)'}: negatives are sampled "
+                                "to match the positives, so there is nothing to train on; check the positive files "
+                                "and their text field")
+    positives, matches = decontaminate_positives(positives, benchmarks, on_benchmark_match, benchmark_key)
+    if not positives:
+        raise TrainingDataError(f"every positive ({len(matches)}) matches an evaluation benchmark and was dropped: "
+                                "nothing is left to train on; give positives that are not benchmark solutions")
     negatives = dedupe(sample_negatives(negative_inputs, len(positives), seed, negative_text_field, report=report,
                                         strict=strict, on_damaged=on_damaged))
     positives, negatives, in_both = drop_cross_class(positives, negatives)

@@ -33,26 +33,6 @@ def roc_points(pos_scores, neg_scores):
     return fpr.tolist(), tpr.tolist(), float(roc_auc_score(y, s))
 
 
-class _WindowProgress:
-    """on_batch for alignment_report: a log-line progress per scoring pass (random files, then each benchmark)."""
-
-    def __init__(self, desc):
-        self.desc, self.bar = desc, None
-
-    def __call__(self, done, total):
-        from megasnow.utils.progress import Progress
-
-        if self.bar is None or self.bar.total != total or done < self.bar.n:
-            self.close()
-            self.bar = Progress(total=total, desc=self.desc, unit="windows", mode="log")
-        self.bar.advance_to(done)
-
-    def close(self):
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-
-
 def measure_alignment(annotator_folder, corpus_inputs, benchmark_specs, out_json, num_random=500, seed=0,
                       device="cpu", text_field="text"):
     """Score the benchmarks' canonical solutions and `num_random` random corpus files not seen in the annotator's
@@ -66,10 +46,10 @@ def measure_alignment(annotator_folder, corpus_inputs, benchmark_specs, out_json
         if done.get("settings") == settings:
             return done
     from megasnow.quality.annotator import load_annotator
-    from megasnow.quality.evaluate import alignment_report
+    from megasnow.quality.evaluate import WindowProgress, alignment_report
 
     annotator = load_annotator(annotator_folder, device=device)
-    progress = _WindowProgress("alignment: score")
+    progress = WindowProgress("alignment: score", mode="log")
     try:
         report = alignment_report(annotator, benchmark_texts(benchmark_specs), corpus_inputs, num_random=num_random,
                                   seed=seed, text_field=text_field, keep_scores=True, on_batch=progress)

@@ -15,10 +15,17 @@ RUNNER_OWNED = {"phases": None, "checkpoint": None, "log": None, "eval": None,
                 "data": ("tokenizer", "blend", "valid_blend", "valid_fraction", "seed")}
 
 
-def _help(text, default=None, factory=None):
+def _token_count(text):
+    from megasnow.quality.budget import parse_token_count
+
+    return parse_token_count(text)
+
+
+def _help(text, default=None, factory=None, parse=None):
+    metadata = {"help": text, **({"parse": parse} if parse else {})}
     if factory is not None:
-        return field(default_factory=factory, metadata={"help": text})
-    return field(default=default, metadata={"help": text})
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 @dataclass
@@ -68,7 +75,9 @@ class BaseSection:
 
 @dataclass
 class AblationSection:
-    budget_tokens: int = _help("tokens of the selected set (the paper's 12.5B), counted with data.tokenizer", 0)
+    budget_tokens: int = _help("tokens of the selected set (the paper's 12.5B; 12.5B, 300M, 40k or an integer, as "
+                               "annotate.py --budget-tokens), counted with data.tokenizer", 0,
+                               parse=_token_count)
     repeats: int = _help("passes over the selected set (the paper's 4); every arm trains repeats x budget tokens", 4)
     arms: list[str] = _help("selected (top budget x repeats), random (random phase-1 documents, budget x repeats, "
                             "phase-1 language mix, drawn per seed), selected_once (top repeats x budget, once), "

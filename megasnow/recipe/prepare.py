@@ -106,7 +106,8 @@ def train_annotator_stage(spec, phase1, folder, device, log, text_field="text", 
     log(f"annotator {spec.name}: building the training set (positives vs random phase-1 documents)")
     # the builder checks positives against HumanEval always and against the benchmark files given (leakage)
     train, heldout, stats = build_training_set(sources, phase1, heldout_fraction=spec.heldout_fraction, seed=spec.seed,
-                                               negative_text_field=text_field, benchmarks=files)
+                                               negative_text_field=text_field, benchmarks=files,
+                                               benchmark_key="measure.benchmarks")
     per_class = {label: sum(1 for e in train + heldout if e.label == label) for label in (0, 1)}
     if min(per_class.values()) < MIN_EXAMPLES_PER_CLASS:
         raise RecipeError(f"annotators[{spec.name}]: {per_class[1]} positive and {per_class[0]} negative examples "
@@ -142,28 +143,23 @@ def _expand(paths):
     return [os.path.abspath(f) for f in expand_inputs(paths)]
 
 
-def score_stage(annotator_folder, phase1, scores_dir, device, threads, log, text_field="text"):
+def score_stage(annotator_folder, phase1, scores_dir, device, threads, log, text_field="text", name="annotator"):
     """Score every phase-1 document with the three-window rule (megasnow.quality.score; resumes per shard).
-    Scores of another annotator or of changed inputs are deleted first."""
-    import shutil
+    Shards scored by another annotator or from changed inputs are scored again (the shards' own record of what
+    made them, megasnow.quality.score.plan_score_tasks: a copied run folder is not rescored); scores of shards no
+    longer among the inputs are deleted. Logs what it scores; returns the score summary."""
+    from megasnow.quality.score import STATS_SUFFIX, plan_score_tasks, score_corpus, stats_path_for
 
-    stamp = os.path.join(scores_dir, "recipe_inputs.json")
-    state = {"annotator": _file_state(glob.glob(os.path.join(annotator_folder, "*.json")) +
-                                      glob.glob(os.path.join(annotator_folder, "*.safetensors"))),
-             "inputs": _file_state(_expand(phase1))}
-    if os.path.isdir(scores_dir):
-        old = None
-        if os.path.exists(stamp):
-            with open(stamp, encoding="utf-8") as f:
-                old = json.load(f)
-        if old != state:
-            shutil.rmtree(scores_dir)
-    os.makedirs(scores_dir, exist_ok=True)
-    atomic_write_text(stamp, json.dumps(state))
-    from megasnow.quality.score import score_corpus
-
+    tasks, todo = plan_score_tasks(phase1, scores_dir, annotator_folder, overwrite=True, text_field=text_field)
+    wanted = {t.output_path for t in tasks} | {stats_path_for(t.output_path) for t in tasks}
+    for path in glob.glob(os.path.join(scores_dir, "**", "*" + STATS_SUFFIX), recursive=True) + \
+            glob.glob(os.path.join(scores_dir, "**", "*.scores.jsonl"), recursive=True):
+        if os.path.abspath(path) not in wanted:
+            os.unlink(path)
+    if todo:
+        log(f"annotator {name}: scoring {len(todo)} of {len(tasks)} phase-1 shard(s) ({annotator_folder})")
     summary = score_corpus(phase1, scores_dir, annotator_folder, device=device, threads=threads, progress="log",
-                           text_field=text_field)
+                           text_field=text_field, overwrite=True)
     if summary["shards_scored_now"]:
         log(f"scored {summary['scored']} of {summary['documents']} phase-1 documents ({summary['rate_this_run']})")
     return summary

@@ -198,6 +198,12 @@ def _ablation_report(workdir, stem, lines, plot_list):
                  "every run.\n")
     for a in plan["arms"]:
         lines.append(f"  - `{a['name']}`: {a['description']}")
+    from megasnow.recipe.runner import repetition_warnings
+
+    datasets_path = os.path.join(workdir, "data", "datasets.json")
+    datasets = _read_json(datasets_path) if os.path.exists(datasets_path) else None
+    for line in repetition_warnings(plan, datasets):
+        lines.append(f"- **{line.replace('warning: ', 'Warning: ', 1)}**")
     lines.append("")
 
     lines.append("## Comparisons (A − B over seeds; a difference counts only where Welch's t-test gives p < 0.05)\n")
@@ -431,6 +437,9 @@ def write_recipe_report(workdir, out_md=None, compute_alignment=True, num_random
     Returns {"markdown": path, "plots": [paths], "layout": "ablation" | "quickstart", "summary": dict or None}.
     Raises ReportError (a FileNotFoundError) when `workdir` holds neither layout."""
     workdir = os.path.abspath(workdir)
+    if not os.path.isdir(workdir):
+        raise ReportError(f"{workdir}: {'is a file, not a folder' if os.path.exists(workdir) else 'does not exist'}; "
+                          f"give the --output folder of a recipe_ablation.py run (or a quickstart work folder)")
     out_md = os.path.abspath(out_md or os.path.join(workdir, "recipe_report.md"))
     stem = out_md[:-3] if out_md.endswith(".md") else out_md
     lines, plot_list = [], []

@@ -78,6 +78,7 @@ class AblationRunner:
             out.append(warmup_warning("base", "phase 1", c.base.schedule, c.base.steps, "base.schedule.warmup_steps"))
         out.append(warmup_warning("ablation", "every arm", c.ablation.schedule, self.steps,
                                   "ablation.schedule.warmup_steps"))
+        out += repetition_warnings(self.plan())  # ablation.steps too low for the repeats (the budget as its size)
         return [line for line in out if line]
 
     def _device(self):
@@ -168,10 +169,9 @@ class AblationRunner:
             folder = prepare.train_annotator_stage(spec, d.phase1, os.path.join(qdir, "annotator"), self.device,
                                                    self.log, d.text_field, benchmarks=c.measure.benchmarks)
             self.annotator_folders[spec.name] = folder
-            self.log(f"annotator {spec.name}: scoring the phase-1 documents ({folder})")
             self.scores_dirs[spec.name] = os.path.join(qdir, "scores")
             prepare.score_stage(folder, d.phase1, self.scores_dirs[spec.name], self.device, c.runner.threads, self.log,
-                                d.text_field)
+                                d.text_field, name=spec.name)
             self.log(f"annotator {spec.name}: ROC-AUC of held-out benchmark solutions vs random phase-1 files")
             try:
                 al = measure_alignment(folder, d.phase1, c.measure.benchmarks, os.path.join(qdir, "alignment.json"),
@@ -206,6 +206,8 @@ class AblationRunner:
                                       "selected_tokens": report["selected_tokens"],
                                       "selected_documents": report["selected_documents"]}
         _write_json(os.path.join(self.out, "data", "datasets.json"), self.datasets)
+        for line in repetition_warnings(self.plan(), self.datasets):  # the selections' real sizes
+            self.log(line)
 
     # ------------------------------------------------------------------ training runs
     def _eval_iters(self):
@@ -498,20 +500,58 @@ def _append_segment(path, seconds):
 
 
 def _seconds_before_resume(metrics_path, earlier_wall=0.0):
-    """Training seconds of a run's segments before its last resume (0.0 when this launch did not resume): the wall
-    time of the earlier launches as the runner recorded them (`earlier_wall`, segments.jsonl), or at least the step
-    times (step_time_s) of the steps up to the resumed step as megasnow.train logged them in metrics.jsonl (kept
-    across resumes; a launch killed too hard to record its time still counts by its steps)."""
+    """Training seconds of a run's launches before this one: the wall time of the earlier launches as the runner
+    recorded them (`earlier_wall`, segments.jsonl; counted whether or not this launch resumed a checkpoint: a
+    launch interrupted after its last step, during the final evaluation, leaves no `resume` record but its time
+    counts), or, when metrics.jsonl has a `resume` record, at least the step times (step_time_s) of the steps up to
+    the resumed step as megasnow.train logged them (kept across resumes; a launch killed too hard to record its
+    time still counts by its steps)."""
     from megasnow.train.metrics import read_metrics
 
     if not os.path.exists(metrics_path):
-        return 0.0
+        return float(earlier_wall)
     resumes = read_metrics(metrics_path, "resume")
     if not resumes:
-        return 0.0
+        return float(earlier_wall)
     at = resumes[-1]["step"]
     steps = float(sum(r.get("step_time_s") or 0.0 for r in read_metrics(metrics_path) if r["step"] <= at))
     return max(earlier_wall, steps)
+
+
+def repetition_warnings(plan, datasets=None):
+    """Warnings (lines) for arms that will not see their data the number of times they say: an arm of `repeat` R
+    trains plan["tokens_per_arm"] tokens, meant to be R passes over its selection. Before selection (`datasets`
+    None) the selection is taken as its budget (ablation.steps set too low); after it, datasets ({data key:
+    {"selected_tokens", "selected_documents"}}, data/datasets.json) give the real sizes: a selection far over its
+    budget (documents large next to it) makes every arm train less than one pass, and selected and selected_once
+    may then hold the same documents, so the repetition comparison compares nothing."""
+    tokens = plan["tokens_per_arm"]
+    out, seen = [], {}
+    for r in plan["runs"]:
+        if r["arm"] in seen:
+            continue
+        ds = (datasets or {}).get(r["data"])
+        size = ds["selected_tokens"] if ds else r["budget_tokens"]
+        seen[r["arm"]] = (r, ds)
+        passes = tokens / size if size else 0.0
+        if passes < 0.9 * r["repeat"]:
+            what = (f"its {size:,}-token selection ({ds['selected_documents']} documents for a "
+                    f"{r['budget_tokens']:,}-token budget)" if ds else f"its {size:,}-token budget")
+            out.append(f"warning: arm {r['arm']} is meant to see its data {r['repeat']} time(s) but trains "
+                       f"{tokens:,} tokens = {passes:.2f} passes over {what}: the repetition comparison is not what "
+                       f"it says" + ("; the selection overshoots its budget (documents are large next to it): "
+                                     "raise ablation.budget_tokens or use smaller documents" if ds and
+                                     size > 1.1 * r["budget_tokens"] else "; raise ablation.steps or leave it unset"))
+    arms = list(seen.values())
+    for i, (a, da) in enumerate(arms):
+        for b, db in arms[i + 1:]:
+            if (da and db and a["source"] == b["source"] == "selected" and a["annotator"] == b["annotator"]
+                    and a["repeat"] != b["repeat"] and da["selected_tokens"] == db["selected_tokens"]
+                    and da["selected_documents"] == db["selected_documents"]):
+                out.append(f"warning: arms {a['arm']} and {b['arm']} train on the same {da['selected_documents']} "
+                           f"documents ({da['selected_tokens']:,} tokens): their budgets select the same set, so they "
+                           f"differ in nothing but the sample order")
+    return out
 
 
 def _schedule_dict(s):

@@ -56,13 +56,33 @@ def temporary_path(path):
 
 def temporary_dir(path):
     """A fresh temporary folder beside `path` with the mode os.makedirs would give it (0777 less the umask), for
-    writers that build a folder and then rename it into place (tempfile.mkdtemp alone makes it 0700)."""
+    writers that build a folder and then rename it into place (tempfile.mkdtemp alone makes it 0700).
+
+    Call `honour_umask_tree(tmp)` before the rename: some writers (safetensors) create private 0600 files.
+    """
     path = os.fspath(path).rstrip(os.sep)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
     make_private_dir_public(tmp)
     return tmp
+
+
+def honour_umask_tree(root):
+    """Give every file and folder under `root` (itself included) the mode a plain open()/os.makedirs would:
+    0666 (0777 for folders and executables) less the process umask. Writers such as safetensors make 0600 files
+    whatever the umask; call this on a temporary_dir before renaming it into place."""
+    mask = current_umask()
+    os.chmod(root, 0o777 & ~mask)
+    for folder, dirs, files in os.walk(root):
+        for name in dirs:
+            os.chmod(os.path.join(folder, name), 0o777 & ~mask)
+        for name in files:
+            path = os.path.join(folder, name)
+            if os.path.islink(path):
+                continue
+            executable = os.stat(path).st_mode & 0o111
+            os.chmod(path, (0o777 if executable else 0o666) & ~mask)
 
 
 def make_private_dir_public(path):

@@ -102,10 +102,12 @@ def fail(message):
 
 class ArgumentParser(argparse.ArgumentParser):
     """argparse with `--debug`, defaults shown in --help (also for options without help text), and one-line
-    errors (`error: ...`, exit 2) that suggest the closest option for a mistyped one."""
+    errors (`error: ...`, exit 2) that suggest the closest option for a mistyped one. Option prefixes are not
+    accepted (allow_abbrev=False)."""
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("formatter_class", _HelpFormatter)
+        kwargs.setdefault("allow_abbrev", False)  # `--epoch` must not silently mean `--epochs` (as Megatron's)
         super().__init__(*args, **kwargs)
         if kwargs.get("add_help", True):
             self.add_argument("--debug", action="store_true", help="show the full traceback of any error")

@@ -134,3 +134,23 @@ def test_load_errors(tmp_path):
     badjson.write_text("{}")
     with pytest.raises(TokenizerError, match=r"tokenizer\.json: cannot load HuggingFace tokenizer"):
         load_tokenizer(badjson)
+
+
+def test_truncation_and_padding_in_tokenizer_json_are_switched_off(tmp_path):
+    """An encoder's tokenizer.json may carry truncation (max_length 128) and padding: documents must not be capped
+    or padded by them."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(hf_tokenizer_json())
+    tok.enable_truncation(max_length=8)
+    tok.enable_padding(length=64)
+    path = tmp_path / "tokenizer.json"
+    tok.save(str(path))
+    text = real_code_files()[0][1]
+    plain = HFTokenizer(hf_tokenizer_json())
+    capped = HFTokenizer(str(path))
+    full = plain.encode(text)
+    assert len(full) > 64
+    assert capped.encode(text) == full
+    assert capped.encode_batch([text, "x = 1"]) == [full, plain.encode("x = 1")]
+    assert load_tokenizer(str(path)).encode(text) == full

@@ -28,8 +28,12 @@ def test_eval_reports_alignment_on_solutions_unseen_in_training(trained_annotato
     rc = main(["eval", "--annotator", folder, "--corpus", training_corpus["documents"], "--num-random", "40",
                "--benchmark", bench, "--benchmark-fields", "prompt,solution", "--report", report_path, "--seed", "5"])
     assert rc == 0
-    printed = capsys.readouterr().out
+    printed, err = capsys.readouterr()
     report = json.load(open(report_path))
+    # progress: whole lines per scoring pass (not a tty here), with counts and a rate
+    progress = [line for line in err.splitlines() if line.startswith("eval: score: ")]
+    assert progress and all("windows" in line and "\r" not in line for line in progress), err
+    assert any("done" in line for line in progress)
 
     # No HumanEval solution was a training positive: all 164 are scored, and they separate.
     he = report["benchmarks"]["humaneval"]

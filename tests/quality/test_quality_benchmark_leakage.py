@@ -76,6 +76,38 @@ def test_annotate_train_refuses_or_warns(leaky, tmp_path, capsys):
     assert not (tmp_path / "refused").exists()
     assert run_tool(main, argv + ["--output", str(tmp_path / "ok")], prog="annotate.py") == 0
     out, err = capsys.readouterr()
-    assert "dropped 5 positives matching evaluation benchmarks ({'humaneval': 5}" in err
+    assert "dropped 5 positives matching evaluation benchmarks (humaneval: 5; first: " in err
     stats = json.loads(out.split("training data: ", 1)[1].splitlines()[0])
     assert stats["benchmark_matches"]["dropped"] == 5 and stats["positives_available"] == 30
+
+
+def test_benchmark_file_errors_name_the_flag_and_fail_before_reading_inputs(leaky, tmp_path, capsys):
+    from megasnow.utils.cli import run_tool
+    from tools.annotate import main
+
+    argv = ["train", "--positives", leaky["positives"], "--negatives", str(tmp_path / "missing_negatives"),
+            "--output", str(tmp_path / "a")]
+    assert run_tool(main, argv + ["--benchmark", str(tmp_path / "nope.jsonl")], prog="annotate.py") == 2
+    assert capsys.readouterr().err == f"error: --benchmark: {str(tmp_path / 'nope.jsonl')!r} is not a file; check " \
+                                      f"the path\n"
+    bad = write_jsonl(str(tmp_path / "bad.jsonl"), [{"task_id": "X/0", "question": "no solution here"}])
+    assert run_tool(main, argv + ["--benchmark", bad], prog="annotate.py") == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {bad}: no benchmark text in fields") and "given to --benchmark)" in err
+    assert "decontamination." not in err and not (tmp_path / "a").exists()
+
+
+def test_eval_reads_benchmark_files_by_the_rule_train_uses(tmp_path):
+    """An EvalPlus file (prompt + canonical_solution) works for train's check and, by default, for eval too."""
+    from megasnow.quality.evaluate import benchmark_solutions
+
+    bench = write_jsonl(str(tmp_path / "plus.jsonl"), [
+        {"task_id": "P/0", "prompt": "def f():\n", "canonical_solution": "    return 1\n"},
+        {"task_id": "P/1", "text": "def g():\n    return 2\n"},
+        {"task_id": "M/2", "code": "def h():\n    return 3\n"}])
+    assert benchmark_solutions([bench]) == ["def f():\n    return 1\n", "def g():\n    return 2\n",
+                                            "def h():\n    return 3\n"]
+    assert benchmark_solutions([bench], ("task_id",)) == ["P/0", "P/1", "M/2"]
+    bad = write_jsonl(str(tmp_path / "bad.jsonl"), [{"task_id": "Q/0", "question": "?"}])
+    with pytest.raises(Exception, match=r"bad.jsonl:1: benchmark record has no solution .*--benchmark-fields"):
+        benchmark_solutions([bad])

@@ -71,10 +71,10 @@ def test_bad_documents_get_no_score_and_are_counted(tiny_annotator, tmp_path):
     skipped = dict(summary["skipped"])
     bad_json = [k for k in skipped if k.startswith("bad JSON")]
     assert len(bad_json) == 1 and skipped.pop(bad_json[0]) == 1
-    assert skipped == {"empty": 2, "binary": 1, "missing text": 1, "undecodable": 1, "invalid UTF-8": 1}
+    assert skipped == {"empty": 2, "binary": 1, "missing text": 1, "non-string": 1, "invalid UTF-8": 1}
     rows = read_scores(str(tmp_path / "scores" / "mixed.scores.jsonl"))
     assert [r["id"] for r in rows] == ["g0", "empty", "blank", "nul", "notext", "number", "g1", "g2"]
-    assert [r.get("skipped") for r in rows] == [None, "empty", "empty", "binary", "missing text", "undecodable", None, None]
+    assert [r.get("skipped") for r in rows] == [None, "empty", "empty", "binary", "missing text", "non-string", None, None]
     assert all((r["score"] is None) == ("skipped" in r) for r in rows)
     assert all(0.0 < r["score"] < 1.0 for r in rows if r["score"] is not None)
 
@@ -252,3 +252,55 @@ def test_default_threads_split_cores_only_when_openmp_threads_sleep(monkeypatch)
     assert default_threads("cuda", 1) == 1
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
     assert default_threads("cpu", 1) == 1
+
+
+def test_rerun_refuses_scores_of_another_annotator_or_a_changed_shard(tiny_annotator, tmp_path, one_thread, capsys):
+    """Issue: a rerun into an --output holding another annotator's scores (or scores of a changed shard) kept them
+    as done. Each shard's stats record the annotator's content identity and the input's; a copy of the annotator
+    folder or a touched input is the same, another annotator or changed bytes are refused unless overwrite."""
+    import shutil
+
+    from megasnow.errors import UserError
+    from megasnow.quality.annotator import save_annotator
+
+    docs = str(tmp_path / "docs")
+    _make_shards(docs, [6, 6])
+    out = str(tmp_path / "scores")
+    kwargs = dict(chunk_docs=50, threads=1, progress=False)
+    first = score_corpus([docs], out, tiny_annotator, **kwargs)
+    assert first["shards_scored_now"] == 2
+    before = _score_files(out)
+
+    copy = str(tmp_path / "copy")
+    shutil.copytree(tiny_annotator, copy)  # new paths and mtimes, same content: not another annotator
+    os.utime(os.path.join(docs, "shard0.jsonl"), (1, 1))  # same bytes, another mtime: not a changed input
+    assert score_corpus([docs], out, copy, **kwargs)["shards_scored_now"] == 0
+    assert _score_files(out) == before
+    capsys.readouterr()
+    noop = score_corpus([docs], out, tiny_annotator, **dict(kwargs, progress="log"))
+    assert noop["rate_this_run"] is None and capsys.readouterr().err == ""  # no "score: done 0 docs" line
+
+    other = load_annotator(tiny_annotator)
+    with torch.no_grad():
+        other.head.weight.mul_(-1.0)
+    other_folder = str(tmp_path / "other")
+    save_annotator(other, other_folder)
+    with pytest.raises(UserError) as e:
+        score_corpus([docs], out, other_folder, **kwargs)
+    assert f"--output {out} holds scores that do not match this run: 2 shard(s) were scored by another annotator" \
+        in str(e.value) and "--overwrite" in str(e.value) and other_folder in str(e.value)
+    assert _score_files(out) == before  # refused: nothing changed
+    again = score_corpus([docs], out, other_folder, overwrite=True, **kwargs)
+    assert again["shards_scored_now"] == 2 and again["annotator"] == other_folder
+    assert _score_files(out) == _score_files(score_corpus([docs], str(tmp_path / "fresh"), other_folder, **kwargs)
+                                             and str(tmp_path / "fresh"))
+    assert _score_files(out) != before
+
+    with open(os.path.join(docs, "shard1.jsonl"), "a") as f:
+        f.write(json.dumps({"id": "new", "text": "def g():\n    return 2\n"}) + "\n")
+    with pytest.raises(UserError, match=r"1 shard\(s\) have an input shard that changed since it was scored "
+                                        r"\(first: .*shard1.jsonl\)"):
+        score_corpus([docs], out, other_folder, **kwargs)
+    with pytest.raises(UserError, match=r"were scored with text_field='text' \(this run: 'body'\)"):
+        score_corpus([docs], out, other_folder, text_field="body", **kwargs)
+    assert score_corpus([docs], out, other_folder, overwrite=True, **kwargs)["shards_scored_now"] == 1

@@ -115,8 +115,15 @@ def test_selection_keeps_language_mix_and_meets_budget(scored_corpus, tmp_path, 
 
 def test_selection_errors_name_the_problem(scored_corpus, tmp_path):
     with pytest.raises(SelectionError, match="exceeds the"):
-        select_documents([scored_corpus["docs"]], scored_corpus["scores"], str(tmp_path / "a"),
+        select_documents([scored_corpus["docs"]], scored_corpus["scores"], str(tmp_path / "a" / "sel"),
                          scored_corpus["tokenizer"], 10**12)
+    assert not os.path.exists(tmp_path / "a")  # a failed run leaves nothing (no .token_counts either)
+    (tmp_path / "kept").mkdir()
+    (tmp_path / "kept" / "notes.txt").write_text("mine")
+    with pytest.raises(SelectionError, match="exceeds the"):
+        select_documents([scored_corpus["docs"]], scored_corpus["scores"], str(tmp_path / "kept"),
+                         scored_corpus["tokenizer"], 10**12)
+    assert os.listdir(tmp_path / "kept") == ["notes.txt"]  # an existing folder keeps only what it held
     # Scores that belong to another version of a shard are refused, naming the file and line.
     bad_scores = tmp_path / "bad_scores"
     bad_scores.mkdir()
@@ -133,6 +140,28 @@ def test_selection_errors_name_the_problem(scored_corpus, tmp_path):
         select_documents([scored_corpus["docs"]], str(tmp_path / "empty"), str(tmp_path / "c"), scored_corpus["tokenizer"], 1000)
 
 
+@pytest.mark.parametrize("text,value", [("12.5B", 12_500_000_000), ("300M", 300_000_000), ("40k", 40_000),
+                                        ("1000", 1000), (7, 7)])
+def test_token_counts_parse(text, value):
+    from megasnow.quality.budget import parse_token_count
+
+    assert parse_token_count(text) == value
+
+
+def test_select_refuses_a_non_positive_budget_at_parse_time(scored_corpus, tmp_path, capsys):
+    from tools.annotate import main
+
+    for budget in ("0", "-5", "0.0001"):
+        with pytest.raises(SystemExit) as e:
+            main(["select", "--documents", scored_corpus["docs"], "--scores", scored_corpus["scores"],
+                  "--tokenizer", scored_corpus["tokenizer"], "--budget-tokens", budget,
+                  "--output", str(tmp_path / "o")])
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert "argument --budget-tokens:" in err and "(see annotate.py select --help)" in err, err
+    assert not os.path.exists(tmp_path / "o")
+
+
 def test_select_cli_writes_report(scored_corpus, tmp_path, capsys):
     from tools.annotate import main
 
@@ -141,4 +170,7 @@ def test_select_cli_writes_report(scored_corpus, tmp_path, capsys):
                  "--tokenizer", scored_corpus["tokenizer"], "--budget-tokens", "20k", "--output", out]) == 0
     report = json.load(open(os.path.join(out, "selection_report.json")))
     assert report["budget_tokens"] == 20000 and report["selected_tokens"] >= 20000
-    assert "Phase-2 selection report" in capsys.readouterr().out
+    printed, err = capsys.readouterr()
+    assert "Phase-2 selection report" in printed
+    # not a terminal: whole progress lines, no tqdm carriage returns (a log file gets whole lines)
+    assert "\r" not in err and "count tokens: done 3 task" in err and "write selected: done" in err, err

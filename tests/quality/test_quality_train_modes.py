@@ -109,5 +109,33 @@ def test_train_command_bad_inputs_fail_clearly(tmp_path, capsys):
                            "--heldout-fraction", "0.25", "--encoder", str(tmp_path / "no_encoder"),
                            "--save-splits", str(tmp_path / "splits")]) == 2
     err = capsys.readouterr().err.splitlines()
-    assert err[-1].startswith("error: encoder folder") and str(tmp_path / "no_encoder") in err[-1]
+    assert err == [f"error: --encoder: encoder folder {str(tmp_path / 'no_encoder')!r} does not exist (loading is "
+                   f"offline: pass a local folder)"]  # before the training set is built (no progress lines)
     assert not os.path.exists(tmp_path / "b") and not os.path.exists(tmp_path / "splits")
+    # --max-length is checked before any work too (the negatives path does not even exist)
+    missing = str(tmp_path / "no_docs")
+    assert run_tool(main, ["train", "--positives", pos, "--negatives", missing, "--output", str(tmp_path / "b"),
+                           "--max-length", "4096"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --max-length 4096 exceeds the encoder's 512 positions") and "no_docs" not in err
+    # empty positives: the files are named, and why negatives cannot make up for them
+    empty = write_jsonl(str(tmp_path / "empty.jsonl"), [{"text": ""}, {"text": 5}])
+    assert run_tool(main, ["train", "--positives", empty, "--negatives", docs, "--output", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: no usable positives in {empty} (skipped: 1 positive empty; 1 positive non-string): "
+                          "negatives are sampled to match the positives"), err
+    # an existing annotator folder is not replaced silently
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "annotator.json").write_text("{}")
+    assert run_tool(main, ["train", "--positives", pos, "--negatives", docs, "--output", str(taken)]) == 2
+    assert capsys.readouterr().err == (f"error: --output {taken}: already holds an annotator; nothing was changed. "
+                                       "Give a new folder, or --overwrite to train again and replace it\n")
+    assert os.listdir(taken) == ["annotator.json"]
+
+
+def test_interrupted_train_says_nothing_was_kept():
+    from tools.annotate import interrupt_advice
+
+    assert interrupt_advice(["train", "--output", "a"]).startswith("nothing was kept")
+    assert "resume" in interrupt_advice(["score", "--input", "x"])

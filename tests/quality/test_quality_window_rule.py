@@ -85,7 +85,7 @@ def test_roc_auc_matches_sklearn_with_ties():
         ("int main() {\x00\x00}", "binary"),
         ("".join(chr(i % 20 + 1) for i in range(400)), "binary"),
         (b"\xff\xfe\x00bad", "undecodable"),
-        (12345, "undecodable"),
+        (12345, "non-string"),
         ("\ufffd" * 50 + "x", "undecodable"),
         ("abc\ud800def", "undecodable"),
         ("def f():\n\treturn 1\n", None),

@@ -2,6 +2,7 @@
 (one arm from a given phase-1 checkpoint, resumed by a rerun), and the report command."""
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -64,6 +65,10 @@ def test_bad_config_is_one_line_exit_2_and_leaves_nothing(tiny_inputs, tmp_path,
         (["ablation.budget_tokens=10"], "less than one global batch"),
         (["ablation.steps=99"], "ablation.steps=99 needs more data"),
         (["measure.pass_at_1_max_tokens=0"], "measure.pass_at_1_max_tokens must be >= 1, got 0"),
+        # a budget over the corpus: refused up front (before any annotator training), in --dry-run too
+        (["ablation.budget_tokens=200000000"], "ablation.budget_tokens x ablation.repeats (the selected_once arm's "
+                                                "selection) = 400,000,000 tokens, but data.phase1 holds"),
+        (["ablation.budget_tokens=200000000", "--dry-run"], "a selection cannot be larger than the corpus"),
     ]
     for overrides, message in cases:  # in this process: the CLI rule is run_tool's, tested for every tool elsewhere
         rc = run_tool(main, ["run", cfg, *overrides, "--output", str(out)])
@@ -91,9 +96,10 @@ def test_too_few_documents_fail_up_front_with_the_count_and_warn_malformed_lines
     rc = run_tool(main, ["run", cfg, f"data.phase1=[{phase1}]", "--output", str(out)])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and not out.exists(), err
-    assert err[-1] == (f"error: data.phase1: 2 usable document(s) in 1 file(s); 2 malformed/unusable record(s) "
-                       f"skipped; the ablation needs at least {MIN_ALIGNMENT_FILES} ({MIN_ALIGNMENT_FILES} random "
-                       f"files for the annotators' ROC-AUC measure): add phase-1 documents")
+    assert re.fullmatch(re.escape("error: data.phase1: 2 usable document(s) in 1 file(s) (") + r"\d+ tokens"
+                        + re.escape(f"); 2 malformed/unusable record(s) skipped; the ablation needs at least "
+                                    f"{MIN_ALIGNMENT_FILES} ({MIN_ALIGNMENT_FILES} random files for the annotators' "
+                                    f"ROC-AUC measure): add phase-1 documents"), err[-1]), err[-1]
     warning = [x for x in err if x.startswith("warning: data.phase1: skipped 2 record(s)")]
     assert len(warning) == 1 and f"{phase1}:2: bad JSON" in warning[0] and f"{phase1}:4: bad JSON" in warning[0]
 
@@ -166,8 +172,12 @@ def test_report_command(tiny_run, tmp_path):
     r = _run("report", tiny_run[0], "--output", md)
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("report (ablation layout): " + md) and os.path.exists(md)
+    (tmp_path / "empty").mkdir()
     r = _run("report", str(tmp_path / "empty"))
     assert r.returncode == 2 and r.stderr.startswith("error: ") and "neither an ablation folder" in r.stderr
+    r = _run("report", str(tmp_path / "missing"))
+    assert r.returncode == 2 and r.stderr == f"error: {tmp_path / 'missing'}: does not exist; give the --output " \
+                                             f"folder of a recipe_ablation.py run (or a quickstart work folder)\n"
 
 
 def _interrupt_at_a_step(args, signum, env, after=0):

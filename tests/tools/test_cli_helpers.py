@@ -33,7 +33,7 @@ def test_help_shows_every_default_also_without_help_text(capsys):
 
 
 @pytest.mark.parametrize("argv,expected", [
-    (["--max-new-token", "3", "--bogus"], "error: unrecognized arguments: --bogus (see tool.py --help)"),
+    (["--max-new-tokens", "3", "--bogus"], "error: unrecognized arguments: --bogus (see tool.py --help)"),
     (["--max-new-tokns", "3"], "error: unrecognized arguments: --max-new-tokns 3; did you mean --max-new-tokens? "
                                "(see tool.py --help)"),
     (["--workers", "two"], "error: argument --workers: invalid int value: 'two' (see tool.py --help)"),
@@ -60,8 +60,8 @@ def test_a_mistyped_option_is_reported_before_a_missing_required_one(capsys):
                                                          "--output? (see tool.py run --help)"),
         (["run", "c.yaml", "--seed", "1"], "error: the following arguments are required: --output "
                                            "(see tool.py run --help)"),
-        (["run", "c.yaml", "--se", "1"], "error: the following arguments are required: --output "
-                                         "(see tool.py run --help)"),  # an accepted abbreviation is no typo
+        (["run", "c.yaml", "--se", "1"], "error: unrecognized arguments: --se; did you mean --seed? "
+                                         "(see tool.py run --help)"),  # abbreviations are not accepted
         # every required argument given: argparse reports the leftovers from the top parser; the hint (and the
         # suggestion) still name the subcommand run
         (["run", "c.yaml", "--output", "o", "--bogus", "1"], "error: unrecognized arguments: --bogus 1 "
@@ -276,3 +276,16 @@ def test_a_forked_child_gets_the_default_sigterm_back():
         assert callable(signal.getsignal(signal.SIGTERM))  # the parent keeps its handler
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def test_option_prefixes_are_not_accepted(capsys):
+    """`--epoch` must not silently mean `--epochs` (Megatron's parser sets allow_abbrev=False too)."""
+    parser = ArgumentParser(prog="tool")
+    sub = parser.add_subparsers(dest="cmd")
+    sub.add_parser("train").add_argument("--epochs", type=int, default=1)
+    assert parser.parse_args(["train", "--epochs", "3"]).epochs == 3
+    with pytest.raises(SystemExit) as e:
+        parser.parse_args(["train", "--epoch", "3"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "unrecognized arguments: --epoch" in err and "did you mean --epochs?" in err

@@ -31,7 +31,7 @@ def _write_everything(root):
     from megasnow.data.indexed import write_dataset
     from megasnow.train.checkpoint import save_checkpoint
     from megasnow.train.config import TrainConfig
-    from megasnow.utils.atomic import atomic_write, temporary_dir, temporary_path
+    from megasnow.utils.atomic import atomic_write, honour_umask_tree, temporary_dir, temporary_path
     from tests.data.code_fixtures import real_code_files, sentencepiece_model
 
     sys.path.insert(0, TOOLS)
@@ -60,6 +60,10 @@ def _write_everything(root):
         f.write("{}\n")
     os.replace(tmp, os.path.join(root, "shards", "part-00001.jsonl"))
     built = temporary_dir(os.path.join(root, "folder_out"))
+    from safetensors.numpy import save_file  # safetensors writes 0600 whatever the umask
+    os.makedirs(os.path.join(built, "encoder"))
+    save_file({"w": np.zeros(2, np.float32)}, os.path.join(built, "encoder", "model.safetensors"))
+    honour_umask_tree(built)
     os.replace(built, os.path.join(root, "folder_out"))
     train_tokenizer([src], os.path.join(root, "tok", "code"), 400, input_sentence_size=2000, num_threads=1)
     os.makedirs(os.path.join(root, "hf"))
@@ -82,6 +86,7 @@ def test_outputs_honour_the_umask(tmp_path, umask):
     for path in ("data/a.bin", "data/a.idx", "data/b_text_document.meta.json", "data/merged.idx",
                  "ckpt/step_00000001/meta.json", "ckpt/step_00000001/config.yaml", "ckpt/latest",
                  "run/config.yaml", "shards/part-00000.jsonl", "shards/part-00001.jsonl", "folder_out",
+                 "folder_out/encoder/model.safetensors",
                  "tok/code.model", "tok/code.vocab", "hf/tokenizer.json", "hf/tokenizer_config.json"):
         assert path in modes, path
     assert any(p.startswith("cache/doc-") and p.endswith(".npy") for p in modes)
