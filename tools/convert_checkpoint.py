@@ -6,7 +6,7 @@
   python tools/convert_checkpoint.py import --gguf SmolLM2-135M-Instruct.Q4_1.gguf --output ckpt/smollm2
 --output must be a new or empty folder; --overwrite deletes what it holds (a run's checkpoints, an HF model) first.
 The export loads with transformers (AutoModelForCausalLM.from_pretrained) and serves with vLLM; an import is a
-tensor 1 x pipeline 1 checkpoint to start a run from (checkpoint.init_from=ckpt/from_hf) or to serve
+tensor 1 x pipeline 1 checkpoint to start a run of any layout from (checkpoint.init_from=ckpt/from_hf) or to serve
 (python -m megasnow.serve ckpt/smollm2). A GGUF import dequantizes to fp32 and keeps the file's tokenizer and chat
 template; an --hf import keeps the folder's tokenizer_config.json (chat template, BOS/EOS), chat_template.jinja,
 special_tokens_map.json and generation_config.json beside the tokenizer in the step folder.
