@@ -261,20 +261,38 @@ def _checkpoint_tokenizer(step_dir):
     return None
 
 
-def read_hf_state(folder):
-    """All tensors of a HF folder (single model.safetensors or a sharded index)."""
+def read_safetensors(path):
+    """All tensors of one .safetensors file ({name: CPU tensor}); the one reader of HF weights (import --hf,
+    generate --hf, the server). A truncated, empty or otherwise damaged file raises ConversionError (a UserError)
+    naming it, instead of safetensors' SafetensorError."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        size = os.path.getsize(path) if os.path.exists(path) else 0
+        raise ConversionError(f"{path}: damaged safetensors file ({size} bytes; {e}); re-download or re-export "
+                              f"it") from None
+
+
+def read_hf_state(folder):
+    """All tensors of a HF folder (single model.safetensors or a sharded index); ConversionError for a damaged
+    file (read_safetensors) or a missing one."""
     single = os.path.join(folder, "model.safetensors")
     index = os.path.join(folder, "model.safetensors.index.json")
     if os.path.exists(single):
-        return load_file(single)
+        return read_safetensors(single)
     if os.path.exists(index):
-        with open(index, encoding="utf-8") as f:
-            files = sorted(set(json.load(f)["weight_map"].values()))
+        try:
+            with open(index, encoding="utf-8") as f:
+                files = sorted(set(json.load(f)["weight_map"].values()))
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise ConversionError(f"{index}: not a safetensors index ({type(e).__name__}: {e}); re-download or "
+                                  f"re-export it") from None
         state = {}
         for name in files:
-            state.update(load_file(os.path.join(folder, name)))
+            state.update(read_safetensors(os.path.join(folder, name)))
         return state
     raise ConversionError(f"{folder}: no model.safetensors or model.safetensors.index.json")
 

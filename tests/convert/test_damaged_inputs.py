@@ -1,0 +1,47 @@
+"""Damaged or misplaced converter inputs are one `error:` line (exit 2) naming the file and the fix: damaged
+safetensors (import --hf, generate --hf, the server's loader share one reader), truncated GGUF files, a file where
+a folder is expected and the other way round, an export into its own source."""
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from megasnow.convert import hf_llama
+from megasnow.convert.errors import ConversionError
+from megasnow.errors import UserError
+from megasnow.generation.model_files import load_model
+from tests.convert.test_round_trip_files import REPO, TOOL, tiny, tiny_hf, tool  # noqa: F401 (fixtures)
+
+
+def damaged_copy(tiny_hf, tmp_path, case):
+    out = tmp_path / case
+    shutil.copytree(tiny_hf, out)
+    weights = out / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes({"truncated": data[:len(data) // 2], "tiny": data[:5], "empty": b""}[case])
+    return str(out)
+
+
+@pytest.mark.parametrize("case", ["truncated", "tiny", "empty"])
+def test_a_damaged_safetensors_file_is_a_user_error_everywhere(tmp_path, tiny_hf, case):  # noqa: F811
+    folder = damaged_copy(tiny_hf, tmp_path, case)
+    weights = os.path.join(folder, "model.safetensors")
+    for load in (lambda: hf_llama.import_from_hf(folder, str(tmp_path / "out")), lambda: load_model(folder)):
+        with pytest.raises(UserError) as e:
+            load()
+        assert str(e.value).startswith(f"{weights}: damaged safetensors file (")
+        assert str(e.value).endswith("re-download or re-export it")
+    assert not os.path.exists(tmp_path / "out")
+
+
+def test_damaged_safetensors_in_the_tools(tmp_path, tiny_hf):  # noqa: F811
+    folder = damaged_copy(tiny_hf, tmp_path, "truncated")
+    res = tool("import", "--hf", folder, "--output", tmp_path / "out")
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.strip().splitlines() == [res.stderr.strip()]
+    assert "damaged safetensors file" in res.stderr and "Traceback" not in res.stderr
+    res = subprocess.run([sys.executable, os.path.join(REPO, "tools", "generate.py"), "--hf", folder, "--prompt", "x"],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2 and "damaged safetensors file" in res.stderr and "Traceback" not in res.stderr
