@@ -45,3 +45,24 @@ def test_damaged_safetensors_in_the_tools(tmp_path, tiny_hf):  # noqa: F811
     res = subprocess.run([sys.executable, os.path.join(REPO, "tools", "generate.py"), "--hf", folder, "--prompt", "x"],
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 2 and "damaged safetensors file" in res.stderr and "Traceback" not in res.stderr
+
+
+@pytest.mark.parametrize("cut", [200_000, 50_000_000])  # inside the header (metadata), inside the tensor data
+def test_a_truncated_gguf_file_is_refused_up_front(tmp_path, cut):
+    from megasnow.convert.gguf import check_gguf_file
+    from tests.smollm2 import gguf_path
+
+    source = gguf_path()
+    cut_file = tmp_path / "cut.gguf"
+    with open(source, "rb") as f:
+        cut_file.write_bytes(f.read(cut))
+    with pytest.raises(ConversionError) as e:
+        check_gguf_file(str(cut_file))
+    if cut < 1_000_000:
+        assert str(e.value).startswith(f"{cut_file}: truncated or damaged GGUF file ({cut} bytes; its header")
+        res = tool("import", "--gguf", cut_file, "--output", tmp_path / "out")
+        assert res.returncode == 2 and res.stderr.startswith("error: ") and "truncated" in res.stderr
+        assert "Traceback" not in res.stderr and not os.path.exists(tmp_path / "out")
+    else:
+        assert str(e.value) == (f"{cut_file}: truncated GGUF file ({cut} bytes, tensors need "
+                                f"{os.path.getsize(source)}); re-download it")
