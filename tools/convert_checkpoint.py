@@ -97,4 +97,6 @@ def check_paths(args):
 if __name__ == "__main__":
     from megasnow.utils.cli import run_tool
 
-    sys.exit(run_tool(main, user_errors=(FileNotFoundError,)))
+    # The output is built under a temporary name and swapped in whole: an interrupted conversion leaves nothing.
+    sys.exit(run_tool(main, user_errors=(FileNotFoundError,),
+                      on_interrupt="nothing was written; rerun the same command"))

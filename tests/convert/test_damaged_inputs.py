@@ -66,3 +66,20 @@ def test_a_truncated_gguf_file_is_refused_up_front(tmp_path, cut):
     else:
         assert str(e.value) == (f"{cut_file}: truncated GGUF file ({cut} bytes, tensors need "
                                 f"{os.path.getsize(source)}); re-download it")
+
+
+def test_an_interrupted_conversion_says_nothing_was_written(tmp_path):
+    import signal
+    import time
+
+    from tests.smollm2 import gguf_path
+
+    proc = subprocess.Popen([sys.executable, TOOL, "import", "--gguf", gguf_path(), "--output", str(tmp_path / "out")],
+                            stderr=subprocess.PIPE, text=True)
+    time.sleep(3)  # inside the check or transformers' read
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert err.strip().splitlines()[-1] == \
+        "convert_checkpoint.py: interrupted (Ctrl-C); nothing was written; rerun the same command"
+    assert not os.path.exists(tmp_path / "out")
