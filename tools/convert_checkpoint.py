@@ -68,15 +68,11 @@ def check_paths(args):
     from megasnow.convert.output_folder import check_output
 
     what = "HF model" if args.command == "export" else "checkpoint"
-    if args.command == "export" and not os.path.isdir(args.checkpoint):
-        raise ConversionError(f"--checkpoint {args.checkpoint}: no such folder (give a run's checkpoint.dir or one "
-                              f"of its step folders)")
+    convert = "python tools/convert_checkpoint.py"
+    if args.command == "export":
+        check_export_source(args.checkpoint, convert)
     if getattr(args, "hf", None):
-        if not os.path.isdir(args.hf):
-            raise ConversionError(f"--hf {args.hf}: no such folder (give a HuggingFace LlamaForCausalLM folder)")
-        if not os.path.isfile(os.path.join(args.hf, "config.json")):
-            raise ConversionError(f"--hf {args.hf}: no config.json in it (give a HuggingFace LlamaForCausalLM "
-                                  f"folder)")
+        check_hf_source(args.hf, convert)
     if args.tokenizer and not os.path.exists(args.tokenizer):
         raise ConversionError(f"--tokenizer {args.tokenizer}: no such file (give a tokenizer.json or a SentencePiece "
                               f".model)")
@@ -90,8 +86,54 @@ def check_paths(args):
     if args.overwrite and (src_real == out_real or src_real.startswith(out_real + os.sep)):
         raise ConversionError(f"--output {args.output} holds {source_flag} {source}; --overwrite would delete the "
                               f"source: give another --output")
+    if os.path.isdir(source) and out_real.startswith(src_real + os.sep):
+        raise ConversionError(f"--output {args.output} is inside {source_flag} {source}: the source folder would "
+                              f"hold its own conversion; give an --output outside it")
     check_output(args.output, args.overwrite, label=f"--output {args.output}", what=what,
                  hint=f"pass --overwrite to delete everything in it and write the {what} there")
+
+
+def check_export_source(path, convert):
+    """export --checkpoint: a megasnow checkpoint folder; a GGUF file, another file or a HF folder is named as such,
+    with what to run instead (ConversionError)."""
+    from megasnow.convert.errors import ConversionError
+
+    if os.path.isfile(path):
+        if path.lower().endswith(".gguf"):
+            raise ConversionError(f"--checkpoint {path}: a GGUF file, not a megasnow checkpoint; import it first "
+                                  f"({convert} import --gguf {path} --output DIR), then export DIR")
+        raise ConversionError(f"--checkpoint {path}: is a file; give a run's checkpoint.dir or one of its step "
+                              f"folders")
+    if not os.path.isdir(path):
+        raise ConversionError(f"--checkpoint {path}: no such folder (give a run's checkpoint.dir or one of its step "
+                              f"folders)")
+    has = lambda name: os.path.exists(os.path.join(path, name))  # noqa: E731
+    if has("config.json") and not has("meta.json") and not has("latest"):
+        raise ConversionError(f"--checkpoint {path}: a HuggingFace model folder (config.json), not a megasnow "
+                              f"checkpoint: it needs no export; serve it as is (python -m megasnow.serve {path}) or "
+                              f"import it ({convert} import --hf {path} --output DIR)")
+
+
+def check_hf_source(path, convert):
+    """import --hf: a HuggingFace Llama folder with config.json and safetensors weights; a GGUF file or a folder of
+    them, another file, or a folder with only pytorch_model.bin is named as such, with the fix (ConversionError;
+    megasnow.generation.model_files.check_model_kind's rules, as the server and generate.py apply them)."""
+    from megasnow.convert.errors import ConversionError
+    from megasnow.generation.model_files import ModelLoadError, check_model_kind
+
+    if os.path.isfile(path):
+        if path.lower().endswith(".gguf"):
+            raise ConversionError(f"--hf {path}: a GGUF file, not a HF folder; import it with --gguf: {convert} "
+                                  f"import --gguf {path} --output DIR")
+        raise ConversionError(f"--hf {path}: is a file; give a HuggingFace LlamaForCausalLM folder")
+    if not os.path.isdir(path):
+        raise ConversionError(f"--hf {path}: no such folder (give a HuggingFace LlamaForCausalLM folder)")
+    try:
+        check_model_kind(path)
+    except ModelLoadError as e:
+        raise ConversionError(f"--hf {e}") from None
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise ConversionError(f"--hf {path}: no config.json in it (give a HuggingFace LlamaForCausalLM folder)")
 
 
 if __name__ == "__main__":

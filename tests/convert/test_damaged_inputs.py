@@ -83,3 +83,33 @@ def test_an_interrupted_conversion_says_nothing_was_written(tmp_path):
     assert err.strip().splitlines()[-1] == \
         "convert_checkpoint.py: interrupted (Ctrl-C); nothing was written; rerun the same command"
     assert not os.path.exists(tmp_path / "out")
+
+
+def test_sources_of_the_wrong_kind_are_named_with_the_fix(tmp_path, tiny, tiny_hf):  # noqa: F811
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF")
+    gguf_dir = tmp_path / "pkg"
+    gguf_dir.mkdir()
+    (gguf_dir / "m.gguf").write_bytes(b"GGUF")
+    bin_only = tmp_path / "binonly"
+    bin_only.mkdir()
+    (bin_only / "config.json").write_text("{}")
+    (bin_only / "pytorch_model.bin").write_bytes(b"x")
+    step = os.path.join(tiny, "step_00000000") if os.path.isdir(os.path.join(tiny, "step_00000000")) else tiny
+    cases = [
+        (["import", "--hf", gguf], f"--hf {gguf}: a GGUF file, not a HF folder; import it with --gguf"),
+        (["import", "--hf", gguf_dir], f"--hf {gguf_dir}: a folder holding GGUF file(s) (m.gguf)"),
+        (["import", "--hf", bin_only], f"--hf {bin_only}: a HF folder (config.json) without model.safetensors (it "
+                                       f"has pytorch_model.bin"),
+        (["export", "--checkpoint", tiny_hf], f"--checkpoint {tiny_hf}: a HuggingFace model folder (config.json), "
+                                              f"not a megasnow checkpoint: it needs no export; serve it as is"),
+        (["export", "--checkpoint", gguf], f"--checkpoint {gguf}: a GGUF file, not a megasnow checkpoint; import it "
+                                           f"first"),
+        (["export", "--checkpoint", step], f"--output {step}/hfout is inside --checkpoint {step}"),
+    ]
+    for argv, expected in cases:
+        out = os.path.join(step, "hfout") if argv[-1] == step else str(tmp_path / "out")
+        res = tool(*argv, "--output", out)
+        assert res.returncode == 2, (argv, res.stderr)
+        assert res.stderr.startswith("error: " + expected), (argv, res.stderr)
+        assert len(res.stderr.strip().splitlines()) == 1 and not os.path.exists(out)
