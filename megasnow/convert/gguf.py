@@ -104,6 +104,15 @@ def load_gguf(path, log=lambda message: None):
     return model.eval(), tokenizer
 
 
+def float32_as_written(x):
+    """The shortest decimal that reads back as the same float32 (numpy's repr), as a Python float: a GGUF stores
+    its float metadata as float32, so 1e-05 comes back as 9.999999747378752e-06; other values pass unchanged."""
+    import numpy as np
+
+    f32 = np.float32(x)
+    return float(str(f32)) if float(f32) == x else x
+
+
 def tokenizer_config(hf_tokenizer, max_len):
     """tokenizer_config.json contents: special tokens, BOS policy and the chat template from the GGUF metadata."""
     add_bos = bool(getattr(hf_tokenizer, "add_bos_token", False))
@@ -139,6 +148,9 @@ def import_from_gguf(gguf_path, out_dir, loaded=None, log=print, overwrite=False
         loaded = load_gguf(gguf_path, log)
     hf_model, hf_tokenizer = loaded
     hf_config = hf_model.config.to_dict()
+    for key in ("rms_norm_eps", "rope_theta"):  # stored as float32: 1e-05 was read back as 9.999999747378752e-06
+        if isinstance(hf_config.get(key), float):
+            hf_config[key] = float32_as_written(hf_config[key])
     model_cfg = model_config_from_hf(hf_config, gguf_path)
     hf_state = {k: v.detach().float().contiguous() for k, v in hf_model.state_dict().items()}
     state = hf_to_megasnow(hf_state, model_cfg, gguf_path)

@@ -139,7 +139,9 @@ def hf_to_megasnow(hf, model_cfg, source=""):
 
 
 def hf_config_dict(model_cfg, dtype="float32", bos_id=None, eos_id=None, pad_id=None):
-    """config.json contents for LlamaForCausalLM (written through transformers' own LlamaConfig)."""
+    """config.json contents for LlamaForCausalLM, as `model.save_pretrained` writes them: transformers' own
+    LlamaConfig, only the values that differ from its defaults (to_diff_dict), `dtype`; plus `rope_theta` at the
+    top level, which transformers 4.x and vLLM versions read (5.x keeps it in rope_parameters)."""
     from transformers import LlamaConfig
 
     cfg = LlamaConfig(
@@ -152,8 +154,8 @@ def hf_config_dict(model_cfg, dtype="float32", bos_id=None, eos_id=None, pad_id=
         bos_token_id=bos_id, eos_token_id=eos_id, pad_token_id=pad_id,
     )
     cfg.architectures = ["LlamaForCausalLM"]
-    d = cfg.to_dict()
-    d["torch_dtype"] = d["dtype"] = dtype
+    cfg.dtype = dtype
+    d = cfg.to_diff_dict()
     d.setdefault("rope_theta", model_cfg.rope_base)  # read by older transformers / vLLM versions
     return d
 
