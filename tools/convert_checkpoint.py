@@ -44,7 +44,10 @@ def main(argv=None):
     if args.command == "import" and args.gguf and args.tokenizer:
         parser.error("--tokenizer applies to --hf; a GGUF import takes the file's own tokenizer")
 
-    check_paths(args)  # before torch loads (seconds): a wrong path fails at once
+    done = check_paths(args)  # before torch loads (seconds): a wrong path fails at once
+    if done:
+        print(done, file=sys.stderr)
+        return 0
     if getattr(args, "gguf", None):  # (export has no --gguf)
         from megasnow.convert.gguf import import_from_gguf
 
@@ -63,7 +66,8 @@ def main(argv=None):
 
 def check_paths(args):
     """Refuse a missing source, or an --output that is a file or a non-empty folder without --overwrite, naming
-    the flag (ConversionError); nothing is written."""
+    the flag (ConversionError); nothing is written. Returns a message when --output already holds the finished
+    conversion of the same source with the same options (nothing to do), else None."""
     from megasnow.convert.errors import ConversionError
     from megasnow.convert.output_folder import check_output
 
@@ -89,6 +93,15 @@ def check_paths(args):
     if os.path.isdir(source) and out_real.startswith(src_real + os.sep):
         raise ConversionError(f"--output {args.output} is inside {source_flag} {source}: the source folder would "
                               f"hold its own conversion; give an --output outside it")
+    if not args.overwrite:  # a rerun of a finished conversion: nothing to do
+        from megasnow.convert.output_folder import already_done, conversion_record
+
+        options = {"dtype": args.dtype, "tokenizer": args.tokenizer} if args.command == "export" else \
+            {"tokenizer": args.tokenizer} if args.hf else {}
+        finished = already_done(args.output, conversion_record(f"{args.command} {source_flag}".replace(
+            "export --checkpoint", "export"), source, **options))
+        if finished:
+            return f"{args.output} already holds this conversion (finished {finished}); nothing to do"
     check_output(args.output, args.overwrite, label=f"--output {args.output}", what=what,
                  hint=f"pass --overwrite to delete everything in it and write the {what} there")
 

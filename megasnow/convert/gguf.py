@@ -137,7 +137,7 @@ def import_from_gguf(gguf_path, out_dir, loaded=None, log=print, overwrite=False
     step folder, tensors, parameters, eos ids, whether a chat template was found). Raises ConversionError for a
     file that is not GGUF, not a Llama architecture, or unreadable, and for a non-empty `out_dir`.
     """
-    from megasnow.convert.output_folder import check_output
+    from megasnow.convert.output_folder import check_output, conversion_record
 
     check_output(out_dir, overwrite)  # before the slow read
     from megasnow.convert.hf_llama import hf_to_megasnow, model_config_from_hf, write_single_rank_checkpoint
@@ -168,7 +168,8 @@ def import_from_gguf(gguf_path, out_dir, loaded=None, log=print, overwrite=False
         hf_tokenizer.backend_tokenizer.save(os.path.join(tmp, "tokenizer.json"))
         log(f"writing the checkpoint to {out_dir}...")
         step_dir = write_single_rank_checkpoint(out_dir, model_cfg, state, {"tokenizer.json": os.path.join(
-            tmp, "tokenizer.json")}, source=os.path.abspath(gguf_path), texts=texts, overwrite=overwrite)
+            tmp, "tokenizer.json")}, source=os.path.abspath(gguf_path), texts=texts, overwrite=overwrite,
+            conversion=conversion_record("import --gguf", gguf_path))
     summary = {"source": gguf_path, "out": step_dir, "tensors": len(state),
                "parameters": sum(t.numel() for k, t in hf_state.items() if k != "lm_head.weight" or
                                  not model_cfg.tie_embeddings),

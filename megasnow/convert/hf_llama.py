@@ -195,7 +195,7 @@ def export_to_hf(checkpoint_path, out_dir, dtype="float32", tokenizer=None, over
     generation_config.json are those of the tokenizer_config.json written (hf_tokenizer.export_tokenizer);
     generation_config.json's eos_token_id keeps an imported model's own list (e.g. [eos, end-of-turn]).
     """
-    from megasnow.convert.output_folder import replace_folder
+    from megasnow.convert.output_folder import conversion_record, replace_folder, stamped
 
     step_dir = ckpt.resolve_checkpoint(checkpoint_path)
     tok_path = tokenizer or _checkpoint_tokenizer(step_dir)
@@ -223,8 +223,9 @@ def export_to_hf(checkpoint_path, out_dir, dtype="float32", tokenizer=None, over
                           json.dumps(hf_config_dict(model_cfg, dtype, ids.get("bos"), eos, ids.get("pad")),
                                      indent=2, sort_keys=True))
         atomic_write_text(os.path.join(tmp, "generation_config.json"), json.dumps(generation, indent=2))
+        record = stamped(conversion_record("export", step_dir, dtype=dtype, tokenizer=tokenizer))
         _save_safetensors(hf, os.path.join(tmp, "model.safetensors"),
-                          {"format": "pt", "source": os.path.abspath(step_dir)})
+                          {"format": "pt", "source": os.path.abspath(step_dir), "conversion": json.dumps(record)})
     return {"source": step_dir, "out": out_dir, "tensors": len(hf),
             "parameters": sum(t.numel() for t in hf.values()), **tok_summary,
             "special_token_ids": {k: ids.get(k) for k in ("bos", "eos", "pad")}}
@@ -309,7 +310,7 @@ def import_from_hf(hf_dir, out_dir, tokenizer=None, overwrite=False):
     (ConversionError) unless `overwrite`, which deletes what it held. Returns a summary dict.
     """
     from megasnow.convert.hf_tokenizer import TOKENIZER_SIDE_FILES
-    from megasnow.convert.output_folder import check_output
+    from megasnow.convert.output_folder import check_output, conversion_record
 
     cfg_path = os.path.join(hf_dir, "config.json")
     if not os.path.exists(cfg_path):
@@ -348,19 +349,21 @@ def import_from_hf(hf_dir, out_dir, tokenizer=None, overwrite=False):
                       if hf_config.get(k) is not None}
     texts = {"generation_config.json": json.dumps(generation, indent=2)} if generation else None
     step_dir = write_single_rank_checkpoint(out_dir, model_cfg, state, extra, source=os.path.abspath(hf_dir),
-                                            texts=texts, overwrite=overwrite)
+                                            texts=texts, overwrite=overwrite,
+                                            conversion=conversion_record("import --hf", hf_dir, tokenizer=tokenizer))
     return {"source": hf_dir, "out": step_dir, "tensors": len(state), "files": sorted(extra) +
             (["generation_config.json (from config.json)"] if generation else [])}
 
 
 def write_single_rank_checkpoint(out_dir, model_cfg, state, extra_files=None, source=None, texts=None,
-                                 overwrite=False):
+                                 overwrite=False, conversion=None):
     """A complete megasnow checkpoint folder holding only weights (no optimizer state) at step 0; returns the step
     folder. extra_files: {name in the step folder: file to copy}; texts: {name: text to write}. The run folder is
     built under a temporary name and swapped in whole: a non-empty `out_dir` (another run's checkpoint would
     otherwise get its `latest` moved to the imported weights) is refused (ConversionError) unless `overwrite`,
-    which deletes what it held."""
-    from megasnow.convert.output_folder import replace_folder
+    which deletes what it held. conversion: output_folder.conversion_record of the import, stored (stamped) in
+    meta.json so a rerun of the same command sees it finished."""
+    from megasnow.convert.output_folder import replace_folder, stamped
     from megasnow.utils.atomic import atomic_write
 
     name = ckpt.step_dir_name(0)
@@ -376,6 +379,8 @@ def write_single_rank_checkpoint(out_dir, model_cfg, state, extra_files=None, so
         meta = {"step": 0, "reason": "import", "source": source, "format": 1, "num_chunks": 1,
                 "layout": {"world": 1, "tp_size": 1, "pp_size": 1, "dp_size": 1},
                 "model_config": dataclasses.asdict(model_cfg), "trainer": {"step": 0}}
+        if conversion is not None:
+            meta["conversion"] = stamped(conversion)
         atomic_write_text(os.path.join(step, ckpt.META), json.dumps(meta, indent=1, sort_keys=True))
         atomic_write_text(os.path.join(run_dir, ckpt.LATEST), name + "\n")
     return os.path.join(out_dir, name)

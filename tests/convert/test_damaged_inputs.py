@@ -113,3 +113,16 @@ def test_sources_of_the_wrong_kind_are_named_with_the_fix(tmp_path, tiny, tiny_h
         assert res.returncode == 2, (argv, res.stderr)
         assert res.stderr.startswith("error: " + expected), (argv, res.stderr)
         assert len(res.stderr.strip().splitlines()) == 1 and not os.path.exists(out)
+
+
+def test_rerunning_a_finished_conversion_has_nothing_to_do(tmp_path, tiny, tiny_hf):  # noqa: F811
+    for argv in (["export", "--checkpoint", tiny], ["import", "--hf", tiny_hf]):
+        out = tmp_path / argv[0]
+        assert tool(*argv, "--output", out).returncode == 0
+        before = sorted(os.listdir(out))
+        res = tool(*argv, "--output", out)
+        assert res.returncode == 0, res.stderr
+        assert res.stderr.startswith(f"{out} already holds this conversion (finished 20")
+        assert res.stderr.strip().endswith("; nothing to do") and sorted(os.listdir(out)) == before
+    res = tool("export", "--checkpoint", tiny, "--output", tmp_path / "export", "--dtype", "bfloat16")
+    assert res.returncode == 2 and "is not empty" in res.stderr  # other options: another conversion
