@@ -83,7 +83,7 @@ def check_paths(args):
     if getattr(args, "gguf", None):
         from megasnow.convert.gguf import check_gguf_file
 
-        check_gguf_file(args.gguf)
+        check_gguf_file(args.gguf, parse=False)  # the header parse (a few seconds) comes after the output checks
     source_flag = "--checkpoint" if args.command == "export" else "--hf" if args.hf else "--gguf"
     source = getattr(args, source_flag[2:])
     out_real, src_real = os.path.realpath(args.output), os.path.realpath(source)
@@ -104,6 +104,9 @@ def check_paths(args):
             return f"{args.output} already holds this conversion (finished {finished}); nothing to do"
     check_output(args.output, args.overwrite, label=f"--output {args.output}", what=what,
                  hint=f"pass --overwrite to delete everything in it and write the {what} there")
+    if getattr(args, "gguf", None):
+        check_gguf_file(args.gguf)
+    return None
 
 
 def check_export_source(path, convert):

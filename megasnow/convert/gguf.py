@@ -18,19 +18,22 @@ GGUF_MAGIC = b"GGUF"
 HEARTBEAT_S = 15.0  # a slow step logs "still ..." this often (no step silent for more than ~30 s)
 
 
-def check_gguf_file(path):
+def check_gguf_file(path, parse=True):
     """Refuse a path that is not a complete GGUF file, naming it; returns its tensor count.
 
     The magic (b"GGUF", ggml's docs/gguf.md) is checked first; then the `gguf` package's reader parses the header
-    (memory-mapped: a second or so, against the ~45 s of transformers' read) and the tensors' extents are checked
-    against the file size, so a download cut short fails here in one line instead of in transformers' read with a
-    traceback or a reshape message. Imports numpy and gguf only. Raises ConversionError."""
+    (memory-mapped: 1.5-6 s for SmolLM2 on 2 busy cores, against the 40-70 s of transformers' read) and the
+    tensors' extents are checked against the file size, so a download cut short fails here in one line instead of
+    in transformers' read with a traceback or a reshape message; `parse=False` stops after the magic (returns
+    None). Imports numpy and gguf only. Raises ConversionError."""
     if not os.path.isfile(path):
         raise ConversionError(f"{path}: no such GGUF file")
     with open(path, "rb") as f:
         header = f.read(16)
     if header[:4] != GGUF_MAGIC:
         raise ConversionError(f"{path}: not a GGUF file (starts with {header[:4]!r}, expected {GGUF_MAGIC!r})")
+    if not parse:  # the cheap checks only (the tool runs them before its output checks, the parse after)
+        return None
     size = os.path.getsize(path)
     try:
         reader = _extent_reader_class()(path)
@@ -66,12 +69,13 @@ def _extent_reader_class():
 
 @contextlib.contextmanager
 def heartbeat(log, what, every=HEARTBEAT_S):
-    """Log `still {what} (N s)` every `every` seconds while the block runs (a slow call without progress)."""
+    """Log `still {what} (N s)` every `every` seconds while the block runs (a slow call without progress); `what`
+    may be a callable returning the phase text at that moment."""
     stop, start = threading.Event(), time.time()
 
     def beat():
         while not stop.wait(every):
-            log(f"still {what} ({time.time() - start:.0f} s)")
+            log(f"still {what() if callable(what) else what} ({time.time() - start:.0f} s)")
 
     thread = threading.Thread(target=beat, name="gguf-heartbeat", daemon=True)
     thread.start()
@@ -83,25 +87,58 @@ def heartbeat(log, what, every=HEARTBEAT_S):
 
 
 def load_gguf(path, log=lambda message: None):
-    """(transformers model in fp32, eval mode; its tokenizer) read from a GGUF file (~45 s for SmolLM2-135M on
-    2 cores). `log` gets a line before each slow step and a heartbeat while it runs."""
+    """(transformers model in fp32, eval mode; its tokenizer) read from a GGUF file (40-70 s for SmolLM2-135M
+    on 2 cores). `log` gets a line before each slow step and a heartbeat while it runs."""
     tensors = check_gguf_file(path)
     log(f"reading {path} with transformers: the tokenizer, then {tensors} tensors dequantized to fp32 "
-        f"(about 45 s for a 135M model on 2 cores, longer beside other jobs; a line every "
+        f"(40-70 s for a 135M model on 2 cores, longer beside other jobs; a line every "
         f"{HEARTBEAT_S:.0f} s meanwhile)...")
     with heartbeat(log, "loading transformers"):
         from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+    hf_logging.disable_progress_bar()  # its tqdm bars would interleave with the lines below (the heartbeat's)
 
     folder, name = os.path.dirname(os.path.abspath(path)), os.path.basename(path)
+    # Most of the call is transformers parsing the GGUF metadata (config, tensor list) before the dequantization.
+    phase = [f"reading the GGUF metadata (the config and the list of {tensors} tensors)"]
     try:
         with heartbeat(log, "reading the GGUF tokenizer"):
             tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-        log(f"tokenizer read ({len(tokenizer)} tokens); dequantizing {tensors} tensors...")
-        with heartbeat(log, f"dequantizing {tensors} tensors"):
+        log(f"tokenizer read ({len(tokenizer)} tokens); dequantizing {tensors} tensors, then building the model "
+            f"from them...")
+        with heartbeat(log, lambda: phase[0]), counted_dequantization(phase):
             model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name)  # dequantized to fp32
     except (ValueError, KeyError, OSError, NotImplementedError) as e:
         raise ConversionError(f"{path}: transformers cannot read it ({type(e).__name__}: {e})") from None
     return model.eval(), tokenizer
+
+
+@contextlib.contextmanager
+def counted_dequantization(phase):
+    """While the block runs, transformers' per-tensor GGUF loop (modeling_gguf_pytorch_utils' own tqdm bar, which
+    disable_progress_bar does not reach) runs without a bar and keeps `phase[0]` saying where it is: "dequantizing
+    tensors (i/n)", then "building the model from the dequantized tensors" once the loop ends. A transformers
+    version without that loop leaves everything as is (the heartbeat keeps the phase it started with)."""
+    try:
+        from transformers import modeling_gguf_pytorch_utils as gguf_utils
+    except ImportError:
+        gguf_utils = None
+    original = getattr(gguf_utils, "tqdm", None)
+
+    def quiet(iterable, *args, **kwargs):
+        items = list(iterable)
+        for i, item in enumerate(items):
+            phase[0] = f"dequantizing tensors ({i}/{len(items)} done)"
+            yield item
+        phase[0] = f"building the model from the {len(items)} dequantized tensors"
+
+    if original is not None:
+        gguf_utils.tqdm = quiet
+    try:
+        yield
+    finally:
+        if original is not None:
+            gguf_utils.tqdm = original
 
 
 def float32_as_written(x):
@@ -132,7 +169,7 @@ def import_from_gguf(gguf_path, out_dir, loaded=None, log=print, overwrite=False
     """Write a megasnow checkpoint (tensor 1 x pipeline 1, step 0, fp32) with the GGUF's tokenizer files
     (tokenizer.json, tokenizer_config.json, special_tokens_map.json, generation_config.json).
 
-    loaded: (hf_model, hf_tokenizer) already returned by load_gguf (saves the ~45 s read). A non-empty `out_dir`
+    loaded: (hf_model, hf_tokenizer) already returned by load_gguf (saves the 40-70 s read). A non-empty `out_dir`
     is refused before the read unless `overwrite`, which deletes what it held. Returns a summary dict (source, out
     step folder, tensors, parameters, eos ids, whether a chat template was found). Raises ConversionError for a
     file that is not GGUF, not a Llama architecture, or unreadable, and for a non-empty `out_dir`.

@@ -29,3 +29,17 @@ def test_gguf_float32_metadata_keeps_its_written_value():
     assert float32_as_written(float(np.float32(1e-6))) == 1e-06
     assert float32_as_written(float(np.float32(100000.0))) == 100000.0
     assert float32_as_written(0.1) == 0.1  # not a float32 value: unchanged
+
+
+def test_gguf_heartbeat_names_the_phase_of_transformers_read():
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+    from megasnow.convert.gguf import counted_dequantization
+
+    original, phase, seen = gguf_utils.tqdm, ["reading"], []
+    with counted_dequantization(phase):
+        for _ in gguf_utils.tqdm(range(3), desc="Converting and de-quantizing GGUF tensors..."):
+            seen.append(phase[0])
+        assert phase[0] == "building the model from the 3 dequantized tensors"
+    assert seen == [f"dequantizing tensors ({i}/3 done)" for i in range(3)]
+    assert gguf_utils.tqdm is original  # put back
