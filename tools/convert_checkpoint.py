@@ -6,7 +6,7 @@
   python tools/convert_checkpoint.py import --gguf SmolLM2-135M-Instruct.Q4_1.gguf --output ckpt/smollm2
 --output must be a new or empty folder; --overwrite deletes what it holds (a run's checkpoints, an HF model) first.
 The export loads with transformers (AutoModelForCausalLM.from_pretrained) and serves with vLLM; an import is a
-tensor 1 x pipeline 1 checkpoint to start a run from (checkpoint.init_from=ckpt/from_hf) or to serve
+tensor 1 x pipeline 1 checkpoint to start a run of any layout from (checkpoint.init_from=ckpt/from_hf) or to serve
 (python -m megasnow.serve ckpt/smollm2). A GGUF import dequantizes to fp32 and keeps the file's tokenizer and chat
 template; an --hf import keeps the folder's tokenizer_config.json (chat template, BOS/EOS), chat_template.jinja,
 special_tokens_map.json and generation_config.json beside the tokenizer in the step folder.
@@ -44,7 +44,10 @@ def main(argv=None):
     if args.command == "import" and args.gguf and args.tokenizer:
         parser.error("--tokenizer applies to --hf; a GGUF import takes the file's own tokenizer")
 
-    check_paths(args)  # before torch loads (seconds): a wrong path fails at once
+    done = check_paths(args)  # before torch loads (seconds): a wrong path fails at once
+    if done:
+        print(done, file=sys.stderr)
+        return 0
     if getattr(args, "gguf", None):  # (export has no --gguf)
         from megasnow.convert.gguf import import_from_gguf
 
@@ -63,38 +66,95 @@ def main(argv=None):
 
 def check_paths(args):
     """Refuse a missing source, or an --output that is a file or a non-empty folder without --overwrite, naming
-    the flag (ConversionError); nothing is written."""
+    the flag (ConversionError); nothing is written. Returns a message when --output already holds the finished
+    conversion of the same source with the same options (nothing to do), else None."""
     from megasnow.convert.errors import ConversionError
     from megasnow.convert.output_folder import check_output
 
     what = "HF model" if args.command == "export" else "checkpoint"
-    if args.command == "export" and not os.path.isdir(args.checkpoint):
-        raise ConversionError(f"--checkpoint {args.checkpoint}: no such folder (give a run's checkpoint.dir or one "
-                              f"of its step folders)")
+    convert = "python tools/convert_checkpoint.py"
+    if args.command == "export":
+        check_export_source(args.checkpoint, convert)
     if getattr(args, "hf", None):
-        if not os.path.isdir(args.hf):
-            raise ConversionError(f"--hf {args.hf}: no such folder (give a HuggingFace LlamaForCausalLM folder)")
-        if not os.path.isfile(os.path.join(args.hf, "config.json")):
-            raise ConversionError(f"--hf {args.hf}: no config.json in it (give a HuggingFace LlamaForCausalLM "
-                                  f"folder)")
+        check_hf_source(args.hf, convert)
     if args.tokenizer and not os.path.exists(args.tokenizer):
         raise ConversionError(f"--tokenizer {args.tokenizer}: no such file (give a tokenizer.json or a SentencePiece "
                               f".model)")
     if getattr(args, "gguf", None):
         from megasnow.convert.gguf import check_gguf_file
 
-        check_gguf_file(args.gguf)
+        check_gguf_file(args.gguf, parse=False)  # the header parse (a few seconds) comes after the output checks
     source_flag = "--checkpoint" if args.command == "export" else "--hf" if args.hf else "--gguf"
     source = getattr(args, source_flag[2:])
     out_real, src_real = os.path.realpath(args.output), os.path.realpath(source)
     if args.overwrite and (src_real == out_real or src_real.startswith(out_real + os.sep)):
         raise ConversionError(f"--output {args.output} holds {source_flag} {source}; --overwrite would delete the "
                               f"source: give another --output")
+    if os.path.isdir(source) and out_real.startswith(src_real + os.sep):
+        raise ConversionError(f"--output {args.output} is inside {source_flag} {source}: the source folder would "
+                              f"hold its own conversion; give an --output outside it")
+    if not args.overwrite:  # a rerun of a finished conversion: nothing to do
+        from megasnow.convert.output_folder import already_done, conversion_record
+
+        options = {"dtype": args.dtype, "tokenizer": args.tokenizer} if args.command == "export" else \
+            {"tokenizer": args.tokenizer} if args.hf else {}
+        finished = already_done(args.output, conversion_record(f"{args.command} {source_flag}".replace(
+            "export --checkpoint", "export"), source, **options))
+        if finished:
+            return f"{args.output} already holds this conversion (finished {finished}); nothing to do"
     check_output(args.output, args.overwrite, label=f"--output {args.output}", what=what,
                  hint=f"pass --overwrite to delete everything in it and write the {what} there")
+    if getattr(args, "gguf", None):
+        check_gguf_file(args.gguf)
+    return None
+
+
+def check_export_source(path, convert):
+    """export --checkpoint: a megasnow checkpoint folder; a GGUF file, another file or a HF folder is named as such,
+    with what to run instead (ConversionError)."""
+    from megasnow.convert.errors import ConversionError
+
+    if os.path.isfile(path):
+        if path.lower().endswith(".gguf"):
+            raise ConversionError(f"--checkpoint {path}: a GGUF file, not a megasnow checkpoint; import it first "
+                                  f"({convert} import --gguf {path} --output DIR), then export DIR")
+        raise ConversionError(f"--checkpoint {path}: is a file; give a run's checkpoint.dir or one of its step "
+                              f"folders")
+    if not os.path.isdir(path):
+        raise ConversionError(f"--checkpoint {path}: no such folder (give a run's checkpoint.dir or one of its step "
+                              f"folders)")
+    has = lambda name: os.path.exists(os.path.join(path, name))  # noqa: E731
+    if has("config.json") and not has("meta.json") and not has("latest"):
+        raise ConversionError(f"--checkpoint {path}: a HuggingFace model folder (config.json), not a megasnow "
+                              f"checkpoint: it needs no export; serve it as is (python -m megasnow.serve {path}) or "
+                              f"import it ({convert} import --hf {path} --output DIR)")
+
+
+def check_hf_source(path, convert):
+    """import --hf: a HuggingFace Llama folder with config.json and safetensors weights; a GGUF file or a folder of
+    them, another file, or a folder with only pytorch_model.bin is named as such, with the fix (ConversionError;
+    megasnow.generation.model_files.check_model_kind's rules, as the server and generate.py apply them)."""
+    from megasnow.convert.errors import ConversionError
+    from megasnow.generation.model_files import ModelLoadError, check_model_kind
+
+    if os.path.isfile(path):
+        if path.lower().endswith(".gguf"):
+            raise ConversionError(f"--hf {path}: a GGUF file, not a HF folder; import it with --gguf: {convert} "
+                                  f"import --gguf {path} --output DIR")
+        raise ConversionError(f"--hf {path}: is a file; give a HuggingFace LlamaForCausalLM folder")
+    if not os.path.isdir(path):
+        raise ConversionError(f"--hf {path}: no such folder (give a HuggingFace LlamaForCausalLM folder)")
+    try:
+        check_model_kind(path)
+    except ModelLoadError as e:
+        raise ConversionError(f"--hf {e}") from None
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise ConversionError(f"--hf {path}: no config.json in it (give a HuggingFace LlamaForCausalLM folder)")
 
 
 if __name__ == "__main__":
     from megasnow.utils.cli import run_tool
 
-    sys.exit(run_tool(main, user_errors=(FileNotFoundError,)))
+    # The output is built under a temporary name and swapped in whole: an interrupted conversion leaves nothing.
+    sys.exit(run_tool(main, user_errors=(FileNotFoundError,),
+                      on_interrupt="nothing was written; rerun the same command"))

@@ -139,7 +139,9 @@ def hf_to_megasnow(hf, model_cfg, source=""):
 
 
 def hf_config_dict(model_cfg, dtype="float32", bos_id=None, eos_id=None, pad_id=None):
-    """config.json contents for LlamaForCausalLM (written through transformers' own LlamaConfig)."""
+    """config.json contents for LlamaForCausalLM, as `model.save_pretrained` writes them: transformers' own
+    LlamaConfig, only the values that differ from its defaults (to_diff_dict), `dtype`; plus `rope_theta` at the
+    top level, which transformers 4.x and vLLM versions read (5.x keeps it in rope_parameters)."""
     from transformers import LlamaConfig
 
     cfg = LlamaConfig(
@@ -152,8 +154,8 @@ def hf_config_dict(model_cfg, dtype="float32", bos_id=None, eos_id=None, pad_id=
         bos_token_id=bos_id, eos_token_id=eos_id, pad_token_id=pad_id,
     )
     cfg.architectures = ["LlamaForCausalLM"]
-    d = cfg.to_dict()
-    d["torch_dtype"] = d["dtype"] = dtype
+    cfg.dtype = dtype
+    d = cfg.to_diff_dict()
     d.setdefault("rope_theta", model_cfg.rope_base)  # read by older transformers / vLLM versions
     return d
 
@@ -194,7 +196,7 @@ def export_to_hf(checkpoint_path, out_dir, dtype="float32", tokenizer=None, over
     generation_config.json's eos_token_id keeps an imported model's own list (e.g. [eos, end-of-turn]); its `fim`
     entry records the checkpoint's FIM training (data.fim rate, spm_rate, level) when its config records it.
     """
-    from megasnow.convert.output_folder import replace_folder
+    from megasnow.convert.output_folder import conversion_record, replace_folder, stamped
 
     step_dir = ckpt.resolve_checkpoint(checkpoint_path)
     tok_path = tokenizer or _checkpoint_tokenizer(step_dir)
@@ -224,8 +226,9 @@ def export_to_hf(checkpoint_path, out_dir, dtype="float32", tokenizer=None, over
                           json.dumps(hf_config_dict(model_cfg, dtype, ids.get("bos"), eos, ids.get("pad")),
                                      indent=2, sort_keys=True))
         atomic_write_text(os.path.join(tmp, "generation_config.json"), json.dumps(generation, indent=2))
+        record = stamped(conversion_record("export", step_dir, dtype=dtype, tokenizer=tokenizer))
         _save_safetensors(hf, os.path.join(tmp, "model.safetensors"),
-                          {"format": "pt", "source": os.path.abspath(step_dir)})
+                          {"format": "pt", "source": os.path.abspath(step_dir), "conversion": json.dumps(record)})
     return {"source": step_dir, "out": out_dir, "tensors": len(hf),
             "parameters": sum(t.numel() for t in hf.values()), **tok_summary,
             "special_token_ids": {k: ids.get(k) for k in ("bos", "eos", "pad")}}
@@ -274,20 +277,38 @@ def _checkpoint_tokenizer(step_dir):
     return None
 
 
-def read_hf_state(folder):
-    """All tensors of a HF folder (single model.safetensors or a sharded index)."""
+def read_safetensors(path):
+    """All tensors of one .safetensors file ({name: CPU tensor}); the one reader of HF weights (import --hf,
+    generate --hf, the server). A truncated, empty or otherwise damaged file raises ConversionError (a UserError)
+    naming it, instead of safetensors' SafetensorError."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        size = os.path.getsize(path) if os.path.exists(path) else 0
+        raise ConversionError(f"{path}: damaged safetensors file ({size} bytes; {e}); re-download or re-export "
+                              f"it") from None
+
+
+def read_hf_state(folder):
+    """All tensors of a HF folder (single model.safetensors or a sharded index); ConversionError for a damaged
+    file (read_safetensors) or a missing one."""
     single = os.path.join(folder, "model.safetensors")
     index = os.path.join(folder, "model.safetensors.index.json")
     if os.path.exists(single):
-        return load_file(single)
+        return read_safetensors(single)
     if os.path.exists(index):
-        with open(index, encoding="utf-8") as f:
-            files = sorted(set(json.load(f)["weight_map"].values()))
+        try:
+            with open(index, encoding="utf-8") as f:
+                files = sorted(set(json.load(f)["weight_map"].values()))
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise ConversionError(f"{index}: not a safetensors index ({type(e).__name__}: {e}); re-download or "
+                                  f"re-export it") from None
         state = {}
         for name in files:
-            state.update(load_file(os.path.join(folder, name)))
+            state.update(read_safetensors(os.path.join(folder, name)))
         return state
     raise ConversionError(f"{folder}: no model.safetensors or model.safetensors.index.json")
 
@@ -302,7 +323,7 @@ def import_from_hf(hf_dir, out_dir, tokenizer=None, overwrite=False):
     (ConversionError) unless `overwrite`, which deletes what it held. Returns a summary dict.
     """
     from megasnow.convert.hf_tokenizer import TOKENIZER_SIDE_FILES
-    from megasnow.convert.output_folder import check_output
+    from megasnow.convert.output_folder import check_output, conversion_record
 
     cfg_path = os.path.join(hf_dir, "config.json")
     if not os.path.exists(cfg_path):
@@ -341,19 +362,21 @@ def import_from_hf(hf_dir, out_dir, tokenizer=None, overwrite=False):
                       if hf_config.get(k) is not None}
     texts = {"generation_config.json": json.dumps(generation, indent=2)} if generation else None
     step_dir = write_single_rank_checkpoint(out_dir, model_cfg, state, extra, source=os.path.abspath(hf_dir),
-                                            texts=texts, overwrite=overwrite)
+                                            texts=texts, overwrite=overwrite,
+                                            conversion=conversion_record("import --hf", hf_dir, tokenizer=tokenizer))
     return {"source": hf_dir, "out": step_dir, "tensors": len(state), "files": sorted(extra) +
             (["generation_config.json (from config.json)"] if generation else [])}
 
 
 def write_single_rank_checkpoint(out_dir, model_cfg, state, extra_files=None, source=None, texts=None,
-                                 overwrite=False):
+                                 overwrite=False, conversion=None):
     """A complete megasnow checkpoint folder holding only weights (no optimizer state) at step 0; returns the step
     folder. extra_files: {name in the step folder: file to copy}; texts: {name: text to write}. The run folder is
     built under a temporary name and swapped in whole: a non-empty `out_dir` (another run's checkpoint would
     otherwise get its `latest` moved to the imported weights) is refused (ConversionError) unless `overwrite`,
-    which deletes what it held."""
-    from megasnow.convert.output_folder import replace_folder
+    which deletes what it held. conversion: output_folder.conversion_record of the import, stored (stamped) in
+    meta.json so a rerun of the same command sees it finished."""
+    from megasnow.convert.output_folder import replace_folder, stamped
     from megasnow.utils.atomic import atomic_write
 
     name = ckpt.step_dir_name(0)
@@ -369,6 +392,8 @@ def write_single_rank_checkpoint(out_dir, model_cfg, state, extra_files=None, so
         meta = {"step": 0, "reason": "import", "source": source, "format": 1, "num_chunks": 1,
                 "layout": {"world": 1, "tp_size": 1, "pp_size": 1, "dp_size": 1},
                 "model_config": dataclasses.asdict(model_cfg), "trainer": {"step": 0}}
+        if conversion is not None:
+            meta["conversion"] = stamped(conversion)
         atomic_write_text(os.path.join(step, ckpt.META), json.dumps(meta, indent=1, sort_keys=True))
         atomic_write_text(os.path.join(run_dir, ckpt.LATEST), name + "\n")
     return os.path.join(out_dir, name)

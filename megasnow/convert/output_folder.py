@@ -66,3 +66,73 @@ def replace_folder(out_dir, overwrite=False):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+# ----------------------------------------------------------------------------- finished conversions
+def step_folder(path):
+    """The step folder of a megasnow checkpoint path (itself, or where its `latest` points); else `path`."""
+    if os.path.isfile(os.path.join(path, "meta.json")) or not os.path.isfile(os.path.join(path, "latest")):
+        return path
+    with open(os.path.join(path, "latest"), encoding="utf-8") as f:
+        return os.path.join(path, f.read().strip())
+
+
+def _source_state(path):
+    """(name, size, mtime_ns) of a source file, or of the files directly in a source folder: a changed source is
+    another conversion."""
+    if os.path.isfile(path):
+        st = os.stat(path)
+        return [[os.path.basename(path), st.st_size, st.st_mtime_ns]]
+    out = []
+    for name in sorted(os.listdir(path)) if os.path.isdir(path) else []:
+        full = os.path.join(path, name)
+        if os.path.isfile(full):
+            st = os.stat(full)
+            out.append([name, st.st_size, st.st_mtime_ns])
+    return out
+
+
+def conversion_record(command, source, **options):
+    """What a conversion was made from, stored in its output (an import's meta.json `conversion`, an export's
+    model.safetensors metadata): the command, the source (a checkpoint's step folder) and its files' sizes and
+    times, the options. `finished` (UTC, ISO 8601) is added when written."""
+    source = os.path.abspath(step_folder(os.fspath(source)))
+    return {"command": command, "source": source, "source_files": _source_state(source),
+            "options": {k: (os.path.abspath(v) if k == "tokenizer" and v else v) for k, v in sorted(options.items())}}
+
+
+def stamped(record):
+    """`record` with `finished` set to now (UTC)."""
+    import datetime
+
+    return dict(record, finished=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"))
+
+
+def finished_conversion(out_dir):
+    """The conversion record stored in a finished output folder (import: the step folder's meta.json; export:
+    model.safetensors' metadata), or None."""
+    import json
+
+    try:
+        meta_file = os.path.join(step_folder(out_dir), "meta.json")
+        if os.path.isfile(meta_file):
+            with open(meta_file, encoding="utf-8") as f:
+                return json.load(f).get("conversion")
+        weights = os.path.join(out_dir, "model.safetensors")
+        if os.path.isfile(weights):
+            from safetensors import safe_open
+
+            with safe_open(weights, "np") as f:
+                text = (f.metadata() or {}).get("conversion")
+            return json.loads(text) if text else None
+    except Exception:  # noqa: BLE001 - a damaged or foreign folder simply holds no finished conversion
+        return None
+    return None
+
+
+def already_done(out_dir, record):
+    """The `finished` time when `out_dir` holds a finished conversion equal to `record`, else None."""
+    found = finished_conversion(out_dir) if os.path.isdir(out_dir) else None
+    if isinstance(found, dict) and {k: v for k, v in found.items() if k != "finished"} == record:
+        return found.get("finished", "earlier")
+    return None

@@ -250,22 +250,63 @@ def load_model_state(module, state, source=""):
             t.copy_(state[k].to(t.dtype))
 
 
-def load_model_weights(step_dir, model_chunks):
-    """Load this rank's model shard from a step folder (for resume and for init_from)."""
+def load_model_weights(step_dir, model_chunks, same_layout=False):
+    """Load this rank's model shard from a step folder (for resume and for checkpoint.init_from); returns meta.json.
+
+    A checkpoint saved with this run's tensor x pipeline layout and number of model chunks loads its own shard
+    file. Any other layout (e.g. an import, always 1 x 1) is read whole into full tensors
+    (megasnow.convert.hf_llama.load_full_state, the export's reader) and this rank's slice of each is taken
+    (copy_full_into_), as Megatron's checkpoint converter does offline; every rank then holds the full model in CPU
+    memory for a moment. `same_layout` (resume: the optimizer state is per shard) refuses another layout instead.
+    Raises CheckpointError for a layout refused, a missing or differently shaped tensor.
+    """
     r = _ranks()
     meta = read_meta(step_dir)
     lay = meta["layout"]
-    if (lay["tp_size"], lay["pp_size"]) != (r["tp_size"], r["pp_size"]):
-        raise CheckpointError(f"{step_dir}: saved with tensor x pipeline = {lay['tp_size']} x {lay['pp_size']}, "
-                              f"but this run uses {r['tp_size']} x {r['pp_size']}; use the same layout or "
-                              f"convert through tools/convert_checkpoint.py")
-    path = os.path.join(step_dir, model_file(r["tp"], r["pp"]))
-    states = _torch_load(path)
-    if len(states) != len(model_chunks):
-        raise CheckpointError(f"{path}: holds {len(states)} model chunks, this run has {len(model_chunks)}")
-    for m, sd in zip(model_chunks, states):
-        load_model_state(unwrap(m), sd, path)
+    saved_chunks = meta.get("num_chunks", 1)
+    if (lay["tp_size"], lay["pp_size"], saved_chunks) == (r["tp_size"], r["pp_size"], len(model_chunks)):
+        path = os.path.join(step_dir, model_file(r["tp"], r["pp"]))
+        states = _torch_load(path)
+        if len(states) != len(model_chunks):
+            raise CheckpointError(f"{path}: holds {len(states)} model chunks, this run has {len(model_chunks)}")
+        for m, sd in zip(model_chunks, states):
+            load_model_state(unwrap(m), sd, path)
+        return meta
+    saved = f"{lay['tp_size']} x {lay['pp_size']}" + (f" (x {saved_chunks} virtual)" if saved_chunks > 1 else "")
+    ours = f"{r['tp_size']} x {r['pp_size']}" + (f" (x {len(model_chunks)} virtual)" if len(model_chunks) > 1 else "")
+    if same_layout:
+        raise CheckpointError(f"{step_dir}: saved with tensor x pipeline = {saved}, but this run uses {ours}; a "
+                              f"resume needs the same layout (the optimizer state is per shard). To change the "
+                              f"layout, start a new run (another checkpoint.dir) with checkpoint.init_from={step_dir} "
+                              f"(weights only; the optimizer state and the data position restart)")
+    from megasnow.convert.hf_llama import load_full_state  # the export's un-sharding reader (one implementation)
+
+    _, full, _ = load_full_state(step_dir)
+    for m in model_chunks:
+        load_full_model_state(unwrap(m), full, step_dir)
     return meta
+
+
+def load_full_model_state(module, full, source=""):
+    """Copy this rank's slice of each full (unsharded) tensor in `full` into `module` (a model chunk: any tensor-
+    parallel size, any subset of layers). Refuses a missing or differently shaped tensor by name (CheckpointError);
+    tensors of other pipeline stages in `full` are ignored."""
+    from megasnow.parallel.tensor_parallel.layers import copy_full_into_
+
+    own = dict(module.named_parameters())
+    own.update((k, b) for k, b in module.named_buffers() if k in module.state_dict())
+    missing = [k for k in own if k not in full]
+    if missing:
+        raise CheckpointError(f"{source}: tensor {missing[0]!r} is missing from the checkpoint "
+                              f"({len(missing)} missing in all)")
+    with torch.no_grad():
+        for k, t in own.items():
+            want = tuple(getattr(t, "full_shape", t.shape))
+            if tuple(full[k].shape) != want:
+                raise CheckpointError(f"{source}: shape mismatch for tensor {k!r}: checkpoint {tuple(full[k].shape)} "
+                                      f"vs model {want}; the model config differs from the one the checkpoint was "
+                                      f"trained with")
+            copy_full_into_(t, full[k].to(t.dtype))
 
 
 def saved_rank_for(r, saved_dp_size):
@@ -283,7 +324,7 @@ def load_checkpoint(step_dir, model_chunks, optimizer):
     with another data-parallel size loads (saved_rank_for) unless the optimizer state is sharded over the
     data-parallel ranks (the distributed optimizer), which raises CheckpointError."""
     r = _ranks()
-    meta = load_model_weights(step_dir, model_chunks)
+    meta = load_model_weights(step_dir, model_chunks, same_layout=True)
     lay = meta["layout"]
     source = r["rank"]
     if lay["dp_size"] != r["dp_size"]:

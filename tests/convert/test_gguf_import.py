@@ -23,6 +23,7 @@ def test_imported_smollm2_shape_and_files(smollm2):
     assert (cfg.num_layers, cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.ffn_hidden_size,
             cfg.vocab_size, cfg.tie_embeddings, cfg.rope_base, cfg.max_seq_len) == \
         (30, 576, 9, 3, 1536, 49152, True, 100000.0, 8192)
+    assert cfg.norm_eps == 1e-05  # as written; the GGUF's float32 reads back as 9.999999747378752e-06
     assert smollm2.summary["parameters"] == 134515008  # SmolLM2-135M, tied embedding counted once
     assert {"tokenizer.json", "tokenizer_config.json", "generation_config.json", "special_tokens_map.json"} <= \
         set(os.listdir(step_dir))

@@ -71,7 +71,8 @@ def files_of(path):
 def test_a_non_empty_output_is_refused_and_left_as_it_was(tmp_path, tiny, tiny_hf, case):
     if case == "export":
         out = tmp_path / "hf"
-        tool("export", "--checkpoint", tiny, "--output", out)  # an earlier export, served from there
+        # an earlier export with other options, served from there (the same one would be "nothing to do")
+        tool("export", "--checkpoint", tiny, "--output", out, "--dtype", "bfloat16")
         argv, holds = ["export", "--checkpoint", tiny, "--output", out], "a HuggingFace model, config.json"
         what = "HF model"
     else:
