@@ -75,10 +75,18 @@ def test_an_interrupted_conversion_says_nothing_was_written(tmp_path):
     from tests.smollm2 import gguf_path
 
     proc = subprocess.Popen([sys.executable, TOOL, "import", "--gguf", gguf_path(), "--output", str(tmp_path / "out")],
-                            stderr=subprocess.PIPE, text=True)
-    time.sleep(3)  # inside the check or transformers' read
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # Wait for the slow read to begin (a fixed sleep could land in Python's start-up on a loaded machine, before the
+    # tool's Ctrl-C handling exists), then a moment more so the signal lands inside it.
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if line.startswith("reading ") and "with transformers" in line:
+            break
+    time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+    rest, _ = proc.communicate(timeout=60)
+    err = "".join(seen) + rest
     assert proc.returncode == 130
     assert err.strip().splitlines()[-1] == \
         "convert_checkpoint.py: interrupted (Ctrl-C); nothing was written; rerun the same command"
