@@ -232,7 +232,8 @@ def cmd_select(args):
 
     report = select_documents(args.documents, args.scores, args.output, args.tokenizer, args.budget_tokens,
                               executor=args.executor, workers=args.workers, ray_address=args.ray_address,
-                              text_field=args.text_field, mix_tolerance_pp=args.mix_tolerance_pp, strict=args.strict)
+                              text_field=args.text_field, mix_tolerance_pp=args.mix_tolerance_pp, strict=args.strict,
+                              budget_name="--budget-tokens")
     with open(os.path.join(args.output, "selection_report.md"), encoding="utf-8") as f:
         print(f.read())
     if not report["mix_within_tolerance"]:

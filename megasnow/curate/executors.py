@@ -34,7 +34,7 @@ def run_tasks(fn, tasks, executor="local", workers=1, desc="stage", ray_address=
 
 def _run_local(fn, tasks, workers, desc):
     # megasnow's progress: a tqdm bar on a terminal, whole lines in a log file (no carriage returns)
-    with Progress(total=len(tasks), desc=desc, unit="task") as bar:
+    with Progress(total=len(tasks), desc=desc, unit="tasks") as bar:
         return _run_local_tasks(fn, tasks, workers, bar)
 
 
@@ -149,7 +149,7 @@ def _run_ray(fn, tasks, workers, desc, ray_address):
     index = {ref: i for i, ref in enumerate(refs)}
     results = [None] * len(tasks)
     pending = list(refs)
-    with Progress(total=len(tasks), desc=desc, unit="task") as bar:
+    with Progress(total=len(tasks), desc=desc, unit="tasks") as bar:
         try:
             while pending:
                 done, pending = ray.wait(pending, num_returns=1)

@@ -9,7 +9,7 @@ def parse_token_count(text):
     if isinstance(text, int) and not isinstance(text, bool):
         value = text
     else:
-        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kKmMbBtT]?)\s*", str(text))
+        m = re.fullmatch(r"\s*(-?[0-9]*\.?[0-9]+)\s*([kKmMbBtT]?)\s*", str(text))
         if not m:
             raise ValueError(f"not a token count: {text!r} (use e.g. 12.5B, 300M, 40k, 40000)")
         value = int(round(float(m.group(1)) * {"": 1, "k": 1e3, "m": 1e6, "b": 1e9, "t": 1e12}[m.group(2).lower()]))

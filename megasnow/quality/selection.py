@@ -162,17 +162,19 @@ def write_selected_shard(task: WriteTask):
     return written
 
 
-def choose_per_language(langs, scores, tokens, budget):
+def choose_per_language(langs, scores, tokens, budget, budget_name="the token budget"):
     """Boolean mask of selected documents and the per-language summary.
 
     Each language l, with T_l phase-1 tokens, takes its documents by descending score until it
-    holds at least (budget / T) * T_l tokens; ties break by input order.
+    holds at least (budget / T) * T_l tokens; ties break by input order. A budget over T raises SelectionError
+    naming `budget_name` (the flag or key the budget came from) and the most it can be.
     """
     total = int(tokens.sum())
     if budget <= 0:
         raise SelectionError(f"token budget must be positive, got {budget}")
     if budget > total:
-        raise SelectionError(f"token budget {budget:,} exceeds the {total:,} tokens of scored documents")
+        raise SelectionError(f"token budget {budget:,} exceeds the {total:,} tokens of scored documents: lower "
+                             f"{budget_name} to at most {total:,}, or score more documents")
     fraction = budget / total
     selected = np.zeros(len(scores), dtype=bool)
     per_lang = {}
@@ -201,11 +203,13 @@ def choose_per_language(langs, scores, tokens, budget):
 
 
 def select_documents(documents, scores_dir, output_dir, tokenizer_path, budget_tokens, executor="local",
-                     workers=1, ray_address=None, text_field="text", mix_tolerance_pp=1.0, strict=False):
+                     workers=1, ray_address=None, text_field="text", mix_tolerance_pp=1.0, strict=False,
+                     budget_name="the token budget"):
     """Run the selection; returns the report dict (also written as selection_report.{json,md} + PNG).
 
     A document shard that scoring found damaged is used up to the damage, like its scores (strict: the first
-    damaged shard raises ShardReadError)."""
+    damaged shard raises ShardReadError). `budget_name` names the budget's flag or key in the error of a budget
+    over the scored tokens."""
     all_tasks, todo = plan_score_tasks(documents, scores_dir, annotator_path="")
     if todo:
         missing = ", ".join(t.input_path for t in todo[:3])
@@ -217,12 +221,12 @@ def select_documents(documents, scores_dir, output_dir, tokenizer_path, budget_t
     # output folders this run created, and a token-count cache it started, are removed again.
     with folders_removed_on_failure(os.path.join(output_dir, "x")), \
             removed_on_failure(os.path.join(output_dir, CACHE_DIR)):
-        return _select(all_tasks, scores_dir, output_dir, tokenizer_path, budget_tokens, executor, workers,
-                       ray_address, text_field, mix_tolerance_pp, strict)
+        return _select(all_tasks, scores_dir, output_dir, tokenizer_path, budget_tokens, budget_name, executor,
+                       workers, ray_address, text_field, mix_tolerance_pp, strict)
 
 
-def _select(all_tasks, scores_dir, output_dir, tokenizer_path, budget_tokens, executor, workers, ray_address,
-            text_field, mix_tolerance_pp, strict):
+def _select(all_tasks, scores_dir, output_dir, tokenizer_path, budget_tokens, budget_name, executor, workers,
+            ray_address, text_field, mix_tolerance_pp, strict):
     cache_dir = os.path.join(output_dir, CACHE_DIR)
     count_tasks = []
     for t in all_tasks:
@@ -243,7 +247,7 @@ def _select(all_tasks, scores_dir, output_dir, tokenizer_path, budget_tokens, ex
     scores, tokens, langs = np.concatenate(scores), np.concatenate(tokens), np.concatenate(langs).astype(str)
     if len(scores) == 0:
         raise SelectionError("no scored documents to select from")
-    selected, per_lang, fraction = choose_per_language(langs, scores, tokens, budget_tokens)
+    selected, per_lang, fraction = choose_per_language(langs, scores, tokens, budget_tokens, budget_name)
 
     selected_dir = os.path.join(output_dir, SELECTED_DIR)
     if os.path.isdir(selected_dir):  # a previous selection's shards must not mix with this one's

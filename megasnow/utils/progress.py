@@ -8,6 +8,15 @@ import time
 
 PROGRESS_INTERVAL_S = 15.0  # log-line mode: at most this long between lines (the rule: no step silent > 30 s)
 MODES = ("auto", "bar", "log", "off")
+MIN_RATE_S = 1.0  # a rate (and an ETA) measured over less time than this is noise: "2 tasks in 0 s (127 tasks/s)"
+
+
+def unit_for(count, unit):
+    """The plural `unit` ('docs', 'tasks', 'batches') for a count, singular for exactly one: (1, 'tasks') ->
+    'task', (1, 'batches') -> 'batch', (2, 'tasks') -> 'tasks'. A unit not ending in s is kept ('B')."""
+    if count != 1 or not unit.endswith("s") or unit.endswith("ss"):
+        return unit
+    return unit[:-2] if unit.endswith(("ches", "shes", "sses", "xes")) else unit[:-1]
 
 
 def format_count(x):
@@ -66,7 +75,8 @@ class Progress:
     """Counts work done towards an optional `total` and shows it with a rate and an ETA.
 
     mode "bar": a tqdm bar; "log": a line `desc: done/total unit (pct), rate, ETA` at the start, at most every
-    `interval` seconds, and at close; "off": nothing; "auto": bar on a terminal, else log lines. Use as a
+    `interval` seconds, and at close (`desc: done N unit in T (rate)`; no rate or ETA under MIN_RATE_S). `unit` is
+    plural ('docs', 'tasks'): a count of exactly one gets the singular; "off": nothing; "auto": bar on a terminal, else log lines. Use as a
     context manager or call close(). `interval` defaults to MEGASNOW_PROGRESS_INTERVAL or 15 s.
     """
 
@@ -119,12 +129,13 @@ class Progress:
         return time.monotonic() - self.start
 
     def status(self):
-        """'1,200/5,000 docs (24%), 4.20 docs/s, ETA 15m04s' (rate and ETA once something is done)."""
+        """'1,200/5,000 docs (24%), 4.20 docs/s, ETA 15m04s' (rate and ETA once something is done and at least
+        MIN_RATE_S has passed)."""
         elapsed = self.elapsed
         n = int(self.n)
         done = f"{n:,}/{self.total:,} {self.unit} ({100.0 * self.n / self.total:.0f}%)" if self.total else \
-            f"{n:,} {self.unit}"
-        if not self.n:
+            f"{n:,} {unit_for(n, self.unit)}"
+        if not self.n or elapsed < MIN_RATE_S:
             return done
         text = f"{done}, {format_rate(self.n, elapsed, self.unit)}"
         if self.total and self.n < self.total:
@@ -136,7 +147,10 @@ class Progress:
         if final:
             n, elapsed = int(self.n), self.elapsed
             of = f" of {self.total:,}" if self.total and n != self.total else ""
-            text = f"done {n:,}{of} {self.unit} in {format_duration(elapsed)} ({format_rate(self.n, elapsed, self.unit)})"
+            unit = self.unit if of else unit_for(n, self.unit)
+            text = f"done {n:,}{of} {unit} in {format_duration(elapsed)}"
+            if elapsed >= MIN_RATE_S:
+                text += f" ({format_rate(self.n, elapsed, self.unit)})"
         else:
             text = self.status()
         print(f"{self.desc}: {text}", file=self.stream, flush=True)

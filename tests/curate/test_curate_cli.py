@@ -20,8 +20,8 @@ from tests.curate.corpus import copy_stdlib_repos, stdlib_file, write_jsonl
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TOOL = os.path.join(ROOT, "tools", "curate.py")
-# a tqdm bar ("3/10 [00:01<00:02, ...") or megasnow's progress line off a terminal ("prepare (3/3 to run): 0/3 task
-# (0%)", "...: done 3 task in 0 s (79.8 task/s)")
+# a tqdm bar ("3/10 [00:01<00:02, ...") or megasnow's progress line off a terminal ("prepare (3/3 to run): 0/3 tasks
+# (0%)", "...: done 3 tasks in 2 s (1.50 tasks/s)")
 PROGRESS = re.compile(r"\d+/\d+ \[[\d:<?]+|: [\d,]+/[\d,]+ \w+ \(\d+%\)|: done [\d,]+ \w+ in ")
 
 

@@ -3,6 +3,7 @@ each language's best-scored documents, and writes preprocess-ready shards plus a
 import glob
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -149,6 +150,7 @@ def test_token_counts_parse(text, value):
 
 
 def test_select_refuses_a_non_positive_budget_at_parse_time(scored_corpus, tmp_path, capsys):
+    from megasnow.utils.cli import run_tool
     from tools.annotate import main
 
     for budget in ("0", "-5", "0.0001"):
@@ -159,6 +161,16 @@ def test_select_refuses_a_non_positive_budget_at_parse_time(scored_corpus, tmp_p
         assert e.value.code == 2
         err = capsys.readouterr().err
         assert "argument --budget-tokens:" in err and "(see annotate.py select --help)" in err, err
+        if budget != "0.0001":  # a negative count is refused like zero, not as "not a token count"
+            assert f"a token count must be positive, got '{budget}'" in err, err
+    assert not os.path.exists(tmp_path / "o")
+    # A budget over the scored tokens names the most it can be.
+    assert run_tool(main, ["select", "--documents", scored_corpus["docs"], "--scores", scored_corpus["scores"],
+                           "--tokenizer", scored_corpus["tokenizer"], "--budget-tokens", "1T",
+                           "--output", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert re.search(r"^error: token budget 1,000,000,000,000 exceeds the ([\d,]+) tokens of scored documents: "
+                     r"lower --budget-tokens to at most \1, or score more documents$", err, re.M), err
     assert not os.path.exists(tmp_path / "o")
 
 
@@ -173,4 +185,4 @@ def test_select_cli_writes_report(scored_corpus, tmp_path, capsys):
     printed, err = capsys.readouterr()
     assert "Phase-2 selection report" in printed
     # not a terminal: whole progress lines, no tqdm carriage returns (a log file gets whole lines)
-    assert "\r" not in err and "count tokens: done 3 task" in err and "write selected: done" in err, err
+    assert "\r" not in err and "count tokens: done 3 tasks in " in err and "write selected: done" in err, err

@@ -1,13 +1,15 @@
 """megasnow/utils/cli.py and megasnow/utils/progress.py: one-line errors, defaults in --help, a suggestion for a
 mistyped flag, Ctrl-C -> 130; adaptive rate units and log-line progress without terminal escape sequences."""
 import io
+import re
 import os
 
 import pytest
 
 from megasnow.errors import UserError
 from megasnow.utils.cli import ArgumentParser, run_tool, warn
-from megasnow.utils.progress import Progress, format_duration, format_rate
+import megasnow.utils.progress as progress_module
+from megasnow.utils.progress import Progress, format_duration, format_rate, unit_for
 
 
 def parser():
@@ -113,7 +115,19 @@ def test_format_duration():
     assert [format_duration(s) for s in (0.4, 42, 65, 3600 + 7 * 60 + 5, None)] == ["0 s", "42 s", "1m05s", "1h07m", "?"]
 
 
-def test_log_mode_writes_whole_lines_only():
+class _Clock:
+    """time.monotonic stand-in that advances `step` seconds per call (rates need >= MIN_RATE_S elapsed)."""
+
+    def __init__(self, step):
+        self.now, self.step = 1000.0, step
+
+    def monotonic(self):
+        self.now += self.step
+        return self.now
+
+
+def test_log_mode_writes_whole_lines_only(monkeypatch):
+    monkeypatch.setattr(progress_module, "time", _Clock(step=2.0))
     stream = io.StringIO()
     with Progress(total=8, desc="score", unit="docs", mode="auto", interval=0, stream=stream) as p:  # not a TTY
         for _ in range(4):
@@ -128,6 +142,25 @@ def test_log_mode_writes_whole_lines_only():
                                                                  "score: 2/8"]
     assert all("docs/" in line and "ETA" in line for line in lines[1:-1])
     assert lines[-1].startswith("score: done 2 of 8 docs in ")
+
+
+def test_counts_of_one_are_singular_and_no_rate_is_shown_under_a_second(monkeypatch):
+    assert [unit_for(n, u) for n, u in ((1, "tasks"), (2, "tasks"), (1, "batches"), (1, "docs"), (1, "B"),
+                                        (0, "windows"))] == ["task", "tasks", "batch", "doc", "B", "windows"]
+    monkeypatch.setattr(progress_module, "time", _Clock(step=0.01))  # a quick step: a rate would be noise
+    stream = io.StringIO()
+    with Progress(total=2, desc="count tokens", unit="tasks", mode="log", interval=0, stream=stream) as p:
+        p.update(1)
+        p.update(1)
+    assert stream.getvalue().splitlines() == ["count tokens: 0/2 tasks (0%)", "count tokens: 1/2 tasks (50%)",
+                                              "count tokens: 2/2 tasks (100%)", "count tokens: done 2 tasks in 0 s"]
+    monkeypatch.setattr(progress_module, "time", _Clock(step=1.5))
+    stream = io.StringIO()
+    with Progress(desc="embed", unit="batches", mode="log", interval=100, stream=stream) as p:
+        p.update(1)
+    lines = stream.getvalue().splitlines()
+    assert lines[0] == "embed: 0 batches" and re.fullmatch(r"embed: done 1 batch in \d+ s \([\d.]+ batches/min\)",
+                                                            lines[1]), lines
 
 
 def test_failed_step_prints_no_done_line_and_off_prints_nothing():
