@@ -102,11 +102,29 @@ def check_paths(args):
             "export --checkpoint", "export"), source, **options))
         if finished:
             return f"{args.output} already holds this conversion (finished {finished}); nothing to do"
+        if args.command == "export":
+            check_earlier_export(args.output, args.checkpoint)
     check_output(args.output, args.overwrite, label=f"--output {args.output}", what=what,
                  hint=f"pass --overwrite to delete everything in it and write the {what} there")
     if getattr(args, "gguf", None):
         check_gguf_file(args.gguf)
     return None
+
+
+def check_earlier_export(out, checkpoint):
+    """Refuse (ConversionError) an --output that holds an export of another step of the same checkpoint (its
+    `latest` moved: the run trained further), naming both steps; anything else is left to check_output."""
+    from megasnow.convert.errors import ConversionError
+    from megasnow.convert.output_folder import finished_conversion, step_folder
+
+    found = finished_conversion(out) if os.path.isdir(out) else None
+    old = found.get("source") if isinstance(found, dict) and found.get("command") == "export" else None
+    new = os.path.abspath(step_folder(os.fspath(checkpoint)))
+    if not isinstance(old, str) or old == new or os.path.dirname(old) != os.path.dirname(new):
+        return
+    now = "the checkpoint's latest is now" if new != os.path.abspath(checkpoint) else "--checkpoint is"
+    raise ConversionError(f"--output {out} holds an export of {os.path.basename(old)} of this checkpoint; {now} "
+                          f"{os.path.basename(new)}: use --overwrite to replace it (or give a new --output)")
 
 
 def check_export_source(path, convert):

@@ -30,6 +30,10 @@ def check_gguf_file(path, parse=True):
         raise ConversionError(f"{path}: no such GGUF file")
     with open(path, "rb") as f:
         header = f.read(16)
+    if not header:
+        raise ConversionError(f"{path}: empty file (0 bytes); re-download it")
+    if len(header) < len(GGUF_MAGIC) and GGUF_MAGIC.startswith(header):
+        raise ConversionError(f"{path}: truncated GGUF file ({len(header)} bytes); re-download it")
     if header[:4] != GGUF_MAGIC:
         raise ConversionError(f"{path}: not a GGUF file (starts with {header[:4]!r}, expected {GGUF_MAGIC!r})")
     if not parse:  # the cheap checks only (the tool runs them before its output checks, the parse after)
@@ -38,8 +42,10 @@ def check_gguf_file(path, parse=True):
     try:
         reader = _extent_reader_class()(path)
     except Exception as e:  # noqa: BLE001 - the reader indexes past the end (IndexError, ValueError, ...) of a cut file
-        raise ConversionError(f"{path}: truncated or damaged GGUF file ({size} bytes; its header cannot be read: "
-                              f"{type(e).__name__}: {e}); re-download it") from None
+        # The reader's own message is numpy's ("When changing to a larger dtype, its size must be a divisor ..."):
+        # nothing a user can act on, so the line names the file and the fix only (--debug shows the cause).
+        raise ConversionError(f"{path}: truncated or damaged GGUF file ({size} bytes; its header cannot be read); "
+                              f"re-download it") from e
     if reader.tensor_extent > size:
         raise ConversionError(f"{path}: truncated GGUF file ({size} bytes, tensors need {reader.tensor_extent}); "
                               f"re-download it")

@@ -47,7 +47,8 @@ def test_damaged_safetensors_in_the_tools(tmp_path, tiny_hf):  # noqa: F811
     assert res.returncode == 2 and "damaged safetensors file" in res.stderr and "Traceback" not in res.stderr
 
 
-@pytest.mark.parametrize("cut", [200_000, 50_000_000])  # inside the header (metadata), inside the tensor data
+# empty, inside the magic, inside the header's counts (numpy's dtype message), inside the metadata, inside the data
+@pytest.mark.parametrize("cut", [0, 3, 30, 200_000, 50_000_000])
 def test_a_truncated_gguf_file_is_refused_up_front(tmp_path, cut):
     from megasnow.convert.gguf import check_gguf_file
     from tests.smollm2 import gguf_path
@@ -58,12 +59,18 @@ def test_a_truncated_gguf_file_is_refused_up_front(tmp_path, cut):
         cut_file.write_bytes(f.read(cut))
     with pytest.raises(ConversionError) as e:
         check_gguf_file(str(cut_file))
-    if cut < 1_000_000:
-        assert str(e.value).startswith(f"{cut_file}: truncated or damaged GGUF file ({cut} bytes; its header")
+    if cut == 0:
+        assert str(e.value) == f"{cut_file}: empty file (0 bytes); re-download it"
+    elif cut < 4:
+        assert str(e.value) == f"{cut_file}: truncated GGUF file ({cut} bytes); re-download it"
+    elif cut < 1_000_000:  # the reader's own message (numpy internals) stays out of the line
+        assert str(e.value) == (f"{cut_file}: truncated or damaged GGUF file ({cut} bytes; its header cannot be "
+                                f"read); re-download it")
+    if cut in (0, 200_000):  # the tool's line is the check's message
         res = tool("import", "--gguf", cut_file, "--output", tmp_path / "out")
-        assert res.returncode == 2 and res.stderr.startswith("error: ") and "truncated" in res.stderr
+        assert res.returncode == 2 and res.stderr.strip() == f"error: {e.value}", res.stderr
         assert "Traceback" not in res.stderr and not os.path.exists(tmp_path / "out")
-    else:
+    if cut > 1_000_000:
         assert str(e.value) == (f"{cut_file}: truncated GGUF file ({cut} bytes, tensors need "
                                 f"{os.path.getsize(source)}); re-download it")
 
@@ -134,3 +141,18 @@ def test_rerunning_a_finished_conversion_has_nothing_to_do(tmp_path, tiny, tiny_
         assert res.stderr.strip().endswith("; nothing to do") and sorted(os.listdir(out)) == before
     res = tool("export", "--checkpoint", tiny, "--output", tmp_path / "export", "--dtype", "bfloat16")
     assert res.returncode == 2 and "is not empty" in res.stderr  # other options: another conversion
+    # The run trained further (`latest` moved): the refusal names the exported step and the new one.
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny, ckpt)
+    first = (ckpt / "latest").read_text().strip()
+    assert tool("export", "--checkpoint", ckpt, "--output", tmp_path / "hf").returncode == 0
+    shutil.copytree(ckpt / first, ckpt / "step_00000099")
+    (ckpt / "latest").write_text("step_00000099\n")
+    res = tool("export", "--checkpoint", ckpt, "--output", tmp_path / "hf")
+    assert res.returncode == 2 and res.stderr.strip() == (
+        f"error: --output {tmp_path / 'hf'} holds an export of {first} of this checkpoint; the checkpoint's latest "
+        f"is now step_00000099: use --overwrite to replace it (or give a new --output)"), res.stderr
+    res = tool("export", "--checkpoint", ckpt, "--output", tmp_path / "hf", "--overwrite")
+    assert res.returncode == 0, res.stderr
+    assert tool("export", "--checkpoint", ckpt, "--output", tmp_path / "hf").stderr.startswith(
+        f"{tmp_path / 'hf'} already holds this conversion")
