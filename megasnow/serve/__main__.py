@@ -156,9 +156,14 @@ def main(argv=None):
         if request_log is not None:
             request_log.close()
         injected = f", faults injected {faults.injected}" if faults is not None else ""
-        print(f"megasnow.serve: stopped after {serving.requests} requests ({scheduler.sequences} sequences in "
-              f"{scheduler.batches} batches, largest {scheduler.max_batch_seen}){injected}", file=sys.stderr,
-              flush=True)
+        from megasnow.utils.progress import unit_for
+
+        def counted(n, unit):
+            return f"{n} {unit_for(n, unit)}"
+
+        print(f"megasnow.serve: stopped after {counted(serving.requests, 'requests')} ("
+              f"{counted(scheduler.sequences, 'sequences')} in {counted(scheduler.batches, 'batches')}, largest "
+              f"{scheduler.max_batch_seen}){injected}", file=sys.stderr, flush=True)
     if stopped_by == signal.SIGINT:
         raise KeyboardInterrupt  # the CLI rule: Ctrl-C exits 130 with one line
     return 0

@@ -180,7 +180,8 @@ class OpenAIServing:
         if not prompts:
             return bad_request("prompt is an empty list; give at least one prompt", "prompt")
         if request.suffix is not None and any(not isinstance(p, str) for p in prompts):
-            return bad_request("suffix needs text prompts", "suffix")
+            return bad_request("suffix needs text prompts: send the prompt as text to use suffix (fill-in-the-middle "
+                               "builds the prompt from text)", "suffix")
         if request.suffix is not None and request.echo:
             return bad_request("echo cannot be combined with suffix (the completion is a middle); leave echo out",
                                "echo")

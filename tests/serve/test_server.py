@@ -4,6 +4,7 @@ chat templates, stop strings, batching of concurrent requests, OpenAI-shaped err
 a full queue (429), client disconnects, and the CLI rule."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -700,7 +701,10 @@ def test_shutdown_ends_running_requests_gracefully(tmp_path, sig, endpoint):
     assert rc == (130 if sig == signal.SIGINT else 0)
     bad = [x for x in srv.stderr_lines if "Traceback" in x or "Exception in ASGI" in x or x.startswith("ERROR")]
     assert bad == [], srv.stderr_lines
-    assert srv.stderr_lines[-2 if sig == signal.SIGINT else -1].startswith("megasnow.serve: stopped after 2 requests")
+    stop_line = srv.stderr_lines[-2 if sig == signal.SIGINT else -1]
+    assert re.fullmatch(r"megasnow\.serve: stopped after 2 requests \((\d+) sequences? in (\d+) batch(es)?, "
+                        r"largest \d+\)", stop_line), stop_line
+    assert not re.search(r"\b1 (sequences|batches)\b|\b(0|[2-9]|\d\d+) (sequence|batch)\b", stop_line), stop_line
     if sig == signal.SIGINT:
         assert srv.stderr_lines[-1] == "megasnow.serve: interrupted (Ctrl-C); server stopped"
     records = sorted((x["status"], x["finish_reasons"] if x["status"] == 200 else x["error"])

@@ -72,8 +72,10 @@ def test_sampled_choices_follow_their_seeds(server, engine):
 
 def test_suffix_with_token_prompts_is_a_400(server):
     c = openai.OpenAI(base_url=server.base_url, api_key="unused", max_retries=0)
-    with pytest.raises(openai.BadRequestError, match="suffix needs text prompts"):
+    with pytest.raises(openai.BadRequestError) as e:
         c.completions.create(model=MODEL, prompt=[1, 2, 3], suffix="x", max_tokens=2)
+    assert e.value.body["message"] == ("suffix needs text prompts: send the prompt as text to use suffix "
+                                       "(fill-in-the-middle builds the prompt from text)"), e.value.body
 
 
 def test_fim_format_flag():
