@@ -66,7 +66,10 @@ def check_sampling_args(args):
     if args.batch_size < 1:
         fail(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.suffix and len(args.suffix) != len(args.prompt):
-        fail(f"--suffix given {len(args.suffix)} times for {len(args.prompt)} --prompt: each --suffix belongs to the "
+        from megasnow.utils.progress import unit_for
+
+        times = f"{len(args.suffix)} {unit_for(len(args.suffix), 'times')}"
+        fail(f"--suffix given {times} for {len(args.prompt)} --prompt: each --suffix belongs to the "
              f"--prompt of the same position, so give one per --prompt (--suffix '' fills in at the end), or put "
              f"the prompts in --prompts-file with a 'suffix' field where one is wanted")
     for flag, path in (("--checkpoint", args.checkpoint), ("--hf", args.hf), ("--tokenizer", args.tokenizer),
@@ -76,8 +79,8 @@ def check_sampling_args(args):
 
 
 def read_prompts(args):
-    """[(where, prompt text, suffix or None)]: --prompt values first ("--prompt N", with the --suffix of the same
-    position), then the file's lines ("FILE:LINE").
+    """[(where, prompt text, suffix or None)]: --prompt values first ("--prompt", or "--prompt N" when several are
+    given, with the --suffix of the same position), then the file's lines ("FILE:LINE").
 
     Malformed file lines (not JSON, no 'prompt' string, empty, a 'suffix' that is not a string) are warned about
     and skipped; the skipped count is returned too. An empty --prompt is an error: the user typed it.
@@ -87,9 +90,10 @@ def read_prompts(args):
     prompts = []
     for i, text in enumerate(args.prompt, 1):
         suffix = args.suffix[i - 1] if i <= len(args.suffix) else None
+        where = f"--prompt {i}" if len(args.prompt) > 1 else "--prompt"  # a number only tells several apart
         if not text and suffix is None:  # an infilling prefix may be empty (the cursor at the top of a file)
-            fail(f"--prompt number {i} is empty: give at least one character of prompt")
-        prompts.append((f"--prompt {i}", text, suffix))
+            fail(f"{where} is empty: give at least one character of prompt")
+        prompts.append((where, text, suffix))
     skipped = 0
     if args.prompts_file:
         report = ReadReport()

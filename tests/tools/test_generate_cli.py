@@ -45,8 +45,9 @@ def errors(capsys):
     (["--min-p", "1.5"], "--min-p"),
     (["--min-new-tokens", "-1"], "--min-new-tokens"),
     (["--min-new-tokens", "9", "--max-new-tokens", "8"], "--min-new-tokens"),
-    (["--prompt", ""], "--prompt number 1 is empty"),
-    (["--prompt", "a", "--prompt", "b", "--suffix", "x"], "--suffix given 1 times for 2 --prompt: each --suffix "
+    (["--prompt", ""], "--prompt is empty"),
+    (["--prompt", "a", "--prompt", ""], "--prompt 2 is empty"),
+    (["--prompt", "a", "--prompt", "b", "--suffix", "x"], "--suffix given 1 time for 2 --prompt: each --suffix "
                                                           "belongs to the --prompt of the same position"),
     (["--device", "gpu0"], "--device 'gpu0' is not a torch device"),
     pytest.param(["--device", "cuda"], "--device is cuda but this machine has no CUDA device",
@@ -187,7 +188,7 @@ def test_suffix_without_fim_tokens_is_one_error_line(tmp_path, capsys):
     assert run_tool(load_tool().main, ["--checkpoint", str(tmp_path / "ckpt"), "--prompt", "a = ", "--suffix", "\n",
                                        "--max-new-tokens", "4", "--output", str(out)]) == 2
     lines = errors(capsys)
-    assert lines[-1].startswith("error: --prompt 1: a suffix asks for fill-in-the-middle, which needs a tokenizer "
+    assert lines[-1].startswith("error: --prompt: a suffix asks for fill-in-the-middle, which needs a tokenizer "
                                 "with FIM tokens") and not out.exists()
 
 
@@ -205,7 +206,7 @@ def test_suffix_for_a_model_trained_without_fim_and_a_too_long_suffix_are_errors
                                        "--max-new-tokens", "8", "--output", str(out)]) == 2
     engine = LocalEngine.from_path(step)
     p, s = len(engine.tokenizer.encode(prefix)), len(engine.tokenizer.encode(suffix))
-    assert errors(capsys)[-1] == (f"error: --prompt 1 with its --suffix is {p + s + 3} tokens (prompt {p} + suffix {s} "
+    assert errors(capsys)[-1] == (f"error: --prompt with its --suffix is {p + s + 3} tokens (prompt {p} + suffix {s} "
                                   f"+ 3 FIM sentinels); with --max-new-tokens 8 that exceeds the model's context of 64 "
                                   f"tokens (shorten them or lower --max-new-tokens)")
     with open(os.path.join(step, "config.yaml"), "w") as f:
@@ -213,7 +214,7 @@ def test_suffix_for_a_model_trained_without_fim_and_a_too_long_suffix_are_errors
     assert run_tool(load_tool().main, ["--checkpoint", step, "--prompt", prefix, "--suffix", "\n", "--max-new-tokens",
                                        "4", "--output", str(out)]) == 2
     line = errors(capsys)[-1]
-    assert line.startswith(f"error: --prompt 1: --suffix asks for fill-in-the-middle, but model {step} was not "
+    assert line.startswith(f"error: --prompt: --suffix asks for fill-in-the-middle, but model {step} was not "
                            f"trained with fill-in-the-middle (data.fim.rate is 0 in its config.yaml); ")
     assert "leave --suffix out" in line and not out.exists()
     assert run_tool(load_tool().main, ["--checkpoint", step, "--prompt", prefix, "--max-new-tokens", "2", "--output",
