@@ -132,6 +132,11 @@ def test_train_command_bad_inputs_fail_clearly(tmp_path, capsys):
     assert capsys.readouterr().err == (f"error: --output {taken}: already holds an annotator; nothing was changed. "
                                        "Give a new folder, or --overwrite to train again and replace it\n")
     assert os.listdir(taken) == ["annotator.json"]
+    (taken / "annotator.json").unlink()  # any non-empty folder, not only one holding an annotator (docs/quality.md)
+    (taken / "notes.txt").write_text("mine")
+    assert run_tool(main, ["train", "--positives", pos, "--negatives", docs, "--output", str(taken)]) == 2
+    assert capsys.readouterr().err.startswith(f"error: --output {taken}: already holds files; nothing was changed.")
+    assert os.listdir(taken) == ["notes.txt"]
 
 
 def test_interrupted_train_says_nothing_was_kept():
