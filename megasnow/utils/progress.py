@@ -75,9 +75,10 @@ class Progress:
     """Counts work done towards an optional `total` and shows it with a rate and an ETA.
 
     mode "bar": a tqdm bar; "log": a line `desc: done/total unit (pct), rate, ETA` at the start, at most every
-    `interval` seconds, and at close (`desc: done N unit in T (rate)`; no rate or ETA under MIN_RATE_S). `unit` is
-    plural ('docs', 'tasks'): a count of exactly one gets the singular; "off": nothing; "auto": bar on a terminal, else log lines. Use as a
-    context manager or call close(). `interval` defaults to MEGASNOW_PROGRESS_INTERVAL or 15 s.
+    `interval` seconds, and at close (`desc: done N unit in T (rate)`; no rate or ETA under MIN_RATE_S); "off":
+    nothing; "auto": bar on a terminal, else log lines. `unit` is plural ('docs', 'tasks'): a count of exactly one
+    gets the singular. Use as a context manager or call close(). `interval` defaults to MEGASNOW_PROGRESS_INTERVAL
+    or 15 s.
     """
 
     def __init__(self, total=None, desc="", unit="items", mode="auto", interval=None, stream=None):
