@@ -257,3 +257,55 @@ def test_a_killed_rank_leaves_one_line_per_survivor(tmp_path):
     assert lines[0].endswith(f"; resume from the last checkpoint (step 2, {tmp_path / 'ckpt' / 'step_00000002'})") \
         or lines[0].endswith(f"; resume from the last checkpoint (step 4, {tmp_path / 'ckpt' / 'step_00000004'})")
     assert status.read_text() == "1\n"
+
+
+def _processes_with(text):
+    """The pids of live processes whose command line holds `text` (read from /proc)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if text.encode() in f.read():
+                    found.append(int(pid))
+        except OSError:
+            pass
+    return found
+
+
+@pytest.mark.parametrize("sig, code, reason", [(signal.SIGTERM, 0, "sigterm"), (signal.SIGINT, 130, "sigint")])
+def test_a_signal_to_the_launch_script_stops_torchrun_and_its_ranks_after_saving(tmp_path, sig, code, reason):
+    """SIGTERM to the script alone (a scheduler, `kill PID`), or SIGINT to its whole process group (Ctrl-C in a
+    terminal): torchrun and both ranks save and exit, the script waits for them and exits with the trainer's code;
+    nothing is left running, no status file is left in TMPDIR."""
+    from tests.train.helpers import real_code_files, write_byte_dataset
+
+    prefix = write_byte_dataset(str(tmp_path / "code"), real_code_files(limit=20))
+    cfg = tiny_config(tmp_path, [{"name": "only", "blend": [{"path": prefix}], "steps": 400}])
+    path = write_config(tmp_path / "run.yaml", cfg)
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = dict(train_env(), NPROC="2", TMPDIR=str(tmp))
+    proc = subprocess.Popen(["bash", os.path.join(LAUNCH, "torchrun_single_node.sh"), path], env=env, cwd=REPO,
+                            text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        for line in proc.stdout:
+            if line.startswith("step      2 |"):
+                if sig == signal.SIGTERM:
+                    proc.send_signal(sig)  # the script's process only
+                else:
+                    os.killpg(proc.pid, sig)  # as a terminal does
+                break
+        out, err = proc.communicate(timeout=120)
+        left = _processes_with(path)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        for pid in _processes_with(path):
+            os.kill(pid, signal.SIGKILL)
+    assert proc.returncode == code, err
+    assert left == [] and [n for n in os.listdir(tmp) if n.startswith("tmp.")] == []  # mktemp's status file
+    from megasnow.train.checkpoint import read_meta, resolve_latest
+
+    latest = resolve_latest(str(tmp_path / "ckpt"))
+    assert read_meta(latest)["reason"] == reason
+    assert f"saved a checkpoint at step {read_meta(latest)['step']} in {latest}" in out + err
