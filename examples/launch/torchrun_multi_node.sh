@@ -11,8 +11,7 @@
 # World size = NNODES x NPROC = tensor x pipeline x data. Tensor ranks are adjacent (keep tensor <= NPROC so
 # tensor-parallel traffic stays inside a node). Set NCCL_SOCKET_IFNAME / NCCL_IB_HCA for your fabric if needed.
 # The config and layout are checked for NNODES x NPROC processes first (one `error:` line, exit 2). Signals and exit
-# code as torchrun_single_node.sh (the exit code is the
-# trainer's on this node, else torchrun's).
+# code as torchrun_single_node.sh (the exit code is the trainer's on this node, else torchrun's).
 set -euo pipefail
 if [[ $# -lt 1 || -z "${NNODES:-}" || -z "${RDZV_ENDPOINT:-}" ]]; then
     echo "usage: NNODES=N RDZV_ENDPOINT=host:port $0 CONFIG.yaml [key.sub=value ...]" >&2
