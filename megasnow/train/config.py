@@ -347,13 +347,11 @@ def check_parallel_section(cfg):
     if v is not None and v > 1 and p.pipeline < 2:
         raise ConfigError(f"parallel.virtual_pipeline={v} (interleaved schedule) needs parallel.pipeline >= 2; set "
                           f"parallel.virtual_pipeline=null or raise parallel.pipeline")
-    if p.pipeline_layers is not None:
-        stages = p.pipeline * (v or 1)
-        counts = p.pipeline_layers
-        if len(counts) != stages or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in counts):
-            raise ConfigError(f"parallel.pipeline_layers {counts} must list {stages} layer counts >= 1, one per "
-                              f"pipeline stage (parallel.pipeline {p.pipeline} x parallel.virtual_pipeline "
-                              f"{v or 1}), in model order")
+    counts = p.pipeline_layers
+    if counts is not None and any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in counts):
+        raise ConfigError(f"parallel.pipeline_layers {counts}: each count must be an integer >= 1 (layers per "
+                          f"pipeline stage, in model order)")
+    # Their number and sum are checked against the stages and model.num_layers by ParallelConfig.validate.
 
 
 def sequence_parallel_note(cfg):

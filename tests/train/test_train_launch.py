@@ -51,10 +51,20 @@ def test_check_refuses_layouts_in_one_line_before_reading_data(run_yaml, capsys)
         ("2", "parallel.virtual_pipeline=2"): "error: parallel.virtual_pipeline=2 (interleaved schedule) needs "
                                               "parallel.pipeline >= 2",
         ("2", "parallel.pipeline=2", "parallel.pipeline_layers=[1,1,1]"):
-            "error: parallel.pipeline_layers [1, 1, 1] must list 2 layer counts >= 1, one per pipeline stage",
+            "error: parallel.pipeline_layers [1, 1, 1] must list 2 layer counts >= 1, one per pipeline stage "
+            "(pipeline 2 x virtual 1) in model order, adding up to model.num_layers (2); it lists 3 adding up to 3",
         ("2", "parallel.pipeline=2", "parallel.pipeline_layers=[1,2]"):
-            "error: parallel.pipeline_layers [1, 2] must list 2 positive layer counts (pipeline 2 x virtual 1) "
-            "adding up to model.num_layers (2)",
+            "error: parallel.pipeline_layers [1, 2] must list 2 layer counts >= 1, one per pipeline stage "
+            "(pipeline 2 x virtual 1) in model order, adding up to model.num_layers (2); it lists 2 adding up to 3",
+        ("2", "parallel.pipeline=2", "parallel.virtual_pipeline=2", "model.num_layers=3",
+         "parallel.pipeline_layers=[1,1,1]"):
+            "error: 4 pipeline stages (pipeline 2 x virtual 2) exceed model.num_layers (3)",
+        ("2", "parallel.pipeline=2", "parallel.virtual_pipeline=2", "model.num_layers=5",
+         "parallel.pipeline_layers=[1,1,3]"):
+            "error: parallel.pipeline_layers [1, 1, 3] must list 4 layer counts >= 1, one per virtual stage "
+            "(pipeline 2 x virtual 2) in model order, adding up to model.num_layers (5)",
+        ("2", "parallel.pipeline=2", "parallel.pipeline_layers=[0,2]"):
+            "error: parallel.pipeline_layers [0, 2]: each count must be an integer >= 1",
         ("2", "train.eval_interval=-1"): "error: train.eval_interval must be >= 0 (0: off), got -1",
         ("2", "log.interval=-1"): "error: log.interval must be >= 0 (0: off), got -1",
     }
