@@ -215,14 +215,18 @@ ALIKE = "same_on_every_rank"
 
 
 @contextlib.contextmanager
-def alike_on_every_rank():
-    """Mark the UserErrors raised inside as the same on every rank (see ALIKE)."""
+def alike_on_every_rank(files=False):
+    """Mark the UserErrors raised inside as the same on every rank (see ALIKE). `files=True`: errors about files,
+    which may be missing on one node only, are marked only when every rank runs on this node (torchrun's
+    LOCAL_WORLD_SIZE equals WORLD_SIZE)."""
     from megasnow.errors import UserError
 
+    world = os.environ.get("WORLD_SIZE", "1")
     try:
         yield
     except UserError as e:
-        setattr(e, ALIKE, True)
+        if not files or os.environ.get("LOCAL_WORLD_SIZE", world) == world:
+            setattr(e, ALIKE, True)
         raise
 
 

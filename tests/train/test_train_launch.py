@@ -25,8 +25,11 @@ LAUNCH = os.path.join(REPO, "examples", "launch")
 
 @pytest.fixture
 def run_yaml(tmp_path):
-    """A valid config whose data does not exist: the layout checks never read it."""
-    cfg = tiny_config(tmp_path, [{"name": "only", "blend": [{"path": str(tmp_path / "no_data")}], "steps": 2}])
+    """A valid config with a small dataset (tmp_path/code)."""
+    from tests.train.helpers import real_code_files, write_byte_dataset
+
+    prefix = write_byte_dataset(str(tmp_path / "code"), real_code_files(limit=2))
+    cfg = tiny_config(tmp_path, [{"name": "only", "blend": [{"path": prefix}], "steps": 2}])
     return write_config(tmp_path / "run.yaml", cfg)
 
 
@@ -36,10 +39,19 @@ def cli(capsys, *argv):
     return code, out.out, out.err
 
 
-def test_check_refuses_layouts_in_one_line_before_reading_data(run_yaml, capsys):
+def test_check_refuses_layouts_in_one_line_before_reading_data(run_yaml, capsys, tmp_path):
+    bin_file = str(tmp_path / "code.bin")
+    os.rename(bin_file, bin_file + ".away")  # a missing dataset: checked too, after the layout
+    code, out, err = cli(capsys, "--check", "4", run_yaml, "parallel.tensor=2", "parallel.pipeline=2")
+    assert (code, out) == (2, "")
+    assert err == (f"error: phases[0].blend[0].path: {bin_file} does not exist (expected an indexed dataset prefix, "
+                   f"as written by tools/preprocess_data.py)\n")
+    code, _, err = cli(capsys, "--check", "4", run_yaml, "parallel.tensor=3")  # the layout is checked first
+    assert code == 2 and err.startswith("error: world size 4 is not divisible by tensor x pipeline = 3 x 1")
+    os.rename(bin_file + ".away", bin_file)
     code, out, err = cli(capsys, "--check", "4", run_yaml, "parallel.tensor=2", "parallel.pipeline=2")
     assert (code, err) == (0, "")
-    assert out == ("megasnow.train: config and layout OK for 4 process(es): tensor 2 x pipeline 2 x data 1, 2 "
+    assert out == ("megasnow.train: config, inputs and layout OK for 4 process(es): tensor 2 x pipeline 2 x data 1, 2 "
                    "micro-batch(es) of 2 per step per data-parallel rank, 2 layers\n")
     refusals = {
         ("3", "parallel.tensor=3"): "error: tensor-parallel size 3 does not divide model.num_heads (4)",
@@ -72,6 +84,41 @@ def test_check_refuses_layouts_in_one_line_before_reading_data(run_yaml, capsys)
         code, out, err = cli(capsys, "--check", world, run_yaml, *overrides)
         assert code == 2 and err.startswith(start) and len(err.splitlines()) == 1, (overrides, err)
     assert not os.path.exists(os.path.dirname(run_yaml) + "/ckpt")  # nothing made
+
+
+def test_check_compares_with_the_checkpoint_to_resume_or_start_from(tmp_path, capsys):
+    """--check refuses, in one line and before any data or model is built, what the trainer would refuse at start:
+    a resume with changes that break it (another parallel layout: only the init_from route is offered), a missing
+    checkpoint.init_from, and an init_from checkpoint of another model shape (naming the key)."""
+    from tests.train.helpers import real_code_files, write_byte_dataset
+
+    prefix = write_byte_dataset(str(tmp_path / "code"), real_code_files(limit=4))
+    path = write_config(tmp_path / "run.yaml", tiny_config(tmp_path, [{"name": "only", "blend": [{"path": prefix}],
+                                                                       "steps": 1}]))
+    assert cli(capsys, path)[0] == 0
+    step = tmp_path / "ckpt" / "step_00000001"
+    code, out, err = cli(capsys, "--check", "2", path, "parallel.pipeline=2", "checkpoint.allow_config_change=true")
+    assert (code, out) == (2, "")
+    assert err == (f"error: {step} was trained with another parallel layout: parallel.pipeline 1 -> 2; a resume needs "
+                   f"the same layout (the optimizer state is saved per shard): restore the checkpoint's values, or "
+                   f"start a new run (another checkpoint.dir) with checkpoint.init_from={step} (weights only; the "
+                   f"optimizer state and the data position restart)\n")
+    code, _, err = cli(capsys, "--check", "1", path, "data.seed=8")
+    assert code == 2 and err.startswith(f"error: {step} was trained with another config: data.seed 7 -> 8 would ")
+    new_run = [f"checkpoint.dir={tmp_path / 'b'}", f"log.dir={tmp_path / 'b_log'}"]
+    code, _, err = cli(capsys, "--check", "1", path, *new_run, f"checkpoint.init_from={tmp_path / 'nope'}")
+    assert (code, err) == (2, f"error: checkpoint.init_from: {tmp_path / 'nope'} does not exist\n")
+    code, _, err = cli(capsys, "--check", "2", path, *new_run, f"checkpoint.init_from={tmp_path / 'ckpt'}",
+                       "model.num_layers=4", "parallel.pipeline=2")
+    assert (code, err) == (2, f"error: model.num_layers: checkpoint.init_from {step} has 2, this run 4 (the weights' "
+                              f"shapes must match: set the checkpoint's values, or drop checkpoint.init_from to start "
+                              f"from random weights)\n")
+    code, out, _ = cli(capsys, "--check", "2", path, *new_run, f"checkpoint.init_from={step}", "parallel.pipeline=2")
+    assert code == 0 and out.startswith("megasnow.train: config, inputs and layout OK for 2 process(es)")
+    # the trainer refuses the same before building data or model
+    code, _, err2 = cli(capsys, path, *new_run, f"checkpoint.init_from={step}", "model.num_layers=4")
+    assert code == 2 and err2 == err.replace("this run 4", "this run 4")
+    assert not os.path.exists(tmp_path / "b")
 
 
 def test_sequence_parallel_without_tensor_parallel_is_turned_off_with_a_warning(run_yaml, capsys):
@@ -177,8 +224,9 @@ def test_slurm_script_forwards_the_time_limit_signal_and_requeues(tmp_path, sign
 def test_failed_start_removes_the_parent_folders_it_made(tmp_path, run_yaml, capsys):
     """checkpoint.dir=deep/a/b/ckpt; the missing data is refused after the folders were locked."""
     deep = tmp_path / "deep"
+    os.remove(tmp_path / "code.bin")
     code, _, err = cli(capsys, run_yaml, f"checkpoint.dir={deep / 'a' / 'b' / 'ckpt'}", "log.dir=null")
-    assert code == 2 and "no_data" in err
+    assert code == 2 and "code.bin does not exist" in err
     assert not deep.exists()
 
 
