@@ -32,6 +32,7 @@ export TORCH_ELASTIC_SHUTDOWN_TIMEOUT=${TORCH_ELASTIC_SHUTDOWN_TIMEOUT:-600}
 # Signals: torchrun runs in its own session (setsid), so each one reaches it once, from the traps below, whether it
 # was sent to this script alone (kill, a scheduler) or to the terminal's whole process group (Ctrl-C); torchrun
 # passes it on to the ranks, which finish the step and save. The script waits until torchrun has exited.
+# (python -m megasnow.train.torchrun is torchrun itself, without its Python traceback for a signal or a failed rank.)
 TORCHRUN_PID=
 STOP_SIGNAL=
 stop() {
@@ -44,7 +45,7 @@ cleanup() {  # the status file goes once torchrun (and so every rank) has exited
     if [[ -z $TORCHRUN_PID ]] || ! kill -0 "$TORCHRUN_PID" 2>/dev/null; then rm -f "$MEGASNOW_EXIT_STATUS_FILE"; fi
 }
 trap cleanup EXIT
-setsid torchrun --standalone --nnodes=1 --nproc-per-node="$NPROC" -m megasnow.train "$@" &
+setsid python -m megasnow.train.torchrun --standalone --nnodes=1 --nproc-per-node="$NPROC" -m megasnow.train "$@" &
 TORCHRUN_PID=$!
 if [[ -n $STOP_SIGNAL ]]; then stop "$STOP_SIGNAL"; fi  # a signal that came before torchrun started
 rc=0
