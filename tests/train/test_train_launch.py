@@ -330,11 +330,14 @@ def _processes_with(text):
     return found
 
 
-@pytest.mark.parametrize("sig, code, reason", [(signal.SIGTERM, 0, "sigterm"), (signal.SIGINT, 130, "sigint")])
-def test_a_signal_to_the_launch_script_stops_torchrun_and_its_ranks_after_saving(tmp_path, sig, code, reason):
+@pytest.mark.parametrize("script, sig, code, reason", [
+    ("single", signal.SIGTERM, 0, "sigterm"), ("single", signal.SIGINT, 130, "sigint"),
+    ("snowcoder", signal.SIGTERM, 0, "sigterm")])
+def test_a_signal_to_the_launch_script_stops_torchrun_and_its_ranks_after_saving(tmp_path, script, sig, code, reason):
     """SIGTERM to the script alone (a scheduler, `kill PID`), or SIGINT to its whole process group (Ctrl-C in a
     terminal): torchrun and both ranks save and exit, the script waits for them and exits with the trainer's code;
     nothing is left running, no status file is left in TMPDIR."""
+    from megasnow.parallel.spawn import free_port
     from tests.train.helpers import real_code_files, write_byte_dataset
 
     prefix = write_byte_dataset(str(tmp_path / "code"), real_code_files(limit=20))
@@ -343,7 +346,11 @@ def test_a_signal_to_the_launch_script_stops_torchrun_and_its_ranks_after_saving
     tmp = tmp_path / "tmp"
     tmp.mkdir()
     env = dict(train_env(), NPROC="2", TMPDIR=str(tmp))
-    proc = subprocess.Popen(["bash", os.path.join(LAUNCH, "torchrun_single_node.sh"), path], env=env, cwd=REPO,
+    command = ["bash", os.path.join(LAUNCH, "torchrun_single_node.sh"), path]
+    if script == "snowcoder":
+        env.update(CONFIG=path, GPUS_PER_NODE="2", MASTER_PORT=str(free_port()), OMP_NUM_THREADS="1")
+        command = ["bash", os.path.join(REPO, "examples", "snowcoder", "launch_multinode.sh")]
+    proc = subprocess.Popen(command, env=env, cwd=REPO,
                             text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     try:
         for line in proc.stdout:
