@@ -375,3 +375,13 @@ def test_a_signal_to_the_launch_script_stops_torchrun_and_its_ranks_after_saving
     assert read_meta(latest)["reason"] == reason
     assert f"saved a checkpoint at step {read_meta(latest)['step']} in {latest}" in out + err
     assert "Traceback" not in err, err  # torchrun's SignalException traceback is left out
+
+
+def test_the_scripts_torchrun_prints_a_failed_ranks_report_without_the_traceback(tmp_path):
+    script = tmp_path / "fails.py"
+    script.write_text("import sys\nsys.exit(3)\n")
+    res = subprocess.run([sys.executable, "-m", "megasnow.train.torchrun", "--standalone", "--nnodes=1",
+                          "--nproc-per-node=1", str(script)], capture_output=True, text=True, env=train_env(),
+                         cwd=REPO, timeout=120)
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
+    assert "torchrun: " in res.stderr and "exitcode  : 3" in res.stderr and "fails.py FAILED" in res.stderr
