@@ -210,7 +210,8 @@ class TrainConfig:
 
 
 # Set on a UserError that every rank raises alike (the config and the layout are the same on each): under torchrun
-# only rank 0 prints it. Errors about files (data, tokenizer, checkpoint) may differ per node and keep their rank.
+# only rank 0 prints it. Errors about files (data, tokenizer, checkpoint) may differ per node and keep their rank,
+# unless every rank runs on one node (alike_on_every_rank(files=True)).
 ALIKE = "same_on_every_rank"
 
 
