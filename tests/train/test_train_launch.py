@@ -385,3 +385,25 @@ def test_the_scripts_torchrun_prints_a_failed_ranks_report_without_the_traceback
                          cwd=REPO, timeout=120)
     assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
     assert "torchrun: " in res.stderr and "exitcode  : 3" in res.stderr and "fails.py FAILED" in res.stderr
+
+
+def test_input_errors_alike_on_one_node_print_once(run_yaml, tmp_path):
+    """Two ranks on one node (torchrun's LOCAL_WORLD_SIZE = WORLD_SIZE) with a checkpoint.init_from that does not
+    exist: rank 0 prints the one line, rank 1 stays quiet; both exit 2."""
+    from megasnow.parallel.spawn import free_port
+
+    port, procs = str(free_port()), []
+    for rank in (0, 1):
+        env = dict(train_env(), RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE="2",
+                   MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
+        procs.append(subprocess.Popen([sys.executable, "-m", "megasnow.train", run_yaml,
+                                       f"checkpoint.init_from={tmp_path / 'nope'}"], env=env, cwd=REPO, text=True,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    try:
+        results = [p.communicate(timeout=120) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert [p.returncode for p in procs] == [2, 2]
+    assert [err for _, err in results] == [f"error: checkpoint.init_from: {tmp_path / 'nope'} does not exist\n", ""]
