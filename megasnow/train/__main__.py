@@ -150,11 +150,11 @@ def check_only(argv):
 def check_inputs(cfg, model_cfg):
     """The trainer's cheap start-up checks of the run's inputs, for --check (raise ConfigError naming the key): a
     resume's config against checkpoint.dir/latest's (changes that break exact resume, another parallel layout),
-    else checkpoint.init_from's step folder and model shapes; every blend's PREFIX.bin/.idx (its index header is
-    read; no dataset is built)."""
+    else checkpoint.init_from's step folder and model shapes; log.dir's metrics of another run; every blend's
+    PREFIX.bin/.idx (its index header is read; no dataset is built)."""
     from megasnow.train import checkpoint as ckpt
-    from megasnow.train import resume
-    from megasnow.train.config import resolve_phases
+    from megasnow.train import resume, run_dir
+    from megasnow.train.config import resolve_log_dir, resolve_phases
     from megasnow.train.data import check_blend_paths, check_init_from, check_init_from_model
 
     c = cfg.checkpoint
@@ -166,6 +166,7 @@ def check_inputs(cfg, model_cfg):
             resume.check_resume_config(saved, cfg, latest, phase, c.allow_config_change)
     elif c.init_from:
         check_init_from_model(check_init_from(c.init_from), model_cfg)
+    run_dir.check_log_dir(resolve_log_dir(cfg), latest is not None)
     for i, p in enumerate(resolve_phases(cfg)):
         for key in ("blend", "valid_blend"):
             check_blend_paths(getattr(p, key), f"{f'phases[{i}]' if cfg.phases else 'data'}.{key}")
