@@ -4,8 +4,8 @@ Exit codes: 0 finished (or stopped by SIGTERM after saving), 1 lost contact with
 2 a config, data, checkpoint or layout error (one `error: ...` line naming the key), 3 stopped after too many
 non-finite steps, 130 Ctrl-C (after saving).
 `python -m megasnow.train --check WORLD_SIZE CONFIG.yaml [...]`: only the config and parallel-layout checks for that
-many processes and the cheap input checks (resume config, checkpoint.init_from, blend files), in this one process
-(the launch scripts run it before torchrun).
+many processes and the cheap input checks (resume config, checkpoint.init_from, log.dir, blend files), in this one
+process (the launch scripts run it before torchrun).
 Under torchrun, rank 0 prints the errors that are the same on every rank (config, layout); other ranks print only
 their own, prefixed `[rank N]`. With MEGASNOW_EXIT_STATUS_FILE set (examples/launch/*.sh), each node's local rank 0
 writes its exit code there, for the script to exit with after torchrun's own report.

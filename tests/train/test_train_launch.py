@@ -1,7 +1,7 @@
-"""Launching: the --check pre-flight (layout refusals before data or model, one line), parallel.pipeline_layers in the
-config, under-torchrun error printing and the exit-status file, the Slurm time-limit trap (with stand-in srun and
-scontrol), run folders made on a failed start removed, the ETA without the first step, log.dir's default, and the
-small key checks and Megatron flag mappings."""
+"""Launching: the --check pre-flight (layout and input refusals before data or model, one line),
+parallel.pipeline_layers in the config, under-torchrun error printing and the exit-status file, signals to the launch
+scripts, the Slurm time-limit trap (with stand-in srun and scontrol), run folders made on a failed start removed, the
+ETA without the first step, log.dir's default, and the small key checks and Megatron flag mappings."""
 import io
 import os
 import signal
