@@ -26,9 +26,31 @@ fi
 MASTER_PORT=${MASTER_PORT:-29500}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-8}
 export NCCL_ASYNC_ERROR_HANDLING=1
+export TORCH_ELASTIC_SHUTDOWN_TIMEOUT=${TORCH_ELASTIC_SHUTDOWN_TIMEOUT:-600}  # time to save after a signal
+python -m megasnow.train --check "$((NNODES * GPUS_PER_NODE))" "$CONFIG" "$@"  # one `error:` line, exit 2
 # 512 sequences per step over NNODES x 8 GPUs: gradient accumulation fills the rest (64 GPUs -> 8 micro-batches).
-${LAUNCH[@]+"${LAUNCH[@]}"} torchrun \
+# The launcher runs in its own session and the traps pass SIGTERM/SIGHUP/Ctrl-C on to it once; the script waits for
+# it (as examples/launch/torchrun_single_node.sh; megasnow.train.torchrun is torchrun without its traceback).
+MEGASNOW_EXIT_STATUS_FILE=$(mktemp)  # this node's local rank 0 writes the trainer's exit code here
+export MEGASNOW_EXIT_STATUS_FILE
+PID=
+trap 'if [[ -n $PID ]]; then kill -TERM "$PID" 2>/dev/null || true; fi' TERM HUP
+trap 'if [[ -n $PID ]]; then kill -INT "$PID" 2>/dev/null || true; fi' INT
+${LAUNCH[@]+"${LAUNCH[@]}"} setsid python -m megasnow.train.torchrun \
   --nnodes="$NNODES" --nproc_per_node="$GPUS_PER_NODE" \
   --rdzv_backend=c10d --rdzv_endpoint="$MASTER_ADDR:$MASTER_PORT" --rdzv_id="${SLURM_JOB_ID:-snowcoder}" \
   --max_restarts=0 \
-  -m megasnow.train "$CONFIG" "$@"
+  -m megasnow.train "$CONFIG" "$@" &
+PID=$!
+rc=0
+while true; do  # `wait` returns early when a trap runs: wait again until the launcher has exited
+  wait "$PID" && rc=0 || rc=$?
+  if ! kill -0 "$PID" 2>/dev/null; then
+    break
+  fi
+done
+if [[ -s $MEGASNOW_EXIT_STATUS_FILE ]]; then
+  rc=$(<"$MEGASNOW_EXIT_STATUS_FILE")  # 0 done or saved after SIGTERM, 130 Ctrl-C, ... (see docs/parallel.md)
+fi
+rm -f "$MEGASNOW_EXIT_STATUS_FILE"
+exit "$rc"

@@ -56,22 +56,23 @@ class ParallelConfig:
                                       "set virtual_pipeline=null or raise pipeline")
         stages = self.pipeline * self.num_model_chunks
         layers = model_cfg.num_layers
-        if self.pipeline_layers is not None:
-            if len(self.pipeline_layers) != stages or any(n < 1 for n in self.pipeline_layers) \
-                    or sum(self.pipeline_layers) != layers:
-                raise ParallelConfigError(
-                    f"parallel.pipeline_layers {self.pipeline_layers} must list {stages} positive layer counts "
-                    f"(pipeline {self.pipeline} x virtual {self.num_model_chunks}) adding up to model.num_layers "
-                    f"({layers})")
-        elif stages > layers:
+        split = f"pipeline {self.pipeline} x virtual {self.num_model_chunks}"
+        if stages > layers:
             raise ParallelConfigError(
-                f"{stages} pipeline stages (pipeline {self.pipeline} x virtual {self.num_model_chunks}) exceed "
-                f"model.num_layers ({layers}); lower parallel.pipeline / parallel.virtual_pipeline")
+                f"{stages} pipeline stages ({split}) exceed model.num_layers ({layers}); lower parallel.pipeline / "
+                f"parallel.virtual_pipeline")
+        if self.pipeline_layers is not None:
+            counts = self.pipeline_layers
+            if len(counts) != stages or any(n < 1 for n in counts) or sum(counts) != layers:
+                per = "virtual stage" if self.num_model_chunks > 1 else "pipeline stage"
+                raise ParallelConfigError(
+                    f"parallel.pipeline_layers {counts} must list {stages} layer counts >= 1, one per {per} "
+                    f"({split}) in model order, adding up to model.num_layers ({layers}); it lists {len(counts)} "
+                    f"adding up to {sum(counts)}")
         elif layers % stages:
             raise ParallelConfigError(
-                f"model.num_layers ({layers}) is not divisible by the {stages} pipeline stages (pipeline "
-                f"{self.pipeline} x virtual {self.num_model_chunks}); change the sizes or give "
-                f"parallel.pipeline_layers (layers per stage) for an uneven split")
+                f"model.num_layers ({layers}) is not divisible by the {stages} pipeline stages ({split}); change "
+                f"the sizes or give parallel.pipeline_layers (layers per stage) for an uneven split")
         if self.sequence_parallel and self.tensor < 2:
             raise ParallelConfigError("parallel.sequence_parallel needs parallel.tensor >= 2; set it to false")
         model_cfg.validate_parallel(self.tensor, self.sequence_parallel)

@@ -4,7 +4,8 @@ Exit codes: 0 finished (or stopped by SIGTERM after saving), 1 lost contact with
 2 a config, data, checkpoint or layout error (one `error: ...` line naming the key), 3 stopped after too many
 non-finite steps, 130 Ctrl-C (after saving).
 `python -m megasnow.train --check WORLD_SIZE CONFIG.yaml [...]`: only the config and parallel-layout checks for that
-many processes, in this one process (the launch scripts run it before torchrun).
+many processes and the cheap input checks (resume config, checkpoint.init_from, log.dir, blend files), in this one
+process (the launch scripts run it before torchrun).
 Under torchrun, rank 0 prints the errors that are the same on every rank (config, layout); other ranks print only
 their own, prefixed `[rank N]`. With MEGASNOW_EXIT_STATUS_FILE set (examples/launch/*.sh), each node's local rank 0
 writes its exit code there, for the script to exit with after torchrun's own report.
@@ -119,7 +120,8 @@ def _load(argv):
 
 def check_only(argv):
     """`--check WORLD_SIZE CONFIG.yaml [overrides]`: the config and every layout check for WORLD_SIZE processes
-    (sizes, batch, heads, layers per stage, vocabulary padding), without data, model or process group."""
+    (sizes, batch, heads, layers per stage, vocabulary padding) and check_inputs, without building data or model
+    and without a process group."""
     from megasnow.train.config import check_layout, sequence_parallel_note
     from megasnow.train.data import load_run_tokenizer
     from megasnow.utils.cli import warn
@@ -137,11 +139,37 @@ def check_only(argv):
         warn(note)
     tokenizer, _ = load_run_tokenizer(cfg.data.tokenizer)
     model_cfg, dp, micro = check_layout(cfg, world, tokenizer.vocab_size if tokenizer else None)
+    check_inputs(cfg, model_cfg)
     p = cfg.parallel
-    print(f"megasnow.train: config and layout OK for {world} process(es): tensor {p.tensor} x pipeline "
+    print(f"megasnow.train: config, inputs and layout OK for {world} process(es): tensor {p.tensor} x pipeline "
           f"{p.pipeline} x data {dp}, {micro} micro-batch(es) of {cfg.train.micro_batch_size} per step per "
           f"data-parallel rank, {model_cfg.num_layers} layers", flush=True)
     return 0
+
+
+def check_inputs(cfg, model_cfg):
+    """The trainer's cheap start-up checks of the run's inputs, for --check (raise ConfigError naming the key): a
+    resume's config against checkpoint.dir/latest's (changes that break exact resume, another parallel layout),
+    else checkpoint.init_from's step folder and model shapes; log.dir's metrics of another run; every blend's
+    PREFIX.bin/.idx (its index header is read; no dataset is built)."""
+    from megasnow.train import checkpoint as ckpt
+    from megasnow.train import resume, run_dir
+    from megasnow.train.config import resolve_log_dir, resolve_phases
+    from megasnow.train.data import check_blend_paths, check_init_from, check_init_from_model
+
+    c = cfg.checkpoint
+    latest = ckpt.resolve_latest(c.dir) if c.dir and c.resume else None
+    if latest is not None:
+        saved = resume.saved_config(latest)
+        if saved is not None:
+            phase = ckpt.read_meta(latest)["trainer"]["phase"]
+            resume.check_resume_config(saved, cfg, latest, phase, c.allow_config_change)
+    elif c.init_from:
+        check_init_from_model(check_init_from(c.init_from), model_cfg)
+    run_dir.check_log_dir(resolve_log_dir(cfg), latest is not None)
+    for i, p in enumerate(resolve_phases(cfg)):
+        for key in ("blend", "valid_blend"):
+            check_blend_paths(getattr(p, key), f"{f'phases[{i}]' if cfg.phases else 'data'}.{key}")
 
 
 def train(cfg):

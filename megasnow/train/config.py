@@ -210,19 +210,24 @@ class TrainConfig:
 
 
 # Set on a UserError that every rank raises alike (the config and the layout are the same on each): under torchrun
-# only rank 0 prints it. Errors about files (data, tokenizer, checkpoint) may differ per node and keep their rank.
+# only rank 0 prints it. Errors about files (data, tokenizer, checkpoint) may differ per node and keep their rank,
+# unless every rank runs on one node (alike_on_every_rank(files=True)).
 ALIKE = "same_on_every_rank"
 
 
 @contextlib.contextmanager
-def alike_on_every_rank():
-    """Mark the UserErrors raised inside as the same on every rank (see ALIKE)."""
+def alike_on_every_rank(files=False):
+    """Mark the UserErrors raised inside as the same on every rank (see ALIKE). `files=True`: errors about files,
+    which may be missing on one node only, are marked only when every rank runs on this node (torchrun's
+    LOCAL_WORLD_SIZE equals WORLD_SIZE)."""
     from megasnow.errors import UserError
 
+    world = os.environ.get("WORLD_SIZE", "1")
     try:
         yield
     except UserError as e:
-        setattr(e, ALIKE, True)
+        if not files or os.environ.get("LOCAL_WORLD_SIZE", world) == world:
+            setattr(e, ALIKE, True)
         raise
 
 
@@ -347,13 +352,11 @@ def check_parallel_section(cfg):
     if v is not None and v > 1 and p.pipeline < 2:
         raise ConfigError(f"parallel.virtual_pipeline={v} (interleaved schedule) needs parallel.pipeline >= 2; set "
                           f"parallel.virtual_pipeline=null or raise parallel.pipeline")
-    if p.pipeline_layers is not None:
-        stages = p.pipeline * (v or 1)
-        counts = p.pipeline_layers
-        if len(counts) != stages or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in counts):
-            raise ConfigError(f"parallel.pipeline_layers {counts} must list {stages} layer counts >= 1, one per "
-                              f"pipeline stage (parallel.pipeline {p.pipeline} x parallel.virtual_pipeline "
-                              f"{v or 1}), in model order")
+    counts = p.pipeline_layers
+    if counts is not None and any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in counts):
+        raise ConfigError(f"parallel.pipeline_layers {counts}: each count must be an integer >= 1 (layers per "
+                          f"pipeline stage, in model order)")
+    # Their number and sum are checked against the stages and model.num_layers by ParallelConfig.validate.
 
 
 def sequence_parallel_note(cfg):

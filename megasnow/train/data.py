@@ -62,6 +62,25 @@ def check_init_from(path):
         raise ConfigError(f"checkpoint.init_from: {e}") from None
 
 
+# ModelConfig fields that fix the shapes of the weights checkpoint.init_from loads (the vocabulary's padding may
+# differ with the tensor-parallel size; load_model_weights checks it tensor by tensor).
+SHAPE_KEYS = ("num_layers", "hidden_size", "ffn_hidden_size", "num_heads", "num_kv_heads", "tie_embeddings")
+
+
+def check_init_from_model(step_dir, model_cfg):
+    """Refuse checkpoint.init_from when its saved model config (meta.json's model_config) has other shapes than
+    this run's ModelConfig, naming each key (ConfigError), before any data or model is built. A checkpoint without
+    a saved model config is left to the loader."""
+    from megasnow.train.checkpoint import read_meta
+
+    saved = read_meta(step_dir).get("model_config") or {}
+    diffs = [f"model.{k}: checkpoint.init_from {step_dir} has {saved[k]}, this run {getattr(model_cfg, k)}"
+             for k in SHAPE_KEYS if k in saved and saved[k] != getattr(model_cfg, k)]
+    if diffs:
+        raise ConfigError(f"{'; '.join(diffs)} (the weights' shapes must match: set the checkpoint's values, or "
+                          f"drop checkpoint.init_from to start from random weights)")
+
+
 def document_end_mix(paths):
     """A warning line when the datasets' metadata (PREFIX.meta.json) shows some binarized with the end-of-document
     id appended and some without (model.document_mask would then run documents of the latter together); None when

@@ -70,27 +70,27 @@ def compare_configs(old, new, phase_index):
     return ConfigChanges(refused, allowed, length)
 
 
-LAYOUT_KEYS = ("parallel.tensor", "parallel.pipeline", "parallel.virtual_pipeline")
-
-
-def layout_hint(changes, step_dir):
-    """The way to change the tensor x pipeline layout (a resume cannot: the optimizer state is per shard), when a
-    refused key is one of LAYOUT_KEYS; else ""."""
-    if not any(key in LAYOUT_KEYS for key, _, _ in changes.refused):
-        return ""
-    return (f"; to change the parallel layout, start a new run (another checkpoint.dir) with "
-            f"checkpoint.init_from={step_dir} (weights only; the optimizer state and the data position restart)")
+# A resume cannot change these even with checkpoint.allow_config_change: the optimizer state is saved per shard.
+LAYOUT_KEYS = ("parallel.tensor", "parallel.pipeline", "parallel.virtual_pipeline", "parallel.pipeline_layers")
 
 
 def check_resume_config(old, new, step_dir, phase_index, allow_change):
-    """Raise ConfigError naming the keys that break exact resume (unless `allow_change`); return the ConfigChanges
-    and the warning line for the others ("" when nothing changed)."""
+    """Raise ConfigError naming the keys that break exact resume (unless `allow_change`; a changed parallel layout
+    is refused even then, with the checkpoint.init_from route); return the ConfigChanges and the warning line for
+    the others ("" when nothing changed)."""
     changes = compare_configs(old, new, phase_index)
+    layout = [item for item in changes.refused if item[0] in LAYOUT_KEYS]
+    if layout:
+        raise ConfigError(f"{step_dir} was trained with another parallel layout: {changes.describe(layout)}; a "
+                          f"resume needs the same layout (the optimizer state is saved per shard): restore the "
+                          f"checkpoint's values, or start a new run (another checkpoint.dir) with "
+                          f"checkpoint.init_from={step_dir} (weights only; the optimizer state and the data "
+                          f"position restart)")
     if changes.refused and not allow_change:
         raise ConfigError(f"{step_dir} was trained with another config: {changes.describe(changes.refused)} would "
                           f"break exact resume (the data order, the batch or the saved tensors change); restore "
                           f"the checkpoint's values, start a new run in another checkpoint.dir, or set "
-                          f"checkpoint.allow_config_change=true to resume anyway" + layout_hint(changes, step_dir))
+                          f"checkpoint.allow_config_change=true to resume anyway")
     parts = []
     if changes.allowed:
         parts.append(f"resuming with config changes: {changes.describe(changes.allowed)}")

@@ -16,7 +16,8 @@ from megasnow.train import resume, run_dir
 from megasnow.train.config import (alike_on_every_rank, build_parallel_config, check_layout, phase_steps,
                                    resolve_log_dir, resolve_phases, sequence_parallel_note)
 from megasnow.train.data import (MicroBatches, build_fim_transforms, build_phase_datasets, check_blend_paths,
-                                 check_data_tokenizer, check_init_from, check_model_vocab, document_end_mix,
+                                 check_data_tokenizer, check_init_from, check_init_from_model,
+                                 check_model_vocab, document_end_mix,
                                  load_run_tokenizer)
 from megasnow.train.metrics import MetricsLogger, format_eta
 from megasnow.train.schedules import lr_at
@@ -119,11 +120,14 @@ class Trainer:
             self.model_cfg, _, self.num_micro_batches = check_layout(
                 cfg, self.world, self.tokenizer.vocab_size if self.tokenizer else None)
         self._lock = run_dir.acquire(cfg, self.rank)  # before anything is read from or written to the folders
-        self.resume_from = self._check_resume()
+        with alike_on_every_rank():  # the config against the checkpoint's: the same on every rank
+            self.resume_from = self._check_resume()
         if self.finished_at is not None:
             return self
         if self.resume_from is None and cfg.checkpoint.init_from:
-            self._init_from = check_init_from(cfg.checkpoint.init_from)
+            with alike_on_every_rank(files=True):
+                self._init_from = check_init_from(cfg.checkpoint.init_from)
+                check_init_from_model(self._init_from, self.model_cfg)
         resuming = self.resume_from is not None
         self._log_mode = run_dir.on_rank0(self.rank, lambda: run_dir.check_log_dir(cfg, resuming))
         if self._log_mode == "restart":
@@ -132,8 +136,9 @@ class Trainer:
                                f"metrics there are replaced")
         blends = [(f"{f'phases[{i}]' if cfg.phases else 'data'}.{key}", getattr(p, key))
                   for i, p in enumerate(self.phases) for key in ("blend", "valid_blend")]
-        for where, items in blends:
-            check_blend_paths(items, where)
+        with alike_on_every_rank(files=True):
+            for where, items in blends:
+                check_blend_paths(items, where)
         data_vocab = check_data_tokenizer(blends, self.tokenizer, cfg.data.tokenizer)
 
         check_model_vocab(self.model_cfg.vocab_size, cfg.model.vocab_size is not None, self.tokenizer, data_vocab)

@@ -1,7 +1,7 @@
-"""Launching: the --check pre-flight (layout refusals before data or model, one line), parallel.pipeline_layers in the
-config, under-torchrun error printing and the exit-status file, the Slurm time-limit trap (with stand-in srun and
-scontrol), run folders made on a failed start removed, the ETA without the first step, log.dir's default, and the
-small key checks and Megatron flag mappings."""
+"""Launching: the --check pre-flight (layout and input refusals before data or model, one line),
+parallel.pipeline_layers in the config, under-torchrun error printing and the exit-status file, signals to the launch
+scripts, the Slurm time-limit trap (with stand-in srun and scontrol), run folders made on a failed start removed, the
+ETA without the first step, log.dir's default, and the small key checks and Megatron flag mappings."""
 import io
 import os
 import signal
@@ -25,8 +25,11 @@ LAUNCH = os.path.join(REPO, "examples", "launch")
 
 @pytest.fixture
 def run_yaml(tmp_path):
-    """A valid config whose data does not exist: the layout checks never read it."""
-    cfg = tiny_config(tmp_path, [{"name": "only", "blend": [{"path": str(tmp_path / "no_data")}], "steps": 2}])
+    """A valid config with a small dataset (tmp_path/code)."""
+    from tests.train.helpers import real_code_files, write_byte_dataset
+
+    prefix = write_byte_dataset(str(tmp_path / "code"), real_code_files(limit=2))
+    cfg = tiny_config(tmp_path, [{"name": "only", "blend": [{"path": prefix}], "steps": 2}])
     return write_config(tmp_path / "run.yaml", cfg)
 
 
@@ -36,10 +39,19 @@ def cli(capsys, *argv):
     return code, out.out, out.err
 
 
-def test_check_refuses_layouts_in_one_line_before_reading_data(run_yaml, capsys):
+def test_check_refuses_layouts_in_one_line_before_reading_data(run_yaml, capsys, tmp_path):
+    bin_file = str(tmp_path / "code.bin")
+    os.rename(bin_file, bin_file + ".away")  # a missing dataset: checked too, after the layout
+    code, out, err = cli(capsys, "--check", "4", run_yaml, "parallel.tensor=2", "parallel.pipeline=2")
+    assert (code, out) == (2, "")
+    assert err == (f"error: phases[0].blend[0].path: {bin_file} does not exist (expected an indexed dataset prefix, "
+                   f"as written by tools/preprocess_data.py)\n")
+    code, _, err = cli(capsys, "--check", "4", run_yaml, "parallel.tensor=3")  # the layout is checked first
+    assert code == 2 and err.startswith("error: world size 4 is not divisible by tensor x pipeline = 3 x 1")
+    os.rename(bin_file + ".away", bin_file)
     code, out, err = cli(capsys, "--check", "4", run_yaml, "parallel.tensor=2", "parallel.pipeline=2")
     assert (code, err) == (0, "")
-    assert out == ("megasnow.train: config and layout OK for 4 process(es): tensor 2 x pipeline 2 x data 1, 2 "
+    assert out == ("megasnow.train: config, inputs and layout OK for 4 process(es): tensor 2 x pipeline 2 x data 1, 2 "
                    "micro-batch(es) of 2 per step per data-parallel rank, 2 layers\n")
     refusals = {
         ("3", "parallel.tensor=3"): "error: tensor-parallel size 3 does not divide model.num_heads (4)",
@@ -51,10 +63,20 @@ def test_check_refuses_layouts_in_one_line_before_reading_data(run_yaml, capsys)
         ("2", "parallel.virtual_pipeline=2"): "error: parallel.virtual_pipeline=2 (interleaved schedule) needs "
                                               "parallel.pipeline >= 2",
         ("2", "parallel.pipeline=2", "parallel.pipeline_layers=[1,1,1]"):
-            "error: parallel.pipeline_layers [1, 1, 1] must list 2 layer counts >= 1, one per pipeline stage",
+            "error: parallel.pipeline_layers [1, 1, 1] must list 2 layer counts >= 1, one per pipeline stage "
+            "(pipeline 2 x virtual 1) in model order, adding up to model.num_layers (2); it lists 3 adding up to 3",
         ("2", "parallel.pipeline=2", "parallel.pipeline_layers=[1,2]"):
-            "error: parallel.pipeline_layers [1, 2] must list 2 positive layer counts (pipeline 2 x virtual 1) "
-            "adding up to model.num_layers (2)",
+            "error: parallel.pipeline_layers [1, 2] must list 2 layer counts >= 1, one per pipeline stage "
+            "(pipeline 2 x virtual 1) in model order, adding up to model.num_layers (2); it lists 2 adding up to 3",
+        ("2", "parallel.pipeline=2", "parallel.virtual_pipeline=2", "model.num_layers=3",
+         "parallel.pipeline_layers=[1,1,1]"):
+            "error: 4 pipeline stages (pipeline 2 x virtual 2) exceed model.num_layers (3)",
+        ("2", "parallel.pipeline=2", "parallel.virtual_pipeline=2", "model.num_layers=5",
+         "parallel.pipeline_layers=[1,1,3]"):
+            "error: parallel.pipeline_layers [1, 1, 3] must list 4 layer counts >= 1, one per virtual stage "
+            "(pipeline 2 x virtual 2) in model order, adding up to model.num_layers (5)",
+        ("2", "parallel.pipeline=2", "parallel.pipeline_layers=[0,2]"):
+            "error: parallel.pipeline_layers [0, 2]: each count must be an integer >= 1",
         ("2", "train.eval_interval=-1"): "error: train.eval_interval must be >= 0 (0: off), got -1",
         ("2", "log.interval=-1"): "error: log.interval must be >= 0 (0: off), got -1",
     }
@@ -62,6 +84,43 @@ def test_check_refuses_layouts_in_one_line_before_reading_data(run_yaml, capsys)
         code, out, err = cli(capsys, "--check", world, run_yaml, *overrides)
         assert code == 2 and err.startswith(start) and len(err.splitlines()) == 1, (overrides, err)
     assert not os.path.exists(os.path.dirname(run_yaml) + "/ckpt")  # nothing made
+
+
+def test_check_compares_with_the_checkpoint_to_resume_or_start_from(tmp_path, capsys):
+    """--check refuses, in one line and before any data or model is built, what the trainer would refuse at start:
+    a resume with changes that break it (another parallel layout: only the init_from route is offered), a missing
+    checkpoint.init_from, and an init_from checkpoint of another model shape (naming the key)."""
+    from tests.train.helpers import real_code_files, write_byte_dataset
+
+    prefix = write_byte_dataset(str(tmp_path / "code"), real_code_files(limit=4))
+    path = write_config(tmp_path / "run.yaml", tiny_config(tmp_path, [{"name": "only", "blend": [{"path": prefix}],
+                                                                       "steps": 1}]))
+    assert cli(capsys, path)[0] == 0
+    step = tmp_path / "ckpt" / "step_00000001"
+    code, out, err = cli(capsys, "--check", "2", path, "parallel.pipeline=2", "checkpoint.allow_config_change=true")
+    assert (code, out) == (2, "")
+    assert err == (f"error: {step} was trained with another parallel layout: parallel.pipeline 1 -> 2; a resume needs "
+                   f"the same layout (the optimizer state is saved per shard): restore the checkpoint's values, or "
+                   f"start a new run (another checkpoint.dir) with checkpoint.init_from={step} (weights only; the "
+                   f"optimizer state and the data position restart)\n")
+    code, _, err = cli(capsys, "--check", "1", path, "data.seed=8")
+    assert code == 2 and err.startswith(f"error: {step} was trained with another config: data.seed 7 -> 8 would ")
+    new_run = [f"checkpoint.dir={tmp_path / 'b'}", f"log.dir={tmp_path / 'b_log'}"]
+    code, _, err = cli(capsys, "--check", "1", path, *new_run, f"checkpoint.init_from={tmp_path / 'nope'}")
+    assert (code, err) == (2, f"error: checkpoint.init_from: {tmp_path / 'nope'} does not exist\n")
+    code, _, err = cli(capsys, "--check", "2", path, *new_run, f"checkpoint.init_from={tmp_path / 'ckpt'}",
+                       "model.num_layers=4", "parallel.pipeline=2")
+    assert (code, err) == (2, f"error: model.num_layers: checkpoint.init_from {step} has 2, this run 4 (the weights' "
+                              f"shapes must match: set the checkpoint's values, or drop checkpoint.init_from to start "
+                              f"from random weights)\n")
+    code, out, _ = cli(capsys, "--check", "2", path, *new_run, f"checkpoint.init_from={step}", "parallel.pipeline=2")
+    assert code == 0 and out.startswith("megasnow.train: config, inputs and layout OK for 2 process(es)")
+    # the trainer refuses the same before building data or model
+    code, _, err2 = cli(capsys, path, *new_run, f"checkpoint.init_from={step}", "model.num_layers=4")
+    assert (code, err2) == (2, err)
+    assert not os.path.exists(tmp_path / "b")
+    code, _, err = cli(capsys, "--check", "1", path, "checkpoint.dir=null")  # log.dir holds the first run's metrics
+    assert code == 2 and err.startswith(f"error: log.dir {tmp_path / 'log'} holds the metrics of another run ")
 
 
 def test_sequence_parallel_without_tensor_parallel_is_turned_off_with_a_warning(run_yaml, capsys):
@@ -167,8 +226,9 @@ def test_slurm_script_forwards_the_time_limit_signal_and_requeues(tmp_path, sign
 def test_failed_start_removes_the_parent_folders_it_made(tmp_path, run_yaml, capsys):
     """checkpoint.dir=deep/a/b/ckpt; the missing data is refused after the folders were locked."""
     deep = tmp_path / "deep"
+    os.remove(tmp_path / "code.bin")
     code, _, err = cli(capsys, run_yaml, f"checkpoint.dir={deep / 'a' / 'b' / 'ckpt'}", "log.dir=null")
-    assert code == 2 and "no_data" in err
+    assert code == 2 and "code.bin does not exist" in err
     assert not deep.exists()
 
 
@@ -257,3 +317,95 @@ def test_a_killed_rank_leaves_one_line_per_survivor(tmp_path):
     assert lines[0].endswith(f"; resume from the last checkpoint (step 2, {tmp_path / 'ckpt' / 'step_00000002'})") \
         or lines[0].endswith(f"; resume from the last checkpoint (step 4, {tmp_path / 'ckpt' / 'step_00000004'})")
     assert status.read_text() == "1\n"
+
+
+def _processes_with(text):
+    """The pids of live processes whose command line holds `text` (read from /proc)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if text.encode() in f.read():
+                    found.append(int(pid))
+        except OSError:
+            pass
+    return found
+
+
+@pytest.mark.parametrize("script, sig, code, reason", [
+    ("single", signal.SIGTERM, 0, "sigterm"), ("single", signal.SIGINT, 130, "sigint"),
+    ("snowcoder", signal.SIGTERM, 0, "sigterm")])
+def test_a_signal_to_the_launch_script_stops_torchrun_and_its_ranks_after_saving(tmp_path, script, sig, code, reason):
+    """SIGTERM to the script alone (a scheduler, `kill PID`), or SIGINT to its whole process group (Ctrl-C in a
+    terminal): torchrun and both ranks save and exit, the script waits for them and exits with the trainer's code;
+    nothing is left running, no status file is left in TMPDIR."""
+    from megasnow.parallel.spawn import free_port
+    from tests.train.helpers import real_code_files, write_byte_dataset
+
+    prefix = write_byte_dataset(str(tmp_path / "code"), real_code_files(limit=20))
+    cfg = tiny_config(tmp_path, [{"name": "only", "blend": [{"path": prefix}], "steps": 400}])
+    path = write_config(tmp_path / "run.yaml", cfg)
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = dict(train_env(), NPROC="2", TMPDIR=str(tmp))
+    command = ["bash", os.path.join(LAUNCH, "torchrun_single_node.sh"), path]
+    if script == "snowcoder":
+        env.update(CONFIG=path, GPUS_PER_NODE="2", MASTER_PORT=str(free_port()), OMP_NUM_THREADS="1")
+        command = ["bash", os.path.join(REPO, "examples", "snowcoder", "launch_multinode.sh")]
+    proc = subprocess.Popen(command, env=env, cwd=REPO,
+                            text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        for line in proc.stdout:
+            if line.startswith("step      2 |"):
+                if sig == signal.SIGTERM:
+                    proc.send_signal(sig)  # the script's process only
+                else:
+                    os.killpg(proc.pid, sig)  # as a terminal does
+                break
+        out, err = proc.communicate(timeout=120)
+        left = _processes_with(path)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        for pid in _processes_with(path):
+            os.kill(pid, signal.SIGKILL)
+    assert proc.returncode == code, err
+    assert left == [] and [n for n in os.listdir(tmp) if n.startswith("tmp.")] == []  # mktemp's status file
+    from megasnow.train.checkpoint import read_meta, resolve_latest
+
+    latest = resolve_latest(str(tmp_path / "ckpt"))
+    assert read_meta(latest)["reason"] == reason
+    assert f"saved a checkpoint at step {read_meta(latest)['step']} in {latest}" in out + err
+    assert "Traceback" not in err, err  # torchrun's SignalException traceback is left out
+
+
+def test_the_scripts_torchrun_prints_a_failed_ranks_report_without_the_traceback(tmp_path):
+    script = tmp_path / "fails.py"
+    script.write_text("import sys\nsys.exit(3)\n")
+    res = subprocess.run([sys.executable, "-m", "megasnow.train.torchrun", "--standalone", "--nnodes=1",
+                          "--nproc-per-node=1", str(script)], capture_output=True, text=True, env=train_env(),
+                         cwd=REPO, timeout=120)
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
+    assert "torchrun: " in res.stderr and "exitcode  : 3" in res.stderr and "fails.py FAILED" in res.stderr
+
+
+def test_input_errors_alike_on_one_node_print_once(run_yaml, tmp_path):
+    """Two ranks on one node (torchrun's LOCAL_WORLD_SIZE = WORLD_SIZE) with a checkpoint.init_from that does not
+    exist: rank 0 prints the one line, rank 1 stays quiet; both exit 2."""
+    from megasnow.parallel.spawn import free_port
+
+    port, procs = str(free_port()), []
+    for rank in (0, 1):
+        env = dict(train_env(), RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE="2",
+                   MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
+        procs.append(subprocess.Popen([sys.executable, "-m", "megasnow.train", run_yaml,
+                                       f"checkpoint.init_from={tmp_path / 'nope'}"], env=env, cwd=REPO, text=True,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    try:
+        results = [p.communicate(timeout=120) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert [p.returncode for p in procs] == [2, 2]
+    assert [err for _, err in results] == [f"error: checkpoint.init_from: {tmp_path / 'nope'} does not exist\n", ""]
