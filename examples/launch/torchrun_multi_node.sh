@@ -22,41 +22,9 @@ if [[ -z "${NPROC:-}" ]]; then
 fi
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 python -m megasnow.train --check "$((NNODES * NPROC))" "$@"
-# Rank 0 writes its exit code here (this node's local rank 0); torchrun itself exits 1 for any failed rank.
-MEGASNOW_EXIT_STATUS_FILE=$(mktemp)
-export MEGASNOW_EXIT_STATUS_FILE
-# torchrun gives the ranks this long to finish their step and save after a signal, then SIGKILLs them (its default,
-# 30 s, can be shorter than a step plus a checkpoint save of a large model).
-export TORCH_ELASTIC_SHUTDOWN_TIMEOUT=${TORCH_ELASTIC_SHUTDOWN_TIMEOUT:-600}
-# Signals: torchrun runs in its own session (setsid), so each one reaches it once, from the traps below, whether it
-# was sent to this script alone (kill, a scheduler) or to the terminal's whole process group (Ctrl-C); torchrun
-# passes it on to the ranks, which finish the step and save. The script waits until torchrun has exited.
-# (python -m megasnow.train.torchrun is torchrun itself, without its Python traceback for a signal or a failed rank.)
-TORCHRUN_PID=
-STOP_SIGNAL=
-stop() {
-    STOP_SIGNAL=$1
-    if [[ -n $TORCHRUN_PID ]]; then kill -"$1" "$TORCHRUN_PID" 2>/dev/null || true; fi
-}
-trap 'stop TERM' TERM HUP
-trap 'stop INT' INT
-cleanup() {  # the status file goes once torchrun (and so every rank) has exited
-    if [[ -z $TORCHRUN_PID ]] || ! kill -0 "$TORCHRUN_PID" 2>/dev/null; then rm -f "$MEGASNOW_EXIT_STATUS_FILE"; fi
-}
-trap cleanup EXIT
-setsid python -m megasnow.train.torchrun --nnodes="$NNODES" --nproc-per-node="$NPROC" \
+# The trainer's exit code (this node's local rank 0 writes it), signals passed on once, and the wait:
+# examples/launch/run_and_wait.sh. (python -m megasnow.train.torchrun is torchrun without its Python traceback.)
+source "$(dirname "${BASH_SOURCE[0]}")/run_and_wait.sh"
+run_and_wait setsid python -m megasnow.train.torchrun --nnodes="$NNODES" --nproc-per-node="$NPROC" \
     --rdzv-backend=c10d --rdzv-endpoint="$RDZV_ENDPOINT" --rdzv-id="${RDZV_ID:-megasnow}" \
-    --max-restarts=0 -m megasnow.train "$@" &
-TORCHRUN_PID=$!
-if [[ -n $STOP_SIGNAL ]]; then stop "$STOP_SIGNAL"; fi  # a signal that came before torchrun started
-rc=0
-while true; do  # `wait` returns early when a trap runs: wait again until torchrun has really exited
-    wait "$TORCHRUN_PID" && rc=0 || rc=$?
-    if ! kill -0 "$TORCHRUN_PID" 2>/dev/null; then
-        break
-    fi
-done
-if [[ -s $MEGASNOW_EXIT_STATUS_FILE ]]; then
-    rc=$(<"$MEGASNOW_EXIT_STATUS_FILE")
-fi
-exit "$rc"
+    --max-restarts=0 -m megasnow.train "$@"

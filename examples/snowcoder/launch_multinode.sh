@@ -11,7 +11,11 @@
 #SBATCH --signal=TERM@120
 #SBATCH --requeue
 set -euo pipefail
-cd "$(dirname "$0")/../.."
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+if [[ ! -f $ROOT/examples/launch/run_and_wait.sh && -n ${SLURM_SUBMIT_DIR:-} ]]; then
+  ROOT=$SLURM_SUBMIT_DIR  # sbatch runs a copy of this script from its spool folder: submit from the repository root
+fi
+cd "$ROOT"
 CONFIG=${CONFIG:-examples/snowcoder/snowcoder-1.3b.yaml}
 GPUS_PER_NODE=${GPUS_PER_NODE:-8}
 if [[ -n "${SLURM_JOB_ID:-}" ]]; then
@@ -26,31 +30,13 @@ fi
 MASTER_PORT=${MASTER_PORT:-29500}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-8}
 export NCCL_ASYNC_ERROR_HANDLING=1
-export TORCH_ELASTIC_SHUTDOWN_TIMEOUT=${TORCH_ELASTIC_SHUTDOWN_TIMEOUT:-600}  # time to save after a signal
 python -m megasnow.train --check "$((NNODES * GPUS_PER_NODE))" "$CONFIG" "$@"  # one `error:` line, exit 2
 # 512 sequences per step over NNODES x 8 GPUs: gradient accumulation fills the rest (64 GPUs -> 8 micro-batches).
-# The launcher runs in its own session and the traps pass SIGTERM/SIGHUP/Ctrl-C on to it once; the script waits for
-# it (as examples/launch/torchrun_single_node.sh; megasnow.train.torchrun is torchrun without its traceback).
-MEGASNOW_EXIT_STATUS_FILE=$(mktemp)  # this node's local rank 0 writes the trainer's exit code here
-export MEGASNOW_EXIT_STATUS_FILE
-PID=
-trap 'if [[ -n $PID ]]; then kill -TERM "$PID" 2>/dev/null || true; fi' TERM HUP
-trap 'if [[ -n $PID ]]; then kill -INT "$PID" 2>/dev/null || true; fi' INT
-${LAUNCH[@]+"${LAUNCH[@]}"} setsid python -m megasnow.train.torchrun \
+# The launcher runs in its own session and SIGTERM/SIGHUP/Ctrl-C reach it once; the script waits for it and exits
+# with the trainer's code (examples/launch/run_and_wait.sh; megasnow.train.torchrun is torchrun without its traceback).
+source examples/launch/run_and_wait.sh
+run_and_wait setsid ${LAUNCH[@]+"${LAUNCH[@]}"} python -m megasnow.train.torchrun \
   --nnodes="$NNODES" --nproc_per_node="$GPUS_PER_NODE" \
   --rdzv_backend=c10d --rdzv_endpoint="$MASTER_ADDR:$MASTER_PORT" --rdzv_id="${SLURM_JOB_ID:-snowcoder}" \
   --max_restarts=0 \
-  -m megasnow.train "$CONFIG" "$@" &
-PID=$!
-rc=0
-while true; do  # `wait` returns early when a trap runs: wait again until the launcher has exited
-  wait "$PID" && rc=0 || rc=$?
-  if ! kill -0 "$PID" 2>/dev/null; then
-    break
-  fi
-done
-if [[ -s $MEGASNOW_EXIT_STATUS_FILE ]]; then
-  rc=$(<"$MEGASNOW_EXIT_STATUS_FILE")  # 0 done or saved after SIGTERM, 130 Ctrl-C, ... (see docs/parallel.md)
-fi
-rm -f "$MEGASNOW_EXIT_STATUS_FILE"
-exit "$rc"
+  -m megasnow.train "$CONFIG" "$@"
