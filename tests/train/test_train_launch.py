@@ -176,8 +176,9 @@ def test_torchrun_script_checks_first_and_exits_2_with_one_line(run_yaml):
 
 
 FAKE_SRUN = """#!/bin/bash
-# stands in for srun + torchrun + the trainer: runs until SIGTERM, then "saves" and exits 0
-trap 'echo saved >> "$FAKE_LOG"; exit 0' TERM
+# stands in for srun + torchrun + the trainer: runs until SIGTERM, then "saves"; the trainer's local rank 0 writes
+# its exit code (0) to the status file, and torchrun exits 128 + 15 after a signal, as it does
+trap 'echo saved >> "$FAKE_LOG"; echo 0 > "$MEGASNOW_EXIT_STATUS_FILE"; exit 143' TERM
 echo "started $*" >> "$FAKE_LOG"
 while true; do sleep 0.1; done
 """
@@ -218,7 +219,8 @@ def test_slurm_script_forwards_the_time_limit_signal_and_requeues(tmp_path, sign
     assert proc.returncode == 0, out
     lines = log.read_text().splitlines()
     assert lines[0] == "check -m megasnow.train --check 16 run.yaml train.steps=9"
-    assert lines[1].startswith("started --kill-on-bad-exit=1 torchrun --nnodes=2 --nproc-per-node=8 ")
+    assert lines[1].startswith("started --kill-on-bad-exit=1 python -m megasnow.train.torchrun --nnodes=2 "
+                               "--nproc-per-node=8 ")
     assert lines[1].endswith("--rdzv-id=77 --max-restarts=0 -m megasnow.train run.yaml train.steps=9")
     assert lines[2:] == (["saved", "scontrol requeue 77"] if signalled else [])
 
