@@ -98,3 +98,13 @@ def train_in_process(config_path, *overrides):
         return trainer.run()
     finally:
         state.destroy_model_parallel()
+
+
+def cli(capsys, *argv):
+    """Run `python -m megasnow.train ARGV` in this process under the command-line rule: (exit code, stdout, stderr)."""
+    from megasnow.train.__main__ import main
+    from megasnow.utils.cli import run_tool
+
+    code = run_tool(main, list(argv), prog="megasnow.train")
+    out = capsys.readouterr()
+    return code, out.out, out.err

@@ -9,11 +9,9 @@ import subprocess
 import pytest
 
 from megasnow.train import checkpoint as ckpt
-from megasnow.train.__main__ import main
 from megasnow.train.config import load_train_config
 from megasnow.train.resume import compare_configs
-from megasnow.utils.cli import run_tool
-from tests.train.helpers import (REPO, losses, real_code_files, run_train, tiny_config, train_command, train_env,
+from tests.train.helpers import (REPO, cli, losses, real_code_files, run_train, tiny_config, train_command, train_env,
                                  write_byte_dataset, write_config)
 
 
@@ -27,12 +25,6 @@ def config(tmp_path, prefix, steps=4, **sections):
     cfg = tiny_config(tmp_path, [{"name": "only", "blend": [{"path": prefix}], "steps": steps}], **sections)
     return write_config(tmp_path / "run.yaml", cfg)
 
-
-def cli(capsys, *argv):
-    """Run the command line in this process: (exit code, stdout, stderr)."""
-    code = run_tool(main, list(argv), prog="megasnow.train")
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def test_unknown_key_suggests_the_closest_and_a_missing_file_is_named(tmp_path, prefix):

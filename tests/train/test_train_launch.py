@@ -13,12 +13,12 @@ from contextlib import redirect_stdout
 import pytest
 
 from megasnow.config import ConfigError
-from megasnow.train.__main__ import main, unknown_flag_message
+from megasnow.train.__main__ import unknown_flag_message
 from megasnow.train.config import build_parallel_config, load_train_config
 from megasnow.train.metrics import MetricsLogger
 from megasnow.train.resume import compare_configs
 from megasnow.utils.cli import run_tool
-from tests.train.helpers import REPO, tiny_config, train_env, write_config
+from tests.train.helpers import REPO, cli, tiny_config, train_env, write_config
 
 LAUNCH = os.path.join(REPO, "examples", "launch")
 
@@ -32,11 +32,6 @@ def run_yaml(tmp_path):
     cfg = tiny_config(tmp_path, [{"name": "only", "blend": [{"path": prefix}], "steps": 2}])
     return write_config(tmp_path / "run.yaml", cfg)
 
-
-def cli(capsys, *argv):
-    code = run_tool(main, list(argv), prog="megasnow.train")
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def test_check_refuses_layouts_in_one_line_before_reading_data(run_yaml, capsys, tmp_path):

@@ -9,10 +9,8 @@ import sys
 
 import pytest
 
-from megasnow.train.__main__ import main
-from megasnow.utils.cli import run_tool
 from tests.data.code_fixtures import sentencepiece_model
-from tests.train.helpers import REPO, losses, real_code_files, tiny_config, write_config
+from tests.train.helpers import REPO, cli, losses, real_code_files, tiny_config, write_config
 
 sys.path.insert(0, os.path.join(REPO, "tools"))
 import preprocess_data  # noqa: E402
@@ -48,11 +46,6 @@ def config(tmp_path, prefix, steps=2, **model):
                       model={"vocab_size": None, **model}, data={"seq_len": 32})
     return write_config(tmp_path / "run.yaml", cfg)
 
-
-def cli(capsys, *argv):
-    code = run_tool(main, list(argv), prog="megasnow.train")
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def test_a_tokenizer_other_than_the_datas_is_refused_naming_both_values(tmp_path, binarized, capsys):
