@@ -18,7 +18,8 @@ import sys
 from megasnow.config import ConfigError
 from megasnow.errors import UserError
 from megasnow.train.config import ALIKE, alike_on_every_rank
-from megasnow.utils.cli import EXIT_INTERRUPTED, Terminated, _interrupt_behind, _one_line, debug_enabled, run_tool
+from megasnow.utils.cli import (EXIT_INTERRUPTED, EXIT_TERMINATED, Terminated, _interrupt_behind, _one_line,
+                                debug_enabled, run_tool)
 
 EXIT_LOST_CONTACT, EXIT_CONFIG, EXIT_STOPPED = 1, 2, 3
 STATUS_FILE_ENV = "MEGASNOW_EXIT_STATUS_FILE"
@@ -198,8 +199,6 @@ def train(cfg):
     return EXIT_INTERRUPTED if trainer.stop_signal == signal.SIGINT else 0
 
 
-
-
 def launched(argv=None):
     """`main` as one rank of a launch: one `error:` line per launch, and the exit status recorded for the script."""
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
@@ -218,7 +217,7 @@ def launched(argv=None):
             print(f"error: [rank {rank}] {_one_line(e)}", file=sys.stderr, flush=True)
         return EXIT_CONFIG
     except KeyboardInterrupt as e:
-        status["rc"] = 143 if isinstance(e, Terminated) else EXIT_INTERRUPTED
+        status["rc"] = EXIT_TERMINATED if isinstance(e, Terminated) else EXIT_INTERRUPTED
         raise
     except Exception as e:
         status["rc"] = EXIT_INTERRUPTED if _interrupt_behind(e) is not None else 1
