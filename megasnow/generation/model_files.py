@@ -206,7 +206,12 @@ def trained_fim(folder, _depth=0):
             init_from = (config.get("checkpoint") or {}).get("init_from") \
                 if isinstance(config.get("checkpoint"), dict) else None
             if init_from:  # fine-tuned without FIM from weights that may have learnt it
-                base = _step_folder(str(init_from))
+                from megasnow.convert.output_folder import step_folder
+
+                try:
+                    base = step_folder(str(init_from))
+                except OSError:
+                    base = None
                 return trained_fim(base, _depth + 1) if base and _depth < 8 else TrainedFim(source=config_file)
         return state
     generation_file = os.path.join(folder, "generation_config.json")
@@ -216,17 +221,6 @@ def trained_fim(folder, _depth=0):
     except (OSError, ValueError, AttributeError):
         fim = None
     return _fim_state(fim, generation_file) if isinstance(fim, dict) else TrainedFim()
-
-
-def _step_folder(path):
-    """The step folder of a checkpoint path (a step folder or a run folder with `latest`), or None."""
-    if any(os.path.exists(os.path.join(path, n)) for n in ("config.yaml", "generation_config.json")):
-        return path
-    try:
-        with open(os.path.join(path, "latest"), encoding="utf-8") as f:
-            return os.path.join(path, f.read().strip())
-    except OSError:
-        return None
 
 
 def not_trained_message(name, state, field="suffix", instead="use a model trained with data.fim.rate > 0"):
