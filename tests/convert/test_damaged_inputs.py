@@ -12,7 +12,7 @@ from megasnow.convert import hf_llama
 from megasnow.convert.errors import ConversionError
 from megasnow.errors import UserError
 from megasnow.generation.model_files import load_model
-from tests.convert.test_round_trip_files import REPO, TOOL, tiny, tiny_hf, tool  # noqa: F401 (fixtures)
+from tests.convert.test_round_trip_files import REPO, TOOL, tool
 
 
 def damaged_copy(tiny_hf, tmp_path, case):
@@ -25,7 +25,7 @@ def damaged_copy(tiny_hf, tmp_path, case):
 
 
 @pytest.mark.parametrize("case", ["truncated", "tiny", "empty"])
-def test_a_damaged_safetensors_file_is_a_user_error_everywhere(tmp_path, tiny_hf, case):  # noqa: F811
+def test_a_damaged_safetensors_file_is_a_user_error_everywhere(tmp_path, tiny_hf, case):
     folder = damaged_copy(tiny_hf, tmp_path, case)
     weights = os.path.join(folder, "model.safetensors")
     for load in (lambda: hf_llama.import_from_hf(folder, str(tmp_path / "out")), lambda: load_model(folder)):
@@ -36,7 +36,7 @@ def test_a_damaged_safetensors_file_is_a_user_error_everywhere(tmp_path, tiny_hf
     assert not os.path.exists(tmp_path / "out")
 
 
-def test_damaged_safetensors_in_the_tools(tmp_path, tiny_hf):  # noqa: F811
+def test_damaged_safetensors_in_the_tools(tmp_path, tiny_hf):
     folder = damaged_copy(tiny_hf, tmp_path, "truncated")
     res = tool("import", "--hf", folder, "--output", tmp_path / "out")
     assert res.returncode == 2, res.stderr
@@ -100,7 +100,7 @@ def test_an_interrupted_conversion_says_nothing_was_written(tmp_path):
     assert not os.path.exists(tmp_path / "out")
 
 
-def test_sources_of_the_wrong_kind_are_named_with_the_fix(tmp_path, tiny, tiny_hf):  # noqa: F811
+def test_sources_of_the_wrong_kind_are_named_with_the_fix(tmp_path, tiny, tiny_hf):
     gguf = tmp_path / "m.gguf"
     gguf.write_bytes(b"GGUF")
     gguf_dir = tmp_path / "pkg"
@@ -130,7 +130,7 @@ def test_sources_of_the_wrong_kind_are_named_with_the_fix(tmp_path, tiny, tiny_h
         assert len(res.stderr.strip().splitlines()) == 1 and not os.path.exists(out)
 
 
-def test_rerunning_a_finished_conversion_has_nothing_to_do(tmp_path, tiny, tiny_hf):  # noqa: F811
+def test_rerunning_a_finished_conversion_has_nothing_to_do(tmp_path, tiny, tiny_hf):
     for argv in (["export", "--checkpoint", tiny], ["import", "--hf", tiny_hf]):
         out = tmp_path / argv[0]
         assert tool(*argv, "--output", out).returncode == 0

@@ -7,10 +7,9 @@ import os
 import numpy as np
 
 from megasnow.convert.gguf import float32_as_written
-from tests.convert.test_round_trip_files import tiny, tiny_hf  # noqa: F401 (fixtures)
 
 
-def test_exported_config_json_is_what_save_pretrained_writes(tmp_path, tiny_hf):  # noqa: F811
+def test_exported_config_json_is_what_save_pretrained_writes(tmp_path, tiny_hf):
     from transformers import LlamaConfig
 
     ours = json.loads(open(os.path.join(tiny_hf, "config.json")).read())

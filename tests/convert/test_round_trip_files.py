@@ -13,27 +13,12 @@ from megasnow.convert.errors import ConversionError
 from megasnow.generation.local import LocalBackend, LocalEngine
 from megasnow.generation.model_files import read_tokenizer_files
 from megasnow.generation.protocol import GenerationRequest, SamplingParams
-from megasnow.generation.tiny_model import IM_END, IM_START, write_tiny_checkpoint
+from megasnow.generation.tiny_model import IM_END, IM_START
 from tests.convert.test_convert_hf_llama import REPO
 from tests.utils.test_file_modes import _modes as modes
 
 TOOL = os.path.join(REPO, "tools", "convert_checkpoint.py")
 CHAT = [{"role": "user", "content": "Write a function that adds two numbers."}]
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """A tiny random model with a ChatML template, EOS <|im_end|> and generation_config eos [eod, im_end]."""
-    out = tmp_path_factory.mktemp("tiny") / "ckpt"
-    write_tiny_checkpoint(str(out), seed=4)
-    return str(out)
-
-
-@pytest.fixture(scope="module")
-def tiny_hf(tiny, tmp_path_factory):
-    out = tmp_path_factory.mktemp("tiny_hf") / "hf"
-    hf_llama.export_to_hf(tiny, str(out))
-    return str(out)
 
 
 def tool(*argv):

@@ -7,7 +7,7 @@ from tokenizers import Tokenizer, models
 
 from megasnow.convert import hf_llama
 from megasnow.convert.errors import ConversionError
-from tests.convert.test_round_trip_files import tiny, tool  # noqa: F401  (tiny: a fixture)
+from tests.convert.test_round_trip_files import tool
 
 
 @pytest.fixture(scope="module")
